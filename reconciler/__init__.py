@@ -1,0 +1,3 @@
+"""certctl: a declarative, GitOps-style TLS certificate reconciler."""
+
+__version__ = "0.1.0"

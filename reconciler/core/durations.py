@@ -1,0 +1,58 @@
+"""Durations as written in specs: ``90s``, ``15m``, ``12h``, ``30d``."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DURATION_PATTERN = r"^[0-9]+(s|m|h|d)$"
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``<number><s|m|h|d>``; raise ValueError with a sentence a user can act on."""
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration; write a whole number and a unit, like 90s, 15m, 12h or 30d")
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact spelling of a duration (``timedelta(days=30)`` -> ``30d``)."""
+    seconds = int(value.total_seconds())
+    for unit in ("d", "h", "m"):
+        if seconds and seconds % _UNITS[unit] == 0:
+            return f"{seconds // _UNITS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def humanize(value: timedelta) -> str:
+    """A rough, readable span for messages (``3 days``, ``5 hours``, ``42 seconds``)."""
+    seconds = abs(int(value.total_seconds()))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """``--at`` values: an ISO date or date-time (UTC if no zone), or ``+30d`` relative to now."""
+    text = text.strip()
+    if text.startswith("+"):
+        return now + parse_duration(text[1:])
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time; write a date (2027-01-15), a date-time, or +30d") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    """UTC timestamps as ``2026-11-26T21:00:00Z``."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,161 @@
+"""The Protocols every outside system sits behind (one module per implementation under adapters/).
+
+The core never imports this module's implementations; ``wiring.py`` picks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from reconciler.core.model import CertInfo, HostState, StoredCert, StoreState
+
+
+@dataclass(frozen=True)
+class Material:
+    """A certificate with its chain and private key, as PEM."""
+
+    cert_pem: bytes  # the leaf
+    chain_pem: bytes  # intermediates, leaf excluded (may be empty)
+    key_pem: bytes  # PKCS#8 PEM, unencrypted; never logged
+    info: CertInfo
+
+    @property
+    def fullchain_pem(self) -> bytes:
+        return self.cert_pem + self.chain_pem
+
+
+@dataclass(frozen=True)
+class IssueRequest:
+    certificate: str  # the Certificate's metadata.name
+    domains: tuple[str, ...]  # normalised; the first is the CN
+    key_algorithm: str  # ecdsa-p256 … rsa-4096
+    key_pem: bytes | None = None  # reuse this key (key.reuse: true) instead of making one
+    replaces: CertInfo | None = None  # the certificate this one replaces (ACME ARI `replaces`)
+    at: datetime | None = None
+
+
+class IssueError(Exception):
+    """Issuance failed. ``transient`` errors are worth a quick retry; the others need a fix or a backoff."""
+
+    def __init__(self, message: str, *, transient: bool = False, problem: dict[str, object] | None = None,
+                 retry_after: datetime | None = None) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.problem = problem or {}
+        self.retry_after = retry_after
+
+
+@runtime_checkable
+class IssuerBackend(Protocol):
+    """Where certificates come from (local CA, ACME)."""
+
+    def identity(self) -> str:
+        """A stable id of the CA this issuer talks to; a certificate from another identity is reissued."""
+        ...
+
+    def issue(self, request: IssueRequest) -> Material:
+        """Obtain a certificate; raise IssueError."""
+        ...
+
+
+@dataclass(frozen=True)
+class RenewalWindow:
+    start: datetime
+    end: datetime
+    retry_after: datetime | None = None
+
+
+class RenewalInfoSource(Protocol):
+    """ACME Renewal Information (RFC 9773), for issuers that offer it."""
+
+    def renewal_window(self, cert_pem: bytes) -> RenewalWindow | None: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where certificates live."""
+
+    name: str
+
+    def observe(self) -> StoreState: ...
+
+    def install(self, certificate: str, material: Material, at: datetime) -> StoredCert:
+        """Add the certificate (and key) and make it the certificate's current one; atomic."""
+        ...
+
+    def remove(self, ref: str) -> None:
+        """Delete one certificate certctl installed (``StoredCert.ref``)."""
+        ...
+
+    def read(self, ref: str) -> Material | None:
+        """The material of a stored certificate, when the store can give its key back."""
+        ...
+
+
+@dataclass(frozen=True)
+class BindingChange:
+    """One change to an IIS host, as the planner's action detail describes it."""
+
+    op: str  # add | update | remove | ftp | ccs
+    site: str
+    protocol: str  # https | ftp
+    information: str  # IP:port:host of the binding (new binding for add)
+    ssl_flags: int = 0
+    thumbprint: str | None = None  # new certificate (upper-case hex); None for remove
+    store: str = "WebHosting"  # Windows store name of the certificate
+    old_thumbprint: str | None = None
+
+
+@runtime_checkable
+class BindingHost(Protocol):
+    """An IIS server: sites, bindings, the HTTP.sys table and its certificate stores."""
+
+    name: str
+
+    def observe(self) -> HostState: ...
+
+    def apply(self, changes: Sequence[BindingChange]) -> None:
+        """Carry out the changes as one commit: all of them, or (on any failure) none."""
+        ...
+
+    def store(self, store_name: str) -> Store:
+        """The host's Windows certificate store ``My`` or ``WebHosting`` (LocalMachine)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChallengeTask:
+    domain: str  # the identifier (wildcards without '*.')
+    kind: str  # http-01 | dns-01
+    token: str
+    key_authorization: str  # http-01: the file content; dns-01: the TXT value is its digest
+    txt_value: str = ""
+
+
+class Solver(Protocol):
+    """Makes an ACME challenge answerable, and always cleans up."""
+
+    def prepare(self, tasks: Sequence[ChallengeTask]) -> None: ...
+
+    def cleanup(self, tasks: Sequence[ChallengeTask]) -> None: ...
+
+
+class Prober(Protocol):
+    """What a TLS endpoint serves for an SNI name."""
+
+    def probe(self, endpoint: str, sni: str | None, timeout: float) -> CertInfo: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...
+
+
+@dataclass
+class ApplyContext:
+    """What the executor hands to adapters while carrying out one action."""
+
+    at: datetime
+    log_fields: dict[str, object] = field(default_factory=dict)
