@@ -1,0 +1,181 @@
+"""Plan values: actions with reason codes, per-certificate summaries, and the plan itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from reconciler.core.durations import iso
+
+FORMAT_VERSION = 1
+
+
+class ActionKind(StrEnum):
+    issue = "issue"
+    renew = "renew"
+    reissue = "reissue"
+    install = "install"
+    bind = "bind"
+    rebind = "rebind"
+    deploy = "deploy"
+    cleanup = "cleanup"
+    unbind = "unbind"
+
+
+ACTION_ORDER = tuple(ActionKind)
+ISSUANCE = frozenset({ActionKind.issue, ActionKind.renew, ActionKind.reissue})
+
+
+class Reason(StrEnum):
+    """Why an action is planned (a closed set, as cert-manager's policy chain)."""
+
+    DoesNotExist = "DoesNotExist"
+    DomainsChanged = "DomainsChanged"
+    KeyAlgorithmChanged = "KeyAlgorithmChanged"
+    IssuerChanged = "IssuerChanged"
+    Expired = "Expired"
+    Forced = "Forced"
+    RenewalDue = "RenewalDue"
+    RenewalWindow = "RenewalWindow"  # the CA's ARI window starts before the planned renewal
+    Renewed = "Renewed"  # follow-up of an issuance in the same plan
+    NotInStore = "NotInStore"
+    StoreDrift = "StoreDrift"
+    BindingMissing = "BindingMissing"
+    BindingDrift = "BindingDrift"
+    FtpDrift = "FtpDrift"
+    OutputMissing = "OutputMissing"
+    OutputOutdated = "OutputOutdated"
+    NotDeployed = "NotDeployed"
+    EndpointDrift = "EndpointDrift"
+    Superseded = "Superseded"
+    Orphaned = "Orphaned"
+    Pruned = "Pruned"
+
+
+class CertState(StrEnum):
+    ready = "ready"  # current certificate valid, not due
+    missing = "missing"  # nothing issued yet
+    due = "due"  # renewal point reached
+    expired = "expired"
+    outdated = "outdated"  # no longer matches the spec
+    deferred = "deferred"  # would act, but backing off after failures
+    pending = "pending"  # certificate fine, but installs/bindings/deployments to do
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    id: str
+    kind: ActionKind
+    certificate: str
+    target: str
+    reason: Reason
+    message: str
+    depends_on: tuple[str, ...] = ()
+    detail: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def details(self) -> dict[str, Any]:
+        return dict(self.detail)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "certificate": self.certificate,
+            "target": self.target,
+            "reason": self.message,
+            "reason_code": self.reason.value,
+            "depends_on": list(self.depends_on),
+            "detail": self.details,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CertSummary:
+    name: str
+    state: CertState
+    not_after: datetime | None = None
+    renew_at: datetime | None = None
+    thumbprint: str | None = None
+    reason: str | None = None
+    deferred_until: datetime | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "not_after": iso(self.not_after),
+            "renew_at": iso(self.renew_at),
+            "thumbprint": self.thumbprint,
+            "reason": self.reason,
+            "deferred_until": iso(self.deferred_until),
+            "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something observed and deliberately left alone (reported, never silently skipped)."""
+
+    certificate: str | None
+    target: str
+    message: str
+    code: str = "LeftAlone"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"certificate": self.certificate, "target": self.target, "code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Plan:
+    at: datetime
+    directory: str
+    revision: str | None
+    actions: tuple[Action, ...]
+    certificates: tuple[CertSummary, ...]
+    notes: tuple[Note, ...] = ()
+    observed_fingerprint: str = ""
+    desired_fingerprint: str = ""
+    forced: tuple[str, ...] = field(default=())
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.actions)
+
+    def summary(self) -> dict[str, int]:
+        counts = {k.value: 0 for k in ACTION_ORDER}
+        for action in self.actions:
+            counts[action.kind.value] += 1
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "at": iso(self.at),
+            "source": {"dir": self.directory, "revision": self.revision},
+            "changes": self.changes,
+            "summary": self.summary(),
+            "actions": [a.to_json() for a in self.actions],
+            "certificates": [c.to_json() for c in self.certificates],
+            "notes": [n.to_json() for n in self.notes],
+            "fingerprints": {"observed": self.observed_fingerprint, "desired": self.desired_fingerprint},
+            "forced": list(self.forced),
+        }
+
+
+def action_from_json(data: dict[str, Any]) -> Action:
+    return Action(
+        id=data["id"],
+        kind=ActionKind(data["kind"]),
+        certificate=data["certificate"],
+        target=data["target"],
+        reason=Reason(data["reason_code"]),
+        message=data["reason"],
+        depends_on=tuple(data.get("depends_on", ())),
+        detail=tuple(sorted(data.get("detail", {}).items())),
+    )

@@ -1,0 +1,311 @@
+"""plan(desired, observed, at) -> Plan. Pure: no I/O, no clock; the same inputs give the same plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reconciler.core import iis_rules
+from reconciler.core.durations import humanize, iso
+from reconciler.core.model import DesiredState, IssuedVersion, Named, ObservedState, StoredCert, canonical_json
+from reconciler.core.plan import (
+    ACTION_ORDER,
+    ISSUANCE,
+    Action,
+    ActionKind,
+    CertState,
+    CertSummary,
+    Note,
+    Plan,
+    Reason,
+)
+from reconciler.core.policies import Input, evaluate, issuer_id, renewal_point
+from reconciler.core.spec import CertificateSpec, Renewal
+
+NEW = "(new)"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a certificate's stores, bindings and tasks should hold after this plan."""
+
+    name: str
+    thumbprint: str | None  # None: the certificate an issuance action of this plan will produce
+    issuance: str | None  # id of that issuance action
+    previous: frozenset[str]  # thumbprints of every earlier version of this certificate
+
+
+def desired_fingerprint(desired: DesiredState) -> str:
+    import hashlib
+
+    data = {
+        "settings": desired.settings,
+        "issuers": {k: v.spec for k, v in desired.issuers.items()},
+        "stores": {k: v.spec for k, v in desired.stores.items()},
+        "hosts": {k: v.spec for k, v in desired.iis_hosts.items()},
+        "certificates": {k: v.spec for k, v in desired.certificates.items()},
+    }
+    return hashlib.sha256(canonical_json(data).encode()).hexdigest()
+
+
+def current_version(versions: Iterable[IssuedVersion]) -> IssuedVersion | None:
+    newest: IssuedVersion | None = None
+    for version in versions:
+        if newest is None or (version.issued_at, version.info.not_before) > (newest.issued_at, newest.info.not_before):
+            newest = version
+    return newest
+
+
+def _act(kind: ActionKind, name: str, target: str, reason: Reason, message: str,
+         depends: Iterable[str | None] = (), **detail: Any) -> Action:
+    suffix = f"/{target}" if kind not in ISSUANCE else ""
+    return Action(
+        id=f"{kind.value}/{name}{suffix}",
+        kind=kind,
+        certificate=name,
+        target=target,
+        reason=reason,
+        message=message,
+        depends_on=tuple(sorted({d for d in depends if d})),
+        detail=tuple(sorted((k, v) for k, v in detail.items() if v is not None)),
+    )
+
+
+def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: frozenset[str] = frozenset()) -> Plan:
+    actions: list[Action] = []
+    notes: list[Note] = []
+    summaries: list[CertSummary] = []
+    targets: dict[str, Target] = {}
+    settings = desired.settings
+
+    for name in sorted(desired.certificates):
+        named = desired.certificates[name]
+        target, summary, cert_actions, cert_notes = _plan_certificate(desired, observed, named, at, name in forced)
+        targets[name] = target
+        summaries.append(summary)
+        actions.extend(cert_actions)
+        notes.extend(cert_notes)
+
+    host_actions, host_notes, referenced = iis_rules.plan_hosts(desired, observed, targets, at)
+    actions.extend(host_actions)
+    notes.extend(host_notes)
+
+    for name in sorted(desired.certificates):
+        spec = desired.certificates[name].spec
+        actions.extend(_deploy_actions(name, spec, targets[name], observed))
+
+    referenced |= {t.thumbprint for t in observed.tasks.values() if t.thumbprint}
+    cleanup, cleanup_notes = _cleanup_actions(desired, observed, targets, referenced, at)
+    actions.extend(cleanup)
+    notes.extend(cleanup_notes)
+    summaries = [_pending(s, actions) for s in summaries]
+
+    order = {k: i for i, k in enumerate(ACTION_ORDER)}
+    actions.sort(key=lambda a: (a.certificate, order[a.kind], a.id))
+    return Plan(
+        at=at,
+        directory=desired.directory,
+        revision=desired.revision,
+        actions=tuple(actions),
+        certificates=tuple(summaries),
+        notes=tuple(sorted(notes, key=lambda n: (n.certificate or "", n.target, n.message))),
+        observed_fingerprint=observed.fingerprint(),
+        desired_fingerprint=desired_fingerprint(desired),
+        forced=tuple(sorted(forced)),
+    )
+
+
+def _pending(summary: CertSummary, actions: list[Action]) -> CertSummary:
+    if summary.state is CertState.ready and any(a.certificate == summary.name for a in actions):
+        from dataclasses import replace
+
+        return replace(summary, state=CertState.pending)
+    return summary
+
+
+def _plan_certificate(
+    desired: DesiredState, observed: ObservedState, named: Named[CertificateSpec], at: datetime, force: bool
+) -> tuple[Target, CertSummary, list[Action], list[Note]]:
+    name, spec = named.name, named.spec
+    renewal: Renewal = spec.renewal or desired.settings.renewal
+    versions = observed.issued.get(name, ())
+    current = current_version(versions)
+    attempts = observed.attempts.get(name)
+    issuer = desired.issuers[spec.issuer]
+    decision = evaluate(
+        Input(name, spec, renewal, issuer_id(spec.issuer, issuer.spec), current, attempts, at, force)
+    )
+    actions: list[Action] = []
+    notes: list[Note] = []
+    previous = frozenset(v.info.thumbprint for v in versions if current is None or v.info.thumbprint != current.info.thumbprint)
+    point = renewal_point(current, renewal, attempts) if current else None
+    state = CertState.ready
+    deferred_until = None
+    reason_text = None
+    issuance_id: str | None = None
+    if decision is not None:
+        kind, reason, message = decision
+        reason_text = message
+        state = {
+            Reason.DoesNotExist: CertState.missing,
+            Reason.Expired: CertState.expired,
+            Reason.RenewalDue: CertState.due,
+            Reason.RenewalWindow: CertState.due,
+            Reason.Forced: CertState.due,
+        }.get(reason, CertState.outdated)
+        if attempts and attempts.next_retry and attempts.next_retry > at and not force:
+            deferred_until = attempts.next_retry
+            state = CertState.deferred
+            notes.append(Note(
+                name, f"issuer/{spec.issuer}",
+                f"{message}; deferred until {iso(attempts.next_retry)} after {attempts.consecutive_failures} "
+                f"failed attempt(s) (last error: {attempts.last_error}); `certctl renew {name}` retries now",
+                code="Deferred",
+            ))
+        else:
+            detail: dict[str, Any] = {"domains": list(spec.domains), "key_algorithm": spec.key.algorithm.value,
+                                      "issuer": spec.issuer}
+            if current is not None:
+                detail["replaces"] = current.info.thumbprint
+                detail["not_after"] = iso(current.info.not_after)
+            action = _act(kind, name, f"issuer/{spec.issuer}", reason, message, **detail)
+            actions.append(action)
+            issuance_id = action.id
+    if current is not None:
+        previous_set = previous
+    else:
+        previous_set = frozenset()
+    if issuance_id is not None and current is not None:
+        previous_set = previous_set | {current.info.thumbprint}
+    target = Target(
+        name=name,
+        thumbprint=None if issuance_id else (current.info.thumbprint if current else None),
+        issuance=issuance_id,
+        previous=previous_set,
+    )
+    summary = CertSummary(
+        name=name,
+        state=state,
+        not_after=current.info.not_after if current else None,
+        renew_at=point.at if point else None,
+        thumbprint=current.info.thumbprint if current else None,
+        reason=reason_text,
+        deferred_until=deferred_until,
+        last_error=attempts.last_error if attempts else None,
+        consecutive_failures=attempts.consecutive_failures if attempts else 0,
+    )
+    if target.thumbprint is None and target.issuance is None:
+        return target, summary, actions, notes  # nothing to install yet (deferred first issuance)
+    actions.extend(_install_actions(name, spec, target, observed))
+    return target, summary, actions, notes
+
+
+def _store_has(certs: Iterable[StoredCert], thumbprint: str) -> StoredCert | None:
+    return next((c for c in certs if c.info.thumbprint == thumbprint), None)
+
+
+def _install_actions(name: str, spec: CertificateSpec, target: Target, observed: ObservedState) -> list[Action]:
+    out: list[Action] = []
+    for store in spec.stores:
+        state = observed.stores.get(store)
+        if target.thumbprint is None:
+            out.append(_act(ActionKind.install, name, f"store/{store}", Reason.Renewed,
+                            f"the new certificate goes into store {store}", [target.issuance]))
+            continue
+        found = _store_has(state.certs if state else (), target.thumbprint)
+        if found is None:
+            out.append(_act(ActionKind.install, name, f"store/{store}", Reason.NotInStore,
+                            f"store {store} lacks the current certificate {target.thumbprint[:8]}",
+                            thumbprint=target.thumbprint))
+        elif not found.current:
+            out.append(_act(ActionKind.install, name, f"store/{store}", Reason.StoreDrift,
+                            f"store {store} holds {target.thumbprint[:8]} but serves another version as current",
+                            thumbprint=target.thumbprint))
+    return out
+
+
+def _deploy_actions(name: str, spec: CertificateSpec, target: Target, observed: ObservedState) -> list[Action]:
+    out: list[Action] = []
+    if target.thumbprint is None and target.issuance is None:
+        return out
+    drift = [e for e in observed.endpoints if e.certificate == name and target.thumbprint
+             and e.thumbprint is not None and e.thumbprint != target.thumbprint]
+    for index, task in enumerate(spec.tasks):
+        label = f"task/{index}-{task.kind}"
+        state = observed.tasks.get((name, index))
+        if target.thumbprint is None:
+            out.append(_act(ActionKind.deploy, name, label, Reason.Renewed,
+                            f"{task.kind} task runs for the new certificate", [target.issuance]))
+        elif state is None or state.thumbprint is None:
+            why = state.problem if state and state.problem else "its output is missing"
+            reason = Reason.NotDeployed if task.kind == "script" else Reason.OutputMissing
+            out.append(_act(ActionKind.deploy, name, label, reason,
+                            f"{task.kind} task: {why}", thumbprint=target.thumbprint))
+        elif state.thumbprint != target.thumbprint:
+            out.append(_act(ActionKind.deploy, name, label, Reason.OutputOutdated,
+                            f"{task.kind} task output holds {state.thumbprint[:8]}, current is {target.thumbprint[:8]}",
+                            thumbprint=target.thumbprint))
+        elif drift and (task.kind == "script" or getattr(task.files, "reload", None) or getattr(task.pfx, "reload", None)):
+            first = drift[0]
+            out.append(_act(ActionKind.deploy, name, label, Reason.EndpointDrift,
+                            f"{first.endpoint} serves {first.thumbprint[:8] if first.thumbprint else 'nothing'}, "
+                            f"current is {target.thumbprint[:8]}", thumbprint=target.thumbprint))
+    return out
+
+
+def _cleanup_actions(
+    desired: DesiredState, observed: ObservedState, targets: dict[str, Target], referenced: set[str], at: datetime
+) -> tuple[list[Action], list[Note]]:
+    grace = desired.settings.cleanupAfter
+    out: list[Action] = []
+    notes: list[Note] = []
+    for store_name in sorted(observed.stores):
+        state = observed.stores[store_name]
+        for problem in state.problems:
+            notes.append(Note(None, f"store/{store_name}", problem, code="StoreProblem"))
+        by_cert: dict[str, list[StoredCert]] = {}
+        for cert in state.certs:
+            if cert.managed_by:
+                by_cert.setdefault(cert.managed_by, []).append(cert)
+        for owner, certs in sorted(by_cert.items()):
+            target = targets.get(owner)
+            if target is None:
+                for cert in certs:
+                    if cert.info.thumbprint in referenced:
+                        notes.append(Note(owner, f"store/{store_name}",
+                                          f"{cert.info.thumbprint[:8]} belongs to certificate {owner}, whose spec was "
+                                          "deleted; still in use, kept", code="Orphaned"))
+                    elif desired.settings.prune:
+                        out.append(_act(ActionKind.cleanup, owner, f"store/{store_name}/{cert.ref}", Reason.Orphaned,
+                                        f"certificate {owner} has no spec any more and {cert.info.thumbprint[:8]} is "
+                                        "used nowhere (prune: true)", thumbprint=cert.info.thumbprint, ref=cert.ref,
+                                        store=store_name))
+                    else:
+                        notes.append(Note(owner, f"store/{store_name}",
+                                          f"{cert.info.thumbprint[:8]} belongs to certificate {owner}, whose spec was "
+                                          "deleted; kept (set prune: true in Settings to remove it)", code="Orphaned"))
+                continue
+            live = [c for c in certs if c.current and c.info.thumbprint == target.thumbprint]
+            if target.thumbprint is None or not live:
+                continue  # the replacement is not in place yet: keep everything
+            older = sorted(
+                (c for c in certs if c.info.thumbprint != target.thumbprint
+                 and c.info.not_before <= live[0].info.not_before),
+                key=lambda c: (c.info.not_before, c.ref),
+            )
+            rollback = older[-1] if older and older[-1].info.not_after > at else None
+            since = live[0].installed_at
+            for cert in older:
+                if cert is rollback or cert.info.thumbprint in referenced:
+                    continue
+                superseded = cert.superseded_at or since
+                expired_ = cert.info.not_after <= at
+                if expired_ or (superseded is not None and at - superseded >= grace):
+                    why = (f"expired {iso(cert.info.not_after)}" if expired_
+                           else f"superseded {humanize(at - superseded)} ago" if superseded else "superseded")
+                    out.append(_act(ActionKind.cleanup, owner, f"store/{store_name}/{cert.ref}", Reason.Superseded,
+                                    f"{cert.info.thumbprint[:8]} {why} and used nowhere",
+                                    thumbprint=cert.info.thumbprint, ref=cert.ref, store=store_name))
+    return out, notes

@@ -1,0 +1,159 @@
+"""Renewal policy chain: small pure checks over one certificate's inputs (cert-manager's idea).
+
+Each check returns (Reason, sentence) or None; the first that fires decides the issuance action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from reconciler.core.durations import humanize, iso
+from reconciler.core.model import Attempts, IssuedVersion
+from reconciler.core.plan import ActionKind, Reason
+from reconciler.core.spec import DEFAULT_RENEWAL, CertificateSpec, IssuerSpec, Renewal
+
+
+def issuer_id(name: str, spec: IssuerSpec) -> str:
+    """The identity of an Issuer: a certificate from another identity no longer matches the spec."""
+    if spec.acme is not None:
+        return f"acme:{spec.acme.directoryUrl}"
+    return f"localca:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    name: str
+    spec: CertificateSpec
+    renewal: Renewal
+    issuer_id: str
+    current: IssuedVersion | None
+    attempts: Attempts | None
+    at: datetime
+    forced: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RenewalPoint:
+    at: datetime
+    reason: Reason
+    sentence: str
+
+
+def renewal_point(current: IssuedVersion, renewal: Renewal, attempts: Attempts | None = None) -> RenewalPoint:
+    """When the current certificate should be renewed: the policy point, or an earlier ARI window."""
+    info = current.info
+    lifetime = info.not_after - info.not_before
+    if renewal.beforeExpiry is not None and renewal.beforeExpiry < lifetime:
+        point = info.not_after - renewal.beforeExpiry
+        sentence = f"renewal point is {humanize(renewal.beforeExpiry)} before expiry"
+    else:
+        percent = renewal.lifetimePercent or DEFAULT_RENEWAL.lifetimePercent or 75
+        if renewal.beforeExpiry is not None:
+            sentence = (
+                f"beforeExpiry {humanize(renewal.beforeExpiry)} is not shorter than the certificate's lifetime "
+                f"({humanize(lifetime)}), so the renewal point is {percent}% of its lifetime"
+            )
+        else:
+            sentence = f"renewal point is {percent}% of lifetime"
+        point = info.not_before + lifetime * percent / 100
+    point = point.replace(microsecond=0)
+    if (
+        attempts is not None
+        and attempts.ari_for == info.thumbprint
+        and attempts.ari_window_start is not None
+        and attempts.ari_window_end is not None
+    ):
+        window = attempts.ari_window_end - attempts.ari_window_start
+        # A fixed point inside the window, derived from the serial (never random: planning twice agrees).
+        offset = window * ((int(info.serial, 16) % 1000) / 1000) if window > timedelta(0) else timedelta(0)
+        ari_at = (attempts.ari_window_start + offset).replace(microsecond=0)
+        if ari_at < point:
+            return RenewalPoint(
+                ari_at,
+                Reason.RenewalWindow,
+                f"the CA's renewal window (ARI) opens {iso(attempts.ari_window_start)}, earlier than the policy point {iso(point)}",
+            )
+    return RenewalPoint(point, Reason.RenewalDue, sentence)
+
+
+Check = Callable[[Input], "tuple[ActionKind, Reason, str] | None"]
+
+
+def does_not_exist(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    if i.current is None:
+        return ActionKind.issue, Reason.DoesNotExist, "no certificate yet"
+    return None
+
+
+def domains_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    assert i.current is not None
+    want, have = set(i.spec.domains), set(i.current.info.sans)
+    if want != have or (i.current.info.subject and i.current.info.subject != i.spec.domains[0]):
+        added, removed = sorted(want - have), sorted(have - want)
+        parts = [f"+{n}" for n in added] + [f"-{n}" for n in removed]
+        text = ", ".join(parts) if parts else f"subject is {i.current.info.subject}, the spec's first domain is {i.spec.domains[0]}"
+        return ActionKind.reissue, Reason.DomainsChanged, f"domains changed ({text})"
+    return None
+
+
+def key_algorithm_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    assert i.current is not None
+    if i.current.info.key_algorithm != i.spec.key.algorithm.value:
+        return (
+            ActionKind.reissue,
+            Reason.KeyAlgorithmChanged,
+            f"key algorithm changed ({i.current.info.key_algorithm} -> {i.spec.key.algorithm.value})",
+        )
+    return None
+
+
+def issuer_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    assert i.current is not None
+    if i.current.issuer_id != i.issuer_id:
+        return ActionKind.reissue, Reason.IssuerChanged, f"issuer changed ({i.current.issuer_id} -> {i.issuer_id})"
+    return None
+
+
+def expired(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    assert i.current is not None
+    if i.at >= i.current.info.not_after:
+        return ActionKind.renew, Reason.Expired, f"certificate expired {iso(i.current.info.not_after)}"
+    return None
+
+
+def forced(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    if i.forced:
+        return ActionKind.renew, Reason.Forced, "renewal forced (certctl renew)"
+    return None
+
+
+def renewal_due(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    assert i.current is not None
+    point = renewal_point(i.current, i.renewal, i.attempts)
+    if i.at >= point.at:
+        info = i.current.info
+        elapsed = (i.at - info.not_before) / (info.not_after - info.not_before) * 100
+        return ActionKind.renew, point.reason, f"{int(elapsed)}% of lifetime elapsed, {point.sentence}"
+    return None
+
+
+CHAIN: tuple[Check, ...] = (
+    does_not_exist,
+    domains_changed,
+    key_algorithm_changed,
+    issuer_changed,
+    expired,
+    forced,
+    renewal_due,
+)
+
+
+def evaluate(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    """The first check that fires, or None when the current certificate is fine."""
+    for check in CHAIN:
+        result = check(i)
+        if result is not None:
+            return result
+    return None

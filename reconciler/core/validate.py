@@ -1,0 +1,88 @@
+"""Checks across documents that no single model can make (references, wildcards, public names, IIS claims)."""
+
+from __future__ import annotations
+
+from reconciler.core import domains
+from reconciler.core.diagnostics import Problem
+from reconciler.core.model import DesiredState
+from reconciler.core.spec import IisMode
+
+
+def check(desired: DesiredState) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, store in sorted(desired.stores.items()):
+        if store.spec.windows and store.spec.windows.host not in desired.iis_hosts:
+            problems.append(Problem(store.source, ("spec", "windows", "host"),
+                                    f"IisHost {store.spec.windows.host!r} does not exist{_known(desired.iis_hosts)}"))
+    for name, cert in sorted(desired.certificates.items()):
+        spec, src = cert.spec, cert.source
+        issuer = desired.issuers.get(spec.issuer)
+        if issuer is None:
+            problems.append(Problem(src, ("spec", "issuer"), f"Issuer {spec.issuer!r} does not exist{_known(desired.issuers)}"))
+        for i, store in enumerate(spec.stores):
+            if store not in desired.stores:
+                problems.append(Problem(src, ("spec", "stores", i), f"Store {store!r} does not exist{_known(desired.stores)}"))
+        for i, target in enumerate(spec.iis):
+            if target.host not in desired.iis_hosts:
+                problems.append(Problem(src, ("spec", "iis", i, "host"),
+                                        f"IisHost {target.host!r} does not exist{_known(desired.iis_hosts)}"))
+            if target.store is not None:
+                st = desired.stores.get(target.store)
+                if st is None:
+                    problems.append(Problem(src, ("spec", "iis", i, "store"), f"Store {target.store!r} does not exist"))
+                elif st.spec.windows is None or st.spec.windows.host != target.host:
+                    problems.append(Problem(src, ("spec", "iis", i, "store"),
+                                            f"Store {target.store!r} is not a windows store on IisHost {target.host!r}"))
+            elif target.mode is not IisMode.none and target.host in desired.iis_hosts and not any(
+                (s := desired.stores.get(n)) is not None and s.spec.windows is not None and s.spec.windows.host == target.host
+                for n in spec.stores
+            ):
+                problems.append(Problem(src, ("spec", "iis", i),
+                                        f"binding on IisHost {target.host!r} needs one of stores to be a windows store "
+                                        "on that host (IIS serves certificates from the machine's store)"))
+        for a, b in domains.redundant_pairs(list(spec.domains)):
+            problems.append(Problem(src, ("spec", "domains", spec.domains.index(b)),
+                                    f"{b} is already covered by {a} in the same certificate; remove one of them"))
+        if issuer is not None and issuer.spec.acme is not None:
+            acme = issuer.spec.acme
+            for i, domain in enumerate(spec.domains):
+                why = domains.public_name_problem(domain)
+                if why:
+                    problems.append(Problem(src, ("spec", "domains", i),
+                                            f"{why} (issuer {spec.issuer} is ACME; use a localCA issuer for internal names)"))
+                    continue
+                solver = acme.solver_for(domain)
+                if solver is None:
+                    problems.append(Problem(src, ("spec", "domains", i),
+                                            f"no solver of issuer {spec.issuer} matches {domain}"))
+                elif domains.is_wildcard(domain) and solver.dns01 is None:
+                    problems.append(Problem(src, ("spec", "domains", i),
+                                            f"Wildcard certificates require DNS validation: {domain} would use an "
+                                            f"http01 solver of issuer {spec.issuer}; add a dns01 solver for it"))
+    problems.extend(_iis_claims(desired))
+    return problems
+
+
+def _iis_claims(desired: DesiredState) -> list[Problem]:
+    """Two certificates claiming one host name on one IIS host (or site) with the same precision."""
+    problems: list[Problem] = []
+    claims: list[tuple[str, str | None, str, str]] = []  # (host, site or None for auto, domain, certificate)
+    for name, cert in sorted(desired.certificates.items()):
+        for target in cert.spec.iis:
+            if target.mode is IisMode.none:
+                continue
+            for d_index, domain in enumerate(cert.spec.domains):
+                for host, site, claimed, owner in claims:
+                    if owner != name and host == target.host and claimed == domain and (
+                        site is None or target.site is None or site == target.site
+                    ):
+                        problems.append(Problem(cert.source, ("spec", "domains", d_index),
+                                                f"certificates {owner} and {name} both claim {domain} on IIS host "
+                                                f"{host} with the same precision; only one may bind it"))
+                        break
+                claims.append((target.host, target.site, domain, name))
+    return problems
+
+
+def _known(items: dict[str, object]) -> str:
+    return f" (known: {', '.join(sorted(items))})" if items else " (none is defined)"
