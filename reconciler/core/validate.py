@@ -8,7 +8,13 @@ from reconciler.core.model import DesiredState
 from reconciler.core.spec import IisMode
 
 
-def check(desired: DesiredState) -> list[Problem]:
+def check(desired: DesiredState, invalid: frozenset[tuple[str, str]] = frozenset()) -> list[Problem]:
+    """Every cross-document problem; references to documents in ``invalid`` (kind, name) were reported already."""
+    problems = [p for p in _check(desired) if not any(f"{k} {n!r} " in p.message for k, n in invalid)]
+    return problems
+
+
+def _check(desired: DesiredState) -> list[Problem]:
     problems: list[Problem] = []
     for name, store in sorted(desired.stores.items()):
         if store.spec.windows and store.spec.windows.host not in desired.iis_hosts:
