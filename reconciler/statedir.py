@@ -1,0 +1,261 @@
+"""The state dir: the vault of issued certificates, attempt history, deployment records, journal, lock.
+
+Layout (never committed; keys 0600; every file written atomically):
+  lock                          flock'ed by the process that applies
+  localca/<issuer>/ca.pem, ca.key
+  acme/<issuer>/...             ACME account (adapters.acme)
+  vault/<certificate>/<THUMBPRINT>/cert.pem chain.pem key.pem meta.json
+  vault/index.json              every version's metadata in one file (fast observe)
+  attempts.json                 per certificate: failures, last error, next retry, ARI window
+  deployments.json              per (certificate, task): thumbprint last deployed (script tasks)
+  journal.jsonl                 write-ahead log of apply: intent, outcome
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reconciler import pki
+from reconciler.core.model import Attempts, CertInfo, IssuedVersion
+from reconciler.fsutil import atomic_write
+from reconciler.ports import Material
+
+
+class LockBusy(Exception):
+    pass
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value else None
+
+
+def info_to_json(info: CertInfo) -> dict[str, Any]:
+    return {
+        "thumbprint": info.thumbprint, "sha256": info.sha256, "subject": info.subject, "sans": list(info.sans),
+        "key_algorithm": info.key_algorithm, "not_before": _iso(info.not_before), "not_after": _iso(info.not_after),
+        "issuer": info.issuer, "serial": info.serial,
+    }
+
+
+def info_from_json(data: dict[str, Any]) -> CertInfo:
+    return CertInfo(
+        thumbprint=data["thumbprint"], sha256=data["sha256"], subject=data["subject"], sans=tuple(data["sans"]),
+        key_algorithm=data["key_algorithm"], not_before=datetime.fromisoformat(data["not_before"]),
+        not_after=datetime.fromisoformat(data["not_after"]), issuer=data["issuer"], serial=data["serial"],
+    )
+
+
+class StateDir:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._mutex = threading.RLock()
+        self._lock_fd: int | None = None
+
+    # --- lock ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, wait: float = 10.0, purpose: str = "apply") -> Iterator[None]:
+        """Hold the state dir's lock; wait up to ``wait`` seconds, then raise LockBusy naming the holder."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_path = self.path / "lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+                if time.monotonic() >= deadline:
+                    holder = lock_path.read_text(errors="replace").strip() or "another process"
+                    os.close(fd)
+                    raise LockBusy(
+                        f"another certctl holds the lock on {self.path} ({holder}); waited {wait:g}s. "
+                        "Only one certctl may apply at a time; try again when it has finished."
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}, {purpose} since {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}".encode())
+        self._lock_fd = fd
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+            self._lock_fd = None
+
+    # --- JSON documents ----------------------------------------------------------------------------
+
+    def _read_json(self, name: str, default: Any) -> Any:
+        try:
+            return json.loads((self.path / name).read_text())
+        except FileNotFoundError:
+            return default
+        except (OSError, ValueError) as exc:
+            raise RuntimeError(f"state file {self.path / name} is unreadable ({exc}); move it away to start afresh") from exc
+
+    def _write_json(self, name: str, data: Any, mode: int = 0o600) -> None:
+        atomic_write(self.path / name, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
+
+    # --- vault ---------------------------------------------------------------------------------------
+
+    @property
+    def vault(self) -> Path:
+        return self.path / "vault"
+
+    def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
+        index = self._read_json("vault/index.json", {})
+        out: dict[str, tuple[IssuedVersion, ...]] = {}
+        for name, versions in index.items():
+            out[name] = tuple(
+                IssuedVersion(
+                    certificate=name, info=info_from_json(v["info"]), issuer_id=v["issuer_id"],
+                    issued_at=datetime.fromisoformat(v["issued_at"]), domains=tuple(v["domains"]),
+                    replaced=v.get("replaced"),
+                )
+                for v in versions
+            )
+        return out
+
+    def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
+                     at: datetime, replaced: str | None) -> IssuedVersion:
+        """Keep a newly issued certificate with its key; the index is updated last (the commit point)."""
+        folder = self.vault / name / material.info.thumbprint
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(folder / "key.pem", material.key_pem, 0o600)
+        atomic_write(folder / "cert.pem", material.cert_pem)
+        atomic_write(folder / "chain.pem", material.chain_pem)
+        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced)
+        meta = {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
+                "domains": list(domains), "replaced": replaced}
+        atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
+        with self._mutex:
+            index = self._read_json("vault/index.json", {})
+            versions = [v for v in index.get(name, []) if v["info"]["thumbprint"] != material.info.thumbprint]
+            versions.append(meta)
+            index[name] = versions
+            self._write_json("vault/index.json", index)
+        return version
+
+    def material(self, name: str, thumbprint: str) -> Material:
+        folder = self.vault / name / thumbprint
+        cert = (folder / "cert.pem").read_bytes()
+        return Material(cert, (folder / "chain.pem").read_bytes(), (folder / "key.pem").read_bytes(),
+                        pki.info_from_pem(cert))
+
+    def forget_issued(self, name: str, thumbprint: str) -> None:
+        with self._mutex:
+            index = self._read_json("vault/index.json", {})
+            index[name] = [v for v in index.get(name, []) if v["info"]["thumbprint"] != thumbprint]
+            if not index[name]:
+                del index[name]
+            self._write_json("vault/index.json", index)
+        shutil.rmtree(self.vault / name / thumbprint, ignore_errors=True)
+
+    # --- attempts -----------------------------------------------------------------------------------------
+
+    def attempts(self) -> dict[str, Attempts]:
+        raw = self._read_json("attempts.json", {})
+        return {
+            name: Attempts(
+                certificate=name,
+                consecutive_failures=a.get("consecutive_failures", 0),
+                last_attempt=_dt(a.get("last_attempt")),
+                last_success=_dt(a.get("last_success")),
+                last_error=a.get("last_error"),
+                next_retry=_dt(a.get("next_retry")),
+                ari_window_start=_dt(a.get("ari_window_start")),
+                ari_window_end=_dt(a.get("ari_window_end")),
+                ari_for=a.get("ari_for"),
+            )
+            for name, a in raw.items()
+        }
+
+    def save_attempts(self, attempts: Attempts) -> None:
+        with self._mutex:
+            raw = self._read_json("attempts.json", {})
+            raw[attempts.certificate] = {
+                "consecutive_failures": attempts.consecutive_failures,
+                "last_attempt": _iso(attempts.last_attempt),
+                "last_success": _iso(attempts.last_success),
+                "last_error": attempts.last_error,
+                "next_retry": _iso(attempts.next_retry),
+                "ari_window_start": _iso(attempts.ari_window_start),
+                "ari_window_end": _iso(attempts.ari_window_end),
+                "ari_for": attempts.ari_for,
+            }
+            self._write_json("attempts.json", raw)
+
+    def update_attempts(self, name: str, **changes: Any) -> Attempts:
+        with self._mutex:
+            current = self.attempts().get(name, Attempts(certificate=name))
+            updated = replace(current, **changes)
+            self.save_attempts(updated)
+            return updated
+
+    # --- deployments (script tasks, whose output cannot be observed) ----------------------------------------
+
+    def deployments(self) -> dict[str, str]:
+        return dict(self._read_json("deployments.json", {}))
+
+    def record_deployment(self, name: str, index: int, thumbprint: str) -> None:
+        with self._mutex:
+            raw = self._read_json("deployments.json", {})
+            raw[f"{name}/{index}"] = thumbprint
+            self._write_json("deployments.json", raw)
+
+    # --- journal ---------------------------------------------------------------------------------------------
+
+    def journal(self, event: str, **fields: Any) -> None:
+        """Append one line to the write-ahead journal (intent before acting, outcome after), fsync'ed."""
+        line = json.dumps({"at": datetime.now(UTC).isoformat(), "event": event, **fields}, sort_keys=True)
+        with self._mutex:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, (line + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def journal_entries(self) -> list[dict[str, Any]]:
+        try:
+            lines = (self.path / "journal.jsonl").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))  # a torn last line after a crash is skipped
+        return out
+
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Actions whose intent is journaled without an outcome (the process died in between)."""
+        open_: dict[str, dict[str, Any]] = {}
+        for entry in self.journal_entries():
+            key = f"{entry.get('run')}/{entry.get('action')}"
+            if entry.get("event") == "intent":
+                open_[key] = entry
+            elif entry.get("event") in ("done", "failed", "skipped", "recovered"):
+                open_.pop(key, None)
+        return list(open_.values())
