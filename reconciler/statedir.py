@@ -145,6 +145,7 @@ class StateDir:
         atomic_write(folder / "key.pem", material.key_pem, 0o600)
         atomic_write(folder / "cert.pem", material.cert_pem)
         atomic_write(folder / "chain.pem", material.chain_pem)
+        atomic_write(folder / "fullchain.pem", material.fullchain_pem)
         version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced)
         meta = {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
                 "domains": list(domains), "replaced": replaced}

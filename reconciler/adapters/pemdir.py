@@ -1,0 +1,204 @@
+"""Store ``pemDirectory``: one folder per certificate, every version kept, the live one switched atomically.
+
+  <path>/<certificate>/versions/<YYYYmmddTHHMMSSZ>-<THUMB8>/cert.pem chain.pem fullchain.pem privkey.pem meta.json
+  <path>/<certificate>/current -> versions/<id>          (one symlink: flipping it switches all four files at once)
+  <path>/<certificate>/{cert,chain,fullchain,privkey}.pem -> current/<file>
+
+A web server reads ``<path>/<certificate>/fullchain.pem`` and ``privkey.pem`` and never sees a
+certificate paired with the wrong key. Earlier versions stay until cleanup removes them.
+Anything else found in the folder (PEM files of other tools) is observed as unmanaged and never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler import pki
+from reconciler.core.model import MANAGED_PREFIX, StoredCert, StoreState
+from reconciler.fsutil import atomic_symlink, atomic_write, fsync_dir
+from reconciler.ports import Material
+
+FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
+
+
+class PemDirectoryStore:
+    def __init__(self, name: str, path: Path | str) -> None:
+        self.name = name
+        self.path = Path(path)
+
+    # --- observe -----------------------------------------------------------------------------------
+
+    def observe(self) -> StoreState:
+        certs: list[StoredCert] = []
+        problems: list[str] = []
+        if not self.path.exists():
+            return StoreState(self.name)  # created on first install
+        try:
+            entries = sorted(os.scandir(self.path), key=lambda e: e.name)
+        except OSError as exc:
+            return StoreState(self.name, problems=(f"cannot read store folder {self.path}: {exc.strerror}",), reachable=False)
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False) and os.path.isdir(os.path.join(entry.path, "versions")):
+                    certs.extend(self._observe_managed(Path(entry.path), problems))
+                elif entry.is_dir():
+                    certs.extend(self._observe_foreign_dir(Path(entry.path), problems))
+                elif entry.name.endswith((".pem", ".crt", ".cer")):
+                    found = self._read_foreign(Path(entry.path), problems)
+                    if found:
+                        certs.append(found)
+            except OSError as exc:
+                problems.append(f"cannot read {entry.path}: {exc.strerror}")
+        return StoreState(self.name, tuple(certs), tuple(problems))
+
+    def _observe_managed(self, folder: Path, problems: list[str]) -> list[StoredCert]:
+        current = None
+        link = folder / "current"
+        if link.is_symlink():
+            current = os.path.basename(os.readlink(link))
+        versions = folder / "versions"
+        out: list[StoredCert] = []
+        try:
+            names = sorted(os.listdir(versions))
+        except OSError as exc:
+            problems.append(f"cannot read {versions}: {exc.strerror}")
+            return out
+        metas: list[tuple[str, dict[str, object]]] = []
+        for version in names:
+            if version.startswith("."):
+                continue
+            try:
+                meta = json.loads((versions / version / "meta.json").read_text())
+            except (OSError, ValueError):
+                meta = {}
+            metas.append((version, meta))
+        metas.sort(key=lambda vm: (str(vm[1].get("installed_at", "")), vm[0]))
+        for i, (version, meta) in enumerate(metas):
+            cert_path = versions / version / "cert.pem"
+            try:
+                info = pki.info_from_pem(cert_path.read_bytes())
+            except OSError as exc:
+                problems.append(f"cannot read {cert_path}: {exc.strerror}")
+                continue
+            except ValueError as exc:
+                problems.append(f"{cert_path} is not a valid PEM certificate ({exc}); left alone")
+                continue
+            owner = str(meta.get("managed_by", ""))
+            superseded = metas[i + 1][1].get("installed_at") if i + 1 < len(metas) else None
+            out.append(StoredCert(
+                store=self.name,
+                info=info,
+                ref=f"{folder.name}/{version}",
+                managed_by=owner[len(MANAGED_PREFIX):] if owner.startswith(MANAGED_PREFIX) else None,
+                current=version == current,
+                installed_at=_dt(meta.get("installed_at")),
+                superseded_at=_dt(superseded),
+                has_key=(versions / version / "privkey.pem").exists(),
+            ))
+        return out
+
+    def _observe_foreign_dir(self, folder: Path, problems: list[str]) -> list[StoredCert]:
+        for candidate in ("fullchain.pem", "cert.pem"):
+            path = folder / candidate
+            if path.exists():
+                found = self._read_foreign(path, problems)
+                return [found] if found else []
+        return []
+
+    def _read_foreign(self, path: Path, problems: list[str]) -> StoredCert | None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            problems.append(f"cannot read {path}: {exc.strerror}")
+            return None
+        if b"-----BEGIN CERTIFICATE-----" not in data:
+            return None  # a key or something else: not a certificate
+        try:
+            info = pki.info_from_pem(data)
+        except ValueError as exc:
+            problems.append(f"{path} is not a valid PEM certificate ({exc}); left alone")
+            return None
+        return StoredCert(self.name, info, str(path.relative_to(self.path)), None, has_key=False)
+
+    # --- change ------------------------------------------------------------------------------------------
+
+    def install(self, certificate: str, material: Material, at: datetime) -> StoredCert:
+        folder = self.path / certificate
+        versions = folder / "versions"
+        version = f"{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{material.info.thumbprint[:8]}"
+        target = versions / version
+        existing = self._find(folder, material.info.thumbprint)
+        if existing is not None:
+            version, target = existing.name, existing
+        else:
+            tmp = versions / f".{version}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True, mode=0o755)
+            atomic_write(tmp / "privkey.pem", material.key_pem, 0o600)
+            atomic_write(tmp / "cert.pem", material.cert_pem)
+            atomic_write(tmp / "chain.pem", material.chain_pem)
+            atomic_write(tmp / "fullchain.pem", material.fullchain_pem)
+            meta = {"managed_by": f"{MANAGED_PREFIX}{certificate}", "thumbprint": material.info.thumbprint,
+                    "installed_at": at.astimezone(UTC).isoformat()}
+            atomic_write(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+            os.replace(tmp, target)  # the whole version appears at once
+            fsync_dir(versions)
+        atomic_symlink(f"versions/{version}", folder / "current")
+        for name in FILES:
+            link = folder / name
+            if not (link.is_symlink() and os.readlink(link) == f"current/{name}"):
+                atomic_symlink(f"current/{name}", link)
+        return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
+
+    def _find(self, folder: Path, thumbprint: str) -> Path | None:
+        versions = folder / "versions"
+        if not versions.is_dir():
+            return None
+        for entry in versions.iterdir():
+            if entry.name.endswith("-" + thumbprint[:8]) and not entry.name.startswith("."):
+                try:
+                    if pki.info_from_pem((entry / "cert.pem").read_bytes()).thumbprint == thumbprint:
+                        return entry
+                except (OSError, ValueError):
+                    continue
+        return None
+
+    def remove(self, ref: str) -> None:
+        certificate, _, version = ref.partition("/")
+        folder = self.path / certificate
+        target = folder / "versions" / version
+        link = folder / "current"
+        if link.is_symlink() and os.path.basename(os.readlink(link)) == version:
+            raise RuntimeError(f"refusing to remove {ref}: it is the live version")
+        meta = json.loads((target / "meta.json").read_text())
+        if not str(meta.get("managed_by", "")).startswith(MANAGED_PREFIX):
+            raise RuntimeError(f"refusing to remove {ref}: certctl did not install it")
+        trash = target.with_name(f".{version}.removing")
+        os.replace(target, trash)  # vanish at once, then delete
+        shutil.rmtree(trash)
+        fsync_dir(target.parent)
+
+    def read(self, ref: str) -> Material | None:
+        certificate, _, version = ref.partition("/")
+        folder = self.path / certificate / "versions" / version
+        try:
+            cert = (folder / "cert.pem").read_bytes()
+            return Material(cert, (folder / "chain.pem").read_bytes(), (folder / "privkey.pem").read_bytes(),
+                            pki.info_from_pem(cert))
+        except (OSError, ValueError):
+            return None
+
+
+def _dt(value: object) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value))
+    except ValueError:
+        return None

@@ -1,0 +1,155 @@
+"""Deployment tasks: files, pfx, script, ccs. Each can say what its output holds now, and redo it."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import structlog
+
+from reconciler import pki
+from reconciler.core.model import TaskState
+from reconciler.core.spec import CertificateSpec, Command, Task
+from reconciler.fsutil import atomic_write
+from reconciler.ports import Material
+from reconciler.secrets import SecretError, resolve
+
+log = structlog.get_logger()
+
+
+class TaskError(Exception):
+    pass
+
+
+def ccs_file_name(domain: str) -> str:
+    """IIS Centralized Certificate Store naming: <host>.pfx, and _.example.com.pfx for *.example.com."""
+    return ("_" + domain[1:] if domain.startswith("*.") else domain) + ".pfx"
+
+
+def observe(certificate: str, index: int, task: Task, spec: CertificateSpec, deployments: dict[str, str]) -> TaskState:
+    try:
+        thumbprint = _observe(certificate, index, task, spec, deployments)
+    except TaskError as exc:
+        return TaskState(certificate, index, None, str(exc))
+    return TaskState(certificate, index, thumbprint)
+
+
+def _observe(certificate: str, index: int, task: Task, spec: CertificateSpec, deployments: dict[str, str]) -> str | None:
+    if task.files is not None:
+        folder = Path(task.files.path)
+        thumbs = set()
+        for name in ("cert.pem", "fullchain.pem"):
+            thumbs.add(_pem_thumbprint(folder / name))
+        for name in ("chain.pem", "privkey.pem"):
+            if not (folder / name).exists():
+                raise TaskError(f"{folder / name} is missing")
+        if len(thumbs) != 1:
+            raise TaskError(f"cert.pem and fullchain.pem in {folder} hold different certificates")
+        thumb = thumbs.pop()
+        try:
+            if not pki.key_matches((folder / "cert.pem").read_bytes(), (folder / "privkey.pem").read_bytes()):
+                raise TaskError(f"privkey.pem in {folder} does not match cert.pem")
+        except (OSError, ValueError) as exc:
+            raise TaskError(f"cannot check privkey.pem in {folder}: {exc}") from None
+        return thumb
+    if task.pfx is not None:
+        return _pfx_thumbprint(Path(task.pfx.path), task.pfx.password)
+    if task.script is not None:
+        return deployments.get(f"{certificate}/{index}")
+    if task.ccs is not None:
+        thumbs = {_pfx_thumbprint(Path(task.ccs.path) / ccs_file_name(d), task.ccs.password) for d in spec.domains}
+        return thumbs.pop() if len(thumbs) == 1 else None
+    raise TaskError("unknown task")
+
+
+def _pem_thumbprint(path: Path) -> str:
+    try:
+        return pki.info_from_pem(path.read_bytes()).thumbprint
+    except FileNotFoundError:
+        raise TaskError(f"{path} is missing") from None
+    except OSError as exc:
+        raise TaskError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise TaskError(f"{path} is not a valid PEM certificate ({exc})") from None
+
+
+def _pfx_thumbprint(path: Path, password_ref: object) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TaskError(f"{path} is missing") from None
+    except OSError as exc:
+        raise TaskError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        password = resolve(password_ref) if password_ref is not None else None  # type: ignore[arg-type]
+        cert_pem, _, _, _ = pki.from_pfx(data, password or None)
+    except SecretError as exc:
+        raise TaskError(f"cannot open {path}: {exc}") from None
+    except ValueError as exc:
+        raise TaskError(f"{path} cannot be read as PKCS#12 with its password ({exc})") from None
+    return pki.info_from_pem(cert_pem).thumbprint
+
+
+def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, material: Material, vault_folder: Path) -> None:
+    """Write the task's output for ``material`` and run its reload/script; raise TaskError on failure."""
+    if task.files is not None:
+        folder = Path(task.files.path)
+        mode = int(task.files.keyMode, 8)
+        atomic_write(folder / "privkey.pem", material.key_pem, mode)
+        atomic_write(folder / "chain.pem", material.chain_pem)
+        atomic_write(folder / "cert.pem", material.cert_pem)
+        atomic_write(folder / "fullchain.pem", material.fullchain_pem)
+        if task.files.reload:
+            _run(task.files.reload, _env(certificate, material, vault_folder), 300, "reload")
+    elif task.pfx is not None:
+        password = _secret(task.pfx.password)
+        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}")
+        atomic_write(Path(task.pfx.path), data, 0o600)
+        if task.pfx.reload:
+            _run(task.pfx.reload, _env(certificate, material, vault_folder), 300, "reload")
+    elif task.script is not None:
+        _run(task.script.command, _env(certificate, material, vault_folder), task.script.timeout.total_seconds(), "script")
+    elif task.ccs is not None:
+        password = _secret(task.ccs.password) if task.ccs.password else None
+        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}")
+        for domain in spec.domains:
+            atomic_write(Path(task.ccs.path) / ccs_file_name(domain), data, 0o600)
+
+
+def _secret(ref: object) -> bytes:
+    try:
+        return resolve(ref)  # type: ignore[arg-type]
+    except SecretError as exc:
+        raise TaskError(str(exc)) from None
+
+
+def _env(certificate: str, material: Material, vault_folder: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "CERTCTL_CERTIFICATE": certificate,
+        "CERTCTL_THUMBPRINT": material.info.thumbprint,
+        "CERTCTL_DOMAINS": " ".join(material.info.sans),
+        "CERTCTL_NOT_AFTER": material.info.not_after.isoformat(),
+        "CERTCTL_CERT_FILE": str(vault_folder / "cert.pem"),
+        "CERTCTL_CHAIN_FILE": str(vault_folder / "chain.pem"),
+        "CERTCTL_FULLCHAIN_FILE": str(vault_folder / "fullchain.pem"),
+        "CERTCTL_KEY_FILE": str(vault_folder / "key.pem"),
+    })
+    return env
+
+
+def _run(command: Command, env: dict[str, str], timeout: float, what: str) -> None:
+    argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
+    shown = command if isinstance(command, str) else shlex.join(command)
+    try:
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise TaskError(f"{what} command timed out after {timeout:g}s: {shown}") from None
+    except OSError as exc:
+        raise TaskError(f"{what} command could not start: {shown}: {exc.strerror}") from None
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise TaskError(f"{what} command exited {result.returncode}: {shown}" + (f": {' / '.join(tail)}" if tail else ""))
+    log.info("task.command.ok", what=what, command=shown)
