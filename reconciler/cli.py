@@ -1,0 +1,303 @@
+"""certctl: validate | plan | apply | status | renew | daemon | schema | import."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from reconciler import __version__
+from reconciler.core import render
+from reconciler.core.durations import iso, parse_time
+from reconciler.core.model import DesiredState
+from reconciler.core.plan import Plan, action_from_json
+from reconciler.core.planner import desired_fingerprint, plan as make_plan
+from reconciler.loader import InvalidDesiredState, load
+from reconciler.logging import configure
+from reconciler.statedir import LockBusy, StateDir
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+class CliError(Exception):
+    pass
+
+
+def _dir(args: argparse.Namespace) -> Path:
+    return Path(args.dir or os.environ.get("CERTCTL_DIR") or "desired-state")
+
+
+def _load(args: argparse.Namespace) -> DesiredState:
+    return load(_dir(args))
+
+
+def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:
+    from reconciler.wiring import state_dir_for
+
+    return StateDir(state_dir_for(_dir(args), desired, args.state_dir))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _world(args: argparse.Namespace, desired: DesiredState) -> Any:
+    from reconciler.wiring import build
+
+    return build(desired, _state(args, desired))
+
+
+def _observe(world: Any) -> Any:
+    from reconciler.observe import observe
+
+    return observe(world)
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    desired = _load(args)
+    print(f"Valid: {len(desired.certificates)} certificate(s), {len(desired.issuers)} issuer(s), "
+          f"{len(desired.stores)} store(s), {len(desired.iis_hosts)} IIS host(s) in {desired.directory}.")
+    return EXIT_OK
+
+
+def _emit(args: argparse.Namespace, plan: Plan) -> None:
+    if args.out:
+        from reconciler.fsutil import atomic_write
+
+        atomic_write(Path(args.out), json.dumps(plan.to_json(), indent=2) + "\n")
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+    elif getattr(args, "markdown", False):
+        sys.stdout.write(render.markdown(plan))
+    else:
+        sys.stdout.write(render.text(plan))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    desired = _load(args)
+    now = _now()
+    at = parse_time(args.at, now) if args.at else now
+    world = _world(args, desired)
+    plan = make_plan(desired, _observe(world), at)
+    _emit(args, plan)
+    if args.detailed_exitcode and plan.changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) -> int:
+    desired = _load(args)
+    world = _world(args, desired)
+    with world.state.lock(wait=args.lock_timeout):
+        observed = _observe(world)
+        if getattr(args, "planfile", None):
+            plan = _saved_plan(Path(args.planfile), desired, observed)
+        else:
+            plan = make_plan(desired, observed, _now(), forced)
+        if not plan.changes:
+            sys.stdout.write(render.text(plan))
+            return EXIT_OK
+        sys.stdout.write(render.text(plan))
+        sys.stdout.flush()
+        return _execute(args, world, plan)
+
+
+def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read the plan file {path}: {exc}") from None
+    if data.get("format_version") != 1:
+        raise CliError(f"{path} is not a certctl plan (format_version 1)")
+    saved = data.get("fingerprints", {})
+    if saved.get("desired") != desired_fingerprint(desired):
+        raise CliError(f"stale plan: the desired state in {desired.directory} changed since {path} was made; "
+                       "run certctl plan again")
+    if saved.get("observed") != observed.fingerprint():
+        raise CliError(f"stale plan: what certctl observes (stores, hosts, task outputs, state) changed since {path} "
+                       "was made; run certctl plan again")
+    return Plan(
+        at=datetime.fromisoformat(data["at"].replace("Z", "+00:00")),
+        directory=data["source"]["dir"],
+        revision=data["source"]["revision"],
+        actions=tuple(action_from_json(a) for a in data["actions"]),
+        certificates=(),
+        observed_fingerprint=saved.get("observed", ""),
+        desired_fingerprint=saved.get("desired", ""),
+    )
+
+
+def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
+    from reconciler.executor import Executor, Outcome
+
+    progress = sys.stdout.isatty() and args.log_format != "json"
+
+    def show(outcome: Outcome) -> None:
+        if progress:
+            mark = {"done": "ok", "failed": "FAILED", "skipped": "skipped"}[outcome.status]
+            extra = f": {outcome.error}" if outcome.error else ""
+            sys.stdout.write(f"  {mark:<7} {outcome.action.id} ({outcome.seconds:.1f}s){extra}\n")
+            sys.stdout.flush()
+
+    executor = Executor(world, concurrency=world.desired.settings.concurrency, on_outcome=show)
+    result = executor.run(plan)
+    failed = [o for o in result.outcomes if o.status != "done"]
+    if failed or result.verify_failures:
+        sys.stdout.write("\nNot done:\n")
+        for o in failed:
+            sys.stdout.write(f"  {o.status}: {o.action.id}: {o.error}\n")
+        for v in result.verify_failures:
+            sys.stdout.write(f"  failed: {v}\n")
+    sys.stdout.write(
+        f"\nApply complete: {result.count('done')} done, {result.count('failed')} failed, "
+        f"{result.count('skipped')} skipped" + (f", {len(result.verify_failures)} verification(s) failed" if result.verify_failures else "")
+        + ".\n"
+    )
+    return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def cmd_renew(args: argparse.Namespace) -> int:
+    desired = _load(args)
+    if args.name not in desired.certificates:
+        raise CliError(f"no Certificate named {args.name!r} (known: {', '.join(sorted(desired.certificates)) or 'none'})")
+    args.planfile = None
+    return cmd_apply(args, forced=frozenset({args.name}))
+
+
+def status_rows(desired: DesiredState, observed: Any, at: datetime) -> list[dict[str, Any]]:
+    plan = make_plan(desired, observed, at)
+    rows = []
+    for summary in plan.certificates:
+        row = summary.to_json()
+        attempts = observed.attempts.get(summary.name)
+        row["last_attempt"] = iso(attempts.last_attempt) if attempts else None
+        row["last_success"] = iso(attempts.last_success) if attempts else None
+        row["pending_actions"] = [a.id for a in plan.actions if a.certificate == summary.name]
+        rows.append(row)
+    return rows
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    desired = _load(args)
+    world = _world(args, desired)
+    rows = status_rows(desired, _observe(world), _now())
+    if args.json:
+        payload = {"at": iso(_now()), "source": {"dir": desired.directory, "revision": desired.revision},
+                   "certificates": rows}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    else:
+        sys.stdout.write(render.status_text(rows))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from reconciler.schema import write_schemas
+
+    written = write_schemas(Path(args.out))
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    from reconciler.daemon import run_daemon
+
+    return run_daemon(args)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from reconciler.importer import run_import
+
+    return run_import(args)
+
+
+# --- parser ----------------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-d", "--dir", help="desired-state directory (default: ./desired-state or $CERTCTL_DIR)")
+    common.add_argument("--state-dir", help="state directory (overrides Settings.stateDir)")
+    common.add_argument("--log-format", choices=["console", "json"], default=os.environ.get("CERTCTL_LOG_FORMAT", "console"))
+    common.add_argument("--log-level", default=os.environ.get("CERTCTL_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    p = argparse.ArgumentParser(prog="certctl", description="Declarative TLS certificates: plan, then apply.")
+    p.add_argument("--version", action="version", version=f"certctl {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("validate", parents=[common], help="load and check the specs")
+    s.set_defaults(fn=cmd_validate)
+
+    s = sub.add_parser("plan", parents=[common], help="show what apply would do; change nothing")
+    fmt = s.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="the machine format")
+    fmt.add_argument("--markdown", action="store_true", help="for a pull-request comment")
+    s.add_argument("--out", help="also save the plan (JSON) to FILE, for `certctl apply FILE`")
+    s.add_argument("--at", help="plan as of another time: 2027-01-15, 2027-01-15T08:00:00Z or +30d")
+    s.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes, 0 when none")
+    s.set_defaults(fn=cmd_plan)
+
+    s = sub.add_parser("apply", parents=[common], help="plan and carry it out")
+    s.add_argument("planfile", nargs="?", help="a plan saved by `certctl plan --out`; refused if stale")
+    s.add_argument("--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)")
+    s.set_defaults(fn=cmd_apply)
+
+    s = sub.add_parser("status", parents=[common], help="every certificate: state, expiry, renewal, last error")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_status)
+
+    s = sub.add_parser("renew", parents=[common], help="force a renewal now (overrides backoff)")
+    s.add_argument("name")
+    s.add_argument("--lock-timeout", type=float, default=10.0)
+    s.set_defaults(fn=cmd_renew)
+
+    s = sub.add_parser("daemon", parents=[common], help="reconcile continuously")
+    s.add_argument("--git-pull", action="store_true", help="fast-forward the desired-state repository each interval")
+    s.add_argument("--metrics-address", help="host:port for /healthz, /metrics, /status (default 127.0.0.1:9464)")
+    s.add_argument("--no-metrics", action="store_true", help="serve no HTTP endpoint")
+    s.set_defaults(fn=cmd_daemon)
+
+    s = sub.add_parser("schema", parents=[common], help="write the JSON Schemas of every kind")
+    s.add_argument("--out", default="schemas", help="folder (default: schemas/)")
+    s.set_defaults(fn=cmd_schema)
+
+    s = sub.add_parser("import", parents=[common], help="write Certificate specs for what an IIS host serves today")
+    s.add_argument("--iis-host", required=True, help="the IisHost to read")
+    s.add_argument("--issuer", help="Issuer for the new specs (default: the only one, or the first)")
+    s.add_argument("--out", help="file to write (default: <dir>/imported-<host>.yaml)")
+    s.set_defaults(fn=cmd_import)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    configure(args.log_format, args.log_level)
+    try:
+        return int(args.fn(args))
+    except InvalidDesiredState as exc:
+        for d in exc.diagnostics:
+            sys.stderr.write(f"{d}\n")
+        sys.stderr.write(f"certctl: {len(exc.diagnostics)} problem(s) found; nothing was changed.\n")
+        return EXIT_ERROR
+    except (CliError, LockBusy) as exc:
+        sys.stderr.write(f"certctl: {exc}\n")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("certctl: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except ValueError as exc:  # e.g. a bad --at
+        sys.stderr.write(f"certctl: {exc}\n")
+        return EXIT_ERROR

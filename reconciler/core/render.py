@@ -1,0 +1,111 @@
+"""Plan and status as text for humans and Markdown for pull requests, rendered from the same data as --json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.core.durations import iso
+from reconciler.core.plan import ACTION_ORDER, ActionKind, Plan
+
+_SYMBOL = {
+    ActionKind.issue: "+", ActionKind.renew: "~", ActionKind.reissue: "~", ActionKind.install: "+",
+    ActionKind.bind: "+", ActionKind.rebind: "~", ActionKind.deploy: "~", ActionKind.cleanup: "-",
+    ActionKind.unbind: "-",
+}
+
+_VERB = {
+    "issue": "to issue", "renew": "to renew", "reissue": "to reissue", "install": "to install", "bind": "to bind",
+    "rebind": "to rebind", "deploy": "to deploy", "cleanup": "to clean up", "unbind": "to unbind",
+}
+
+
+def summary_line(plan: Plan) -> str:
+    if not plan.changes:
+        return "No changes. Everything is up to date."
+    counts = plan.summary()
+    return "Plan: " + ", ".join(f"{counts[k.value]} {_VERB[k.value]}" for k in ACTION_ORDER) + "."
+
+
+def describe_target(action_json: dict[str, Any]) -> str:
+    """The action's target, with binding details (host, site, binding, old -> new thumbprint) when it has them."""
+    detail = action_json.get("detail", {})
+    target = str(action_json["target"])
+    if "binding" in detail:
+        binding = f"{detail.get('protocol', 'https')} {detail['binding']}"
+        flags = int(detail.get("ssl_flags", 0))
+        binding += " (SNI)" if flags & 1 else " (no SNI)" if detail.get("protocol", "https") == "https" else ""
+        old = detail.get("old_thumbprint")
+        new = detail.get("thumbprint") or "(new)"
+        arrow = f"{str(old)[:8]} -> {str(new)[:8]}" if old else f"-> {str(new)[:8]}"
+        if action_json["kind"] == "unbind":
+            arrow = f"{str(old)[:8] if old else ''} -> removed"
+        return f"host {detail.get('host')}, site {detail.get('site')!s}: {binding}, {arrow}"
+    return target
+
+
+def text(plan: Plan) -> str:
+    data = plan.to_json()
+    lines: list[str] = []
+    by_cert: dict[str, list[dict[str, Any]]] = {}
+    for action in data["actions"]:
+        by_cert.setdefault(action["certificate"], []).append(action)
+    for name, actions in by_cert.items():
+        lines.append(f"certificate {name}:")
+        for a in actions:
+            lines.append(f"  {_SYMBOL[ActionKind(a['kind'])]} {a['kind']:<8} {describe_target(a)}")
+            lines.append(f"             because {a['reason']}")
+    notes = data["notes"]
+    if notes:
+        if lines:
+            lines.append("")
+        lines.append("Left alone (reported, not changed):")
+        for n in notes:
+            who = f"{n['certificate']}: " if n["certificate"] else ""
+            lines.append(f"  ! {who}{n['target']}: {n['message']}")
+    if lines:
+        lines.append("")
+    lines.append(summary_line(plan))
+    return "\n".join(lines) + "\n"
+
+
+def markdown(plan: Plan) -> str:
+    data = plan.to_json()
+    out = ["### certctl plan", ""]
+    rev = data["source"]["revision"]
+    out.append(f"As of `{data['at']}` for `{data['source']['dir']}`" + (f" at `{rev[:12]}`" if rev else "") + ".")
+    out.append("")
+    if data["actions"]:
+        out += ["| certificate | action | target | reason |", "|---|---|---|---|"]
+        for a in data["actions"]:
+            out.append(f"| `{a['certificate']}` | **{a['kind']}** | {_md(describe_target(a))} | {_md(a['reason'])} |")
+        out.append("")
+    if data["notes"]:
+        out += ["<details><summary>Left alone (reported, not changed)</summary>", ""]
+        for n in data["notes"]:
+            out.append(f"- `{n['target']}`: {_md(n['message'])}")
+        out += ["", "</details>", ""]
+    out.append(f"**{summary_line(plan)}**")
+    return "\n".join(out) + "\n"
+
+
+def _md(value: str) -> str:
+    return value.replace("|", "\\|").replace("\n", " ")
+
+
+def status_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "No certificates are defined.\n"
+    header = ("CERTIFICATE", "STATE", "EXPIRES", "RENEWS", "THUMBPRINT", "LAST ERROR")
+    table = [header] + [
+        (
+            r["name"], r["state"], r["not_after"] or "-", r["renew_at"] or "-",
+            (r["thumbprint"] or "-")[:16], (r["last_error"] or "-")[:80],
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["iso", "markdown", "status_text", "summary_line", "text"]

@@ -1,0 +1,289 @@
+"""Carries out a Plan: dependency order, bounded parallelism, journal, backoff, verification.
+
+A failed action fails only what depends on it; everything else still runs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from reconciler.adapters import tasks as task_adapter
+from reconciler.core.plan import ISSUANCE, Action, ActionKind, Plan
+from reconciler.core.planner import current_version
+from reconciler.core.policies import issuer_id
+from reconciler.ports import BindingChange, IssueError, IssueRequest, Material
+from reconciler.wiring import World
+
+log = structlog.get_logger()
+
+BACKOFF_START = timedelta(hours=1)
+BACKOFF_CAP = timedelta(hours=24)
+
+
+def backoff(failures: int) -> timedelta:
+    """1 h after the first failure, doubling, at most 24 h."""
+    return min(BACKOFF_CAP, BACKOFF_START * (2 ** max(0, failures - 1)))
+
+
+@dataclass
+class Outcome:
+    action: Action
+    status: str  # done | failed | skipped
+    error: str | None = None
+    seconds: float = 0.0
+    result: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class ApplyResult:
+    outcomes: list[Outcome]
+    verify_failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.status == "done" for o in self.outcomes) and not self.verify_failures
+
+    def count(self, status: str) -> int:
+        return sum(1 for o in self.outcomes if o.status == status)
+
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Executor:
+    def __init__(self, world: World, *, concurrency: int = 8, clock: Clock = _utcnow,
+                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+        self.world = world
+        self.concurrency = max(1, concurrency)
+        self.clock = clock
+        self.on_outcome = on_outcome
+        self.run_id = uuid.uuid4().hex[:12]
+        self._host_locks: dict[str, threading.Lock] = {name: threading.Lock() for name in world.hosts}
+        self._cert_locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self.stop_requested = threading.Event()
+
+    # --- scheduling -----------------------------------------------------------------------------------
+
+    def run(self, plan: Plan) -> ApplyResult:
+        state = self.world.state
+        for entry in state.unfinished():
+            log.warning("journal.recovered", action=entry.get("action"), run=entry.get("run"),
+                        note="a previous apply stopped during this action; the plan was made from what is there now")
+            state.journal("recovered", run=entry.get("run"), action=entry.get("action"))
+        actions = {a.id: a for a in plan.actions}
+        outcomes: dict[str, Outcome] = {}
+        pending = dict(actions)
+        running: dict[Future[Outcome], str] = {}
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="certctl-apply") as pool:
+            while pending or running:
+                for action_id in sorted(pending):
+                    action = pending[action_id]
+                    deps = [d for d in action.depends_on if d in actions]
+                    if any(d in outcomes and outcomes[d].status != "done" for d in deps):
+                        failed = next(d for d in deps if outcomes.get(d) and outcomes[d].status != "done")
+                        outcome = Outcome(action, "skipped", f"skipped because {failed} did not succeed")
+                        self._finish(outcome, outcomes)
+                        del pending[action_id]
+                    elif self.stop_requested.is_set():
+                        outcome = Outcome(action, "skipped", "skipped: certctl is stopping")
+                        self._finish(outcome, outcomes)
+                        del pending[action_id]
+                    elif all(d in outcomes for d in deps):
+                        running[pool.submit(self._run_one, action)] = action_id
+                        del pending[action_id]
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    self._finish(future.result(), outcomes)
+        result = ApplyResult([outcomes[a.id] for a in plan.actions])
+        result.verify_failures = self._verify(plan, result)
+        return result
+
+    def _finish(self, outcome: Outcome, outcomes: dict[str, Outcome]) -> None:
+        outcomes[outcome.action.id] = outcome
+        if outcome.status == "skipped":
+            self.world.state.journal("skipped", run=self.run_id, action=outcome.action.id, error=outcome.error)
+            log.warning("action.skipped", action=outcome.action.id, reason=outcome.error)
+        if self.on_outcome:
+            self.on_outcome(outcome)
+
+    def _run_one(self, action: Action) -> Outcome:
+        state = self.world.state
+        started = time.monotonic()
+        state.journal("intent", run=self.run_id, action=action.id, kind=action.kind.value, certificate=action.certificate)
+        log.info("action.started", action=action.id, kind=action.kind.value, certificate=action.certificate)
+        try:
+            result = self._dispatch(action) or {}
+        except Exception as exc:  # noqa: BLE001 - every failure becomes this action's outcome
+            seconds = time.monotonic() - started
+            message = str(exc) or exc.__class__.__name__
+            state.journal("failed", run=self.run_id, action=action.id, error=message)
+            log.error("action.failed", action=action.id, kind=action.kind.value, certificate=action.certificate,
+                      error=message, seconds=round(seconds, 3))
+            return Outcome(action, "failed", message, seconds)
+        seconds = time.monotonic() - started
+        state.journal("done", run=self.run_id, action=action.id, **{k: v for k, v in result.items() if isinstance(v, str)})
+        log.info("action.applied", action=action.id, kind=action.kind.value, certificate=action.certificate,
+                 seconds=round(seconds, 3), **{k: v for k, v in result.items() if isinstance(v, str)})
+        return Outcome(action, "done", None, seconds, result)
+
+    def _dispatch(self, action: Action) -> dict[str, object] | None:
+        if action.kind in ISSUANCE:
+            return self._issue(action)
+        if action.kind is ActionKind.install:
+            return self._install(action)
+        if action.kind is ActionKind.deploy:
+            return self._deploy(action)
+        if action.kind is ActionKind.cleanup:
+            return self._cleanup(action)
+        if action.kind in (ActionKind.bind, ActionKind.rebind, ActionKind.unbind):
+            return self._bind(action)
+        raise RuntimeError(f"unknown action kind {action.kind}")
+
+    # --- actions ------------------------------------------------------------------------------------------
+
+    def _cert_lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._cert_locks.setdefault(name, threading.Lock())
+
+    def _issue(self, action: Action) -> dict[str, object]:
+        name = action.certificate
+        desired = self.world.desired
+        spec = desired.certificates[name].spec
+        issuer_name = spec.issuer
+        backend = self.world.issuers[issuer_name]
+        state = self.world.state
+        with self._cert_lock(name):  # never two orders for one certificate
+            current = current_version(state.issued().get(name, ()))
+            key_pem = None
+            if spec.key.reuse and current is not None and current.info.key_algorithm == spec.key.algorithm.value:
+                key_pem = state.material(name, current.info.thumbprint).key_pem
+            now = self.clock()
+            state.update_attempts(name, last_attempt=now)
+            request = IssueRequest(
+                certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
+                key_pem=key_pem, replaces=current.info if current else None, at=now,
+            )
+            try:
+                material = backend.issue(request)
+            except IssueError as exc:
+                self._record_failure(name, str(exc), exc.retry_after)
+                raise
+            except Exception as exc:
+                self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+                raise
+            version = state.store_issued(
+                name, material, issuer_id(issuer_name, desired.issuers[issuer_name].spec), tuple(spec.domains),
+                self.clock(), current.info.thumbprint if current else None,
+            )
+            state.update_attempts(name, consecutive_failures=0, last_success=self.clock(), last_error=None,
+                                  next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
+        return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat()}
+
+    def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:
+        state = self.world.state
+        failures = state.attempts().get(name)
+        count = (failures.consecutive_failures if failures else 0) + 1
+        next_retry = self.clock() + backoff(count)
+        if retry_after is not None and retry_after > next_retry:
+            next_retry = retry_after
+        state.update_attempts(name, consecutive_failures=count, last_error=message, next_retry=next_retry)
+
+    def _material(self, action: Action) -> Material:
+        """The certificate an action installs: the one the plan named, or the newest issued (after issuance)."""
+        state = self.world.state
+        thumbprint = action.details.get("thumbprint")
+        if thumbprint is None:
+            current = current_version(state.issued().get(action.certificate, ()))
+            if current is None:
+                raise RuntimeError(f"certificate {action.certificate} has not been issued")
+            thumbprint = current.info.thumbprint
+        return state.material(action.certificate, str(thumbprint))
+
+    def _install(self, action: Action) -> dict[str, object]:
+        store_name = action.target.split("/", 1)[1]
+        material = self._material(action)
+        stored = self.world.stores[store_name].install(action.certificate, material, self.clock())
+        return {"thumbprint": material.info.thumbprint, "ref": stored.ref}
+
+    def _deploy(self, action: Action) -> dict[str, object]:
+        index = int(action.target.split("/", 1)[1].split("-", 1)[0])
+        spec = self.world.desired.certificates[action.certificate].spec
+        task = spec.tasks[index]
+        material = self._material(action)
+        folder = self.world.state.vault / action.certificate / material.info.thumbprint
+        task_adapter.deploy(action.certificate, index, task, spec, material, folder)
+        self.world.state.record_deployment(action.certificate, index, material.info.thumbprint)
+        return {"thumbprint": material.info.thumbprint}
+
+    def _cleanup(self, action: Action) -> dict[str, object]:
+        detail = action.details
+        store = self.world.stores[str(detail["store"])]
+        store.remove(str(detail["ref"]))
+        return {"thumbprint": str(detail["thumbprint"])}
+
+    def _bind(self, action: Action) -> dict[str, object]:
+        detail = action.details
+        host_name = str(detail["host"])
+        thumbprint = detail.get("thumbprint")
+        if thumbprint is None and action.kind is not ActionKind.unbind:
+            thumbprint = self._material(action).info.thumbprint
+        change = BindingChange(
+            op=str(detail["op"]),
+            site=str(detail["site"]),
+            protocol=str(detail.get("protocol", "https")),
+            information=str(detail["binding"]),
+            ssl_flags=int(detail.get("ssl_flags", 0)),  # type: ignore[call-overload]
+            thumbprint=str(thumbprint) if thumbprint else None,
+            store=str(detail.get("store", "WebHosting")),
+            old_thumbprint=str(detail["old_thumbprint"]) if detail.get("old_thumbprint") else None,
+        )
+        with self._host_locks.setdefault(host_name, threading.Lock()):
+            self.world.hosts[host_name].apply([change])
+        return {"thumbprint": str(thumbprint) if thumbprint else ""}
+
+    # --- verification ------------------------------------------------------------------------------------------
+
+    def _verify(self, plan: Plan, result: ApplyResult) -> list[str]:
+        """After a certificate's actions succeeded, check each verify endpoint serves the current certificate."""
+        prober = self.world.prober
+        failures: list[str] = []
+        touched = {o.action.certificate for o in result.outcomes if o.status == "done"}
+        failed = {o.action.certificate for o in result.outcomes if o.status != "done"}
+        for name in sorted(touched - failed):
+            spec = self.world.desired.certificates.get(name)
+            if spec is None or not spec.spec.verify or prober is None:
+                continue
+            current = current_version(self.world.state.issued().get(name, ()))
+            if current is None:
+                continue
+            for v in spec.spec.verify:
+                sni = v.sni or spec.spec.domains[0].removeprefix("*.")
+                try:
+                    served = prober.probe(v.endpoint, sni, v.timeout.total_seconds()).thumbprint
+                except Exception as exc:  # noqa: BLE001
+                    failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) could not be probed: {exc}")
+                    continue
+                if served != current.info.thumbprint:
+                    failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) serves {served[:8]}, "
+                                    f"expected the new certificate {current.info.thumbprint[:8]}")
+                else:
+                    log.info("verify.ok", certificate=name, endpoint=v.endpoint, sni=sni, thumbprint=served)
+        for f in failures:
+            log.error("verify.failed", detail=f)
+        return failures

@@ -1,0 +1,71 @@
+"""World -> ObservedState: stores, hosts, task outputs, endpoints and the state dir, in one immutable value."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from reconciler.adapters import tasks as task_adapter
+from reconciler.core.model import EndpointState, HostState, ObservedState, StoreState
+from reconciler.wiring import World
+
+log = structlog.get_logger()
+
+
+def observe(world: World, *, probe: bool = True) -> ObservedState:
+    desired = world.desired
+    stores: dict[str, StoreState] = {}
+    for name, store in sorted(world.stores.items()):
+        try:
+            stores[name] = store.observe()
+        except Exception as exc:  # noqa: BLE001 - an unreadable store is reported, never fatal to the plan
+            log.warning("observe.store.failed", store=name, error=str(exc))
+            stores[name] = StoreState(name, problems=(f"cannot observe store {name}: {exc}",), reachable=False)
+    hosts: dict[str, HostState] = {}
+    for name, host in sorted(world.hosts.items()):
+        try:
+            hosts[name] = host.observe()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("observe.host.failed", host=name, error=str(exc))
+            hosts[name] = HostState(name, problems=(f"cannot observe IIS host {name}: {exc}",), reachable=False)
+    deployments = world.state.deployments()
+    task_states = {}
+    for name, cert in desired.certificates.items():
+        for index, task in enumerate(cert.spec.tasks):
+            task_states[(name, index)] = task_adapter.observe(name, index, task, cert.spec, deployments)
+    endpoints: list[EndpointState] = []
+    if probe and world.prober is not None:
+        endpoints = _probe_all(world)
+    return ObservedState(
+        issued=world.state.issued(),
+        stores=stores,
+        hosts=hosts,
+        tasks=task_states,
+        endpoints=tuple(endpoints),
+        attempts=world.state.attempts(),
+        issuer_ids={n: i.identity() for n, i in world.issuers.items()},
+    )
+
+
+def _probe_all(world: World) -> list[EndpointState]:
+    jobs = [
+        (name, v.endpoint, v.sni or cert.spec.domains[0].removeprefix("*."), v.timeout.total_seconds())
+        for name, cert in sorted(world.desired.certificates.items())
+        for v in cert.spec.verify
+    ]
+    if not jobs:
+        return []
+    prober = world.prober
+    assert prober is not None
+
+    def one(job: tuple[str, str, str, float]) -> EndpointState:
+        name, endpoint, sni, timeout = job
+        try:
+            info = prober.probe(endpoint, sni, timeout)
+        except Exception as exc:  # noqa: BLE001
+            return EndpointState(name, endpoint, sni, None, str(exc))
+        return EndpointState(name, endpoint, sni, info.thumbprint)
+
+    with ThreadPoolExecutor(max_workers=min(16, len(jobs))) as pool:
+        return list(pool.map(one, jobs))

@@ -1,0 +1,126 @@
+"""The one place that picks concrete classes for the Protocols."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.core.model import DesiredState
+from reconciler.ports import BindingHost, IssuerBackend, Prober, Store
+from reconciler.statedir import StateDir
+
+
+@dataclass
+class World:
+    """Every outside system certctl talks to, for one desired state."""
+
+    desired: DesiredState
+    state: StateDir
+    issuers: dict[str, IssuerBackend] = field(default_factory=dict)
+    stores: dict[str, Store] = field(default_factory=dict)
+    hosts: dict[str, BindingHost] = field(default_factory=dict)
+    prober: Prober | None = None
+
+
+def state_dir_for(desired_dir: Path, desired: DesiredState | None, override: str | None) -> Path:
+    """--state-dir, else Settings.stateDir, else .certctl-state/ beside the desired-state directory."""
+    if override:
+        return Path(override)
+    if desired is not None and desired.settings.stateDir:
+        return Path(desired.settings.stateDir)
+    resolved = Path(desired_dir).resolve()
+    return resolved.parent / ".certctl-state"
+
+
+def build(desired: DesiredState, state: StateDir) -> World:
+    world = World(desired, state)
+    for name, host in desired.iis_hosts.items():
+        world.hosts[name] = _host(name, host.spec)
+    for name, issuer in desired.issuers.items():
+        world.issuers[name] = _LazyIssuer(name, issuer.spec, state.path)
+    for name, store in desired.stores.items():
+        spec = store.spec
+        if spec.pemDirectory is not None:
+            from reconciler.adapters.pemdir import PemDirectoryStore
+
+            world.stores[name] = PemDirectoryStore(name, spec.pemDirectory.path)
+        elif spec.windows is not None:
+            world.stores[name] = _NamedStore(name, world.hosts[spec.windows.host].store(spec.windows.name.value))
+    if any(c.spec.verify for c in desired.certificates.values()):
+        from reconciler.adapters.prober import TlsProber
+
+        world.prober = TlsProber()
+    return world
+
+
+def _host(name: str, spec: Any) -> BindingHost:
+    if spec.backend.value == "emulated":
+        from reconciler.adapters.iis.emulated import EmulatedHost
+
+        return EmulatedHost(name, Path(spec.root))
+    from reconciler.adapters.iis.windows import WindowsHost
+
+    return WindowsHost(name, computer_name=spec.computerName)  # type: ignore[no-any-return]
+
+
+class _NamedStore:
+    """A host's Windows store under the name the desired state gives it."""
+
+    def __init__(self, name: str, inner: Store) -> None:
+        self.name = name
+        self._inner = inner
+
+    def observe(self):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        state = self._inner.observe()
+        return replace(state, name=self.name, certs=tuple(replace(c, store=self.name) for c in state.certs))
+
+    def install(self, certificate, material, at):  # type: ignore[no-untyped-def]
+        return self._inner.install(certificate, material, at)
+
+    def remove(self, ref):  # type: ignore[no-untyped-def]
+        return self._inner.remove(ref)
+
+    def read(self, ref):  # type: ignore[no-untyped-def]
+        return self._inner.read(ref)
+
+    @property
+    def windows_name(self) -> str:
+        return str(getattr(self._inner, "name", ""))
+
+
+class _LazyIssuer:
+    """Builds the real backend on first use, so `plan` never opens an ACME account."""
+
+    def __init__(self, name: str, spec: Any, state_path: Path) -> None:
+        self.name = name
+        self.spec = spec
+        self.state_path = state_path
+        self._backend: Any = None
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            if self.spec.localCA is not None:
+                from reconciler.adapters.localca import LocalCAIssuer
+
+                self._backend = LocalCAIssuer(self.name, self.spec.localCA, self.state_path)
+            else:
+                from reconciler.adapters.acme.issuer import AcmeIssuer
+
+                self._backend = AcmeIssuer(self.name, self.spec.acme, self.state_path)
+        return self._backend
+
+    def identity(self) -> str:
+        from reconciler.core.policies import issuer_id
+
+        return issuer_id(self.name, self.spec)
+
+    def issue(self, request: Any) -> Any:
+        return self.backend.issue(request)
+
+    def renewal_window(self, cert_pem: bytes) -> Any:
+        fn = getattr(self.backend, "renewal_window", None)
+        return fn(cert_pem) if fn else None
