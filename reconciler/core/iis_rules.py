@@ -6,7 +6,7 @@ thumbprint something on a host still references (so cleanup never removes a cert
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -27,6 +27,10 @@ def referenced_thumbprints(observed: ObservedState) -> set[str]:
 
 
 def plan_hosts(
-    desired: DesiredState, observed: ObservedState, targets: Mapping[str, Target], at: datetime
+    desired: DesiredState,
+    observed: ObservedState,
+    targets: Mapping[str, Target],
+    at: datetime,
+    planned: Sequence[Action] = (),
 ) -> tuple[list[Action], list[Note], set[str]]:
     return [], [], referenced_thumbprints(observed)

@@ -88,7 +88,7 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
         actions.extend(cert_actions)
         notes.extend(cert_notes)
 
-    host_actions, host_notes, referenced = iis_rules.plan_hosts(desired, observed, targets, at)
+    host_actions, host_notes, referenced = iis_rules.plan_hosts(desired, observed, targets, at, tuple(actions))
     actions.extend(host_actions)
     notes.extend(host_notes)
 

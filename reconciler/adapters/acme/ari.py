@@ -1,0 +1,103 @@
+"""ACME Renewal Information (RFC 9773): certificate identifiers, and remembering them.
+
+A certificate's ARI identifier is ``base64url(AKI keyIdentifier) "." base64url(serial as DER INTEGER
+content bytes)``, both without padding (RFC 9773 §4.1). A renewal order names the certificate it
+replaces with that identifier (``replaces``).
+
+``CertInfo`` carries the serial but not the Authority Key Identifier, so the issuer remembers, in its
+state folder, the identifier of every certificate it issued (by serial) and the AKI each issuing CA
+certificate it has seen (by the issuer's name): a renewal can then name the certificate it replaces
+from its ``CertInfo`` alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from pathlib import Path
+
+import structlog
+from cryptography import x509
+
+from reconciler.core.model import CertInfo
+from reconciler.fsutil import atomic_write
+
+log = structlog.get_logger()
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def serial_bytes(serial: int) -> bytes:
+    """The content octets of the DER INTEGER encoding of a (non-negative) serial number."""
+    return serial.to_bytes(serial.bit_length() // 8 + 1, "big", signed=True)
+
+
+def authority_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return None
+    return ext.value.key_identifier
+
+
+def cert_id_from(aki: bytes, serial: int) -> str:
+    return f"{b64url(aki)}.{b64url(serial_bytes(serial))}"
+
+
+def cert_id(cert: x509.Certificate | bytes) -> str:
+    """The RFC 9773 identifier of a certificate (an x509 object or PEM bytes); ValueError without an AKI."""
+    if isinstance(cert, bytes):
+        cert = x509.load_pem_x509_certificate(cert)
+    aki = authority_key_id(cert)
+    if aki is None:
+        raise ValueError("the certificate has no Authority Key Identifier, so it has no ARI identifier")
+    return cert_id_from(aki, cert.serial_number)
+
+
+class AriIndex:
+    """Serial → ARI identifier of issued certificates, and issuer name → AKI, kept in one JSON file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads(self._path.read_text())
+        except FileNotFoundError:
+            return {"serials": {}, "issuers": {}}
+        except (OSError, ValueError) as exc:
+            log.warning("acme.ari.index_unreadable", path=str(self._path), error=str(exc))
+            return {"serials": {}, "issuers": {}}
+        return {"serials": dict(data.get("serials", {})), "issuers": dict(data.get("issuers", {}))}
+
+    def remember(self, cert: x509.Certificate) -> None:
+        aki = authority_key_id(cert)
+        if aki is None:
+            return
+        serial = format(cert.serial_number, "x")
+        issuer = cert.issuer.rfc4514_string()
+        ident = cert_id_from(aki, cert.serial_number)
+        with self._lock:
+            data = self._load()
+            if data["serials"].get(serial) == ident and data["issuers"].get(issuer) == b64url(aki):
+                return
+            data["serials"][serial] = ident
+            data["issuers"][issuer] = b64url(aki)
+            atomic_write(self._path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=0o600)
+
+    def lookup(self, info: CertInfo) -> str | None:
+        """The ARI identifier of a certificate, from its serial or from its issuer's known AKI."""
+        with self._lock:
+            data = self._load()
+        serial = info.serial.lower().lstrip("0") or "0"
+        known = data["serials"].get(serial)
+        if known:
+            return known
+        aki = data["issuers"].get(info.issuer)
+        if aki:
+            return f"{aki}.{b64url(serial_bytes(int(serial, 16)))}"
+        return None

@@ -1,0 +1,263 @@
+"""http-01 solvers: a built-in listener (``standalone``) and files under a served folder (``webroot``)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import threading
+from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import structlog
+
+from reconciler.adapters.acme.solvers import HTTP01, SolverError
+from reconciler.fsutil import atomic_write
+from reconciler.ports import ChallengeTask
+
+log = structlog.get_logger()
+
+CHALLENGE_PATH = "/.well-known/acme-challenge/"
+
+
+# --- standalone ------------------------------------------------------------------------------
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: str, port: int, listener: _Listener) -> None:
+        self.listener = listener
+        if ":" in address:
+            self.address_family = socket.AF_INET6
+        super().__init__((address.strip("[]"), port), _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "certctl-http01"
+    sys_version = ""
+
+    def do_GET(self) -> None:
+        body = None
+        if self.path.startswith(CHALLENGE_PATH):
+            token = self.path[len(CHALLENGE_PATH) :].split("?", 1)[0]
+            body = self.server.listener.answer(token)
+        if body is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            log.info("http01.request.unknown", path=self.path[:200], client=self.client_address[0])
+            return
+        data = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+        log.debug("http01.request.answered", client=self.client_address[0])
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass  # requests are logged through structlog above
+
+
+class _Listener:
+    """One HTTP listener on address:port, shared by every order that needs it; holds tokens by count."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.address = address
+        self.port = port
+        self._tokens: dict[str, tuple[str, int]] = {}
+        self._lock = threading.Lock()
+        try:
+            self._server = _Server(address, port, self)
+        except OSError as exc:
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                hint = " (another program listens there: stop it, or use a webroot solver that it serves)"
+            elif exc.errno == errno.EACCES:
+                hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+            elif exc.errno == errno.EADDRNOTAVAIL:
+                hint = " (no interface of this machine has that address)"
+            raise SolverError(f"http01 standalone: cannot listen on {address}:{port}: {exc.strerror}{hint}") from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"http01-{address}:{port}", daemon=True
+        )
+        self._thread.start()
+        log.info("http01.listener.started", address=address, port=port)
+
+    def answer(self, token: str) -> str | None:
+        with self._lock:
+            entry = self._tokens.get(token)
+        return entry[0] if entry else None
+
+    def add(self, token: str, key_authorization: str) -> None:
+        with self._lock:
+            _, count = self._tokens.get(token, (key_authorization, 0))
+            self._tokens[token] = (key_authorization, count + 1)
+
+    def remove(self, token: str) -> bool:
+        with self._lock:
+            entry = self._tokens.get(token)
+            if entry is None:
+                return False
+            if entry[1] <= 1:
+                del self._tokens[token]
+            else:
+                self._tokens[token] = (entry[0], entry[1] - 1)
+            return True
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+        log.info("http01.listener.stopped", address=self.address, port=self.port)
+
+
+class _Registry:
+    """The listeners of this process, by address:port, started on demand and stopped when unused."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: dict[tuple[str, int], tuple[_Listener, int]] = {}
+
+    def acquire(self, address: str, port: int) -> _Listener:
+        with self._lock:
+            entry = self._listeners.get((address, port))
+            listener = entry[0] if entry else _Listener(address, port)
+            self._listeners[(address, port)] = (listener, (entry[1] if entry else 0) + 1)
+            return listener
+
+    def release(self, address: str, port: int) -> None:
+        with self._lock:
+            entry = self._listeners.get((address, port))
+            if entry is None:
+                return
+            listener, refs = entry
+            if refs > 1:
+                self._listeners[(address, port)] = (listener, refs - 1)
+                return
+            del self._listeners[(address, port)]
+        listener.stop()
+
+    def get(self, address: str, port: int) -> _Listener | None:
+        with self._lock:
+            entry = self._listeners.get((address, port))
+            return entry[0] if entry else None
+
+    def active(self) -> dict[tuple[str, int], int]:
+        """address:port → number of tokens being served (for tests and diagnostics)."""
+        with self._lock:
+            return {key: refs for key, (_, refs) in self._listeners.items()}
+
+
+LISTENERS = _Registry()
+
+
+class StandaloneHttp01:
+    """Serves /.well-known/acme-challenge/TOKEN from a built-in listener while an order needs it."""
+
+    def __init__(self, address: str = "0.0.0.0", port: int = 80) -> None:
+        self.address = address
+        self.port = port
+
+    def __repr__(self) -> str:
+        return f"StandaloneHttp01({self.address}:{self.port})"
+
+    def prepare(self, tasks: Sequence[ChallengeTask]) -> None:
+        for task in tasks:
+            _check(task)
+            listener = LISTENERS.acquire(self.address, self.port)  # one reference per token served
+            listener.add(task.token, task.key_authorization)
+            log.info("http01.token.served", domain=task.domain, address=self.address, port=self.port)
+
+    def cleanup(self, tasks: Sequence[ChallengeTask]) -> None:
+        for task in tasks:
+            if task.kind != HTTP01:
+                continue
+            listener = LISTENERS.get(self.address, self.port)
+            if listener is not None and listener.remove(task.token):
+                LISTENERS.release(self.address, self.port)
+                log.info("http01.token.removed", domain=task.domain)
+
+
+# --- webroot ---------------------------------------------------------------------------------
+
+
+class WebrootHttp01:
+    """Writes .well-known/acme-challenge/TOKEN under a folder a web server serves, and removes it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.root = Path(path)
+        self._lock = threading.Lock()
+        self._created: set[Path] = set()  # folders this solver made (removed again once empty)
+
+    def __repr__(self) -> str:
+        return f"WebrootHttp01({self.root})"
+
+    def _folder(self) -> Path:
+        return self.root / ".well-known" / "acme-challenge"
+
+    def prepare(self, tasks: Sequence[ChallengeTask]) -> None:
+        if not self.root.is_dir():
+            raise SolverError(f"http01 webroot: the folder {self.root} does not exist (it must be the folder the web server serves)")
+        folder = self._folder()
+        with self._lock:
+            for part in (folder.parent, folder):
+                if not part.exists():
+                    try:
+                        part.mkdir(mode=0o755)
+                    except FileExistsError:
+                        continue
+                    except OSError as exc:
+                        raise SolverError(f"http01 webroot: cannot create {part}: {exc.strerror}") from None
+                    os.chmod(part, 0o755)  # readable by the web server whatever the umask
+                    self._created.add(part)
+        for task in tasks:
+            _check(task)
+            target = folder / task.token
+            try:
+                atomic_write(target, task.key_authorization, mode=0o644)
+            except OSError as exc:
+                raise SolverError(f"http01 webroot: cannot write {target}: {exc.strerror}") from None
+            log.info("http01.webroot.written", domain=task.domain, path=str(target))
+
+    def cleanup(self, tasks: Sequence[ChallengeTask]) -> None:
+        folder = self._folder()
+        failures: list[str] = []
+        for task in tasks:
+            if task.kind != HTTP01 or not _safe_token(task.token):
+                continue
+            target = folder / task.token
+            try:
+                target.unlink()
+                log.info("http01.webroot.removed", domain=task.domain, path=str(target))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failures.append(f"{target}: {exc.strerror}")
+        with self._lock:
+            for part in (folder, folder.parent):
+                if part in self._created:
+                    with contextlib.suppress(OSError):
+                        part.rmdir()  # only when empty: another order may still use it
+                        self._created.discard(part)
+        if failures:
+            raise SolverError("http01 webroot: cannot remove " + "; ".join(failures))
+
+
+def _safe_token(token: str) -> bool:
+    return bool(token) and all(c.isalnum() or c in "-_" for c in token)
+
+
+def _check(task: ChallengeTask) -> None:
+    if task.kind != HTTP01:
+        raise SolverError(f"an http01 solver cannot answer a {task.kind} challenge for {task.domain}")
+    if not _safe_token(task.token):
+        raise SolverError(f"the CA sent a challenge token that is not base64url: {task.token[:80]!r}")

@@ -1,0 +1,183 @@
+"""What a list of BindingChange does to an IIS host, decided before anything is written.
+
+Pure: given the sites, the HTTP.sys table and a way to ask whether a certificate is in a store,
+:func:`resolve` checks every change and returns the concrete steps (as Microsoft.Web.Administration
+carries them out) and the HTTP.sys table after the commit. Both backends use it: the emulated host
+edits its files from the steps, the windows backend sends them to PowerShell. Any invalid change
+raises :class:`ChangeError` before anything is touched, so a commit is all or nothing.
+
+Semantics, as on a real server:
+- ``add``: a new https binding; its HTTP.sys entry (derived from the binding) is created or, when it
+  already exists for IIS, overwritten: on a shared non-SNI endpoint that changes the certificate of
+  every binding on it.
+- ``update``: replace the binding (remove config-only, add a copy with the new hash): IP, port, host
+  and every sslFlags bit stay; ``ssl_flags`` must be 0 (keep) or equal to the binding's flags.
+- ``remove``: removes the binding; its HTTP.sys entry is deleted only when no other binding uses it
+  (otherwise the removal is config-only).
+- ``ftp``: sets the site's ftpServer/security/ssl certificate (None clears it).
+- HTTP.sys entries of other applications (another AppID) are never changed: such a change fails.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from reconciler.adapters.iis.appconfig import make_binding, same_binding
+from reconciler.adapters.iis.httpsys import SslRecord, entry_for, normalize_key
+from reconciler.core.model import IIS_APPID, Binding, Site
+from reconciler.ports import BindingChange
+
+_HEX40 = re.compile(r"^[0-9A-F]{40}$")
+
+
+class ChangeError(ValueError):
+    """A change cannot be carried out on this host (nothing was changed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One concrete operation of the commit."""
+
+    op: str  # add | replace | remove | ftp
+    site: str
+    protocol: str
+    information: str
+    ssl_flags: int = 0
+    thumbprint: str | None = None
+    store: str | None = None
+    config_only: bool = False  # remove: leave the HTTP.sys entry (another binding uses it)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    steps: tuple[Step, ...]
+    sites: tuple[Site, ...]
+    table: tuple[SslRecord, ...]
+
+
+def _thumbprint(host: str, change: BindingChange, required: bool) -> str | None:
+    tp = (change.thumbprint or "").strip().replace(" ", "").upper() or None
+    if tp is None:
+        if required:
+            raise ChangeError(f"IIS host {host!r}: {change.op} {change.protocol} {change.information!r} on site "
+                              f"{change.site!r} needs a certificate thumbprint")
+        return None
+    if not _HEX40.match(tp):
+        raise ChangeError(f"IIS host {host!r}: {tp!r} is not a certificate thumbprint (40 hex digits)")
+    return tp
+
+
+def _endpoint_key(b: Binding) -> tuple[str, int, str]:
+    ip = b.ip if b.ip in ("*", "") else normalize_key("ipport", f"{b.ip}:0").rsplit(":", 1)[0]
+    return ("*" if ip in ("*", "") else ip, b.port, b.host.lower())
+
+
+def resolve(host: str, sites: Sequence[Site], table: Sequence[SslRecord], changes: Sequence[BindingChange], *,
+            has_cert: Callable[[str, str], bool]) -> Resolution:
+    """Check ``changes`` against the host and work out the steps and the resulting HTTP.sys table."""
+    work: dict[str, Site] = {s.name.lower(): s for s in sites}
+    records = list(table)
+    steps: list[Step] = []
+
+    def site_of(change: BindingChange) -> Site:
+        site = work.get(change.site.lower())
+        if site is None:
+            raise ChangeError(f"IIS host {host!r}: no site named {change.site!r}")
+        return site
+
+    def need_cert(store: str, tp: str) -> None:
+        if not has_cert(store, tp):
+            raise ChangeError(f"IIS host {host!r}: certificate {tp} is not in store {store!r} "
+                              "(install it before binding it)")
+
+    def record_index(kind: str, key: str) -> int | None:
+        ident = (kind, normalize_key(kind, key))
+        return next((i for i, r in enumerate(records) if r.ident == ident), None)
+
+    def set_entry(binding: Binding, tp: str | None, store: str | None) -> None:
+        kind, key = entry_for(binding)
+        i = record_index(kind, key)
+        if i is None:
+            records.append(SslRecord(kind=kind, key=key, certhash=tp, certstorename=store, appid=IIS_APPID, flags={}))
+            return
+        if not records[i].owned_by_iis:
+            raise ChangeError(f"IIS host {host!r}: HTTP.sys entry {kind}={records[i].key} belongs to another "
+                              f"application (AppID {records[i].appid}); certctl never changes it")
+        if kind != "ccs":
+            records[i] = replace(records[i], certhash=tp, certstorename=store)
+
+    def find_binding(site: Site, change: BindingChange) -> Binding:
+        for b in site.bindings:
+            if same_binding(b.protocol, b.information, change.protocol, change.information):
+                return b
+        raise ChangeError(f"IIS host {host!r}: site {site.name!r} has no {change.protocol} binding {change.information!r}")
+
+    def all_https() -> list[Binding]:
+        return [b for s in work.values() for b in s.bindings if b.protocol.lower() == "https" and not b.parse_error]
+
+    for change in changes:
+        op = change.op
+        if op == "ccs":
+            raise ChangeError(f"IIS host {host!r}: ccs changes are made by the ccs task (it writes the certificate "
+                              "file to the share); the host has nothing to change")
+        if op not in ("add", "update", "remove", "ftp"):
+            raise ChangeError(f"IIS host {host!r}: unknown change {op!r}")
+        site = site_of(change)
+        if op == "ftp":
+            tp = _thumbprint(host, change, required=False)
+            if tp is not None:
+                need_cert(change.store, tp)
+            work[site.name.lower()] = replace(site, ftp_cert_hash=tp, ftp_cert_store=change.store if tp else None)
+            steps.append(Step("ftp", site.name, "ftp", "", thumbprint=tp, store=change.store if tp else None))
+            continue
+        if change.protocol.lower() != "https":
+            raise ChangeError(f"IIS host {host!r}: certctl only {op}s https bindings, not {change.protocol!r}")
+        if op == "add":
+            new = make_binding(site.name, "https", change.information, change.ssl_flags)
+            if new.parse_error:
+                raise ChangeError(f"IIS host {host!r}: site {site.name!r}: {new.parse_error}")
+            if any(same_binding(b.protocol, b.information, "https", change.information) for b in site.bindings):
+                raise ChangeError(f"IIS host {host!r}: site {site.name!r} already has https binding {change.information!r}")
+            clash = next((b for b in all_https() if _endpoint_key(b) == _endpoint_key(new)), None)
+            if clash is not None:
+                raise ChangeError(f"IIS host {host!r}: https {change.information!r} is already bound on site "
+                                  f"{clash.site!r} ({clash.information!r}); IIS would not start both")
+            tp = None if new.ccs else _thumbprint(host, change, required=True)
+            if tp is not None:
+                need_cert(change.store, tp)
+            set_entry(new, tp, None if new.ccs else change.store)
+            work[site.name.lower()] = replace(site, bindings=(*site.bindings, new))
+            steps.append(Step("add", site.name, "https", change.information, change.ssl_flags, tp,
+                              None if new.ccs else change.store))
+        elif op == "update":
+            b = find_binding(site, change)
+            if b.parse_error:
+                raise ChangeError(f"IIS host {host!r}: site {site.name!r}: binding {b.information!r} is left alone: "
+                                  f"{b.parse_error}")
+            if b.ccs:
+                raise ChangeError(f"IIS host {host!r}: site {site.name!r}: {b.information!r} uses the Centralized "
+                                  "Certificate Store; its certificate is a file the ccs task writes")
+            if change.ssl_flags not in (0, b.ssl_flags):
+                raise ChangeError(f"IIS host {host!r}: site {site.name!r}: an update keeps the binding's sslFlags "
+                                  f"({b.ssl_flags}); it cannot set {change.ssl_flags}")
+            tp = _thumbprint(host, change, required=True)
+            assert tp is not None
+            need_cert(change.store, tp)
+            set_entry(b, tp, change.store)
+            steps.append(Step("replace", site.name, b.protocol, b.information, b.ssl_flags, tp, change.store,
+                              config_only=True))
+        else:  # remove
+            b = find_binding(site, change)
+            work[site.name.lower()] = replace(site, bindings=tuple(x for x in site.bindings if x is not b))
+            config_only = True
+            if not b.parse_error:
+                kind, key = entry_for(b)
+                shared = any(entry_for(o) == (kind, key) for o in all_https())
+                i = record_index(kind, key)
+                if not shared and i is not None and records[i].owned_by_iis:
+                    del records[i]
+                    config_only = False
+            steps.append(Step("remove", site.name, b.protocol, b.information, b.ssl_flags, config_only=config_only))
+    return Resolution(steps=tuple(steps), sites=tuple(work[s.name.lower()] for s in sites), table=tuple(records))
