@@ -42,9 +42,11 @@ class TlsProber:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         try:
-            with socket.create_connection((host, port), timeout=timeout) as raw:
-                with context.wrap_socket(raw, server_hostname=server_name) as tls:
-                    der = tls.getpeercert(binary_form=True)
+            with (
+                socket.create_connection((host, port), timeout=timeout) as raw,
+                context.wrap_socket(raw, server_hostname=server_name) as tls,
+            ):
+                der = tls.getpeercert(binary_form=True)
         except TimeoutError:
             raise ProbeError(f"{endpoint}: no TLS handshake within {timeout:g}s (timed out)") from None
         except ConnectionRefusedError:

@@ -10,6 +10,7 @@ fixed by retrying becomes ``IssueError(transient=False)`` carrying the CA's prob
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping
@@ -463,11 +464,8 @@ class AcmeIssuer:
         return _Session(net, client, directory, key)
 
     def _forget_account(self) -> None:
-        with self._account_lock:
-            try:
-                self.accounts.record_path.unlink()
-            except FileNotFoundError:
-                pass
+        with self._account_lock, contextlib.suppress(FileNotFoundError):
+            self.accounts.record_path.unlink()
 
     def _ensure_account(self, client: ClientV2, directory: messages.Directory, key: jose.JWK) -> None:
         with self._account_lock:

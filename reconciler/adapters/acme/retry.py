@@ -181,7 +181,7 @@ def _wait(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], float]:
         if is_bad_nonce(exc):
             return 0.0  # a fresh nonce is all it takes
         ceiling = min(policy.maximum, policy.initial * 2 ** (state.attempt_number - 1))
-        return random.uniform(0, ceiling)  # noqa: S311 - jitter, not cryptography
+        return random.uniform(0, ceiling)
 
     return wait
 
