@@ -1,0 +1,486 @@
+"""The emulated IIS machine: one folder per host, in the exact formats of IIS.md §6.
+
+```
+<root>/applicationHost.config        IIS configuration (edited losslessly, see appconfig)
+<root>/httpsys.json                  the HTTP.sys SSL table
+<root>/server.json                   {"iis_version": "10.0", "stopped_sites": ["..."]}
+<root>/certstore/<Store>/<TP>.pfx    Cert:\\LocalMachine\\<Store>: certificate (+ key), unencrypted PKCS#12,
+<root>/certstore/<Store>/<TP>.json   mode 0600 (standing in for DPAPI); the JSON: friendly name and metadata
+<root>/ccs/<host>.pfx                the Centralized Certificate Store share
+```
+
+A commit (:meth:`EmulatedHost.apply`) works like Microsoft.Web.Administration's CommitChanges: the XML
+and the HTTP.sys table change together, and the shared-endpoint overwrite happens as on a real server.
+It is all-or-nothing: both files are staged beside the originals, the originals are hard-linked to
+backups, an intent file names them, and only then are the staged files renamed into place. A failure
+between the renames restores the backups; a crash leaves the intent file, and the next apply rolls
+back from it (observe reads the rolled-back view meanwhile, so a plan never sees half a commit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+
+from reconciler.adapters.iis.appconfig import FILE_NAME as CONFIG_FILE
+from reconciler.adapters.iis.appconfig import AppHostConfig, ConfigError
+from reconciler.adapters.iis.changes import resolve
+from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
+from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json
+from reconciler.core.model import MANAGED_PREFIX, CertInfo, HostState, StoredCert, StoreState
+from reconciler.fsutil import atomic_write, fsync_dir
+from reconciler.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
+from reconciler.ports import BindingChange, Material
+
+log = structlog.get_logger()
+
+SERVER_FILE = "server.json"
+CERTSTORE_DIR = "certstore"
+CCS_DIR = "ccs"
+INTENT_FILE = ".certctl-commit.json"
+_MANAGED_RE = re.compile(r"^" + re.escape(MANAGED_PREFIX) + r"([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)(?:\s|$)")
+
+
+class IisHostError(RuntimeError):
+    """The host cannot be read or changed; nothing was changed."""
+
+
+class StoreError(RuntimeError):
+    """A certificate store operation failed; the store is as it was."""
+
+
+def friendly_name(certificate: str, info: CertInfo) -> str:
+    """The marker certctl writes on what it installs (IIS.md §4)."""
+    return f"{MANAGED_PREFIX}{certificate} {info.not_before:%Y-%m-%d}–{info.not_after:%Y-%m-%d}"
+
+
+def managed_by(friendly: str) -> str | None:
+    """The Certificate name in a ``certctl:<name> …`` friendly name, else None."""
+    m = _MANAGED_RE.match(friendly or "")
+    return m.group(1) if m else None
+
+
+def _norm_tp(ref: str) -> str:
+    return ref.strip().replace(" ", "").upper()
+
+
+class EmulatedHost:
+    """A BindingHost over a folder that stands for one Windows/IIS machine.
+
+    ``fault`` is a test seam: it is called with the name of each commit step
+    (``staged``, ``before-rename:<file>``, ``after-rename:<file>``) and may raise to simulate a crash.
+    ``ccs_password`` opens password-protected PFX files on the CCS share (to read their thumbprints).
+    """
+
+    def __init__(self, name: str, root: Path | str, *, ccs_password: bytes | None = None,
+                 fault: Callable[[str], None] | None = None) -> None:
+        self.name = name
+        self.root = Path(root)
+        self.ccs_password = ccs_password
+        self._fault = fault or (lambda step: None)
+
+    def __repr__(self) -> str:
+        return f"EmulatedHost({self.name!r}, {str(self.root)!r})"
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _intent(self) -> list[dict[str, Any]] | None:
+        path = self.root / INTENT_FILE
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise IisHostError(f"IIS host {self.name!r}: unreadable commit intent {path}: {err}") from None
+        return data if isinstance(data, list) else []
+
+    def _read(self, file: str, intent: list[dict[str, Any]] | None) -> bytes | None:
+        """A file's content as of the last complete commit (None when it does not exist)."""
+        for item in intent or ():
+            if item.get("file") == file:
+                backup = item.get("backup")
+                path = self.root / backup if backup else None
+                return path.read_bytes() if path and path.exists() else None
+        path = self.root / file
+        return path.read_bytes() if path.exists() else None
+
+    def _load(self) -> tuple[AppHostConfig, tuple[SslRecord, ...], dict[str, Any], bool]:
+        if not self.root.is_dir():
+            raise IisHostError(f"IIS host {self.name!r}: the folder {self.root} that stands for the machine does not exist")
+        intent = self._intent()
+        config = self._read(CONFIG_FILE, intent)
+        if config is None:
+            raise IisHostError(f"IIS host {self.name!r}: {self.root / CONFIG_FILE} does not exist")
+        cfg = AppHostConfig.parse(config, host=self.name, file=str(self.root / CONFIG_FILE))
+        table_bytes = self._read(HTTPSYS_FILE, intent)
+        table = load_json(table_bytes, host=self.name) if table_bytes is not None else ()
+        server: dict[str, Any] = {}
+        server_path = self.root / SERVER_FILE
+        if server_path.exists():
+            try:
+                server = json.loads(server_path.read_text())
+            except ValueError as err:
+                raise IisHostError(f"IIS host {self.name!r}: {server_path}: not valid JSON: {err}") from None
+            if not isinstance(server, dict) or not isinstance(server.get("stopped_sites", []), list):
+                raise IisHostError(f"IIS host {self.name!r}: {server_path}: expected "
+                                   '{"iis_version": "10.0", "stopped_sites": [...]}')
+        return cfg, table, server, intent is not None
+
+    def observe(self) -> HostState:
+        try:
+            cfg, table, server, interrupted = self._load()
+        except (IisHostError, ConfigError, HttpSysError, OSError) as err:
+            log.warning("iis.observe_failed", host=self.name, error=str(err))
+            return HostState(name=self.name, reachable=False, problems=(str(err),))
+        problems = list(cfg.problems())
+        if interrupted:
+            problems.append(f"an interrupted commit was found in {self.root}; it is rolled back on the next apply")
+        stopped = [str(s) for s in server.get("stopped_sites", [])]
+        sites = cfg.sites(stopped)
+        known = {s.name.lower() for s in sites}
+        problems += [f"{SERVER_FILE}: stopped site {s!r} is not configured" for s in stopped if s.lower() not in known]
+        ccs_files, ccs_problems = self._ccs_files()
+        return HostState(
+            name=self.name,
+            iis_version=str(server.get("iis_version", "10.0")),
+            sites=sites,
+            httpsys=tuple(r.to_entry() for r in table),
+            stores=tuple(sorted(p.name for p in self._certstore().iterdir() if p.is_dir() and not p.name.startswith(".")))
+            if self._certstore().is_dir() else (),
+            ccs_files=ccs_files,
+            problems=tuple(problems + ccs_problems),
+        )
+
+    def _ccs_files(self) -> tuple[tuple[tuple[str, str], ...], list[str]]:
+        folder = self.root / CCS_DIR
+        if not folder.is_dir():
+            return (), []
+        out: list[tuple[str, str]] = []
+        problems: list[str] = []
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or path.suffix.lower() != ".pfx":
+                continue
+            data = path.read_bytes()
+            thumbprint = ""
+            for password in (None, b"", self.ccs_password):
+                with contextlib.suppress(ValueError, TypeError):
+                    pfx = pkcs12.load_pkcs12(data, password)
+                    if pfx.cert is not None:
+                        thumbprint = cert_info(pfx.cert.certificate).thumbprint
+                        break
+            if not thumbprint:
+                problems.append(f"{CCS_DIR}/{path.name}: cannot be read (corrupt, or the CCS password is not known)")
+            out.append((path.name, thumbprint))
+        return tuple(out), problems
+
+    def _certstore(self) -> Path:
+        return self.root / CERTSTORE_DIR
+
+    def store_dir(self, store_name: str) -> Path:
+        """The folder of a Windows store (store names are case-insensitive: ``MY`` is ``My``)."""
+        base = self._certstore()
+        if base.is_dir():
+            for p in base.iterdir():
+                if p.is_dir() and p.name.lower() == store_name.lower():
+                    return p
+        return base / store_name
+
+    def has_cert(self, store_name: str, thumbprint: str) -> bool:
+        folder = self.store_dir(store_name)
+        return folder.is_dir() and any(p.name.upper() == f"{_norm_tp(thumbprint)}.PFX" for p in folder.iterdir())
+
+    def references(self, thumbprint: str) -> list[str]:
+        """Where this host still uses a certificate: HTTP.sys entries and FTP settings (readable text)."""
+        tp = _norm_tp(thumbprint)
+        cfg, table, _server, _ = self._load()
+        used = [f"HTTP.sys {r.kind}={r.key}" for r in table if r.certhash == tp]
+        used += [f"FTP ssl of site {s.name!r}" for s in cfg.sites() if s.ftp_cert_hash == tp]
+        defaults = cfg.site_defaults_ftp()
+        if defaults.cert_hash == tp:
+            used.append("FTP ssl of <siteDefaults>")
+        return used
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def apply(self, changes: Sequence[BindingChange]) -> None:
+        if not self.root.is_dir():
+            raise IisHostError(f"IIS host {self.name!r}: the folder {self.root} that stands for the machine does not exist")
+        self.recover()
+        try:
+            cfg, table, server, _ = self._load()
+        except (ConfigError, HttpSysError, OSError) as err:
+            raise IisHostError(str(err)) from err
+        stopped = [str(s) for s in server.get("stopped_sites", [])]
+        resolution = resolve(self.name, cfg.sites(stopped), table, changes, has_cert=self.has_cert)
+        for step in resolution.steps:
+            if step.op == "add":
+                cfg.add_binding(step.site, step.protocol, step.information, step.ssl_flags)
+            elif step.op == "remove":
+                cfg.remove_binding(step.site, step.protocol, step.information)
+            elif step.op == "ftp":
+                cfg.set_ftp_ssl(step.site, step.thumbprint, step.store)
+            # replace: the XML keeps the binding as it is; only its HTTP.sys entry changes
+        files: list[tuple[str, bytes]] = []
+        if cfg.changed:
+            files.append((CONFIG_FILE, cfg.to_bytes()))
+        if resolution.table != tuple(table):
+            files.append((HTTPSYS_FILE, dump_json(resolution.table)))
+        self._commit(files)
+        log.info("iis.committed", host=self.name, changes=len(changes), files=[f for f, _ in files])
+
+    def _commit(self, files: list[tuple[str, bytes]]) -> None:
+        if not files:
+            return
+        staged: list[tuple[Path, Path]] = []
+        intent: list[dict[str, Any]] = []
+        intent_path = self.root / INTENT_FILE
+        try:
+            for file, data in files:
+                target = self.root / file
+                tmp = self.root / f".{file}.certctl-new"
+                atomic_write(tmp, data, mode=(target.stat().st_mode & 0o777) if target.exists() else 0o644)
+                staged.append((tmp, target))
+            for _tmp, target in staged:
+                backup: str | None = None
+                if target.exists():
+                    backup = f".{target.name}.certctl-bak"
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.root / backup).unlink()
+                    try:
+                        os.link(target, self.root / backup)
+                    except OSError:
+                        shutil.copy2(target, self.root / backup)
+                intent.append({"file": target.name, "backup": backup})
+            atomic_write(intent_path, json.dumps(intent, indent=2) + "\n")
+            self._fault("staged")
+        except BaseException as err:
+            self._discard(staged, intent, intent_path)
+            raise IisHostError(f"IIS host {self.name!r}: cannot write {self.root}: {err}; nothing was changed") from err
+        try:
+            for tmp, target in staged:
+                self._fault(f"before-rename:{target.name}")
+                os.replace(tmp, target)
+                self._fault(f"after-rename:{target.name}")
+            fsync_dir(self.root)
+        except BaseException as err:
+            try:
+                self._rollback(intent)
+            except OSError as rollback_err:
+                raise IisHostError(
+                    f"IIS host {self.name!r}: the commit failed ({err}) and could not be rolled back yet "
+                    f"({rollback_err}); the next apply rolls it back from {intent_path}") from err
+            self._discard(staged, intent, intent_path)
+            raise IisHostError(f"IIS host {self.name!r}: the commit failed and was rolled back: {err}") from err
+        self._discard(staged, intent, intent_path)
+
+    def _rollback(self, intent: list[dict[str, Any]]) -> None:
+        for item in intent:
+            target = self.root / item["file"]
+            backup = item.get("backup")
+            if backup:
+                if (self.root / backup).exists():
+                    os.replace(self.root / backup, target)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+        fsync_dir(self.root)
+
+    def _discard(self, staged: list[tuple[Path, Path]], intent: list[dict[str, Any]], intent_path: Path) -> None:
+        for tmp, _target in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for item in intent:
+            if item.get("backup"):
+                with contextlib.suppress(OSError):
+                    (self.root / item["backup"]).unlink()
+        with contextlib.suppress(OSError):
+            intent_path.unlink()
+
+    def recover(self) -> bool:
+        """Roll back a commit a crash interrupted (True when there was one)."""
+        intent = self._intent()
+        if intent is None:
+            return False
+        log.warning("iis.commit_rolled_back", host=self.name, files=[i.get("file") for i in intent])
+        self._rollback(intent)
+        staged = [(self.root / f".{i['file']}.certctl-new", self.root / i["file"]) for i in intent if "file" in i]
+        self._discard(staged, [], self.root / INTENT_FILE)
+        return True
+
+    def store(self, store_name: str, *, name: str | None = None) -> EmulatedStore:
+        """The host's ``Cert:\\LocalMachine\\<store_name>``; ``name`` is the Store's name in certctl (default: the
+        Windows store name)."""
+        return EmulatedStore(self, store_name, name=name)
+
+
+class EmulatedStore:
+    """A Windows certificate store of an emulated host (Store Protocol). ``ref`` is the thumbprint."""
+
+    def __init__(self, host: EmulatedHost, store_name: str, *, name: str | None = None) -> None:
+        self.host = host
+        self.store_name = store_name
+        self.name = name or store_name
+
+    def __repr__(self) -> str:
+        return f"EmulatedStore({self.host.name!r}, {self.store_name!r})"
+
+    def _paths(self, ref: str) -> tuple[Path, Path]:
+        folder = self.host.store_dir(self.store_name)
+        tp = _norm_tp(ref)
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.suffix.lower() == ".pfx" and p.stem.upper() == tp:
+                    return p, p.with_suffix(".json")
+        return folder / f"{tp}.pfx", folder / f"{tp}.json"
+
+    def observe(self) -> StoreState:
+        if not self.host.root.is_dir():
+            return StoreState(name=self.name, reachable=False,
+                              problems=(f"IIS host {self.host.name!r}: the folder {self.host.root} does not exist",))
+        folder = self.host.store_dir(self.store_name)
+        if not folder.is_dir():
+            return StoreState(name=self.name)
+        certs: list[StoredCert] = []
+        problems: list[str] = []
+        for pfx_path in sorted(folder.iterdir()):
+            if pfx_path.suffix.lower() != ".pfx":
+                continue
+            try:
+                cert_pem, _chain, key_pem, pfx_name = from_pfx(pfx_path.read_bytes(), None)
+                info = info_from_pem(cert_pem)
+            except (OSError, ValueError, TypeError) as err:
+                problems.append(f"{pfx_path}: cannot be read: {err}")
+                continue
+            if info.thumbprint != pfx_path.stem.upper():
+                problems.append(f"{pfx_path}: holds certificate {info.thumbprint}, not the one its name says")
+            meta = self._meta(pfx_path.with_suffix(".json"), problems)
+            friendly = str(meta.get("friendly_name") or pfx_name or "")
+            installed = meta.get("installed_at")
+            certs.append(StoredCert(
+                store=self.name, info=info, ref=info.thumbprint, managed_by=managed_by(friendly),
+                installed_at=datetime.fromisoformat(installed).astimezone(UTC) if isinstance(installed, str) else None,
+                has_key=key_pem is not None, friendly_name=friendly))
+        return StoreState(name=self.name, certs=tuple(certs), problems=tuple(problems))
+
+    @staticmethod
+    def _meta(path: Path, problems: list[str]) -> dict[str, Any]:
+        if not path.exists():
+            return {}
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            problems.append(f"{path}: cannot be read: {err}")
+            return {}
+        return meta if isinstance(meta, dict) else {}
+
+    def install(self, certificate: str, material: Material, at: datetime) -> StoredCert:
+        """Import like ``X509Certificate2(pfx, pwd, MachineKeySet|PersistKeySet)`` + friendly name, then
+        reopen the store and check the private key is there. Intermediates go to the ``CA`` store."""
+        info = info_from_pem(material.cert_pem)
+        tp = info.thumbprint
+        friendly = friendly_name(certificate, info)
+        pfx_path, json_path = self._paths(tp)
+        meta = {"thumbprint": tp, "friendly_name": friendly, "subject": info.subject, "not_after": info.not_after.isoformat(),
+                "installed_at": at.astimezone(UTC).isoformat(), "key_storage": "MachineKeySet,PersistKeySet",
+                "exportable": False}
+        try:
+            atomic_write(json_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+            atomic_write(pfx_path, to_pfx(material.cert_pem, b"", material.key_pem, None, friendly), mode=0o600)
+            for ca_pem in split_pem_chain(material.chain_pem):
+                self._install_ca(ca_pem)
+        except (OSError, ValueError) as err:
+            raise StoreError(f"IIS host {self.host.name!r}: cannot install {tp} into {self.store_name}: {err}") from err
+        # reopen and check the private key is there
+        try:
+            cert_pem, _, key_pem, _ = from_pfx(pfx_path.read_bytes(), None)
+            ok = key_pem is not None and key_matches(cert_pem, key_pem) and info_from_pem(cert_pem).thumbprint == tp
+        except (OSError, ValueError) as err:
+            ok, key_pem = False, None
+            log.warning("iis.store.reopen_failed", host=self.host.name, store=self.store_name, error=str(err))
+        if not ok:
+            for p in (pfx_path, json_path):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            raise StoreError(f"IIS host {self.host.name!r}: {tp} was imported into {self.store_name} "
+                             "but its private key is not there; the import was undone")
+        log.info("iis.store.installed", host=self.host.name, store=self.store_name, thumbprint=tp, certificate=certificate)
+        return StoredCert(store=self.name, info=info, ref=tp, managed_by=certificate, installed_at=at,
+                          has_key=True, friendly_name=friendly)
+
+    def _install_ca(self, ca_pem: bytes) -> None:
+        cert = x509.load_pem_x509_certificate(ca_pem)
+        info = cert_info(cert)
+        folder = self.host.store_dir("CA")
+        if self.host.has_cert("CA", info.thumbprint):
+            return
+        atomic_write(folder / f"{info.thumbprint}.json",
+                     json.dumps({"thumbprint": info.thumbprint, "friendly_name": "", "subject": info.subject}, indent=2) + "\n")
+        atomic_write(folder / f"{info.thumbprint}.pfx",
+                     pkcs12.serialize_key_and_certificates(None, None, cert, None, serialization.NoEncryption()))
+
+    def remove(self, ref: str) -> None:
+        """Delete a certificate certctl installed, and only when this host no longer uses it."""
+        tp = _norm_tp(ref)
+        pfx_path, json_path = self._paths(tp)
+        if not pfx_path.exists():
+            log.info("iis.store.remove_absent", host=self.host.name, store=self.store_name, thumbprint=tp)
+            return
+        problems: list[str] = []
+        meta = self._meta(json_path, problems)
+        if managed_by(str(meta.get("friendly_name", ""))) is None:
+            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} was not installed by certctl; "
+                             "it is never removed")
+        used = self.host.references(tp)
+        if used:
+            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} is still used by "
+                             f"{', '.join(used)}; it was not removed")
+        try:
+            pfx_path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                json_path.unlink()
+        except OSError as err:
+            raise StoreError(f"IIS host {self.host.name!r}: cannot remove {tp} from {self.store_name}: {err}") from err
+        log.info("iis.store.removed", host=self.host.name, store=self.store_name, thumbprint=tp)
+
+    def read(self, ref: str) -> Material | None:
+        pfx_path, _ = self._paths(ref)
+        if not pfx_path.exists():
+            return None
+        cert_pem, _, key_pem, _ = from_pfx(pfx_path.read_bytes(), None)
+        if key_pem is None:
+            return None
+        leaf = x509.load_pem_x509_certificate(cert_pem)
+        return Material(cert_pem=cert_pem, chain_pem=self._chain(leaf), key_pem=key_pem, info=cert_info(leaf))
+
+    def _chain(self, leaf: x509.Certificate) -> bytes:
+        """Intermediates from the CA store, issuer by issuer (roots left out)."""
+        folder = self.host.store_dir("CA")
+        cas: list[x509.Certificate] = []
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.suffix.lower() == ".pfx":
+                    with contextlib.suppress(ValueError, OSError):
+                        c = pkcs12.load_pkcs12(p.read_bytes(), None).cert
+                        if c is not None:
+                            cas.append(c.certificate)
+        out = b""
+        current = leaf
+        for _ in range(8):
+            parent = next((c for c in cas if c.subject == current.issuer and c.subject != c.issuer), None)
+            if parent is None:
+                break
+            out += parent.public_bytes(serialization.Encoding.PEM)
+            current = parent
+        return out
