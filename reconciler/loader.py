@@ -247,19 +247,22 @@ def _locate(problems: list[Problem]) -> list[Diagnostic]:
                 cache[file] = []
         docs = [d for d in cache[file]]
         root = docs[problem.source.document] if problem.source.document < len(docs) else None
-        line, col, clean = _position(root, problem.path)
+        line, col, clean = _position(root, problem.path, at_key=problem.message.startswith("unknown field"))
         out.append(Diagnostic(file, line, col, field_path(clean), problem.message))
     return out
 
 
-def _position(root: Any, path: tuple[Any, ...]) -> tuple[int, int, tuple[Any, ...]]:
+def _position(root: Any, path: tuple[Any, ...], at_key: bool = False) -> tuple[int, int, tuple[Any, ...]]:
     """1-based line/column of the deepest part of ``path`` present in the document, and the clean path."""
     line, col = _start(root)
     node = root
     clean: list[Any] = []
-    for part in path:
+    for depth, part in enumerate(path):
         if isinstance(node, dict) and not isinstance(part, int) and part in node:
             pos = node.lc.key(part) if hasattr(node, "lc") else None
+            last = all(not isinstance(p, str) or not _is_field_name(p) for p in path[depth + 1:])
+            if last and not at_key and hasattr(node, "lc") and not isinstance(node[part], dict | list):
+                pos = node.lc.value(part)  # a wrong value: point at the value itself
             if pos:
                 line, col = pos[0] + 1, pos[1] + 1
             node = node[part]

@@ -33,6 +33,10 @@ def observe(certificate: str, index: int, task: Task, spec: CertificateSpec, dep
         thumbprint = _observe(certificate, index, task, spec, deployments)
     except TaskError as exc:
         return TaskState(certificate, index, None, str(exc))
+    reload = (task.files.reload if task.files else None) or (task.pfx.reload if task.pfx else None)
+    if reload and thumbprint and deployments.get(f"{certificate}/{index}") != thumbprint:
+        # The files are there, but their reload never succeeded: the server may still serve the old ones.
+        return TaskState(certificate, index, None, f"the reload after writing {thumbprint[:8]} has not succeeded yet")
     return TaskState(certificate, index, thumbprint)
 
 

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from reconciler.logging import configure
+
+configure("console", "warning")
+
+BASE = """\
+apiVersion: certctl/v1
+kind: Settings
+metadata: {name: settings}
+spec:
+  stateDir: ../state
+---
+apiVersion: certctl/v1
+kind: Issuer
+metadata: {name: local}
+spec:
+  localCA: {validity: 90d}
+---
+apiVersion: certctl/v1
+kind: Store
+metadata: {name: pem}
+spec:
+  pemDirectory: {path: ../pem}
+"""
+
+
+class Workspace:
+    """A temporary desired-state directory (tmp/desired) with its state (tmp/state) and PEM store (tmp/pem)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.desired = root / "desired"
+        self.state = root / "state"
+        self.pem = root / "pem"
+        self.desired.mkdir()
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.desired / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text))
+        return path
+
+    def base(self) -> None:
+        self.write("base.yaml", BASE)
+
+    def certificate(self, name: str, domains: list[str], *, extra: str = "", file: str | None = None,
+                    algorithm: str = "ecdsa-p256") -> Path:
+        body = (
+            "apiVersion: certctl/v1\nkind: Certificate\n"
+            f"metadata: {{name: {name}}}\nspec:\n  issuer: local\n  domains: [{', '.join(domains)}]\n"
+            f"  key: {{algorithm: {algorithm}}}\n  stores: [pem]\n" + extra
+        )
+        return self.write(file or f"{name}.yaml", body)
+
+    def files_written(self) -> list[Path]:
+        """Everything outside desired/ (state dir, stores, task outputs)."""
+        return sorted(p for p in self.root.rglob("*") if not p.is_relative_to(self.desired) and p.is_file())
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    return Workspace(tmp_path)
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    from reconciler.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
