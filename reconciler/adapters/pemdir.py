@@ -35,10 +35,10 @@ class PemDirectoryStore:
     def observe(self) -> StoreState:
         certs: list[StoredCert] = []
         problems: list[str] = []
-        if not self.path.exists():
-            return StoreState(self.name)  # created on first install
         try:
             entries = sorted(os.scandir(self.path), key=lambda e: e.name)
+        except FileNotFoundError:
+            return StoreState(self.name)  # created on first install
         except OSError as exc:
             return StoreState(self.name, problems=(f"cannot read store folder {self.path}: {exc.strerror}",), reachable=False)
         for entry in entries:

@@ -1,0 +1,103 @@
+"""The pemDirectory store on real folders: versions, atomic switch, corrupt and unreadable content."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from reconciler.adapters.localca import LocalCAIssuer
+from reconciler.adapters.pemdir import PemDirectoryStore
+from reconciler.core.spec import LocalCA
+from reconciler.ports import IssueRequest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def issuer(tmp_path: Path) -> LocalCAIssuer:
+    return LocalCAIssuer("local", LocalCA(), tmp_path / "state")
+
+
+def issue(issuer: LocalCAIssuer, alg: str = "ecdsa-p256"):
+    return issuer.issue(IssueRequest("web", ("www.example.com", "example.com"), alg))
+
+
+def test_install_keeps_earlier_versions_and_switches_atomically(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    store = PemDirectoryStore("pem", tmp_path / "pem")
+    first, second = issue(issuer), issue(issuer)
+    store.install("web", first, datetime(2026, 1, 1, tzinfo=UTC))
+    store.install("web", second, datetime(2026, 2, 1, tzinfo=UTC))
+    state = store.observe()
+    by_thumb = {c.info.thumbprint: c for c in state.certs}
+    assert by_thumb[second.info.thumbprint].current and not by_thumb[first.info.thumbprint].current
+    assert by_thumb[first.info.thumbprint].superseded_at == datetime(2026, 2, 1, tzinfo=UTC)
+    assert all(c.managed_by == "web" and c.has_key for c in state.certs)
+    live = tmp_path / "pem" / "web"
+    assert (live / "cert.pem").read_bytes() == second.cert_pem
+    assert (live / "privkey.pem").read_bytes() == second.key_pem
+    assert os.readlink(live / "privkey.pem") == "current/privkey.pem"
+    # installing an existing version again only switches back to it
+    store.install("web", first, datetime(2026, 3, 1, tzinfo=UTC))
+    assert (live / "cert.pem").read_bytes() == first.cert_pem
+    assert len(list((live / "versions").iterdir())) == 2
+    with pytest.raises(RuntimeError, match="live version"):
+        store.remove(by_thumb[first.info.thumbprint].ref)
+    store.remove(by_thumb[second.info.thumbprint].ref)
+    assert [c.info.thumbprint for c in store.observe().certs] == [first.info.thumbprint]
+
+
+def test_observes_every_certificate_with_its_facts(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    store = PemDirectoryStore("pem", tmp_path / "pem")
+    m = issue(issuer, "rsa-2048")
+    store.install("web", m, datetime.now(UTC))
+    foreign = tmp_path / "pem" / "other-tool.pem"
+    foreign.write_bytes(issue(issuer).cert_pem)
+    state = store.observe()
+    managed = next(c for c in state.certs if c.managed_by == "web")
+    assert managed.info.sans == ("www.example.com", "example.com") and managed.info.subject == "www.example.com"
+    assert managed.info.key_algorithm == "rsa-2048" and len(managed.info.thumbprint) == 40
+    assert len(managed.info.sha256) == 64 and "certctl local CA local" in managed.info.issuer
+    unmanaged = next(c for c in state.certs if c.ref == "other-tool.pem")
+    assert unmanaged.managed_by is None
+
+
+def test_corrupt_pem_is_reported_and_never_crashes(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    store = PemDirectoryStore("pem", tmp_path / "pem")
+    store.install("web", issue(issuer), datetime.now(UTC))
+    (tmp_path / "pem" / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    version = next((tmp_path / "pem" / "web" / "versions").iterdir())
+    (version / "cert.pem").write_text("garbage")
+    state = store.observe()
+    assert any("broken.pem is not a valid PEM certificate" in p for p in state.problems)
+    assert any("cert.pem is not a valid PEM certificate" in p for p in state.problems)
+
+
+def test_a_store_path_that_is_a_file_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "pem").write_text("oops")
+    state = PemDirectoryStore("pem", tmp_path / "pem").observe()
+    assert not state.reachable and "cannot read store folder" in state.problems[0]
+
+
+def test_unreadable_store_folder_is_reported(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    """Root reads everything, so observe as an unprivileged user, as a service account would."""
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed to observe as an unprivileged user")
+    pem = tmp_path / "pem"
+    PemDirectoryStore("pem", pem).install("web", issue(issuer), datetime.now(UTC))
+    tmp_path.chmod(0o755)
+    pem.chmod(0o700)
+    code = (
+        "from reconciler.adapters.pemdir import PemDirectoryStore as S; import sys;"
+        f"s = S('pem', {str(pem)!r}).observe(); print(s.reachable, s.problems)"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                            capture_output=True, text=True, env=env, check=False, cwd="/")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("False") and "Permission denied" in result.stdout
