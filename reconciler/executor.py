@@ -169,7 +169,7 @@ class Executor:
         backend = self.world.issuers[issuer_name]
         state = self.world.state
         with self._cert_lock(name):  # never two orders for one certificate
-            current = current_version(state.issued().get(name, ()))
+            current = current_version(state.issued_for(name))
             key_pem = None
             if spec.key.reuse and current is not None and current.info.key_algorithm == spec.key.algorithm.value:
                 key_pem = state.material(name, current.info.thumbprint).key_pem
@@ -209,7 +209,7 @@ class Executor:
         state = self.world.state
         thumbprint = action.details.get("thumbprint")
         if thumbprint is None:
-            current = current_version(state.issued().get(action.certificate, ()))
+            current = current_version(state.issued_for(action.certificate))
             if current is None:
                 raise RuntimeError(f"certificate {action.certificate} has not been issued")
             thumbprint = current.info.thumbprint
@@ -269,7 +269,7 @@ class Executor:
             spec = self.world.desired.certificates.get(name)
             if spec is None or not spec.spec.verify or prober is None:
                 continue
-            current = current_version(self.world.state.issued().get(name, ()))
+            current = current_version(self.world.state.issued_for(name))
             if current is None:
                 continue
             for v in spec.spec.verify:

@@ -5,9 +5,9 @@ Layout (never committed; keys 0600; every file written atomically):
   localca/<issuer>/ca.pem, ca.key
   acme/<issuer>/...             ACME account (adapters.acme)
   vault/<certificate>/<THUMBPRINT>/cert.pem chain.pem key.pem meta.json
-  vault/index.json              every version's metadata in one file (fast observe)
-  attempts.json                 per certificate: failures, last error, next retry, ARI window
-  deployments.json              per (certificate, task): thumbprint last deployed (script tasks)
+  vault/index.jsonl             every version's metadata in one append-only log (fast observe)
+  attempts.jsonl                per certificate: failures, last error, next retry, ARI window
+  deployments.jsonl             per (certificate, task): thumbprint last deployed successfully
   journal.jsonl                 write-ahead log of apply: intent, outcome
 """
 
@@ -61,11 +61,94 @@ def info_from_json(data: dict[str, Any]) -> CertInfo:
     )
 
 
+class KeyedLog:
+    """An append-only JSON-lines map: each line sets (or, with value null, deletes) one key.
+
+    One fsync'ed append per change, whatever the size of the map (a full rewrite per change would cost
+    O(n) and make 10,000 issuances quadratic). The map is cached in memory and re-read only when the
+    file's size or identity changed (another process wrote it). The log compacts itself, atomically,
+    once it holds more than twice as many lines as live keys. A torn last line (a crash mid-append) is ignored.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.RLock()
+        self._cache: dict[str, Any] = {}
+        self._lines = 0
+        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) the cache reflects
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def read(self) -> dict[str, Any]:
+        with self._lock:
+            self._refresh()
+            return dict(self._cache)
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            self._refresh()
+            return self._cache.get(key)
+
+    def _refresh(self) -> None:
+        seen = self._stat()
+        if seen == self._seen and (seen is not None or not self._cache):
+            return
+        self._cache, self._lines = {}, 0
+        if seen is not None:
+            for raw in self.path.read_bytes().splitlines():
+                try:
+                    entry = json.loads(raw)
+                except ValueError:
+                    continue
+                self._apply(entry)
+        self._seen = seen
+
+    def _apply(self, entry: dict[str, Any]) -> None:
+        self._lines += 1
+        if entry.get("v") is None:
+            self._cache.pop(entry["k"], None)
+        else:
+            self._cache[entry["k"]] = entry["v"]
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._refresh()
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            entry = {"k": key, "v": value}
+            line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line.encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._apply(entry)
+            if self._lines > 2 * len(self._cache) + 64:
+                body = "".join(
+                    json.dumps({"k": k, "v": v}, sort_keys=True, separators=(",", ":")) + "\n"
+                    for k, v in self._cache.items()
+                )
+                atomic_write(self.path, body, 0o600)
+                self._lines = len(self._cache)
+            self._seen = self._stat()
+
+    def delete(self, key: str) -> None:
+        self.set(key, None)
+
+
 class StateDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
+        self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl")
+        self._attempts = KeyedLog(self.path / "attempts.jsonl")
+        self._deployments = KeyedLog(self.path / "deployments.jsonl")
 
     # --- lock ---------------------------------------------------------------------------------
 
@@ -124,18 +207,22 @@ class StateDir:
         return self.path / "vault"
 
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
-        index = self._read_json("vault/index.json", {})
-        out: dict[str, tuple[IssuedVersion, ...]] = {}
-        for name, versions in index.items():
-            out[name] = tuple(
-                IssuedVersion(
-                    certificate=name, info=info_from_json(v["info"]), issuer_id=v["issuer_id"],
-                    issued_at=datetime.fromisoformat(v["issued_at"]), domains=tuple(v["domains"]),
-                    replaced=v.get("replaced"),
-                )
-                for v in versions
+        return {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
+
+    def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
+        return self._versions(name, self._vault_index.get(name) or {})
+
+    @staticmethod
+    def _versions(name: str, versions: dict[str, Any]) -> tuple[IssuedVersion, ...]:
+        out = [
+            IssuedVersion(
+                certificate=name, info=info_from_json(v["info"]), issuer_id=v["issuer_id"],
+                issued_at=datetime.fromisoformat(v["issued_at"]), domains=tuple(v["domains"]),
+                replaced=v.get("replaced"),
             )
-        return out
+            for v in versions.values()
+        ]
+        return tuple(sorted(out, key=lambda v: (v.issued_at, v.info.not_before)))
 
     def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
                      at: datetime, replaced: str | None) -> IssuedVersion:
@@ -151,11 +238,9 @@ class StateDir:
                 "domains": list(domains), "replaced": replaced}
         atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
         with self._mutex:
-            index = self._read_json("vault/index.json", {})
-            versions = [v for v in index.get(name, []) if v["info"]["thumbprint"] != material.info.thumbprint]
-            versions.append(meta)
-            index[name] = versions
-            self._write_json("vault/index.json", index)
+            versions = dict(self._vault_index.get(name) or {})
+            versions[material.info.thumbprint] = meta
+            self._vault_index.set(name, versions)  # the commit point
         return version
 
     def material(self, name: str, thumbprint: str) -> Material:
@@ -166,36 +251,35 @@ class StateDir:
 
     def forget_issued(self, name: str, thumbprint: str) -> None:
         with self._mutex:
-            index = self._read_json("vault/index.json", {})
-            index[name] = [v for v in index.get(name, []) if v["info"]["thumbprint"] != thumbprint]
-            if not index[name]:
-                del index[name]
-            self._write_json("vault/index.json", index)
+            versions = dict(self._vault_index.get(name) or {})
+            versions.pop(thumbprint, None)
+            if versions:
+                self._vault_index.set(name, versions)
+            else:
+                self._vault_index.delete(name)
         shutil.rmtree(self.vault / name / thumbprint, ignore_errors=True)
 
     # --- attempts -----------------------------------------------------------------------------------------
 
     def attempts(self) -> dict[str, Attempts]:
-        raw = self._read_json("attempts.json", {})
-        return {
-            name: Attempts(
-                certificate=name,
-                consecutive_failures=a.get("consecutive_failures", 0),
-                last_attempt=_dt(a.get("last_attempt")),
-                last_success=_dt(a.get("last_success")),
-                last_error=a.get("last_error"),
-                next_retry=_dt(a.get("next_retry")),
-                ari_window_start=_dt(a.get("ari_window_start")),
-                ari_window_end=_dt(a.get("ari_window_end")),
-                ari_for=a.get("ari_for"),
-            )
-            for name, a in raw.items()
-        }
+        return {name: self._attempts_from(name, a) for name, a in self._attempts.read().items()}
+
+    @staticmethod
+    def _attempts_from(name: str, a: dict[str, Any]) -> Attempts:
+        return Attempts(
+            certificate=name,
+            consecutive_failures=a.get("consecutive_failures", 0),
+            last_attempt=_dt(a.get("last_attempt")),
+            last_success=_dt(a.get("last_success")),
+            last_error=a.get("last_error"),
+            next_retry=_dt(a.get("next_retry")),
+            ari_window_start=_dt(a.get("ari_window_start")),
+            ari_window_end=_dt(a.get("ari_window_end")),
+            ari_for=a.get("ari_for"),
+        )
 
     def save_attempts(self, attempts: Attempts) -> None:
-        with self._mutex:
-            raw = self._read_json("attempts.json", {})
-            raw[attempts.certificate] = {
+        self._attempts.set(attempts.certificate, {
                 "consecutive_failures": attempts.consecutive_failures,
                 "last_attempt": _iso(attempts.last_attempt),
                 "last_success": _iso(attempts.last_success),
@@ -204,12 +288,12 @@ class StateDir:
                 "ari_window_start": _iso(attempts.ari_window_start),
                 "ari_window_end": _iso(attempts.ari_window_end),
                 "ari_for": attempts.ari_for,
-            }
-            self._write_json("attempts.json", raw)
+        })
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:
         with self._mutex:
-            current = self.attempts().get(name, Attempts(certificate=name))
+            raw = self._attempts.get(name)
+            current = self._attempts_from(name, raw) if raw else Attempts(certificate=name)
             updated = replace(current, **changes)
             self.save_attempts(updated)
             return updated
@@ -217,13 +301,10 @@ class StateDir:
     # --- deployments (script tasks, whose output cannot be observed) ----------------------------------------
 
     def deployments(self) -> dict[str, str]:
-        return dict(self._read_json("deployments.json", {}))
+        return {k: str(v) for k, v in self._deployments.read().items()}
 
     def record_deployment(self, name: str, index: int, thumbprint: str) -> None:
-        with self._mutex:
-            raw = self._read_json("deployments.json", {})
-            raw[f"{name}/{index}"] = thumbprint
-            self._write_json("deployments.json", raw)
+        self._deployments.set(f"{name}/{index}", thumbprint)
 
     # --- journal ---------------------------------------------------------------------------------------------
 
