@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -98,6 +98,12 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
 
     referenced |= {t.thumbprint for t in observed.tasks.values() if t.thumbprint}
     cleanup, cleanup_notes = _cleanup_actions(desired, observed, targets, referenced, at)
+    unbinds: dict[str, set[str]] = {}  # a pruned certificate is removed only after its bindings are
+    for action in host_actions:
+        if action.kind is ActionKind.unbind and action.details.get("old_thumbprint"):
+            unbinds.setdefault(str(action.details["old_thumbprint"]), set()).add(action.id)
+    cleanup = [replace(c, depends_on=tuple(sorted({*c.depends_on, *unbinds.get(str(c.details.get("thumbprint")), ())})))
+               for c in cleanup]
     actions.extend(cleanup)
     notes.extend(cleanup_notes)
     summaries = [_pending(s, actions) for s in summaries]
@@ -119,8 +125,6 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
 
 def _pending(summary: CertSummary, actions: list[Action]) -> CertSummary:
     if summary.state is CertState.ready and any(a.certificate == summary.name for a in actions):
-        from dataclasses import replace
-
         return replace(summary, state=CertState.pending)
     return summary
 
