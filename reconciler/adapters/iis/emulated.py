@@ -72,6 +72,20 @@ def managed_by(friendly: str) -> str | None:
     return m.group(1) if m else None
 
 
+def _load_pfx(data: bytes) -> tuple[x509.Certificate, bytes | None, str]:
+    """(certificate, key PEM or None, friendly name) of an unencrypted PFX; a key-less PFX (the CA store) keeps
+    its certificate among the "additional" certificates."""
+    pfx = pkcs12.load_pkcs12(data, None)
+    holder = pfx.cert or (pfx.additional_certs[0] if pfx.additional_certs else None)
+    if holder is None:
+        raise ValueError("the PFX holds no certificate")
+    key = None
+    if pfx.key is not None:
+        key = pfx.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+    return holder.certificate, key, holder.friendly_name.decode() if holder.friendly_name else ""
+
+
 def _norm_tp(ref: str) -> str:
     return ref.strip().replace(" ", "").upper()
 
@@ -267,7 +281,8 @@ class EmulatedHost:
             self._fault("staged")
         except BaseException as err:
             self._discard(staged, intent, intent_path)
-            raise IisHostError(f"IIS host {self.name!r}: cannot write {self.root}: {err}; nothing was changed") from err
+            raise IisHostError(f"IIS host {self.name!r}: cannot write {self.root}: {str(err) or type(err).__name__}; "
+                               "nothing was changed") from err
         try:
             for tmp, target in staged:
                 self._fault(f"before-rename:{target.name}")
@@ -275,14 +290,15 @@ class EmulatedHost:
                 self._fault(f"after-rename:{target.name}")
             fsync_dir(self.root)
         except BaseException as err:
+            err_text = str(err) or type(err).__name__
             try:
                 self._rollback(intent)
             except OSError as rollback_err:
                 raise IisHostError(
-                    f"IIS host {self.name!r}: the commit failed ({err}) and could not be rolled back yet "
+                    f"IIS host {self.name!r}: the commit failed ({err_text}) and could not be rolled back yet "
                     f"({rollback_err}); the next apply rolls it back from {intent_path}") from err
             self._discard(staged, intent, intent_path)
-            raise IisHostError(f"IIS host {self.name!r}: the commit failed and was rolled back: {err}") from err
+            raise IisHostError(f"IIS host {self.name!r}: the commit failed and was rolled back: {err_text}") from err
         self._discard(staged, intent, intent_path)
 
     def _rollback(self, intent: list[dict[str, Any]]) -> None:
@@ -290,8 +306,13 @@ class EmulatedHost:
             target = self.root / item["file"]
             backup = item.get("backup")
             if backup:
-                if (self.root / backup).exists():
-                    os.replace(self.root / backup, target)
+                backup_path = self.root / backup
+                if not backup_path.exists():
+                    continue
+                if target.exists() and os.path.samefile(backup_path, target):
+                    backup_path.unlink()  # never replaced (rename() of two links to one file does nothing)
+                else:
+                    os.replace(backup_path, target)
             else:
                 with contextlib.suppress(FileNotFoundError):
                     target.unlink()
@@ -358,8 +379,8 @@ class EmulatedStore:
             if pfx_path.suffix.lower() != ".pfx":
                 continue
             try:
-                cert_pem, _chain, key_pem, pfx_name = from_pfx(pfx_path.read_bytes(), None)
-                info = info_from_pem(cert_pem)
+                cert, key_pem, pfx_name = _load_pfx(pfx_path.read_bytes())
+                info = cert_info(cert)
             except (OSError, ValueError, TypeError) as err:
                 problems.append(f"{pfx_path}: cannot be read: {err}")
                 continue
@@ -472,9 +493,7 @@ class EmulatedStore:
             for p in folder.iterdir():
                 if p.suffix.lower() == ".pfx":
                     with contextlib.suppress(ValueError, OSError):
-                        c = pkcs12.load_pkcs12(p.read_bytes(), None).cert
-                        if c is not None:
-                            cas.append(c.certificate)
+                        cas.append(_load_pfx(p.read_bytes())[0])
         out = b""
         current = leaf
         for _ in range(8):
