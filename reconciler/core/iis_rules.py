@@ -376,8 +376,9 @@ def _adds(plan: _HostPlan, site: Site, owners: Mapping[int, _Claim]) -> None:
         if owner is None:
             continue
         done.add(host_name)
-        if any(b.protocol.lower() == "https" and b.host == host_name for b in site.bindings):
-            continue  # the https binding is decided on its own
+        if any(b.protocol.lower() == "https" and (b.host == host_name or (
+                domains.is_wildcard(b.host) and domains.covers(b.host, host_name))) for b in site.bindings):
+            continue  # an https binding of the site answers for this host; it is decided on its own
         name = owner.certificate
         ip = http.ip if http.ip not in ("", "*") else "*"
         information = f"{ip}:{HTTPS_PORT}:{host_name}"
