@@ -216,7 +216,7 @@ class AcmeIssuer:
         deadline = started + self.order_timeout
         order_url, order = self._new_order(session, request, bound)
         bound = bound.bind(order=order_url)
-        bound.info("acme.order.created", domains=list(request.domains), status=str(order.status))
+        bound.info("acme.order.created", domains=list(request.domains), status=_status(order.status))
 
         pending = self._pending_challenges(session, order, plan)
         if pending:
@@ -288,7 +288,7 @@ class AcmeIssuer:
                 log.debug("acme.authz.reused", issuer=self.name, domain=domain)
                 continue
             if authz.status != messages.STATUS_PENDING:
-                raise IssueError(f"the authorization for {domain} is {authz.status} at the CA", transient=False)
+                raise IssueError(f"the authorization for {domain} is {_status(authz.status)} at the CA", transient=False)
             index = plan.get(domain)
             if index is None:
                 index = self._solver_index(domain)
@@ -365,7 +365,7 @@ class AcmeIssuer:
                 problem = problem or doc
                 failures.append(f"{item.domain}: {retry.describe(error)}")
             else:
-                failures.append(f"{item.domain}: authorization {authz.status}")
+                failures.append(f"{item.domain}: authorization {_status(authz.status)}")
         if failures:
             if len(subproblems) > 1:
                 problem = {**problem, "subproblems": subproblems}
@@ -376,7 +376,7 @@ class AcmeIssuer:
         while True:
             response = session.get_as_post(url)
             order = messages.Order.from_json(response.json())
-            status = str(order.status)
+            status = _status(order.status)
             if status in wanted:
                 return order
             if order.status == messages.STATUS_INVALID:
@@ -597,6 +597,10 @@ def _directory_entry(directory: messages.Directory, name: str) -> str | None:
     except KeyError:
         return None
     return value if isinstance(value, str) and value else None
+
+
+def _status(status: messages.Status | None) -> str:
+    return str(status.name) if status is not None else "unknown"
 
 
 def _utc(value: datetime | None) -> datetime | None:
