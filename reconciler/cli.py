@@ -17,7 +17,8 @@ from reconciler.core import render
 from reconciler.core.durations import iso, parse_time
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import Plan, action_from_json
-from reconciler.core.planner import desired_fingerprint, plan as make_plan
+from reconciler.core.planner import desired_fingerprint, with_fingerprints
+from reconciler.core.planner import plan as make_plan
 from reconciler.loader import InvalidDesiredState, load
 from reconciler.logging import configure
 from reconciler.statedir import LockBusy, StateDir
@@ -89,7 +90,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     now = _now()
     at = parse_time(args.at, now) if args.at else now
     world = _world(args, desired)
-    plan = make_plan(desired, _observe(world), at)
+    observed = _observe(world)
+    plan = make_plan(desired, observed, at)
+    if args.out or args.json:
+        plan = with_fingerprints(plan, desired, observed)
     _emit(args, plan)
     if args.detailed_exitcode and plan.changes:
         return EXIT_CHANGES
@@ -152,6 +156,8 @@ def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
 
     executor = Executor(world, concurrency=world.desired.settings.concurrency, on_outcome=show)
     result = executor.run(plan)
+    world.state.record_applied(world.desired.revision, world.desired.directory,
+                               plan.desired_fingerprint or desired_fingerprint(world.desired), result.ok, len(plan.actions))
     failed = [o for o in result.outcomes if o.status != "done"]
     if failed or result.verify_failures:
         sys.stdout.write("\nNot done:\n")
@@ -175,8 +181,8 @@ def cmd_renew(args: argparse.Namespace) -> int:
     return cmd_apply(args, forced=frozenset({args.name}))
 
 
-def status_rows(desired: DesiredState, observed: Any, at: datetime) -> list[dict[str, Any]]:
-    plan = make_plan(desired, observed, at)
+def status_rows(desired: DesiredState, observed: Any, at: datetime, plan: Plan | None = None) -> list[dict[str, Any]]:
+    plan = plan or make_plan(desired, observed, at)
     rows = []
     for summary in plan.certificates:
         row = summary.to_json()
@@ -192,12 +198,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
     rows = status_rows(desired, _observe(world), _now())
+    applied = world.state.applied()
     if args.json:
         payload = {"at": iso(_now()), "source": {"dir": desired.directory, "revision": desired.revision},
-                   "certificates": rows}
+                   "applied": applied, "certificates": rows}
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     else:
         sys.stdout.write(render.status_text(rows))
+        if applied:
+            sys.stdout.write(f"\nLast apply: {applied.get('at')}, revision {applied.get('revision') or 'none (not a git '
+                             'repository)'}" + ("" if applied.get("ok") else ", with failures") + ".\n")
     return EXIT_OK
 
 

@@ -80,9 +80,11 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
     targets: dict[str, Target] = {}
     settings = desired.settings
 
+    index = _store_index(observed)
     for name in sorted(desired.certificates):
         named = desired.certificates[name]
-        target, summary, cert_actions, cert_notes = _plan_certificate(desired, observed, named, at, name in forced)
+        target, summary, cert_actions, cert_notes = _plan_certificate(desired, observed, index, named, at,
+                                                                      name in forced)
         targets[name] = target
         summaries.append(summary)
         actions.extend(cert_actions)
@@ -106,7 +108,9 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
                for c in cleanup]
     actions.extend(cleanup)
     notes.extend(cleanup_notes)
-    summaries = [_pending(s, actions) for s in summaries]
+    with_actions = {a.certificate for a in actions}
+    summaries = [replace(s, state=CertState.pending) if s.state is CertState.ready and s.name in with_actions else s
+                 for s in summaries]
 
     order = {k: i for i, k in enumerate(ACTION_ORDER)}
     actions.sort(key=lambda a: (a.certificate, order[a.kind], a.id))
@@ -117,20 +121,34 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
         actions=tuple(actions),
         certificates=tuple(summaries),
         notes=tuple(sorted(notes, key=lambda n: (n.certificate or "", n.target, n.message))),
-        observed_fingerprint=observed.fingerprint(),
-        desired_fingerprint=desired_fingerprint(desired),
         forced=tuple(sorted(forced)),
     )
 
 
-def _pending(summary: CertSummary, actions: list[Action]) -> CertSummary:
-    if summary.state is CertState.ready and any(a.certificate == summary.name for a in actions):
-        return replace(summary, state=CertState.pending)
-    return summary
+def with_fingerprints(plan: Plan, desired: DesiredState, observed: ObservedState) -> Plan:
+    """The plan with the digests of what it was made from (for saved plans; computed only when asked)."""
+    return replace(plan, observed_fingerprint=observed.fingerprint(), desired_fingerprint=desired_fingerprint(desired))
+
+
+StoreIndex = dict[str, dict[str, StoredCert]]
+
+
+def _store_index(observed: ObservedState) -> StoreIndex:
+    """store -> thumbprint -> the stored certificate (the live copy when a store holds it twice)."""
+    index: StoreIndex = {}
+    for name, state in observed.stores.items():
+        table: dict[str, StoredCert] = {}
+        for cert in state.certs:
+            known = table.get(cert.info.thumbprint)
+            if known is None or (cert.current and not known.current):
+                table[cert.info.thumbprint] = cert
+        index[name] = table
+    return index
 
 
 def _plan_certificate(
-    desired: DesiredState, observed: ObservedState, named: Named[CertificateSpec], at: datetime, force: bool
+    desired: DesiredState, observed: ObservedState, index: StoreIndex, named: Named[CertificateSpec],
+    at: datetime, force: bool,
 ) -> tuple[Target, CertSummary, list[Action], list[Note]]:
     name, spec = named.name, named.spec
     renewal: Renewal = spec.renewal or desired.settings.renewal
@@ -202,23 +220,18 @@ def _plan_certificate(
     )
     if target.thumbprint is None and target.issuance is None:
         return target, summary, actions, notes  # nothing to install yet (deferred first issuance)
-    actions.extend(_install_actions(name, spec, target, observed))
+    actions.extend(_install_actions(name, spec, target, index))
     return target, summary, actions, notes
 
 
-def _store_has(certs: Iterable[StoredCert], thumbprint: str) -> StoredCert | None:
-    return next((c for c in certs if c.info.thumbprint == thumbprint), None)
-
-
-def _install_actions(name: str, spec: CertificateSpec, target: Target, observed: ObservedState) -> list[Action]:
+def _install_actions(name: str, spec: CertificateSpec, target: Target, index: StoreIndex) -> list[Action]:
     out: list[Action] = []
     for store in spec.stores:
-        state = observed.stores.get(store)
         if target.thumbprint is None:
             out.append(_act(ActionKind.install, name, f"store/{store}", Reason.Renewed,
                             f"the new certificate goes into store {store}", [target.issuance]))
             continue
-        found = _store_has(state.certs if state else (), target.thumbprint)
+        found = index.get(store, {}).get(target.thumbprint)
         if found is None:
             out.append(_act(ActionKind.install, name, f"store/{store}", Reason.NotInStore,
                             f"store {store} lacks the current certificate {target.thumbprint[:8]}",

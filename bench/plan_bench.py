@@ -1,0 +1,162 @@
+"""Plan speed and memory at scale: N certificates (specs + matching certificates in the store, nothing due).
+
+Prints a table: wall time and peak RSS of `certctl plan`, first and second run, and where the time goes
+(reading YAML, validation, observing, planning). Run by `make bench`; not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reconciler import pki  # noqa: E402
+from reconciler.statedir import KeyedLog, info_to_json  # noqa: E402
+
+PER_FILE = 10
+
+
+def generate(root: Path, n: int) -> None:
+    desired, pem, state = root / "desired", root / "pem", root / "state"
+    desired.mkdir(parents=True)
+    (desired / "base.yaml").write_text(
+        "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: s}\nspec: {stateDir: ../state}\n---\n"
+        "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: local}\nspec:\n  localCA: {validity: 90d}\n---\n"
+        "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: pem}\nspec:\n  pemDirectory: {path: ../pem}\n"
+    )
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = pki.key_to_pem(leaf_key)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "certctl local CA local")])
+    now = datetime.now(UTC).replace(microsecond=0)
+    index = KeyedLog(state / "vault" / "index.jsonl")
+    lines = []
+    docs: list[str] = []
+    for i in range(n):
+        name = f"cert-{i:05d}"
+        domains = [f"www.site{i}.example.com", f"site{i}.example.com"]
+        docs.append(
+            f"apiVersion: certctl/v1\nkind: Certificate\nmetadata:\n  name: {name}\nspec:\n  issuer: local\n"
+            f"  domains:\n    - {domains[0]}\n    - {domains[1]}\n  key:\n    algorithm: ecdsa-p256\n  stores: [pem]\n"
+        )
+        if len(docs) == PER_FILE or i == n - 1:
+            (desired / f"certs-{i // PER_FILE:05d}.yaml").write_text("---\n".join(docs))
+            docs = []
+        cert = (
+            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=89))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+        info = pki.cert_info(cert)
+        version = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{info.thumbprint[:8]}"
+        folder = pem / name / "versions" / version
+        folder.mkdir(parents=True)
+        for fname, data in (("cert.pem", cert_pem), ("chain.pem", b""), ("fullchain.pem", cert_pem), ("privkey.pem", key_pem)):
+            (folder / fname).write_bytes(data)
+        (folder / "meta.json").write_text(json.dumps({"managed_by": f"certctl:{name}", "installed_at": now.isoformat(),
+                                                      "thumbprint": info.thumbprint}))
+        os.symlink(f"versions/{version}", pem / name / "current")
+        for fname in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"):
+            os.symlink(f"current/{fname}", pem / name / fname)
+        meta = {"info": info_to_json(info), "issuer_id": "localca:local", "issued_at": now.isoformat(),
+                "domains": domains, "replaced": None}
+        lines.append(json.dumps({"k": name, "v": {info.thumbprint: meta}}, separators=(",", ":")))
+    index.path.parent.mkdir(parents=True, exist_ok=True)
+    index.path.write_text("\n".join(lines) + "\n")
+
+
+PHASES = """
+import json, sys, time
+t0 = time.perf_counter()
+from reconciler import loader, observe as obs, wiring
+from reconciler.core import planner
+from reconciler.statedir import StateDir
+import reconciler.loader as L
+from reconciler.core.spec import document_model
+t_import = time.perf_counter()
+from ruamel.yaml import YAML
+fast = YAML(typ="safe", pure=False)
+files = L.find_files(L.Path(sys.argv[1]))
+docs = [d for f in files for d in fast.load_all(f.read_text())]
+t_yaml = time.perf_counter()
+desired = loader.load(sys.argv[1], revision=False)
+t_load = time.perf_counter()
+world = wiring.build(desired, StateDir(sys.argv[2]))
+observed = obs.observe(world)
+t_observe = time.perf_counter()
+p = planner.plan(desired, observed, __import__("datetime").datetime.now(__import__("datetime").UTC))
+t_plan = time.perf_counter()
+assert not p.actions, p.actions[:3]
+print(json.dumps({"import": t_import - t0, "yaml": t_yaml - t_import,
+                  "validate": (t_load - t_yaml) - (t_yaml - t_import), "observe": t_observe - t_load,
+                  "plan": t_plan - t_observe, "docs": len(docs)}))
+"""
+
+
+def run_plan(root: Path) -> tuple[float, float, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan", "-d", str(root / "desired"), "--state-dir", str(root / "state")],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+    )
+    wall = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if result.returncode != 0 or "No changes" not in result.stdout:
+        raise SystemExit(f"plan failed or not converged:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+    return wall, max(rss, before) / 1024, result.stdout.strip().splitlines()[-1]
+
+
+def drop_caches() -> bool:
+    try:
+        subprocess.run(["sync"], check=True)
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    sizes = [int(a) for a in sys.argv[1:]] or [1000, 10000]
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix=f"certctl-bench-{n}-") as tmp:
+            root = Path(tmp)
+            t = time.perf_counter()
+            generate(root, n)
+            gen = time.perf_counter() - t
+            cold = drop_caches()
+            first, rss1, _ = run_plan(root)
+            second, rss2, _ = run_plan(root)
+            phases = json.loads(subprocess.run(
+                [sys.executable, "-c", PHASES, str(root / "desired"), str(root / "state")],
+                capture_output=True, text=True, check=True, cwd=ROOT,
+            ).stdout)
+            rows.append((n, gen, first, second, max(rss1, rss2), phases, cold))
+    print(f"\n{'N':>6} | {'first run':>9} | {'second run':>10} | {'peak RSS':>8} | "
+          f"{'imports':>7} | {'read YAML':>9} | {'validate':>8} | {'observe':>7} | {'plan':>6} | first run cold cache")
+    print("-" * 112)
+    for n, _gen, first, second, rss, ph, cold in rows:
+        print(f"{n:>6} | {first:>8.2f}s | {second:>9.2f}s | {rss:>6.0f}MB | {ph['import']:>6.2f}s | {ph['yaml']:>8.2f}s | "
+              f"{ph['validate']:>7.2f}s | {ph['observe']:>6.2f}s | {ph['plan']:>5.2f}s | {'yes' if cold else 'no (cannot drop caches)'}")
+
+
+if __name__ == "__main__":
+    main()
