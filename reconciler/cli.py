@@ -206,8 +206,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render.status_text(rows))
         if applied:
-            sys.stdout.write(f"\nLast apply: {applied.get('at')}, revision {applied.get('revision') or 'none (not a git '
-                             'repository)'}" + ("" if applied.get("ok") else ", with failures") + ".\n")
+            revision = applied.get("revision") or "none (not a git repository)"
+            failures = "" if applied.get("ok") else ", with failures"
+            sys.stdout.write(f"\nLast apply: {applied.get('at')}, revision {revision}{failures}.\n")
     return EXIT_OK
 
 

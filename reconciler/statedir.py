@@ -9,6 +9,8 @@ Layout (never committed; keys 0600; every file written atomically):
   attempts.jsonl                per certificate: failures, last error, next retry, ARI window
   deployments.jsonl             per (certificate, task): thumbprint last deployed successfully
   journal.jsonl                 write-ahead log of apply: intent, outcome
+  applied.json                  the desired-state revision (git commit) the last apply carried out
+  daemon.lock, notify.json      flock'ed by the one `certctl daemon`; alerts sent (reconciler.notify)
 """
 
 from __future__ import annotations
@@ -305,6 +307,18 @@ class StateDir:
 
     def record_deployment(self, name: str, index: int, thumbprint: str) -> None:
         self._deployments.set(f"{name}/{index}", thumbprint)
+
+    # --- applied revision ------------------------------------------------------------------------------------
+
+    def record_applied(self, revision: str | None, directory: str, desired_fingerprint: str, ok: bool,
+                       actions: int) -> None:
+        """What the last apply carried out: the desired state's git commit (or None) and whether all went well."""
+        self._write_json("applied.json", {"at": _iso(datetime.now(UTC)), "revision": revision, "dir": directory,
+                                          "desired_fingerprint": desired_fingerprint, "ok": ok, "actions": actions})
+
+    def applied(self) -> dict[str, Any] | None:
+        data = self._read_json("applied.json", None)
+        return data if isinstance(data, dict) else None
 
     # --- journal ---------------------------------------------------------------------------------------------
 

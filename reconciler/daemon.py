@@ -1,0 +1,650 @@
+"""certctl daemon: keep the world converged with the desired state, continuously.
+
+When it reconciles (one pass = load if needed, observe, plan, apply, observe again, report):
+  * at start;
+  * when a ``*.yaml``/``*.yml`` file below the desired-state directory changes (watchfiles, debounced);
+  * every ``reconcileInterval`` (default 5m): git pull (if enabled), reload, and a full pass, which
+    also repairs drift (a binding changed by hand, a deleted task output);
+  * exactly at the next due time: the earliest renewal point, retry time, expiry or expiry-warning
+    time of any certificate, so a certificate that lives 30 s is renewed on time without polling;
+  * at once on SIGHUP.
+
+Every pass runs every planned action except ``cleanup``: removals of superseded certificates wait
+for a maintenance pass (at start, then every ``maintenanceInterval``, default 24h), which also
+recovers from a crash (see ``recover``).
+
+An edit that makes the desired state invalid is reported (log ``desired_state.invalid``, /status,
+/healthz 503, metric ``certctl_desired_state_valid 0``) and the last valid desired state stays in
+force: renewals go on, nothing is removed or changed because of the broken edit.
+
+One daemon per state dir (``<state>/daemon.lock``); the apply lock (``<state>/lock``) is taken per
+pass, so `certctl apply`/`renew` can still run between passes. SIGTERM/SIGINT: the running
+actions finish, the others are skipped, exit 0; if they take longer than ``CERTCTL_STOP_TIMEOUT``
+seconds (default 30) the daemon exits anyway, and the next start recovers from the journal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import os
+import queue
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from reconciler.core.durations import iso
+from reconciler.core.model import DesiredState, ObservedState
+from reconciler.core.plan import ActionKind, Plan
+from reconciler.core.planner import desired_fingerprint
+from reconciler.core.planner import plan as make_plan
+from reconciler.loader import InvalidDesiredState, load
+from reconciler.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
+from reconciler.statedir import LockBusy, StateDir
+
+log = structlog.get_logger()
+
+EXIT_OK, EXIT_ERROR = 0, 1
+LOCK_WAIT = 5.0  # seconds a pass waits for a `certctl apply` that holds the apply lock
+BUSY_RETRY = 5.0  # then it tries again this much later
+ERROR_RETRY = 30.0  # a pass that failed as a whole is retried after this long (or the interval, if shorter)
+WAKE_SLACK = 0.05  # wake this long after a due time (renewal points are whole seconds)
+DEBOUNCE_MS, STEP_MS = 400, 50  # watchfiles: group changes for at most 400 ms; a change is final after 50 ms of quiet
+RELOAD_REASONS = frozenset({"start", "files", "sighup", "interval"})
+
+
+class DaemonBusy(Exception):
+    pass
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# --- the one-daemon lock ------------------------------------------------------------------------------------
+
+
+def hold_daemon_lock(state_path: Path, directory: Path) -> int:
+    """flock ``<state>/daemon.lock`` for the life of the process (the OS releases it on any exit, even kill -9)."""
+    state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = state_path / "daemon.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        _lock_nb(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            os.close(fd)
+            raise
+        holder = path.read_text(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise DaemonBusy(
+            f"another certctl daemon is already running on the state dir {state_path} ({holder}); "
+            "only one daemon may run per state dir. Stop it first (systemctl stop certctl, or kill that pid)."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()}, daemon since {_utcnow().strftime('%Y-%m-%dT%H:%M:%SZ')}, "
+                 f"desired state {directory}".encode())
+    return fd
+
+
+def _lock_nb(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+# --- crash recovery ----------------------------------------------------------------------------------------
+
+_OWN_TEMP = re.compile(r"^\..+\.(tmp|removing)$")  # certctl's own folders: any of its temporary names
+_WRITE_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # fsutil.atomic_write's temporary files
+
+
+def recover(world: Any) -> dict[str, int]:
+    """Undo what a crash or ``kill -9`` left half-done. Call it holding the apply lock.
+
+    * journal: every action with an intent but no outcome is reported and closed as ``recovered``;
+      what it did is observed afresh, and the plan redoes whatever is missing (an interrupted
+      issuance is redone: the vault index is its commit point);
+    * the temporary files and folders of interrupted atomic writes are removed (state dir, PEM
+      stores, task outputs, emulated IIS roots): no file is ever half-written, and nothing is left behind;
+    * vault folders whose issuance never reached the index are removed;
+    * a torn last line of an append-only log gets its newline, so the next append is not lost.
+    """
+    state: StateDir = world.state
+    counts = {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0}
+    for entry in state.unfinished():
+        counts["unfinished"] += 1
+        log.warning("journal.recovered", action=entry.get("action"), run=entry.get("run"),
+                    note="a previous apply stopped during this action; what it left is observed afresh and redone")
+        state.journal("recovered", run=entry.get("run"), action=entry.get("action"), by="daemon")
+    own = [state.path]
+    foreign: list[Path] = []
+    for store in world.stores.values():
+        if hasattr(store, "path"):
+            own.append(Path(store.path))
+    for host in world.hosts.values():
+        root = getattr(host, "root", None)
+        if root is not None:
+            foreign.append(Path(root))
+    for named in world.desired.certificates.values():
+        for task in named.spec.tasks:
+            if task.files is not None:
+                foreign.append(Path(task.files.path))
+            elif task.pfx is not None:
+                foreign.append(Path(task.pfx.path).parent)
+            elif task.ccs is not None:
+                foreign.append(Path(task.ccs.path))
+    for root in own:
+        counts["temp"] += _sweep(root, _OWN_TEMP, recursive=True)
+    for root in foreign:
+        counts["temp"] += _sweep(root, _WRITE_TEMP, recursive=root in own)
+    counts["vault"] = _sweep_vault(state)
+    for log_file in (state.path / "vault" / "index.jsonl", state.path / "attempts.jsonl",
+                     state.path / "deployments.jsonl", state.path / "journal.jsonl"):
+        counts["torn"] += _mend(log_file)
+    if any(counts.values()):
+        log.warning("recovery.done", **counts)
+    return counts
+
+
+def _sweep(root: Path, pattern: re.Pattern[str], *, recursive: bool) -> int:
+    removed = 0
+    if not root.is_dir():
+        return 0
+    walker = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)])]
+    for folder, dirs, files in walker:
+        for name in list(dirs) + list(files):
+            if not pattern.match(name):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    if name in dirs:
+                        dirs.remove(name)
+                else:
+                    path.unlink()
+            except OSError as exc:
+                log.warning("recovery.remove.failed", path=str(path), error=str(exc))
+                continue
+            removed += 1
+            log.info("recovery.removed", path=str(path), note="left by an interrupted write")
+    return removed
+
+
+def _sweep_vault(state: StateDir) -> int:
+    if not state.vault.is_dir():
+        return 0
+    index = {name: {v.info.thumbprint for v in versions} for name, versions in state.issued().items()}
+    removed = 0
+    for cert_dir in state.vault.iterdir():
+        if not cert_dir.is_dir() or cert_dir.name.startswith("."):
+            continue
+        for version in cert_dir.iterdir():
+            if version.is_dir() and version.name not in index.get(cert_dir.name, set()):
+                shutil.rmtree(version, ignore_errors=True)
+                removed += 1
+                log.info("recovery.removed", path=str(version), note="an issuance that never reached the vault index")
+        with contextlib.suppress(OSError):
+            cert_dir.rmdir()  # only if empty
+    return removed
+
+
+def _mend(path: Path) -> int:
+    try:
+        with open(path, "rb+") as fh:
+            fh.seek(0, os.SEEK_END)
+            if fh.tell() == 0:
+                return 0
+            fh.seek(-1, os.SEEK_END)
+            if fh.read(1) == b"\n":
+                return 0
+            fh.write(b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except FileNotFoundError:
+        return 0
+    log.warning("recovery.mended", path=str(path), note="a torn last line (crash mid-append) was closed")
+    return 1
+
+
+# --- scheduling ---------------------------------------------------------------------------------------------
+
+
+def next_due(plan: Plan, observed: ObservedState, now: datetime, expiry_warning: timedelta | None) -> datetime | None:
+    """The earliest moment after ``now`` at which some certificate needs a pass of its own."""
+    times: list[datetime] = []
+    for summary in plan.certificates:
+        candidates = [summary.renew_at, summary.deferred_until, summary.not_after]
+        if expiry_warning is not None and summary.not_after is not None:
+            candidates.append(summary.not_after - expiry_warning)
+        times.extend(t for t in candidates if t is not None and t > now)
+    for attempts in observed.attempts.values():
+        if attempts.certificate in {s.name for s in plan.certificates} and attempts.next_retry and attempts.next_retry > now:
+            times.append(attempts.next_retry)
+    return min(times) if times else None
+
+
+def without_cleanup(plan: Plan) -> Plan:
+    return replace(plan, actions=tuple(a for a in plan.actions if a.kind is not ActionKind.cleanup))
+
+
+# --- the daemon ---------------------------------------------------------------------------------------------
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.dir = Path(args.dir or os.environ.get("CERTCTL_DIR") or "desired-state")
+        self.metrics = Metrics()
+        self.events: queue.SimpleQueue[str] = queue.SimpleQueue()  # reentrant: signal handlers may put
+        self.stop_signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.stopping = False
+        self.stop_grace = float(os.environ.get("CERTCTL_STOP_TIMEOUT", "30"))
+        self.started_at = _utcnow()
+        self.desired: DesiredState | None = None  # the last valid desired state: the one in force
+        self.desired_error: dict[str, Any] | None = None
+        self.state: StateDir | None = None
+        self._world: Any = None
+        self._world_key: str | None = None
+        self.fingerprint = ""
+        self.executor: Any = None
+        self.last: dict[str, Any] = {"ok": False, "error": "starting: no reconcile has completed yet"}
+        self.status_doc: dict[str, Any] = {}
+        self.git: dict[str, Any] | None = None
+        self.passes = 0
+        self.due: datetime | None = None
+        self.retry_at: float | None = None
+        self.next_interval = 0.0
+        self.next_maintenance = 0.0
+        self._watch_stop = threading.Event()
+
+    # --- settings ---------------------------------------------------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        return (self.desired.settings.reconcileInterval if self.desired else timedelta(minutes=5)).total_seconds()
+
+    @property
+    def maintenance_interval(self) -> float:
+        return (self.desired.settings.maintenanceInterval if self.desired else timedelta(hours=24)).total_seconds()
+
+    @property
+    def git_pull_enabled(self) -> bool:
+        return bool(self.args.git_pull or (self.desired is not None and self.desired.settings.gitPull))
+
+    # --- start --------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from reconciler.wiring import state_dir_for
+
+        self._reload()
+        state_path = state_dir_for(self.dir, self.desired, self.args.state_dir)
+        try:
+            hold_daemon_lock(state_path, self.dir)
+        except DaemonBusy as exc:
+            sys.stderr.write(f"certctl: {exc}\n")
+            return EXIT_ERROR
+        self.state = StateDir(state_path)
+        if self.desired is not None and not self._same_state_dir(self.desired):
+            self.desired = None
+        try:
+            endpoint = self._endpoint()
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"certctl: {exc}\n")
+            return EXIT_ERROR
+        self._signals()
+        threading.Thread(target=self._watchdog, name="certctl-stop", daemon=True).start()
+        watcher = threading.Thread(target=self._watch, name="certctl-watch", daemon=True)
+        watcher.start()
+        log.info("daemon.started", dir=str(self.dir), state_dir=str(state_path), pid=os.getpid(),
+                 metrics=endpoint.address if endpoint else None, git_pull=self.git_pull_enabled)
+        now = time.monotonic()
+        self.next_interval = now + self.interval
+        self.next_maintenance = now + self.maintenance_interval
+        try:
+            self._loop({"start"})
+        finally:
+            self._watch_stop.set()
+            if endpoint:
+                endpoint.stop()
+        log.info("daemon.stopped", passes=self.passes)
+        return EXIT_OK
+
+    def _endpoint(self) -> HttpEndpoint | None:
+        settings = self.desired.settings.metrics if self.desired else None
+        if self.args.no_metrics or (settings is not None and not settings.enabled and not self.args.metrics_address):
+            return None
+        address = self.args.metrics_address or (settings.address if settings else DEFAULT_ADDRESS)
+        try:
+            endpoint = HttpEndpoint(address, self.metrics, self.health, self.status)
+        except (OSError, ValueError) as exc:
+            raise OSError(f"cannot serve metrics on {address}: {exc} "
+                          "(use --metrics-address HOST:PORT, or --no-metrics)") from None
+        endpoint.start()
+        return endpoint
+
+    def _signals(self) -> None:
+        def stop(signum: int, _frame: Any) -> None:
+            if self.stopping:
+                os.write(2, b"certctl: second stop signal; exiting now\n")
+                os._exit(EXIT_OK)
+            self.stopping = True
+            self.events.put("stop")
+            self.stop_signals.put(signum)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, lambda _s, _f: self.events.put("sighup"))
+
+    def _watchdog(self) -> None:
+        """Runs in its own thread: on a stop signal, stop the executor, and bound the time it may take."""
+        signum = self.stop_signals.get()
+        log.info("daemon.stopping", signal=signal.Signals(signum).name,
+                 note="the running actions finish; the others are skipped")
+        executor = self.executor
+        if executor is not None:
+            executor.stop_requested.set()
+        time.sleep(self.stop_grace)
+        log.warning("daemon.stop.forced", seconds=self.stop_grace,
+                    note="actions still running after the stop timeout; the next start recovers from the journal")
+        os._exit(EXIT_OK)
+
+    def _watch(self) -> None:
+        import watchfiles
+
+        state_path = self.state.path.resolve() if self.state else None
+        root = self.dir.resolve() if self.dir.exists() else self.dir
+
+        def relevant(change: Any, path: str) -> bool:
+            p = Path(path)
+            if state_path is not None and (p == state_path or state_path in p.parents):
+                return False
+            try:
+                rel = p.relative_to(root)
+            except ValueError:
+                rel = p
+            if any(part.startswith(".") for part in rel.parts):
+                return False
+            return p.suffix in (".yaml", ".yml") or change == watchfiles.Change.deleted
+
+        while not self._watch_stop.is_set():
+            try:
+                for changes in watchfiles.watch(self.dir, watch_filter=relevant, debounce=DEBOUNCE_MS, step=STEP_MS,
+                                                stop_event=self._watch_stop, raise_interrupt=False):
+                    log.debug("watch.changed", files=sorted(p for _, p in changes)[:20])
+                    self.events.put("files")
+            except Exception as exc:  # e.g. the directory does not exist (yet)
+                log.warning("watch.failed", dir=str(self.dir), error=str(exc), note="retrying in 5 s")
+                self._watch_stop.wait(5)
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def _loop(self, reasons: set[str]) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            if now >= self.next_interval:
+                reasons.add("interval")
+                self.next_interval = now + self.interval
+            maintenance = "start" in reasons or now >= self.next_maintenance
+            if maintenance:
+                self.next_maintenance = now + self.maintenance_interval
+            if self.due is not None and _utcnow() >= self.due:
+                reasons.add("due")
+            if self.retry_at is not None and now >= self.retry_at:
+                reasons.add("retry")
+            if reasons:
+                self.reconcile(reasons, maintenance)
+                reasons = set()
+                if self.stopping:
+                    break
+            timeout = self._timeout()
+            try:
+                reason = self.events.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            reasons.add(reason)
+            with contextlib.suppress(queue.Empty):
+                while True:  # take everything that is waiting: one pass answers them all
+                    reasons.add(self.events.get_nowait())
+            reasons.discard("stop")
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = [self.next_interval, self.next_maintenance]
+        if self.retry_at is not None:
+            deadlines.append(self.retry_at)
+        if self.due is not None:
+            deadlines.append(now + max(0.0, (self.due - _utcnow()).total_seconds()) + WAKE_SLACK)
+        return max(0.0, min(deadlines) - now)
+
+    # --- one pass -------------------------------------------------------------------------------------------
+
+    def reconcile(self, reasons: set[str], maintenance: bool) -> None:
+        self.passes += 1
+        started = time.monotonic()
+        structlog.contextvars.bind_contextvars(reconcile=self.passes)
+        log.info("reconcile.started", reasons=sorted(reasons), maintenance=maintenance)
+        self.retry_at = None
+        try:
+            if self.git_pull_enabled and reasons & {"start", "interval", "sighup"}:
+                self._git_pull()
+            if reasons & RELOAD_REASONS or self.desired is None:
+                self._reload()
+            if self.desired is None:
+                self._finish(started, ok=False, error="no valid desired state to reconcile")
+                return
+            failed = self._pass(self.desired, maintenance)
+        except LockBusy as exc:
+            self.retry_at = time.monotonic() + BUSY_RETRY
+            log.warning("reconcile.busy", error=str(exc), retry_in=BUSY_RETRY)
+            self._finish(started, ok=False, error=str(exc))
+        except Exception as exc:  # a pass that breaks is reported and retried, never fatal
+            self.retry_at = time.monotonic() + min(ERROR_RETRY, self.interval)
+            log.exception("reconcile.failed", error=str(exc))
+            self._finish(started, ok=False, error=f"{exc.__class__.__name__}: {exc}")
+        else:
+            self._finish(started, ok=True, failed=failed)
+        finally:
+            structlog.contextvars.unbind_contextvars("reconcile")
+
+    def _finish(self, started: float, ok: bool, error: str | None = None, failed: int = 0) -> None:
+        seconds = time.monotonic() - started
+        self.metrics.reconciles.inc()
+        self.metrics.duration.observe(seconds)
+        if not ok or failed:
+            self.metrics.errors.inc()
+        if ok:
+            self.metrics.last_success.set(time.time())
+        self.last = {"ok": ok, "at": iso(_utcnow()), "seconds": round(seconds, 3), "error": error,
+                     "failed_actions": failed}
+        nxt = self._timeout()
+        self.metrics.next_due.set(time.time() + nxt)
+        log.info("reconcile.finished", ok=ok, seconds=round(seconds, 3), failed_actions=failed, error=error,
+                 next_in=round(nxt, 3), next_due=iso(self.due) if self.due else None)
+
+    def _world_for(self, desired: DesiredState) -> Any:
+        from reconciler.wiring import build
+
+        self.fingerprint = desired_fingerprint(desired)
+        key = f"{self.fingerprint}/{desired.revision}"
+        if key != self._world_key:
+            assert self.state is not None
+            self._world = build(desired, self.state)
+            self._world_key = key
+        return self._world
+
+    def _pass(self, desired: DesiredState, maintenance: bool) -> int:
+        from reconciler.cli import status_rows
+        from reconciler.executor import Executor, Outcome
+        from reconciler.observe import observe
+
+        assert self.state is not None
+        world = self._world_for(desired)
+        failed = 0
+        with self.state.lock(wait=LOCK_WAIT, purpose="daemon reconcile"):
+            if maintenance:
+                recover(world)
+            observed = observe(world)
+            now = _utcnow()
+            plan = make_plan(desired, observed, now)
+            todo = plan if maintenance else without_cleanup(plan)
+            applied = self.state.applied() or {}
+            ran = 0
+            if todo.actions and not self.stopping:
+                def count(outcome: Outcome) -> None:
+                    self.metrics.actions.labels(kind=outcome.action.kind.value, result=outcome.status).inc()
+
+                executor = Executor(world, concurrency=desired.settings.concurrency, on_outcome=count)
+                self.executor = executor
+                if self.stopping:
+                    executor.stop_requested.set()
+                log.info("apply.started", actions=len(todo.actions), summary={k: v for k, v in todo.summary().items() if v})
+                try:
+                    result = executor.run(todo)
+                finally:
+                    self.executor = None
+                failed = result.count("failed") + result.count("skipped") + len(result.verify_failures)
+                ran = len(todo.actions)
+                log.info("apply.finished", done=result.count("done"), failed=result.count("failed"),
+                         skipped=result.count("skipped"), verify_failures=len(result.verify_failures))
+                observed = observe(world)
+                now = _utcnow()
+                plan = make_plan(desired, observed, now)
+            fingerprint = self.fingerprint
+            if ran or applied.get("revision") != desired.revision or applied.get("desired_fingerprint") != fingerprint:
+                self.state.record_applied(desired.revision, desired.directory, fingerprint, failed == 0, ran)
+            rows = status_rows(desired, observed, now, plan)
+            applied_doc = self.state.applied()
+        notify = desired.settings.notify
+        warning = notify.expiryWarning if (notify.webhook or notify.email) else None
+        self.due = next_due(plan, observed, now, warning)
+        self.metrics.certificates(rows, now)
+        self.metrics.revision(desired.revision)
+        self.status_doc = {"at": iso(now), "source": {"dir": desired.directory, "revision": desired.revision},
+                           "applied": applied_doc, "certificates": rows}
+        if notify.webhook or notify.email:
+            self._notify(desired, rows, now)
+        return failed
+
+    def _notify(self, desired: DesiredState, rows: list[dict[str, Any]], now: datetime) -> None:
+        from reconciler.notify import Notifier
+
+        assert self.state is not None
+        notifier = Notifier(self.state.path, on_result=lambda c, e, r: self.metrics.notifications.labels(
+            channel=c, event=e, result=r).inc())
+        try:
+            notifier.process(desired.settings.notify, rows,
+                             {"dir": desired.directory, "revision": desired.revision}, now)
+        except Exception as exc:  # alerts never stop reconciliation
+            log.error("notify.error", error=str(exc))
+
+    # --- desired state and git -----------------------------------------------------------------------------
+
+    def _same_state_dir(self, desired: DesiredState) -> bool:
+        from reconciler.wiring import state_dir_for
+
+        assert self.state is not None
+        wanted = state_dir_for(self.dir, desired, self.args.state_dir)
+        if Path(wanted).resolve() == self.state.path.resolve():
+            return True
+        self._invalid([f"Settings.stateDir now points at {wanted}, but this daemon runs on the state dir "
+                       f"{self.state.path}; restart certctl daemon to move to another state dir"])
+        return False
+
+    def _reload(self) -> None:
+        try:
+            desired = load(self.dir)
+        except InvalidDesiredState as exc:
+            self._invalid([str(d) for d in exc.diagnostics])
+            return
+        except Exception as exc:  # e.g. an unreadable directory
+            self._invalid([f"{self.dir}: cannot load the desired state: {exc}"])
+            return
+        if self.state is not None and not self._same_state_dir(desired):
+            return
+        previous = self.desired
+        self.desired = desired
+        if self.desired_error is not None:
+            log.info("desired_state.valid_again", revision=desired.revision)
+        self.desired_error = None
+        self.metrics.desired_valid.set(1)
+        self.metrics.desired_errors.set(0)
+        if previous is None or previous.revision != desired.revision or \
+                desired_fingerprint(previous) != desired_fingerprint(desired):
+            log.info("desired_state.loaded", certificates=len(desired.certificates), revision=desired.revision)
+
+    def _invalid(self, errors: list[str]) -> None:
+        if self.desired_error is None or self.desired_error["errors"] != errors:
+            log.error("desired_state.invalid", problems=len(errors), errors=errors,
+                      in_force=self.desired.revision if self.desired else None,
+                      note="the last valid desired state stays in force; nothing changes because of this edit"
+                      if self.desired else "nothing is reconciled until the desired state is valid")
+            self.desired_error = {"errors": errors, "since": iso(_utcnow())}
+        self.metrics.desired_valid.set(0)
+        self.metrics.desired_errors.set(len(errors))
+
+    def _git_pull(self) -> None:
+        from reconciler.gitsync import pull
+
+        result = pull(self.dir)
+        self.git = {"ok": result.ok, "at": iso(_utcnow()), "revision": result.after, "message": result.message}
+        if result.ok:
+            if result.changed:
+                log.info("git.pulled", before=result.before, after=result.after)
+            else:
+                log.debug("git.up_to_date", revision=result.after)
+        else:
+            self.metrics.git_errors.inc()
+            log.error("git.pull.failed", error=result.message, revision=result.before,
+                      note="the checked-out revision stays in force")
+
+    # --- what the HTTP endpoint shows ------------------------------------------------------------------------
+
+    def _daemon_doc(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "started_at": iso(self.started_at),
+            "passes": self.passes,
+            "last_reconcile": self.last,
+            "next_due": iso(self.due) if self.due else None,
+            "desired_state": {"valid": self.desired_error is None, "in_force": self.desired.revision if self.desired else None,
+                              **(self.desired_error or {})},
+            "git": self.git,
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ok = bool(self.last.get("ok")) and self.desired_error is None
+        reason = None
+        if not self.last.get("ok"):
+            reason = self.last.get("error")
+        elif self.desired_error is not None:
+            reason = f"the desired state is invalid ({len(self.desired_error['errors'])} problem(s)); " \
+                     "the last valid one stays in force"
+        return ok, {"status": "ok" if ok else "unhealthy", "reason": reason, **self._daemon_doc()}
+
+    def status(self) -> dict[str, Any]:
+        doc = dict(self.status_doc) if self.status_doc else {
+            "at": iso(_utcnow()), "source": {"dir": str(self.dir), "revision": None}, "applied": None, "certificates": []}
+        doc["daemon"] = self._daemon_doc()
+        return doc
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    return Daemon(args).run()

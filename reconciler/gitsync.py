@@ -1,0 +1,61 @@
+"""Fast-forwarding the desired-state repository (`certctl daemon --git-pull` or Settings.gitPull).
+
+Only ``git pull --ff-only``: a local commit or a diverged branch is reported and left alone, never merged.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    ok: bool
+    before: str | None
+    after: str | None
+    message: str
+
+    @property
+    def changed(self) -> bool:
+        return self.ok and self.before != self.after
+
+
+def _git(directory: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
+    return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=timeout,
+                          check=False, env=env)
+
+
+def head(directory: Path) -> str | None:
+    try:
+        result = _git(directory, "rev-parse", "HEAD", timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def pull(directory: Path, *, timeout: float = 120.0) -> PullResult:
+    """``git pull --ff-only`` in the repository that holds ``directory``."""
+    before = head(directory)
+    if before is None:
+        return PullResult(False, None, None, f"{directory} is not inside a git repository with a commit")
+    try:
+        result = _git(directory, "pull", "--ff-only", "--quiet", timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return PullResult(False, before, before, f"git pull --ff-only timed out after {timeout:g}s")
+    except OSError as exc:
+        return PullResult(False, before, before, f"git could not run: {exc.strerror}")
+    after = head(directory)
+    if result.returncode != 0:
+        detail = " / ".join((result.stderr or result.stdout).strip().splitlines()[-3:])
+        if "Not possible to fast-forward" in detail or "diverg" in detail:
+            detail = f"the local branch has diverged from its upstream; certctl only fast-forwards ({detail})"
+        return PullResult(False, before, after, f"git pull --ff-only failed: {detail or f'exit {result.returncode}'}")
+    return PullResult(True, before, after, "up to date" if before == after else f"fast-forwarded {before[:12]}..{(after or '')[:12]}")

@@ -1,0 +1,281 @@
+"""Alerts for certificates in trouble: a webhook (JSON POST) and/or an email (SMTP with STARTTLS).
+
+When (``Settings.notify``):
+  * a certificate has failed ``afterFailures`` (default 3) consecutive issuance attempts, or
+  * it is within ``expiryWarning`` (default 7d) of expiry and its renewal point has passed without a
+    successful renewal (a certificate that lives less than ``expiryWarning`` is not "expiring" while
+    it is simply waiting for its renewal point),
+an ``alert`` goes out once; when the condition clears, one ``recovered`` follows. Each channel keeps
+its own record in ``<state>/notify.json``, so a restart never resends, and a channel that could not
+be reached is retried on the next reconcile. An alert goes out at most once per certificate per day
+(a flapping certificate cannot flood anyone); the ``recovered`` that answers a sent alert is never held back.
+
+``decide`` is pure (state in, sends and new state out); ``Notifier`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import smtplib
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from reconciler import __version__
+from reconciler.core.durations import humanize, iso
+from reconciler.core.spec import Email, Notify, Webhook
+from reconciler.fsutil import atomic_write
+from reconciler.secrets import resolve
+
+log = structlog.get_logger()
+
+ALERT, RECOVERED = "alert", "recovered"
+RATE_LIMIT = timedelta(days=1)
+STATE_FILE = "notify.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    certificate: str
+    event: str  # alert | recovered
+    condition: str  # failing | expiring (for recovered: the condition that cleared)
+    message: str
+    row: dict[str, Any]
+
+
+def _dt(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def condition(row: dict[str, Any], settings: Notify, now: datetime) -> tuple[str, str] | None:
+    """The trouble a certificate (a `status --json` row) is in, as (condition, sentence), or None."""
+    failures = int(row.get("consecutive_failures") or 0)
+    if failures >= settings.afterFailures:
+        return "failing", (f"{failures} consecutive failed attempt(s) to issue or renew; "
+                           f"last error: {row.get('last_error') or 'unknown'}")
+    not_after, renew_at = _dt(row.get("not_after")), _dt(row.get("renew_at"))
+    if not_after is not None and not_after - now <= settings.expiryWarning and (renew_at is None or now >= renew_at):
+        if not_after <= now:
+            return "expiring", f"expired {iso(not_after)} and has not been renewed"
+        return "expiring", f"expires {iso(not_after)} (in {humanize(not_after - now)}) and has not been renewed"
+    return None
+
+
+def decide(state: dict[str, Any], rows: Iterable[dict[str, Any]], settings: Notify, channels: Iterable[str],
+           now: datetime) -> tuple[list[tuple[str, Notice]], dict[str, Any]]:
+    """What to send on which channel, and the notify state without the certificates no longer in the spec."""
+    channels = tuple(channels)
+    sends: list[tuple[str, Notice]] = []
+    new_state: dict[str, Any] = {}
+    for row in rows:
+        name = str(row["name"])
+        entry = copy.deepcopy(state.get(name, {}))
+        entry.setdefault("channels", {})
+        found = condition(row, settings, now)
+        for channel in channels:
+            record = entry["channels"].get(channel, {})
+            alerting = record.get("event") == ALERT
+            if found is not None and not alerting:
+                last_alert = _dt(record.get("alert_at"))
+                if last_alert is None or now - last_alert >= RATE_LIMIT:
+                    sends.append((channel, Notice(name, ALERT, found[0], found[1], row)))
+            elif found is None and alerting:
+                cleared = str(record.get("condition") or "failing")
+                sends.append((channel, Notice(name, RECOVERED, cleared, _recovered_sentence(cleared, row), row)))
+        entry["condition"] = found[0] if found else None
+        new_state[name] = entry
+    return sends, new_state
+
+
+def _recovered_sentence(cleared: str, row: dict[str, Any]) -> str:
+    what = "issuance succeeds again" if cleared == "failing" else "it has been renewed"
+    return f"recovered: {what}; the current certificate expires {row.get('not_after') or 'unknown'}"
+
+
+def record_sent(state: dict[str, Any], channel: str, notice: Notice, now: datetime) -> None:
+    entry = state.setdefault(notice.certificate, {"channels": {}})
+    record = dict(entry.setdefault("channels", {}).get(channel, {}))
+    record["event"] = notice.event
+    record["condition"] = notice.condition
+    record["at"] = iso(now)
+    if notice.event == ALERT:
+        record["alert_at"] = iso(now)
+    entry["channels"][channel] = record
+
+
+# --- delivery -----------------------------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    pass
+
+
+def payload(notice: Notice, source: dict[str, Any], now: datetime) -> dict[str, Any]:
+    row = notice.row
+    return {
+        "event": notice.event,
+        "certificate": notice.certificate,
+        "condition": notice.condition,
+        "message": notice.message,
+        "at": iso(now),
+        "host": socket.gethostname(),
+        "source": source,
+        "state": row.get("state"),
+        "not_after": row.get("not_after"),
+        "renew_at": row.get("renew_at"),
+        "thumbprint": row.get("thumbprint"),
+        "consecutive_failures": row.get("consecutive_failures", 0),
+        "last_error": row.get("last_error"),
+    }
+
+
+def subject(notice: Notice) -> str:
+    if notice.event == RECOVERED:
+        return f"[certctl] {notice.certificate} recovered"
+    what = "renewal failing" if notice.condition == "failing" else "about to expire"
+    return f"[certctl] {notice.certificate}: {what}"
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in (408, 429)
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return 400 <= exc.smtp_code < 500
+    return isinstance(exc, OSError | smtplib.SMTPServerDisconnected)
+
+
+def _retrying(attempts: int) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    return retry(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.5, max=5),
+                 retry=retry_if_exception(_retryable), reraise=True)
+
+
+def send_webhook(webhook: Webhook, body: dict[str, Any], *, timeout: float = 10.0, attempts: int = 4) -> None:
+    """POST ``body`` as JSON; transient failures (connection, 5xx, 429) are retried with backoff."""
+    headers = {"Content-Type": "application/json", "User-Agent": f"certctl/{__version__}"}
+    for name, ref in webhook.headers.items():
+        headers[name] = resolve(ref).decode()
+    data = json.dumps(body, sort_keys=True).encode()
+
+    @_retrying(attempts)
+    def post() -> None:
+        request = urllib.request.Request(webhook.url, data=data, headers=headers, method="POST")
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # the URL is https?:// by schema
+            response.read()
+
+    try:
+        post()
+    except urllib.error.HTTPError as exc:
+        raise DeliveryError(f"webhook {webhook.url} answered {exc.code} {exc.reason}") from None
+    except (OSError, urllib.error.URLError) as exc:
+        raise DeliveryError(f"webhook {webhook.url} could not be reached: {exc}") from None
+
+
+def send_email(email: Email, subject_line: str, text: str, *, timeout: float = 30.0, attempts: int = 3) -> None:
+    """Send a plain-text mail; STARTTLS (verified against the system CAs, or $SSL_CERT_FILE) before any login."""
+    message = EmailMessage()
+    message["From"] = email.sender
+    message["To"] = ", ".join(email.to)
+    message["Subject"] = subject_line
+    message["Date"] = formatdate(localtime=False)
+    message["Message-ID"] = make_msgid(domain=socket.gethostname() or "certctl")
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(text)
+    username = resolve(email.username).decode() if email.username else None
+    password = resolve(email.password).decode() if email.password else None
+    context = ssl.create_default_context()
+
+    @_retrying(attempts)
+    def deliver() -> None:
+        if email.smtpPort == 465 and not email.starttls:
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(email.smtpHost, email.smtpPort, timeout=timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(email.smtpHost, email.smtpPort, timeout=timeout)
+        with smtp:
+            smtp.ehlo()
+            if email.starttls and email.smtpPort != 465:
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if username is not None and password is not None:
+                smtp.login(username, password)
+            smtp.send_message(message)
+
+    try:
+        deliver()
+    except (smtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(f"email via {email.smtpHost}:{email.smtpPort} failed: {exc}") from None
+
+
+def email_text(notice: Notice, body: dict[str, Any]) -> str:
+    lines = [f"Certificate {notice.certificate}: {notice.message}", ""]
+    for key in ("state", "not_after", "renew_at", "thumbprint", "consecutive_failures", "last_error"):
+        lines.append(f"{key.replace('_', ' ')}: {body.get(key)}")
+    lines += ["", f"host: {body['host']}", f"desired state: {body['source'].get('dir')} "
+              f"(revision {body['source'].get('revision') or 'none'})", "", "-- certctl daemon"]
+    return "\n".join(lines) + "\n"
+
+
+class Notifier:
+    """Decides and delivers notices; remembers per certificate and channel what went out (<state>/notify.json)."""
+
+    def __init__(self, state_path: Path, on_result: Callable[[str, str, str], None] | None = None) -> None:
+        self.path = Path(state_path) / STATE_FILE
+        self.on_result = on_result
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("notify.state.unreadable", path=str(self.path), error=str(exc))
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def process(self, settings: Notify, rows: list[dict[str, Any]], source: dict[str, Any],
+                now: datetime | None = None) -> list[tuple[str, Notice]]:
+        """Send what is due; return what was sent."""
+        now = now or datetime.now(UTC)
+        channels = [c for c, on in (("webhook", settings.webhook), ("email", settings.email)) if on is not None]
+        previous = self._load()
+        sends, state = decide(previous, rows, settings, channels, now)
+        sent: list[tuple[str, Notice]] = []
+        for channel, notice in sends:
+            body = payload(notice, source, now)
+            try:
+                if channel == "webhook":
+                    assert settings.webhook is not None
+                    send_webhook(settings.webhook, body)
+                else:
+                    assert settings.email is not None
+                    send_email(settings.email, subject(notice), email_text(notice, body))
+            except Exception as exc:  # a channel that fails is retried on the next reconcile
+                log.error("notify.failed", channel=channel, certificate=notice.certificate, notice=notice.event,
+                          error=str(exc))
+                self._count(channel, notice.event, "failed")
+                continue
+            log.info("notify.sent", channel=channel, certificate=notice.certificate, notice=notice.event,
+                     condition=notice.condition, message=notice.message)
+            record_sent(state, channel, notice, now)
+            self._count(channel, notice.event, "sent")
+            sent.append((channel, notice))
+        if state != previous:
+            atomic_write(self.path, json.dumps(state, indent=1, sort_keys=True) + "\n", 0o600)
+        return sent
+
+    def _count(self, channel: str, event: str, result: str) -> None:
+        if self.on_result:
+            self.on_result(channel, event, result)
