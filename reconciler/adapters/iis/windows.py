@@ -38,7 +38,7 @@ from reconciler.adapters.iis.appconfig import make_binding
 from reconciler.adapters.iis.changes import Step, resolve
 from reconciler.adapters.iis.emulated import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.httpsys import SslRecord, normalize_hash, parse_netsh
-from reconciler.core.model import HostState, Site, SiteState, StoredCert, StoreState
+from reconciler.core.model import CertInfo, HostState, Site, SiteState, StoredCert, StoreState
 from reconciler.pki import cert_info, info_from_pem, to_pfx
 from reconciler.ports import BindingChange, Material
 
@@ -132,7 +132,7 @@ class WindowsCert:
     thumbprint: str
     friendly_name: str
     has_private_key: bool
-    info: Any  # CertInfo, or None when the certificate could not be decoded
+    info: CertInfo | None  # None when the certificate could not be decoded
 
 
 @dataclass(frozen=True)
@@ -195,11 +195,11 @@ def parse_read_output(host: str, stdout: str) -> Snapshot:
             if not tp:
                 problems.append(f"CCS file {f.get('name')} cannot be read (corrupt, or the CCS password is not known)")
             ccs_files.append((str(f.get("name", "")), tp))
-    state = HostState(name=host, iis_version=str(data.get("iis_version") or "unknown"), sites=tuple(sites),
+    host_state = HostState(name=host, iis_version=str(data.get("iis_version") or "unknown"), sites=tuple(sites),
                       httpsys=tuple(r.to_entry() for r in table),
                       stores=tuple(sorted(str(s.get("name")) for s in _as_list(data.get("stores")))),
                       ccs_files=tuple(ccs_files), problems=tuple(problems))
-    return Snapshot(host=state, table=table, certs=certs, site_defaults_ftp=default_hash)
+    return Snapshot(host=host_state, table=table, certs=certs, site_defaults_ftp=default_hash)
 
 
 # --- the host ------------------------------------------------------------------------------------
@@ -277,11 +277,13 @@ class WindowsStore:
             snap = self.host.read()
         except WindowsHostError as err:
             return StoreState(name=self.name, reachable=False, problems=(f"IIS host {self.host.name!r}: {err}",))
+        found = snap.certs.get(self.store_name.lower(), ())
         certs = tuple(
             StoredCert(store=self.name, info=c.info, ref=c.thumbprint, managed_by=managed_by(c.friendly_name),
                        has_key=c.has_private_key, friendly_name=c.friendly_name)
-            for c in snap.certs.get(self.store_name.lower(), ()) if c.info is not None)
-        return StoreState(name=self.name, certs=certs)
+            for c in found if c.info is not None)
+        problems = tuple(f"{self.store_name}: certificate {c.thumbprint} cannot be decoded" for c in found if c.info is None)
+        return StoreState(name=self.name, certs=certs, problems=problems)
 
     def install_script(self, certificate: str, material: Material) -> tuple[str, dict[str, str]]:
         """The script and its environment (the PFX password) for an import."""
