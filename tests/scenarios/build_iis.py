@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from reconciler.adapters.iis.appconfig import make_binding  # noqa: E402
-from reconciler.core.codec import observed_to_json  # noqa: E402
-from reconciler.core.model import (  # noqa: E402
+from reconciler.adapters.iis.appconfig import make_binding
+from reconciler.core.codec import observed_to_json
+from reconciler.core.model import (
     IIS_APPID,
     CertInfo,
     HostState,
@@ -75,14 +75,14 @@ spec:
 
 
 def thumb(seed: str) -> str:
-    return hashlib.sha1(seed.encode()).hexdigest().upper()  # noqa: S324 - a fixture id, not security
+    return hashlib.sha1(seed.encode()).hexdigest().upper()
 
 
 def info(seed: str, sans: tuple[str, ...], not_before: datetime = T0, days: float = 90) -> CertInfo:
     return CertInfo(
         thumbprint=thumb(seed), sha256=hashlib.sha256(seed.encode()).hexdigest(), subject=sans[0], sans=sans,
         key_algorithm="ecdsa-p256", not_before=not_before, not_after=not_before + timedelta(days=days),
-        issuer="O=certctl,CN=certctl local CA local", serial=hashlib.md5(seed.encode()).hexdigest()[:16],  # noqa: S324
+        issuer="O=certctl,CN=certctl local CA local", serial=hashlib.md5(seed.encode()).hexdigest()[:16],
     )
 
 
@@ -143,7 +143,7 @@ WWW_DOMAINS = "[www.example.com, example.com]"
 WWW_SANS = ("www.example.com", "example.com")
 
 
-def main() -> None:  # noqa: PLR0915 - one block per scenario
+def main() -> None:
     cur = info("www-current", WWW_SANS)
     old = info("www-old", WWW_SANS, T0 - timedelta(days=80))
     foreign = info("foreign", ("www.example.com",))  # put there by hand, not by certctl
