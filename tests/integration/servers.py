@@ -547,7 +547,23 @@ http {{
         if result.returncode != 0:
             raise ServerError(f"nginx -s reload failed:\n{result.stderr}")
         if expect_sha256 is not None:
-            wait_until(lambda: self.served_sha256() == expect_sha256, timeout, "nginx reload", self.process)
+            # the new workers serve the new certificate; wait until the old ones are gone too
+            wait_until(lambda: self.served_sha256() == expect_sha256 and len(self._workers()) == 1, timeout,
+                       "nginx reload", self.process)
+
+    def _workers(self) -> list[int]:
+        """Worker processes of the master (old ones linger briefly after a reload)."""
+        assert self.process is not None
+        master = self.process.proc.pid
+        workers = []
+        for stat_file in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat_file.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == master:
+                workers.append(int(stat_file.parent.name))
+        return workers
 
     def stop(self) -> None:
         if self.process is not None:
