@@ -205,6 +205,9 @@ class _HostPlan:
     def note(self, certificate: str | None, site: str, what: str, message: str, code: str = "LeftAlone") -> None:
         self.notes.append(Note(certificate, f"iis/{self.host.name}/{site}/{what}", message, code))
 
+    def started(self, site: str) -> bool:
+        return any(s.name == site and s.state is SiteState.started for s in self.host.sites)
+
     def in_store(self, thumbprint: str, store: str | None) -> bool | None:
         """Is the certificate in that Windows store? None when certctl does not observe the store."""
         held = self.contents.get((store or "My").lower())
@@ -299,8 +302,10 @@ def _https(plan: _HostPlan, site: Site, binding: Binding, owner: _Claim | None,
         _unowned(plan, site, binding, served, entry)
         return
     name = owner.certificate
+    others = [b for b in sharing.get((kind, key), []) if b is not binding]
     if site.state is SiteState.stopped:
-        if not plan.serves_ok(owner, served, store):
+        follows = [b for b in others if plan.started(b.site) and owners.get(id(b)) is owner]
+        if not plan.serves_ok(owner, served, store) and not follows:
             plan.note(name, site.name, what, f"site {site.name} is stopped; its binding for {binding.host} is left "
                       "alone (start the site to let certctl manage it)")
         return
@@ -313,7 +318,6 @@ def _https(plan: _HostPlan, site: Site, binding: Binding, owner: _Claim | None,
         plan.note(name, site.name, what, f"its HTTP.sys entry {kind}={entry.key} belongs to another application "
                   f"(AppID {entry.appid}); certctl never changes it")
         return
-    others = [b for b in sharing.get((kind, key), []) if b is not binding]
     strangers = [b for b in others if owners.get(id(b)) is None or owners[id(b)].certificate != name]
     if strangers:
         listed = ", ".join(f"{b.site}: {b.information or '(blank)'}" for b in strangers)
@@ -328,6 +332,9 @@ def _https(plan: _HostPlan, site: Site, binding: Binding, owner: _Claim | None,
         plan.note(name, site.name, what, f"should serve {name}, but {owner.problem}", code="NotBound")
         return
     reason, message = plan.change_reason(owner, served, store, what)
+    if others:
+        message += (f" (the HTTP.sys entry {kind}={key} is shared with "
+                    f"{', '.join(f'{b.site}: {b.information}' for b in others)}, which {name} covers too)")
     plan.act(ActionKind.rebind, name, site.name, "https", binding.information, reason, message, owner.depends,
              op="update", ssl_flags=binding.ssl_flags, thumbprint=owner.thumbprint, store=owner.windows_store,
              old_thumbprint=served)

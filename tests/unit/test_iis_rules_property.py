@@ -231,7 +231,11 @@ def test_applying_the_plan_converges_and_touches_only_covered_bindings(
             f"{site} {information}: its certificate changed from {tp} to {new[(site, information)]}, "
             f"which no certificate covering {host!r} owns")
         assert cover[owner] == max(cover.values()), f"{site} {information}: {owner} is not the best match"
-        assert site not in stopped, f"{site} is stopped but its binding {information} changed"
+        key = iis_rules.entry_key(next(b for s in sites for b in s.bindings
+                                       if b.site == site and b.information == information and b.protocol == "https"))
+        follows = any(b.site not in stopped and iis_rules.entry_key(b) == key
+                      for s in sites for b in s.bindings if b.protocol == "https" and b.parse_error is None)
+        assert site not in stopped or follows, f"{site} is stopped but its binding {information} changed"
 
     # bindings that no spec covers are never changed or removed (only pruned ones may go)
     pruned = {(a.details["site"], a.details["binding"]) for a in first.actions if a.kind is ActionKind.unbind}
