@@ -1,7 +1,8 @@
 """Desired-state directory -> DesiredState, or every problem at once with file:line:col.
 
-Files are parsed with ruamel's C loader (fast); only a file that has a problem is parsed again
-with the round-trip loader, which knows where every key and item stands.
+Files are parsed with ruamel's C parser and a small core-schema constructor (reconciler.yamlfast);
+only a file that has a problem is parsed again with ruamel's round-trip loader, which knows where
+every key and item stands.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from reconciler import yamlfast
 from reconciler.core import validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
@@ -60,7 +62,6 @@ def load(directory: Path | str, *, revision: bool = True) -> DesiredState:
     if not directory.is_dir():
         raise InvalidDesiredState([Diagnostic(str(directory), 1, 1, "", "the desired-state directory does not exist")])
     docs: list[_Doc] = []
-    fast = YAML(typ="safe", pure=False)
     for path in find_files(directory):
         display = _display(path)
         try:
@@ -69,7 +70,7 @@ def load(directory: Path | str, *, revision: bool = True) -> DesiredState:
             diagnostics.append(Diagnostic(display, 1, 1, "", f"cannot read the file: {exc}"))
             continue
         try:
-            loaded = list(fast.load_all(text))
+            loaded = yamlfast.load_all(text)
         except YAMLError as exc:
             diagnostics.append(_yaml_error(display, exc))
             continue
