@@ -1,0 +1,121 @@
+"""The http-01 solvers (built-in listener, webroot) and the dns-01 solver's helpers, without a CA."""
+
+from __future__ import annotations
+
+import socket
+import stat
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dns.name
+import pytest
+
+from reconciler.adapters.acme.dns01 import Rfc2136Solver, challenge_name, split_host_port
+from reconciler.adapters.acme.http01 import LISTENERS, StandaloneHttp01, WebrootHttp01
+from reconciler.adapters.acme.solvers import SolverError, build_solver
+from reconciler.core.spec import Rfc2136, Solver
+from reconciler.ports import ChallengeTask
+
+
+def http_task(domain: str, token: str) -> ChallengeTask:
+    return ChallengeTask(domain=domain, kind="http-01", token=token, key_authorization=f"{token}.thumb")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, token: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/acme-challenge/{token}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def test_standalone_listener_is_shared_and_stopped_when_unused() -> None:
+    port = free_port()
+    a, b = StandaloneHttp01("127.0.0.1", port), StandaloneHttp01("127.0.0.1", port)
+    first, second = [http_task("a.example", "tokA1"), http_task("b.example", "tokB1")], [http_task("c.example", "tokC1")]
+    a.prepare(first)
+    b.prepare(second)  # a second order on the same address:port shares the listener
+    assert LISTENERS.active() == {("127.0.0.1", port): 3}
+    assert get(port, "tokA1") == (200, "tokA1.thumb")
+    assert get(port, "tokC1") == (200, "tokC1.thumb")
+    assert get(port, "unknown")[0] == 404
+
+    a.cleanup(first)
+    assert get(port, "tokA1")[0] == 404
+    assert get(port, "tokC1") == (200, "tokC1.thumb")
+    b.cleanup(second)
+    b.cleanup(second)  # twice is harmless
+    assert LISTENERS.active() == {}
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def test_standalone_refuses_unsafe_tokens_and_other_kinds() -> None:
+    solver = StandaloneHttp01("127.0.0.1", free_port())
+    with pytest.raises(SolverError, match="not base64url"):
+        solver.prepare([http_task("a.example", "../../etc/passwd")])
+    with pytest.raises(SolverError, match="cannot answer a dns-01"):
+        solver.prepare([ChallengeTask("a.example", "dns-01", "t", "k", "v")])
+    assert LISTENERS.active() == {}
+
+
+def test_webroot_writes_and_removes(tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    solver = WebrootHttp01(root)
+    tasks = [http_task("a.example", "tokA"), http_task("b.example", "tokB")]
+    solver.prepare(tasks)
+    folder = root / ".well-known" / "acme-challenge"
+    assert (folder / "tokA").read_text() == "tokA.thumb"
+    assert stat.S_IMODE((folder / "tokA").stat().st_mode) == 0o644
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    solver.cleanup(tasks)
+    assert list(root.iterdir()) == []  # the folders it made are gone too
+
+
+def test_webroot_keeps_folders_it_did_not_make(tmp_path: Path) -> None:
+    folder = tmp_path / ".well-known" / "acme-challenge"
+    folder.mkdir(parents=True)
+    (tmp_path / ".well-known" / "security.txt").write_text("contact")
+    solver = WebrootHttp01(tmp_path)
+    solver.prepare([http_task("a.example", "tokA")])
+    solver.cleanup([http_task("a.example", "tokA")])
+    assert folder.is_dir() and list(folder.iterdir()) == []
+    assert (tmp_path / ".well-known" / "security.txt").exists()
+
+
+def test_webroot_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(SolverError, match="does not exist"):
+        WebrootHttp01(tmp_path / "nope").prepare([http_task("a.example", "tok")])
+
+
+def test_split_host_port() -> None:
+    assert split_host_port("ns1.example.com") == ("ns1.example.com", 53)
+    assert split_host_port("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert split_host_port("[2001:db8::1]:5353") == ("2001:db8::1", 5353)
+    assert split_host_port("2001:db8::1") == ("2001:db8::1", 53)
+
+
+def test_challenge_name() -> None:
+    assert challenge_name("*.example.com") == dns.name.from_text("_acme-challenge.example.com")
+    assert challenge_name("www.example.com") == dns.name.from_text("_acme-challenge.www.example.com")
+
+
+def test_dns01_refuses_names_outside_its_zone() -> None:
+    solver = Rfc2136Solver(Rfc2136.model_validate({"server": "127.0.0.1:1", "zone": "example.com"}))
+    with pytest.raises(SolverError, match=r"outside the zone example\.com"):
+        solver.prepare([ChallengeTask("example.org", "dns-01", "t", "k", "v")])
+
+
+def test_build_solver_kinds(tmp_path: Path) -> None:
+    assert isinstance(build_solver(Solver.model_validate({"http01": {"standalone": {"port": 8080}}})), StandaloneHttp01)
+    assert isinstance(build_solver(Solver.model_validate({"http01": {"webroot": {"path": str(tmp_path)}}})), WebrootHttp01)
+    dns_solver = Solver.model_validate({"dns01": {"rfc2136": {"server": "ns1.example.com", "zone": "example.com"}}})
+    assert isinstance(build_solver(dns_solver), Rfc2136Solver)
