@@ -123,6 +123,8 @@ class Executor:
             self.on_outcome(outcome)
 
     def _run_one(self, action: Action) -> Outcome:
+        if self.stop_requested.is_set():  # queued in the pool before the stop: never started
+            return Outcome(action, "skipped", "skipped: certctl is stopping")
         state = self.world.state
         started = time.monotonic()
         state.journal("intent", run=self.run_id, action=action.id, kind=action.kind.value, certificate=action.certificate)
