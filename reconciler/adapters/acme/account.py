@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import josepy as jose
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from reconciler import pki
 from reconciler.fsutil import atomic_write
@@ -37,9 +38,9 @@ class AccountStore:
         self.key_path = folder / "account.key"
         self.record_path = folder / "account.json"
         self._lock = threading.Lock()
-        self._key: jose.JWK | None = None
+        self._key: JWK | None = None
 
-    def key(self) -> jose.JWK:
+    def key(self) -> JWK:
         """The account key, made (and saved 0600) on first use."""
         with self._lock:
             if self._key is not None:
@@ -53,15 +54,15 @@ class AccountStore:
                 private = ec.generate_private_key(ec.SECP256R1())
                 atomic_write(self.key_path, pki.key_to_pem(private), mode=0o600)
                 log.info("acme.account.key_created", path=str(self.key_path))
-            self._key = jose.JWKEC(key=private) if isinstance(private, ec.EllipticCurvePrivateKey) else jose.JWKRSA(key=private)
+            self._key = JWKEC(key=private) if isinstance(private, ec.EllipticCurvePrivateKey) else JWKRSA(key=private)
             return self._key
 
-    def alg(self) -> jose.JWASignature:
+    def alg(self) -> JWASignature:
         key = self.key()
-        if isinstance(key, jose.JWKRSA):
-            return jose.RS256
+        if isinstance(key, JWKRSA):
+            return RS256
         curve = key.key.curve.name
-        return {"secp256r1": jose.ES256, "secp384r1": jose.ES384, "secp521r1": jose.ES512}[curve]
+        return {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}[curve]
 
     def load(self, directory_url: str) -> AccountRecord | None:
         """The saved account for this directory URL, or None (none yet, or one of another CA)."""

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import josepy as jose
 import requests
 import structlog
 from acme import challenges, messages
@@ -28,6 +27,11 @@ from acme.client import ClientNetwork, ClientV2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import NameOID
+from josepy.b64 import b64decode
+from josepy.errors import DeserializationError
+from josepy.json_util import field
+from josepy.jwa import ES256, JWASignature
+from josepy.jwk import JWK
 from requests.utils import parse_header_links
 
 from reconciler import pki
@@ -49,14 +53,14 @@ DIRECTORY_TTL = 60.0  # seconds a fetched directory is reused
 class NewOrder(messages.NewOrder):
     """newOrder with RFC 9773 ``replaces`` (the ARI identifier of the certificate being renewed)."""
 
-    replaces: str | None = jose.field("replaces", omitempty=True)
+    replaces: str | None = field("replaces", omitempty=True)
 
 
 class _Network(ClientNetwork):
     """ClientNetwork whose every request is retried on transient failures, and whose problem
     documents keep their HTTP status and Retry-After."""
 
-    def __init__(self, policy: RetryPolicy, *, key: jose.JWK | None = None, alg: jose.JWASignature = jose.ES256,
+    def __init__(self, policy: RetryPolicy, *, key: JWK | None = None, alg: JWASignature = ES256,
                  verify: bool | str = True, timeout: float = 30.0) -> None:
         super().__init__(key=key, alg=alg, verify_ssl=verify, user_agent=USER_AGENT, timeout=timeout)  # type: ignore[arg-type]
         self.policy = policy
@@ -83,7 +87,7 @@ class _Session:
     net: _Network
     client: ClientV2
     directory: messages.Directory
-    key: jose.JWK
+    key: JWK
 
     def post(self, url: str, obj: Any) -> requests.Response:
         return self.net.post(url, obj, new_nonce_url=self.directory["newNonce"])
@@ -169,7 +173,7 @@ class AcmeIssuer:
                 return None
             response = net.get(f"{base.rstrip('/')}/{ident}")
             info = messages.RenewalInfo.from_json(response.json())
-        except (acme_errors.Error, requests.RequestException, jose.DeserializationError, ValueError) as exc:
+        except (acme_errors.Error, requests.RequestException, DeserializationError, ValueError) as exc:
             log.warning("acme.ari.failed", issuer=self.name, certificate_id=ident, error=retry.describe(exc))
             return None
         finally:
@@ -204,7 +208,7 @@ class AcmeIssuer:
                     self._forget_account()
                     continue
                 raise retry.to_issue_error(exc, context) from None
-            except (acme_errors.Error, requests.RequestException, jose.DeserializationError) as exc:
+            except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
                 raise retry.to_issue_error(exc, context) from None
             finally:
                 session.net.session.close()
@@ -375,7 +379,7 @@ class AcmeIssuer:
         interval = 0.1
         while True:
             response = session.get_as_post(url)
-            order = messages.Order.from_json(response.json())
+            order: messages.Order = messages.Order.from_json(response.json())
             status = _status(order.status)
             if status in wanted:
                 return order
@@ -458,7 +462,7 @@ class AcmeIssuer:
         except IssueError:
             net.session.close()
             raise
-        except (acme_errors.Error, requests.RequestException, jose.DeserializationError) as exc:
+        except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
             net.session.close()
             raise retry.to_issue_error(exc, context) from None
         return _Session(net, client, directory, key)
@@ -467,7 +471,7 @@ class AcmeIssuer:
         with self._account_lock, contextlib.suppress(FileNotFoundError):
             self.accounts.record_path.unlink()
 
-    def _ensure_account(self, client: ClientV2, directory: messages.Directory, key: jose.JWK) -> None:
+    def _ensure_account(self, client: ClientV2, directory: messages.Directory, key: JWK) -> None:
         with self._account_lock:
             record = self.accounts.load(self.directory_url)
             if record is not None:
@@ -513,7 +517,7 @@ class AcmeIssuer:
             self.accounts.save(self.directory_url, uri, self.spec.email)
             log.info("acme.account.registered", issuer=self.name, account=uri, eab=eab is not None)
 
-    def _eab(self, key: jose.JWK, directory: messages.Directory) -> dict[str, Any]:
+    def _eab(self, key: JWK, directory: messages.Directory) -> dict[str, Any]:
         assert self.spec.eab is not None
         try:
             secret = resolve(self.spec.eab.hmacKey, dict(self.environ) if self.environ is not None else None)
@@ -521,7 +525,7 @@ class AcmeIssuer:
             raise IssueError(f"Issuer {self.name}: eab.hmacKey: {exc}", transient=False) from None
         hmac_key = secret.decode("ascii", "replace").strip()
         try:
-            jose.b64.b64decode(hmac_key)
+            b64decode(hmac_key)
         except (ValueError, TypeError):
             raise IssueError(f"Issuer {self.name}: eab.hmacKey is not base64url as the CA hands it out", transient=False) from None
         return messages.ExternalAccountBinding.from_data(

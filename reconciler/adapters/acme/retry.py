@@ -170,7 +170,8 @@ def _stop(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], bool]:
     def stop(state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= policy.attempts:
             return True
-        return state.seconds_since_start + (state.upcoming_sleep or 0.0) > policy.budget
+        elapsed = state.seconds_since_start or 0.0
+        return elapsed + (state.upcoming_sleep or 0.0) > policy.budget
 
     return stop
 
