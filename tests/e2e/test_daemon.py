@@ -99,14 +99,14 @@ class Site:
         os.replace(tmp, path)  # like an editor's save: the file is never seen half-written
         return path
 
-    def certificate(self, name: str, domains: list[str], extra: str = "") -> Path:
+    def certificate(self, name: str, domains: list[str], extra: str = "", issuer: str = "local") -> Path:
         """A Certificate spec; ``extra`` holds more ``spec`` fields (any indentation)."""
         return self.write(f"{name}.yaml", textwrap.dedent(f"""\
             apiVersion: certctl/v1
             kind: Certificate
             metadata: {{name: {name}}}
             spec:
-              issuer: local
+              issuer: {issuer}
               domains: [{", ".join(domains)}]
               stores: [pem]
             """) + textwrap.indent(textwrap.dedent(extra), "  "))
