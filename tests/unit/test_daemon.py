@@ -1,0 +1,158 @@
+"""reconciler.daemon pieces that need no process: due times, maintenance-only cleanup, the recovery sweep,
+metrics gauges; and reconciler.gitsync against a real git repository."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.core.model import Attempts, ObservedState
+from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
+from reconciler.daemon import next_due, recover, without_cleanup
+from reconciler.gitsync import pull
+from reconciler.metrics import Metrics, parse_address, ready_condition
+from reconciler.statedir import StateDir
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def summary(name: str, renew_in: float | None = None, expires_in: float | None = None,
+            deferred_in: float | None = None) -> CertSummary:
+    at = lambda s: NOW + timedelta(seconds=s) if s is not None else None  # noqa: E731
+    return CertSummary(name, CertState.ready, not_after=at(expires_in), renew_at=at(renew_in),
+                       deferred_until=at(deferred_in))
+
+
+def plan_of(*summaries: CertSummary, actions: tuple[Action, ...] = ()) -> Plan:
+    return Plan(at=NOW, directory="d", revision=None, actions=actions, certificates=summaries)
+
+
+def test_next_due_is_the_earliest_future_renewal_retry_or_expiry() -> None:
+    plan = plan_of(summary("a", renew_in=30, expires_in=40), summary("b", renew_in=-5, expires_in=9, deferred_in=20))
+    assert next_due(plan, ObservedState(), NOW, None) == NOW + timedelta(seconds=9)
+    plan = plan_of(summary("a", renew_in=30, expires_in=4000))
+    attempts = {"a": Attempts("a", next_retry=NOW + timedelta(seconds=12)),
+                "gone": Attempts("gone", next_retry=NOW + timedelta(seconds=1))}
+    assert next_due(plan, ObservedState(attempts=attempts), NOW, None) == NOW + timedelta(seconds=12)
+    assert next_due(plan_of(summary("a", expires_in=86400 * 10, renew_in=86400 * 5)), ObservedState(), NOW,
+                    timedelta(days=7)) == NOW + timedelta(days=3)
+    assert next_due(plan_of(), ObservedState(), NOW, None) is None
+
+
+def test_cleanup_waits_for_a_maintenance_pass() -> None:
+    def act(kind: ActionKind, target: str) -> Action:
+        return Action(f"{kind.value}/a/{target}", kind, "a", target, Reason.Superseded, "m")
+
+    plan = plan_of(actions=(act(ActionKind.install, "store/pem"), act(ActionKind.cleanup, "store/pem/a/v1"),
+                            act(ActionKind.unbind, "host/x")))
+    assert [a.kind for a in without_cleanup(plan).actions] == [ActionKind.install, ActionKind.unbind]
+
+
+def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_lines(tmp_path: Path) -> None:
+    state = StateDir(tmp_path / "state")
+    state.journal("intent", run="r1", action="issue/a")
+    (state.path / "vault" / "a" / "DEADBEEF").mkdir(parents=True)  # never reached the index
+    (state.path / "vault" / "a" / "DEADBEEF" / "cert.pem").write_text("x")
+    (state.path / ".attempts.jsonl.abcd1234.tmp").write_text("half")
+    (state.path / "attempts.jsonl").write_text('{"k":"a","v":{}}\n{"k":"b","v":')  # torn last line
+    store = tmp_path / "pem"
+    (store / "a" / "versions" / ".20261127T120000Z-ABCDEF12.tmp").mkdir(parents=True)
+    (store / "a" / "versions" / ".v0.removing").mkdir()
+    (store / "a" / ".current.123.tmp").symlink_to("versions/nowhere")
+    out = tmp_path / "www"
+    out.mkdir()
+    (out / ".privkey.pem.x1y2z3w4.tmp").write_text("half a key")
+    (out / ".keep-me.tmp").write_text("not certctl's")  # another tool's file in a task folder
+    task = SimpleNamespace(files=SimpleNamespace(path=str(out)), pfx=None, ccs=None)
+    world = SimpleNamespace(
+        state=state, stores={"pem": SimpleNamespace(path=store)}, hosts={},
+        desired=SimpleNamespace(certificates={"a": SimpleNamespace(spec=SimpleNamespace(tasks=[task]))}),
+    )
+    counts = recover(world)
+    assert counts == {"unfinished": 1, "temp": 5, "vault": 1, "torn": 1}
+    assert state.unfinished() == []
+    assert not (state.path / "vault" / "a").exists()
+    assert sorted(os.listdir(out)) == [".keep-me.tmp"]
+    assert os.listdir(store / "a" / "versions") == []
+    assert (state.path / "attempts.jsonl").read_text().endswith("\n")
+    state.update_attempts("c", consecutive_failures=2)
+    assert state.attempts()["c"].consecutive_failures == 2, "the append after a torn line is not lost"
+    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0}
+
+
+def test_metrics_gauges_follow_status_rows() -> None:
+    metrics = Metrics()
+    rows = [{"name": "a", "state": "ready", "thumbprint": "AA", "not_after": "2026-12-01T00:00:00Z",
+             "renew_at": "2026-11-28T00:00:00Z", "consecutive_failures": 0},
+            {"name": "b", "state": "missing", "thumbprint": None, "not_after": None, "renew_at": None,
+             "consecutive_failures": 2}]
+    metrics.certificates(rows, NOW)
+    samples = _samples(metrics)
+    assert samples[("certctl_certificate_expiration_timestamp_seconds", (("name", "a"),))] == \
+        datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert samples[("certctl_certificate_ready_status", (("condition", "True"), ("name", "a")))] == 1
+    assert samples[("certctl_certificate_ready_status", (("condition", "False"), ("name", "b")))] == 1
+    assert ("certctl_certificate_expiration_timestamp_seconds", (("name", "b"),)) not in samples
+    metrics.certificates(rows[:1], NOW)  # b's spec was deleted
+    assert not any(dict(labels).get("name") == "b" for _, labels in _samples(metrics))
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+
+
+def test_ready_condition() -> None:
+    base = {"thumbprint": "AA", "not_after": "2026-12-01T00:00:00Z"}
+    assert ready_condition({**base, "state": "pending"}, NOW) == "True"
+    assert ready_condition({**base, "state": "outdated"}, NOW) == "False"
+    assert ready_condition({**base, "state": "deferred", "not_after": "2026-11-01T00:00:00Z"}, NOW) == "False"
+
+
+@pytest.mark.parametrize(("text", "expected"), [("127.0.0.1:9464", ("127.0.0.1", 9464)), (":80", ("0.0.0.0", 80)),
+                                                 ("[::1]:9464", ("::1", 9464))])
+def test_parse_address(text: str, expected: tuple[str, int]) -> None:
+    assert parse_address(text) == expected
+
+
+def test_parse_address_rejects_garbage() -> None:
+    with pytest.raises(ValueError, match="host:port"):
+        parse_address("localhost")
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
+                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test"}).stdout.strip()
+
+
+def test_git_pull_fast_forwards_and_refuses_to_merge(tmp_path: Path) -> None:
+    origin, clone = tmp_path / "origin", tmp_path / "clone"
+    origin.mkdir()
+    _git(origin, "init", "-q", "-b", "main")
+    (origin / "a.yaml").write_text("a: 1\n")
+    _git(origin, "add", "a.yaml")
+    _git(origin, "commit", "-qm", "one")
+    subprocess.run(["git", "clone", "-q", str(origin), str(clone)], check=True)
+    assert pull(clone).ok and not pull(clone).changed
+    (origin / "a.yaml").write_text("a: 2\n")
+    _git(origin, "commit", "-qam", "two")
+    result = pull(clone)
+    assert result.ok and result.changed and result.after == _git(origin, "rev-parse", "HEAD")
+    # diverged: a local commit and a new upstream commit
+    (clone / "b.yaml").write_text("b: 1\n")
+    _git(clone, "add", "b.yaml")
+    _git(clone, "commit", "-qm", "local")
+    (origin / "a.yaml").write_text("a: 3\n")
+    _git(origin, "commit", "-qam", "three")
+    before = _git(clone, "rev-parse", "HEAD")
+    result = pull(clone)
+    assert not result.ok and "fast-forward" in result.message
+    assert _git(clone, "rev-parse", "HEAD") == before, "nothing was merged"
+    assert not pull(tmp_path / "origin" / ".." / "clone" / "missing").ok
