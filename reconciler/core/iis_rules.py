@@ -62,10 +62,10 @@ def entry_key(binding: Binding) -> tuple[str, str]:
     if binding.sni:
         return "hostnameport", f"{binding.host.lower()}:{binding.port}"
     ip = "0.0.0.0" if binding.ip in ("*", "") else binding.ip
-    return "ipport", _normalize_key("ipport", f"{ip}:{binding.port}")
+    return "ipport", normalize_key("ipport", f"{ip}:{binding.port}")
 
 
-def _normalize_key(kind: str, key: str) -> str:
+def normalize_key(kind: str, key: str) -> str:
     key = key.strip().lower()
     if kind == "ipport" and key.startswith("["):
         addr, _, port = key[1:].partition("]:")
@@ -77,7 +77,7 @@ def _normalize_key(kind: str, key: str) -> str:
 
 
 def _entries(host: HostState) -> dict[tuple[str, str], HttpSysEntry]:
-    return {(e.kind, _normalize_key(e.kind, e.key)): e for e in host.httpsys}
+    return {(e.kind, normalize_key(e.kind, e.key)): e for e in host.httpsys}
 
 
 def referenced_thumbprints(observed: ObservedState) -> set[str]:
@@ -358,6 +358,10 @@ def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, 
     if not plan.prune:
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   "deleted; kept (set prune: true in Settings to remove the bindings certctl made)", code="Orphaned")
+    elif site.state is SiteState.stopped:
+        plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
+                  f"deleted, but site {site.name} is stopped; kept (start the site to let certctl prune it)",
+                  code="Orphaned")
     elif not shape or entry is None or entry.appid.lower() != IIS_APPID.lower():
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   "deleted, but it is not a binding certctl makes (SNI on port 443 beside an http binding); kept",
@@ -526,7 +530,7 @@ def plan_hosts(
     for host_name, host in observed.hosts.items():
         gone = removed.get(host_name, set())
         referenced.update(e.certhash.upper() for e in host.httpsys
-                          if e.certhash and (e.kind, _normalize_key(e.kind, e.key)) not in gone)
+                          if e.certhash and (e.kind, normalize_key(e.kind, e.key)) not in gone)
         referenced.update(s.ftp_cert_hash.upper() for s in host.sites if s.ftp_cert_hash)
         referenced.update(tp.upper() for _name, tp in host.ccs_files if tp)
     return actions, _dedupe(notes), referenced

@@ -210,6 +210,11 @@ def main() -> None:
         [site("gone", 5, ("http", "*:80:gone.example.com"), ("https", "10.0.0.5:443:gone.example.com"))],
         [ipport("10.0.0.5:443", gone.thumbprint)], store=[(gone, "gone")]), [], prune=True)
 
+    # with prune, a binding on a stopped site is kept too (certctl leaves stopped sites alone)
+    scenario("iis-deleted-spec-pruned-stopped-site-kept", World(
+        [site("gone", 5, ("http", "*:80:gone.example.com"), ("https", "*:443:gone.example.com", 1), stopped=True)],
+        [sni("gone.example.com", gone.thumbprint)], store=[(gone, "gone")]), [], prune=True)
+
     # exact beats wildcard, across certificates
     wild = info("wild", ("*.example.com",))
     exact = info("exact", ("www.example.com",))

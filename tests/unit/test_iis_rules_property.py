@@ -177,7 +177,7 @@ def apply(observed: ObservedState, changes: list[BindingChange]) -> ObservedStat
 
 def served(host: HostState) -> dict[tuple[str, str], str | None]:
     """(site, information) of every https binding -> the thumbprint its HTTP.sys entry holds."""
-    table = {(e.kind, iis_rules._normalize_key(e.kind, e.key)): e.certhash for e in host.httpsys}
+    table = {(e.kind, iis_rules.normalize_key(e.kind, e.key)): e.certhash for e in host.httpsys}
     return {(b.site, b.information): table.get(iis_rules.entry_key(b)) for s in host.sites for b in s.bindings
             if b.protocol == "https" and b.parse_error is None and not b.ccs}
 

@@ -1,0 +1,302 @@
+"""`certctl import --iis-host NAME`: write Certificate specs for what an IIS host serves today.
+
+For every distinct certificate the host's https bindings (and FTP sites) use, one Certificate:
+domains from the certificate (the subject CN first, then the other DNS names), its key algorithm,
+``iis: [{host: NAME, mode: auto}]`` (``mode: site`` when only blank-host bindings of one site use it),
+the windows Store on that host that holds it (a Store document is written too when none exists), and
+the chosen issuer. Certificates an existing spec already covers are skipped.
+
+The certificate itself is adopted: its key is read back from the store and kept in the state dir as
+the spec's current certificate, so the next plan renews it at its renewal point instead of issuing a
+new one now, and shows only what really differs (an http-only site to bind, a certificate that is
+expired or whose key algorithm certctl cannot issue).
+
+The file is written atomically and never replaces a file with other content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from reconciler.cli import CliError, _dir, _load, _state
+from reconciler.core import domains as domain_rules
+from reconciler.core import validate
+from reconciler.core.iis_rules import entry_key, normalize_key
+from reconciler.core.model import DesiredState, HostState, IssuedVersion, Named, Source, StoredCert
+from reconciler.core.planner import current_version
+from reconciler.core.policies import issuer_id
+from reconciler.core.spec import NAME_PATTERN, CertificateSpec, KeyAlgorithm, StoreSpec
+from reconciler.fsutil import atomic_write
+from reconciler.ports import BindingHost
+from reconciler.statedir import StateDir
+
+_NAME = re.compile(NAME_PATTERN)
+_SEARCH_STORES = ("WebHosting", "My")
+
+
+@dataclass
+class Found:
+    """One certificate the host uses, and where."""
+
+    thumbprint: str
+    store_hint: str | None
+    uses: list[tuple[str, str]] = field(default_factory=list)  # (site, binding label)
+    hosts: list[tuple[str, str]] = field(default_factory=list)  # (site, host name; '' = blank)
+
+
+@dataclass
+class Planned:
+    name: str
+    domains: list[str]
+    algorithm: str | None
+    store: str
+    iis: dict[str, str]
+    stored: StoredCert
+    windows_store: str
+    found: Found
+    remarks: list[str] = field(default_factory=list)
+
+
+def _used(host: HostState) -> list[Found]:
+    entries = {(e.kind, normalize_key(e.kind, e.key)): e for e in host.httpsys}
+    out: dict[str, Found] = {}
+    for site in host.sites:
+        for b in site.bindings:
+            if b.protocol.lower() != "https" or b.parse_error or b.ccs:
+                continue
+            entry = entries.get(entry_key(b))
+            if entry is None or not entry.certhash:
+                continue
+            found = out.setdefault(entry.certhash.upper(), Found(entry.certhash.upper(), entry.certstorename))
+            found.uses.append((site.name, b.label))
+            found.hosts.append((site.name, b.host))
+        if site.ftp_cert_hash and any(b.protocol.lower() == "ftp" for b in site.bindings):
+            found = out.setdefault(site.ftp_cert_hash.upper(), Found(site.ftp_cert_hash.upper(), site.ftp_cert_store))
+            found.uses.append((site.name, "ftp ssl"))
+            found.hosts.extend((site.name, b.host) for b in site.bindings if b.protocol.lower() == "ftp")
+    return list(out.values())
+
+
+def _locate(world_host: BindingHost, host: HostState, found: Found) -> tuple[str, StoredCert] | None:
+    names = [n for n in (found.store_hint, *_SEARCH_STORES, *host.stores) if n and n.upper() != "CA"]
+    seen: set[str] = set()
+    for name in names:
+        if name.lower() in seen:
+            continue
+        seen.add(name.lower())
+        state = world_host.store(name).observe()
+        for cert in state.certs:
+            if cert.info.thumbprint == found.thumbprint:
+                canonical = next((s for s in _SEARCH_STORES if s.lower() == name.lower()), name)
+                return canonical, cert
+    return None
+
+
+def _spec_name(first: str, taken: set[str], host: str) -> str:
+    base = ("wildcard-" + first[2:] if first.startswith("*.") else first).replace(".", "-")
+    base = re.sub(r"[^a-z0-9-]", "-", base.lower()).strip("-")[:63].rstrip("-") or "imported"
+    for candidate in (base, f"{base}-{host}"[:63], *(f"{base}-{i}"[:63] for i in range(2, 100))):
+        if candidate not in taken and _NAME.match(candidate):
+            return candidate
+    raise CliError(f"no free Certificate name for {first}")
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value) if not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9.]*", value) else value
+
+
+def _render(host: str, issuer: str, certs: list[Planned], stores: dict[str, str], schema: str) -> str:
+    docs: list[str] = []
+    for name, windows in sorted(stores.items()):
+        docs.append(
+            "apiVersion: certctl/v1\nkind: Store\nmetadata:\n"
+            f"  name: {name}\nspec:\n  windows:\n    host: {host}\n    location: LocalMachine\n    name: {windows}\n")
+    for p in certs:
+        lines = [f"# {p.found.thumbprint} in {p.windows_store}, used by "
+                 + "; ".join(f"{site}: {label}" for site, label in p.found.uses)]
+        lines += [f"# note: {r}" for r in p.remarks]
+        lines += ["apiVersion: certctl/v1", "kind: Certificate", "metadata:", f"  name: {p.name}", "spec:",
+                  f"  issuer: {issuer}", f"  domains: [{', '.join(_yaml_str(d) for d in p.domains)}]"]
+        if p.algorithm:
+            lines += ["  key:", f"    algorithm: {p.algorithm}"]
+        lines += [f"  stores: [{p.store}]", "  iis:", f"    - host: {p.iis['host']}", f"      mode: {p.iis['mode']}"]
+        if "site" in p.iis:
+            lines.append(f"      site: {_yaml_str(p.iis['site'])}")
+        docs.append("\n".join(lines) + "\n")
+    header = (f"# yaml-language-server: $schema={schema}\n"
+              f"# Written by `certctl import --iis-host {host}`: the certificates IIS host {host} serves today.\n")
+    return header + "---\n".join(docs)
+
+
+def _schema_ref(directory: Path, out: Path) -> str:
+    schema = directory.resolve().parent / "schemas" / "certctl.json"
+    try:
+        return os.path.relpath(schema, out.resolve().parent).replace("\\", "/")
+    except ValueError:
+        return "../schemas/certctl.json"
+
+
+def _covered_by(desired: DesiredState, host: str, domains: list[str], thumbprint: str,
+                issued: dict[str, tuple[IssuedVersion, ...]]) -> str | None:
+    for name, cert in sorted(desired.certificates.items()):
+        if any(v.info.thumbprint == thumbprint for v in issued.get(name, ())):
+            return name
+        on_host = any(t.host == host and t.mode.value != "none" for t in cert.spec.iis)
+        if on_host and all(any(domain_rules.covers(d, want) or d == want for d in cert.spec.domains) for want in domains):
+            return name
+    return None
+
+
+def run_import(args: argparse.Namespace) -> int:
+    directory = _dir(args)
+    desired = _load(args)
+    host_name = args.iis_host
+    if host_name not in desired.iis_hosts:
+        known = ", ".join(sorted(desired.iis_hosts)) or "none is defined"
+        raise CliError(f"IisHost {host_name!r} does not exist in {directory} (known: {known})")
+    if args.issuer:
+        if args.issuer not in desired.issuers:
+            raise CliError(f"Issuer {args.issuer!r} does not exist (known: {', '.join(sorted(desired.issuers)) or 'none'})")
+        issuer = args.issuer
+    elif desired.issuers:
+        issuer = sorted(desired.issuers)[0]
+    else:
+        raise CliError("there is no Issuer in the desired state; add one (or give --issuer)")
+    out = Path(args.out) if args.out else directory / f"imported-{host_name}.yaml"
+
+    from reconciler.wiring import build
+
+    state = _state(args, desired)
+    world = build(desired, state)
+    world_host = world.hosts[host_name]
+    observed = world_host.observe()
+    if not observed.reachable:
+        raise CliError(f"IIS host {host_name} cannot be read: {'; '.join(observed.problems) or 'unknown error'}")
+
+    issued = state.issued()
+    taken = set(desired.certificates)
+    windows_stores = {s.spec.windows.name.value.lower(): n for n, s in sorted(desired.stores.items())
+                      if s.spec.windows is not None and s.spec.windows.host == host_name}
+    new_stores: dict[str, str] = {}
+    planned: list[Planned] = []
+    skipped: list[str] = []
+    for found in _used(observed):
+        located = _locate(world_host, observed, found)
+        where = "; ".join(f"{s}: {label}" for s, label in found.uses)
+        if located is None:
+            skipped.append(f"{found.thumbprint[:8]} ({where}): in no certificate store on {host_name}; not imported")
+            continue
+        windows_store, stored = located
+        info = stored.info
+        names: list[str] = []
+        for raw in ([info.subject] if info.subject else []) + list(info.sans):
+            try:
+                name = domain_rules.normalize(raw)
+            except ValueError:
+                continue
+            if name not in names:
+                names.append(name)
+        if not names:
+            skipped.append(f"{found.thumbprint[:8]} ({where}): has no DNS name; not imported")
+            continue
+        owner = _covered_by(desired, host_name, names, info.thumbprint, issued)
+        if owner is not None:
+            skipped.append(f"{found.thumbprint[:8]} ({', '.join(names)}): already covered by Certificate {owner}")
+            continue
+        store = windows_stores.get(windows_store.lower())
+        if store is None:
+            store = _spec_name(f"{host_name}-{windows_store.lower()}", set(desired.stores) | set(new_stores), host_name)
+            new_stores[store] = windows_store
+            windows_stores[windows_store.lower()] = store
+        remarks: list[str] = []
+        algorithm = info.key_algorithm if info.key_algorithm in {k.value for k in KeyAlgorithm} else None
+        if algorithm is None:
+            remarks.append(f"its key is {info.key_algorithm}, which certctl does not issue; the next plan reissues "
+                           f"it as {KeyAlgorithm.ecdsa_p256.value}")
+        covered_hosts = [h for _s, h in found.hosts if h and any(domain_rules.covers(n, h) for n in names)]
+        sites = sorted({s for s, _h in found.hosts})
+        iis = {"host": host_name, "mode": "auto"}
+        if not covered_hosts and len(sites) == 1 and all(not h for _s, h in found.hosts):
+            iis = {"host": host_name, "mode": "site", "site": sites[0]}
+        elif not covered_hosts:
+            remarks.append("no binding that uses it has a host name it covers; auto mode leaves those bindings alone")
+        preferred = stored.managed_by if stored.managed_by and stored.managed_by not in taken else None
+        spec_name = preferred or _spec_name(names[0], taken, host_name)
+        taken.add(spec_name)
+        planned.append(Planned(spec_name, names, algorithm, store, iis, stored, windows_store, found, remarks))
+
+    for line in skipped:
+        print(f"skipped {line}")
+    if not planned:
+        print(f"Nothing to import from IIS host {host_name}: every certificate it uses is covered or unusable.")
+        return 0
+
+    _check(desired, planned, new_stores, host_name, issuer, out)
+    text = _render(host_name, issuer, planned, new_stores, _schema_ref(directory, out))
+    if out.exists():
+        if out.read_text() != text:
+            raise CliError(f"{out} exists with other content; it is never overwritten (choose another --out)")
+        print(f"{out} already holds these specs; unchanged.")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, text.encode(), 0o644)
+
+    adopted = _adopt(desired, state, world_host, issuer, planned)
+    print(f"Wrote {len(planned)} Certificate spec(s)" + (f" and {len(new_stores)} Store(s)" if new_stores else "")
+          + f" for IIS host {host_name} to {out}:")
+    for p in planned:
+        how = ("adopted as its current certificate" if p.name in adopted
+               else "its key cannot be read back, so the next plan issues a new one")
+        print(f"  {p.name}: {', '.join(p.domains)} ({p.found.thumbprint[:8]} in {p.store}; {how})")
+        for r in p.remarks:
+            print(f"    note: {r}")
+    print(f"Run `certctl plan -d {directory}` to see what differs.")
+    return 0
+
+
+def _check(desired: DesiredState, planned: list[Planned], new_stores: dict[str, str], host: str, issuer: str,
+           out: Path) -> None:
+    """The specs must validate together with the existing ones before anything is written."""
+    src = Source(str(out))
+    stores = dict(desired.stores)
+    for name, windows in new_stores.items():
+        stores[name] = Named(name, StoreSpec.model_validate({"windows": {"host": host, "name": windows}}), src)
+    certificates = dict(desired.certificates)
+    for p in planned:
+        body: dict[str, object] = {"issuer": issuer, "domains": p.domains, "stores": [p.store], "iis": [p.iis]}
+        if p.algorithm:
+            body["key"] = {"algorithm": p.algorithm}
+        try:
+            certificates[p.name] = Named(p.name, CertificateSpec.model_validate(body), src)
+        except ValueError as err:
+            raise CliError(f"the spec for {p.found.thumbprint[:8]} would be invalid: {err}") from None
+    problems = validate.check(replace(desired, stores=stores, certificates=certificates))
+    if problems:
+        text = "; ".join(p.message for p in problems)
+        raise CliError(f"the imported specs would not validate with the existing ones ({text}); nothing was written")
+
+
+def _adopt(desired: DesiredState, state: StateDir, world_host: BindingHost, issuer: str,
+           planned: list[Planned]) -> set[str]:
+    """Keep each imported certificate (with its key, read back from the store) as the spec's current one."""
+    adopted: set[str] = set()
+    ident = issuer_id(issuer, desired.issuers[issuer].spec)
+    now = datetime.now(UTC).replace(microsecond=0)
+    with state.lock(purpose="import"):
+        for p in planned:
+            current = current_version(state.issued().get(p.name, ()))
+            if current is not None and current.info.thumbprint == p.stored.info.thumbprint:
+                adopted.add(p.name)
+                continue
+            material = world_host.store(p.windows_store).read(p.stored.ref)
+            if material is None:
+                continue
+            state.store_issued(p.name, material, ident, tuple(p.domains), now, None)
+            adopted.add(p.name)
+    return adopted
