@@ -37,7 +37,9 @@ def _dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> DesiredState:
-    return load(_dir(args))
+    from reconciler.cache import default_dir
+
+    return load(_dir(args), cache_dir=default_dir())
 
 
 def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:

@@ -19,6 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from reconciler import yamlfast
+from reconciler.cache import PickleCache, file_key
 from reconciler.core import validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
@@ -55,15 +56,35 @@ def git_revision(directory: Path) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def load(directory: Path | str, *, revision: bool = True) -> DesiredState:
-    """Load and validate every document below ``directory``; raise InvalidDesiredState with all problems."""
+def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None = None) -> DesiredState:
+    """Load and validate every document below ``directory``; raise InvalidDesiredState with all problems.
+
+    With ``cache_dir``, the validated documents of each file are kept keyed by the file's identity, so a
+    second run reads and validates only the files that changed (cross-document checks always run).
+    """
     directory = Path(directory)
+    cache = PickleCache(cache_dir, PickleCache.name_for("desired", str(directory.resolve())))
+    cached = cache.load() if cache_dir else {}
+    fresh: dict[str, tuple[Any, list[tuple[str, Named[Any]]]]] = {}
+    from_cache: list[tuple[str, Named[Any]]] = []
     diagnostics: list[Diagnostic] = []
     if not directory.is_dir():
         raise InvalidDesiredState([Diagnostic(str(directory), 1, 1, "", "the desired-state directory does not exist")])
     docs: list[_Doc] = []
+    file_docs: dict[str, list[_Doc]] = {}
+    keys: dict[str, Any] = {}
     for path in find_files(directory):
         display = _display(path)
+        try:
+            key = file_key(path.stat())
+        except OSError:
+            key = None
+        hit = cached.get(display)
+        if key is not None and hit is not None and hit[0] == key:
+            from_cache.extend(hit[1])
+            fresh[display] = hit
+            continue
+        keys[display] = key
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -78,13 +99,18 @@ def load(directory: Path | str, *, revision: bool = True) -> DesiredState:
             if data is None:
                 continue  # an empty document (a stray '---')
             docs.append(_Doc(Source(display, index), data))
+            file_docs.setdefault(display, []).append(docs[-1])
+        file_docs.setdefault(display, [])
 
     problems: list[Problem] = []
-    parsed: list[tuple[str, Named[Any]]] = []
-    for doc in docs:
-        parsed_doc = _validate_document(doc, problems)
-        if parsed_doc is not None:
-            parsed.append(parsed_doc)
+    parsed: list[tuple[str, Named[Any]]] = list(from_cache)
+    for display, these in file_docs.items():
+        before = len(problems)
+        valid = [p for p in (_validate_document(doc, problems) for doc in these) if p is not None]
+        parsed.extend(valid)
+        if len(problems) == before and keys.get(display) is not None:
+            fresh[display] = (keys[display], valid)
+    parsed.sort(key=lambda kn: (kn[1].source.file, kn[1].source.document))
 
     settings: Named[SettingsSpec] | None = None
     tables: dict[str, dict[str, Named[Any]]] = {k: {} for k in KIND_SPECS}
@@ -124,6 +150,8 @@ def load(directory: Path | str, *, revision: bool = True) -> DesiredState:
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.file, d.line, d.column, d.field))
         raise InvalidDesiredState(diagnostics)
+    if cache_dir and (file_docs or set(fresh) != set(cached)):
+        cache.save(fresh)
     if revision:
         from dataclasses import replace
 

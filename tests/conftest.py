@@ -64,6 +64,12 @@ class Workspace:
         return sorted(p for p in self.root.rglob("*") if not p.is_relative_to(self.desired) and p.is_file())
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own certctl cache folder (never the user's ~/.cache)."""
+    monkeypatch.setenv("CERTCTL_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture
 def ws(tmp_path: Path) -> Workspace:
     return Workspace(tmp_path)

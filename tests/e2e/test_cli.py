@@ -205,3 +205,18 @@ def test_python_dash_m_and_console_script(ws: Workspace) -> None:
     result = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--log-format", "json", "--json"],
                             capture_output=True, text=True, env=env, check=False, cwd=ROOT)
     assert json.loads(result.stdout)["summary"]["issue"] == 3
+
+
+def test_the_desired_state_cache_notices_every_edit(ws: Workspace, run_cli) -> None:
+    three(ws)
+    assert run_cli("validate", "-d", str(ws.desired))[0] == 0  # fills the cache
+    assert run_cli("validate", "-d", str(ws.desired))[0] == 0  # served from it
+    path = ws.certificate("api", ["api.example.com", "bad..name"], algorithm="ecdsa-p384")
+    code, _, err = run_cli("validate", "-d", str(ws.desired))
+    assert code == 1 and "bad..name" in err and "api.yaml" in err
+    ws.certificate("api", ["api2.example.com"], algorithm="ecdsa-p384")
+    _, out, _ = run_cli("plan", "-d", str(ws.desired), "--json")
+    assert next(a for a in json.loads(out)["actions"] if a["id"] == "issue/api")["detail"]["domains"] == ["api2.example.com"]
+    path.unlink()
+    _, out, _ = run_cli("plan", "-d", str(ws.desired), "--json")
+    assert "issue/api" not in {a["id"] for a in json.loads(out)["actions"]}
