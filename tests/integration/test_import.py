@@ -1,0 +1,155 @@
+"""`certctl import --iis-host` on the emulated sample machine, then `certctl plan`: only what really differs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from reconciler.cli import main
+from reconciler.loader import load
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
+AT = "2026-03-01"  # the sample's certificates run from 2026-01-01 to 2026-12-31: valid and not yet due then
+
+
+def _load_make_sample() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("iis_make_sample_import", FIXTURES / "make_sample.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_sample = _load_make_sample()
+
+BASE = """\
+apiVersion: certctl/v1
+kind: Settings
+metadata: {name: settings}
+spec: {stateDir: ../state}
+---
+apiVersion: certctl/v1
+kind: Issuer
+metadata: {name: local}
+spec: {localCA: {}}
+---
+apiVersion: certctl/v1
+kind: IisHost
+metadata: {name: web01}
+spec: {backend: emulated, root: ../web01}
+---
+apiVersion: certctl/v1
+kind: Store
+metadata: {name: web01-webhosting}
+spec: {windows: {host: web01, name: WebHosting}}
+"""
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("iis-import-template") / "web01"
+    return root, make_sample.build(root)
+
+
+@pytest.fixture
+def setup(tmp_path: Path, template: tuple[Path, dict[str, str]]) -> tuple[Path, dict[str, str]]:
+    shutil.copytree(template[0], tmp_path / "web01")
+    thumbprints = template[1]
+    desired = tmp_path / "desired"
+    desired.mkdir()
+    (desired / "base.yaml").write_text(BASE)
+    return desired, thumbprints
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_import_then_plan_shows_only_what_really_differs(setup: tuple[Path, dict[str, str]],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    desired, tp = setup
+    rc, out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired))
+    assert rc == 0, err
+    written = desired / "imported-web01.yaml"
+    assert f"to {written}" in out
+    text = written.read_text()
+    assert text.startswith("# yaml-language-server: $schema=")
+    state = load(desired, revision=False)
+    certs = {n: c.spec for n, c in state.certificates.items()}
+    # one spec per certificate in use; the certctl marker's name is kept when it has one
+    assert set(certs) == {"web01-example-com", "www-example-com", "shop-example-net", "apps-example-org",
+                          "api-example-org", "staging-example-com", "ftp-example-com"}
+    www = certs["www-example-com"]
+    assert www.domains == ["www.example.com", "example.com"]
+    assert www.key.algorithm.value == "ecdsa-p256"
+    assert www.stores == ["web01-webhosting"] and www.issuer == "local"
+    assert [(t.host, t.mode.value) for t in www.iis] == [("web01", "auto")]
+    assert certs["apps-example-org"].domains == ["*.apps.example.org"]
+    # the certificate in My gets a Store for that store
+    assert certs["web01-example-com"].stores == ["web01-my"]
+    assert state.stores["web01-my"].spec.windows is not None
+    assert state.stores["web01-my"].spec.windows.name.value == "My"
+
+    rc, out, err = run(capsys, "plan", "-d", str(desired), "--json", "--at", AT)
+    assert rc == 0, err
+    plan: dict[str, Any] = json.loads(out)
+    assert [(a["kind"], a["certificate"], a["detail"].get("binding")) for a in plan["actions"]] == [
+        ("bind", "www-example-com", "*:443:example.com")]
+    assert plan["actions"][0]["detail"]["thumbprint"] == tp["www"]  # the adopted certificate, not a new one
+    states = {c["name"]: c["state"] for c in plan["certificates"]}
+    assert states["www-example-com"] == "pending" and states["shop-example-net"] == "ready"
+
+
+def test_import_twice_writes_nothing_new(setup: tuple[Path, dict[str, str]],
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    desired, _tp = setup
+    assert run(capsys, "import", "--iis-host", "web01", "-d", str(desired))[0] == 0
+    before = (desired / "imported-web01.yaml").read_bytes()
+    rc, out, _err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired))
+    assert rc == 0
+    assert "Nothing to import" in out and "already covered by Certificate www-example-com" in out
+    assert (desired / "imported-web01.yaml").read_bytes() == before
+
+
+def test_certificates_an_existing_spec_covers_are_skipped(setup: tuple[Path, dict[str, str]],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    desired, _tp = setup
+    (desired / "shop.yaml").write_text(
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: shop}\nspec:\n  issuer: local\n"
+        "  domains: [shop.example.net]\n  stores: [web01-webhosting]\n  iis: [{host: web01}]\n")
+    out_file = desired.parent / "out.yaml"
+    rc, out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--out", str(out_file))
+    assert rc == 0, err
+    assert "already covered by Certificate shop" in out
+    assert "name: shop-example-net" not in out_file.read_text()
+    assert "name: www-example-com" in out_file.read_text()
+
+
+def test_an_existing_file_with_other_content_is_never_overwritten(setup: tuple[Path, dict[str, str]],
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    desired, _tp = setup
+    target = desired.parent / "mine.yaml"
+    target.write_text("# my notes\n")
+    rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--out", str(target))
+    assert rc == 1
+    assert "exists with other content" in err
+    assert target.read_text() == "# my notes\n"
+
+
+def test_an_unknown_host_or_issuer_is_a_clear_error(setup: tuple[Path, dict[str, str]],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    desired, _tp = setup
+    rc, _out, err = run(capsys, "import", "--iis-host", "web02", "-d", str(desired))
+    assert rc == 1 and "IisHost 'web02' does not exist" in err and "known: web01" in err
+    rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--issuer", "acme")
+    assert rc == 1 and "Issuer 'acme' does not exist" in err
+    assert not (desired / "imported-web01.yaml").exists()
