@@ -42,6 +42,12 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
 
     def do_GET(self) -> None:
+        self._answer(send_body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(send_body=False)
+
+    def _answer(self, send_body: bool) -> None:
         body = None
         if self.path.startswith(CHALLENGE_PATH):
             token = self.path[len(CHALLENGE_PATH) :].split("?", 1)[0]
@@ -57,11 +63,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if send_body:
+            self.wfile.write(data)
         log.debug("http01.request.answered", client=self.client_address[0])
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
 
     def log_message(self, format: str, *args: object) -> None:
         pass  # requests are logged through structlog above
