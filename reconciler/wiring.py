@@ -44,7 +44,7 @@ def build(desired: DesiredState, state: StateDir) -> World:
         if spec.pemDirectory is not None:
             from reconciler.adapters.pemdir import PemDirectoryStore
 
-            world.stores[name] = PemDirectoryStore(name, spec.pemDirectory.path)
+            world.stores[name] = PemDirectoryStore(name, spec.pemDirectory.path, state.path / "cache")
         elif spec.windows is not None:
             world.stores[name] = _NamedStore(name, world.hosts[spec.windows.host].store(spec.windows.name.value))
     if any(c.spec.verify for c in desired.certificates.values()):

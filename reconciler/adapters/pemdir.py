@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler import pki
-from reconciler.core.model import MANAGED_PREFIX, StoredCert, StoreState
+from reconciler.cache import FileKey, PickleCache, file_key
+from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
 from reconciler.fsutil import atomic_symlink, atomic_write, fsync_dir
 from reconciler.ports import Material
 
@@ -26,13 +27,24 @@ FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
 
 
 class PemDirectoryStore:
-    def __init__(self, name: str, path: Path | str) -> None:
+    def __init__(self, name: str, path: Path | str, cache_dir: Path | None = None) -> None:
         self.name = name
         self.path = Path(path)
+        self._cache = PickleCache(cache_dir, PickleCache.name_for("pemdir", str(self.path.resolve())))
+        self._seen: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
+        self._known: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
 
     # --- observe -----------------------------------------------------------------------------------
 
     def observe(self) -> StoreState:
+        self._known = self._cache.load() if self._cache.path else {}
+        self._seen = {}
+        state = self._observe()
+        if self._cache.path and self._seen != self._known:
+            self._cache.save(self._seen)
+        return state
+
+    def _observe(self) -> StoreState:
         certs: list[StoredCert] = []
         problems: list[str] = []
         try:
@@ -58,39 +70,30 @@ class PemDirectoryStore:
         return StoreState(self.name, tuple(certs), tuple(problems))
 
     def _observe_managed(self, folder: Path, problems: list[str]) -> list[StoredCert]:
+        base = str(folder)
         current = None
-        link = folder / "current"
-        if link.is_symlink():
-            current = os.path.basename(os.readlink(link))
-        versions = folder / "versions"
+        try:
+            current = os.path.basename(os.readlink(base + "/current"))
+        except OSError:
+            pass
+        versions = base + "/versions"
         out: list[StoredCert] = []
         try:
-            names = sorted(os.listdir(versions))
+            names = sorted(n for n in os.listdir(versions) if not n.startswith("."))
         except OSError as exc:
             problems.append(f"cannot read {versions}: {exc.strerror}")
             return out
-        metas: list[tuple[str, dict[str, object]]] = []
+        found: list[tuple[str, CertInfo, dict[str, object]]] = []
+        has_key: dict[str, bool] = {}
         for version in names:
-            if version.startswith("."):
-                continue
-            try:
-                meta = json.loads((versions / version / "meta.json").read_text())
-            except (OSError, ValueError):
-                meta = {}
-            metas.append((version, meta))
-        metas.sort(key=lambda vm: (str(vm[1].get("installed_at", "")), vm[0]))
-        for i, (version, meta) in enumerate(metas):
-            cert_path = versions / version / "cert.pem"
-            try:
-                info = pki.info_from_pem(cert_path.read_bytes())
-            except OSError as exc:
-                problems.append(f"cannot read {cert_path}: {exc.strerror}")
-                continue
-            except ValueError as exc:
-                problems.append(f"{cert_path} is not a valid PEM certificate ({exc}); left alone")
-                continue
+            loaded = self._version(f"{versions}/{version}", problems)
+            if loaded is not None:
+                found.append((version, *loaded))
+                has_key[version] = os.path.exists(f"{versions}/{version}/privkey.pem")
+        found.sort(key=lambda vim: (str(vim[2].get("installed_at", "")), vim[0]))
+        for i, (version, info, meta) in enumerate(found):
             owner = str(meta.get("managed_by", ""))
-            superseded = metas[i + 1][1].get("installed_at") if i + 1 < len(metas) else None
+            superseded = found[i + 1][2].get("installed_at") if i + 1 < len(found) else None
             out.append(StoredCert(
                 store=self.name,
                 info=info,
@@ -99,9 +102,45 @@ class PemDirectoryStore:
                 current=version == current,
                 installed_at=_dt(meta.get("installed_at")),
                 superseded_at=_dt(superseded),
-                has_key=(versions / version / "privkey.pem").exists(),
+                has_key=has_key[version],
             ))
         return out
+
+    def _version(self, folder: str, problems: list[str]) -> tuple[CertInfo, dict[str, object]] | None:
+        """A version's certificate facts and metadata; parsed again only when its files changed."""
+        cert_path, meta_path = folder + "/cert.pem", folder + "/meta.json"
+        try:
+            cert_key = file_key(os.stat(cert_path))
+        except OSError as exc:
+            problems.append(f"cannot read {cert_path}: {exc.strerror}")
+            return None
+        try:
+            meta_key: FileKey | None = file_key(os.stat(meta_path))
+        except OSError:
+            meta_key = None
+        known = self._known.get(folder)
+        if known is not None and known[0] == cert_key and known[1] == meta_key:
+            self._seen[folder] = known
+            return known[2], known[3]
+        try:
+            with open(cert_path, "rb") as fh:
+                info = pki.info_from_pem(fh.read())
+        except OSError as exc:
+            problems.append(f"cannot read {cert_path}: {exc.strerror}")
+            return None
+        except ValueError as exc:
+            problems.append(f"{cert_path} is not a valid PEM certificate ({exc}); left alone")
+            return None
+        meta: dict[str, object] = {}
+        if meta_key is not None:
+            try:
+                with open(meta_path, "rb") as fh:
+                    loaded = json.loads(fh.read())
+                meta = loaded if isinstance(loaded, dict) else {}
+            except (OSError, ValueError):
+                meta = {}
+        self._seen[folder] = (cert_key, meta_key, info, meta)
+        return info, meta
 
     def _observe_foreign_dir(self, folder: Path, problems: list[str]) -> list[StoredCert]:
         for candidate in ("fullchain.pem", "cert.pem"):

@@ -101,3 +101,23 @@ def test_unreadable_store_folder_is_reported(tmp_path: Path, issuer: LocalCAIssu
                             capture_output=True, text=True, env=env, check=False, cwd="/")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("False") and "Permission denied" in result.stdout
+
+
+def test_the_observation_cache_notices_changed_files(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    cache = tmp_path / "cache"
+    store = PemDirectoryStore("pem", tmp_path / "pem", cache)
+    m = issue(issuer)
+    store.install("web", m, datetime.now(UTC))
+    first = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
+    assert list(cache.iterdir()), "the first observation fills the cache"
+    again = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
+    assert again == first
+    version = next((tmp_path / "pem" / "web" / "versions").iterdir())
+    (version / "privkey.pem").unlink()
+    assert not PemDirectoryStore("pem", tmp_path / "pem", cache).observe().certs[0].has_key
+    other = issue(issuer)
+    (version / "cert.pem").write_bytes(other.cert_pem)  # replaced by hand: must be read again
+    assert PemDirectoryStore("pem", tmp_path / "pem", cache).observe().certs[0].info.thumbprint == other.info.thumbprint
+    (version / "cert.pem").write_text("garbage")
+    state = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
+    assert state.certs == () and "not a valid PEM certificate" in state.problems[0]
