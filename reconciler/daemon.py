@@ -123,7 +123,8 @@ def recover(world: Any) -> dict[str, int]:
     * the temporary files and folders of interrupted atomic writes are removed (state dir, PEM
       stores, task outputs, emulated IIS roots): no file is ever half-written, and nothing is left behind;
     * vault folders whose issuance never reached the index are removed;
-    * a torn last line of an append-only log gets its newline, so the next append is not lost.
+    * a torn last line of an append-only log gets its newline, so the next append is not lost;
+    * a journal over 8 MiB is rotated (all its entries are closed by then).
     """
     state: StateDir = world.state
     counts = {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0}
@@ -157,9 +158,24 @@ def recover(world: Any) -> dict[str, int]:
     for log_file in (state.path / "vault" / "index.jsonl", state.path / "attempts.jsonl",
                      state.path / "deployments.jsonl", state.path / "journal.jsonl"):
         counts["torn"] += _mend(log_file)
+    _rotate(state.path / "journal.jsonl")
     if any(counts.values()):
         log.warning("recovery.done", **counts)
     return counts
+
+
+JOURNAL_ROTATE_BYTES = 8 << 20
+
+
+def _rotate(journal: Path) -> None:
+    """Every entry is closed once recovery has run: a large journal moves to journal.1.jsonl (one generation kept)."""
+    try:
+        if journal.stat().st_size < JOURNAL_ROTATE_BYTES:
+            return
+    except FileNotFoundError:
+        return
+    os.replace(journal, journal.with_name("journal.1.jsonl"))
+    log.info("journal.rotated", path=str(journal))
 
 
 def _sweep(root: Path, pattern: re.Pattern[str], *, recursive: bool) -> int:

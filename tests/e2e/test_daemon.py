@@ -455,3 +455,80 @@ def test_kill_9_in_the_middle_of_applies_then_restart_converges(tmp_path: Path) 
     for cert_dir in vault.iterdir():
         if cert_dir.is_dir():
             assert cert_dir.name in index
+
+
+def test_a_hanging_action_cannot_hold_up_a_stop_and_the_restart_recovers(tmp_path: Path) -> None:
+    site = Site(tmp_path)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    site.certificate("stuck", ["stuck.example.test"], extra=f"""\
+        tasks:
+          - script:
+              command: 'touch {marks}/started; sleep 30'
+              timeout: 1m
+        """)
+    daemon = Daemon(site, extra_env={"CERTCTL_STOP_TIMEOUT": "1"})
+    daemon.wait("the hanging script", lambda: (marks / "started").exists(), timeout=20)
+    started = time.monotonic()
+    assert daemon.stop(signal.SIGTERM, timeout=10) == 0, daemon.tail()
+    assert time.monotonic() - started < 4
+    assert daemon.logged("daemon.stop.forced")
+    # the deployment never completed: the next start redoes it
+    site.certificate("stuck", ["stuck.example.test"], extra="tasks: [{script: {command: 'true'}}]\n")
+    again = Daemon(site)
+    try:
+        again.wait("converged", lambda: (c := again.cert("stuck")) and c["state"] == "ready" and not c["pending_actions"])
+        assert any(e.get("action") == "deploy/stuck/task/0-script" for e in again.logged("journal.recovered"))
+    finally:
+        assert again.stop() == 0, again.tail()
+
+
+def _git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True,
+                          env=env({"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
+                                   "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test"})).stdout.strip()
+
+
+def test_git_pull_applies_new_commits_and_records_the_revision(tmp_path: Path) -> None:
+    origin = Site(tmp_path / "origin", settings="reconcileInterval: 1s\n")
+    origin.certificate("alpha", ["alpha.example.test"])
+    _git(origin.desired, "init", "-q", "-b", "main")
+    _git(origin.desired, "add", ".")
+    _git(origin.desired, "commit", "-qm", "alpha")
+    site = Site.__new__(Site)
+    site.root, site.desired, site.state, site.pem = tmp_path, tmp_path / "desired", tmp_path / "state", tmp_path / "pem"
+    subprocess.run(["git", "clone", "-q", str(origin.desired), str(site.desired)], check=True)
+    daemon = Daemon(site, args=("--git-pull",))
+    try:
+        daemon.wait_healthy()
+        first = _git(origin.desired, "rev-parse", "HEAD")
+        assert daemon.status()["source"]["revision"] == first
+
+        origin.certificate("beta", ["beta.example.test"])
+        _git(origin.desired, "add", ".")
+        _git(origin.desired, "commit", "-qm", "beta")
+        second = _git(origin.desired, "rev-parse", "HEAD")
+        daemon.wait("beta pulled and applied", lambda: site.live("beta"), timeout=15)
+        daemon.wait("the applied revision recorded", lambda: daemon.status()["applied"]["revision"] == second)
+        assert daemon.status()["source"]["revision"] == second
+        status = json.loads(site.cli("status", "--json").stdout)
+        assert status["applied"]["revision"] == second and status["source"]["revision"] == second
+        plan = json.loads(site.cli("plan", "--json").stdout)
+        assert plan["source"]["revision"] == second and plan["changes"] is False
+
+        # a local commit makes the branches diverge: reported, never merged, the checkout stays in force
+        site.certificate("local", ["local.example.test"])
+        _git(site.desired, "add", ".")
+        _git(site.desired, "commit", "-qm", "local change")
+        local = _git(site.desired, "rev-parse", "HEAD")
+        origin.certificate("gamma", ["gamma.example.test"])
+        _git(origin.desired, "add", ".")
+        _git(origin.desired, "commit", "-qm", "gamma")
+        git = daemon.wait("the pull error reported", lambda: (g := daemon.status()["daemon"]["git"]) and not g["ok"] and g)
+        assert "fast-forward" in git["message"]
+        assert daemon.metrics()[("certctl_git_pull_errors_total", ())] >= 1
+        assert _git(site.desired, "rev-parse", "HEAD") == local
+        assert site.live("gamma") is None
+        daemon.wait("the local commit applied", lambda: site.live("local"))
+    finally:
+        assert daemon.stop() == 0, daemon.tail()
