@@ -135,3 +135,16 @@ def log_events() -> Iterator[list[dict[str, Any]]]:
             yield events
     finally:
         structlog.configure(**saved)
+
+
+_SESSION_LOGGING = structlog.get_config()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_logging() -> Iterator[None]:
+    """Each test starts with the structlog set-up the session started with: a test that runs the CLI
+    (which configures logging to the stderr pytest captures, and closes afterwards) must not leave
+    every later log call writing to a closed file."""
+    structlog.configure(**_SESSION_LOGGING)
+    yield
+    structlog.configure(**_SESSION_LOGGING)
