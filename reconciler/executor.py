@@ -30,7 +30,8 @@ BACKOFF_CAP = timedelta(hours=24)
 
 def backoff(failures: int) -> timedelta:
     """1 h after the first failure, doubling, at most 24 h."""
-    return min(BACKOFF_CAP, BACKOFF_START * (2 ** max(0, failures - 1)))
+    delay: timedelta = BACKOFF_START * (2 ** max(0, failures - 1))
+    return min(BACKOFF_CAP, delay)
 
 
 @dataclass
@@ -250,7 +251,7 @@ class Executor:
             site=str(detail["site"]),
             protocol=str(detail.get("protocol", "https")),
             information=str(detail["binding"]),
-            ssl_flags=int(detail.get("ssl_flags", 0)),  # type: ignore[call-overload]
+            ssl_flags=int(str(detail.get("ssl_flags", 0))),
             thumbprint=str(thumbprint) if thumbprint else None,
             store=str(detail.get("store", "WebHosting")),
             old_thumbprint=str(detail["old_thumbprint"]) if detail.get("old_thumbprint") else None,

@@ -141,7 +141,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
         revision=None,
     )
     invalid = frozenset(
-        (d.data.get("kind"), d.data.get("metadata", {}).get("name"))
+        (str(d.data.get("kind")), str(d.data.get("metadata", {}).get("name")))
         for d in docs
         if isinstance(d.data, dict) and isinstance(d.data.get("metadata"), dict)
     ) - {(kind, named.name) for kind, named in parsed}

@@ -121,8 +121,9 @@ class BindingHost(Protocol):
         """Carry out the changes as one commit: all of them, or (on any failure) none."""
         ...
 
-    def store(self, store_name: str) -> Store:
-        """The host's Windows certificate store ``My`` or ``WebHosting`` (LocalMachine)."""
+    def store(self, store_name: str, *, name: str | None = None) -> Store:
+        """The host's Windows certificate store ``My`` or ``WebHosting`` (LocalMachine); ``name`` is the
+        Store's name in the desired state (default: the Windows store name)."""
         ...
 
 

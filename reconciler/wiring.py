@@ -46,7 +46,7 @@ def build(desired: DesiredState, state: StateDir) -> World:
 
             world.stores[name] = PemDirectoryStore(name, spec.pemDirectory.path, state.path / "cache")
         elif spec.windows is not None:
-            world.stores[name] = _NamedStore(name, world.hosts[spec.windows.host].store(spec.windows.name.value))
+            world.stores[name] = world.hosts[spec.windows.host].store(spec.windows.name.value, name=name)
     if any(c.spec.verify for c in desired.certificates.values()):
         from reconciler.adapters.prober import TlsProber
 
@@ -61,34 +61,7 @@ def _host(name: str, spec: Any) -> BindingHost:
         return EmulatedHost(name, Path(spec.root))
     from reconciler.adapters.iis.windows import WindowsHost
 
-    return WindowsHost(name, computer_name=spec.computerName)  # type: ignore[no-any-return]
-
-
-class _NamedStore:
-    """A host's Windows store under the name the desired state gives it."""
-
-    def __init__(self, name: str, inner: Store) -> None:
-        self.name = name
-        self._inner = inner
-
-    def observe(self):  # type: ignore[no-untyped-def]
-        from dataclasses import replace
-
-        state = self._inner.observe()
-        return replace(state, name=self.name, certs=tuple(replace(c, store=self.name) for c in state.certs))
-
-    def install(self, certificate, material, at):  # type: ignore[no-untyped-def]
-        return self._inner.install(certificate, material, at)
-
-    def remove(self, ref):  # type: ignore[no-untyped-def]
-        return self._inner.remove(ref)
-
-    def read(self, ref):  # type: ignore[no-untyped-def]
-        return self._inner.read(ref)
-
-    @property
-    def windows_name(self) -> str:
-        return str(getattr(self._inner, "name", ""))
+    return WindowsHost(name, computer_name=spec.computerName)
 
 
 class _LazyIssuer:

@@ -9,7 +9,7 @@ tags; anything else is an error with its position. Duplicate keys are errors, as
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from _ruamel_yaml import CParser  # ruamel.yaml.clib, the C extension ruamel.yaml itself uses
 from ruamel.yaml.error import MarkedYAMLError
@@ -46,7 +46,7 @@ def _plain_tag(value: str) -> str:
 class _Parser(CParser):  # type: ignore[misc]
     """The C composer asks its host for tags; plain scalars get the YAML 1.2 core schema (memoised)."""
 
-    _memo: dict[str, str] = {}
+    _memo: ClassVar[dict[str, str]] = {}
 
     def descend_resolver(self, *_: Any) -> None:
         return None

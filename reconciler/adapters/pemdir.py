@@ -11,6 +11,7 @@ Anything else found in the folder (PEM files of other tools) is observed as unma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -72,10 +73,8 @@ class PemDirectoryStore:
     def _observe_managed(self, folder: Path, problems: list[str]) -> list[StoredCert]:
         base = str(folder)
         current = None
-        try:
+        with contextlib.suppress(OSError):
             current = os.path.basename(os.readlink(base + "/current"))
-        except OSError:
-            pass
         versions = base + "/versions"
         out: list[StoredCert] = []
         try:

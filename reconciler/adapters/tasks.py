@@ -116,8 +116,8 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
     elif task.script is not None:
         _run(task.script.command, _env(certificate, material, vault_folder), task.script.timeout.total_seconds(), "script")
     elif task.ccs is not None:
-        password = _secret(task.ccs.password) if task.ccs.password else None
-        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}")
+        ccs_password = _secret(task.ccs.password) if task.ccs.password else None
+        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, ccs_password, f"certctl:{certificate}")
         for domain in spec.domains:
             atomic_write(Path(task.ccs.path) / ccs_file_name(domain), data, 0o600)
 

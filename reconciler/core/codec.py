@@ -43,10 +43,10 @@ def decode(tp: Any, data: Any) -> Any:  # noqa: PLR0911 - one branch per kind of
                 raise ValueError(f"{tp.__name__}.{f.name} is required")
         return tp(**kwargs)
     if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(decode(args[0], v) for v in data)
-        return tuple(decode(a, v) for a, v in zip(args, data, strict=True))
+        parts = typing.get_args(tp)
+        if len(parts) == 2 and parts[1] is Ellipsis:
+            return tuple(decode(parts[0], v) for v in data)
+        return tuple(decode(a, v) for a, v in zip(parts, data, strict=True))
     if origin is dict:
         key_tp, value_tp = typing.get_args(tp)
         out = {}

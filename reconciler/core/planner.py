@@ -9,7 +9,14 @@ from typing import Any
 
 from reconciler.core import iis_rules
 from reconciler.core.durations import humanize, iso
-from reconciler.core.model import DesiredState, IssuedVersion, Named, ObservedState, StoredCert, canonical_json
+from reconciler.core.model import (
+    DesiredState,
+    IssuedVersion,
+    Named,
+    ObservedState,
+    StoredCert,
+    canonical_json,
+)
 from reconciler.core.plan import (
     ACTION_ORDER,
     ISSUANCE,
@@ -78,7 +85,6 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
     notes: list[Note] = []
     summaries: list[CertSummary] = []
     targets: dict[str, Target] = {}
-    settings = desired.settings
 
     index = _store_index(observed)
     for name in sorted(desired.certificates):
@@ -195,10 +201,7 @@ def _plan_certificate(
             action = _act(kind, name, f"issuer/{spec.issuer}", reason, message, **detail)
             actions.append(action)
             issuance_id = action.id
-    if current is not None:
-        previous_set = previous
-    else:
-        previous_set = frozenset()
+    previous_set = previous if current is not None else frozenset()
     if issuance_id is not None and current is not None:
         previous_set = previous_set | {current.info.thumbprint}
     target = Target(

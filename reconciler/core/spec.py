@@ -445,14 +445,14 @@ def document_model(kind: str) -> type[BaseModel]:
 def _make_document(kind: str, spec: type[Model]) -> type[BaseModel]:
     from pydantic import create_model
 
-    return create_model(  # type: ignore[call-overload,no-any-return]
-        kind,
-        __config__=ConfigDict(extra="forbid", frozen=True, title=kind),
-        apiVersion=(Literal["certctl/v1"], ...),
-        kind=(Literal[kind], ...),  # type: ignore[valid-type]
-        metadata=(Metadata, ...),
-        spec=(spec, spec() if kind == "Settings" else ...),
-    )
+    fields: dict[str, Any] = {
+        "apiVersion": (Literal["certctl/v1"], ...),
+        "kind": (Literal[kind], ...),
+        "metadata": (Metadata, ...),
+        "spec": (spec, spec() if kind == "Settings" else ...),
+    }
+    model: type[BaseModel] = create_model(kind, __config__=ConfigDict(extra="forbid", frozen=True, title=kind), **fields)
+    return model
 
 
 _DOCUMENTS: dict[str, type[BaseModel]] = {k: _make_document(k, v) for k, v in KIND_SPECS.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from reconciler.core import domains
 from reconciler.core.diagnostics import Problem
 from reconciler.core.model import DesiredState
@@ -16,18 +18,19 @@ def check(desired: DesiredState, invalid: frozenset[tuple[str, str]] = frozenset
 
 def _check(desired: DesiredState) -> list[Problem]:
     problems: list[Problem] = []
-    for name, store in sorted(desired.stores.items()):
+    for _, store in sorted(desired.stores.items()):
         if store.spec.windows and store.spec.windows.host not in desired.iis_hosts:
             problems.append(Problem(store.source, ("spec", "windows", "host"),
                                     f"IisHost {store.spec.windows.host!r} does not exist{_known(desired.iis_hosts)}"))
-    for name, cert in sorted(desired.certificates.items()):
+    for _, cert in sorted(desired.certificates.items()):
         spec, src = cert.spec, cert.source
         issuer = desired.issuers.get(spec.issuer)
         if issuer is None:
             problems.append(Problem(src, ("spec", "issuer"), f"Issuer {spec.issuer!r} does not exist{_known(desired.issuers)}"))
-        for i, store in enumerate(spec.stores):
-            if store not in desired.stores:
-                problems.append(Problem(src, ("spec", "stores", i), f"Store {store!r} does not exist{_known(desired.stores)}"))
+        for i, store_name in enumerate(spec.stores):
+            if store_name not in desired.stores:
+                problems.append(Problem(src, ("spec", "stores", i),
+                                        f"Store {store_name!r} does not exist{_known(desired.stores)}"))
         for i, target in enumerate(spec.iis):
             if target.host not in desired.iis_hosts:
                 problems.append(Problem(src, ("spec", "iis", i, "host"),
@@ -90,5 +93,5 @@ def _iis_claims(desired: DesiredState) -> list[Problem]:
     return problems
 
 
-def _known(items: dict[str, object]) -> str:
+def _known(items: Mapping[str, object]) -> str:
     return f" (known: {', '.join(sorted(items))})" if items else " (none is defined)"

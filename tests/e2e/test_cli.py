@@ -34,6 +34,7 @@ def test_apply_converges_and_second_plan_is_empty(ws: Workspace, run_cli) -> Non
     assert out.strip() == "No changes. Everything is up to date."
     for name, alg in (("www", "ecdsa-p256"), ("api", "ecdsa-p384"), ("legacy", "rsa-3072")):
         folder = ws.pem / name
+        assert StateDir(ws.state).issued_for(name)[-1].info.key_algorithm == alg
         assert (folder / "fullchain.pem").read_bytes() == (folder / "cert.pem").read_bytes() + (folder / "chain.pem").read_bytes()
         assert oct((folder / "current" / "privkey.pem").stat().st_mode & 0o777) == "0o600"
     assert (ws.root / "out/www/privkey.pem").stat().st_mode & 0o777 == 0o600
@@ -70,7 +71,7 @@ def test_plan_markdown_and_text_agree(ws: Workspace, run_cli) -> None:
 def test_plan_at_a_later_time_shows_renewals(ws: Workspace, run_cli) -> None:
     three(ws)
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
-    code, out, _ = run_cli("plan", "-d", str(ws.desired), "--at", "+70d", "--json")
+    _, out, _ = run_cli("plan", "-d", str(ws.desired), "--at", "+70d", "--json")
     plan = json.loads(out)
     reasons = {a["id"]: a["reason"] for a in plan["actions"] if a["kind"] == "renew"}
     assert set(reasons) == {"renew/www", "renew/api", "renew/legacy"}
@@ -100,7 +101,7 @@ def test_saved_plan_applies_exactly_and_is_refused_when_stale(ws: Workspace, run
 
 def test_a_failing_task_fails_only_itself(ws: Workspace, run_cli) -> None:
     three(ws, reload="echo no such service >&2; exit 3")
-    code, out, err = run_cli("apply", "-d", str(ws.desired))
+    code, out, _ = run_cli("apply", "-d", str(ws.desired))
     assert code == 1
     assert "Apply complete: 6 done, 1 failed, 0 skipped." in out
     assert "failed: deploy/www/task/0-files: reload command exited 3" in out and "no such service" in out

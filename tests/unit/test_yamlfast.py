@@ -48,7 +48,7 @@ def test_agrees_with_ruamel(value: object, flow: bool | None) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("a: 1\nb: 0x1f\nc: 0o17\nd: 1.5e3\ne: ~\nf: yes\ng: TRUE\nh: '1'\ni: !!str 5\nj: null\nk:\n", 
+        ("a: 1\nb: 0x1f\nc: 0o17\nd: 1.5e3\ne: ~\nf: yes\ng: TRUE\nh: '1'\ni: !!str 5\nj: null\nk:\n",
          {"a": 1, "b": 31, "c": 15, "d": 1500.0, "e": None, "f": "yes", "g": True, "h": "1", "i": "5", "j": None, "k": None}),
         ("x: &base {p: 1, q: 2}\ny:\n  <<: *base\n  q: 3\n", {"x": {"p": 1, "q": 2}, "y": {"p": 1, "q": 3}}),
         ("- *.example.com\n", None),
