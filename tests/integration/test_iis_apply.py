@@ -5,11 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import structlog
 
 from reconciler.cli import main
 from reconciler.statedir import StateDir
@@ -68,8 +70,16 @@ SPECS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """The CLI binds its log to this test's captured stderr; later tests must not write to it."""
+    yield
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    structlog.reset_defaults()  # an earlier CLI run may have bound the log to a closed capture
     root = tmp_path_factory.mktemp("iis-apply-template") / "web01"
     return root, make_sample.build(root)
 
