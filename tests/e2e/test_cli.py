@@ -221,3 +221,20 @@ def test_the_desired_state_cache_notices_every_edit(ws: Workspace, run_cli) -> N
     path.unlink()
     _, out, _ = run_cli("plan", "-d", str(ws.desired), "--json")
     assert "issue/api" not in {a["id"] for a in json.loads(out)["actions"]}
+
+
+def test_key_reuse_keeps_the_key_across_renewals(ws: Workspace, run_cli) -> None:
+    ws.base()
+    ws.certificate("pinned", ["pinned.example.com"], extra="  tasks: []\n")
+    (ws.desired / "pinned.yaml").write_text((ws.desired / "pinned.yaml").read_text().replace(
+        "key: {algorithm: ecdsa-p256}", "key: {algorithm: ecdsa-p256, reuse: true}"))
+    ws.certificate("fresh", ["fresh.example.com"])
+    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+    state = StateDir(ws.state)
+    keys = {n: state.material(n, state.issued_for(n)[-1].info.thumbprint).key_pem for n in ("pinned", "fresh")}
+    assert run_cli("renew", "pinned", "-d", str(ws.desired))[0] == 0
+    assert run_cli("renew", "fresh", "-d", str(ws.desired))[0] == 0
+    for name, same in (("pinned", True), ("fresh", False)):
+        versions = state.issued_for(name)
+        assert len(versions) == 2
+        assert (state.material(name, versions[-1].info.thumbprint).key_pem == keys[name]) is same
