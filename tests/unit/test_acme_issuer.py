@@ -27,6 +27,7 @@ class ScriptedCA:
 
     def __init__(self) -> None:
         self.directory_failures = 0
+        self.account_reply: tuple[int, dict[str, str], dict[str, Any]] | None = None
         self.directory_calls = 0
         self.order_reply: tuple[int, dict[str, str], dict[str, Any]] = (
             429, {"Retry-After": "120"},
@@ -66,7 +67,10 @@ class ScriptedCA:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.path == "/acct":
+                if self.path == "/acct" and ca.account_reply is not None:
+                    status, headers, doc = ca.account_reply
+                    self._send(status, doc, headers, ctype="application/problem+json")
+                elif self.path == "/acct":
                     self._send(201, {"status": "valid"}, {"Location": ca.url("/acct/1")})
                 elif self.path == "/order":
                     status, headers, doc = ca.order_reply
@@ -109,6 +113,16 @@ def test_rate_limited_order_carries_retry_after(ca: ScriptedCA, tmp_path: Path) 
     assert err.retry_after is not None
     assert err.problem["type"] == "urn:ietf:params:acme:error:rateLimited"
     assert "too many new orders recently" in str(err) and "retry after" in str(err)
+
+
+def test_rate_limited_new_account_carries_retry_after(ca: ScriptedCA, tmp_path: Path) -> None:
+    ca.account_reply = (429, {"Retry-After": "60"},
+                        {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new accounts"})
+    issuer = AcmeIssuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
+    with pytest.raises(IssueError, match="too many new accounts") as caught:
+        issuer.issue(IssueRequest("www", ("www.example.com",), "ecdsa-p256"))
+    assert not caught.value.transient
+    assert caught.value.retry_after is not None
 
 
 def test_5xx_is_retried_then_a_permanent_problem_is_not(ca: ScriptedCA, tmp_path: Path) -> None:

@@ -334,7 +334,7 @@ class AcmeIssuer:
             for solver, tasks in reversed(prepared):
                 try:
                     solver.cleanup(tasks)
-                except Exception as exc:  # cleanup must not hide the order's own outcome
+                except Exception as exc:  # noqa: BLE001 - cleanup must not hide the order's own outcome
                     bound.error("acme.challenge.cleanup_failed", solver=repr(solver), error=str(exc))
 
     def _wait_authorizations(self, session: _Session, pending: list[_Pending], deadline: float) -> None:
@@ -504,6 +504,8 @@ class AcmeIssuer:
             except acme_errors.ConflictError as exc:
                 uri = exc.location  # the key already has an account there
             except messages.Error as exc:
+                if retry.problem_code(exc) == "rateLimited":
+                    raise retry.to_issue_error(exc, f"Issuer {self.name}: new account at {self.directory_url}") from None
                 what = "refused the External Account Binding" if eab is not None and retry.problem_code(exc) in (
                     "unauthorized", "malformed", "badPublicKey", "externalAccountRequired") else "refused the new account"
                 raise IssueError(
