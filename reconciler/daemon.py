@@ -33,6 +33,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -245,13 +246,14 @@ def _mend(path: Path) -> int:
 def next_due(plan: Plan, observed: ObservedState, now: datetime, expiry_warning: timedelta | None) -> datetime | None:
     """The earliest moment after ``now`` at which some certificate needs a pass of its own."""
     times: list[datetime] = []
+    names = {s.name for s in plan.certificates}
     for summary in plan.certificates:
         candidates = [summary.renew_at, summary.deferred_until, summary.not_after]
         if expiry_warning is not None and summary.not_after is not None:
             candidates.append(summary.not_after - expiry_warning)
         times.extend(t for t in candidates if t is not None and t > now)
     for attempts in observed.attempts.values():
-        if attempts.certificate in {s.name for s in plan.certificates} and attempts.next_retry and attempts.next_retry > now:
+        if attempts.certificate in names and attempts.next_retry and attempts.next_retry > now:
             times.append(attempts.next_retry)
     return min(times) if times else None
 
@@ -268,8 +270,7 @@ class Daemon:
         self.args = args
         self.dir = Path(args.dir or os.environ.get("CERTCTL_DIR") or "desired-state")
         self.metrics = Metrics()
-        self.events: queue.SimpleQueue[str] = queue.SimpleQueue()  # reentrant: signal handlers may put
-        self.stop_signals: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self.events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.stopping = False
         self.stop_grace = float(os.environ.get("CERTCTL_STOP_TIMEOUT", "30"))
         self.started_at = _utcnow()
@@ -283,7 +284,9 @@ class Daemon:
         self.last: dict[str, Any] = {"ok": False, "error": "starting: no reconcile has completed yet"}
         self.status_doc: dict[str, Any] = {}
         self.git: dict[str, Any] | None = None
-        self.passes = 0
+        self.passes = 0  # started
+        self.completed = 0  # finished (what /status and /healthz count)
+        self._fingerprinted: tuple[DesiredState | None, str] = (None, "")
         self.due: datetime | None = None
         self.retry_at: float | None = None
         self.next_interval = 0.0
@@ -325,7 +328,6 @@ class Daemon:
             sys.stderr.write(f"certctl: {exc}\n")
             return EXIT_ERROR
         self._signals()
-        threading.Thread(target=self._watchdog, name="certctl-stop", daemon=True).start()
         watcher = threading.Thread(target=self._watch, name="certctl-watch", daemon=True)
         watcher.start()
         log.info("daemon.started", dir=str(self.dir), state_dir=str(state_path), pid=os.getpid(),
@@ -339,7 +341,7 @@ class Daemon:
             self._watch_stop.set()
             if endpoint:
                 endpoint.stop()
-        log.info("daemon.stopped", passes=self.passes)
+        log.info("daemon.stopped", passes=self.completed)
         return EXIT_OK
 
     def _endpoint(self) -> HttpEndpoint | None:
@@ -356,31 +358,48 @@ class Daemon:
         return endpoint
 
     def _signals(self) -> None:
-        def stop(signum: int, _frame: Any) -> None:
-            if self.stopping:
-                os.write(2, b"certctl: second stop signal; exiting now\n")
+        """Signals reach a thread of our own through a socket (signal.set_wakeup_fd).
+
+        The OS may deliver a signal to any thread; Python runs its handler only when the main thread
+        next executes bytecode, which may be minutes away while it waits for an action or a timer.
+        The byte the C-level handler writes to the socket wakes ``_on_signals`` at once, whichever
+        thread received the signal.
+        """
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        self._signal_sockets = (reader, writer)
+        for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), lambda _s, _f: None)  # the work happens in _on_signals
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        threading.Thread(target=self._on_signals, args=(reader,), name="certctl-signals", daemon=True).start()
+
+    def _on_signals(self, reader: socket.socket) -> None:
+        stop_deadline: float | None = None
+        while True:
+            timeout = None if stop_deadline is None else max(0.0, stop_deadline - time.monotonic())
+            reader.settimeout(timeout)
+            try:
+                data = reader.recv(64)
+            except TimeoutError:
+                log.warning("daemon.stop.forced", seconds=self.stop_grace,
+                            note="actions still running after the stop timeout; the next start recovers from the journal")
                 os._exit(EXIT_OK)
-            self.stopping = True
-            self.events.put("stop")
-            self.stop_signals.put(signum)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        if hasattr(signal, "SIGHUP"):
-            signal.signal(signal.SIGHUP, lambda _s, _f: self.events.put("sighup"))
-
-    def _watchdog(self) -> None:
-        """Runs in its own thread: on a stop signal, stop the executor, and bound the time it may take."""
-        signum = self.stop_signals.get()
-        log.info("daemon.stopping", signal=signal.Signals(signum).name,
-                 note="the running actions finish; the others are skipped")
-        executor = self.executor
-        if executor is not None:
-            executor.stop_requested.set()
-        time.sleep(self.stop_grace)
-        log.warning("daemon.stop.forced", seconds=self.stop_grace,
-                    note="actions still running after the stop timeout; the next start recovers from the journal")
-        os._exit(EXIT_OK)
+            for signum in data:
+                if signum == getattr(signal, "SIGHUP", None):
+                    self.events.put("sighup")
+                    continue
+                if self.stopping:
+                    log.warning("daemon.stop.now", signal=signal.Signals(signum).name, note="second stop signal")
+                    os._exit(EXIT_OK)
+                self.stopping = True
+                log.info("daemon.stopping", signal=signal.Signals(signum).name,
+                         note="the running actions finish; the others are skipped")
+                executor = self.executor
+                if executor is not None:
+                    executor.stop_requested.set()
+                self.events.put("stop")
+                stop_deadline = time.monotonic() + self.stop_grace
 
     def _watch(self) -> None:
         import watchfiles
@@ -406,7 +425,7 @@ class Daemon:
                                                 stop_event=self._watch_stop, raise_interrupt=False):
                     log.debug("watch.changed", files=sorted(p for _, p in changes)[:20])
                     self.events.put("files")
-            except Exception as exc:  # e.g. the directory does not exist (yet)
+            except Exception as exc:  # noqa: BLE001 - e.g. the directory does not exist (yet)
                 log.warning("watch.failed", dir=str(self.dir), error=str(exc), note="retrying in 5 s")
                 self._watch_stop.wait(5)
 
@@ -471,7 +490,7 @@ class Daemon:
             self.retry_at = time.monotonic() + BUSY_RETRY
             log.warning("reconcile.busy", error=str(exc), retry_in=BUSY_RETRY)
             self._finish(started, ok=False, error=str(exc))
-        except Exception as exc:  # a pass that breaks is reported and retried, never fatal
+        except Exception as exc:  # noqa: BLE001 - a pass that breaks is reported and retried, never fatal
             self.retry_at = time.monotonic() + min(ERROR_RETRY, self.interval)
             log.exception("reconcile.failed", error=str(exc))
             self._finish(started, ok=False, error=f"{exc.__class__.__name__}: {exc}")
@@ -482,6 +501,7 @@ class Daemon:
 
     def _finish(self, started: float, ok: bool, error: str | None = None, failed: int = 0) -> None:
         seconds = time.monotonic() - started
+        self.completed += 1
         self.metrics.reconciles.inc()
         self.metrics.duration.observe(seconds)
         if not ok or failed:
@@ -498,7 +518,7 @@ class Daemon:
     def _world_for(self, desired: DesiredState) -> Any:
         from reconciler.wiring import build
 
-        self.fingerprint = desired_fingerprint(desired)
+        self.fingerprint = self._fingerprint(desired)
         key = f"{self.fingerprint}/{desired.revision}"
         if key != self._world_key:
             assert self.state is not None
@@ -568,7 +588,7 @@ class Daemon:
         try:
             notifier.process(desired.settings.notify, rows,
                              {"dir": desired.directory, "revision": desired.revision}, now)
-        except Exception as exc:  # alerts never stop reconciliation
+        except Exception as exc:  # noqa: BLE001 - alerts never stop reconciliation
             log.error("notify.error", error=str(exc))
 
     # --- desired state and git -----------------------------------------------------------------------------
@@ -590,7 +610,7 @@ class Daemon:
         except InvalidDesiredState as exc:
             self._invalid([str(d) for d in exc.diagnostics])
             return
-        except Exception as exc:  # e.g. an unreadable directory
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable directory
             self._invalid([f"{self.dir}: cannot load the desired state: {exc}"])
             return
         if self.state is not None and not self._same_state_dir(desired):
@@ -603,8 +623,13 @@ class Daemon:
         self.metrics.desired_valid.set(1)
         self.metrics.desired_errors.set(0)
         if previous is None or previous.revision != desired.revision or \
-                desired_fingerprint(previous) != desired_fingerprint(desired):
+                self._fingerprint(previous) != self._fingerprint(desired):
             log.info("desired_state.loaded", certificates=len(desired.certificates), revision=desired.revision)
+
+    def _fingerprint(self, desired: DesiredState) -> str:
+        if self._fingerprinted[0] is not desired:
+            self._fingerprinted = (desired, desired_fingerprint(desired))
+        return self._fingerprinted[1]
 
     def _invalid(self, errors: list[str]) -> None:
         if self.desired_error is None or self.desired_error["errors"] != errors:
@@ -637,7 +662,8 @@ class Daemon:
         return {
             "pid": os.getpid(),
             "started_at": iso(self.started_at),
-            "passes": self.passes,
+            "passes": self.completed,
+            "running": self.passes > self.completed,
             "last_reconcile": self.last,
             "next_due": iso(self.due) if self.due else None,
             "desired_state": {"valid": self.desired_error is None, "in_force": self.desired.revision if self.desired else None,
