@@ -36,7 +36,7 @@ def describe_target(action_json: dict[str, Any]) -> str:
         binding += " (SNI)" if flags & 1 else " (no SNI)" if detail.get("protocol", "https") == "https" else ""
         old = detail.get("old_thumbprint")
         new = detail.get("thumbprint") or "(new)"
-        arrow = f"{str(old)[:8]} -> {str(new)[:8]}" if old else f"-> {str(new)[:8]}"
+        arrow = f"{str(old)[:8]} -> {str(new)[:8]}" if old else f"certificate {str(new)[:8]}"
         if action_json["kind"] == "unbind":
             arrow = f"{str(old)[:8] if old else ''} -> removed"
         return f"host {detail.get('host')}, site {detail.get('site')!s}: {binding}, {arrow}"
