@@ -132,9 +132,8 @@ class _Claim:
 
 
 def _claims(desired: DesiredState, observed: ObservedState, host: str, targets: Mapping[str, Target],
-            planned_ids: frozenset[str]) -> tuple[list[_Claim], list[Note]]:
+            planned_ids: frozenset[str]) -> list[_Claim]:
     claims: list[_Claim] = []
-    notes: list[Note] = []
     for name in sorted(desired.certificates):
         spec = desired.certificates[name].spec
         target = targets.get(name)
@@ -166,7 +165,7 @@ def _claims(desired: DesiredState, observed: ObservedState, host: str, targets: 
                 thumbprint=target.thumbprint, issuance=target.issuance, previous=target.previous, store=store,
                 windows_store=windows_store, install=install, problem=problem,
             ))
-    return claims, notes
+    return claims
 
 
 def _owner(claims: Sequence[_Claim], site: Site, host: str) -> tuple[_Claim | None, list[_Claim]]:
@@ -497,8 +496,7 @@ def plan_hosts(
             if cert.managed_by and cert.managed_by not in desired.certificates:
                 orphans[cert.info.thumbprint] = cert.managed_by
     for host_name in sorted(set(desired.iis_hosts) | set(observed.hosts)):
-        claims, claim_notes = _claims(desired, observed, host_name, targets, planned_ids)
-        notes.extend(claim_notes)
+        claims = _claims(desired, observed, host_name, targets, planned_ids)
         host = observed.hosts.get(host_name)
         if host is None or not host.reachable:
             why = "; ".join(host.problems) if host is not None and host.problems else "it was not observed"
@@ -519,8 +517,7 @@ def plan_hosts(
                                   code="NoSuchSite"))
                 continue
             usable.append(claim)
-        host_host_stores = _store_contents(desired, observed, host_name)
-        host_plan = _HostPlan(host=host, claims=usable, contents=host_host_stores, orphans=orphans,
+        host_plan = _HostPlan(host=host, claims=usable, contents=_store_contents(desired, observed, host_name), orphans=orphans,
                               prune=desired.settings.prune, actions=[], notes=[], removed_entries=set())
         _plan_host(host_plan)
         actions.extend(host_plan.actions)
