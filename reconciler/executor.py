@@ -5,6 +5,7 @@ A failed action fails only what depends on it; everything else still runs.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ log = structlog.get_logger()
 
 BACKOFF_START = timedelta(hours=1)
 BACKOFF_CAP = timedelta(hours=24)
+VERIFY_SETTLE = 5.0  # seconds a verify endpoint may take to serve the new certificate after a reload
 
 
 def backoff(failures: int) -> timedelta:
@@ -178,9 +180,13 @@ class Executor:
                 key_pem = state.material(name, current.info.thumbprint).key_pem
             now = self.clock()
             state.update_attempts(name, last_attempt=now)
+            replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
+            if current is not None and current.issuer_id == issuer_id(issuer_name, desired.issuers[issuer_name].spec):
+                with contextlib.suppress(OSError, ValueError):
+                    replaces_pem = state.material(name, current.info.thumbprint).cert_pem
             request = IssueRequest(
                 certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
-                key_pem=key_pem, replaces=current.info if current else None, at=now,
+                key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
             )
             try:
                 material = backend.issue(request)
@@ -257,8 +263,25 @@ class Executor:
             old_thumbprint=str(detail["old_thumbprint"]) if detail.get("old_thumbprint") else None,
         )
         with self._host_locks.setdefault(host_name, threading.Lock()):
-            self.world.hosts[host_name].apply([change])
+            if change.op == "add":  # recorded first: a crash after the commit must not make it look foreign
+                self.world.state.record_binding(host_name, change.site, change.information, action.certificate)
+            try:
+                self.world.hosts[host_name].apply([change])
+            except Exception:
+                if change.op == "add" and not self._binding_exists(host_name, change):
+                    self.world.state.forget_binding(host_name, change.site, change.information)
+                raise
+            if change.op == "remove":
+                self.world.state.forget_binding(host_name, change.site, change.information)
         return {"thumbprint": str(thumbprint) if thumbprint else ""}
+
+    def _binding_exists(self, host_name: str, change: BindingChange) -> bool:
+        try:
+            host = self.world.hosts[host_name].observe()
+        except Exception:  # noqa: BLE001 - cannot tell: keep the record (it only allows a later prune)
+            return True
+        return any(b.information == change.information and b.protocol == change.protocol
+                   for s in host.sites if s.name == change.site for b in s.bindings)
 
     # --- verification ------------------------------------------------------------------------------------------
 
@@ -277,10 +300,19 @@ class Executor:
                 continue
             for v in spec.spec.verify:
                 sni = v.sni or spec.spec.domains[0].removeprefix("*.")
-                try:
-                    served = prober.probe(v.endpoint, sni, v.timeout.total_seconds()).thumbprint
-                except Exception as exc:  # noqa: BLE001
-                    failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) could not be probed: {exc}")
+                # A reload is asynchronous (nginx, IIS): probe again for a few seconds before calling it a mismatch.
+                settle = time.monotonic() + min(VERIFY_SETTLE, v.timeout.total_seconds())
+                problem: Exception | None = None
+                while True:
+                    try:
+                        served = prober.probe(v.endpoint, sni, v.timeout.total_seconds()).thumbprint
+                    except Exception as exc:  # noqa: BLE001
+                        served, problem = None, exc
+                    if served == current.info.thumbprint or time.monotonic() >= settle:
+                        break
+                    time.sleep(0.2)
+                if served is None:
+                    failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) could not be probed: {problem}")
                     continue
                 if served != current.info.thumbprint:
                     failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) serves {served[:8]}, "

@@ -45,6 +45,7 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
         endpoints=tuple(endpoints),
         attempts=world.state.attempts(),
         issuer_ids={n: i.identity() for n, i in world.issuers.items()},
+        made_bindings=world.state.made_bindings(),
     )
 
 

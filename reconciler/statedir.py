@@ -8,6 +8,7 @@ Layout (never committed; keys 0600; every file written atomically):
   vault/index.jsonl             every version's metadata in one append-only log (fast observe)
   attempts.jsonl                per certificate: failures, last error, next retry, ARI window
   deployments.jsonl             per (certificate, task): thumbprint last deployed successfully
+  bindings.jsonl                IIS https bindings certctl added (host|site|bindingInformation)
   journal.jsonl                 write-ahead log of apply: intent, outcome
   applied.json                  the desired-state revision (git commit) the last apply carried out
   daemon.lock, notify.json      flock'ed by the one `certctl daemon`; alerts sent (reconciler.notify)
@@ -151,6 +152,7 @@ class StateDir:
         self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl")
         self._attempts = KeyedLog(self.path / "attempts.jsonl")
         self._deployments = KeyedLog(self.path / "deployments.jsonl")
+        self._bindings = KeyedLog(self.path / "bindings.jsonl")
 
     # --- lock ---------------------------------------------------------------------------------
 
@@ -278,6 +280,8 @@ class StateDir:
             ari_window_start=_dt(a.get("ari_window_start")),
             ari_window_end=_dt(a.get("ari_window_end")),
             ari_for=a.get("ari_for"),
+            ari_fetched_at=_dt(a.get("ari_fetched_at")),
+            ari_next_fetch=_dt(a.get("ari_next_fetch")),
         )
 
     def save_attempts(self, attempts: Attempts) -> None:
@@ -290,6 +294,8 @@ class StateDir:
                 "ari_window_start": _iso(attempts.ari_window_start),
                 "ari_window_end": _iso(attempts.ari_window_end),
                 "ari_for": attempts.ari_for,
+                "ari_fetched_at": _iso(attempts.ari_fetched_at),
+                "ari_next_fetch": _iso(attempts.ari_next_fetch),
         })
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:
@@ -319,6 +325,18 @@ class StateDir:
     def applied(self) -> dict[str, Any] | None:
         data = self._read_json("applied.json", None)
         return data if isinstance(data, dict) else None
+
+    # --- IIS bindings certctl added (only these may ever be removed, with prune) -----------------------------
+
+    def made_bindings(self) -> tuple[tuple[str, str, str], ...]:
+        return tuple(sorted(tuple(k.split("|", 2)) for k in self._bindings.read()))  # type: ignore[misc]
+
+    def record_binding(self, host: str, site: str, information: str, certificate: str) -> None:
+        self._bindings.set(f"{host}|{site}|{information}", {"certificate": certificate,
+                                                              "at": _iso(datetime.now(UTC))})
+
+    def forget_binding(self, host: str, site: str, information: str) -> None:
+        self._bindings.delete(f"{host}|{site}|{information}")
 
     # --- journal ---------------------------------------------------------------------------------------------
 

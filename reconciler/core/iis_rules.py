@@ -17,8 +17,9 @@ How a binding is decided, on each IIS host that a Certificate's ``iis`` names:
 - An http binding whose host a claim covers, on a site with no https binding for that host, gets a
   ``bind``: ``<ip>:443:<host>`` with SNI — unless any site already has https on ``<host>:443``.
 - FTP: a site's ftpServer/security/ssl certificate follows the owner of its ftp bindings' hosts.
-- With ``Settings.prune``: an SNI binding serving a certificate whose store marker names a deleted
-  Certificate spec, of the shape certctl creates, is removed (``unbind``).
+- With ``Settings.prune``: an https binding that certctl itself added (recorded in the state dir, see
+  ``ObservedState.made_bindings``) and that serves a certificate whose store marker names a deleted
+  Certificate spec is removed (``unbind``). A binding that existed before certctl is never removed.
 """
 
 from __future__ import annotations
@@ -197,6 +198,7 @@ class _HostPlan:
     contents: dict[str, set[str]]  # windows store name (lower) -> thumbprints, for stores certctl observes
     orphans: dict[str, str]  # thumbprint -> deleted Certificate name (from the store marker)
     prune: bool
+    made: frozenset[tuple[str, str]]  # (site, bindingInformation) of the https bindings certctl added here
     actions: list[Action]
     notes: list[Note]
     removed_entries: set[tuple[str, str]]
@@ -352,8 +354,7 @@ def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, 
     orphan = plan.orphans.get(served or "")
     if orphan is None or binding.ccs:
         return
-    shape = binding.ssl_flags == SNI and binding.port == HTTPS_PORT and bool(binding.host) and any(
-        b.protocol.lower() == "http" and b.host == binding.host for b in site.bindings)
+    made_here = (site.name, binding.information) in plan.made
     if not plan.prune:
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   "deleted; kept (set prune: true in Settings to remove the bindings certctl made)", code="Orphaned")
@@ -361,10 +362,10 @@ def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, 
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   f"deleted, but site {site.name} is stopped; kept (start the site to let certctl prune it)",
                   code="Orphaned")
-    elif not shape or entry is None or entry.appid.lower() != IIS_APPID.lower():
+    elif not made_here or entry is None or entry.appid.lower() != IIS_APPID.lower():
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
-                  "deleted, but it is not a binding certctl makes (SNI on port 443 beside an http binding); kept",
-                  code="Orphaned")
+                  "deleted, but certctl did not create this binding (it only set its certificate); kept, and so "
+                  "is the certificate it serves", code="Orphaned")
     else:
         plan.act(ActionKind.unbind, orphan, site.name, "https", binding.information, Reason.Pruned,
                  f"{what} serves {_short(served)} of certificate {orphan}, whose spec was deleted (prune: true)", (),
@@ -518,7 +519,9 @@ def plan_hosts(
                 continue
             usable.append(claim)
         host_plan = _HostPlan(host=host, claims=usable, contents=_store_contents(desired, observed, host_name), orphans=orphans,
-                              prune=desired.settings.prune, actions=[], notes=[], removed_entries=set())
+                              prune=desired.settings.prune,
+                              made=frozenset((s, i) for h, s, i in observed.made_bindings if h == host_name),
+                              actions=[], notes=[], removed_entries=set())
         _plan_host(host_plan)
         actions.extend(host_plan.actions)
         notes.extend(host_plan.notes)

@@ -215,6 +215,8 @@ class Attempts:
     ari_window_start: datetime | None = None  # ACME renewalInfo suggested window, if the CA gave one
     ari_window_end: datetime | None = None
     ari_for: str | None = None  # thumbprint the ARI window was fetched for
+    ari_fetched_at: datetime | None = None  # when renewalInfo was last asked for (for ``ari_for``)
+    ari_next_fetch: datetime | None = None  # not asked again before this (the CA's Retry-After, else 6 h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +228,7 @@ class ObservedState:
     endpoints: tuple[EndpointState, ...] = ()
     attempts: dict[str, Attempts] = field(default_factory=dict)
     issuer_ids: dict[str, str] = field(default_factory=dict)  # Issuer name -> identity now
+    made_bindings: tuple[tuple[str, str, str], ...] = ()  # (host, site, bindingInformation) certctl added
 
     def fingerprint(self) -> str:
         """A stable digest of everything the planner looks at (a saved plan is stale when it differs)."""

@@ -12,7 +12,7 @@ import hashlib
 import json
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -115,6 +115,7 @@ class World:
     store: list[tuple[CertInfo, str | None]] = field(default_factory=list)  # (cert, certctl marker)
     reachable: bool = True
     problems: tuple[str, ...] = ()
+    made: list[tuple[str, str]] = field(default_factory=list)  # (site, bindingInformation) certctl added
 
     def observed(self) -> ObservedState:
         issued = {
@@ -126,7 +127,8 @@ class World:
                       for i, managed in self.store)
         host = HostState(HOST, "10.0", tuple(self.sites), tuple(self.entries), ("My", "WebHosting"),
                          problems=self.problems, reachable=self.reachable)
-        return ObservedState(issued=issued, stores={STORE: StoreState(STORE, certs)}, hosts={HOST: host})
+        return ObservedState(issued=issued, stores={STORE: StoreState(STORE, certs)}, hosts={HOST: host},
+                             made_bindings=tuple(sorted((HOST, s, i) for s, i in self.made)))
 
 
 def scenario(name: str, world: World, certs: list[str], *, at: datetime = AT, prune: bool = False) -> None:
@@ -201,10 +203,13 @@ def main() -> None:
         [site("gone", 5, ("http", "*:80:gone.example.com"), ("https", "*:443:gone.example.com", 1)),
          site("example.com", 2, ("https", "*:443:www.example.com", 1))],
         [sni("gone.example.com", gone.thumbprint), sni("www.example.com", cur.thumbprint)],
-        issued={"www": [cur]}, store=[(cur, "www"), (gone, "gone")])
+        issued={"www": [cur]}, store=[(cur, "www"), (gone, "gone")], made=[("gone", "*:443:gone.example.com")])
     scenario("iis-deleted-spec-kept", orphan_world, [www])
     # ... and with prune: true the binding certctl made is removed, then the certificate
     scenario("iis-deleted-spec-pruned", orphan_world, [www], prune=True)
+    # ... but a binding that existed before certctl (certctl only set its certificate) is never removed
+    scenario("iis-deleted-spec-pruned-keeps-binding-certctl-did-not-add",
+             replace(orphan_world, made=[]), [www], prune=True)
     # with prune, a binding of another shape (no SNI) serving it is kept, and so is the certificate
     scenario("iis-deleted-spec-pruned-keeps-foreign-shape", World(
         [site("gone", 5, ("http", "*:80:gone.example.com"), ("https", "10.0.0.5:443:gone.example.com"))],
