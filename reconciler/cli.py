@@ -58,9 +58,11 @@ def _world(args: argparse.Namespace, desired: DesiredState) -> Any:
     return build(desired, _state(args, desired))
 
 
-def _observe(world: Any) -> Any:
+def _observe(world: Any, now: datetime | None = None, *, locked: bool = False) -> Any:
     from reconciler.observe import observe
+    from reconciler.renewalinfo import refresh_renewal_info
 
+    refresh_renewal_info(world, now or _now(), locked=locked)  # ACME ARI windows, kept in the state dir
     return observe(world)
 
 
@@ -106,7 +108,7 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
     desired = _load(args)
     world = _world(args, desired)
     with world.state.lock(wait=args.lock_timeout):
-        observed = _observe(world)
+        observed = _observe(world, locked=True)
         if getattr(args, "planfile", None):
             plan = _saved_plan(Path(args.planfile), desired, observed)
         else:

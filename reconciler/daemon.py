@@ -530,6 +530,7 @@ class Daemon:
         from reconciler.cli import status_rows
         from reconciler.executor import Executor, Outcome
         from reconciler.observe import observe
+        from reconciler.renewalinfo import refresh_renewal_info
 
         assert self.state is not None
         world = self._world_for(desired)
@@ -537,6 +538,7 @@ class Daemon:
         with self.state.lock(wait=LOCK_WAIT, purpose="daemon reconcile"):
             if maintenance:
                 recover(world)
+            refresh_renewal_info(world, _utcnow(), locked=True)  # ACME ARI windows (honours the CA's Retry-After)
             observed = observe(world)
             now = _utcnow()
             plan = make_plan(desired, observed, now)

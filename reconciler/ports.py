@@ -35,6 +35,7 @@ class IssueRequest:
     key_pem: bytes | None = None  # reuse this key (key.reuse: true) instead of making one
     replaces: CertInfo | None = None  # the certificate this one replaces (ACME ARI `replaces`)
     at: datetime | None = None
+    replaces_pem: bytes | None = None  # that certificate itself (PEM), when known: its ARI id needs its AKI
 
 
 class IssueError(Exception):

@@ -4,10 +4,12 @@ A certificate's ARI identifier is ``base64url(AKI keyIdentifier) "." base64url(s
 content bytes)``, both without padding (RFC 9773 §4.1). A renewal order names the certificate it
 replaces with that identifier (``replaces``).
 
-``CertInfo`` carries the serial but not the Authority Key Identifier, so the issuer remembers, in its
-state folder, the identifier of every certificate it issued (by serial) and the AKI each issuing CA
-certificate it has seen (by the issuer's name): a renewal can then name the certificate it replaces
-from its ``CertInfo`` alone.
+The executor hands the replaced certificate itself to the issuer (``IssueRequest.replaces_pem``, from
+the vault), and its identifier is computed from it. For a caller that gives only ``CertInfo`` (the
+serial but not the Authority Key Identifier), the issuer remembers, in its state folder, the
+identifier of every certificate it issued (by serial) and the AKI each issuing CA certificate it has
+seen (by the issuer's name): a renewal can then name the certificate it replaces from its
+``CertInfo`` alone.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ log = structlog.get_logger()
 
 USER_AGENT = "certctl/0.1 (acme-python)"
 DIRECTORY_TTL = 60.0  # seconds a fetched directory is reused
+ARI_TIMEOUT = 10.0  # seconds per renewalInfo request: advice, asked before every plan, must not hold it up
 
 
 class NewOrder(messages.NewOrder):
@@ -165,7 +166,7 @@ class AcmeIssuer:
             log.warning("acme.ari.unusable_certificate", issuer=self.name, error=str(exc))
             return None
         quick = RetryPolicy(attempts=3, budget=5.0, initial=0.2, maximum=1.0)
-        net = _Network(quick, verify=self._verify, timeout=self._timeout)
+        net = _Network(quick, verify=self._verify, timeout=min(self._timeout, ARI_TIMEOUT))
         try:
             directory = self._get_directory(net)
             base = _directory_entry(directory, "renewalInfo")
@@ -274,7 +275,16 @@ class AcmeIssuer:
         return url, messages.Order.from_json(response.json())
 
     def _replaces(self, session: _Session, request: IssueRequest, bound: Any) -> str | None:
-        if request.replaces is None or _directory_entry(session.directory, "renewalInfo") is None:
+        if request.replaces is None and request.replaces_pem is None:
+            return None
+        if _directory_entry(session.directory, "renewalInfo") is None:
+            return None
+        if request.replaces_pem is not None:
+            try:
+                return cert_id(request.replaces_pem)  # from the certificate itself: its AKI and serial
+            except ValueError as exc:
+                bound.warning("acme.order.replaces_unusable", error=str(exc))
+        if request.replaces is None:
             return None
         ident = self.ari.lookup(request.replaces)
         if ident is None:
