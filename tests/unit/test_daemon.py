@@ -16,10 +16,17 @@ from reconciler.core.model import Attempts, ObservedState
 from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
 from reconciler.daemon import next_due, recover, without_cleanup
 from reconciler.gitsync import pull
+from reconciler.logging import configure
 from reconciler.metrics import Metrics, parse_address, ready_condition
 from reconciler.statedir import StateDir
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_this_tests_stderr() -> None:
+    """Another test may have bound structlog to a stream pytest has closed since (cli.main configures it)."""
+    configure("console", "warning")
 
 
 def summary(name: str, renew_in: float | None = None, expires_in: float | None = None,

@@ -11,9 +11,16 @@ from typing import Any
 import pytest
 
 from reconciler.core.spec import Notify, SecretRef, Webhook
+from reconciler.logging import configure
 from reconciler.notify import ALERT, RECOVERED, DeliveryError, condition, decide, record_sent, send_webhook
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def _logs_to_this_tests_stderr() -> None:
+    """Another test may have bound structlog to a stream pytest has closed since (cli.main configures it)."""
+    configure("console", "warning")
 SETTINGS = Notify(afterFailures=3, expiryWarning=timedelta(days=7))
 
 
