@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from reconciler.core import validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
+from reconciler.parallel import map_batch
 
 
 class InvalidDesiredState(Exception):
@@ -73,6 +75,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     docs: list[_Doc] = []
     file_docs: dict[str, list[_Doc]] = {}
     keys: dict[str, Any] = {}
+    to_parse: list[tuple[str, str]] = []
     for path in find_files(directory):
         display = _display(path)
         try:
@@ -85,22 +88,15 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
             fresh[display] = hit
             continue
         keys[display] = key
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            diagnostics.append(Diagnostic(display, 1, 1, "", f"cannot read the file: {exc}"))
+        to_parse.append((str(path), display))
+    for display, result in map_batch(_parse_files, to_parse, threshold=500):
+        if isinstance(result, Diagnostic):
+            diagnostics.append(result)
             continue
-        try:
-            loaded = yamlfast.load_all(text)
-        except YAMLError as exc:
-            diagnostics.append(_yaml_error(display, exc))
-            continue
-        for index, data in enumerate(loaded):
-            if data is None:
-                continue  # an empty document (a stray '---')
+        these = file_docs.setdefault(display, [])
+        for index, data in result:
             docs.append(_Doc(Source(display, index), data))
-            file_docs.setdefault(display, []).append(docs[-1])
-        file_docs.setdefault(display, [])
+            these.append(docs[-1])
 
     problems: list[Problem] = []
     parsed: list[tuple[str, Named[Any]]] = list(from_cache)
@@ -157,6 +153,24 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
 
         desired = replace(desired, revision=git_revision(directory))
     return desired
+
+
+def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple[int, Any]] | Diagnostic]]:
+    """Read and parse files: per file its non-empty documents (index, data), or the Diagnostic that stops it."""
+    out: list[tuple[str, list[tuple[int, Any]] | Diagnostic]] = []
+    for path, display in batch:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            out.append((display, Diagnostic(display, 1, 1, "", f"cannot read the file: {exc}")))
+            continue
+        try:
+            loaded = yamlfast.load_all(text)
+        except YAMLError as exc:
+            out.append((display, _yaml_error(display, exc)))
+            continue
+        out.append((display, [(i, d) for i, d in enumerate(loaded) if d is not None]))  # None: a stray '---'
+    return out
 
 
 def _display(path: Path) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from reconciler import pki
 from reconciler.cache import FileKey, PickleCache, file_key
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
 from reconciler.fsutil import atomic_symlink, atomic_write, fsync_dir
+from reconciler.parallel import map_batch
 from reconciler.ports import Material
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
@@ -54,12 +56,15 @@ class PemDirectoryStore:
             return StoreState(self.name)  # created on first install
         except OSError as exc:
             return StoreState(self.name, problems=(f"cannot read store folder {self.path}: {exc.strerror}",), reachable=False)
+        managed: list[tuple[str, str | None, list[str]]] = []  # (certificate folder, live version, versions)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False) and os.path.isdir(os.path.join(entry.path, "versions")):
-                    certs.extend(self._observe_managed(Path(entry.path), problems))
+                    listed = self._list_managed(entry.path, problems)
+                    if listed is not None:
+                        managed.append(listed)
                 elif entry.is_dir():
                     certs.extend(self._observe_foreign_dir(Path(entry.path), problems))
                 elif entry.name.endswith((".pem", ".crt", ".cer")):
@@ -68,78 +73,64 @@ class PemDirectoryStore:
                         certs.append(found)
             except OSError as exc:
                 problems.append(f"cannot read {entry.path}: {exc.strerror}")
+        read = self._read_all([f"{folder}/versions/{v}" for folder, _, versions in managed for v in versions], problems)
+        for folder, current, versions in managed:
+            certs.extend(self._stored(folder, current, versions, read))
         return StoreState(self.name, tuple(certs), tuple(problems))
 
-    def _observe_managed(self, folder: Path, problems: list[str]) -> list[StoredCert]:
-        base = str(folder)
+    @staticmethod
+    def _list_managed(folder: str, problems: list[str]) -> tuple[str, str | None, list[str]] | None:
         current = None
         with contextlib.suppress(OSError):
-            current = os.path.basename(os.readlink(base + "/current"))
-        versions = base + "/versions"
-        out: list[StoredCert] = []
+            current = os.path.basename(os.readlink(folder + "/current"))
         try:
-            names = sorted(n for n in os.listdir(versions) if not n.startswith("."))
+            names = sorted(n for n in os.listdir(folder + "/versions") if not n.startswith("."))
         except OSError as exc:
-            problems.append(f"cannot read {versions}: {exc.strerror}")
-            return out
-        found: list[tuple[str, CertInfo, dict[str, object]]] = []
-        has_key: dict[str, bool] = {}
-        for version in names:
-            loaded = self._version(f"{versions}/{version}", problems)
-            if loaded is not None:
-                found.append((version, *loaded))
-                has_key[version] = os.path.exists(f"{versions}/{version}/privkey.pem")
-        found.sort(key=lambda vim: (str(vim[2].get("installed_at", "")), vim[0]))
-        for i, (version, info, meta) in enumerate(found):
+            problems.append(f"cannot read {folder}/versions: {exc.strerror}")
+            return None
+        return folder, current, names
+
+    def _read_all(self, folders: list[str], problems: list[str]) -> dict[str, tuple[CertInfo, dict[str, object], bool]]:
+        """Every version's certificate facts, metadata and whether its key is there; unchanged versions
+        come from the cache, the others are parsed (in worker processes when there are thousands)."""
+        out: dict[str, tuple[CertInfo, dict[str, object], bool]] = {}
+        misses: list[str] = []
+        for folder in folders:
+            keys = _version_keys(folder)
+            known = self._known.get(folder)
+            if keys is not None and known is not None and (known[0], known[1]) == keys:
+                self._seen[folder] = known
+                out[folder] = (known[2], known[3], os.path.exists(folder + "/privkey.pem"))
+            else:
+                misses.append(folder)
+        for folder, result in zip(misses, map_batch(_read_versions, misses), strict=True):
+            if isinstance(result, str):
+                problems.append(result)
+                continue
+            cert_key, meta_key, info, meta, has_key = result
+            self._seen[folder] = (cert_key, meta_key, info, meta)
+            out[folder] = (info, meta, has_key)
+        return out
+
+    def _stored(self, folder: str, current: str | None, versions: list[str],
+                read: dict[str, tuple[CertInfo, dict[str, object], bool]]) -> list[StoredCert]:
+        found = [(v, *read[f"{folder}/versions/{v}"]) for v in versions if f"{folder}/versions/{v}" in read]
+        found.sort(key=lambda vimk: (str(vimk[2].get("installed_at", "")), vimk[0]))
+        out: list[StoredCert] = []
+        for i, (version, info, meta, has_key) in enumerate(found):
             owner = str(meta.get("managed_by", ""))
             superseded = found[i + 1][2].get("installed_at") if i + 1 < len(found) else None
             out.append(StoredCert(
                 store=self.name,
                 info=info,
-                ref=f"{folder.name}/{version}",
+                ref=f"{os.path.basename(folder)}/{version}",
                 managed_by=owner[len(MANAGED_PREFIX):] if owner.startswith(MANAGED_PREFIX) else None,
                 current=version == current,
                 installed_at=_dt(meta.get("installed_at")),
                 superseded_at=_dt(superseded),
-                has_key=has_key[version],
+                has_key=has_key,
             ))
         return out
-
-    def _version(self, folder: str, problems: list[str]) -> tuple[CertInfo, dict[str, object]] | None:
-        """A version's certificate facts and metadata; parsed again only when its files changed."""
-        cert_path, meta_path = folder + "/cert.pem", folder + "/meta.json"
-        try:
-            cert_key = file_key(os.stat(cert_path))
-        except OSError as exc:
-            problems.append(f"cannot read {cert_path}: {exc.strerror}")
-            return None
-        try:
-            meta_key: FileKey | None = file_key(os.stat(meta_path))
-        except OSError:
-            meta_key = None
-        known = self._known.get(folder)
-        if known is not None and known[0] == cert_key and known[1] == meta_key:
-            self._seen[folder] = known
-            return known[2], known[3]
-        try:
-            with open(cert_path, "rb") as fh:
-                info = pki.info_from_pem(fh.read())
-        except OSError as exc:
-            problems.append(f"cannot read {cert_path}: {exc.strerror}")
-            return None
-        except ValueError as exc:
-            problems.append(f"{cert_path} is not a valid PEM certificate ({exc}); left alone")
-            return None
-        meta: dict[str, object] = {}
-        if meta_key is not None:
-            try:
-                with open(meta_path, "rb") as fh:
-                    loaded = json.loads(fh.read())
-                meta = loaded if isinstance(loaded, dict) else {}
-            except (OSError, ValueError):
-                meta = {}
-        self._seen[folder] = (cert_key, meta_key, info, meta)
-        return info, meta
 
     def _observe_foreign_dir(self, folder: Path, problems: list[str]) -> list[StoredCert]:
         for candidate in ("fullchain.pem", "cert.pem"):
@@ -231,6 +222,48 @@ class PemDirectoryStore:
                             pki.info_from_pem(cert))
         except (OSError, ValueError):
             return None
+
+
+def _version_keys(folder: str) -> tuple[FileKey, FileKey | None] | None:
+    try:
+        cert_key = file_key(os.stat(folder + "/cert.pem"))
+    except OSError:
+        return None
+    try:
+        return cert_key, file_key(os.stat(folder + "/meta.json"))
+    except OSError:
+        return cert_key, None
+
+
+VersionRead = tuple[FileKey, FileKey | None, CertInfo, dict[str, object], bool]
+
+
+def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
+    """Parse version folders: (file keys, certificate facts, metadata, key present) or a problem sentence."""
+    out: list[VersionRead | str] = []
+    for folder in folders:
+        cert_path, meta_path = folder + "/cert.pem", folder + "/meta.json"
+        try:
+            cert_key = file_key(os.stat(cert_path))
+            with open(cert_path, "rb") as fh:
+                info = pki.info_from_pem(fh.read())
+        except OSError as exc:
+            out.append(f"cannot read {cert_path}: {exc.strerror}")
+            continue
+        except ValueError as exc:
+            out.append(f"{cert_path} is not a valid PEM certificate ({exc}); left alone")
+            continue
+        meta: dict[str, object] = {}
+        meta_key: FileKey | None = None
+        try:
+            meta_key = file_key(os.stat(meta_path))
+            with open(meta_path, "rb") as fh:
+                loaded = json.loads(fh.read())
+            meta = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            pass
+        out.append((cert_key, meta_key, info, meta, os.path.exists(folder + "/privkey.pem")))
+    return out
 
 
 def _dt(value: object) -> datetime | None:
