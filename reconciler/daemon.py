@@ -289,8 +289,8 @@ class Daemon:
         self._fingerprinted: tuple[DesiredState | None, str] = (None, "")
         self.due: datetime | None = None
         self.retry_at: float | None = None
-        self.next_interval = 0.0
-        self.next_maintenance = 0.0
+        self.interval_mark = 0.0  # monotonic time of the last interval pass (the next is one interval later,
+        self.maintenance_mark = 0.0  # with the interval in force now: an edited reconcileInterval counts at once)
         self._watch_stop = threading.Event()
 
     # --- settings ---------------------------------------------------------------------------------------
@@ -302,6 +302,14 @@ class Daemon:
     @property
     def maintenance_interval(self) -> float:
         return (self.desired.settings.maintenanceInterval if self.desired else timedelta(hours=24)).total_seconds()
+
+    @property
+    def next_interval(self) -> float:
+        return self.interval_mark + self.interval
+
+    @property
+    def next_maintenance(self) -> float:
+        return self.maintenance_mark + self.maintenance_interval
 
     @property
     def git_pull_enabled(self) -> bool:
@@ -333,8 +341,7 @@ class Daemon:
         log.info("daemon.started", dir=str(self.dir), state_dir=str(state_path), pid=os.getpid(),
                  metrics=endpoint.address if endpoint else None, git_pull=self.git_pull_enabled)
         now = time.monotonic()
-        self.next_interval = now + self.interval
-        self.next_maintenance = now + self.maintenance_interval
+        self.interval_mark = self.maintenance_mark = now
         try:
             self._loop({"start"})
         finally:
@@ -436,10 +443,10 @@ class Daemon:
             now = time.monotonic()
             if now >= self.next_interval:
                 reasons.add("interval")
-                self.next_interval = now + self.interval
+                self.interval_mark = now
             maintenance = "start" in reasons or now >= self.next_maintenance
             if maintenance:
-                self.next_maintenance = now + self.maintenance_interval
+                self.maintenance_mark = now
             if self.due is not None and _utcnow() >= self.due:
                 reasons.add("due")
             if self.retry_at is not None and now >= self.retry_at:
