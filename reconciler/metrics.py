@@ -157,7 +157,7 @@ class HttpEndpoint:
                         self._json(200, status())
                     else:
                         self._json(404, {"error": f"no such path {path}; try /healthz, /metrics or /status"})
-                except Exception as exc:  # a broken page must not take the daemon down
+                except Exception as exc:  # noqa: BLE001 - a broken page must not take the daemon down
                     log.error("http.error", path=path, error=str(exc))
                     self._json(500, {"error": str(exc)})
 

@@ -262,7 +262,7 @@ class Notifier:
                 else:
                     assert settings.email is not None
                     send_email(settings.email, subject(notice), email_text(notice, body))
-            except Exception as exc:  # a channel that fails is retried on the next reconcile
+            except Exception as exc:  # noqa: BLE001 - a channel that fails is retried on the next reconcile
                 log.error("notify.failed", channel=channel, certificate=notice.certificate, notice=notice.event,
                           error=str(exc))
                 self._count(channel, notice.event, "failed")
