@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import os
 import queue
 import re
@@ -49,6 +48,7 @@ from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.planner import desired_fingerprint
 from reconciler.core.planner import plan as make_plan
+from reconciler.fsutil import try_lock
 from reconciler.loader import InvalidDesiredState, load
 from reconciler.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
 from reconciler.statedir import LockBusy, StateDir
@@ -81,11 +81,11 @@ def hold_daemon_lock(state_path: Path, directory: Path) -> int:
     path = state_path / "daemon.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        _lock_nb(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-            os.close(fd)
-            raise
+        taken = try_lock(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not taken:
         holder = path.read_text(errors="replace").strip() or "another process"
         os.close(fd)
         raise DaemonBusy(
@@ -96,17 +96,6 @@ def hold_daemon_lock(state_path: Path, directory: Path) -> int:
     os.write(fd, f"pid {os.getpid()}, daemon since {_utcnow().strftime('%Y-%m-%dT%H:%M:%SZ')}, "
                  f"desired state {directory}".encode())
     return fd
-
-
-def _lock_nb(fd: int) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-        return
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 # --- crash recovery ----------------------------------------------------------------------------------------

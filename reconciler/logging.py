@@ -8,6 +8,23 @@ import sys
 import structlog
 
 
+class _StderrLogger:
+    """Writes each event to whatever sys.stderr is *now* (a logger bound to the stream of the moment it
+    was configured keeps writing to it after it is closed or replaced, as in tests and embedding)."""
+
+    def msg(self, message: str) -> None:
+        stream = sys.stderr
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = failure = err = msg
+
+
+class _StderrLoggerFactory:
+    def __call__(self, *args: object) -> _StderrLogger:
+        return _StderrLogger()
+
+
 def configure(fmt: str = "console", level: str = "info") -> None:
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -21,6 +38,6 @@ def configure(fmt: str = "console", level: str = "info") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_StderrLoggerFactory(),
         cache_logger_on_first_use=False,
     )

@@ -17,8 +17,6 @@ Layout (never committed; keys 0600; every file written atomically):
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import shutil
@@ -32,7 +30,7 @@ from typing import Any
 
 from reconciler import pki
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
-from reconciler.fsutil import atomic_write
+from reconciler.fsutil import atomic_write, try_lock, unlock
 from reconciler.ports import Material
 
 
@@ -165,20 +163,19 @@ class StateDir:
         deadline = time.monotonic() + wait
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    os.close(fd)
-                    raise
-                if time.monotonic() >= deadline:
-                    holder = lock_path.read_text(errors="replace").strip() or "another process"
-                    os.close(fd)
-                    raise LockBusy(
-                        f"another certctl holds the lock on {self.path} ({holder}); waited {wait:g}s. "
-                        "Only one certctl may apply at a time; try again when it has finished."
-                    ) from None
-                time.sleep(0.1)
+                if try_lock(fd):
+                    break
+            except OSError:
+                os.close(fd)
+                raise
+            if time.monotonic() >= deadline:
+                holder = lock_path.read_text(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise LockBusy(
+                    f"another certctl holds the lock on {self.path} ({holder}); waited {wait:g}s. "
+                    "Only one certctl may apply at a time; try again when it has finished."
+                ) from None
+            time.sleep(0.1)
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()}, {purpose} since {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}".encode())
         self._lock_fd = fd
@@ -187,7 +184,7 @@ class StateDir:
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            unlock(fd)
             os.close(fd)
             self._lock_fd = None
 
