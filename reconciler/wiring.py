@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,14 @@ class _LazyIssuer:
         self.spec = spec
         self.state_path = state_path
         self._backend: Any = None
+        self._lock = threading.Lock()  # the executor's threads ask at once: build exactly one backend
 
     @property
     def backend(self) -> Any:
+        with self._lock:
+            return self._build()
+
+    def _build(self) -> Any:
         if self._backend is None:
             if self.spec.localCA is not None:
                 from reconciler.adapters.localca import LocalCAIssuer

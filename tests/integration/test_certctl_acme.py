@@ -357,6 +357,8 @@ def test_twenty_certificates_in_parallel_one_order_each(ws: Workspace, run_cli: 
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     orders = [e["certificate"] for e in events if e.get("event") == "acme.order.created"]
     assert sorted(orders) == names  # every certificate had exactly one order
+    assert [e["event"] for e in events if e.get("event", "").startswith("acme.account.")] == [
+        "acme.account.key_created", "acme.account.registered"]  # one account for all the parallel orders
 
     # From the journal: the issuances overlapped, never more than the configured 8 at once.
     spans: dict[str, list[datetime]] = {}
