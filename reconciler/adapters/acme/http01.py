@@ -91,7 +91,7 @@ class _Listener:
                 hint = " (no interface of this machine has that address)"
             raise SolverError(f"http01 standalone: cannot listen on {address}:{port}: {exc.strerror}{hint}") from None
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name=f"http01-{address}:{port}", daemon=True
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"http01-{address}:{port}", daemon=True
         )
         self._thread.start()
         log.info("http01.listener.started", address=address, port=port)
@@ -130,25 +130,40 @@ class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._listeners: dict[tuple[str, int], tuple[_Listener, int]] = {}
+        self._stopping: dict[tuple[str, int], threading.Event] = {}  # set once the old socket is closed
 
     def acquire(self, address: str, port: int) -> _Listener:
-        with self._lock:
-            entry = self._listeners.get((address, port))
-            listener = entry[0] if entry else _Listener(address, port)
-            self._listeners[(address, port)] = (listener, (entry[1] if entry else 0) + 1)
-            return listener
+        key = (address, port)
+        while True:
+            with self._lock:
+                stopping = self._stopping.get(key)
+                if stopping is None:
+                    entry = self._listeners.get(key)
+                    listener = entry[0] if entry else _Listener(address, port)
+                    self._listeners[key] = (listener, (entry[1] if entry else 0) + 1)
+                    return listener
+            # The last order just released this port and its socket is still closing: a new listener
+            # would find the address in use. Wait for it (at most a poll interval), then start afresh.
+            stopping.wait(timeout=10)
 
     def release(self, address: str, port: int) -> None:
+        key = (address, port)
         with self._lock:
-            entry = self._listeners.get((address, port))
+            entry = self._listeners.get(key)
             if entry is None:
                 return
             listener, refs = entry
             if refs > 1:
-                self._listeners[(address, port)] = (listener, refs - 1)
+                self._listeners[key] = (listener, refs - 1)
                 return
-            del self._listeners[(address, port)]
-        listener.stop()
+            del self._listeners[key]
+            stopped = self._stopping[key] = threading.Event()
+        try:
+            listener.stop()
+        finally:
+            with self._lock:
+                self._stopping.pop(key, None)
+            stopped.set()
 
     def get(self, address: str, port: int) -> _Listener | None:
         with self._lock:
