@@ -524,8 +524,9 @@ def test_git_pull_applies_new_commits_and_records_the_revision(tmp_path: Path) -
         origin.certificate("gamma", ["gamma.example.test"])
         _git(origin.desired, "add", ".")
         _git(origin.desired, "commit", "-qm", "gamma")
-        git = daemon.wait("the pull error reported", lambda: (g := daemon.status()["daemon"]["git"]) and not g["ok"] and g)
-        assert "fast-forward" in git["message"]
+        git = daemon.wait("the pull error reported", lambda: (g := daemon.status()["daemon"]["git"]) and not g["ok"]
+                          and "diverged" in g["message"] and g)
+        assert "certctl only fast-forwards" in git["message"]
         assert daemon.metrics()[("certctl_git_pull_errors_total", ())] >= 1
         assert _git(site.desired, "rev-parse", "HEAD") == local
         assert site.live("gamma") is None
