@@ -48,6 +48,7 @@ from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.planner import desired_fingerprint
 from reconciler.core.planner import plan as make_plan
+from reconciler.executor import recover_challenges
 from reconciler.fsutil import try_lock
 from reconciler.loader import InvalidDesiredState, load
 from reconciler.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
@@ -113,11 +114,12 @@ def recover(world: Any) -> dict[str, int]:
     * the temporary files and folders of interrupted atomic writes are removed (state dir, PEM
       stores, task outputs, emulated IIS roots): no file is ever half-written, and nothing is left behind;
     * vault folders whose issuance never reached the index are removed;
+    * ACME challenge files and DNS records an interrupted order left answerable are removed;
     * a torn last line of an append-only log gets its newline, so the next append is not lost;
     * a journal over 8 MiB is rotated (all its entries are closed by then).
     """
     state: StateDir = world.state
-    counts = {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0}
+    counts = {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0, "challenges": 0}
     for entry in state.unfinished():
         counts["unfinished"] += 1
         log.warning("journal.recovered", action=entry.get("action"), run=entry.get("run"),
@@ -145,6 +147,7 @@ def recover(world: Any) -> dict[str, int]:
     for root in foreign:
         counts["temp"] += _sweep(root, _WRITE_TEMP, recursive=root in own)
     counts["vault"] = _sweep_vault(state)
+    counts["challenges"] = recover_challenges(world)
     for log_file in (state.path / "vault" / "index.jsonl", state.path / "attempts.jsonl",
                      state.path / "deployments.jsonl", state.path / "journal.jsonl"):
         counts["torn"] += _mend(log_file)

@@ -30,6 +30,16 @@ BACKOFF_CAP = timedelta(hours=24)
 VERIFY_SETTLE = 5.0  # seconds a verify endpoint may take to serve the new certificate after a reload
 
 
+def recover_challenges(world: World) -> int:
+    """Remove ACME challenge files and DNS records that an interrupted order left answerable."""
+    removed = 0
+    for issuer in world.issuers.values():
+        recover = getattr(issuer, "recover_challenges", None)
+        if recover is not None:
+            removed += int(recover())
+    return removed
+
+
 def backoff(failures: int) -> timedelta:
     """1 h after the first failure, doubling, at most 24 h."""
     delay: timedelta = BACKOFF_START * (2 ** max(0, failures - 1))

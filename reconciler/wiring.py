@@ -103,3 +103,9 @@ class _LazyIssuer:
     def renewal_window(self, cert_pem: bytes) -> Any:
         fn = getattr(self.backend, "renewal_window", None)
         return fn(cert_pem) if fn else None
+
+    def recover_challenges(self) -> int:
+        """Clean up challenges an interrupted order left behind (cheap when there are none: no backend built)."""
+        if self.spec.acme is None or not (self.state_path / "acme" / self.name / "challenges.jsonl").exists():
+            return 0
+        return int(self.backend.recover_challenges())

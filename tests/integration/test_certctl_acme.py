@@ -373,3 +373,53 @@ def test_twenty_certificates_in_parallel_one_order_each(ws: Workspace, run_cli: 
         running += step
         most = max(most, running)
     assert 4 <= most <= 8, most
+
+
+def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
+        ws: Workspace, run_cli: RunCli, public_bind: Bind, pebble_public_bind: Pebble, challtestsrv: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash mid-order must not leave a challenge record behind: the next apply removes it, then issues."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    zone = public_bind.zone
+    monkeypatch.setenv(TSIG_ENV, public_bind.secret)
+    solver = f"""\
+    solvers:
+      - dns01:
+          rfc2136:
+            server: {public_bind.address}
+            zone: {zone}
+            tsigKeyName: {public_bind.key_name}
+            tsigAlgorithm: {public_bind.algorithm}
+            tsigSecret: {{fromEnv: {TSIG_ENV}}}
+            nameservers: ["%s"]
+            propagationTimeout: %s
+"""
+    # first: a name server that never shows the record, so the order waits for propagation ...
+    write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
+               solver % (challtestsrv.dns_address, "120s"))
+    add_cert(ws, "crashy", [f"crashy.{zone}"])
+    record = f"_acme-challenge.crashy.{zone}"
+    process = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-d", str(ws.desired)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    try:
+        wait_until(lambda: public_bind.txt(record) != set(), timeout=30, what="the challenge record in BIND")
+    finally:
+        process.send_signal(signal.SIGKILL)  # ... and dies in the middle of it
+        process.wait(10)
+    assert public_bind.txt(record) != set(), "the crash left the record (what recovery must remove)"
+    pending = (ws.state / "acme" / "pebble" / "challenges.jsonl").read_text()
+    assert record.removeprefix("_acme-challenge.") in pending
+
+    # the next apply (with a name server that does show it) first removes the leftover, then issues
+    write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
+               solver % (public_bind.address, "10s"))
+    code, out, err = run_cli("apply", "-d", str(ws.desired))
+    assert code == 0, out + err
+    assert public_bind.txt(record) == set()
+    assert AcmeIssuer("pebble", load(ws.desired, revision=False).issuers["pebble"].spec.acme,  # type: ignore[arg-type]
+                      ws.state).challenges.read() == {}
+    assert StateDir(ws.state).issued_for("crashy")

@@ -14,7 +14,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from reconciler.adapters.acme.solvers import DNS01, SolverError, build_solver, c
 from reconciler.core import spec as specs
 from reconciler.ports import ChallengeTask, IssueError, IssueRequest, Material, RenewalWindow, Solver
 from reconciler.secrets import SecretError, resolve
+from reconciler.statedir import KeyedLog
 
 log = structlog.get_logger()
 
@@ -130,6 +131,9 @@ class AcmeIssuer:
         self.accounts = AccountStore(self.folder)
         self.ari = AriIndex(self.folder / "ari.json")
         self._solvers: list[Solver] = [build_solver(s, environ) for s in spec.solvers]
+        # Every challenge made answerable is written here first and removed once cleaned up, so a crash
+        # or kill -9 in the middle of an order never leaves a challenge file or DNS record behind.
+        self.challenges = KeyedLog(self.folder / "challenges.jsonl")
         self._verify: bool | str = spec.caBundle if spec.caBundle else True
         self._timeout = spec.timeout.total_seconds()
         self._lock = threading.Lock()  # guards the dicts below
@@ -334,6 +338,7 @@ class AcmeIssuer:
             for index, tasks in groups.items():
                 solver = self._solvers[index]
                 prepared.append((solver, tasks))
+                self._remember(index, tasks)
                 bound.info("acme.challenge.preparing", solver=repr(solver), domains=[t.domain for t in tasks])
                 solver.prepare(tasks)
             for item in pending:
@@ -345,7 +350,34 @@ class AcmeIssuer:
                 try:
                     solver.cleanup(tasks)
                 except Exception as exc:  # noqa: BLE001 - cleanup must not hide the order's own outcome
-                    bound.error("acme.challenge.cleanup_failed", solver=repr(solver), error=str(exc))
+                    bound.error("acme.challenge.cleanup_failed", solver=repr(solver), error=str(exc),
+                                note="kept in challenges.jsonl; the next apply or daemon pass cleans it up")
+                else:
+                    for task in tasks:
+                        self.challenges.delete(_challenge_key(task))
+
+    def _remember(self, index: int, tasks: list[ChallengeTask]) -> None:
+        solver = self.spec.solvers[index].model_dump(mode="json", by_alias=True, exclude_none=True)
+        for task in tasks:
+            self.challenges.set(_challenge_key(task), {"solver": solver, "task": asdict(task)})
+
+    def recover_challenges(self) -> int:
+        """Clean up the challenges a crashed process left answerable; returns how many were removed."""
+        removed = 0
+        for key, record in sorted(self.challenges.read().items()):
+            task = ChallengeTask(**record["task"])
+            try:
+                solver = build_solver(specs.Solver.model_validate(record["solver"]), self.environ)
+                solver.cleanup([task])
+            except Exception as exc:  # noqa: BLE001 - reported and kept: the next pass tries again
+                log.warning("acme.challenge.recovery_failed", issuer=self.name, domain=task.domain, kind=task.kind,
+                            error=str(exc))
+                continue
+            self.challenges.delete(key)
+            removed += 1
+            log.warning("acme.challenge.recovered", issuer=self.name, domain=task.domain, kind=task.kind,
+                        note="left by an interrupted order; removed")
+        return removed
 
     def _wait_authorizations(self, session: _Session, pending: list[_Pending], deadline: float) -> None:
         waiting = {item.url: item for item in pending}
@@ -546,6 +578,10 @@ class AcmeIssuer:
 
 
 # --- helpers -----------------------------------------------------------------------------------------
+
+
+def _challenge_key(task: ChallengeTask) -> str:
+    return f"{task.kind}|{task.domain}|{task.token}"
 
 
 def normalize_url(url: str) -> str:
