@@ -57,7 +57,11 @@ def _short(thumbprint: str | None) -> str:
 
 
 def entry_key(binding: Binding) -> tuple[str, str]:
-    """(kind, key) of the HTTP.sys entry an https binding uses (IIS.md §1; derived, never stored)."""
+    """(kind, key) of the HTTP.sys entry an https binding uses (IIS.md §1; derived, never stored).
+
+    CCS bit → ``ccs``/``<port>`` (also with SNI: a CCS binding has no hash, its certificate is a file);
+    SNI bit → ``hostnameport``/``<host>:<port>``; otherwise ``ipport``/``<ip or 0.0.0.0>:<port>``.
+    """
     if binding.ccs:
         return "ccs", str(binding.port)
     if binding.sni:
@@ -67,6 +71,7 @@ def entry_key(binding: Binding) -> tuple[str, str]:
 
 
 def normalize_key(kind: str, key: str) -> str:
+    """A comparable form of an HTTP.sys entry key: host names lower-cased, IPv6 addresses compressed."""
     key = key.strip().lower()
     if kind == "ipport" and key.startswith("["):
         addr, _, port = key[1:].partition("]:")

@@ -25,7 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from reconciler.adapters.iis.appconfig import make_binding, same_binding
-from reconciler.adapters.iis.httpsys import SslRecord, entry_for, normalize_key
+from reconciler.adapters.iis.httpsys import SslRecord, entry_for
+from reconciler.core.iis_rules import normalize_key
 from reconciler.core.model import IIS_APPID, Binding, Site
 from reconciler.ports import BindingChange
 

@@ -7,14 +7,14 @@ them lower-case.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.core.model import IIS_APPID, Binding, HttpSysEntry
+from reconciler.core.iis_rules import entry_key, normalize_key
+from reconciler.core.model import IIS_APPID, HttpSysEntry
 
 FILE_NAME = "httpsys.json"
 KINDS = ("ipport", "hostnameport", "ccs")
@@ -65,30 +65,8 @@ def normalize_hash(value: str | None) -> str | None:
     return value.upper() if value and value.lower() != "(null)" else None
 
 
-def normalize_key(kind: str, key: str) -> str:
-    """A comparable form of an entry key: host names lower-cased, IPv6 addresses compressed."""
-    key = key.strip().lower()
-    if kind == "ipport" and key.startswith("["):
-        addr, _, port = key[1:].partition("]:")
-        try:
-            return f"[{ipaddress.IPv6Address(addr).compressed}]:{port}"
-        except ValueError:
-            return key
-    return key
-
-
-def entry_for(binding: Binding) -> tuple[str, str]:
-    """(kind, key) of the HTTP.sys entry an https binding uses (derived, never stored on the binding).
-
-    CCS bit → ``ccs``/``<port>`` (also with SNI: a CCS binding has no hash, its certificate is a file);
-    SNI bit → ``hostnameport``/``<host>:<port>``; otherwise ``ipport``/``<ip or 0.0.0.0>:<port>``.
-    """
-    if binding.ccs:
-        return "ccs", str(binding.port)
-    if binding.sni:
-        return "hostnameport", f"{binding.host.lower()}:{binding.port}"
-    ip = "0.0.0.0" if binding.ip in ("*", "") else binding.ip
-    return "ipport", normalize_key("ipport", f"{ip}:{binding.port}")
+# Which HTTP.sys entry a binding uses is one rule, kept in the pure core and shared with the planner.
+entry_for = entry_key
 
 
 def find(records: Iterable[SslRecord], kind: str, key: str) -> SslRecord | None:
