@@ -49,7 +49,7 @@ from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.planner import desired_fingerprint
 from reconciler.core.planner import plan as make_plan
 from reconciler.executor import recover_challenges
-from reconciler.fsutil import try_lock
+from reconciler.fsutil import acquire
 from reconciler.loader import InvalidDesiredState, load
 from reconciler.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
 from reconciler.statedir import LockBusy, StateDir
@@ -78,24 +78,13 @@ def _utcnow() -> datetime:
 
 def hold_daemon_lock(state_path: Path, directory: Path) -> int:
     """flock ``<state>/daemon.lock`` for the life of the process (the OS releases it on any exit, even kill -9)."""
-    state_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = state_path / "daemon.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        taken = try_lock(fd)
-    except OSError:
-        os.close(fd)
-        raise
-    if not taken:
-        holder = path.read_text(errors="replace").strip() or "another process"
-        os.close(fd)
+    fd, holder = acquire(state_path / "daemon.lock", 0, f"pid {os.getpid()}, daemon since "
+                         f"{_utcnow().strftime('%Y-%m-%dT%H:%M:%SZ')}, desired state {directory}")
+    if holder is not None:
         raise DaemonBusy(
             f"another certctl daemon is already running on the state dir {state_path} ({holder}); "
             "only one daemon may run per state dir. Stop it first (systemctl stop certctl, or kill that pid)."
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"pid {os.getpid()}, daemon since {_utcnow().strftime('%Y-%m-%dT%H:%M:%SZ')}, "
-                 f"desired state {directory}".encode())
+        )
     return fd
 
 

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -87,3 +88,26 @@ def unlock(fd: int) -> None:
             msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
         return
     fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def acquire(path: Path, wait: float, holder: str) -> tuple[int, str | None]:
+    """Open ``path`` and lock it, retrying for up to ``wait`` seconds; write ``holder`` into it once held.
+
+    Returns (fd, None) when held, or (-1, what the holder wrote) when another process keeps it.
+    The lock ends with the process, whatever way it ends (kill -9 included).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    try:
+        while not try_lock(fd):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return -1, path.read_text(errors="replace").strip() or "another process"
+            time.sleep(0.1)
+    except OSError:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.write(fd, holder.encode())
+    return fd, None

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from typing import Any
 
 from reconciler import pki
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
-from reconciler.fsutil import atomic_write, try_lock, unlock
+from reconciler.fsutil import acquire, atomic_write, unlock
 from reconciler.ports import Material
 
 
@@ -157,27 +156,13 @@ class StateDir:
     @contextlib.contextmanager
     def lock(self, wait: float = 10.0, purpose: str = "apply") -> Iterator[None]:
         """Hold the state dir's lock; wait up to ``wait`` seconds, then raise LockBusy naming the holder."""
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_path = self.path / "lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                if try_lock(fd):
-                    break
-            except OSError:
-                os.close(fd)
-                raise
-            if time.monotonic() >= deadline:
-                holder = lock_path.read_text(errors="replace").strip() or "another process"
-                os.close(fd)
-                raise LockBusy(
-                    f"another certctl holds the lock on {self.path} ({holder}); waited {wait:g}s. "
-                    "Only one certctl may apply at a time; try again when it has finished."
-                ) from None
-            time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()}, {purpose} since {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}".encode())
+        fd, holder = acquire(self.path / "lock", wait,
+                             f"pid {os.getpid()}, {purpose} since {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        if holder is not None:
+            raise LockBusy(
+                f"another certctl holds the lock on {self.path} ({holder}); waited {wait:g}s. "
+                "Only one certctl may apply at a time; try again when it has finished."
+            )
         self._lock_fd = fd
         try:
             yield
