@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,19 +13,10 @@ import structlog
 
 from reconciler.cli import main
 from reconciler.statedir import StateDir
+from tests.fixtures.iis import make_sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 
-
-def _load_make_sample() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("iis_make_sample_apply", FIXTURES / "make_sample.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_sample = _load_make_sample()
 
 BASE = """\
 apiVersion: certctl/v1

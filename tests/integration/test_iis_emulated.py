@@ -4,7 +4,6 @@ all-or-nothing writes."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -12,7 +11,6 @@ import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
@@ -21,20 +19,11 @@ from reconciler.adapters.iis.emulated import INTENT_FILE, EmulatedHost, IisHostE
 from reconciler.adapters.iis.httpsys import entry_for, parse_netsh, render_netsh
 from reconciler.core.model import IIS_APPID, HostState, SiteState
 from reconciler.ports import BindingChange, BindingHost
+from tests.fixtures.iis import make_sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load_make_sample() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("iis_make_sample", FIXTURES / "make_sample.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_sample = _load_make_sample()
 
 
 @pytest.fixture(scope="session")

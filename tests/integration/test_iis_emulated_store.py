@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from reconciler.adapters.iis.emulated import EmulatedHost, StoreError, friendly_name, managed_by
 from reconciler.pki import info_from_pem
 from reconciler.ports import BindingChange, Material, Store
+from tests.fixtures.iis import make_sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
-
-def _load_make_sample() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("iis_make_sample_store", FIXTURES / "make_sample.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_sample = _load_make_sample()
 
 
 @pytest.fixture(scope="session")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,20 +13,11 @@ import structlog
 
 from reconciler.cli import main
 from reconciler.loader import load
+from tests.fixtures.iis import make_sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 AT = "2026-03-01"  # the sample's certificates run from 2026-01-01 to 2026-12-31: valid and not yet due then
 
-
-def _load_make_sample() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("iis_make_sample_import", FIXTURES / "make_sample.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_sample = _load_make_sample()
 
 BASE = """\
 apiVersion: certctl/v1
