@@ -78,11 +78,11 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
     (out / ".keep-me.tmp").write_text("not certctl's")  # another tool's file in a task folder
     task = SimpleNamespace(files=SimpleNamespace(path=str(out)), pfx=None, ccs=None)
     world = SimpleNamespace(
-        state=state, stores={"pem": SimpleNamespace(path=store)}, hosts={},
+        state=state, stores={"pem": SimpleNamespace(path=store)}, hosts={}, issuers={},
         desired=SimpleNamespace(certificates={"a": SimpleNamespace(spec=SimpleNamespace(tasks=[task]))}),
     )
     counts = recover(world)
-    assert counts == {"unfinished": 1, "temp": 5, "vault": 1, "torn": 1}
+    assert counts == {"unfinished": 1, "temp": 5, "vault": 1, "torn": 1, "challenges": 0}
     assert state.unfinished() == []
     assert not (state.path / "vault" / "a").exists()
     assert sorted(os.listdir(out)) == [".keep-me.tmp"]
