@@ -90,7 +90,7 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
     assert (state.path / "attempts.jsonl").read_text().endswith("\n")
     state.update_attempts("c", consecutive_failures=2)
     assert state.attempts()["c"].consecutive_failures == 2, "the append after a torn line is not lost"
-    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0}
+    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0, "challenges": 0}
 
 
 def test_metrics_gauges_follow_status_rows() -> None:
