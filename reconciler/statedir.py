@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler import pki
+from reconciler.cache import PickleCache, file_key
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
 from reconciler.fsutil import acquire, atomic_write, unlock
 from reconciler.ports import Material
@@ -193,7 +194,18 @@ class StateDir:
         return self.path / "vault"
 
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
-        return {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
+        """Every issued version; built from the index log once per change of it (cached as a pickle)."""
+        try:
+            key = file_key(os.stat(self._vault_index.path))
+        except FileNotFoundError:
+            return {}
+        cache = PickleCache(self.path / "cache", "vault-index")
+        hit = cache.load()
+        if hit.get("key") == key:
+            return dict(hit["issued"])
+        issued = {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
+        cache.save({"key": key, "issued": issued})
+        return issued
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
         return self._versions(name, self._vault_index.get(name) or {})

@@ -43,18 +43,22 @@ def describe_target(action_json: dict[str, Any]) -> str:
     return target
 
 
+def _shown(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The actions and notes as in the JSON plan (only these: a plan of 10,000 certificates renders fast)."""
+    return [a.to_json() for a in plan.actions], [n.to_json() for n in plan.notes]
+
+
 def text(plan: Plan) -> str:
-    data = plan.to_json()
+    actions_json, notes = _shown(plan)
     lines: list[str] = []
     by_cert: dict[str, list[dict[str, Any]]] = {}
-    for action in data["actions"]:
+    for action in actions_json:
         by_cert.setdefault(action["certificate"], []).append(action)
     for name, actions in by_cert.items():
         lines.append(f"certificate {name}:")
         for a in actions:
             lines.append(f"  {_SYMBOL[ActionKind(a['kind'])]} {a['kind']:<8} {describe_target(a)}")
             lines.append(f"             because {a['reason']}")
-    notes = data["notes"]
     if notes:
         if lines:
             lines.append("")
@@ -69,19 +73,19 @@ def text(plan: Plan) -> str:
 
 
 def markdown(plan: Plan) -> str:
-    data = plan.to_json()
+    actions_json, notes = _shown(plan)
     out = ["### certctl plan", ""]
-    rev = data["source"]["revision"]
-    out.append(f"As of `{data['at']}` for `{data['source']['dir']}`" + (f" at `{rev[:12]}`" if rev else "") + ".")
+    rev = plan.revision
+    out.append(f"As of `{iso(plan.at)}` for `{plan.directory}`" + (f" at `{rev[:12]}`" if rev else "") + ".")
     out.append("")
-    if data["actions"]:
+    if actions_json:
         out += ["| certificate | action | target | reason |", "|---|---|---|---|"]
-        for a in data["actions"]:
+        for a in actions_json:
             out.append(f"| `{a['certificate']}` | **{a['kind']}** | {_md(describe_target(a))} | {_md(a['reason'])} |")
         out.append("")
-    if data["notes"]:
+    if notes:
         out += ["<details><summary>Left alone (reported, not changed)</summary>", ""]
-        for n in data["notes"]:
+        for n in notes:
             out.append(f"- `{n['target']}`: {_md(n['message'])}")
         out += ["", "</details>", ""]
     out.append(f"**{summary_line(plan)}**")
