@@ -39,6 +39,22 @@ def http01(port: int) -> str:
     return f"    solvers:\n      - http01: {{standalone: {{address: 127.0.0.1, port: {port}}}}}\n"
 
 
+def dns01(bind: Bind, nameserver: str, propagation: str) -> str:
+    """A dns01 solver updating ``bind`` with TSIG and waiting for the record on ``nameserver``."""
+    return f"""\
+    solvers:
+      - dns01:
+          rfc2136:
+            server: {bind.address}
+            zone: {bind.zone}
+            tsigKeyName: {bind.key_name}
+            tsigAlgorithm: {bind.algorithm}
+            tsigSecret: {{fromEnv: {TSIG_ENV}}}
+            nameservers: ["{nameserver}"]
+            propagationTimeout: {propagation}
+"""
+
+
 def write_base(ws: Workspace, directory_url: str, ca_bundle: str, solvers: str, *, concurrency: int = 8) -> None:
     ws.write("base.yaml", f"""\
 apiVersion: certctl/v1
@@ -322,19 +338,8 @@ def test_wildcard_and_apex_through_bind(ws: Workspace, run_cli: RunCli, public_b
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     zone = public_bind.zone
     monkeypatch.setenv(TSIG_ENV, public_bind.secret)
-    solvers = f"""\
-    solvers:
-      - dns01:
-          rfc2136:
-            server: {public_bind.address}
-            zone: {zone}
-            tsigKeyName: {public_bind.key_name}
-            tsigAlgorithm: {public_bind.algorithm}
-            tsigSecret: {{fromEnv: {TSIG_ENV}}}
-            nameservers: ["{public_bind.address}"]
-            propagationTimeout: 10s
-"""
-    write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle, solvers)
+    write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
+               dns01(public_bind, public_bind.address, "10s"))
     add_cert(ws, "wild", [f"*.{zone}", zone])
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
@@ -386,21 +391,9 @@ def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
 
     zone = public_bind.zone
     monkeypatch.setenv(TSIG_ENV, public_bind.secret)
-    solver = f"""\
-    solvers:
-      - dns01:
-          rfc2136:
-            server: {public_bind.address}
-            zone: {zone}
-            tsigKeyName: {public_bind.key_name}
-            tsigAlgorithm: {public_bind.algorithm}
-            tsigSecret: {{fromEnv: {TSIG_ENV}}}
-            nameservers: ["%s"]
-            propagationTimeout: %s
-"""
     # first: a name server that never shows the record, so the order waits for propagation ...
     write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
-               solver % (challtestsrv.dns_address, "120s"))
+               dns01(public_bind, challtestsrv.dns_address, "120s"))
     add_cert(ws, "crashy", [f"crashy.{zone}"])
     record = f"_acme-challenge.crashy.{zone}"
     process = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-d", str(ws.desired)],
@@ -416,7 +409,7 @@ def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
 
     # the next apply (with a name server that does show it) first removes the leftover, then issues
     write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
-               solver % (public_bind.address, "10s"))
+               dns01(public_bind, public_bind.address, "10s"))
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
     assert public_bind.txt(record) == set()
