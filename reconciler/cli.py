@@ -14,7 +14,7 @@ import structlog
 
 from reconciler import __version__
 from reconciler.core import render
-from reconciler.core.durations import iso, parse_time
+from reconciler.core.durations import parse_time
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import Plan, action_from_json
 from reconciler.core.planner import desired_fingerprint, with_fingerprints
@@ -22,6 +22,7 @@ from reconciler.core.planner import plan as make_plan
 from reconciler.loader import InvalidDesiredState, load
 from reconciler.logging import configure
 from reconciler.statedir import LockBusy, StateDir
+from reconciler.status import status_document, status_rows
 
 log = structlog.get_logger()
 
@@ -59,11 +60,9 @@ def _world(args: argparse.Namespace, desired: DesiredState) -> Any:
 
 
 def _observe(world: Any, now: datetime | None = None, *, locked: bool = False) -> Any:
-    from reconciler.observe import observe
-    from reconciler.renewalinfo import refresh_renewal_info
+    from reconciler.observe import observe_current
 
-    refresh_renewal_info(world, now or _now(), locked=locked)  # ACME ARI windows, kept in the state dir
-    return observe(world)
+    return observe_current(world, now or _now(), locked=locked)
 
 
 # --- commands ---------------------------------------------------------------------------------------------
@@ -116,10 +115,9 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
             plan = _saved_plan(Path(args.planfile), desired, observed)
         else:
             plan = make_plan(desired, observed, _now(), forced)
-        if not plan.changes:
-            sys.stdout.write(render.text(plan))
-            return EXIT_OK
         sys.stdout.write(render.text(plan))
+        if not plan.changes:
+            return EXIT_OK
         sys.stdout.flush()
         return _execute(args, world, plan)
 
@@ -188,28 +186,14 @@ def cmd_renew(args: argparse.Namespace) -> int:
     return cmd_apply(args, forced=frozenset({args.name}))
 
 
-def status_rows(desired: DesiredState, observed: Any, at: datetime, plan: Plan | None = None) -> list[dict[str, Any]]:
-    plan = plan or make_plan(desired, observed, at)
-    rows = []
-    for summary in plan.certificates:
-        row = summary.to_json()
-        attempts = observed.attempts.get(summary.name)
-        row["last_attempt"] = iso(attempts.last_attempt) if attempts else None
-        row["last_success"] = iso(attempts.last_success) if attempts else None
-        row["pending_actions"] = [a.id for a in plan.actions if a.certificate == summary.name]
-        rows.append(row)
-    return rows
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
-    rows = status_rows(desired, _observe(world), _now())
+    now = _now()
+    rows = status_rows(desired, _observe(world, now), now)
     applied = world.state.applied()
     if args.json:
-        payload = {"at": iso(_now()), "source": {"dir": desired.directory, "revision": desired.revision},
-                   "applied": applied, "certificates": rows}
-        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        sys.stdout.write(json.dumps(status_document(desired, rows, applied, now), indent=2) + "\n")
     else:
         sys.stdout.write(render.status_text(rows))
         if applied:

@@ -515,10 +515,9 @@ class Daemon:
         return self._world
 
     def _pass(self, desired: DesiredState, maintenance: bool) -> int:
-        from reconciler.cli import status_rows
         from reconciler.executor import Executor, Outcome
-        from reconciler.observe import observe
-        from reconciler.renewalinfo import refresh_renewal_info
+        from reconciler.observe import observe, observe_current
+        from reconciler.status import status_document, status_rows
 
         assert self.state is not None
         world = self._world_for(desired)
@@ -526,8 +525,7 @@ class Daemon:
         with self.state.lock(wait=LOCK_WAIT, purpose="daemon reconcile"):
             if maintenance:
                 recover(world)
-            refresh_renewal_info(world, _utcnow(), locked=True)  # ACME ARI windows (honours the CA's Retry-After)
-            observed = observe(world)
+            observed = observe_current(world, _utcnow(), locked=True)
             now = _utcnow()
             plan = make_plan(desired, observed, now)
             todo = plan if maintenance else without_cleanup(plan)
@@ -563,8 +561,7 @@ class Daemon:
         self.due = next_due(plan, observed, now, warning)
         self.metrics.certificates(rows, now)
         self.metrics.revision(desired.revision)
-        self.status_doc = {"at": iso(now), "source": {"dir": desired.directory, "revision": desired.revision},
-                           "applied": applied_doc, "certificates": rows}
+        self.status_doc = status_document(desired, rows, applied_doc, now)
         if notify.webhook or notify.email:
             self._notify(desired, rows, now)
         return failed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import structlog
 
@@ -47,6 +48,15 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
         issuer_ids={n: i.identity() for n, i in world.issuers.items()},
         made_bindings=world.state.made_bindings(),
     )
+
+
+def observe_current(world: World, now: datetime, *, locked: bool = False, probe: bool = True) -> ObservedState:
+    """Observe after bringing the ACME renewal windows (ARI) up to date: what plan, apply, status and
+    the daemon do before planning."""
+    from reconciler.renewalinfo import refresh_renewal_info
+
+    refresh_renewal_info(world, now, locked=locked)
+    return observe(world, probe=probe)
 
 
 def _probe_all(world: World) -> list[EndpointState]:
