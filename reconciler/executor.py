@@ -9,6 +9,7 @@ import contextlib
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -98,31 +99,43 @@ class Executor:
             state.journal("recovered", run=entry.get("run"), action=entry.get("action"))
         actions = {a.id: a for a in plan.actions}
         outcomes: dict[str, Outcome] = {}
-        pending = dict(actions)
+        # Each action waits for the count of its dependencies still open; a dependency that did not
+        # succeed skips its dependents (and theirs). Linear in the plan's size.
+        waiting: dict[str, int] = {}
+        dependents: dict[str, list[str]] = {}
+        for action in plan.actions:
+            deps = [d for d in action.depends_on if d in actions]
+            waiting[action.id] = len(deps)
+            for dep in deps:
+                dependents.setdefault(dep, []).append(action.id)
+        ready = deque(a.id for a in plan.actions if waiting[a.id] == 0)
+
+        def settle(outcome: Outcome) -> None:
+            self._finish(outcome, outcomes)
+            for child in dependents.get(outcome.action.id, ()):
+                if child in outcomes:
+                    continue
+                if outcome.status != "done":
+                    settle(Outcome(actions[child], "skipped", f"skipped because {outcome.action.id} did not succeed"))
+                else:
+                    waiting[child] -= 1
+                    if waiting[child] == 0:
+                        ready.append(child)
+
         running: dict[Future[Outcome], str] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="certctl-apply") as pool:
-            while pending or running:
-                for action_id in sorted(pending):
-                    action = pending[action_id]
-                    deps = [d for d in action.depends_on if d in actions]
-                    if any(d in outcomes and outcomes[d].status != "done" for d in deps):
-                        failed = next(d for d in deps if outcomes.get(d) and outcomes[d].status != "done")
-                        outcome = Outcome(action, "skipped", f"skipped because {failed} did not succeed")
-                        self._finish(outcome, outcomes)
-                        del pending[action_id]
-                    elif self.stop_requested.is_set():
-                        outcome = Outcome(action, "skipped", "skipped: certctl is stopping")
-                        self._finish(outcome, outcomes)
-                        del pending[action_id]
-                    elif all(d in outcomes for d in deps):
-                        running[pool.submit(self._run_one, action)] = action_id
-                        del pending[action_id]
-                if not running:
-                    continue
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    running.pop(future)
-                    self._finish(future.result(), outcomes)
+            while ready or running:
+                while ready:
+                    action = actions[ready.popleft()]
+                    if self.stop_requested.is_set():
+                        settle(Outcome(action, "skipped", "skipped: certctl is stopping"))
+                    else:
+                        running[pool.submit(self._run_one, action)] = action.id
+                if running:
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        running.pop(future)
+                        settle(future.result())
         result = ApplyResult([outcomes[a.id] for a in plan.actions])
         result.verify_failures = self._verify(plan, result)
         return result
