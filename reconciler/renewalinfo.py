@@ -114,12 +114,13 @@ def fetch_all(jobs: list[_Job], now: datetime, workers: int = WORKERS) -> list[F
 
 def store(world: World, results: list[Fetched], now: datetime) -> None:
     state = world.state
+    known = state.attempts()  # read once: one lookup per result below
     for r in results:
         changes: dict[str, object] = {"ari_for": r.thumbprint, "ari_fetched_at": now, "ari_next_fetch": r.next_fetch}
         if r.window is not None:
             changes.update(ari_window_start=r.window.start, ari_window_end=r.window.end)
         else:
-            seen = state.attempts().get(r.certificate)
+            seen = known.get(r.certificate)
             if seen is None or seen.ari_for != r.thumbprint:  # keep a window already known for this version
                 changes.update(ari_window_start=None, ari_window_end=None)
         state.update_attempts(r.certificate, **changes)
