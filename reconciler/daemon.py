@@ -109,11 +109,7 @@ def recover(world: Any) -> dict[str, int]:
     """
     state: StateDir = world.state
     counts = {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0, "challenges": 0}
-    for entry in state.unfinished():
-        counts["unfinished"] += 1
-        log.warning("journal.recovered", action=entry.get("action"), run=entry.get("run"),
-                    note="a previous apply stopped during this action; what it left is observed afresh and redone")
-        state.journal("recovered", run=entry.get("run"), action=entry.get("action"), by="daemon")
+    counts["unfinished"] = len(state.close_unfinished(by="daemon"))
     own = [state.path]
     foreign: list[Path] = []
     for store in world.stores.values():
@@ -140,24 +136,9 @@ def recover(world: Any) -> dict[str, int]:
     for log_file in (state.path / "vault" / "index.jsonl", state.path / "attempts.jsonl",
                      state.path / "deployments.jsonl", state.path / "journal.jsonl"):
         counts["torn"] += _mend(log_file)
-    _rotate(state.path / "journal.jsonl")
     if any(counts.values()):
         log.warning("recovery.done", **counts)
     return counts
-
-
-JOURNAL_ROTATE_BYTES = 8 << 20
-
-
-def _rotate(journal: Path) -> None:
-    """Every entry is closed once recovery has run: a large journal moves to journal.1.jsonl (one generation kept)."""
-    try:
-        if journal.stat().st_size < JOURNAL_ROTATE_BYTES:
-            return
-    except FileNotFoundError:
-        return
-    os.replace(journal, journal.with_name("journal.1.jsonl"))
-    log.info("journal.rotated", path=str(journal))
 
 
 def _sweep(root: Path, pattern: re.Pattern[str], *, recursive: bool) -> int:

@@ -93,10 +93,7 @@ class Executor:
 
     def run(self, plan: Plan) -> ApplyResult:
         state = self.world.state
-        for entry in state.unfinished():
-            log.warning("journal.recovered", action=entry.get("action"), run=entry.get("run"),
-                        note="a previous apply stopped during this action; the plan was made from what is there now")
-            state.journal("recovered", run=entry.get("run"), action=entry.get("action"))
+        state.close_unfinished(by="apply")
         actions = {a.id: a for a in plan.actions}
         outcomes: dict[str, Outcome] = {}
         # Each action waits for the count of its dependencies still open; a dependency that did not

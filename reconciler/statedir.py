@@ -27,11 +27,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from reconciler import pki
 from reconciler.cache import PickleCache, file_key
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
 from reconciler.fsutil import acquire, atomic_write, unlock
 from reconciler.ports import Material
+
+JOURNAL_ROTATE_BYTES = 8 << 20
+log = structlog.get_logger()
 
 
 class LockBusy(Exception):
@@ -356,6 +361,21 @@ class StateDir:
             with contextlib.suppress(ValueError):
                 out.append(json.loads(line))  # a torn last line after a crash is skipped
         return out
+
+    def close_unfinished(self, by: str) -> list[dict[str, Any]]:
+        """Close every action a stopped process left open (intent without outcome) as ``recovered``, then
+        rotate a large journal (all its entries are closed by then). Returns the entries closed."""
+        entries = self.unfinished()
+        for entry in entries:
+            log.warning("journal.recovered", action=entry.get("action"), run=entry.get("run"),
+                        note="a previous apply stopped during this action; what it left is observed afresh and redone")
+            self.journal("recovered", run=entry.get("run"), action=entry.get("action"), by=by)
+        journal = self.path / "journal.jsonl"
+        with contextlib.suppress(FileNotFoundError):
+            if journal.stat().st_size >= JOURNAL_ROTATE_BYTES:
+                os.replace(journal, journal.with_name("journal.1.jsonl"))  # one generation kept
+                log.info("journal.rotated", path=str(journal))
+        return entries
 
     def unfinished(self) -> list[dict[str, Any]]:
         """Actions whose intent is journaled without an outcome (the process died in between)."""
