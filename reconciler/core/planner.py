@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -11,6 +11,7 @@ from reconciler.core import iis_rules
 from reconciler.core.durations import humanize, iso
 from reconciler.core.model import (
     DesiredState,
+    EndpointState,
     IssuedVersion,
     Named,
     ObservedState,
@@ -100,9 +101,12 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
     actions.extend(host_actions)
     notes.extend(host_notes)
 
+    endpoints: dict[str, list[EndpointState]] = {}
+    for endpoint in observed.endpoints:
+        endpoints.setdefault(endpoint.certificate, []).append(endpoint)
     for name in sorted(desired.certificates):
         spec = desired.certificates[name].spec
-        actions.extend(_deploy_actions(name, spec, targets[name], observed))
+        actions.extend(_deploy_actions(name, spec, targets[name], observed, endpoints.get(name, [])))
 
     referenced |= {t.thumbprint for t in observed.tasks.values() if t.thumbprint}
     cleanup, cleanup_notes = _cleanup_actions(desired, observed, targets, referenced, at)
@@ -246,12 +250,12 @@ def _install_actions(name: str, spec: CertificateSpec, target: Target, index: St
     return out
 
 
-def _deploy_actions(name: str, spec: CertificateSpec, target: Target, observed: ObservedState) -> list[Action]:
+def _deploy_actions(name: str, spec: CertificateSpec, target: Target, observed: ObservedState,
+                    endpoints: Sequence[EndpointState]) -> list[Action]:
     out: list[Action] = []
     if target.thumbprint is None and target.issuance is None:
         return out
-    drift = [e for e in observed.endpoints if e.certificate == name and target.thumbprint
-             and e.thumbprint is not None and e.thumbprint != target.thumbprint]
+    drift = [e for e in endpoints if target.thumbprint and e.thumbprint is not None and e.thumbprint != target.thumbprint]
     for index, task in enumerate(spec.tasks):
         label = f"task/{index}-{task.kind}"
         state = observed.tasks.get((name, index))

@@ -75,21 +75,20 @@ def _check(desired: DesiredState) -> list[Problem]:
 def _iis_claims(desired: DesiredState) -> list[Problem]:
     """Two certificates claiming one host name on one IIS host (or site) with the same precision."""
     problems: list[Problem] = []
-    claims: list[tuple[str, str | None, str, str]] = []  # (host, site or None for auto, domain, certificate)
+    claims: dict[tuple[str, str], list[tuple[str | None, str]]] = {}  # (host, domain) -> [(site or None, cert)]
     for name, cert in sorted(desired.certificates.items()):
         for target in cert.spec.iis:
             if target.mode is IisMode.none:
                 continue
             for d_index, domain in enumerate(cert.spec.domains):
-                for host, site, claimed, owner in claims:
-                    if owner != name and host == target.host and claimed == domain and (
-                        site is None or target.site is None or site == target.site
-                    ):
-                        problems.append(Problem(cert.source, ("spec", "domains", d_index),
-                                                f"certificates {owner} and {name} both claim {domain} on IIS host "
-                                                f"{host} with the same precision; only one may bind it"))
-                        break
-                claims.append((target.host, target.site, domain, name))
+                earlier = claims.setdefault((target.host, domain), [])
+                owner = next((o for site, o in earlier if o != name
+                              and (site is None or target.site is None or site == target.site)), None)
+                if owner is not None:
+                    problems.append(Problem(cert.source, ("spec", "domains", d_index),
+                                            f"certificates {owner} and {name} both claim {domain} on IIS host "
+                                            f"{target.host} with the same precision; only one may bind it"))
+                earlier.append((target.site, name))
     return problems
 
 
