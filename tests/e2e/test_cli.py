@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -238,3 +239,37 @@ def test_key_reuse_keeps_the_key_across_renewals(ws: Workspace, run_cli) -> None
         versions = state.issued_for(name)
         assert len(versions) == 2
         assert (state.material(name, versions[-1].info.thumbprint).key_pem == keys[name]) is same
+
+
+def _apply_on_a_terminal(ws: Workspace, *extra: str) -> str:
+    """Run `certctl apply` with its stdout on a pseudo-terminal, as a person at a shell would."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    env = {**os.environ, "CERTCTL_DIR": str(ws.desired)}
+    process = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", *extra], stdout=terminal,
+                               stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    assert process.wait(60) == 0
+    return b"".join(chunks).decode()
+
+
+def test_apply_shows_progress_on_a_terminal_and_only_events_otherwise(ws: Workspace, run_cli) -> None:
+    three(ws)
+    shown = _apply_on_a_terminal(ws)
+    for action in ("issue/www", "install/www/store/pem", "deploy/www/task/0-files", "issue/legacy"):
+        assert re.search(rf"^\s+ok\s+{re.escape(action)} \(\d+\.\ds\)", shown, re.M), shown
+    ws.certificate("extra", ["extra.example.com"])
+    quiet = _apply_on_a_terminal(ws, "--log-format", "json")
+    assert "certificate extra:" in quiet and not re.search(r"^\s+ok\s+", quiet, re.M)
+    assert "Apply complete: 2 done, 0 failed, 0 skipped." in quiet
