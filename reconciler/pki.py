@@ -77,7 +77,10 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
         subject = ""
     try:
         san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
-        sans = tuple(n.lower() for n in san.get_values_for_type(x509.DNSName))  # type: ignore[attr-defined]
+        sans = tuple(  # in certificate order: DNS names and IP addresses (the local CA issues both)
+            str(entry.value).lower() for entry in san
+            if isinstance(entry, x509.DNSName | x509.IPAddress)
+        )
     except x509.ExtensionNotFound:
         sans = ()
     return CertInfo(

@@ -76,7 +76,9 @@ class LocalCAIssuer:
         not_after = min(now + self.spec.validity, ca_cert.not_valid_after_utc)
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.domains[0])]))
+            # a CN holds at most 64 characters; a longer (valid) first name lives in the SAN alone (RFC 5280)
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.domains[0])]
+                                    if len(request.domains[0]) <= 64 else []))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())

@@ -273,3 +273,15 @@ def test_apply_shows_progress_on_a_terminal_and_only_events_otherwise(ws: Worksp
     quiet = _apply_on_a_terminal(ws, "--log-format", "json")
     assert "certificate extra:" in quiet and not re.search(r"^\s+ok\s+", quiet, re.M)
     assert "Apply complete: 2 done, 0 failed, 0 skipped." in quiet
+
+
+def test_local_ca_names_with_an_ip_address_and_a_long_first_name_converge(ws: Workspace, run_cli) -> None:
+    long_name = ".".join(["a" * 60, "b" * 60, "example.com"])  # a valid name, longer than a CN may be (64)
+    ws.base()
+    ws.certificate("intranet", ["app01.corp", "10.0.0.5"])
+    ws.certificate("long", [long_name])
+    code, out, err = run_cli("apply", "-d", str(ws.desired))
+    assert code == 0, out + err
+    assert StateDir(ws.state).issued_for("intranet")[-1].info.sans == ("app01.corp", "10.0.0.5")
+    assert StateDir(ws.state).issued_for("long")[-1].info.sans == (long_name,)
+    assert run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")[0] == 0
