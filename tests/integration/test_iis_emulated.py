@@ -290,6 +290,16 @@ def test_a_crash_between_the_renames_is_rolled_back_by_the_next_apply(
     assert snapshot(host.root) == before
 
 
+def test_an_intent_whose_backup_is_gone_reads_the_file_itself(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+    """A crash while a finished commit was being discarded must not make the HTTP.sys table look empty
+    (cleanup would then think a bound certificate unused)."""
+    host, _ = machine
+    table = host.observe().httpsys
+    assert table
+    (host.root / INTENT_FILE).write_text(json.dumps([{"file": "httpsys.json", "backup": ".httpsys.json.certctl-bak"}]))
+    assert host.observe().httpsys == table
+
+
 @pytest.fixture
 def readonly_root() -> Iterator[Path]:
     base = Path(tempfile.mkdtemp(prefix="certctl-ro-"))

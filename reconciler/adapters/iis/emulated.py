@@ -125,8 +125,12 @@ class EmulatedHost:
         for item in intent or ():
             if item.get("file") == file:
                 backup = item.get("backup")
-                path = self.root / backup if backup else None
-                return path.read_bytes() if path and path.exists() else None
+                if not backup:
+                    return None  # the file did not exist before that commit
+                path = self.root / backup
+                if path.exists():
+                    return path.read_bytes()
+                break  # the backup is gone (its commit was being discarded): the file itself is current
         path = self.root / file
         return path.read_bytes() if path.exists() else None
 
@@ -322,12 +326,13 @@ class EmulatedHost:
         for tmp, _target in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        with contextlib.suppress(OSError):
+            intent_path.unlink()  # first: an intent must never name backups that are already gone
+        fsync_dir(self.root)
         for item in intent:
             if item.get("backup"):
                 with contextlib.suppress(OSError):
                     (self.root / item["backup"]).unlink()
-        with contextlib.suppress(OSError):
-            intent_path.unlink()
 
     def recover(self) -> bool:
         """Roll back a commit a crash interrupted (True when there was one)."""
