@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from reconciler.core.model import CertInfo
 
@@ -76,7 +76,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
     except ValueError:
         subject = ""
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = tuple(  # in certificate order: DNS names and IP addresses (the local CA issues both)
             str(entry.value).lower() for entry in san
             if isinstance(entry, x509.DNSName | x509.IPAddress)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -229,3 +230,58 @@ def test_choose_chain() -> None:
     assert choose_chain([default, alternate], "Nobody") is default
     assert choose_chain([default, cross], "Old Root Z") is cross
     assert choose_chain([default, cross], "Root Y") is cross  # named inside the chain
+
+
+class _Reply:
+    def __init__(self, doc: dict[str, Any]) -> None:
+        self.doc, self.headers = doc, {}
+
+    def json(self) -> dict[str, Any]:
+        return self.doc
+
+
+class _LostFinalize:
+    """A session whose finalize POST fails (its answer lost) while the order itself is in ``status``."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+
+    def post(self, url: str, obj: Any) -> Any:
+        raise IssueError("POST /finalize: timed out", transient=True)
+
+    def get_as_post(self, url: str) -> _Reply:
+        doc: dict[str, Any] = {"status": self.status, "identifiers": [], "authorizations": [],
+                               "finalize": "https://ca/finalize/1"}
+        if self.status == "valid":
+            doc["certificate"] = "https://ca/cert/1"
+        return _Reply(doc)
+
+
+@pytest.mark.parametrize(("status", "outcome"), [("valid", "certificate"), ("processing", "certificate"),
+                                                  ("ready", "error"), ("invalid", "error")])
+def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(tmp_path: Path, status: str,
+                                                                        outcome: str) -> None:
+    import structlog
+    from acme import messages
+
+    issuer = AcmeIssuer("ca", spec("https://ca/dir"), tmp_path)
+    session = _LostFinalize(status)
+    if status == "processing":  # the CA finishes it a moment later
+        real = session.get_as_post
+        calls = {"n": 0}
+
+        def later(url: str) -> _Reply:
+            calls["n"] += 1
+            session.status = "valid" if calls["n"] > 1 else "processing"
+            return real(url)
+
+        session.get_as_post = later  # type: ignore[method-assign]
+    order = messages.Order.from_json({"status": "ready", "identifiers": [], "authorizations": [],
+                                      "finalize": "https://ca/finalize/1"})
+    run = lambda: issuer._finalize(session, order, "https://ca/order/1", None,  # type: ignore[arg-type]  # noqa: E731
+                                   time.monotonic() + 5, structlog.get_logger())
+    if outcome == "certificate":
+        assert run().certificate == "https://ca/cert/1"
+    else:
+        with pytest.raises(IssueError, match="timed out"):
+            run()

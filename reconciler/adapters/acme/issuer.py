@@ -233,11 +233,7 @@ class AcmeIssuer:
 
         order = self._wait_order(session, order_url, {"ready", "valid"}, deadline)
         if order.status == messages.STATUS_READY:
-            response = session.post(order.finalize, messages.CertificateRequest(csr=csr))
-            order = messages.Order.from_json(response.json())
-            bound.info("acme.order.finalizing")
-            if order.status != messages.STATUS_VALID:
-                order = self._wait_order(session, order_url, {"valid"}, deadline)
+            order = self._finalize(session, order, order_url, csr, deadline, bound)
         if not order.certificate:
             raise IssueError(f"the CA marked order {order_url} valid without a certificate URL", transient=True)
 
@@ -416,6 +412,25 @@ class AcmeIssuer:
             if len(subproblems) > 1:
                 problem = {**problem, "subproblems": subproblems}
             raise IssueError("validation failed: " + "; ".join(failures), transient=False, problem=problem)
+
+    def _finalize(self, session: _Session, order: messages.Order, url: str, csr: Any, deadline: float,
+                  bound: Any) -> messages.Order:
+        """Finalize once. When the answer is lost (a timeout or 5xx retried into orderNotReady), the CA may
+        well have accepted it: ask the order instead of failing, so that certificate is never ordered twice."""
+        try:
+            response = session.post(order.finalize, messages.CertificateRequest(csr=csr))
+            order = messages.Order.from_json(response.json())
+        except Exception as exc:
+            current = messages.Order.from_json(session.get_as_post(url).json())
+            if current.status in (messages.STATUS_READY, messages.STATUS_INVALID):
+                raise  # the CA did not take it (or refused the order): the error stands
+            bound.warning("acme.order.finalize_uncertain", error=str(exc) or repr(exc), status=_status(current.status),
+                          note="the CA accepted an earlier finalize; waiting for that certificate")
+            order = current
+        bound.info("acme.order.finalizing")
+        if order.status != messages.STATUS_VALID:
+            order = self._wait_order(session, url, {"valid"}, deadline)
+        return order
 
     def _wait_order(self, session: _Session, url: str, wanted: set[str], deadline: float) -> messages.Order:
         interval = 0.1

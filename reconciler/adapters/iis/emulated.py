@@ -127,7 +127,7 @@ class EmulatedHost:
                 backup = item.get("backup")
                 if not backup:
                     return None  # the file did not exist before that commit
-                path = self.root / backup
+                path: Path = self.root / str(backup)
                 if path.exists():
                     return path.read_bytes()
                 break  # the backup is gone (its commit was being discarded): the file itself is current
