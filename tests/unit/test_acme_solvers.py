@@ -119,3 +119,32 @@ def test_build_solver_kinds(tmp_path: Path) -> None:
     assert isinstance(build_solver(Solver.model_validate({"http01": {"webroot": {"path": str(tmp_path)}}})), WebrootHttp01)
     dns_solver = Solver.model_validate({"dns01": {"rfc2136": {"server": "ns1.example.com", "zone": "example.com"}}})
     assert isinstance(build_solver(dns_solver), Rfc2136Solver)
+
+
+def test_webroot_orders_in_parallel_leave_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Order B cleans up while order A is between making the folder and writing its token."""
+    import threading
+
+    from reconciler.adapters.acme import http01
+    from reconciler.ports import ChallengeTask
+
+    solver = http01.WebrootHttp01(tmp_path)
+    task_a = ChallengeTask("a.example.com", "http-01", "tokenA", "tokenA.key")
+    task_b = ChallengeTask("b.example.com", "http-01", "tokenB", "tokenB.key")
+    solver.prepare([task_b])
+    in_write, real_write = threading.Event(), http01.atomic_write
+
+    def slow_write(*args: object, **kwargs: object) -> None:
+        in_write.set()
+        threading.Event().wait(0.3)  # B's cleanup tries to run now
+        real_write(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(http01, "atomic_write", slow_write)
+    order_a = threading.Thread(target=solver.prepare, args=([task_a],))
+    order_a.start()
+    assert in_write.wait(5)
+    solver.cleanup([task_b])
+    order_a.join(5)
+    assert (tmp_path / ".well-known" / "acme-challenge" / "tokenA").read_text() == "tokenA.key"
+    solver.cleanup([task_a])
+    assert list(tmp_path.iterdir()) == []

@@ -227,6 +227,8 @@ class WebrootHttp01:
         if not self.root.is_dir():
             raise SolverError(f"http01 webroot: the folder {self.root} does not exist (it must be the folder the web server serves)")
         folder = self._folder()
+        # The lock covers making the folders and writing the tokens, and (in cleanup) removing both:
+        # another order's cleanup must never remove the folder between this one's check and its write.
         with self._lock:
             for part in (folder.parent, folder):
                 if not part.exists():
@@ -238,30 +240,30 @@ class WebrootHttp01:
                         raise SolverError(f"http01 webroot: cannot create {part}: {exc.strerror}") from None
                     os.chmod(part, 0o755)  # readable by the web server whatever the umask
                     self._created.add(part)
-        for task in tasks:
-            _check(task)
-            target = folder / task.token
-            try:
-                atomic_write(target, task.key_authorization, mode=0o644)
-            except OSError as exc:
-                raise SolverError(f"http01 webroot: cannot write {target}: {exc.strerror}") from None
-            log.info("http01.webroot.written", domain=task.domain, path=str(target))
+            for task in tasks:
+                _check(task)
+                target = folder / task.token
+                try:
+                    atomic_write(target, task.key_authorization, mode=0o644)
+                except OSError as exc:
+                    raise SolverError(f"http01 webroot: cannot write {target}: {exc.strerror}") from None
+                log.info("http01.webroot.written", domain=task.domain, path=str(target))
 
     def cleanup(self, tasks: Sequence[ChallengeTask]) -> None:
         folder = self._folder()
         failures: list[str] = []
-        for task in tasks:
-            if task.kind != HTTP01 or not _safe_token(task.token):
-                continue
-            target = folder / task.token
-            try:
-                target.unlink()
-                log.info("http01.webroot.removed", domain=task.domain, path=str(target))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                failures.append(f"{target}: {exc.strerror}")
         with self._lock:
+            for task in tasks:
+                if task.kind != HTTP01 or not _safe_token(task.token):
+                    continue
+                target = folder / task.token
+                try:
+                    target.unlink()
+                    log.info("http01.webroot.removed", domain=task.domain, path=str(target))
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    failures.append(f"{target}: {exc.strerror}")
             for part in (folder, folder.parent):
                 if part in self._created:
                     with contextlib.suppress(OSError):
