@@ -22,6 +22,7 @@ from reconciler.core.plan import ISSUANCE, Action, ActionKind, Plan
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
 from reconciler.ports import BindingChange, IssueError, IssueRequest, Material
+from reconciler.secrets import env_names
 from reconciler.wiring import World
 
 log = structlog.get_logger()
@@ -88,6 +89,7 @@ class Executor:
         self._cert_locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self.stop_requested = threading.Event()
+        self._secret_env = env_names(world.desired)  # never handed to reload or script commands
 
     # --- scheduling -----------------------------------------------------------------------------------
 
@@ -256,7 +258,7 @@ class Executor:
         task = spec.tasks[index]
         material = self._material(action)
         folder = self.world.state.vault / action.certificate / material.info.thumbprint
-        task_adapter.deploy(action.certificate, index, task, spec, material, folder)
+        task_adapter.deploy(action.certificate, index, task, spec, material, folder, self._secret_env)
         self.world.state.record_deployment(action.certificate, index, material.info.thumbprint)
         return {"thumbprint": material.info.thumbprint}
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
 
 from reconciler.core.spec import SecretRef
 
@@ -26,3 +30,28 @@ def resolve(ref: SecretRef, environ: dict[str, str] | None = None) -> bytes:
     except OSError as exc:
         raise SecretError(f"cannot read the secret file {ref.fromFile}: {exc.strerror}") from None
     return data.rstrip(b"\r\n")
+
+
+def env_names(value: Any) -> frozenset[str]:
+    """Every environment variable a model (or a DesiredState's models) names as a secret ({fromEnv: NAME})."""
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, SecretRef):
+            if node.fromEnv:
+                found.add(node.fromEnv)
+        elif isinstance(node, BaseModel):
+            for name in type(node).model_fields:
+                walk(getattr(node, name))
+        elif isinstance(node, dict):
+            for item in node.values():
+                walk(item)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                walk(item)
+        elif is_dataclass(node) and not isinstance(node, type):  # DesiredState, Named[...]
+            for f in fields(node):
+                walk(getattr(node, f.name))
+
+    walk(value)
+    return frozenset(found)

@@ -96,8 +96,12 @@ def _pfx_thumbprint(path: Path, password_ref: object) -> str:
     return pki.info_from_pem(cert_pem).thumbprint
 
 
-def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, material: Material, vault_folder: Path) -> None:
-    """Write the task's output for ``material`` and run its reload/script; raise TaskError on failure."""
+def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, material: Material, vault_folder: Path,
+           hidden_env: frozenset[str] = frozenset()) -> None:
+    """Write the task's output for ``material`` and run its reload/script; raise TaskError on failure.
+
+    ``hidden_env``: environment variables that hold secrets (TSIG, EAB, PFX passwords, …); commands never see them.
+    """
     if task.files is not None:
         folder = Path(task.files.path)
         mode = int(task.files.keyMode, 8)
@@ -106,15 +110,15 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
         atomic_write(folder / "cert.pem", material.cert_pem)
         atomic_write(folder / "fullchain.pem", material.fullchain_pem)
         if task.files.reload:
-            _run(task.files.reload, _env(certificate, material, vault_folder), 300, "reload")
+            _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
     elif task.pfx is not None:
         password = _secret(task.pfx.password)
         data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}")
         atomic_write(Path(task.pfx.path), data, 0o600)
         if task.pfx.reload:
-            _run(task.pfx.reload, _env(certificate, material, vault_folder), 300, "reload")
+            _run(task.pfx.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
     elif task.script is not None:
-        _run(task.script.command, _env(certificate, material, vault_folder), task.script.timeout.total_seconds(), "script")
+        _run(task.script.command, _env(certificate, material, vault_folder, hidden_env), task.script.timeout.total_seconds(), "script")
     elif task.ccs is not None:
         ccs_password = _secret(task.ccs.password) if task.ccs.password else None
         data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, ccs_password, f"certctl:{certificate}")
@@ -129,8 +133,8 @@ def _secret(ref: object) -> bytes:
         raise TaskError(str(exc)) from None
 
 
-def _env(certificate: str, material: Material, vault_folder: Path) -> dict[str, str]:
-    env = dict(os.environ)
+def _env(certificate: str, material: Material, vault_folder: Path, hidden: frozenset[str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in hidden}
     env.update({
         "CERTCTL_CERTIFICATE": certificate,
         "CERTCTL_THUMBPRINT": material.info.thumbprint,

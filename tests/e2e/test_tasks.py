@@ -85,3 +85,17 @@ def test_ccs_task_writes_one_pfx_per_host_name(ws: Workspace, run_cli) -> None:
     assert plan_ids(ws, run_cli) == []
     (share / "www.example.com.pfx").unlink()
     assert plan_ids(ws, run_cli) == ["deploy/shared/task/0-ccs"]
+
+
+def test_commands_never_see_the_secrets_the_specs_reference(ws: Workspace, run_cli,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PFX_PASSWORD", "correct horse")
+    monkeypatch.setenv("HARMLESS", "visible")
+    seen = ws.root / "env.txt"
+    ws.base()
+    ws.certificate("app", ["app.example.com"], extra=(
+        "  tasks:\n    - pfx: {path: ../out/app.pfx, password: {fromEnv: PFX_PASSWORD}}\n"
+        f"    - script: {{command: 'env > {seen}'}}\n"))
+    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+    env = seen.read_text()
+    assert "HARMLESS=visible" in env and "PFX_PASSWORD" not in env and "correct horse" not in env
