@@ -108,12 +108,22 @@ def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
     return cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
 
 
-def to_pfx(cert_pem: bytes, chain_pem: bytes, key_pem: bytes, password: bytes | None, friendly_name: str | None) -> bytes:
-    """PKCS#12 as Windows imports it (AES-256 with a password, or unencrypted without one)."""
+def to_pfx(cert_pem: bytes, chain_pem: bytes, key_pem: bytes, password: bytes | None, friendly_name: str | None,
+           *, legacy: bool = False) -> bytes:
+    """PKCS#12 as Windows imports it: with a password, AES-256 (Windows Server 2019 and later), or with
+    ``legacy`` 3DES/SHA-1, which every Windows and IIS version reads; unencrypted without a password."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     cas = [x509.load_pem_x509_certificate(c) for c in split_pem_chain(chain_pem)]
-    if password:
+    if password and legacy:
         enc: serialization.KeySerializationEncryption = (
+            serialization.PrivateFormat.PKCS12.encryption_builder()
+            .kdf_rounds(2048)
+            .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+            .hmac_hash(hashes.SHA1())  # noqa: S303 - what older Windows can read
+            .build(password)
+        )
+    elif password:
+        enc = (
             serialization.PrivateFormat.PKCS12.encryption_builder()
             .kdf_rounds(50000)
             .key_cert_algorithm(pkcs12.PBES.PBESv2SHA256AndAES256CBC)

@@ -113,7 +113,8 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
             _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
     elif task.pfx is not None:
         password = _secret(task.pfx.password)
-        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}")
+        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}",
+                          legacy=task.pfx.encryption == "3des")
         atomic_write(Path(task.pfx.path), data, 0o600)
         if task.pfx.reload:
             _run(task.pfx.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
@@ -121,7 +122,8 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
         _run(task.script.command, _env(certificate, material, vault_folder, hidden_env), task.script.timeout.total_seconds(), "script")
     elif task.ccs is not None:
         ccs_password = _secret(task.ccs.password) if task.ccs.password else None
-        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, ccs_password, f"certctl:{certificate}")
+        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, ccs_password, f"certctl:{certificate}",
+                          legacy=True)  # IIS of every version reads the CCS share
         for domain in spec.domains:
             atomic_write(Path(task.ccs.path) / ccs_file_name(domain), data, 0o600)
 

@@ -371,6 +371,8 @@ class FilesTask(Model):
 class PfxTask(Model):
     path: RelPath = Field(description="the .pfx file to write")
     password: SecretRef
+    encryption: Literal["aes256", "3des"] = Field(
+        default="aes256", description="3des for consumers that cannot read AES-256 PKCS#12 (Windows before Server 2019)")
     reload: Command | None = None
 
 

@@ -289,7 +289,8 @@ class WindowsStore:
         """The script and its environment (the PFX password) for an import."""
         info = info_from_pem(material.cert_pem)
         password = secrets.token_urlsafe(24)
-        pfx = to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password.encode(), None)
+        # 3DES: Import-PfxCertificate before Windows Server 2019 cannot read AES-256 PKCS#12
+        pfx = to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password.encode(), None, legacy=True)
         script = render_script("store_install.ps1", {
             "store": self.store_name, "thumbprint": info.thumbprint, "friendly_name": friendly_name(certificate, info),
             "pfx": base64.b64encode(pfx).decode("ascii")})
