@@ -185,7 +185,7 @@ def test_ari_window_moves_the_renewal_and_the_order_names_the_old_certificate(
     assert len(ari_proxy.renewal_info_requests) == 1  # the CA's Retry-After (6 h) is honoured
 
     # The order's `replaces` comes from the old certificate itself, not from the issuer's records.
-    (ws.state / "acme" / "pebble" / "ari.json").unlink()
+    (ws.state / "acme" / "pebble" / "ari.jsonl").unlink()
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
     assert "renew" in out

@@ -15,15 +15,13 @@ seen (by the issuer's name): a renewal can then name the certificate it replaces
 from __future__ import annotations
 
 import base64
-import json
-import threading
 from pathlib import Path
 
 import structlog
 from cryptography import x509
 
 from reconciler.core.model import CertInfo
-from reconciler.fsutil import atomic_write
+from reconciler.statedir import KeyedLog
 
 log = structlog.get_logger()
 
@@ -60,21 +58,11 @@ def cert_id(cert: x509.Certificate | bytes) -> str:
 
 
 class AriIndex:
-    """Serial → ARI identifier of issued certificates, and issuer name → AKI, kept in one JSON file."""
+    """Serial → ARI identifier of issued certificates, and issuer name → AKI: an append-only keyed log,
+    so remembering one certificate costs one append, not a rewrite of everything ever issued."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-
-    def _load(self) -> dict[str, dict[str, str]]:
-        try:
-            data = json.loads(self._path.read_text())
-        except FileNotFoundError:
-            return {"serials": {}, "issuers": {}}
-        except (OSError, ValueError) as exc:
-            log.warning("acme.ari.index_unreadable", path=str(self._path), error=str(exc))
-            return {"serials": {}, "issuers": {}}
-        return {"serials": dict(data.get("serials", {})), "issuers": dict(data.get("issuers", {}))}
+        self._log = KeyedLog(path)
 
     def remember(self, cert: x509.Certificate) -> None:
         aki = authority_key_id(cert)
@@ -83,23 +71,18 @@ class AriIndex:
         serial = format(cert.serial_number, "x")
         issuer = cert.issuer.rfc4514_string()
         ident = cert_id_from(aki, cert.serial_number)
-        with self._lock:
-            data = self._load()
-            if data["serials"].get(serial) == ident and data["issuers"].get(issuer) == b64url(aki):
-                return
-            data["serials"][serial] = ident
-            data["issuers"][issuer] = b64url(aki)
-            atomic_write(self._path, json.dumps(data, indent=1, sort_keys=True) + "\n", mode=0o600)
+        if self._log.get(f"serial:{serial}") != ident:
+            self._log.set(f"serial:{serial}", ident)
+        if self._log.get(f"issuer:{issuer}") != b64url(aki):
+            self._log.set(f"issuer:{issuer}", b64url(aki))
 
     def lookup(self, info: CertInfo) -> str | None:
         """The ARI identifier of a certificate, from its serial or from its issuer's known AKI."""
-        with self._lock:
-            data = self._load()
         serial = info.serial.lower().lstrip("0") or "0"
-        known = data["serials"].get(serial)
+        known = self._log.get(f"serial:{serial}")
         if known:
-            return known
-        aki = data["issuers"].get(info.issuer)
+            return str(known)
+        aki = self._log.get(f"issuer:{info.issuer}")
         if aki:
             return f"{aki}.{b64url(serial_bytes(int(serial, 16)))}"
         return None

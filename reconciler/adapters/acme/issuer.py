@@ -129,7 +129,7 @@ class AcmeIssuer:
         self.order_timeout = order_timeout
         self.folder = Path(state_dir) / "acme" / name
         self.accounts = AccountStore(self.folder)
-        self.ari = AriIndex(self.folder / "ari.json")
+        self.ari = AriIndex(self.folder / "ari.jsonl")
         self._solvers: list[Solver] = [build_solver(s, environ) for s in spec.solvers]
         # Every challenge made answerable is written here first and removed once cleaned up, so a crash
         # or kill -9 in the middle of an order never leaves a challenge file or DNS record behind.
