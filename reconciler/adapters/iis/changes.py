@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from reconciler.adapters.iis.appconfig import make_binding, same_binding
-from reconciler.adapters.iis.httpsys import SslRecord, entry_for
+from reconciler.adapters.iis.httpsys import SslRecord, entry_for, normalize_hash
 from reconciler.core.iis_rules import normalize_key
 from reconciler.core.model import IIS_APPID, Binding, Site
 from reconciler.ports import BindingChange
@@ -59,7 +59,7 @@ class Resolution:
 
 
 def _thumbprint(host: str, change: BindingChange, required: bool) -> str | None:
-    tp = (change.thumbprint or "").strip().replace(" ", "").upper() or None
+    tp = normalize_hash(change.thumbprint)
     if tp is None:
         if required:
             raise ChangeError(f"IIS host {host!r}: {change.op} {change.protocol} {change.information!r} on site "
@@ -182,3 +182,14 @@ def resolve(host: str, sites: Sequence[Site], table: Sequence[SslRecord], change
                     config_only = False
             steps.append(Step("remove", site.name, b.protocol, b.information, b.ssl_flags, config_only=config_only))
     return Resolution(steps=tuple(steps), sites=tuple(work[s.name.lower()] for s in sites), table=tuple(records))
+
+
+def thumbprint_users(thumbprint: str, table: Sequence[SslRecord], sites: Sequence[Site],
+                     site_defaults_ftp: str | None) -> list[str]:
+    """Where a host still uses a certificate (HTTP.sys entries, FTP ssl of a site or of <siteDefaults>),
+    as readable text; a certificate with any user is never removed from a store."""
+    used = [f"HTTP.sys {r.kind}={r.key}" for r in table if r.certhash == thumbprint]
+    used += [f"FTP ssl of site {s.name!r}" for s in sites if s.ftp_cert_hash == thumbprint]
+    if site_defaults_ftp == thumbprint:
+        used.append("FTP ssl of <siteDefaults>")
+    return used

@@ -36,9 +36,9 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from reconciler.adapters.iis.appconfig import FILE_NAME as CONFIG_FILE
 from reconciler.adapters.iis.appconfig import AppHostConfig, ConfigError
-from reconciler.adapters.iis.changes import resolve
+from reconciler.adapters.iis.changes import resolve, thumbprint_users
 from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
-from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json
+from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json, normalize_hash
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, HostState, StoredCert, StoreState
 from reconciler.fsutil import atomic_write, fsync_dir
 from reconciler.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
@@ -87,7 +87,7 @@ def _load_pfx(data: bytes) -> tuple[x509.Certificate, bytes | None, str]:
 
 
 def _norm_tp(ref: str) -> str:
-    return ref.strip().replace(" ", "").upper()
+    return normalize_hash(ref) or ""
 
 
 class EmulatedHost:
@@ -221,14 +221,8 @@ class EmulatedHost:
 
     def references(self, thumbprint: str) -> list[str]:
         """Where this host still uses a certificate: HTTP.sys entries and FTP settings (readable text)."""
-        tp = _norm_tp(thumbprint)
         cfg, table, _server, _ = self._load()
-        used = [f"HTTP.sys {r.kind}={r.key}" for r in table if r.certhash == tp]
-        used += [f"FTP ssl of site {s.name!r}" for s in cfg.sites() if s.ftp_cert_hash == tp]
-        defaults = cfg.site_defaults_ftp()
-        if defaults.cert_hash == tp:
-            used.append("FTP ssl of <siteDefaults>")
-        return used
+        return thumbprint_users(_norm_tp(thumbprint), table, cfg.sites(), cfg.site_defaults_ftp().cert_hash)
 
     # -- writing -------------------------------------------------------------------------------
 

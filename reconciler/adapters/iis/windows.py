@@ -35,7 +35,7 @@ import structlog
 from cryptography import x509
 
 from reconciler.adapters.iis.appconfig import make_binding
-from reconciler.adapters.iis.changes import Step, resolve
+from reconciler.adapters.iis.changes import Step, resolve, thumbprint_users
 from reconciler.adapters.iis.emulated import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.httpsys import SslRecord, normalize_hash, parse_netsh
 from reconciler.core.model import CertInfo, HostState, Site, SiteState, StoredCert, StoreState
@@ -314,10 +314,7 @@ class WindowsStore:
         if not re.fullmatch(r"[0-9A-F]{40}", tp):
             raise StoreError(f"{ref!r} is not a certificate thumbprint")
         snap = self.host.read()
-        used = [f"HTTP.sys {r.kind}={r.key}" for r in snap.table if r.certhash == tp]
-        used += [f"FTP ssl of site {s.name!r}" for s in snap.host.sites if s.ftp_cert_hash == tp]
-        if snap.site_defaults_ftp == tp:
-            used.append("FTP ssl of <siteDefaults>")
+        used = thumbprint_users(tp, snap.table, snap.host.sites, snap.site_defaults_ftp)
         if used:
             raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} is still used by "
                              f"{', '.join(used)}; it was not removed")
