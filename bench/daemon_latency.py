@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler import pki  # noqa: E402
+from reconciler.support import pki  # noqa: E402
 
 BASE = """\
 apiVersion: certctl/v1

@@ -25,8 +25,8 @@ from cryptography.x509.oid import NameOID
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler import pki  # noqa: E402
-from reconciler.statedir import KeyedLog, info_to_json  # noqa: E402
+from reconciler.state.statedir import KeyedLog, info_to_json  # noqa: E402
+from reconciler.support import pki  # noqa: E402
 
 PER_FILE = 10
 
@@ -86,13 +86,15 @@ def generate(root: Path, n: int) -> None:
 PHASES = """
 import json, sys, time
 t0 = time.perf_counter()
-from reconciler import loader, observe as obs, wiring
+from reconciler import wiring
+from reconciler.app import loader
+from reconciler.app import observe as obs
 from reconciler.core import planner
-from reconciler.statedir import StateDir
-import reconciler.loader as L
+from reconciler.state.statedir import StateDir
+import reconciler.app.loader as L
 from reconciler.core.spec import document_model
 t_import = time.perf_counter()
-from reconciler import yamlfast
+from reconciler.support import yamlfast
 files = L.find_files(L.Path(sys.argv[1]))
 docs = [d for f in files for d in yamlfast.load_all(f.read_text())]
 t_yaml = time.perf_counter()

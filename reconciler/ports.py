@@ -5,11 +5,12 @@ The core never imports this module's implementations; ``wiring.py`` picks them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
+from reconciler.core import spec as specs
 from reconciler.core.model import CertInfo, HostState, StoredCert, StoreState
 
 
@@ -143,6 +144,14 @@ class Solver(Protocol):
     def prepare(self, tasks: Sequence[ChallengeTask]) -> None: ...
 
     def cleanup(self, tasks: Sequence[ChallengeTask]) -> None: ...
+
+
+class SolverError(Exception):
+    """A challenge could not be made answerable (or cleaned up); the message says what to fix."""
+
+
+SolverFactory = Callable[[specs.Solver, Mapping[str, str] | None], Solver]
+"""Builds the solver for one entry of ``Issuer.spec.acme.solvers`` (``wiring`` passes the real one)."""
 
 
 class Prober(Protocol):

@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from reconciler.app.world import World
 from reconciler.core.model import DesiredState
-from reconciler.ports import BindingHost, IssuerBackend, Prober, Store
-from reconciler.statedir import StateDir
-
-
-@dataclass
-class World:
-    """Every outside system certctl talks to, for one desired state."""
-
-    desired: DesiredState
-    state: StateDir
-    issuers: dict[str, IssuerBackend] = field(default_factory=dict)
-    stores: dict[str, Store] = field(default_factory=dict)
-    hosts: dict[str, BindingHost] = field(default_factory=dict)
-    prober: Prober | None = None
+from reconciler.ports import BindingHost
+from reconciler.state.statedir import StateDir
 
 
 def state_dir_for(desired_dir: Path, desired: DesiredState | None, override: str | None) -> Path:
@@ -43,7 +31,7 @@ def build(desired: DesiredState, state: StateDir) -> World:
     for name, store in desired.stores.items():
         spec = store.spec
         if spec.pemDirectory is not None:
-            from reconciler.adapters.pemdir import PemDirectoryStore
+            from reconciler.adapters.stores.pemdir import PemDirectoryStore
 
             world.stores[name] = PemDirectoryStore(name, spec.pemDirectory.path, state.path / "cache")
         elif spec.windows is not None:
@@ -83,13 +71,11 @@ class _LazyIssuer:
     def _build(self) -> Any:
         if self._backend is None:
             if self.spec.localCA is not None:
-                from reconciler.adapters.localca import LocalCAIssuer
+                from reconciler.adapters.issuers.localca import LocalCAIssuer
 
                 self._backend = LocalCAIssuer(self.name, self.spec.localCA, self.state_path)
             else:
-                from reconciler.adapters.acme.issuer import AcmeIssuer
-
-                self._backend = AcmeIssuer(self.name, self.spec.acme, self.state_path)
+                self._backend = build_acme_issuer(self.name, self.spec.acme, self.state_path)
         return self._backend
 
     def identity(self) -> str:
@@ -109,3 +95,11 @@ class _LazyIssuer:
         if self.spec.acme is None or not (self.state_path / "acme" / self.name / "challenges.jsonl").exists():
             return 0
         return int(self.backend.recover_challenges())
+
+
+def build_acme_issuer(name: str, spec: Any, state_path: Path, **options: Any) -> Any:
+    """An ACME issuer with the real challenge solvers (``options``: environ, retry_policy, order_timeout)."""
+    from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
+    from reconciler.adapters.solvers import build_solver
+
+    return AcmeIssuer(name, spec, state_path, solvers=build_solver, **options)

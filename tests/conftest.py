@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.logging import configure
+from reconciler.support.logging import configure
 
 configure("console", "warning")
 
@@ -77,7 +77,7 @@ def ws(tmp_path: Path) -> Workspace:
 
 @pytest.fixture
 def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
-    from reconciler.cli import main
+    from reconciler.entry.cli import main
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = main(list(argv))

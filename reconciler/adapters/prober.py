@@ -9,8 +9,8 @@ import ssl
 import structlog
 from cryptography import x509
 
-from reconciler import pki
 from reconciler.core.model import CertInfo
+from reconciler.support import pki
 
 log = structlog.get_logger()
 

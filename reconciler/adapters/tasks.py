@@ -9,12 +9,12 @@ from pathlib import Path
 
 import structlog
 
-from reconciler import pki
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
-from reconciler.fsutil import atomic_write
 from reconciler.ports import Material
-from reconciler.secrets import SecretError, resolve
+from reconciler.support import pki
+from reconciler.support.fs import atomic_write
+from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
 

@@ -28,7 +28,7 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reconciler.core import domains
 from reconciler.core.model import (
@@ -41,11 +41,8 @@ from reconciler.core.model import (
     Site,
     SiteState,
 )
-from reconciler.core.plan import Action, ActionKind, Note, Reason
+from reconciler.core.plan import Action, ActionKind, Note, Reason, Target
 from reconciler.core.spec import IisMode
-
-if TYPE_CHECKING:
-    from reconciler.core.planner import Target
 
 ADDRESS_PROTOCOLS = frozenset({"http", "https", "ftp"})
 SNI = 1

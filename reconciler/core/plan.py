@@ -24,6 +24,16 @@ class ActionKind(StrEnum):
     unbind = "unbind"
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a certificate's stores, bindings and tasks should hold after this plan."""
+
+    name: str
+    thumbprint: str | None  # None: the certificate an issuance action of this plan will produce
+    issuance: str | None  # id of that issuance action
+    previous: frozenset[str]  # thumbprints of every earlier version of this certificate
+
+
 ACTION_ORDER = tuple(ActionKind)
 ISSUANCE = frozenset({ActionKind.issue, ActionKind.renew, ActionKind.reissue})
 

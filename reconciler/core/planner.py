@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -28,21 +28,12 @@ from reconciler.core.plan import (
     Note,
     Plan,
     Reason,
+    Target,
 )
 from reconciler.core.policies import Input, evaluate, issuer_id, renewal_point
 from reconciler.core.spec import CertificateSpec, Renewal
 
 NEW = "(new)"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """What a certificate's stores, bindings and tasks should hold after this plan."""
-
-    name: str
-    thumbprint: str | None  # None: the certificate an issuance action of this plan will produce
-    issuance: str | None  # id of that issuance action
-    previous: frozenset[str]  # thumbprints of every earlier version of this certificate
 
 
 def desired_fingerprint(desired: DesiredState) -> str:

@@ -227,6 +227,10 @@ class Dns01(Model):
     rfc2136: Rfc2136
 
 
+HTTP01 = "http-01"
+DNS01 = "dns-01"
+
+
 class Solver(Model):
     domains: list[Domain] | None = Field(default=None, description="selector: these names and every name below them")
     http01: Http01 | None = None
@@ -237,6 +241,11 @@ class Solver(Model):
         if (self.http01 is None) == (self.dns01 is None):
             raise ValueError("give exactly one of http01 or dns01")
         return self
+
+    @property
+    def challenge_type(self) -> str:
+        """The ACME challenge this solver answers: ``http-01`` or ``dns-01``."""
+        return DNS01 if self.dns01 is not None else HTTP01
 
     def matches(self, name: str) -> bool:
         if self.domains is None:

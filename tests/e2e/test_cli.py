@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from reconciler.statedir import StateDir
+from reconciler.state.statedir import StateDir
 from tests.conftest import Workspace
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.cli import main
-from reconciler.statedir import StateDir
+from reconciler.entry.cli import main
+from reconciler.state.statedir import StateDir
 from tests.conftest import BASE
 
 label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)

@@ -25,8 +25,8 @@ from typing import Any, TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler import pki
 from reconciler.core.model import CertInfo
+from reconciler.support import pki
 
 ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")

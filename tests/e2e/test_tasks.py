@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import pki
-from reconciler.statedir import StateDir
+from reconciler.state.statedir import StateDir
+from reconciler.support import pki
 from tests.conftest import Workspace
 
 

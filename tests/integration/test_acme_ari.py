@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from reconciler.adapters.acme import AcmeIssuer
+from reconciler.adapters.issuers.acme import AcmeIssuer
 from reconciler.ports import IssueRequest
+from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import AriProxy, Pebble, acme_spec, standalone
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def ari_proxy(pebble: Pebble) -> Iterator[AriProxy]:
 
 
 def _issuer(url: str, pebble: Pebble, port: int, state_dir: Path) -> AcmeIssuer:
-    return AcmeIssuer("ari", acme_spec(pebble, [standalone(port)], directoryUrl=url), state_dir)
+    return build_acme_issuer("ari", acme_spec(pebble, [standalone(port)], directoryUrl=url), state_dir)
 
 
 def test_plain_pebble_offers_no_renewal_info(pebble: Pebble, va_http_port: int, state_dir: Path) -> None:

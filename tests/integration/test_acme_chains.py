@@ -9,9 +9,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from reconciler import pki
-from reconciler.adapters.acme import AcmeIssuer
 from reconciler.ports import IssueRequest, Material
+from reconciler.support import pki
+from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import Pebble, acme_spec, standalone
 
 pytestmark = pytest.mark.integration
@@ -28,24 +28,24 @@ def test_preferred_chain_picks_the_alternate(pebble_factory: Callable[..., Pebbl
     default_root, alternate_root = pebble.root_name(0), pebble.root_name(1)
     assert default_root != alternate_root
 
-    plain = AcmeIssuer("chains", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
+    plain = build_acme_issuer("chains", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     assert _top_issuer(plain.issue(IssueRequest("c", ("chain.example.com",), "ecdsa-p256"))) == default_root
 
     spec = acme_spec(pebble, [standalone(va_http_port)], preferredChain=alternate_root)
-    preferring = AcmeIssuer("chains", spec, state_dir)
+    preferring = build_acme_issuer("chains", spec, state_dir)
     material = preferring.issue(IssueRequest("c", ("chain.example.com",), "ecdsa-p256"))
     assert _top_issuer(material) == alternate_root
     leaf = x509.load_pem_x509_certificate(material.cert_pem)
     assert leaf.issuer == x509.load_pem_x509_certificate(pki.split_pem_chain(material.chain_pem)[0]).subject
 
     missing = acme_spec(pebble, [standalone(va_http_port)], preferredChain="No Such Root")
-    fallback = AcmeIssuer("chains", missing, state_dir).issue(IssueRequest("c", ("chain.example.com",), "ecdsa-p256"))
+    fallback = build_acme_issuer("chains", missing, state_dir).issue(IssueRequest("c", ("chain.example.com",), "ecdsa-p256"))
     assert _top_issuer(fallback) == default_root
 
 
 def test_short_lived_certificates(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path) -> None:
     pebble = pebble_factory(validity_seconds=30)
-    issuer = AcmeIssuer("short", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
+    issuer = build_acme_issuer("short", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     first = issuer.issue(IssueRequest("s", ("short.example.com",), "ecdsa-p256"))
     assert 28 <= first.info.lifetime_seconds <= 30
     renewed = issuer.issue(IssueRequest("s", ("short.example.com",), "ecdsa-p256", replaces=first.info))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.acme import AcmeIssuer
+from reconciler.adapters.issuers.acme import AcmeIssuer
 from reconciler.ports import IssueError, IssueRequest
+from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import Bind, ChallTestSrv, Pebble, acme_spec, rfc2136, standalone
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,7 @@ ENV = "CERTCTL_TEST_TSIG"
 
 
 def _issuer(pebble: Pebble, bind: Bind, state_dir: Path, solvers: list[dict], secret: str | None = None) -> AcmeIssuer:
-    return AcmeIssuer("bind", acme_spec(pebble, solvers), state_dir, environ={ENV: secret or bind.secret})
+    return build_acme_issuer("bind", acme_spec(pebble, solvers), state_dir, environ={ENV: secret or bind.secret})
 
 
 def test_wildcard_with_its_apex(pebble_bind: Pebble, bind: Bind, state_dir: Path) -> None:
@@ -47,7 +48,7 @@ def test_wrong_tsig_secret_is_a_clear_permanent_error(pebble_bind: Pebble, bind:
 
 
 def test_missing_secret_names_the_variable(pebble_bind: Pebble, bind: Bind, state_dir: Path) -> None:
-    issuer = AcmeIssuer("bind", acme_spec(pebble_bind, [rfc2136(bind, ENV)]), state_dir, environ={})
+    issuer = build_acme_issuer("bind", acme_spec(pebble_bind, [rfc2136(bind, ENV)]), state_dir, environ={})
     with pytest.raises(IssueError, match=rf"environment variable {ENV} is not set"):
         issuer.issue(IssueRequest("nosecret", (f"nosecret.{bind.zone}",), "ecdsa-p256"))
 

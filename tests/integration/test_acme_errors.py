@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from reconciler.adapters.acme import AcmeIssuer, RetryPolicy
+from reconciler.adapters.issuers.acme import AcmeIssuer, RetryPolicy
 from reconciler.ports import IssueError, IssueRequest, Material
+from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import Pebble, acme_spec, free_port, standalone
 
 pytestmark = pytest.mark.integration
@@ -33,7 +34,7 @@ def _attempt(issuer: AcmeIssuer, request: IssueRequest) -> Material | IssueError
 def test_nonce_rejections_are_retried(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path,
                                       log_events: list[dict[str, Any]]) -> None:
     pebble = pebble_factory(nonce_reject=50)
-    issuer = AcmeIssuer("flaky", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
+    issuer = build_acme_issuer("flaky", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     requests = [IssueRequest(f"n{i}", (f"n{i}.example.com", f"www.n{i}.example.com"), "ecdsa-p256") for i in range(4)]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda r: _attempt(issuer, r), requests))
@@ -47,7 +48,7 @@ def test_blocked_name_fails_only_its_own_certificate(
     pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path
 ) -> None:
     pebble = pebble_factory(blocklist=("blocked.test",))
-    issuer = AcmeIssuer("policy", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
+    issuer = build_acme_issuer("policy", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     requests = [
         IssueRequest("ok1", ("ok1.example.com",), "ecdsa-p256"),
         IssueRequest("bad", ("www.blocked.test", "fine.example.com"), "ecdsa-p256"),
@@ -71,7 +72,7 @@ def test_external_account_binding(pebble_factory: Callable[..., Pebble], va_http
     pebble = _eab_pebble(pebble_factory)
     assert pebble.directory()["meta"]["externalAccountRequired"] is True
     spec = acme_spec(pebble, [standalone(va_http_port)], eab={"keyId": EAB_KID, "hmacKey": {"fromEnv": "EAB_HMAC"}})
-    issuer = AcmeIssuer("eab", spec, state_dir, environ={"EAB_HMAC": EAB_KEY})
+    issuer = build_acme_issuer("eab", spec, state_dir, environ={"EAB_HMAC": EAB_KEY})
     assert issuer.issue(IssueRequest("e", ("eab.example.com",), "ecdsa-p256")).info.sans == ("eab.example.com",)
     assert json.loads((state_dir / "acme" / "eab" / "account.json").read_text())["uri"]
 
@@ -82,7 +83,7 @@ def test_wrong_eab_key_is_refused_clearly(pebble_factory: Callable[..., Pebble],
     secret_file = tmp_path / "hmac"
     secret_file.write_text(base64.urlsafe_b64encode(secrets.token_bytes(48)).decode().rstrip("=") + "\n")
     spec = acme_spec(pebble, [standalone(va_http_port)], eab={"keyId": EAB_KID, "hmacKey": {"fromFile": str(secret_file)}})
-    issuer = AcmeIssuer("eab", spec, state_dir)
+    issuer = build_acme_issuer("eab", spec, state_dir)
     with pytest.raises(IssueError, match=r"refused the External Account Binding: unauthorized: .*verification error") as caught:
         issuer.issue(IssueRequest("e", ("eab.example.com",), "ecdsa-p256"))
     assert not caught.value.transient
@@ -91,7 +92,7 @@ def test_wrong_eab_key_is_refused_clearly(pebble_factory: Callable[..., Pebble],
 
 
 def test_eab_required_but_not_configured(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path) -> None:
-    issuer = AcmeIssuer("eab", acme_spec(_eab_pebble(pebble_factory), [standalone(va_http_port)]), state_dir)
+    issuer = build_acme_issuer("eab", acme_spec(_eab_pebble(pebble_factory), [standalone(va_http_port)]), state_dir)
     with pytest.raises(IssueError, match=r"requires External Account Binding; set eab"):
         issuer.issue(IssueRequest("e", ("eab.example.com",), "ecdsa-p256"))
 
@@ -99,7 +100,7 @@ def test_eab_required_but_not_configured(pebble_factory: Callable[..., Pebble], 
 def test_ca_down_is_a_clear_transient_error(va_http_port: int, state_dir: Path, pebble: Pebble) -> None:
     port = free_port()
     spec = acme_spec(pebble, [standalone(va_http_port)], directoryUrl=f"https://127.0.0.1:{port}/dir")
-    issuer = AcmeIssuer("down", spec, state_dir, retry_policy=RetryPolicy(attempts=3, budget=3.0, initial=0.1))
+    issuer = build_acme_issuer("down", spec, state_dir, retry_policy=RetryPolicy(attempts=3, budget=3.0, initial=0.1))
     started = time.monotonic()
     with pytest.raises(IssueError) as caught:
         issuer.issue(IssueRequest("d", ("down.example.com",), "ecdsa-p256"))
@@ -111,19 +112,19 @@ def test_ca_down_is_a_clear_transient_error(va_http_port: int, state_dir: Path, 
 
 def test_untrusted_ca_certificate_is_permanent(pebble: Pebble, va_http_port: int, state_dir: Path) -> None:
     spec = acme_spec(pebble, [standalone(va_http_port)], caBundle=None)
-    issuer = AcmeIssuer("untrusted", spec, state_dir)
+    issuer = build_acme_issuer("untrusted", spec, state_dir)
     with pytest.raises(IssueError, match=r"TLS error \(is caBundle right") as caught:
         issuer.issue(IssueRequest("u", ("u.example.com",), "ecdsa-p256"))
     assert not caught.value.transient
 
 
 def test_account_unknown_to_the_ca_is_registered_again(pebble: Pebble, va_http_port: int, state_dir: Path) -> None:
-    issuer = AcmeIssuer("forgot", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
+    issuer = build_acme_issuer("forgot", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     issuer.issue(IssueRequest("f", ("f.example.com",), "ecdsa-p256"))
     record = state_dir / "acme" / "forgot" / "account.json"
     data = json.loads(record.read_text())
     data["uri"] = data["uri"].rsplit("/", 1)[0] + "/ffffffffffffffff"  # as after a CA that lost its database
     record.write_text(json.dumps(data))
-    fresh = AcmeIssuer("forgot", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
+    fresh = build_acme_issuer("forgot", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     assert fresh.issue(IssueRequest("f", ("f.example.com",), "ecdsa-p256")).info.sans == ("f.example.com",)
     assert json.loads(record.read_text())["uri"] != data["uri"]

@@ -12,17 +12,18 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from reconciler import pki
-from reconciler.adapters.acme import AcmeIssuer
-from reconciler.adapters.acme.http01 import LISTENERS
+from reconciler.adapters.issuers.acme import AcmeIssuer
+from reconciler.adapters.solvers.http01 import LISTENERS
 from reconciler.ports import IssueError, IssueRequest
+from reconciler.support import pki
+from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import LOOPBACK, Nginx, Pebble, acme_spec, free_port, standalone
 
 pytestmark = pytest.mark.integration
 
 
 def _issuer(pebble: Pebble, state_dir: Path, solvers: list[dict], **fields: object) -> AcmeIssuer:
-    return AcmeIssuer("pebble", acme_spec(pebble, solvers, **fields), state_dir)
+    return build_acme_issuer("pebble", acme_spec(pebble, solvers, **fields), state_dir)
 
 
 def test_issue_with_the_standalone_listener(pebble: Pebble, va_http_port: int, state_dir: Path) -> None:

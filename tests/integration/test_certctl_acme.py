@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from reconciler.adapters.acme import AcmeIssuer, RetryPolicy
+from reconciler.adapters.issuers.acme import RetryPolicy
+from reconciler.app.executor import Executor
+from reconciler.app.loader import load
+from reconciler.app.observe import observe
 from reconciler.core.planner import plan as make_plan
-from reconciler.executor import Executor
-from reconciler.loader import load
-from reconciler.observe import observe
-from reconciler.statedir import StateDir
-from reconciler.wiring import build
+from reconciler.state.statedir import StateDir
+from reconciler.wiring import build, build_acme_issuer
 from tests.conftest import Workspace
 from tests.integration.servers import AriProxy, Bind, Pebble, PebbleOptions, wait_until
 
@@ -247,7 +247,7 @@ def test_a_ca_that_is_down_backs_off_and_the_run_after_the_backoff_succeeds(
     desired = load(ws.desired)
     world = build(desired, StateDir(ws.state))
     quick = RetryPolicy(attempts=3, budget=2.0, initial=0.1)
-    world.issuers["pebble"] = AcmeIssuer("pebble", desired.issuers["pebble"].spec.acme, ws.state, retry_policy=quick)
+    world.issuers["pebble"] = build_acme_issuer("pebble", desired.issuers["pebble"].spec.acme, ws.state, retry_policy=quick)
 
     t0 = datetime.now(UTC).replace(microsecond=0)
     result = Executor(world, clock=lambda: t0).run(make_plan(desired, observe(world), t0))
@@ -413,6 +413,6 @@ def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
     assert public_bind.txt(record) == set()
-    assert AcmeIssuer("pebble", load(ws.desired, revision=False).issuers["pebble"].spec.acme,  # type: ignore[arg-type]
+    assert build_acme_issuer("pebble", load(ws.desired, revision=False).issuers["pebble"].spec.acme,  # type: ignore[arg-type]
                       ws.state).challenges.read() == {}
     assert StateDir(ws.state).issued_for("crashy")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.statedir import StateDir
+from reconciler.state.statedir import StateDir
 from tests.conftest import Workspace
 from tests.integration.servers import Nginx, ServerError, require, wait_until
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import structlog
 
-from reconciler.cli import main
-from reconciler.statedir import StateDir
+from reconciler.entry.cli import main
+from reconciler.state.statedir import StateDir
 from tests.fixtures.iis import make_sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"

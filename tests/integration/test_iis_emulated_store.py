@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from reconciler.adapters.iis.emulated import EmulatedHost, StoreError, friendly_name, managed_by
-from reconciler.pki import info_from_pem
 from reconciler.ports import BindingChange, Material, Store
+from reconciler.support.pki import info_from_pem
 from tests.fixtures.iis import make_sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
@@ -123,7 +123,7 @@ def test_new_store_folder_is_created_on_install(host: EmulatedHost, fresh: Mater
 
 
 def test_ccs_files_are_observed_with_thumbprints(host: EmulatedHost, fresh: Material) -> None:
-    from reconciler.pki import to_pfx
+    from reconciler.support.pki import to_pfx
 
     (host.root / "ccs" / "new.example.com.pfx").write_bytes(to_pfx(fresh.cert_pem, b"", fresh.key_pem, b"s3cret", None))
     (host.root / "ccs" / "broken.example.com.pfx").write_bytes(b"junk")

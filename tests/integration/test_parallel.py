@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.localca import LocalCAIssuer
-from reconciler.adapters.pemdir import PemDirectoryStore
+from reconciler.adapters.issuers.localca import LocalCAIssuer
+from reconciler.adapters.stores.pemdir import PemDirectoryStore
+from reconciler.app.loader import InvalidDesiredState, load
 from reconciler.core.spec import LocalCA
-from reconciler.loader import InvalidDesiredState, load
 from reconciler.ports import IssueRequest
 from tests.conftest import Workspace
 

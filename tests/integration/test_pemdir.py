@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.localca import LocalCAIssuer
-from reconciler.adapters.pemdir import PemDirectoryStore
+from reconciler.adapters.issuers.localca import LocalCAIssuer
+from reconciler.adapters.stores.pemdir import PemDirectoryStore
 from reconciler.core.spec import LocalCA
 from reconciler.ports import IssueRequest
 
@@ -93,7 +93,7 @@ def test_unreadable_store_folder_is_reported(tmp_path: Path, issuer: LocalCAIssu
     tmp_path.chmod(0o755)
     pem.chmod(0o700)
     code = (
-        "from reconciler.adapters.pemdir import PemDirectoryStore as S; import sys;"
+        "from reconciler.adapters.stores.pemdir import PemDirectoryStore as S; import sys;"
         f"s = S('pem', {str(pem)!r}).observe(); print(s.reachable, s.problems)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.acme import AcmeIssuer
 from reconciler.adapters.prober import ProbeError, TlsProber
 from reconciler.ports import IssueRequest
+from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import LOOPBACK, Nginx, Pebble, acme_spec, free_port, standalone
 
 pytestmark = pytest.mark.integration
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 def test_probe_sees_what_nginx_serves_after_reload(nginx: Nginx, pebble: Pebble, va_http_port: int,
                                                     state_dir: Path) -> None:
-    issuer = AcmeIssuer("pebble", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
+    issuer = build_acme_issuer("pebble", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     prober = TlsProber()
     before = prober.probe(nginx.endpoint, "www.example.com", 5)
 

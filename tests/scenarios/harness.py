@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from reconciler.app.loader import load
 from reconciler.core.codec import observed_from_json
 from reconciler.core.durations import parse_time
 from reconciler.core.plan import Plan
 from reconciler.core.planner import plan
-from reconciler.loader import load
 
 ROOT = Path(__file__).parent
 

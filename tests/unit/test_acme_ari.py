@@ -13,8 +13,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler import pki
-from reconciler.adapters.acme.ari import AriIndex, cert_id, cert_id_from, serial_bytes
+from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id, cert_id_from, serial_bytes
+from reconciler.support import pki
 
 
 def test_rfc9773_example() -> None:

@@ -16,10 +16,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from reconciler.adapters.acme import AcmeIssuer, RetryPolicy
-from reconciler.adapters.acme.issuer import choose_chain, make_csr, normalize_url
+from reconciler.adapters.issuers.acme import RetryPolicy
+from reconciler.adapters.issuers.acme.issuer import choose_chain, make_csr, normalize_url
 from reconciler.core.spec import Acme
 from reconciler.ports import IssueError, IssueRequest
+from reconciler.wiring import build_acme_issuer
 
 
 class ScriptedCA:
@@ -106,7 +107,7 @@ QUICK = RetryPolicy(attempts=4, budget=5, initial=0.01, maximum=0.05)
 
 
 def test_rate_limited_order_carries_retry_after(ca: ScriptedCA, tmp_path: Path) -> None:
-    issuer = AcmeIssuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
+    issuer = build_acme_issuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
     with pytest.raises(IssueError) as caught:
         issuer.issue(IssueRequest("www", ("www.example.com",), "ecdsa-p256"))
     err = caught.value
@@ -119,7 +120,7 @@ def test_rate_limited_order_carries_retry_after(ca: ScriptedCA, tmp_path: Path) 
 def test_rate_limited_new_account_carries_retry_after(ca: ScriptedCA, tmp_path: Path) -> None:
     ca.account_reply = (429, {"Retry-After": "60"},
                         {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new accounts"})
-    issuer = AcmeIssuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
+    issuer = build_acme_issuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
     with pytest.raises(IssueError, match="too many new accounts") as caught:
         issuer.issue(IssueRequest("www", ("www.example.com",), "ecdsa-p256"))
     assert not caught.value.transient
@@ -129,7 +130,7 @@ def test_rate_limited_new_account_carries_retry_after(ca: ScriptedCA, tmp_path: 
 def test_5xx_is_retried_then_a_permanent_problem_is_not(ca: ScriptedCA, tmp_path: Path) -> None:
     ca.directory_failures = 2
     ca.order_reply = (400, {}, {"type": "urn:ietf:params:acme:error:caa", "detail": "CAA record forbids issuance"})
-    issuer = AcmeIssuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
+    issuer = build_acme_issuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
     with pytest.raises(IssueError, match="caa: CAA record forbids issuance") as caught:
         issuer.issue(IssueRequest("www", ("www.example.com",), "ecdsa-p256"))
     assert ca.directory_calls == 3
@@ -138,7 +139,7 @@ def test_5xx_is_retried_then_a_permanent_problem_is_not(ca: ScriptedCA, tmp_path
 
 def test_persistent_5xx_is_transient(ca: ScriptedCA, tmp_path: Path) -> None:
     ca.directory_failures = 100
-    issuer = AcmeIssuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
+    issuer = build_acme_issuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
     with pytest.raises(IssueError, match="HTTP 503") as caught:
         issuer.issue(IssueRequest("www", ("www.example.com",), "ecdsa-p256"))
     assert caught.value.transient
@@ -146,7 +147,7 @@ def test_persistent_5xx_is_transient(ca: ScriptedCA, tmp_path: Path) -> None:
 
 
 def test_never_two_orders_for_one_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    issuer = AcmeIssuer("x", spec("https://ca.invalid/dir"), tmp_path)
+    issuer = build_acme_issuer("x", spec("https://ca.invalid/dir"), tmp_path)
     entered, release = threading.Event(), threading.Event()
 
     def slow(request: IssueRequest) -> Any:
@@ -173,19 +174,19 @@ def test_no_matching_solver_fails_before_any_request(tmp_path: Path) -> None:
         "solvers": [{"domains": ["example.com"], "http01": {"standalone": {"port": 1}}}],
     })
     with pytest.raises(IssueError, match=r"no solver of Issuer x matches www\.example\.org") as caught:
-        AcmeIssuer("x", acme, tmp_path).issue(IssueRequest("o", ("www.example.org",), "ecdsa-p256"))
+        build_acme_issuer("x", acme, tmp_path).issue(IssueRequest("o", ("www.example.org",), "ecdsa-p256"))
     assert not caught.value.transient
 
 
 def test_unknown_key_algorithm(tmp_path: Path) -> None:
     with pytest.raises(IssueError, match="cannot use the certificate key"):
-        AcmeIssuer("x", spec("https://ca.invalid/dir"), tmp_path).issue(IssueRequest("o", ("a.example.com",), "dsa-1024"))
+        build_acme_issuer("x", spec("https://ca.invalid/dir"), tmp_path).issue(IssueRequest("o", ("a.example.com",), "dsa-1024"))
 
 
 def test_identity_is_stable() -> None:
     assert normalize_url("HTTPS://Acme.Example.COM/Directory/") == "https://acme.example.com/Directory"
-    a = AcmeIssuer("a", spec("https://acme.example.com/dir"), Path("/nonexistent"))
-    b = AcmeIssuer("b", spec("https://ACME.example.com/dir/"), Path("/nonexistent"))
+    a = build_acme_issuer("a", spec("https://acme.example.com/dir"), Path("/nonexistent"))
+    b = build_acme_issuer("b", spec("https://ACME.example.com/dir/"), Path("/nonexistent"))
     assert a.identity() == b.identity() == "acme:https://acme.example.com/dir"
 
 
@@ -264,7 +265,7 @@ def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(tmp_pat
     import structlog
     from acme import messages
 
-    issuer = AcmeIssuer("ca", spec("https://ca/dir"), tmp_path)
+    issuer = build_acme_issuer("ca", spec("https://ca/dir"), tmp_path)
     session = _LostFinalize(status)
     if status == "processing":  # the CA finishes it a moment later
         real = session.get_as_post

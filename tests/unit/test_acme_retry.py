@@ -10,8 +10,8 @@ import requests
 from acme import errors as acme_errors
 from acme import messages
 
-from reconciler.adapters.acme import retry
-from reconciler.adapters.acme.retry import RetryPolicy
+from reconciler.adapters.issuers.acme import retry
+from reconciler.adapters.issuers.acme.retry import RetryPolicy
 
 P = "urn:ietf:params:acme:error:"
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import dns.name
 import pytest
 
-from reconciler.adapters.acme.dns01 import Rfc2136Solver, challenge_name, split_host_port
-from reconciler.adapters.acme.http01 import LISTENERS, StandaloneHttp01, WebrootHttp01
-from reconciler.adapters.acme.solvers import SolverError, build_solver
+from reconciler.adapters.solvers import build_solver
+from reconciler.adapters.solvers.dns01 import Rfc2136Solver, challenge_name, split_host_port
+from reconciler.adapters.solvers.http01 import LISTENERS, StandaloneHttp01, WebrootHttp01
 from reconciler.core.spec import Rfc2136, Solver
-from reconciler.ports import ChallengeTask
+from reconciler.ports import ChallengeTask, SolverError
 
 
 def http_task(domain: str, token: str) -> ChallengeTask:
@@ -125,7 +125,7 @@ def test_webroot_orders_in_parallel_leave_nothing_behind(tmp_path: Path, monkeyp
     """Order B cleans up while order A is between making the folder and writing its token."""
     import threading
 
-    from reconciler.adapters.acme import http01
+    from reconciler.adapters.solvers import http01
     from reconciler.ports import ChallengeTask
 
     solver = http01.WebrootHttp01(tmp_path)

@@ -1,5 +1,5 @@
-"""reconciler.daemon pieces that need no process: due times, maintenance-only cleanup, the recovery sweep,
-metrics gauges; and reconciler.gitsync against a real git repository."""
+"""reconciler.entry.daemon pieces that need no process: due times, maintenance-only cleanup, the recovery sweep,
+metrics gauges; and reconciler.support.git against a real git repository."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.core.model import Attempts, ObservedState
 from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
-from reconciler.daemon import next_due, recover, without_cleanup
-from reconciler.gitsync import pull
-from reconciler.logging import configure
-from reconciler.metrics import Metrics, parse_address, ready_condition
-from reconciler.statedir import StateDir
+from reconciler.entry.daemon import next_due, recover, without_cleanup
+from reconciler.entry.metrics import Metrics, parse_address, ready_condition
+from reconciler.state.statedir import StateDir
+from reconciler.support.git import pull
+from reconciler.support.logging import configure
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

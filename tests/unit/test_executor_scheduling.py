@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from reconciler.app.executor import Executor
 from reconciler.core.plan import Action, ActionKind, Plan, Reason
-from reconciler.executor import Executor
-from reconciler.statedir import StateDir
+from reconciler.state.statedir import StateDir
 from tests.scenarios.build_core import T0
 
 

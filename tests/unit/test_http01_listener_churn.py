@@ -9,10 +9,9 @@ import urllib.request
 
 import pytest
 
-from reconciler.adapters.acme import http01
-from reconciler.adapters.acme.http01 import LISTENERS, StandaloneHttp01
-from reconciler.adapters.acme.solvers import SolverError
-from reconciler.ports import ChallengeTask
+from reconciler.adapters.solvers import http01
+from reconciler.adapters.solvers.http01 import LISTENERS, StandaloneHttp01
+from reconciler.ports import ChallengeTask, SolverError
 
 
 def test_a_new_order_waits_for_the_closing_listener(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,12 +10,12 @@ import pytest
 
 from reconciler.adapters.iis.appconfig import make_binding
 from reconciler.adapters.iis.httpsys import entry_for
+from reconciler.app.loader import load
 from reconciler.core import iis_rules, validate
 from reconciler.core.codec import observed_from_json
 from reconciler.core.model import HostState, HttpSysEntry, ObservedState, Site, SiteState
 from reconciler.core.plan import ActionKind
 from reconciler.core.planner import plan
-from reconciler.loader import load
 from tests.scenarios.harness import ROOT, run_scenario
 
 
@@ -119,7 +119,7 @@ def test_two_certificates_claiming_one_binding_with_the_same_precision_is_an_err
     if desired is not None:
         assert validate.check(desired) == []
         return
-    from reconciler.loader import InvalidDesiredState
+    from reconciler.app.loader import InvalidDesiredState
 
     with pytest.raises(InvalidDesiredState) as err:
         load(tmp_path, revision=False)

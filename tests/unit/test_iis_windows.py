@@ -30,8 +30,8 @@ from reconciler.adapters.iis.windows import (
     stdin_payload,
 )
 from reconciler.core.model import SiteState
-from reconciler.pki import from_pfx
 from reconciler.ports import BindingChange, BindingHost, Material, Store
+from reconciler.support.pki import from_pfx
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "iis-web01"

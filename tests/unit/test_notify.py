@@ -1,4 +1,4 @@
-"""reconciler.notify: when an alert or a recovery goes out (pure), and the webhook's retries (a real local server)."""
+"""reconciler.adapters.notify: when an alert or a recovery goes out (pure), and the webhook's retries (a real local server)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,17 @@ from typing import Any
 
 import pytest
 
+from reconciler.adapters.notify import (
+    ALERT,
+    RECOVERED,
+    DeliveryError,
+    condition,
+    decide,
+    record_sent,
+    send_webhook,
+)
 from reconciler.core.spec import Notify, SecretRef, Webhook
-from reconciler.logging import configure
-from reconciler.notify import ALERT, RECOVERED, DeliveryError, condition, decide, record_sent, send_webhook
+from reconciler.support.logging import configure
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

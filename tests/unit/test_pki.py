@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import pki
-from reconciler.adapters.localca import LocalCAIssuer
+from reconciler.adapters.issuers.localca import LocalCAIssuer
 from reconciler.core.spec import LocalCA
 from reconciler.ports import IssueRequest
+from reconciler.support import pki
 
 
 @pytest.mark.parametrize(("legacy", "algorithm"), [(False, "AES-256-CBC"), (True, "pbeWithSHA1And3-KeyTripleDES-CBC")])

@@ -12,16 +12,17 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from reconciler import renewalinfo
-from reconciler.adapters.localca import LocalCAIssuer
+from reconciler.adapters.issuers.localca import LocalCAIssuer
+from reconciler.app import renewalinfo
+from reconciler.app.loader import load
+from reconciler.app.observe import observe
+from reconciler.app.renewalinfo import next_fetch, refresh_renewal_info
+from reconciler.app.world import World
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.policies import issuer_id
-from reconciler.loader import load
-from reconciler.observe import observe
 from reconciler.ports import IssueRequest, RenewalWindow
-from reconciler.renewalinfo import next_fetch, refresh_renewal_info
-from reconciler.statedir import StateDir
-from reconciler.wiring import World, build
+from reconciler.state.statedir import StateDir
+from reconciler.wiring import build
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.schema import render, schemas
+from reconciler.app.schema import render, schemas
 
 ROOT = Path(__file__).resolve().parents[2]
 

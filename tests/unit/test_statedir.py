@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import statedir
-from reconciler.statedir import KeyedLog, StateDir
+from reconciler.state import statedir
+from reconciler.state.statedir import KeyedLog, StateDir
 
 
 def test_keyed_log_survives_a_torn_line_and_compacts(tmp_path: Path) -> None:

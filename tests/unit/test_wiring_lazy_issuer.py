@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.adapters.acme import issuer as acme_issuer
+from reconciler.adapters.issuers.acme import issuer as acme_issuer
 from reconciler.core.spec import IssuerSpec
 from reconciler.wiring import _LazyIssuer
 

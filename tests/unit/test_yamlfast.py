@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from reconciler import yamlfast
+from reconciler.support import yamlfast
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**12), max_value=10**12),

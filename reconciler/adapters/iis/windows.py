@@ -39,8 +39,8 @@ from reconciler.adapters.iis.changes import Step, resolve, thumbprint_users
 from reconciler.adapters.iis.emulated import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.httpsys import SslRecord, normalize_hash, parse_netsh
 from reconciler.core.model import CertInfo, HostState, Site, SiteState, StoredCert, StoreState
-from reconciler.pki import cert_info, info_from_pem, to_pfx
 from reconciler.ports import BindingChange, Material
+from reconciler.support.pki import cert_info, info_from_pem, to_pfx
 
 log = structlog.get_logger()
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import structlog
 
+from reconciler.app.world import World
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
 from reconciler.ports import RenewalWindow
-from reconciler.statedir import LockBusy
-from reconciler.wiring import World
+from reconciler.state.statedir import LockBusy
 
 log = structlog.get_logger()
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import structlog
 
-from reconciler.adapters.acme.solvers import HTTP01, SolverError
-from reconciler.fsutil import atomic_write
-from reconciler.ports import ChallengeTask
+from reconciler.core.spec import HTTP01
+from reconciler.ports import ChallengeTask, SolverError
+from reconciler.support.fs import atomic_write
 
 log = structlog.get_logger()
 

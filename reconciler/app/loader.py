@@ -1,6 +1,6 @@
 """Desired-state directory -> DesiredState, or every problem at once with file:line:col.
 
-Files are parsed with ruamel's C parser and a small core-schema constructor (reconciler.yamlfast);
+Files are parsed with ruamel's C parser and a small core-schema constructor (reconciler.support.yamlfast);
 only a file that has a problem is parsed again with ruamel's round-trip loader, which knows where
 every key and item stands.
 """
@@ -19,13 +19,13 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from reconciler import yamlfast
-from reconciler.cache import PickleCache, file_key
 from reconciler.core import validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
-from reconciler.parallel import map_batch
+from reconciler.state.cache import PickleCache, file_key
+from reconciler.support import yamlfast
+from reconciler.support.parallel import map_batch
 
 
 class InvalidDesiredState(Exception):

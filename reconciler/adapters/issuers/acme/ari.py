@@ -21,7 +21,7 @@ import structlog
 from cryptography import x509
 
 from reconciler.core.model import CertInfo
-from reconciler.statedir import KeyedLog
+from reconciler.state.statedir import KeyedLog
 
 log = structlog.get_logger()
 

@@ -16,7 +16,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 THRESHOLD = 2000  # items below which a batch runs in-process
-_PRELOAD = ["reconciler.yamlfast", "reconciler.pki", "reconciler.adapters.pemdir"]
+_PRELOAD = ["reconciler.support.yamlfast", "reconciler.support.pki", "reconciler.adapters.stores.pemdir"]
 
 
 def workers() -> int:

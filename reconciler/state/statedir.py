@@ -11,7 +11,7 @@ Layout (never committed; keys 0600; every file written atomically):
   bindings.jsonl                IIS https bindings certctl added (host|site|bindingInformation)
   journal.jsonl                 write-ahead log of apply: intent, outcome
   applied.json                  the desired-state revision (git commit) the last apply carried out
-  daemon.lock, notify.json      flock'ed by the one `certctl daemon`; alerts sent (reconciler.notify)
+  daemon.lock, notify.json      flock'ed by the one `certctl daemon`; alerts sent (reconciler.adapters.notify)
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from typing import Any
 
 import structlog
 
-from reconciler import pki
-from reconciler.cache import PickleCache, file_key
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
-from reconciler.fsutil import acquire, atomic_write, unlock
 from reconciler.ports import Material
+from reconciler.state.cache import PickleCache, file_key
+from reconciler.support import pki
+from reconciler.support.fs import acquire, atomic_write, unlock
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 log = structlog.get_logger()

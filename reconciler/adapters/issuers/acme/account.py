@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
-from reconciler import pki
-from reconciler.fsutil import atomic_write
+from reconciler.support import pki
+from reconciler.support.fs import atomic_write
 
 log = structlog.get_logger()
 

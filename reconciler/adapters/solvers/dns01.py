@@ -26,10 +26,9 @@ import dns.tsigkeyring
 import dns.update
 import structlog
 
-from reconciler.adapters.acme.solvers import DNS01, SolverError
-from reconciler.core.spec import Rfc2136
-from reconciler.ports import ChallengeTask
-from reconciler.secrets import SecretError, resolve
+from reconciler.core.spec import DNS01, Rfc2136
+from reconciler.ports import ChallengeTask, SolverError
+from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
 

@@ -19,12 +19,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler import pki
-from reconciler.cache import FileKey, PickleCache, file_key
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
-from reconciler.fsutil import atomic_symlink, atomic_write, fsync_dir
-from reconciler.parallel import map_batch
 from reconciler.ports import Material
+from reconciler.state.cache import FileKey, PickleCache, file_key
+from reconciler.support import pki
+from reconciler.support.fs import atomic_symlink, atomic_write, fsync_dir
+from reconciler.support.parallel import map_batch
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
 

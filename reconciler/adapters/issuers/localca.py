@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from reconciler import pki
 from reconciler.core.spec import LocalCA
-from reconciler.fsutil import atomic_write
 from reconciler.ports import IssueError, IssueRequest, Material
+from reconciler.support import pki
+from reconciler.support.fs import atomic_write
 
 
 class LocalCAIssuer:

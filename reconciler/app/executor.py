@@ -18,12 +18,12 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from reconciler.adapters import tasks as task_adapter
+from reconciler.app.world import World
 from reconciler.core.plan import ISSUANCE, Action, ActionKind, Plan
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
 from reconciler.ports import BindingChange, IssueError, IssueRequest, Material
-from reconciler.secrets import env_names
-from reconciler.wiring import World
+from reconciler.support.secrets import env_names
 
 log = structlog.get_logger()
 

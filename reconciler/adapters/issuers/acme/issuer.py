@@ -34,16 +34,24 @@ from josepy.jwa import ES256, JWASignature
 from josepy.jwk import JWK
 from requests.utils import parse_header_links
 
-from reconciler import pki
-from reconciler.adapters.acme import retry
-from reconciler.adapters.acme.account import AccountStore
-from reconciler.adapters.acme.ari import AriIndex, cert_id
-from reconciler.adapters.acme.retry import RetryPolicy
-from reconciler.adapters.acme.solvers import DNS01, SolverError, build_solver, challenge_type
+from reconciler.adapters.issuers.acme import retry
+from reconciler.adapters.issuers.acme.account import AccountStore
+from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id
+from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.core import spec as specs
-from reconciler.ports import ChallengeTask, IssueError, IssueRequest, Material, RenewalWindow, Solver
-from reconciler.secrets import SecretError, resolve
-from reconciler.statedir import KeyedLog
+from reconciler.ports import (
+    ChallengeTask,
+    IssueError,
+    IssueRequest,
+    Material,
+    RenewalWindow,
+    Solver,
+    SolverError,
+    SolverFactory,
+)
+from reconciler.state.statedir import KeyedLog
+from reconciler.support import pki
+from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
 
@@ -117,6 +125,7 @@ class AcmeIssuer:
         spec: specs.Acme,
         state_dir: Path,
         *,
+        solvers: SolverFactory,
         environ: Mapping[str, str] | None = None,
         retry_policy: RetryPolicy | None = None,
         order_timeout: float = 300.0,
@@ -130,7 +139,8 @@ class AcmeIssuer:
         self.folder = Path(state_dir) / "acme" / name
         self.accounts = AccountStore(self.folder)
         self.ari = AriIndex(self.folder / "ari.jsonl")
-        self._solvers: list[Solver] = [build_solver(s, environ) for s in spec.solvers]
+        self._build_solver = solvers
+        self._solvers: list[Solver] = [solvers(s, environ) for s in spec.solvers]
         # Every challenge made answerable is written here first and removed once cleaned up, so a crash
         # or kill -9 in the middle of an order never leaves a challenge file or DNS record behind.
         self.challenges = KeyedLog(self.folder / "challenges.jsonl")
@@ -306,7 +316,7 @@ class AcmeIssuer:
             index = plan.get(domain)
             if index is None:
                 index = self._solver_index(domain)
-            kind = challenge_type(self.spec.solvers[index])
+            kind = self.spec.solvers[index].challenge_type
             challb = next((c for c in authz.challenges if c.chall.typ == kind), None)
             if challb is None:
                 offered = ", ".join(sorted(str(c.chall.typ) for c in authz.challenges)) or "none"
@@ -320,7 +330,7 @@ class AcmeIssuer:
                 kind=kind,
                 token=challb.chall.encode("token"),
                 key_authorization=response.key_authorization,
-                txt_value=validation if kind == DNS01 else "",
+                txt_value=validation if kind == specs.DNS01 else "",
             )
             out.append(_Pending(url, domain, challb, response, task, index))
         return out
@@ -363,7 +373,7 @@ class AcmeIssuer:
         for key, record in sorted(self.challenges.read().items()):
             task = ChallengeTask(**record["task"])
             try:
-                solver = build_solver(specs.Solver.model_validate(record["solver"]), self.environ)
+                solver = self._build_solver(specs.Solver.model_validate(record["solver"]), self.environ)
                 solver.cleanup([task])
             except Exception as exc:  # noqa: BLE001 - reported and kept: the next pass tries again
                 log.warning("acme.challenge.recovery_failed", issuer=self.name, domain=task.domain, kind=task.kind,
@@ -472,7 +482,7 @@ class AcmeIssuer:
                 transient=False,
             )
         index = next(i for i, s in enumerate(self.spec.solvers) if s is chosen)
-        if domain.startswith("*.") and challenge_type(chosen) != DNS01:
+        if domain.startswith("*.") and chosen.challenge_type != specs.DNS01:
             raise IssueError(
                 f"Wildcard certificates require DNS validation: {domain} is matched by an http01 solver of Issuer {self.name}",
                 transient=False,

@@ -8,8 +8,8 @@ from datetime import datetime
 import structlog
 
 from reconciler.adapters import tasks as task_adapter
+from reconciler.app.world import World
 from reconciler.core.model import EndpointState, HostState, ObservedState, StoreState
-from reconciler.wiring import World
 
 log = structlog.get_logger()
 
@@ -53,7 +53,7 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
 def observe_current(world: World, now: datetime, *, locked: bool = False, probe: bool = True) -> ObservedState:
     """Observe after bringing the ACME renewal windows (ARI) up to date: what plan, apply, status and
     the daemon do before planning."""
-    from reconciler.renewalinfo import refresh_renewal_info
+    from reconciler.app.renewalinfo import refresh_renewal_info
 
     refresh_renewal_info(world, now, locked=locked)
     return observe(world, probe=probe)

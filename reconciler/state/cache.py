@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from reconciler import __version__
-from reconciler.fsutil import atomic_write
+from reconciler.support.fs import atomic_write
 
 log = structlog.get_logger()
 

@@ -16,7 +16,6 @@ The file is written atomically and never replaces a file with other content.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -24,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.cli import CliError, _dir, _load, _state
+from reconciler.app.errors import UsageError
+from reconciler.app.world import World
 from reconciler.core import domains as domain_rules
 from reconciler.core import validate
 from reconciler.core.iis_rules import entry_key, normalize_key
@@ -32,9 +32,9 @@ from reconciler.core.model import DesiredState, HostState, IssuedVersion, Named,
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
 from reconciler.core.spec import NAME_PATTERN, CertificateSpec, KeyAlgorithm, StoreSpec
-from reconciler.fsutil import atomic_write
 from reconciler.ports import BindingHost
-from reconciler.statedir import StateDir
+from reconciler.state.statedir import StateDir
+from reconciler.support.fs import atomic_write
 
 _NAME = re.compile(NAME_PATTERN)
 _SEARCH_STORES = ("WebHosting", "My")
@@ -104,7 +104,7 @@ def _spec_name(first: str, taken: set[str], host: str) -> str:
     for candidate in (base, f"{base}-{host}"[:63], *(f"{base}-{i}"[:63] for i in range(2, 100))):
         if candidate not in taken and _NAME.match(candidate):
             return candidate
-    raise CliError(f"no free Certificate name for {first}")
+    raise UsageError(f"no free Certificate name for {first}")
 
 
 def _yaml_str(value: str) -> str:
@@ -153,31 +153,38 @@ def _covered_by(desired: DesiredState, host: str, domains: list[str], thumbprint
     return None
 
 
-def run_import(args: argparse.Namespace) -> int:
-    directory = _dir(args)
-    desired = _load(args)
-    host_name = args.iis_host
+@dataclass(frozen=True)
+class ImportOptions:
+    """What `certctl import` was asked for."""
+
+    directory: Path
+    iis_host: str
+    issuer: str | None = None
+    out: Path | None = None
+
+
+def run_import(opts: ImportOptions, world: World) -> int:
+    directory = opts.directory
+    desired = world.desired
+    host_name = opts.iis_host
     if host_name not in desired.iis_hosts:
         known = ", ".join(sorted(desired.iis_hosts)) or "none is defined"
-        raise CliError(f"IisHost {host_name!r} does not exist in {directory} (known: {known})")
-    if args.issuer:
-        if args.issuer not in desired.issuers:
-            raise CliError(f"Issuer {args.issuer!r} does not exist (known: {', '.join(sorted(desired.issuers)) or 'none'})")
-        issuer = args.issuer
+        raise UsageError(f"IisHost {host_name!r} does not exist in {directory} (known: {known})")
+    if opts.issuer:
+        if opts.issuer not in desired.issuers:
+            raise UsageError(f"Issuer {opts.issuer!r} does not exist (known: {', '.join(sorted(desired.issuers)) or 'none'})")
+        issuer = opts.issuer
     elif desired.issuers:
         issuer = sorted(desired.issuers)[0]
     else:
-        raise CliError("there is no Issuer in the desired state; add one (or give --issuer)")
-    out = Path(args.out) if args.out else directory / f"imported-{host_name}.yaml"
+        raise UsageError("there is no Issuer in the desired state; add one (or give --issuer)")
+    out = opts.out or directory / f"imported-{host_name}.yaml"
 
-    from reconciler.wiring import build
-
-    state = _state(args, desired)
-    world = build(desired, state)
+    state = world.state
     world_host = world.hosts[host_name]
     observed = world_host.observe()
     if not observed.reachable:
-        raise CliError(f"IIS host {host_name} cannot be read: {'; '.join(observed.problems) or 'unknown error'}")
+        raise UsageError(f"IIS host {host_name} cannot be read: {'; '.join(observed.problems) or 'unknown error'}")
 
     issued = state.issued()
     taken = set(desired.certificates)
@@ -241,7 +248,7 @@ def run_import(args: argparse.Namespace) -> int:
     text = _render(host_name, issuer, planned, new_stores, _schema_ref(directory, out))
     if out.exists():
         if out.read_text() != text:
-            raise CliError(f"{out} exists with other content; it is never overwritten (choose another --out)")
+            raise UsageError(f"{out} exists with other content; it is never overwritten (choose another --out)")
         print(f"{out} already holds these specs; unchanged.")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -275,11 +282,11 @@ def _check(desired: DesiredState, planned: list[Planned], new_stores: dict[str, 
         try:
             certificates[p.name] = Named(p.name, CertificateSpec.model_validate(body), src)
         except ValueError as err:
-            raise CliError(f"the spec for {p.found.thumbprint[:8]} would be invalid: {err}") from None
+            raise UsageError(f"the spec for {p.found.thumbprint[:8]} would be invalid: {err}") from None
     problems = validate.check(replace(desired, stores=stores, certificates=certificates))
     if problems:
         text = "; ".join(p.message for p in problems)
-        raise CliError(f"the imported specs would not validate with the existing ones ({text}); nothing was written")
+        raise UsageError(f"the imported specs would not validate with the existing ones ({text}); nothing was written")
 
 
 def _adopt(desired: DesiredState, state: StateDir, world_host: BindingHost, issuer: str,

@@ -43,16 +43,16 @@ from typing import Any
 
 import structlog
 
+from reconciler.app.executor import recover_challenges
+from reconciler.app.loader import InvalidDesiredState, load
 from reconciler.core.durations import iso
 from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.planner import desired_fingerprint
 from reconciler.core.planner import plan as make_plan
-from reconciler.executor import recover_challenges
-from reconciler.fsutil import acquire
-from reconciler.loader import InvalidDesiredState, load
-from reconciler.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
-from reconciler.statedir import LockBusy, StateDir
+from reconciler.entry.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
+from reconciler.state.statedir import LockBusy, StateDir
+from reconciler.support.fs import acquire
 
 log = structlog.get_logger()
 
@@ -496,9 +496,9 @@ class Daemon:
         return self._world
 
     def _pass(self, desired: DesiredState, maintenance: bool) -> int:
-        from reconciler.executor import Executor, Outcome
-        from reconciler.observe import observe, observe_current
-        from reconciler.status import status_document, status_rows
+        from reconciler.app.executor import Executor, Outcome
+        from reconciler.app.observe import observe, observe_current
+        from reconciler.app.status import status_document, status_rows
 
         assert self.state is not None
         world = self._world_for(desired)
@@ -548,7 +548,7 @@ class Daemon:
         return failed
 
     def _notify(self, desired: DesiredState, rows: list[dict[str, Any]], now: datetime) -> None:
-        from reconciler.notify import Notifier
+        from reconciler.adapters.notify import Notifier
 
         assert self.state is not None
         notifier = Notifier(self.state.path, on_result=lambda c, e, r: self.metrics.notifications.labels(
@@ -610,7 +610,7 @@ class Daemon:
         self.metrics.desired_errors.set(len(errors))
 
     def _git_pull(self) -> None:
-        from reconciler.gitsync import pull
+        from reconciler.support.git import pull
 
         result = pull(self.dir)
         self.git = {"ok": result.ok, "at": iso(_utcnow()), "revision": result.after, "message": result.message}

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.core.spec import KIND_SPECS, document_model
-from reconciler.fsutil import atomic_write
+from reconciler.support.fs import atomic_write
 
 SCHEMA_BASE = "https://certctl.dev/schemas/"
 

@@ -13,24 +13,21 @@ from typing import Any
 import structlog
 
 from reconciler import __version__
+from reconciler.app.errors import UsageError
+from reconciler.app.loader import InvalidDesiredState, load
+from reconciler.app.status import status_document, status_rows
 from reconciler.core import render
 from reconciler.core.durations import parse_time
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import Plan, action_from_json
 from reconciler.core.planner import desired_fingerprint, with_fingerprints
 from reconciler.core.planner import plan as make_plan
-from reconciler.loader import InvalidDesiredState, load
-from reconciler.logging import configure
-from reconciler.statedir import LockBusy, StateDir
-from reconciler.status import status_document, status_rows
+from reconciler.state.statedir import LockBusy, StateDir
+from reconciler.support.logging import configure
 
 log = structlog.get_logger()
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
-
-
-class CliError(Exception):
-    pass
 
 
 def _dir(args: argparse.Namespace) -> Path:
@@ -38,7 +35,7 @@ def _dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> DesiredState:
-    from reconciler.cache import default_dir
+    from reconciler.state.cache import default_dir
 
     return load(_dir(args), cache_dir=default_dir())
 
@@ -60,7 +57,7 @@ def _world(args: argparse.Namespace, desired: DesiredState) -> Any:
 
 
 def _observe(world: Any, now: datetime | None = None, *, locked: bool = False) -> Any:
-    from reconciler.observe import observe_current
+    from reconciler.app.observe import observe_current
 
     return observe_current(world, now or _now(), locked=locked)
 
@@ -77,7 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def _emit(args: argparse.Namespace, plan: Plan) -> None:
     if args.out:
-        from reconciler.fsutil import atomic_write
+        from reconciler.support.fs import atomic_write
 
         atomic_write(Path(args.out), json.dumps(plan.to_json(), indent=2) + "\n")
     if getattr(args, "json", False):
@@ -107,7 +104,7 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
     desired = _load(args)
     world = _world(args, desired)
     with world.state.lock(wait=args.lock_timeout):
-        from reconciler.executor import recover_challenges
+        from reconciler.app.executor import recover_challenges
 
         recover_challenges(world)  # what an interrupted order left answerable
         observed = _observe(world, locked=True)
@@ -126,15 +123,15 @@ def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read the plan file {path}: {exc}") from None
+        raise UsageError(f"cannot read the plan file {path}: {exc}") from None
     if data.get("format_version") != 1:
-        raise CliError(f"{path} is not a certctl plan (format_version 1)")
+        raise UsageError(f"{path} is not a certctl plan (format_version 1)")
     saved = data.get("fingerprints", {})
     if saved.get("desired") != desired_fingerprint(desired):
-        raise CliError(f"stale plan: the desired state in {desired.directory} changed since {path} was made; "
+        raise UsageError(f"stale plan: the desired state in {desired.directory} changed since {path} was made; "
                        "run certctl plan again")
     if saved.get("observed") != observed.fingerprint():
-        raise CliError(f"stale plan: what certctl observes (stores, hosts, task outputs, state) changed since {path} "
+        raise UsageError(f"stale plan: what certctl observes (stores, hosts, task outputs, state) changed since {path} "
                        "was made; run certctl plan again")
     return Plan(
         at=datetime.fromisoformat(data["at"].replace("Z", "+00:00")),
@@ -148,7 +145,7 @@ def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
 
 
 def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
-    from reconciler.executor import Executor, Outcome
+    from reconciler.app.executor import Executor, Outcome
 
     progress = sys.stdout.isatty() and args.log_format != "json"
 
@@ -181,7 +178,7 @@ def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
 def cmd_renew(args: argparse.Namespace) -> int:
     desired = _load(args)
     if args.name not in desired.certificates:
-        raise CliError(f"no Certificate named {args.name!r} (known: {', '.join(sorted(desired.certificates)) or 'none'})")
+        raise UsageError(f"no Certificate named {args.name!r} (known: {', '.join(sorted(desired.certificates)) or 'none'})")
     args.planfile = None
     return cmd_apply(args, forced=frozenset({args.name}))
 
@@ -204,7 +201,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from reconciler.schema import write_schemas
+    from reconciler.app.schema import write_schemas
 
     written = write_schemas(Path(args.out))
     for path in written:
@@ -213,15 +210,18 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from reconciler.daemon import run_daemon
+    from reconciler.entry.daemon import run_daemon
 
     return run_daemon(args)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from reconciler.importer import run_import
+    from reconciler.app.importer import ImportOptions, run_import
 
-    return run_import(args)
+    desired = _load(args)
+    opts = ImportOptions(directory=_dir(args), iis_host=args.iis_host, issuer=args.issuer,
+                         out=Path(args.out) if args.out else None)
+    return run_import(opts, _world(args, desired))
 
 
 # --- parser ----------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stderr.write(f"{d}\n")
         sys.stderr.write(f"certctl: {len(exc.diagnostics)} problem(s) found; nothing was changed.\n")
         return EXIT_ERROR
-    except (CliError, LockBusy) as exc:
+    except (UsageError, LockBusy) as exc:
         sys.stderr.write(f"certctl: {exc}\n")
         return EXIT_ERROR
     except KeyboardInterrupt:

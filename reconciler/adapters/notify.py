@@ -36,8 +36,8 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from reconciler import __version__
 from reconciler.core.durations import humanize, iso
 from reconciler.core.spec import Email, Notify, Webhook
-from reconciler.fsutil import atomic_write
-from reconciler.secrets import resolve
+from reconciler.support.fs import atomic_write
+from reconciler.support.secrets import resolve
 
 log = structlog.get_logger()
 
