@@ -1,30 +1,20 @@
-"""Alerts for certificates in trouble: a webhook (JSON POST) and/or an email (SMTP with STARTTLS).
+"""Delivery of alerts: a webhook (JSON POST) and/or an email (SMTP with STARTTLS).
 
-When (``Settings.notify``):
-  * a certificate has failed ``afterFailures`` (default 3) consecutive issuance attempts, or
-  * it is within ``expiryWarning`` (default 7d) of expiry and its renewal point has passed without a
-    successful renewal (a certificate that lives less than ``expiryWarning`` is not "expiring" while
-    it is simply waiting for its renewal point),
-an ``alert`` goes out once; when the condition clears, one ``recovered`` follows. Each channel keeps
-its own record in ``<state>/notify.json``, so a restart never resends, and a channel that could not
-be reached is retried on the next reconcile. An alert goes out at most once per certificate per day
-(a flapping certificate cannot flood anyone); the ``recovered`` that answers a sent alert is never held back.
-
-``decide`` is pure (state in, sends and new state out); ``Notifier`` does the I/O.
+``reconciler.core.notify_rules`` decides what goes out and when (pure: state in, sends and new state
+out); ``Notifier`` keeps each channel's record in ``<state>/notify.json``, so a restart never resends,
+and a channel that could not be reached is retried on the next reconcile.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import smtplib
 import socket
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -34,87 +24,16 @@ import structlog
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from reconciler import __version__
-from reconciler.core.durations import humanize, iso
+from reconciler.core.durations import iso
+from reconciler.core.notify_rules import RECOVERED, Notice, decide, record_sent
 from reconciler.core.spec import Email, Notify, Webhook
+from reconciler.core.status import StatusRow
 from reconciler.support.fs import atomic_write
 from reconciler.support.secrets import resolve
 
 log = structlog.get_logger()
 
-ALERT, RECOVERED = "alert", "recovered"
-RATE_LIMIT = timedelta(days=1)
 STATE_FILE = "notify.json"
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    certificate: str
-    event: str  # alert | recovered
-    condition: str  # failing | expiring (for recovered: the condition that cleared)
-    message: str
-    row: dict[str, Any]
-
-
-def _dt(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def condition(row: dict[str, Any], settings: Notify, now: datetime) -> tuple[str, str] | None:
-    """The trouble a certificate (a `status --json` row) is in, as (condition, sentence), or None."""
-    failures = int(row.get("consecutive_failures") or 0)
-    if failures >= settings.afterFailures:
-        return "failing", (f"{failures} consecutive failed attempt(s) to issue or renew; "
-                           f"last error: {row.get('last_error') or 'unknown'}")
-    not_after, renew_at = _dt(row.get("not_after")), _dt(row.get("renew_at"))
-    if not_after is not None and not_after - now <= settings.expiryWarning and (renew_at is None or now >= renew_at):
-        if not_after <= now:
-            return "expiring", f"expired {iso(not_after)} and has not been renewed"
-        return "expiring", f"expires {iso(not_after)} (in {humanize(not_after - now)}) and has not been renewed"
-    return None
-
-
-def decide(state: dict[str, Any], rows: Iterable[dict[str, Any]], settings: Notify, channels: Iterable[str],
-           now: datetime) -> tuple[list[tuple[str, Notice]], dict[str, Any]]:
-    """What to send on which channel, and the notify state without the certificates no longer in the spec."""
-    channels = tuple(channels)
-    sends: list[tuple[str, Notice]] = []
-    new_state: dict[str, Any] = {}
-    for row in rows:
-        name = str(row["name"])
-        entry = copy.deepcopy(state.get(name, {}))
-        entry.setdefault("channels", {})
-        found = condition(row, settings, now)
-        for channel in channels:
-            record = entry["channels"].get(channel, {})
-            alerting = record.get("event") == ALERT
-            if found is not None and not alerting:
-                last_alert = _dt(record.get("alert_at"))
-                if last_alert is None or now - last_alert >= RATE_LIMIT:
-                    sends.append((channel, Notice(name, ALERT, found[0], found[1], row)))
-            elif found is None and alerting:
-                cleared = str(record.get("condition") or "failing")
-                sends.append((channel, Notice(name, RECOVERED, cleared, _recovered_sentence(cleared, row), row)))
-        entry["condition"] = found[0] if found else None
-        new_state[name] = entry
-    return sends, new_state
-
-
-def _recovered_sentence(cleared: str, row: dict[str, Any]) -> str:
-    what = "issuance succeeds again" if cleared == "failing" else "it has been renewed"
-    return f"recovered: {what}; the current certificate expires {row.get('not_after') or 'unknown'}"
-
-
-def record_sent(state: dict[str, Any], channel: str, notice: Notice, now: datetime) -> None:
-    entry = state.setdefault(notice.certificate, {"channels": {}})
-    record = dict(entry.setdefault("channels", {}).get(channel, {}))
-    record["event"] = notice.event
-    record["condition"] = notice.condition
-    record["at"] = iso(now)
-    if notice.event == ALERT:
-        record["alert_at"] = iso(now)
-    entry["channels"][channel] = record
 
 
 # --- delivery -----------------------------------------------------------------------------------------
@@ -125,7 +44,7 @@ class DeliveryError(Exception):
 
 
 def payload(notice: Notice, source: dict[str, Any], now: datetime) -> dict[str, Any]:
-    row = notice.row
+    row = notice.row.to_json()
     return {
         "event": notice.event,
         "certificate": notice.certificate,
@@ -245,7 +164,7 @@ class Notifier:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def process(self, settings: Notify, rows: list[dict[str, Any]], source: dict[str, Any],
+    def process(self, settings: Notify, rows: list[StatusRow], source: dict[str, Any],
                 now: datetime | None = None) -> list[tuple[str, Notice]]:
         """Send what is due; return what was sent."""
         now = now or datetime.now(UTC)

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import structlog
 
@@ -22,13 +22,13 @@ from reconciler.app.world import World
 from reconciler.core.plan import ISSUANCE, Action, ActionKind, Plan
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
-from reconciler.ports import BindingChange, IssueError, IssueRequest, Material
+from reconciler.core.schedules import backoff
+from reconciler.ports import BindingChange, Clock, IssueError, IssueRequest, Material
+from reconciler.support.clock import SYSTEM
 from reconciler.support.secrets import env_names
 
 log = structlog.get_logger()
 
-BACKOFF_START = timedelta(hours=1)
-BACKOFF_CAP = timedelta(hours=24)
 VERIFY_SETTLE = 5.0  # seconds a verify endpoint may take to serve the new certificate after a reload
 
 
@@ -40,12 +40,6 @@ def recover_challenges(world: World) -> int:
         if recover is not None:
             removed += int(recover())
     return removed
-
-
-def backoff(failures: int) -> timedelta:
-    """1 h after the first failure, doubling, at most 24 h."""
-    delay: timedelta = BACKOFF_START * (2 ** max(0, failures - 1))
-    return min(BACKOFF_CAP, delay)
 
 
 @dataclass
@@ -70,15 +64,8 @@ class ApplyResult:
         return sum(1 for o in self.outcomes if o.status == status)
 
 
-Clock = Callable[[], datetime]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Executor:
-    def __init__(self, world: World, *, concurrency: int = 8, clock: Clock = _utcnow,
+    def __init__(self, world: World, *, concurrency: int = 8, clock: Clock = SYSTEM,
                  on_outcome: Callable[[Outcome], None] | None = None) -> None:
         self.world = world
         self.concurrency = max(1, concurrency)
@@ -200,7 +187,7 @@ class Executor:
             key_pem = None
             if spec.key.reuse and current is not None and current.info.key_algorithm == spec.key.algorithm.value:
                 key_pem = state.material(name, current.info.thumbprint).key_pem
-            now = self.clock()
+            now = self.clock.now()
             state.update_attempts(name, last_attempt=now)
             replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
             if current is not None and current.issuer_id == issuer_id(issuer_name, desired.issuers[issuer_name].spec):
@@ -220,9 +207,9 @@ class Executor:
                 raise
             version = state.store_issued(
                 name, material, issuer_id(issuer_name, desired.issuers[issuer_name].spec), tuple(spec.domains),
-                self.clock(), current.info.thumbprint if current else None,
+                self.clock.now(), current.info.thumbprint if current else None,
             )
-            state.update_attempts(name, consecutive_failures=0, last_success=self.clock(), last_error=None,
+            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
                                   next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
         return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat()}
 
@@ -230,7 +217,7 @@ class Executor:
         state = self.world.state
         failures = state.attempts().get(name)
         count = (failures.consecutive_failures if failures else 0) + 1
-        next_retry = self.clock() + backoff(count)
+        next_retry = self.clock.now() + backoff(count)
         if retry_after is not None and retry_after > next_retry:
             next_retry = retry_after
         state.update_attempts(name, consecutive_failures=count, last_error=message, next_retry=next_retry)
@@ -249,7 +236,7 @@ class Executor:
     def _install(self, action: Action) -> dict[str, object]:
         store_name = action.target.split("/", 1)[1]
         material = self._material(action)
-        stored = self.world.stores[store_name].install(action.certificate, material, self.clock())
+        stored = self.world.stores[store_name].install(action.certificate, material, self.clock.now())
         return {"thumbprint": material.info.thumbprint, "ref": stored.ref}
 
     def _deploy(self, action: Action) -> dict[str, object]:

@@ -20,7 +20,6 @@ import json
 import os
 import re
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.app.errors import UsageError
@@ -34,6 +33,7 @@ from reconciler.core.policies import issuer_id
 from reconciler.core.spec import NAME_PATTERN, CertificateSpec, KeyAlgorithm, StoreSpec
 from reconciler.ports import BindingHost
 from reconciler.state.statedir import StateDir
+from reconciler.support.clock import SYSTEM
 from reconciler.support.fs import atomic_write
 
 _NAME = re.compile(NAME_PATTERN)
@@ -294,7 +294,7 @@ def _adopt(desired: DesiredState, state: StateDir, world_host: BindingHost, issu
     """Keep each imported certificate (with its key, read back from the store) as the spec's current one."""
     adopted: set[str] = set()
     ident = issuer_id(issuer, desired.issuers[issuer].spec)
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = SYSTEM.now().replace(microsecond=0)
     with state.lock(purpose="import"):
         for p in planned:
             current = current_version(state.issued().get(p.name, ()))

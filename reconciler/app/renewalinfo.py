@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import structlog
@@ -25,14 +25,12 @@ import structlog
 from reconciler.app.world import World
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
+from reconciler.core.schedules import next_renewal_info_fetch
 from reconciler.ports import RenewalWindow
 from reconciler.state.statedir import LockBusy
 
 log = structlog.get_logger()
 
-DEFAULT_INTERVAL = timedelta(hours=6)  # without a Retry-After, and after a failure
-MIN_INTERVAL = timedelta(minutes=1)
-MAX_INTERVAL = timedelta(hours=24)
 WORKERS = 8
 LOCK_WAIT = 2.0  # seconds a plan waits for the state dir's lock to store what it fetched
 
@@ -87,10 +85,8 @@ def due_jobs(world: World, now: datetime) -> list[_Job]:
 
 
 def next_fetch(window: RenewalWindow | None, now: datetime) -> datetime:
-    """When to ask again: the CA's Retry-After within [1 min, 24 h], else 6 h from now."""
-    if window is None or window.retry_after is None:
-        return now + DEFAULT_INTERVAL
-    return min(max(window.retry_after, now + MIN_INTERVAL), now + MAX_INTERVAL)
+    """When to ask again (``schedules.next_renewal_info_fetch`` of the window's Retry-After)."""
+    return next_renewal_info_fetch(window.retry_after if window is not None else None, now)
 
 
 def fetch_all(jobs: list[_Job], now: datetime, workers: int = WORKERS) -> list[Fetched]:

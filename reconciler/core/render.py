@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from reconciler.core.durations import iso
 from reconciler.core.plan import ACTION_ORDER, ActionKind, Plan
+from reconciler.core.status import StatusRow
 
 _SYMBOL = {
     ActionKind.issue: "+", ActionKind.renew: "~", ActionKind.reissue: "~", ActionKind.install: "+",
@@ -96,14 +98,14 @@ def _md(value: str) -> str:
     return value.replace("|", "\\|").replace("\n", " ")
 
 
-def status_text(rows: list[dict[str, Any]]) -> str:
+def status_text(rows: Sequence[StatusRow]) -> str:
     if not rows:
         return "No certificates are defined.\n"
     header = ("CERTIFICATE", "STATE", "EXPIRES", "RENEWS", "THUMBPRINT", "LAST ERROR")
     table = [header] + [
         (
-            r["name"], r["state"], r["not_after"] or "-", r["renew_at"] or "-",
-            (r["thumbprint"] or "-")[:16], (r["last_error"] or "-")[:80],
+            r.name, r.state.value, iso(r.not_after) or "-", iso(r.renew_at) or "-",
+            (r.thumbprint or "-")[:16], (r.last_error or "-")[:80],
         )
         for r in rows
     ]

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +15,15 @@ import structlog
 from reconciler import __version__
 from reconciler.app.errors import UsageError
 from reconciler.app.loader import InvalidDesiredState, load
-from reconciler.app.status import status_document, status_rows
 from reconciler.core import render
 from reconciler.core.durations import parse_time
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import Plan, action_from_json
 from reconciler.core.planner import desired_fingerprint, with_fingerprints
 from reconciler.core.planner import plan as make_plan
+from reconciler.core.status import status_document, status_rows
 from reconciler.state.statedir import LockBusy, StateDir
+from reconciler.support.clock import SYSTEM
 from reconciler.support.logging import configure
 
 log = structlog.get_logger()
@@ -47,7 +48,7 @@ def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:
 
 
 def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
+    return SYSTEM.now().replace(microsecond=0)
 
 
 def _world(args: argparse.Namespace, desired: DesiredState) -> Any:

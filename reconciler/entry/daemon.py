@@ -37,7 +37,7 @@ import sys
 import threading
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,15 @@ import structlog
 from reconciler.app.executor import recover_challenges
 from reconciler.app.loader import InvalidDesiredState, load
 from reconciler.core.durations import iso
-from reconciler.core.model import DesiredState, ObservedState
+from reconciler.core.model import DesiredState
 from reconciler.core.plan import ActionKind, Plan
 from reconciler.core.planner import desired_fingerprint
 from reconciler.core.planner import plan as make_plan
+from reconciler.core.schedules import next_due
+from reconciler.core.status import StatusRow, status_document, status_rows
 from reconciler.entry.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
 from reconciler.state.statedir import LockBusy, StateDir
+from reconciler.support.clock import SYSTEM
 from reconciler.support.fs import acquire
 
 log = structlog.get_logger()
@@ -69,17 +72,13 @@ class DaemonBusy(Exception):
     pass
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 # --- the one-daemon lock ------------------------------------------------------------------------------------
 
 
 def hold_daemon_lock(state_path: Path, directory: Path) -> int:
     """flock ``<state>/daemon.lock`` for the life of the process (the OS releases it on any exit, even kill -9)."""
     fd, holder = acquire(state_path / "daemon.lock", 0, f"pid {os.getpid()}, daemon since "
-                         f"{_utcnow().strftime('%Y-%m-%dT%H:%M:%SZ')}, desired state {directory}")
+                         f"{SYSTEM.now().strftime('%Y-%m-%dT%H:%M:%SZ')}, desired state {directory}")
     if holder is not None:
         raise DaemonBusy(
             f"another certctl daemon is already running on the state dir {state_path} ({holder}); "
@@ -205,21 +204,6 @@ def _mend(path: Path) -> int:
 # --- scheduling ---------------------------------------------------------------------------------------------
 
 
-def next_due(plan: Plan, observed: ObservedState, now: datetime, expiry_warning: timedelta | None) -> datetime | None:
-    """The earliest moment after ``now`` at which some certificate needs a pass of its own."""
-    times: list[datetime] = []
-    names = {s.name for s in plan.certificates}
-    for summary in plan.certificates:
-        candidates = [summary.renew_at, summary.deferred_until, summary.not_after]
-        if expiry_warning is not None and summary.not_after is not None:
-            candidates.append(summary.not_after - expiry_warning)
-        times.extend(t for t in candidates if t is not None and t > now)
-    for attempts in observed.attempts.values():
-        if attempts.certificate in names and attempts.next_retry and attempts.next_retry > now:
-            times.append(attempts.next_retry)
-    return min(times) if times else None
-
-
 def without_cleanup(plan: Plan) -> Plan:
     return replace(plan, actions=tuple(a for a in plan.actions if a.kind is not ActionKind.cleanup))
 
@@ -235,7 +219,7 @@ class Daemon:
         self.events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.stopping = False
         self.stop_grace = float(os.environ.get("CERTCTL_STOP_TIMEOUT", "30"))
-        self.started_at = _utcnow()
+        self.started_at = SYSTEM.now()
         self.desired: DesiredState | None = None  # the last valid desired state: the one in force
         self.desired_error: dict[str, Any] | None = None
         self.state: StateDir | None = None
@@ -409,7 +393,7 @@ class Daemon:
             maintenance = "start" in reasons or now >= self.next_maintenance
             if maintenance:
                 self.maintenance_mark = now
-            if self.due is not None and _utcnow() >= self.due:
+            if self.due is not None and SYSTEM.now() >= self.due:
                 reasons.add("due")
             if self.retry_at is not None and now >= self.retry_at:
                 reasons.add("retry")
@@ -435,7 +419,7 @@ class Daemon:
         if self.retry_at is not None:
             deadlines.append(self.retry_at)
         if self.due is not None:
-            deadlines.append(now + max(0.0, (self.due - _utcnow()).total_seconds()) + WAKE_SLACK)
+            deadlines.append(now + max(0.0, (self.due - SYSTEM.now()).total_seconds()) + WAKE_SLACK)
         return max(0.0, min(deadlines) - now)
 
     # --- one pass -------------------------------------------------------------------------------------------
@@ -477,7 +461,7 @@ class Daemon:
             self.metrics.errors.inc()
         if ok:
             self.metrics.last_success.set(time.time())
-        self.last = {"ok": ok, "at": iso(_utcnow()), "seconds": round(seconds, 3), "error": error,
+        self.last = {"ok": ok, "at": iso(SYSTEM.now()), "seconds": round(seconds, 3), "error": error,
                      "failed_actions": failed}
         nxt = self._timeout()
         self.metrics.next_due.set(time.time() + nxt)
@@ -498,7 +482,6 @@ class Daemon:
     def _pass(self, desired: DesiredState, maintenance: bool) -> int:
         from reconciler.app.executor import Executor, Outcome
         from reconciler.app.observe import observe, observe_current
-        from reconciler.app.status import status_document, status_rows
 
         assert self.state is not None
         world = self._world_for(desired)
@@ -506,8 +489,8 @@ class Daemon:
         with self.state.lock(wait=LOCK_WAIT, purpose="daemon reconcile"):
             if maintenance:
                 recover(world)
-            observed = observe_current(world, _utcnow(), locked=True)
-            now = _utcnow()
+            observed = observe_current(world, SYSTEM.now(), locked=True)
+            now = SYSTEM.now()
             plan = make_plan(desired, observed, now)
             todo = plan if maintenance else without_cleanup(plan)
             applied = self.state.applied() or {}
@@ -530,7 +513,7 @@ class Daemon:
                 log.info("apply.finished", done=result.count("done"), failed=result.count("failed"),
                          skipped=result.count("skipped"), verify_failures=len(result.verify_failures))
                 observed = observe(world)
-                now = _utcnow()
+                now = SYSTEM.now()
                 plan = make_plan(desired, observed, now)
             fingerprint = self.fingerprint
             if ran or applied.get("revision") != desired.revision or applied.get("desired_fingerprint") != fingerprint:
@@ -547,7 +530,7 @@ class Daemon:
             self._notify(desired, rows, now)
         return failed
 
-    def _notify(self, desired: DesiredState, rows: list[dict[str, Any]], now: datetime) -> None:
+    def _notify(self, desired: DesiredState, rows: list[StatusRow], now: datetime) -> None:
         from reconciler.adapters.notify import Notifier
 
         assert self.state is not None
@@ -605,7 +588,7 @@ class Daemon:
                       in_force=self.desired.revision if self.desired else None,
                       note="the last valid desired state stays in force; nothing changes because of this edit"
                       if self.desired else "nothing is reconciled until the desired state is valid")
-            self.desired_error = {"errors": errors, "since": iso(_utcnow())}
+            self.desired_error = {"errors": errors, "since": iso(SYSTEM.now())}
         self.metrics.desired_valid.set(0)
         self.metrics.desired_errors.set(len(errors))
 
@@ -613,7 +596,7 @@ class Daemon:
         from reconciler.support.git import pull
 
         result = pull(self.dir)
-        self.git = {"ok": result.ok, "at": iso(_utcnow()), "revision": result.after, "message": result.message}
+        self.git = {"ok": result.ok, "at": iso(SYSTEM.now()), "revision": result.after, "message": result.message}
         if result.ok:
             if result.changed:
                 log.info("git.pulled", before=result.before, after=result.after)
@@ -651,7 +634,7 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         doc = dict(self.status_doc) if self.status_doc else {
-            "at": iso(_utcnow()), "source": {"dir": str(self.dir), "revision": None}, "applied": None, "certificates": []}
+            "at": iso(SYSTEM.now()), "source": {"dir": str(self.dir), "revision": None}, "applied": None, "certificates": []}
         doc["daemon"] = self._daemon_doc()
         return doc
 

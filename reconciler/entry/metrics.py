@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,32 +19,15 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from reconciler.core.status import READY_CONDITIONS, StatusRow, ready_condition
+
 log = structlog.get_logger()
 
 DEFAULT_ADDRESS = "127.0.0.1:9464"
-CONDITIONS = ("True", "False", "Unknown")
 
 
-def ready_condition(row: dict[str, Any], now: datetime) -> str:
-    """cert-manager's Ready condition for one status row: True while a valid certificate matching the spec is in place."""
-    state = row.get("state")
-    not_after = row.get("not_after")
-    if state in ("missing", "expired", "outdated") or not row.get("thumbprint") or not not_after:
-        return "False"
-    try:
-        expires = datetime.fromisoformat(str(not_after).replace("Z", "+00:00"))
-    except ValueError:
-        return "Unknown"
-    return "True" if expires > now else "False"
-
-
-def _timestamp(value: Any) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
+def _timestamp(value: datetime | None) -> float | None:
+    return value.timestamp() if value is not None else None
 
 
 class Metrics:
@@ -86,26 +69,26 @@ class Metrics:
         self._names: set[str] = set()
         self._revision: str | None = None
 
-    def certificates(self, rows: Iterable[dict[str, Any]], now: datetime) -> None:
-        """Set the per-certificate gauges from `status --json` rows; drop certificates no longer in the spec."""
+    def certificates(self, rows: Iterable[StatusRow], now: datetime) -> None:
+        """Set the per-certificate gauges from the status rows; drop certificates no longer in the spec."""
         seen: set[str] = set()
         for row in rows:
-            name = str(row["name"])
+            name = row.name
             seen.add(name)
-            for gauge, value in ((self.expiration, _timestamp(row.get("not_after"))),
-                                 (self.renewal, _timestamp(row.get("renew_at")))):
+            for gauge, value in ((self.expiration, _timestamp(row.not_after)),
+                                 (self.renewal, _timestamp(row.renew_at))):
                 if value is None:
                     _remove(gauge, name)
                 else:
                     gauge.labels(name=name).set(value)
             condition = ready_condition(row, now)
-            for c in CONDITIONS:
+            for c in READY_CONDITIONS:
                 self.ready.labels(name=name, condition=c).set(1 if c == condition else 0)
-            self.failures.labels(name=name).set(int(row.get("consecutive_failures") or 0))
+            self.failures.labels(name=name).set(row.consecutive_failures)
         for name in self._names - seen:
             for gauge in (self.expiration, self.renewal, self.failures):
                 _remove(gauge, name)
-            for c in CONDITIONS:
+            for c in READY_CONDITIONS:
                 _remove(self.ready, name, c)
         self._names = seen
 
@@ -196,7 +179,3 @@ def parse_address(address: str) -> tuple[str, int]:
         raise ValueError(f"metrics address {address!r} must be host:port, e.g. {DEFAULT_ADDRESS}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)

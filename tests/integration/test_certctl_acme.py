@@ -22,6 +22,7 @@ from reconciler.app.loader import load
 from reconciler.app.observe import observe
 from reconciler.core.planner import plan as make_plan
 from reconciler.state.statedir import StateDir
+from reconciler.support.clock import FixedClock
 from reconciler.wiring import build, build_acme_issuer
 from tests.conftest import Workspace
 from tests.integration.servers import AriProxy, Bind, Pebble, PebbleOptions, wait_until
@@ -250,7 +251,7 @@ def test_a_ca_that_is_down_backs_off_and_the_run_after_the_backoff_succeeds(
     world.issuers["pebble"] = build_acme_issuer("pebble", desired.issuers["pebble"].spec.acme, ws.state, retry_policy=quick)
 
     t0 = datetime.now(UTC).replace(microsecond=0)
-    result = Executor(world, clock=lambda: t0).run(make_plan(desired, observe(world), t0))
+    result = Executor(world, clock=FixedClock(t0)).run(make_plan(desired, observe(world), t0))
     failed = {o.action.id: o for o in result.outcomes if o.status == "failed"}
     assert set(failed) == {"issue/later"}
     assert proxy.directory_url in (failed["issue/later"].error or "")
@@ -266,7 +267,7 @@ def test_a_ca_that_is_down_backs_off_and_the_run_after_the_backoff_succeeds(
         t1 = t0 + timedelta(hours=1, seconds=1)
         after = make_plan(desired, observe(world), t1)
         assert [a.id for a in after.actions] == ["issue/later", "install/later/store/pem"]
-        result = Executor(world, clock=lambda: t1).run(after)
+        result = Executor(world, clock=FixedClock(t1)).run(after)
     finally:
         proxy.stop()
     assert result.ok, [o.error for o in result.outcomes]

@@ -1,4 +1,4 @@
-"""reconciler.entry.daemon pieces that need no process: due times, maintenance-only cleanup, the recovery sweep,
+"""Daemon pieces that need no process: due times (core.schedules), maintenance-only cleanup, the recovery sweep,
 metrics gauges; and reconciler.support.git against a real git repository."""
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.core.model import Attempts, ObservedState
 from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
-from reconciler.entry.daemon import next_due, recover, without_cleanup
-from reconciler.entry.metrics import Metrics, parse_address, ready_condition
+from reconciler.core.schedules import next_due
+from reconciler.core.status import StatusRow, ready_condition
+from reconciler.entry.daemon import recover, without_cleanup
+from reconciler.entry.metrics import Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull
 from reconciler.support.logging import configure
@@ -95,10 +97,9 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
 
 def test_metrics_gauges_follow_status_rows() -> None:
     metrics = Metrics()
-    rows = [{"name": "a", "state": "ready", "thumbprint": "AA", "not_after": "2026-12-01T00:00:00Z",
-             "renew_at": "2026-11-28T00:00:00Z", "consecutive_failures": 0},
-            {"name": "b", "state": "missing", "thumbprint": None, "not_after": None, "renew_at": None,
-             "consecutive_failures": 2}]
+    rows = [StatusRow("a", CertState.ready, thumbprint="AA", not_after=datetime(2026, 12, 1, tzinfo=UTC),
+                      renew_at=datetime(2026, 11, 28, tzinfo=UTC)),
+            StatusRow("b", CertState.missing, consecutive_failures=2)]
     metrics.certificates(rows, NOW)
     samples = _samples(metrics)
     assert samples[("certctl_certificate_expiration_timestamp_seconds", (("name", "a"),))] == \
@@ -116,10 +117,12 @@ def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
 
 
 def test_ready_condition() -> None:
-    base = {"thumbprint": "AA", "not_after": "2026-12-01T00:00:00Z"}
-    assert ready_condition({**base, "state": "pending"}, NOW) == "True"
-    assert ready_condition({**base, "state": "outdated"}, NOW) == "False"
-    assert ready_condition({**base, "state": "deferred", "not_after": "2026-11-01T00:00:00Z"}, NOW) == "False"
+    dec1 = datetime(2026, 12, 1, tzinfo=UTC)
+    assert ready_condition(StatusRow("a", CertState.pending, thumbprint="AA", not_after=dec1), NOW) == "True"
+    assert ready_condition(StatusRow("a", CertState.outdated, thumbprint="AA", not_after=dec1), NOW) == "False"
+    assert ready_condition(StatusRow("a", CertState.deferred, thumbprint="AA",
+                                     not_after=datetime(2026, 11, 1, tzinfo=UTC)), NOW) == "False"
+    assert ready_condition(StatusRow("a", CertState.ready, thumbprint=None, not_after=dec1), NOW) == "False"
 
 
 @pytest.mark.parametrize(("text", "expected"), [("127.0.0.1:9464", ("127.0.0.1", 9464)), (":80", ("0.0.0.0", 80)),

@@ -1,4 +1,4 @@
-"""reconciler.adapters.notify: when an alert or a recovery goes out (pure), and the webhook's retries (a real local server)."""
+"""reconciler.core.notify_rules: when an alert or a recovery goes out; reconciler.adapters.notify: the webhook's retries (a real local server)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,11 @@ from typing import Any
 
 import pytest
 
-from reconciler.adapters.notify import (
-    ALERT,
-    RECOVERED,
-    DeliveryError,
-    condition,
-    decide,
-    record_sent,
-    send_webhook,
-)
+from reconciler.adapters.notify import DeliveryError, send_webhook
+from reconciler.core.notify_rules import ALERT, RECOVERED, condition, decide, record_sent
+from reconciler.core.plan import CertState
 from reconciler.core.spec import Notify, SecretRef, Webhook
+from reconciler.core.status import StatusRow
 from reconciler.support.logging import configure
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -33,13 +28,12 @@ SETTINGS = Notify(afterFailures=3, expiryWarning=timedelta(days=7))
 
 
 def row(name: str = "web", failures: int = 0, not_after: datetime | None = NOW + timedelta(days=60),
-        renew_at: datetime | None = NOW + timedelta(days=30), error: str | None = None) -> dict[str, Any]:
-    iso = lambda t: t.isoformat().replace("+00:00", "Z") if t else None  # noqa: E731
-    return {"name": name, "state": "ready", "not_after": iso(not_after), "renew_at": iso(renew_at),
-            "thumbprint": "AB" * 20, "consecutive_failures": failures, "last_error": error}
+        renew_at: datetime | None = NOW + timedelta(days=30), error: str | None = None) -> StatusRow:
+    return StatusRow(name, CertState.ready, not_after=not_after, renew_at=renew_at, thumbprint="AB" * 20,
+                     consecutive_failures=failures, last_error=error)
 
 
-def run(state: dict[str, Any], rows: list[dict[str, Any]], at: datetime = NOW,
+def run(state: dict[str, Any], rows: list[StatusRow], at: datetime = NOW,
         channels: tuple[str, ...] = ("webhook", "email")) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
     sends, new = decide(state, rows, SETTINGS, channels, at)
     for channel, notice in sends:

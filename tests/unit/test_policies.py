@@ -5,10 +5,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.app.executor import backoff
 from reconciler.core.durations import format_duration, parse_duration, parse_time
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
 from reconciler.core.policies import renewal_point
+from reconciler.core.schedules import backoff
 from reconciler.core.spec import Renewal
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,0 +1,84 @@
+"""Where each certificate stands: typed status rows for `certctl status`, /status, metrics and alerts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from reconciler.core.durations import iso
+from reconciler.core.model import DesiredState, ObservedState
+from reconciler.core.plan import CertState, Plan
+from reconciler.core.planner import plan as make_plan
+
+READY_CONDITIONS = ("True", "False", "Unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRow:
+    """One certificate: the plan's summary, its attempt history and the actions still to do."""
+
+    name: str
+    state: CertState
+    not_after: datetime | None = None
+    renew_at: datetime | None = None
+    thumbprint: str | None = None
+    reason: str | None = None
+    deferred_until: datetime | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    last_attempt: datetime | None = None
+    last_success: datetime | None = None
+    pending_actions: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "not_after": iso(self.not_after),
+            "renew_at": iso(self.renew_at),
+            "thumbprint": self.thumbprint,
+            "reason": self.reason,
+            "deferred_until": iso(self.deferred_until),
+            "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures,
+            "last_attempt": iso(self.last_attempt),
+            "last_success": iso(self.last_success),
+            "pending_actions": list(self.pending_actions),
+        }
+
+
+def status_rows(desired: DesiredState, observed: ObservedState, at: datetime, plan: Plan | None = None) -> list[StatusRow]:
+    """Every certificate of ``plan`` (planned now when not given), in the plan's order."""
+    plan = plan or make_plan(desired, observed, at)
+    pending: dict[str, list[str]] = {}
+    for action in plan.actions:
+        pending.setdefault(action.certificate, []).append(action.id)
+    rows = []
+    for s in plan.certificates:
+        attempts = observed.attempts.get(s.name)
+        rows.append(StatusRow(
+            name=s.name, state=s.state, not_after=s.not_after, renew_at=s.renew_at, thumbprint=s.thumbprint,
+            reason=s.reason, deferred_until=s.deferred_until, last_error=s.last_error,
+            consecutive_failures=s.consecutive_failures,
+            last_attempt=attempts.last_attempt if attempts else None,
+            last_success=attempts.last_success if attempts else None,
+            pending_actions=tuple(pending.get(s.name, ())),
+        ))
+    return rows
+
+
+def status_document(desired: DesiredState, rows: list[StatusRow], applied: dict[str, Any] | None,
+                    at: datetime) -> dict[str, Any]:
+    """What `certctl status --json` prints and the daemon's /status serves."""
+    return {"at": iso(at), "source": {"dir": desired.directory, "revision": desired.revision},
+            "applied": applied, "certificates": [r.to_json() for r in rows]}
+
+
+def ready_condition(row: StatusRow, now: datetime) -> str:
+    """cert-manager's Ready condition: True while a valid certificate matching the spec is in place."""
+    if row.state in (CertState.missing, CertState.expired, CertState.outdated) or not row.thumbprint:
+        return "False"
+    if row.not_after is None:
+        return "False"
+    return "True" if row.not_after > now else "False"
