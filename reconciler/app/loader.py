@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
 from reconciler.state.cache import PickleCache, file_key
 from reconciler.support import yamlfast
+from reconciler.support.git import head as git_head
 from reconciler.support.parallel import map_batch
 
 
@@ -46,16 +46,6 @@ def find_files(directory: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         out.extend(Path(root) / f for f in sorted(files) if f.endswith((".yaml", ".yml")) and not f.startswith("."))
     return out
-
-
-def git_revision(directory: Path) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "-C", str(directory), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None if result.returncode == 0 else None
 
 
 def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None = None) -> DesiredState:
@@ -151,7 +141,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     if revision:
         from dataclasses import replace
 
-        desired = replace(desired, revision=git_revision(directory))
+        desired = replace(desired, revision=git_head(directory))
     return desired
 
 

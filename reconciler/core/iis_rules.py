@@ -44,7 +44,7 @@ from reconciler.core.model import (
 from reconciler.core.plan import Action, ActionKind, Note, Reason, Target
 from reconciler.core.spec import IisMode
 
-ADDRESS_PROTOCOLS = frozenset({"http", "https", "ftp"})
+ADDRESS_PROTOCOLS = frozenset({"http", "https", "ftp"})  # bindingInformation is IP:port:host; others are kept as they are
 SNI = 1
 HTTPS_PORT = 443
 

@@ -18,10 +18,10 @@ import xml.parsers.expat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from reconciler.core.iis_rules import ADDRESS_PROTOCOLS
 from reconciler.core.model import Binding, Site, SiteState
 
 FILE_NAME = "applicationHost.config"
-ADDRESS_PROTOCOLS = frozenset({"http", "https", "ftp"})  # bindingInformation is IP:port:host
 _DEFAULT_FTP_STORE = "MY"
 
 
