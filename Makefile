@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DIR ?= desired-state
 
-.PHONY: run test lint schemas bench unit integration e2e system-deps venv clean
+.PHONY: run test lint format schemas bench unit integration e2e system-deps venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,9 +25,21 @@ run: $(STAMP)
 	$(BIN)/certctl plan -d $(DIR) --detailed-exitcode
 	$(BIN)/certctl status -d $(DIR)
 
-## test: install what the tests need (Debian packages, Python env), lint, run every test tier
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(or $(JOBS),auto)
+
+## test: install what the tests need (Debian packages, Python env), lint, run every test tier in parallel
 test: system-deps $(STAMP) lint
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(PYTEST)
+
+## unit / integration / e2e: one tier each (unit also runs the golden scenarios; JOBS=1 for a serial run)
+unit: $(STAMP)
+	$(PYTEST) tests/unit tests/scenarios
+
+integration: system-deps $(STAMP)
+	$(PYTEST) tests/integration
+
+e2e: system-deps $(STAMP)
+	$(PYTEST) tests/e2e
 
 system-deps:
 	@bash scripts/install-system-deps
@@ -36,6 +48,11 @@ lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/mypy reconciler
 	$(BIN)/lint-imports
+
+## format: apply the formatter `make lint` checks
+format: $(STAMP)
+	$(BIN)/ruff format reconciler tests bench
+	$(BIN)/ruff check --fix reconciler tests bench
 
 schemas: $(STAMP)
 	$(BIN)/certctl schema --out schemas
