@@ -415,5 +415,5 @@ def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
     assert code == 0, out + err
     assert public_bind.txt(record) == set()
     assert build_acme_issuer("pebble", load(ws.desired, revision=False).issuers["pebble"].spec.acme,  # type: ignore[arg-type]
-                      ws.state).challenges.read() == {}
+                      ws.state).challenges.pending() == {}
     assert StateDir(ws.state).issued_for("crashy")

@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from reconciler.adapters.issuers.acme import RetryPolicy
-from reconciler.adapters.issuers.acme.issuer import choose_chain, make_csr, normalize_url
+from reconciler.adapters.issuers.acme.chains import choose_chain, make_csr
+from reconciler.adapters.issuers.acme.issuer import normalize_url
+from reconciler.adapters.issuers.acme.order import Order
 from reconciler.core.spec import Acme
 from reconciler.ports import IssueError, IssueRequest
 from reconciler.wiring import build_acme_issuer
@@ -279,8 +281,10 @@ def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(tmp_pat
         session.get_as_post = later  # type: ignore[method-assign]
     order = messages.Order.from_json({"status": "ready", "identifiers": [], "authorizations": [],
                                       "finalize": "https://ca/finalize/1"})
-    run = lambda: issuer._finalize(session, order, "https://ca/order/1", None,  # type: ignore[arg-type]  # noqa: E731
-                                   time.monotonic() + 5, structlog.get_logger())
+    flow = Order(session, issuer.spec.solvers, [], issuer._solver_index, issuer.challenges,  # type: ignore[arg-type]
+                 issuer.ari, 5.0, None, structlog.get_logger())
+    run = lambda: flow._finalize(session, order, "https://ca/order/1", None,  # type: ignore[arg-type]  # noqa: E731
+                                 time.monotonic() + 5, structlog.get_logger())
     if outcome == "certificate":
         assert run().certificate == "https://ca/cert/1"
     else:

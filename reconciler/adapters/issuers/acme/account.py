@@ -1,4 +1,4 @@
-"""The ACME account of one Issuer: its key and URL, kept in ``<state_dir>/acme/<issuer>/``.
+"""The ACME account of one Issuer: its key and URL, kept in ``<state_dir>/acme/<issuer>/``, and its registration.
 
 ``account.key`` is an ECDSA P-256 key (PKCS#8 PEM, mode 0600); ``account.json`` records the
 directory URL the account belongs to, its URL (the JWS ``kid``) and the contact it was registered
@@ -7,19 +7,30 @@ with. Both are written atomically; the key is made once and reused for the life 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
+from acme import errors as acme_errors
+from acme import messages
+from acme.client import ClientV2
 from cryptography.hazmat.primitives.asymmetric import ec
+from josepy.b64 import b64decode
 from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
+from reconciler.adapters.issuers.acme import retry
+from reconciler.core import spec as specs
+from reconciler.ports import IssueError
 from reconciler.support import pki
 from reconciler.support.fs import atomic_write
+from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
 
@@ -82,3 +93,83 @@ class AccountStore:
         body = {"directoryUrl": directory_url, "uri": uri, "email": email, "created": record.created}
         atomic_write(self.record_path, json.dumps(body, indent=1) + "\n", mode=0o600)
         return record
+
+
+class Registration:
+    """Registers the account of one Issuer with its CA (terms of service, EAB), once, and forgets it on request."""
+
+    def __init__(self, name: str, spec: specs.Acme, store: AccountStore, environ: Mapping[str, str] | None) -> None:
+        self.name = name
+        self.spec = spec
+        self.store = store
+        self.environ = environ
+        self._lock = threading.Lock()  # one registration at a time
+
+    def forget(self) -> None:
+        """The CA no longer knows the saved account: register again on the next order."""
+        with self._lock, contextlib.suppress(FileNotFoundError):
+            self.store.record_path.unlink()
+
+    def ensure(self, client: ClientV2, directory: messages.Directory, key: JWK) -> None:
+        """Point ``client`` at the saved account, registering one first (once, under a lock) when there is none."""
+        with self._lock:
+            record = self.store.load(self.spec.directoryUrl)
+            if record is not None:
+                client.net.account = messages.RegistrationResource(uri=record.uri, body=messages.Registration())
+                return
+            tos = directory.meta.terms_of_service
+            if tos and not self.spec.agreeToS:
+                raise IssueError(
+                    f"Issuer {self.name}: the CA at {self.spec.directoryUrl} requires agreeing to its terms of service "
+                    f"({tos}); read them, then set agreeToS: true in the Issuer",
+                    transient=False,
+                )
+            eab = None
+            if self.spec.eab is not None:
+                eab = self._eab(key, directory)
+            elif client.external_account_required():
+                raise IssueError(
+                    f"Issuer {self.name}: the CA at {self.spec.directoryUrl} requires External Account Binding; "
+                    "set eab: {keyId, hmacKey} with the values the CA gave you",
+                    transient=False,
+                )
+            registration = messages.NewRegistration.from_data(
+                email=self.spec.email,
+                terms_of_service_agreed=True if self.spec.agreeToS else None,
+                external_account_binding=eab,
+            )
+            try:
+                regr = client.new_account(registration)
+                uri = regr.uri
+            except acme_errors.ConflictError as exc:
+                uri = exc.location  # the key already has an account there
+            except messages.Error as exc:
+                if retry.problem_code(exc) == "rateLimited":
+                    raise retry.to_issue_error(exc, f"Issuer {self.name}: new account at {self.spec.directoryUrl}") from None
+                what = "refused the External Account Binding" if eab is not None and retry.problem_code(exc) in (
+                    "unauthorized", "malformed", "badPublicKey", "externalAccountRequired") else "refused the new account"
+                raise IssueError(
+                    f"Issuer {self.name}: the CA at {self.spec.directoryUrl} {what}: {retry.describe(exc)}",
+                    transient=retry.is_transient(exc),
+                    problem=retry.problem_of(exc),
+                ) from None
+            if not uri:
+                raise IssueError(f"Issuer {self.name}: the CA created an account without a URL", transient=True)
+            client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
+            self.store.save(self.spec.directoryUrl, uri, self.spec.email)
+            log.info("acme.account.registered", issuer=self.name, account=uri, eab=eab is not None)
+
+    def _eab(self, key: JWK, directory: messages.Directory) -> dict[str, Any]:
+        assert self.spec.eab is not None
+        try:
+            secret = resolve(self.spec.eab.hmacKey, dict(self.environ) if self.environ is not None else None)
+        except SecretError as exc:
+            raise IssueError(f"Issuer {self.name}: eab.hmacKey: {exc}", transient=False) from None
+        hmac_key = secret.decode("ascii", "replace").strip()
+        try:
+            b64decode(hmac_key)
+        except (ValueError, TypeError):
+            raise IssueError(f"Issuer {self.name}: eab.hmacKey is not base64url as the CA hands it out", transient=False) from None
+        return messages.ExternalAccountBinding.from_data(
+            account_public_key=key.public_key(), kid=self.spec.eab.keyId, hmac_key=hmac_key, directory=directory
+        )
