@@ -341,9 +341,15 @@ def _https(plan: _HostPlan, site: Site, binding: Binding, owner: _Claim | None,
     if others:
         message += (f" (the HTTP.sys entry {kind}={key} is shared with "
                     f"{', '.join(f'{b.site}: {b.information}' for b in others)}, which {name} covers too)")
+    extra: dict[str, Any] = {}
+    if entry is not None and entry.settings:
+        kept = ", ".join(f"{label}: {value}" for label, value in entry.settings)
+        message += (f"; its HTTP.sys entry {kind}={entry.key} has its own settings ({kept}), which IIS resets when "
+                    "it replaces the binding: certctl re-applies them")
+        extra["keeps_settings"] = kept
     plan.act(ActionKind.rebind, name, site.name, "https", binding.information, reason, message, owner.depends,
              op="update", ssl_flags=binding.ssl_flags, thumbprint=owner.thumbprint, store=owner.windows_store,
-             old_thumbprint=served)
+             old_thumbprint=served, **extra)
 
 
 def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, entry: HttpSysEntry | None) -> None:
@@ -367,6 +373,10 @@ def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, 
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   f"deleted, but site {site.name} is stopped; kept (start the site to let certctl prune it)",
                   code="Orphaned")
+    elif plan.host.blocking:
+        plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
+                  f"deleted; not pruned while IIS host {plan.host.name} has unreadable data "
+                  f"({'; '.join(plan.host.blocking)})", code="Blocked")
     elif not made_here or entry is None or entry.appid.lower() != IIS_APPID.lower():
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   "deleted, but certctl did not create this binding (it only set its certificate); kept, and so "

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.adapters.iis.appconfig import AppHostConfig, EditError
-from reconciler.adapters.iis.httpsys import SslRecord, dump_json, load_json, parse_netsh, render_netsh
+from reconciler.adapters.iis.httpsys import SslRecord, dump_json, load_json, read_netsh, render_netsh
 
 IIS_MD = (Path(__file__).resolve().parents[1] / "fixtures" / "iis" / "applicationHost.iis-md.config").read_bytes()
 VARIANTS = {
@@ -109,6 +109,10 @@ records = st.lists(
 @given(table=records)
 def test_httpsys_table_round_trips_through_json_and_netsh(table: list[SslRecord]) -> None:
     assert list(load_json(dump_json(table))) == table
-    parsed = parse_netsh(render_netsh(table))
-    assert [r.to_entry() for r in parsed] == [r.to_entry() for r in table]
-    assert all(dict(p.flags).items() >= dict(r.flags).items() for p, r in zip(parsed, table, strict=True))
+    parsed, problems = read_netsh(render_netsh(table))
+    hashed = [r for r in table if r.certhash]
+    assert [r.to_entry() for r in parsed] == [r.to_entry() for r in hashed]
+    assert all(dict(p.flags).items() >= dict(r.flags).items() for p, r in zip(parsed, hashed, strict=True))
+    # an ipport entry without a hash is not data: it is reported, never read as "no certificate"
+    assert len(problems) == len(table) - len(hashed)
+    assert all("is not 40 hex digits" in p for p in problems)

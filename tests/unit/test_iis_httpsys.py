@@ -16,6 +16,8 @@ from reconciler.adapters.iis.httpsys import (
     find,
     load_json,
     parse_netsh,
+    read_netsh,
+    read_registry_export,
     render_netsh,
 )
 from reconciler.core.model import IIS_APPID
@@ -105,12 +107,20 @@ def test_parser_reads_a_server_2022_sample_with_extra_lines_and_crlf() -> None:
     assert parsed[1].flags["Disable HTTP2"] == "Set" and parsed[0].flags["Disable HTTP2"] == "Not Set"
 
 
-def test_parser_ignores_noise_and_empty_output() -> None:
-    assert parse_netsh("") == ()
-    assert parse_netsh("\nThe system cannot find the file specified.\n\n") == ()
+def test_parser_ignores_noise_but_reports_what_it_cannot_read() -> None:
+    assert read_netsh("") == ((), ())
+    assert read_netsh("\nSSL Certificate bindings:\n-------------------------\n\n") == ((), ())  # truly empty
+    records, problems = read_netsh("\nThe system cannot find the file specified.\n\n")
+    assert records == () and len(problems) == 1 and "cannot read" in problems[0]
+    assert "'The system cannot find the file specified.'" in problems[0]
     text = "garbage before\n    Hostname:port  : a.example.com:443\n  junk line without separator\n" \
-           "    Certificate Hash : (null)\n    Application ID : {x}\n"
-    assert core(parse_netsh(text)) == [("hostnameport", "a.example.com:443", None, None, "{x}")]
+           "    Certificate Hash : 00112233445566778899aabbccddeeff00112233\n    Application ID : {x}\n" \
+           "    Hostname:port  : b.example.com:443\n    Certificate Hash : (null)\n    Application ID : {x}\n"
+    records, problems = read_netsh(text)
+    assert core(records) == [("hostnameport", "a.example.com:443", "00112233445566778899AABBCCDDEEFF00112233", None,
+                              "{x}")]
+    assert problems == ("netsh http show sslcert: entry hostnameport=b.example.com:443: certificate hash None is "
+                        "not 40 hex digits",)
 
 
 @pytest.mark.parametrize(
