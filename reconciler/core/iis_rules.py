@@ -174,8 +174,13 @@ def _claims(desired: DesiredState, observed: ObservedState, host: str, targets: 
     return claims
 
 
-def _owner(claims: Sequence[_Claim], site: Site, host: str) -> tuple[_Claim | None, list[_Claim]]:
-    """The claim that matches best, or None; the second value lists a tie between certificates."""
+def _owner(claims: Sequence[_Claim], site: Site, host: str,
+           served: str | None = None) -> tuple[_Claim | None, list[_Claim]]:
+    """The claim that matches best, or None; the second value lists a tie between certificates.
+
+    A tie is settled by what the binding serves: when exactly one of the tied certificates is (or was) the
+    one it serves, that one keeps it (two certificates in ``mode: site`` for one site both match its
+    blank-host bindings equally; each keeps the bindings that serve it)."""
     best: tuple[int, int] = (0, 0)
     found: list[_Claim] = []
     for claim in claims:
@@ -189,7 +194,10 @@ def _owner(claims: Sequence[_Claim], site: Site, host: str) -> tuple[_Claim | No
     if not found:
         return None, []
     if len({c.certificate for c in found}) > 1:
-        return None, found
+        serving = {c.certificate for c in found if c.covers_thumbprint(served)}
+        if len(serving) != 1:
+            return None, found
+        found = [c for c in found if c.certificate in serving]
     return found[0], []
 
 
@@ -263,7 +271,9 @@ def _plan_host(plan: _HostPlan) -> None:
     site_of = {s.name: s for s in host.sites}
     owners: dict[int, _Claim] = {}
     for binding in https:
-        owner, tie = _owner(plan.claims, site_of[binding.site], binding.host)
+        entry = entries.get(entry_key(binding))
+        served = entry.certhash.upper() if entry is not None and entry.certhash else None
+        owner, tie = _owner(plan.claims, site_of[binding.site], binding.host, served)
         if owner is not None:
             owners[id(binding)] = owner
         elif tie:
