@@ -8,7 +8,8 @@ How a binding is decided, on each IIS host that a Certificate's ``iis`` names:
 - Every https binding has at most one *owner*: the claim (certificate + iis entry) that matches its
   host best. Exact beats a one-label wildcard, across certificates; a wildcard binding host
   (``*.apps.example.org``) is matched only by the same wildcard; a blank host is matched only by a
-  ``mode: site`` claim for that site. ``auto`` claims see every site, ``site`` claims one site.
+  ``mode: site`` claim for that site (a host written ``*`` is read as blank). ``auto`` claims see every
+  site, ``site`` claims one site. A tie between certificates goes to the one the binding serves, if any.
 - An owned binding that does not serve the owner's certificate (from a store that holds it) gets a
   ``rebind``: ``Renewed`` when it served one of the certificate's earlier thumbprints, else
   ``BindingDrift``. It is left alone, with a Note, when its site is stopped, it uses the Centralized
