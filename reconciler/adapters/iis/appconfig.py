@@ -352,6 +352,8 @@ class AppHostConfig:
 
     def problems(self) -> tuple[str, ...]:
         out: list[str] = []
+        if self._sites_node() is None:
+            out.append(f"{self.file}: has no <configuration><system.applicationHost><sites> section: no site is seen")
         seen_names: set[str] = set()
         for c in self.site_configs():
             where = f"{self.file}:{c.line}"
