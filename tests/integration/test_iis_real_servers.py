@@ -28,22 +28,7 @@ from tests.fixtures.iis import make_sample, real_servers
 
 AT = "2026-03-01"  # the fixtures' certificates run through 2026: valid and not yet due then
 
-BASE = """\
-apiVersion: certctl/v1
-kind: Settings
-metadata: {name: settings}
-spec: {stateDir: ../state}
----
-apiVersion: certctl/v1
-kind: Issuer
-metadata: {name: local}
-spec: {localCA: {}}
----
-apiVersion: certctl/v1
-kind: IisHost
-metadata: {name: web01}
-spec: {backend: emulated, root: ../web01}
-"""
+BASE = real_servers.DESIRED_BASE
 
 
 @pytest.fixture(autouse=True)
@@ -261,8 +246,7 @@ def test_sites_in_a_config_source_file_are_read_and_bound_there(tmp_path: Path,
     main_config = (tmp_path / "web01" / "applicationHost.config").read_bytes()
     desired = world(tmp_path)
     (desired / "blog.yaml").write_text(
-        "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: web01-webhosting}\nspec: {windows: {host: web01, name: WebHosting}}\n"
-        "---\napiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: blog}\nspec:\n  issuer: local\n"
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: blog}\nspec:\n  issuer: local\n"
         "  domains: [blog.example.com]\n  stores: [web01-webhosting]\n  iis: [{host: web01}]\n")
     cli(capsys, "apply", "-d", str(desired))
     assert (tmp_path / "web01" / "applicationHost.config").read_bytes() == main_config
@@ -298,8 +282,7 @@ def test_server_auto_start_false_means_stopped_unless_the_running_server_started
     assert {s for s, v in states.items() if v is SiteState.stopped} == {"juwelier-stern.example"}
     desired = world(tmp_path)
     (desired / "certs.yaml").write_text(
-        "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: web01-webhosting}\nspec: {windows: {host: web01, name: WebHosting}}\n"
-        "---\napiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: juwelier}\nspec:\n  issuer: local\n"
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: juwelier}\nspec:\n  issuer: local\n"
         "  domains: [juwelier-stern.example, www.juwelier-stern.example]\n  stores: [web01-webhosting]\n"
         "  iis: [{host: web01}]\n")
     plan = plan_json(capsys, desired)

@@ -430,12 +430,14 @@ SETTINGS = {"Negotiate Client Certificate": "Enabled", "Ctl Store Name": "Client
             "Revocation Freshness Time": "600", "Disable HTTP2": "Set"}
 
 
-def test_rebind_re_applies_the_http_sys_entry_settings_iis_resets() -> None:
-    def adfs_like(data: dict[str, Any]) -> None:
-        table = [replace(r, flags={**r.flags, **SETTINGS}) if r.key == "0.0.0.0:443" else r
-                 for r in parse_netsh(data["sslcert"])]
-        data["sslcert"] = render_netsh(tuple(table))
+def adfs_like(data: dict[str, Any]) -> None:
+    """The entry 0.0.0.0:443 carries client-certificate settings (as ADFS endpoints do)."""
+    table = [replace(r, flags={**r.flags, **SETTINGS}) if r.key == "0.0.0.0:443" else r
+             for r in parse_netsh(data["sslcert"])]
+    data["sslcert"] = render_netsh(tuple(table))
 
+
+def test_rebind_re_applies_the_http_sys_entry_settings_iis_resets() -> None:
     read = read_output(adfs_like)
     snap = parse_read_output("web01", read)
     entry = next(e for e in snap.host.httpsys if e.key == "0.0.0.0:443")
@@ -463,11 +465,6 @@ def test_rebind_re_applies_the_http_sys_entry_settings_iis_resets() -> None:
 
 
 def test_settings_that_could_not_be_re_applied_are_an_error() -> None:
-    def adfs_like(data: dict[str, Any]) -> None:
-        table = [replace(r, flags={**r.flags, **SETTINGS}) if r.key == "0.0.0.0:443" else r
-                 for r in parse_netsh(data["sslcert"])]
-        data["sslcert"] = render_netsh(tuple(table))
-
     read = read_output(adfs_like)
     snap = parse_read_output("web01", read)
     www_tp = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-"))
