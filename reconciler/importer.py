@@ -2,7 +2,8 @@
 
 For every distinct certificate the host's https bindings (and FTP sites) use, one Certificate:
 domains from the certificate (the subject CN first, then the other DNS names), its key algorithm,
-``iis`` entries that make every binding found follow the certificate on renewal, the windows Store on that host that holds it (a Store document is written too when none exists), and
+``iis`` entries that make every binding found follow the certificate on renewal, the windows Store on
+that host that holds it (a Store document is written too when none exists), and
 the chosen issuer. Certificates an existing spec already covers are skipped.
 
 The certificate itself is adopted: its key is read back from the store and kept in the state dir as
@@ -236,7 +237,7 @@ def run_import(args: argparse.Namespace) -> int:
             remarks.append(f"its key is {info.key_algorithm}, which certctl does not issue; the next plan reissues "
                            f"it as {KeyAlgorithm.ecdsa_p256.value}")
         iis = _iis_entries(host_name, names, found)
-        if len(iis) > 1 or iis[0]["mode"] == "site":
+        if iis[0]["mode"] == "site":
             remarks.append("some bindings that use it have a blank host or one it does not cover, which auto mode "
                            "leaves alone: mode: site for each site that uses it, so they all follow a renewal")
         preferred = stored.managed_by if stored.managed_by and stored.managed_by not in taken else None

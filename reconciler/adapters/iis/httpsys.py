@@ -231,10 +231,9 @@ _EN_TITLE = "ssl certificate bindings:"
 
 
 def _clean_line(raw: str) -> str:
-    """One line of netsh text as copied from a console, a forum quote or a web page: quote markers,
-    non-breaking and other Unicode spaces, tabs and surrounding quotes around the value undone."""
-    line = _SPACES.sub(" ", _QUOTE_MARK.sub("", raw)).strip()
-    return line
+    """One line of netsh text as copied from a console, a forum quote or a web page: quote markers
+    removed, non-breaking and other Unicode spaces and tabs made plain spaces."""
+    return _SPACES.sub(" ", _QUOTE_MARK.sub("", raw)).strip()
 
 
 def _unquote(value: str) -> str:
