@@ -2,14 +2,20 @@
 
 For every distinct certificate the host's https bindings (and FTP sites) use, one Certificate:
 domains from the certificate (the subject CN first, then the other DNS names), its key algorithm,
-``iis: [{host: NAME, mode: auto}]`` (``mode: site`` when only blank-host bindings of one site use it),
-the windows Store on that host that holds it (a Store document is written too when none exists), and
+``iis`` entries that make every binding found follow the certificate on renewal, the windows Store on
+that host that holds it (a Store document is written too when none exists), and
 the chosen issuer. Certificates an existing spec already covers are skipped.
 
 The certificate itself is adopted: its key is read back from the store and kept in the state dir as
 the spec's current certificate, so the next plan renews it at its renewal point instead of issuing a
 new one now, and shows only what really differs (an http-only site to bind, a certificate that is
 expired or whose key algorithm certctl cannot issue).
+
+``iis`` is ``[{host: NAME, mode: auto}]`` when every binding that uses the certificate has a host name the
+certificate covers (auto mode finds those, and adds https for http-only hosts later). Otherwise (a
+blank or ``*`` host, as on IP-specific https bindings shared by several sites, or a host the certificate
+does not cover) auto mode would leave some of them alone, so it is one ``mode: site`` entry per site that
+uses it: site mode manages every binding of its site, blank hosts included.
 
 The file is written atomically and never replaces a file with other content.
 """
@@ -56,7 +62,7 @@ class Planned:
     domains: list[str]
     algorithm: str | None
     store: str
-    iis: dict[str, str]
+    iis: list[dict[str, str]]
     stored: StoredCert
     windows_store: str
     found: Found
@@ -111,6 +117,15 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value) if not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9.]*", value) else value
 
 
+def _iis_entries(host: str, names: list[str], found: Found) -> list[dict[str, str]]:
+    """Auto mode when it manages every use (each has a host name the certificate covers), else one site-mode
+    entry per site that uses the certificate (site mode also manages blank-host and IP-specific bindings)."""
+    if all(h and domain_rules.match_precision(tuple(names), h) for _s, h in found.hosts):
+        return [{"host": host, "mode": "auto"}]
+    sites = sorted({s for s, _h in found.hosts}, key=str.lower)
+    return [{"host": host, "mode": "site", "site": site} for site in sites]
+
+
 def _render(host: str, issuer: str, certs: list[Planned], stores: dict[str, str], schema: str) -> str:
     docs: list[str] = []
     for name, windows in sorted(stores.items()):
@@ -125,9 +140,11 @@ def _render(host: str, issuer: str, certs: list[Planned], stores: dict[str, str]
                   f"  issuer: {issuer}", f"  domains: [{', '.join(_yaml_str(d) for d in p.domains)}]"]
         if p.algorithm:
             lines += ["  key:", f"    algorithm: {p.algorithm}"]
-        lines += [f"  stores: [{p.store}]", "  iis:", f"    - host: {p.iis['host']}", f"      mode: {p.iis['mode']}"]
-        if "site" in p.iis:
-            lines.append(f"      site: {_yaml_str(p.iis['site'])}")
+        lines += [f"  stores: [{p.store}]", "  iis:"]
+        for entry in p.iis:
+            lines += [f"    - host: {entry['host']}", f"      mode: {entry['mode']}"]
+            if "site" in entry:
+                lines.append(f"      site: {_yaml_str(entry['site'])}")
         docs.append("\n".join(lines) + "\n")
     header = (f"# yaml-language-server: $schema={schema}\n"
               f"# Written by `certctl import --iis-host {host}`: the certificates IIS host {host} serves today.\n")
@@ -226,13 +243,10 @@ def run_import(opts: ImportOptions, world: World) -> int:
         if algorithm is None:
             remarks.append(f"its key is {info.key_algorithm}, which certctl does not issue; the next plan reissues "
                            f"it as {KeyAlgorithm.ecdsa_p256.value}")
-        covered_hosts = [h for _s, h in found.hosts if h and any(domain_rules.covers(n, h) for n in names)]
-        sites = sorted({s for s, _h in found.hosts})
-        iis = {"host": host_name, "mode": "auto"}
-        if not covered_hosts and len(sites) == 1 and all(not h for _s, h in found.hosts):
-            iis = {"host": host_name, "mode": "site", "site": sites[0]}
-        elif not covered_hosts:
-            remarks.append("no binding that uses it has a host name it covers; auto mode leaves those bindings alone")
+        iis = _iis_entries(host_name, names, found)
+        if iis[0]["mode"] == "site":
+            remarks.append("some bindings that use it have a blank host or one it does not cover, which auto mode "
+                           "leaves alone: mode: site for each site that uses it, so they all follow a renewal")
         preferred = stored.managed_by if stored.managed_by and stored.managed_by not in taken else None
         spec_name = preferred or _spec_name(names[0], taken, host_name)
         taken.add(spec_name)
@@ -276,7 +290,7 @@ def _check(desired: DesiredState, planned: list[Planned], new_stores: dict[str, 
         stores[name] = Named(name, StoreSpec.model_validate({"windows": {"host": host, "name": windows}}), src)
     certificates = dict(desired.certificates)
     for p in planned:
-        body: dict[str, object] = {"issuer": issuer, "domains": p.domains, "stores": [p.store], "iis": [p.iis]}
+        body: dict[str, object] = {"issuer": issuer, "domains": p.domains, "stores": [p.store], "iis": p.iis}
         if p.algorithm:
             body["key"] = {"algorithm": p.algorithm}
         try:

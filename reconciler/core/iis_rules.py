@@ -8,7 +8,8 @@ How a binding is decided, on each IIS host that a Certificate's ``iis`` names:
 - Every https binding has at most one *owner*: the claim (certificate + iis entry) that matches its
   host best. Exact beats a one-label wildcard, across certificates; a wildcard binding host
   (``*.apps.example.org``) is matched only by the same wildcard; a blank host is matched only by a
-  ``mode: site`` claim for that site. ``auto`` claims see every site, ``site`` claims one site.
+  ``mode: site`` claim for that site (a host written ``*`` is read as blank). ``auto`` claims see every
+  site, ``site`` claims one site. A tie between certificates goes to the one the binding serves, if any.
 - An owned binding that does not serve the owner's certificate (from a store that holds it) gets a
   ``rebind``: ``Renewed`` when it served one of the certificate's earlier thumbprints, else
   ``BindingDrift``. It is left alone, with a Note, when its site is stopped, it uses the Centralized
@@ -171,8 +172,13 @@ def _claims(desired: DesiredState, observed: ObservedState, host: str, targets: 
     return claims
 
 
-def _owner(claims: Sequence[_Claim], site: Site, host: str) -> tuple[_Claim | None, list[_Claim]]:
-    """The claim that matches best, or None; the second value lists a tie between certificates."""
+def _owner(claims: Sequence[_Claim], site: Site, host: str,
+           served: str | None = None) -> tuple[_Claim | None, list[_Claim]]:
+    """The claim that matches best, or None; the second value lists a tie between certificates.
+
+    A tie is settled by what the binding serves: when exactly one of the tied certificates is (or was) the
+    one it serves, that one keeps it (two certificates in ``mode: site`` for one site both match its
+    blank-host bindings equally; each keeps the bindings that serve it)."""
     best: tuple[int, int] = (0, 0)
     found: list[_Claim] = []
     for claim in claims:
@@ -186,7 +192,10 @@ def _owner(claims: Sequence[_Claim], site: Site, host: str) -> tuple[_Claim | No
     if not found:
         return None, []
     if len({c.certificate for c in found}) > 1:
-        return None, found
+        serving = {c.certificate for c in found if c.covers_thumbprint(served)}
+        if len(serving) != 1:
+            return None, found
+        found = [c for c in found if c.certificate in serving]
     return found[0], []
 
 
@@ -260,7 +269,9 @@ def _plan_host(plan: _HostPlan) -> None:
     site_of = {s.name: s for s in host.sites}
     owners: dict[int, _Claim] = {}
     for binding in https:
-        owner, tie = _owner(plan.claims, site_of[binding.site], binding.host)
+        entry = entries.get(entry_key(binding))
+        served = entry.certhash.upper() if entry is not None and entry.certhash else None
+        owner, tie = _owner(plan.claims, site_of[binding.site], binding.host, served)
         if owner is not None:
             owners[id(binding)] = owner
         elif tie:
@@ -338,9 +349,15 @@ def _https(plan: _HostPlan, site: Site, binding: Binding, owner: _Claim | None,
     if others:
         message += (f" (the HTTP.sys entry {kind}={key} is shared with "
                     f"{', '.join(f'{b.site}: {b.information}' for b in others)}, which {name} covers too)")
+    extra: dict[str, Any] = {}
+    if entry is not None and entry.settings:
+        kept = ", ".join(f"{label}: {value}" for label, value in entry.settings)
+        message += (f"; its HTTP.sys entry {kind}={entry.key} has its own settings ({kept}), which IIS resets when "
+                    "it replaces the binding: certctl re-applies them")
+        extra["keeps_settings"] = kept
     plan.act(ActionKind.rebind, name, site.name, "https", binding.information, reason, message, owner.depends,
              op="update", ssl_flags=binding.ssl_flags, thumbprint=owner.thumbprint, store=owner.windows_store,
-             old_thumbprint=served)
+             old_thumbprint=served, **extra)
 
 
 def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, entry: HttpSysEntry | None) -> None:
@@ -364,6 +381,10 @@ def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, 
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   f"deleted, but site {site.name} is stopped; kept (start the site to let certctl prune it)",
                   code="Orphaned")
+    elif plan.host.blocking:
+        plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
+                  f"deleted; not pruned while IIS host {plan.host.name} has unreadable data "
+                  f"({'; '.join(plan.host.blocking)})", code="Blocked")
     elif not made_here or entry is None or entry.appid.lower() != IIS_APPID.lower():
         plan.note(orphan, site.name, what, f"serves {_short(served)} of certificate {orphan}, whose spec was "
                   "deleted, but certctl did not create this binding (it only set its certificate); kept, and so "

@@ -163,6 +163,9 @@ class HttpSysEntry:
     certhash: str | None  # upper-case hex or None
     certstorename: str | None
     appid: str
+    # the entry's own settings that IIS does not re-create when it replaces a binding (client certificate
+    # negotiation, CTL store, DS mapper, revocation checks …), as (netsh label, value), only those not at default
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 IIS_APPID = "{4dc3e181-e14b-4a21-b022-59fc669b0914}"
@@ -178,6 +181,9 @@ class HostState:
     ccs_files: tuple[tuple[str, str], ...] = ()  # (file name, thumbprint) on the CCS share
     problems: tuple[str, ...] = ()
     reachable: bool = True
+    # what could not be read where a wrong answer could delete something still in use (the HTTP.sys table):
+    # while any is listed, nothing destructive (cleanup, prune, store removal) happens on this host
+    blocking: tuple[str, ...] = ()
 
 
 # --- observed: tasks, endpoints, attempts ----------------------------------------------------------

@@ -270,6 +270,21 @@ def _deploy_actions(name: str, spec: CertificateSpec, target: Target, observed: 
     return out
 
 
+def _cleanup_blocked(desired: DesiredState, observed: ObservedState, store_name: str) -> str | None:
+    """Why nothing may be removed from a Windows store: its IIS host could not be read, or has unreadable
+    HTTP.sys data (a certificate could still be bound there); None when cleanup may go ahead."""
+    named = desired.stores.get(store_name)
+    windows = named.spec.windows if named is not None else None
+    if windows is None or windows.host not in desired.iis_hosts:
+        return None
+    host = observed.hosts.get(windows.host)
+    if host is None or not host.reachable:
+        return f"IIS host {windows.host} could not be read"
+    if host.blocking:
+        return f"IIS host {windows.host} has unreadable data ({'; '.join(host.blocking)})"
+    return None
+
+
 def _cleanup_actions(
     desired: DesiredState, observed: ObservedState, targets: dict[str, Target], referenced: set[str], at: datetime
 ) -> tuple[list[Action], list[Note]]:
@@ -323,4 +338,13 @@ def _cleanup_actions(
                     out.append(_act(ActionKind.cleanup, owner, f"store/{store_name}/{cert.ref}", Reason.Superseded,
                                     f"{cert.info.thumbprint[:8]} {why} and used nowhere",
                                     thumbprint=cert.info.thumbprint, ref=cert.ref, store=store_name))
-    return out, notes
+    kept: list[Action] = []
+    for action in out:
+        blocked = _cleanup_blocked(desired, observed, str(action.details.get("store")))
+        if blocked is None:
+            kept.append(action)
+        else:
+            notes.append(Note(action.certificate, action.target,
+                              f"{action.message}, but it is not removed: {blocked}, so certctl cannot tell whether "
+                              "it is still bound", code="Blocked"))
+    return kept, notes

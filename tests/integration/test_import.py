@@ -13,33 +13,13 @@ import structlog
 
 from reconciler.app.loader import load
 from reconciler.entry.cli import main
-from tests.fixtures.iis import make_sample
+from tests.fixtures.iis import make_sample, real_servers
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 AT = "2026-03-01"  # the sample's certificates run from 2026-01-01 to 2026-12-31: valid and not yet due then
 
 
-BASE = """\
-apiVersion: certctl/v1
-kind: Settings
-metadata: {name: settings}
-spec: {stateDir: ../state}
----
-apiVersion: certctl/v1
-kind: Issuer
-metadata: {name: local}
-spec: {localCA: {}}
----
-apiVersion: certctl/v1
-kind: IisHost
-metadata: {name: web01}
-spec: {backend: emulated, root: ../web01}
----
-apiVersion: certctl/v1
-kind: Store
-metadata: {name: web01-webhosting}
-spec: {windows: {host: web01, name: WebHosting}}
-"""
+BASE = real_servers.DESIRED_BASE
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,7 @@
 """Writes the desired/ and input.json of the IIS golden scenarios (run it, then review every expected.json).
 
     python tests/scenarios/build_iis.py && UPDATE_GOLDEN=1 pytest tests/scenarios -k iis
+    python tests/scenarios/build_iis.py iis-star-host-auto-reported   # only the scenarios named
 
 One emulated machine, ``web01``, with a WebHosting store; each scenario says what its sites,
 bindings, HTTP.sys entries and certificates are, and which Certificate specs exist.
@@ -116,6 +117,7 @@ class World:
     reachable: bool = True
     problems: tuple[str, ...] = ()
     made: list[tuple[str, str]] = field(default_factory=list)  # (site, bindingInformation) certctl added
+    blocking: tuple[str, ...] = ()  # unreadable HTTP.sys data
 
     def observed(self) -> ObservedState:
         issued = {
@@ -126,12 +128,14 @@ class World:
                                  friendly_name=f"certctl:{managed}" if managed else "")
                       for i, managed in self.store)
         host = HostState(HOST, "10.0", tuple(self.sites), tuple(self.entries), ("My", "WebHosting"),
-                         problems=self.problems, reachable=self.reachable)
+                         problems=self.problems, reachable=self.reachable, blocking=self.blocking)
         return ObservedState(issued=issued, stores={STORE: StoreState(STORE, certs)}, hosts={HOST: host},
                              made_bindings=tuple(sorted((HOST, s, i) for s, i in self.made)))
 
 
 def scenario(name: str, world: World, certs: list[str], *, at: datetime = AT, prune: bool = False) -> None:
+    if sys.argv[1:] and name not in sys.argv[1:]:
+        return
     folder = ROOT / name
     shutil.rmtree(folder / "desired", ignore_errors=True)
     (folder / "desired").mkdir(parents=True)
@@ -346,6 +350,55 @@ def main() -> None:
     scenario("iis-host-unreachable", World([], [], issued={"www": [cur]}, store=[(cur, "www")], reachable=False,
                                            problems=("IIS host 'web01': the folder /srv/iis/web01 does not exist",)),
              [www])
+
+
+    # --- servers as they are (issue 16) ---
+    unreadable = ("netsh http show sslcert: entry ipport=0.0.0.0:443 has no certificate hash certctl can read",)
+    expired = info("www-expired", WWW_SANS, T0 - timedelta(days=80))
+    orphan_unused = info("gone-older", ("gone.example.com",), T0 - timedelta(days=30))
+    # HTTP.sys could not be read (another display language): the superseded, expired certificate is not removed,
+    # since nothing can tell whether a binding still uses it
+    scenario("iis-httpsys-unreadable-blocks-cleanup", World(
+        [site("example.com", 2, ("http", "*:80:www.example.com"), ("https", "*:443:www.example.com", 1))],
+        [sni("www.example.com", cur.thumbprint)], issued={"www": [expired, cur]},
+        store=[(expired, "www"), (cur, "www")], problems=unreadable, blocking=unreadable),
+        [www], at=AT + timedelta(days=1))
+    # ... nor is a binding pruned, nor the certificate of a deleted spec
+    scenario("iis-httpsys-unreadable-blocks-prune", World(
+        [site("gone", 6, ("https", "*:443:gone.example.com", 1))],
+        [sni("gone.example.com", gone.thumbprint)], store=[(gone, "gone"), (orphan_unused, "gone")],
+        made=[("gone", "*:443:gone.example.com")], problems=unreadable, blocking=unreadable),
+        [], prune=True)
+
+    # IIS Express writes https on host "*": a catch-all like a blank host, reported in auto mode ...
+    star_sites = [site("Shop.Web", 2, ("http", "*:51080:localhost"), ("https", ":44300:*"))]
+    scenario("iis-star-host-auto-reported", World(
+        star_sites, [ipport("0.0.0.0:44300", old.thumbprint)], issued={"www": [old, cur]},
+        store=[(old, "www"), (cur, "www")]), [www])
+    # ... and renewed in site mode
+    scenario("iis-star-host-site-mode-renewed", World(
+        star_sites, [ipport("0.0.0.0:44300", old.thumbprint)], issued={"www": [old, cur]},
+        store=[(old, "www"), (cur, "www")]),
+        [cert_yaml("www", WWW_DOMAINS, iis="[{host: web01, mode: site, site: Shop.Web}]")])
+
+    # an ADFS-like entry with client certificate settings: the rebind says they are kept
+    adfs = HttpSysEntry("ipport", "10.20.0.13:443", old.thumbprint, "WebHosting", IIS_APPID,
+                        settings=(("Ctl Store Name", "ClientAuthIssuer"), ("Negotiate Client Certificate", "Enabled")))
+    scenario("iis-rebind-keeps-httpsys-settings", World(
+        [site("adfs", 7, ("https", "10.20.0.13:443:www.example.com"))], [adfs],
+        issued={"www": [old, cur]}, store=[(old, "www"), (cur, "www")]), [www])
+
+    # two certificates in site mode on one site, each on blank-host bindings of its own IP (what import writes
+    # for an IIS 7.5 server): each keeps the bindings that serve it, the renewed one is rebound
+    other_old = info("corp-old", ("*.corp.example.com",), T0 - timedelta(days=80))
+    other_cur = info("corp-current", ("*.corp.example.com",))
+    scenario("iis-site-mode-blank-hosts-follow-what-they-serve", World(
+        [site("Portal", 2, ("https", "10.20.0.11:443:"), ("https", "10.20.0.12:443:"))],
+        [ipport("10.20.0.11:443", old.thumbprint), ipport("10.20.0.12:443", other_old.thumbprint)],
+        issued={"www": [old, cur], "corp": [other_old, other_cur]},
+        store=[(old, "www"), (cur, "www"), (other_old, "corp"), (other_cur, "corp")]),
+        [cert_yaml("www", WWW_DOMAINS, iis="[{host: web01, mode: site, site: Portal}]"),
+         cert_yaml("corp", '["*.corp.example.com"]', iis="[{host: web01, mode: site, site: Portal}]")])
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def crlf(data: bytes) -> bytes:
         ("[::]:8443:", ("[::]", 8443, "")),
         ("*:443:*.apps.example.org", ("*", 443, "*.apps.example.org")),
         ("*:443:WWW.Example.COM", ("*", 443, "www.example.com")),
+        (":44300:*", ("*", 44300, "")),  # IIS Express: host '*' is the catch-all, like a blank host
+        ("10.20.0.11:443:*", ("10.20.0.11", 443, "")),
     ],
 )
 def test_binding_information_splits_on_the_last_two_colons(info: str, expected: tuple[str, int, str]) -> None:
@@ -289,3 +291,24 @@ def test_site_names_and_bindings_match_case_insensitively() -> None:
     cfg = AppHostConfig.parse(IIS_MD)
     cfg.remove_binding("EXAMPLE.COM", "HTTPS", "*:443:WWW.EXAMPLE.COM")
     assert all(b.protocol != "https" for b in cfg.sites()[1].bindings)
+
+
+def test_server_auto_start_false_is_stopped_unless_the_running_server_started_it() -> None:
+    data = (FIXTURES / "applicationHost.hosting-panel.config").read_bytes()
+    cfg = AppHostConfig.parse(data)
+    states = {s.name: s.state for s in cfg.sites()}
+    assert states["juwelier-stern.example"] is SiteState.stopped and states["alpha-bakery.example"] is SiteState.started
+    assert {s.name: s.state for s in cfg.sites(started=["Juwelier-Stern.example"])}["juwelier-stern.example"] \
+        is SiteState.started
+    assert {s.name: s.state for s in cfg.sites(stopped=["alpha-bakery.example"])}["alpha-bakery.example"] \
+        is SiteState.stopped
+
+
+def test_config_source_is_reported_and_a_sites_file_is_read() -> None:
+    main = AppHostConfig.parse((FIXTURES / "applicationHost.configsource.config").read_bytes())
+    assert main.config_source() == ("sites.config", 8) and main.sites() == ()
+    sites = AppHostConfig.parse((FIXTURES / "sites.configsource.config").read_bytes(), file="sites.config")
+    assert sites.is_sites_file() and not main.is_sites_file()
+    assert [s.name for s in sites.sites()] == ["www", "blog"]
+    sites.add_binding("blog", "https", "*:443:blog.example.com", 1)
+    assert b'<binding protocol="https" bindingInformation="*:443:blog.example.com" sslFlags="1" />' in sites.to_bytes()

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.adapters.iis.appconfig import AppHostConfig, EditError
-from reconciler.adapters.iis.httpsys import SslRecord, dump_json, load_json, parse_netsh, render_netsh
+from reconciler.adapters.iis.httpsys import (
+    SslRecord,
+    dump_json,
+    load_json,
+    read_netsh,
+    read_registry_export,
+    render_netsh,
+)
+from tests.fixtures.iis import regexport
 
 IIS_MD = (Path(__file__).resolve().parents[1] / "fixtures" / "iis" / "applicationHost.iis-md.config").read_bytes()
 VARIANTS = {
@@ -109,6 +118,30 @@ records = st.lists(
 @given(table=records)
 def test_httpsys_table_round_trips_through_json_and_netsh(table: list[SslRecord]) -> None:
     assert list(load_json(dump_json(table))) == table
-    parsed = parse_netsh(render_netsh(table))
-    assert [r.to_entry() for r in parsed] == [r.to_entry() for r in table]
-    assert all(dict(p.flags).items() >= dict(r.flags).items() for p, r in zip(parsed, table, strict=True))
+    parsed, problems = read_netsh(render_netsh(table))
+    hashed = [r for r in table if r.certhash]
+    assert [r.to_entry() for r in parsed] == [r.to_entry() for r in hashed]
+    assert all(dict(p.flags).items() >= dict(r.flags).items() for p, r in zip(parsed, hashed, strict=True))
+    # an ipport entry without a hash is not data: it is reported, never read as "no certificate"
+    assert len(problems) == len(table) - len(hashed)
+    assert all("is not 40 hex digits" in p for p in problems)
+
+
+settings_values = st.fixed_dictionaries({}, optional={
+    "Negotiate Client Certificate": st.sampled_from(["Enabled", "Disabled"]),
+    "DS Mapper Usage": st.sampled_from(["Enabled", "Disabled"]),
+    "Ctl Store Name": st.sampled_from(["(null)", "ClientAuthIssuer"]),
+    "Revocation Freshness Time": st.sampled_from(["0", "600"]),
+    "Usage Check": st.sampled_from(["Enabled", "Disabled"]),
+})
+
+
+@settings(max_examples=100, deadline=None)
+@given(table=records, extra=st.lists(settings_values, min_size=6, max_size=6))
+def test_httpsys_table_round_trips_through_a_registry_export(table: list[SslRecord],
+                                                            extra: list[dict[str, str]]) -> None:
+    table = [replace(r, flags={**r.flags, **more}) for r, more in zip(table, extra, strict=False)]
+    parsed, problems = read_registry_export(regexport.render(table))
+    hashed = [r for r in table if r.certhash]
+    assert [r.to_entry() for r in parsed] == [r.to_entry() for r in sorted(hashed, key=lambda r: r.kind != "ipport")]
+    assert len(problems) == len(table) - len(hashed)

@@ -52,8 +52,10 @@ def test_every_iis_scenario_plans_unique_actions_whose_dependencies_exist() -> N
         for a in p.actions:
             assert set(a.depends_on) <= set(ids), (input_json.parent.name, a.id)
             if a.kind in (ActionKind.bind, ActionKind.rebind, ActionKind.unbind):
-                assert set(a.details) == {"host", "site", "binding", "protocol", "op", "ssl_flags", "thumbprint",
-                                          "store", "old_thumbprint"}, a.id
+                required = {"host", "site", "binding", "protocol", "op", "ssl_flags", "thumbprint", "store",
+                            "old_thumbprint"}
+                # keeps_settings: a rebind of an HTTP.sys entry with its own settings says which ones are re-applied
+                assert required <= set(a.details) <= required | {"keeps_settings"}, a.id
 
 
 def test_binds_never_use_a_certificate_issued_later_without_depending_on_it() -> None:

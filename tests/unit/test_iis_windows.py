@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from reconciler.adapters.iis.windows import (
 from reconciler.core.model import SiteState
 from reconciler.ports import BindingChange, BindingHost, Material, Store
 from reconciler.support.pki import from_pfx
+from tests.fixtures.iis import regexport
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "iis-web01"
@@ -382,3 +384,91 @@ def test_remove_refuses_certificates_in_use_and_unmanaged_ones() -> None:
     assert script_input(script) == {"store": "WebHosting", "thumbprint": unused}
     assert "$c.FriendlyName.StartsWith('certctl:')" in script and "$store.Remove($c)" in script
 
+
+
+# --- HTTP.sys read from the registry; unreadable HTTP.sys blocks removal (issue 16) --------------------
+
+
+def with_registry(data: dict[str, Any]) -> None:
+    """The read as a server with another display language gives it: the registry export is the table,
+    netsh's text is localised (a German fixture)."""
+    data["httpsys_reg"] = regexport.render(parse_netsh(data["sslcert"]))
+    data["sslcert"] = (FIXTURES / "netsh-localised-de-DE.txt").read_bytes().decode()
+
+
+def test_read_script_exports_the_http_sys_registry_keys_and_keeps_netsh_as_fallback() -> None:
+    script = WindowsHost("web01", runner=Recorder()).read_script()
+    assert "reg.exe export 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\HTTP\\Parameters' $regFile /y" in script
+    assert "-Encoding Unicode" in script and "Remove-Item -LiteralPath $regFile" in script
+    assert "netsh.exe http show sslcert" in script
+
+
+def test_http_sys_is_read_from_the_registry_whatever_the_display_language() -> None:
+    english = parse_read_output("web01", READ)
+    snap = parse_read_output("web01", read_output(with_registry))
+    assert set(snap.host.httpsys) == set(english.host.httpsys) and snap.host.httpsys
+    assert snap.host.blocking == ()
+
+
+def test_unreadable_netsh_without_registry_blocks_store_removal() -> None:
+    def german_only(data: dict[str, Any]) -> None:
+        data["sslcert"] = (FIXTURES / "netsh-localised-de-DE.txt").read_bytes().decode()
+
+    read = read_output(german_only)
+    snap = parse_read_output("web01", read)
+    assert snap.host.httpsys == ()
+    assert len(snap.host.blocking) == 2 and all("no certificate hash certctl can read" in b for b in snap.host.blocking)
+    assert set(snap.host.blocking) <= set(snap.host.problems)
+    unused = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:"))
+    runner = Recorder(read)
+    with pytest.raises(StoreError, match="cannot tell whether it is still bound"):
+        WindowsHost("web01", runner=runner).store("WebHosting").remove(unused)
+    assert len(runner.calls) == 1  # nothing was asked to remove it
+
+
+SETTINGS = {"Negotiate Client Certificate": "Enabled", "Ctl Store Name": "ClientAuthIssuer",
+            "Revocation Freshness Time": "600", "Disable HTTP2": "Set"}
+
+
+def adfs_like(data: dict[str, Any]) -> None:
+    """The entry 0.0.0.0:443 carries client-certificate settings (as ADFS endpoints do)."""
+    table = [replace(r, flags={**r.flags, **SETTINGS}) if r.key == "0.0.0.0:443" else r
+             for r in parse_netsh(data["sslcert"])]
+    data["sslcert"] = render_netsh(tuple(table))
+
+
+def test_rebind_re_applies_the_http_sys_entry_settings_iis_resets() -> None:
+    read = read_output(adfs_like)
+    snap = parse_read_output("web01", read)
+    entry = next(e for e in snap.host.httpsys if e.key == "0.0.0.0:443")
+    assert entry.settings == (("Revocation Freshness Time", "600"), ("Ctl Store Name", "ClientAuthIssuer"),
+                              ("Negotiate Client Certificate", "Enabled"))
+    www_tp = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-"))
+    runner = Recorder(read, (FIXTURES / "windows-apply.stdout").read_text())
+    WindowsHost("web01", runner=runner).apply([
+        BindingChange("update", "legacy", "https", "*:443:legacy.example.net", 0, www_tp, "WebHosting")])
+    script = runner.calls[1][0]
+    steps = script_input(script)["steps"]
+    assert [(s["op"], s["information"]) for s in steps] == [("replace", "*:443:legacy.example.net"),
+                                                             ("settings", "*:443:legacy.example.net")]
+    assert steps[1]["entry"] == "ipport=0.0.0.0:443" and steps[1]["thumbprint"] == www_tp
+    assert steps[1]["store"] == "WebHosting"
+    # Disable HTTP2 is not re-applied here: IIS writes it from the binding's sslFlags, which the replace keeps
+    assert steps[1]["netsh"] == ["revocationfreshnesstime=600", "sslctlstorename=ClientAuthIssuer",
+                                 "clientcertnegotiation=enable"]
+    for needle in ("$netshArgs = @('http', 'update', 'sslcert', [string]$step.entry,",
+                   "'appid={4dc3e181-e14b-4a21-b022-59fc669b0914}'", "+ @($step.netsh)", "& netsh.exe @netshArgs",
+                   "settings_failed = $settingsFailed"):
+        assert needle in script, needle
+    # after the commit, not inside the retried ServerManager transaction
+    assert script.index("& netsh.exe @netshArgs") > script.index("$sm.CommitChanges()")
+
+
+def test_settings_that_could_not_be_re_applied_are_an_error() -> None:
+    read = read_output(adfs_like)
+    snap = parse_read_output("web01", read)
+    www_tp = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-"))
+    failed = f'{BEGIN}\n{{"ok": true, "attempts": 1, "settings_failed": "ipport=0.0.0.0:443: The parameter is incorrect."}}\n{END}\n'
+    with pytest.raises(WindowsHostError, match=r"could not be re-applied to ipport=0\.0\.0\.0:443: The parameter"):
+        WindowsHost("web01", runner=Recorder(read, failed)).apply([
+            BindingChange("update", "legacy", "https", "*:443:legacy.example.net", 0, www_tp, "WebHosting")])

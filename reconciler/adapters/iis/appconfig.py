@@ -48,7 +48,8 @@ def parse_binding_information(information: str) -> tuple[str, int, str]:
     """``IP:port:host`` split on the last two colons -> (ip, port, host).
 
     ``ip`` is ``*`` for All Unassigned (written ``*`` or empty), an IPv4 address, or an IPv6 address
-    in brackets as written; ``host`` is lower-cased ('' = catch-all). Raises ValueError with a reason.
+    in brackets as written; ``host`` is lower-cased ('' = catch-all; a host written ``*``, as IIS Express
+    writes ``*:44300:*``, is the same catch-all). Raises ValueError with a reason.
     """
     parts = information.rsplit(":", 2)
     if len(parts) != 3:
@@ -74,7 +75,7 @@ def parse_binding_information(information: str) -> tuple[str, int, str]:
         raise ValueError(f"bindingInformation {information!r}: port {port_text!r} is not a number from 1 to 65535")
     if any(c.isspace() or c in "/\\" for c in host):
         raise ValueError(f"bindingInformation {information!r}: host name {host!r} is not valid")
-    return ip, int(port_text), host.lower()
+    return ip, int(port_text), "" if host == "*" else host.lower()
 
 
 def make_binding(site: str, protocol: str, information: str, ssl_flags: int = 0) -> Binding:
@@ -273,7 +274,8 @@ class AppHostConfig:
         return self._data
 
     def _sites_node(self) -> _Node | None:
-        return self._root.path("configuration", "system.applicationHost", "sites")
+        # in applicationHost.config, or the root element of the file a configSource names
+        return self._root.path("configuration", "system.applicationHost", "sites") or self._root.child("sites")
 
     def _site_nodes(self) -> list[_Node]:
         sites = self._sites_node()
@@ -318,17 +320,40 @@ class AppHostConfig:
         sites = self._sites_node()
         return _ftp_of(sites.child("siteDefaults") if sites else None)
 
-    def sites(self, stopped: Iterable[str] = ()) -> tuple[Site, ...]:
-        """The sites as model values; FTP sites without their own certificate inherit <siteDefaults>'."""
+    def sites(self, stopped: Iterable[str] = (), started: Iterable[str] = ()) -> tuple[Site, ...]:
+        """The sites as model values; FTP sites without their own certificate inherit <siteDefaults>'.
+
+        ``stopped`` and ``started`` are what the running server says (a site started or stopped by hand since
+        the server came up); a site it does not mention is in the state the server started it in: started,
+        unless its ``serverAutoStart`` is ``false`` (IIS then does not start it with the server)."""
         stopped_lower = {s.lower() for s in stopped}
+        started_lower = {s.lower() for s in started}
         defaults = self.site_defaults_ftp()
-        return tuple(
-            c.to_site(SiteState.stopped if c.name.lower() in stopped_lower else SiteState.started, defaults)
-            for c in self.site_configs()
-        )
+
+        def state(c: SiteConfig) -> SiteState:
+            if c.name.lower() in stopped_lower:
+                return SiteState.stopped
+            if c.name.lower() in started_lower or c.server_auto_start is not False:
+                return SiteState.started
+            return SiteState.stopped
+
+        return tuple(c.to_site(state(c), defaults) for c in self.site_configs())
+
+    def is_sites_file(self) -> bool:
+        """Is this the file a ``<sites configSource>`` names (its root element is <sites>)?"""
+        return self._root.child("sites") is not None
+
+    def config_source(self) -> tuple[str, int] | None:
+        """(file, line) when the <sites> section is moved to another file (``<sites configSource="…">``)."""
+        sites = self._root.path("configuration", "system.applicationHost", "sites")
+        if sites is None or "configSource" not in sites.attrs:
+            return None
+        return sites.attrs["configSource"], sites.line
 
     def problems(self) -> tuple[str, ...]:
         out: list[str] = []
+        if self._sites_node() is None:
+            out.append(f"{self.file}: has no <configuration><system.applicationHost><sites> section: no site is seen")
         seen_names: set[str] = set()
         for c in self.site_configs():
             where = f"{self.file}:{c.line}"

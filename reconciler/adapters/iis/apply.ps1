@@ -1,9 +1,12 @@
 # certctl: carry out binding steps as ONE Microsoft.Web.Administration commit, retried with back-off.
 # Input (a single-quoted JSON literal substituted below):
-#   {"steps": [{"op": "add|replace|remove|ftp", "site", "protocol", "information", "ssl_flags",
-#               "thumbprint", "store", "config_only"}], "attempts": 4, "backoff_ms": 500}
+#   {"steps": [{"op": "add|replace|remove|ftp|settings", "site", "protocol", "information", "ssl_flags",
+#               "thumbprint", "store", "config_only", "entry", "netsh"}], "attempts": 4, "backoff_ms": 500}
 # An update is a replace: Bindings.Remove(binding, $true) (config only, the HTTP.sys entry stays for the
 # other bindings on a shared endpoint) and Bindings.Add(information, hash, store, flags) with the flags kept.
+# IIS re-creates the HTTP.sys entry on commit, which resets the entry's own settings (client certificate
+# negotiation, CTL store, DS mapper, revocation checks): each "settings" step re-applies them afterwards
+# with netsh http update sslcert (its parameter names are the same on every display language).
 $ErrorActionPreference = 'Stop'
 [Console]::OutputEncoding = [System.Text.Encoding]::UTF8
 $in = ConvertFrom-Json __CERTCTL_INPUT__
@@ -51,6 +54,8 @@ while ($true) {
             } elseif ($step.op -eq 'remove') {
                 $old = Find-Binding $site $step.protocol $step.information
                 $site.Bindings.Remove($old, [bool]$step.config_only)
+            } elseif ($step.op -eq 'settings') {
+                continue  # after the commit
             } elseif ($step.op -eq 'ftp') {
                 $ssl = $site.GetChildElement('ftpServer').GetChildElement('security').GetChildElement('ssl')
                 if ($step.thumbprint) {
@@ -74,6 +79,15 @@ while ($true) {
     }
 }
 
+$settingsFailed = @()
+foreach ($step in $in.steps) {
+    if ($step.op -ne 'settings') { continue }
+    $netshArgs = @('http', 'update', 'sslcert', [string]$step.entry, ('certhash={0}' -f $step.thumbprint),
+        'appid={4dc3e181-e14b-4a21-b022-59fc669b0914}', ('certstorename={0}' -f $step.store)) + @($step.netsh)
+    $out = & netsh.exe @netshArgs 2>&1 | Out-String
+    if ($LASTEXITCODE -ne 0) { $settingsFailed += ('{0}: {1}' -f $step.entry, $out.Trim()) }
+}
+
 '<<<CERTCTL-JSON'
-ConvertTo-Json -InputObject ([ordered]@{ ok = $true; attempts = $attempt }) -Compress
+ConvertTo-Json -InputObject ([ordered]@{ ok = $true; attempts = $attempt; settings_failed = $settingsFailed }) -Compress
 'CERTCTL-JSON>>>'

@@ -12,6 +12,11 @@ Semantics, as on a real server:
   every binding on it.
 - ``update``: replace the binding (remove config-only, add a copy with the new hash): IP, port, host
   and every sslFlags bit stay; ``ssl_flags`` must be 0 (keep) or equal to the binding's flags.
+- Replacing a binding (and adding one over an existing entry) makes IIS delete and re-create its HTTP.sys
+  entry: the entry's own settings that IIS does not write (client certificate negotiation, CTL store, DS
+  mapper, revocation checks; see ``httpsys.KEPT_SETTINGS``) go back to their defaults. So every such
+  commit is followed by a ``settings`` step that re-applies them to the new entry
+  (``netsh http update sslcert`` on Windows).
 - ``remove``: removes the binding; its HTTP.sys entry is deleted only when no other binding uses it
   (otherwise the removal is config-only).
 - ``ftp``: sets the site's ftpServer/security/ssl certificate (None clears it).
@@ -25,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from reconciler.adapters.iis.appconfig import make_binding, same_binding
-from reconciler.adapters.iis.httpsys import SslRecord, entry_for, normalize_hash
+from reconciler.adapters.iis.httpsys import SslRecord, entry_for, normalize_hash, without_kept_settings
 from reconciler.core.iis_rules import normalize_key
 from reconciler.core.model import IIS_APPID, Binding, Site
 from reconciler.ports import BindingChange
@@ -41,7 +46,7 @@ class ChangeError(ValueError):
 class Step:
     """One concrete operation of the commit."""
 
-    op: str  # add | replace | remove | ftp
+    op: str  # add | replace | remove | ftp | settings
     site: str
     protocol: str
     information: str
@@ -49,6 +54,8 @@ class Step:
     thumbprint: str | None = None
     store: str | None = None
     config_only: bool = False  # remove: leave the HTTP.sys entry (another binding uses it)
+    entry: str = ""  # settings: the HTTP.sys entry (``ipport=0.0.0.0:443``) whose settings are re-applied
+    settings: tuple[tuple[str, str], ...] = ()  # settings: (netsh label, value), see httpsys.KEPT_SETTINGS
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,7 @@ def resolve(host: str, sites: Sequence[Site], table: Sequence[SslRecord], change
     work: dict[str, Site] = {s.name.lower(): s for s in sites}
     records = list(table)
     steps: list[Step] = []
+    restore: dict[tuple[str, str], Step] = {}  # HTTP.sys entry -> the settings step after the commit
 
     def site_of(change: BindingChange) -> Site:
         site = work.get(change.site.lower())
@@ -103,11 +111,20 @@ def resolve(host: str, sites: Sequence[Site], table: Sequence[SslRecord], change
         if i is None:
             records.append(SslRecord(kind=kind, key=key, certhash=tp, certstorename=store, appid=IIS_APPID, flags={}))
             return
-        if not records[i].owned_by_iis:
-            raise ChangeError(f"IIS host {host!r}: HTTP.sys entry {kind}={records[i].key} belongs to another "
-                              f"application (AppID {records[i].appid}); certctl never changes it")
-        if kind != "ccs":
-            records[i] = replace(records[i], certhash=tp, certstorename=store)
+        old = records[i]
+        if not old.owned_by_iis:
+            raise ChangeError(f"IIS host {host!r}: HTTP.sys entry {kind}={old.key} belongs to another "
+                              f"application (AppID {old.appid}); certctl never changes it")
+        if kind == "ccs":
+            return
+        # IIS re-creates the entry: its own settings are reset, then the settings step puts them back
+        records[i] = replace(old, certhash=tp, certstorename=store, flags=without_kept_settings(old.flags))
+        kept = old.kept_settings()
+        if kept:
+            records[i] = replace(records[i], flags=dict(old.flags))
+            restore[(kind, records[i].ident[1])] = Step("settings", binding.site, "https", binding.information,
+                                                        binding.ssl_flags, tp, store, entry=f"{kind}={old.key}",
+                                                        settings=kept)
 
     def find_binding(site: Site, change: BindingChange) -> Binding:
         for b in site.bindings:
@@ -181,6 +198,8 @@ def resolve(host: str, sites: Sequence[Site], table: Sequence[SslRecord], change
                     del records[i]
                     config_only = False
             steps.append(Step("remove", site.name, b.protocol, b.information, b.ssl_flags, config_only=config_only))
+    live = {r.ident for r in records}
+    steps.extend(step for ident, step in restore.items() if ident in live)
     return Resolution(steps=tuple(steps), sites=tuple(work[s.name.lower()] for s in sites), table=tuple(records))
 
 

@@ -3,7 +3,11 @@
 ```
 <root>/applicationHost.config        IIS configuration (edited losslessly, see appconfig)
 <root>/httpsys.json                  the HTTP.sys SSL table
-<root>/server.json                   {"iis_version": "10.0", "stopped_sites": ["..."]}
+<root>/server.json                   the running server: {"iis_version": "10.0", "stopped_sites": [...],
+                                     "started_sites": [...]} (a site neither lists is in the state the server
+                                     started it in: started unless its serverAutoStart is false)
+<root>/<name>.config                 the <sites> section, when applicationHost.config moves it there with
+                                     <sites configSource="name.config"> (a file in this folder only)
 <root>/certstore/<Store>/<TP>.pfx    Cert:\\LocalMachine\\<Store>: certificate (+ key), unencrypted PKCS#12,
 <root>/certstore/<Store>/<TP>.json   mode 0600 (standing in for DPAPI); the JSON: friendly name and metadata
 <root>/ccs/<host>.pfx                the Centralized Certificate Store share
@@ -90,6 +94,14 @@ def _norm_tp(ref: str) -> str:
     return normalize_hash(ref) or ""
 
 
+_CONFIG_SOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.config", re.IGNORECASE)
+
+
+def _running(server: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(stopped, started) site names as server.json says the running server has them."""
+    return [str(s) for s in server.get("stopped_sites", [])], [str(s) for s in server.get("started_sites", [])]
+
+
 class EmulatedHost:
     """A BindingHost over a folder that stands for one Windows/IIS machine.
 
@@ -134,14 +146,41 @@ class EmulatedHost:
         path = self.root / file
         return path.read_bytes() if path.exists() else None
 
+    def _sites_file(self, cfg: AppHostConfig, intent: list[dict[str, Any]] | None) -> AppHostConfig:
+        """The file that holds the <sites> section and its parsed content: applicationHost.config itself, or the
+        file its ``<sites configSource="…">`` names, which must be a file in the machine folder."""
+        source = cfg.config_source()
+        if source is None:
+            return cfg
+        name, line = source
+
+        def fail(message: str) -> ConfigError:
+            return ConfigError(f"<sites configSource={name!r}>: {message}", host=self.name,
+                               file=str(self.root / CONFIG_FILE), line=line)
+
+        reserved = {n.lower() for n in (CONFIG_FILE, HTTPSYS_FILE, SERVER_FILE, INTENT_FILE)}
+        if (not _CONFIG_SOURCE_RE.fullmatch(name) or name.lower() in reserved
+                or (self.root / name).resolve().parent != self.root.resolve()):
+            raise fail("certctl follows configSource only to a .config file in the configuration folder itself; "
+                       "the sites cannot be read")
+        data = self._read(name, intent)
+        if data is None:
+            raise fail(f"{self.root / name} does not exist; the sites cannot be read")
+        sites_cfg = AppHostConfig.parse(data, host=self.name, file=str(self.root / name))
+        if not sites_cfg.is_sites_file():
+            raise fail(f"{name} does not hold a <sites> element")
+        return sites_cfg
+
     def _load(self) -> tuple[AppHostConfig, tuple[SslRecord, ...], dict[str, Any], bool]:
+        """(the configuration that holds the sites, the HTTP.sys table, server.json, interrupted commit?)"""
         if not self.root.is_dir():
             raise IisHostError(f"IIS host {self.name!r}: the folder {self.root} that stands for the machine does not exist")
         intent = self._intent()
         config = self._read(CONFIG_FILE, intent)
         if config is None:
             raise IisHostError(f"IIS host {self.name!r}: {self.root / CONFIG_FILE} does not exist")
-        cfg = AppHostConfig.parse(config, host=self.name, file=str(self.root / CONFIG_FILE))
+        main = AppHostConfig.parse(config, host=self.name, file=str(self.root / CONFIG_FILE))
+        cfg = self._sites_file(main, intent)
         table_bytes = self._read(HTTPSYS_FILE, intent)
         table = load_json(table_bytes, host=self.name) if table_bytes is not None else ()
         server: dict[str, Any] = {}
@@ -151,9 +190,10 @@ class EmulatedHost:
                 server = json.loads(server_path.read_text())
             except ValueError as err:
                 raise IisHostError(f"IIS host {self.name!r}: {server_path}: not valid JSON: {err}") from None
-            if not isinstance(server, dict) or not isinstance(server.get("stopped_sites", []), list):
+            if not isinstance(server, dict) or not all(isinstance(server.get(k, []), list)
+                                                       for k in ("stopped_sites", "started_sites")):
                 raise IisHostError(f"IIS host {self.name!r}: {server_path}: expected "
-                                   '{"iis_version": "10.0", "stopped_sites": [...]}')
+                                   '{"iis_version": "10.0", "stopped_sites": [...], "started_sites": [...]}')
         return cfg, table, server, intent is not None
 
     def observe(self) -> HostState:
@@ -165,10 +205,11 @@ class EmulatedHost:
         problems = list(cfg.problems())
         if interrupted:
             problems.append(f"an interrupted commit was found in {self.root}; it is rolled back on the next apply")
-        stopped = [str(s) for s in server.get("stopped_sites", [])]
-        sites = cfg.sites(stopped)
+        stopped, started = _running(server)
+        sites = cfg.sites(stopped, started)
         known = {s.name.lower() for s in sites}
         problems += [f"{SERVER_FILE}: stopped site {s!r} is not configured" for s in stopped if s.lower() not in known]
+        problems += [f"{SERVER_FILE}: started site {s!r} is not configured" for s in started if s.lower() not in known]
         ccs_files, ccs_problems = self._ccs_files()
         return HostState(
             name=self.name,
@@ -234,8 +275,7 @@ class EmulatedHost:
             cfg, table, server, _ = self._load()
         except (ConfigError, HttpSysError, OSError) as err:
             raise IisHostError(str(err)) from err
-        stopped = [str(s) for s in server.get("stopped_sites", [])]
-        resolution = resolve(self.name, cfg.sites(stopped), table, changes, has_cert=self.has_cert)
+        resolution = resolve(self.name, cfg.sites(*_running(server)), table, changes, has_cert=self.has_cert)
         for step in resolution.steps:
             if step.op == "add":
                 cfg.add_binding(step.site, step.protocol, step.information, step.ssl_flags)
@@ -246,7 +286,7 @@ class EmulatedHost:
             # replace: the XML keeps the binding as it is; only its HTTP.sys entry changes
         files: list[tuple[str, bytes]] = []
         if cfg.changed:
-            files.append((CONFIG_FILE, cfg.to_bytes()))
+            files.append((Path(cfg.file).name, cfg.to_bytes()))  # applicationHost.config or its configSource
         if resolution.table != tuple(table):
             files.append((HTTPSYS_FILE, dump_json(resolution.table)))
         self._commit(files)

@@ -1,14 +1,18 @@
-"""The HTTP.sys SSL table: ``httpsys.json`` (the emulation), ``netsh http show sslcert`` text, and which
-entry a binding uses.
+"""The HTTP.sys SSL table: ``httpsys.json`` (the emulation), a ``reg export`` of the HTTP service's
+``SslBindingInfo``/``SslSniBindingInfo``/``SslCcsBindingInfo`` keys (what the windows backend reads: the same
+on every display language), ``netsh http show sslcert`` text (its fallback), and which entry a binding uses.
 
 Pure: text in, values out. Hashes are kept upper-case and compared case-insensitively; netsh prints
-them lower-case.
+them lower-case. The readers of Windows output return ``(records, problems)``: text that is not empty
+but yields nothing they recognise, a hash that is not 40 hex digits or a CCS entry that is not a port
+is a problem (never silently an empty or wrong table), and the caller blocks destructive actions on it.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +47,17 @@ class SslRecord:
 
     def to_entry(self) -> HttpSysEntry:
         return HttpSysEntry(kind=self.kind, key=self.key, certhash=self.certhash, certstorename=self.certstorename,
-                            appid=self.appid)
+                            appid=self.appid, settings=self.kept_settings())
+
+    def kept_settings(self) -> tuple[tuple[str, str], ...]:
+        """The entry's own settings that differ from their defaults and that IIS does not re-create when it
+        replaces a binding (see :data:`KEPT_SETTINGS`), as (netsh label, value)."""
+        out = []
+        for label, (default, _param) in KEPT_SETTINGS.items():
+            value = _flag(self.flags, label)
+            if value is not None and value.strip().lower() not in (default.lower(), ""):
+                out.append((label, value.strip()))
+        return tuple(out)
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -56,6 +70,44 @@ class SslRecord:
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "key": self.key, "certhash": self.certhash, "certstorename": self.certstorename,
                 "appid": self.appid, "flags": dict(self.flags)}
+
+
+def _flag(flags: Mapping[str, Any], label: str) -> str | None:
+    want = label.lower()
+    return next((str(v) for k, v in flags.items() if k.lower() == want), None)
+
+
+# The per-entry settings of an HTTP.sys SSL entry that IIS never writes itself (so replacing a binding resets
+# them): netsh label -> (default value, ``netsh http update sslcert`` parameter). The Disable HTTP2/QUIC/TLS
+# and OCSP lines are not among them: IIS derives those from the binding's sslFlags, which a rebind keeps.
+KEPT_SETTINGS: dict[str, tuple[str, str]] = {
+    "Verify Client Certificate Revocation": ("Enabled", "verifyclientcertrevocation"),
+    "Verify Revocation Using Cached Client Certificate Only": ("Disabled", "verifyrevocationwithcachedclientcertonly"),
+    "Usage Check": ("Enabled", "usagecheck"),
+    "Revocation Freshness Time": ("0", "revocationfreshnesstime"),
+    "URL Retrieval Timeout": ("0", "urlretrievaltimeout"),
+    "Ctl Identifier": ("(null)", "sslctlidentifier"),
+    "Ctl Store Name": ("(null)", "sslctlstorename"),
+    "DS Mapper Usage": ("Disabled", "dsmapperusage"),
+    "Negotiate Client Certificate": ("Disabled", "clientcertnegotiation"),
+    "Reject Connections": ("Disabled", "reject"),
+}
+
+
+def netsh_settings_args(settings: Iterable[tuple[str, str]]) -> list[str]:
+    """``netsh http update sslcert`` parameters that re-apply kept settings (``clientcertnegotiation=enable``)."""
+    out = []
+    for label, value in settings:
+        _default, param = KEPT_SETTINGS[label]
+        text = {"enabled": "enable", "disabled": "disable"}.get(value.lower(), value)
+        out.append(f"{param}={text}")
+    return out
+
+
+def without_kept_settings(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The flags an entry has after IIS re-created it: the kept settings are back at their defaults."""
+    kept = {k.lower() for k in KEPT_SETTINGS}
+    return {k: v for k, v in flags.items() if k.lower() not in kept}
 
 
 def normalize_hash(value: str | None) -> str | None:
@@ -172,23 +224,81 @@ def render_netsh(records: Iterable[SslRecord]) -> str:
     return "\n".join(out) + "\n"
 
 
-def parse_netsh(text: str) -> tuple[SslRecord, ...]:
-    """Parse ``netsh http show sslcert`` output, tolerantly: unknown lines are ignored, ``(null)`` is None,
-    blocks start at an ``IP:port``, ``Hostname:port`` or ``Central Certificate Store`` line."""
+_QUOTE_MARK = re.compile(r"^\s*(?:>\s*)+")
+_SPACES = re.compile(r"[\s\u00a0\u2000-\u200b\u202f\u205f\u3000\ufeff]+")
+_PORT = re.compile(r"^[0-9]{1,5}$")
+_EN_TITLE = "ssl certificate bindings:"
+
+
+def _clean_line(raw: str) -> str:
+    """One line of netsh text as copied from a console, a forum quote or a web page: quote markers
+    removed, non-breaking and other Unicode spaces and tabs made plain spaces."""
+    return _SPACES.sub(" ", _QUOTE_MARK.sub("", raw)).strip()
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'\u201c\u201d":
+        return value[1:-1].strip()
+    return value
+
+
+def _port_ok(text: str) -> bool:
+    return bool(_PORT.match(text)) and 0 < int(text) < 65536
+
+
+def _check_record(kind: str, key: str, certhash: str | None, has_hash_line: bool, appid: str | None,
+                  where: str) -> tuple[str | None, str | None]:
+    """(problem, certhash) for one entry read from Windows output."""
+    name = f"{kind}={key}"
+    if kind == "ccs":
+        if not _port_ok(key):
+            return f"{where}: Central Certificate Store entry {key!r} is not a port", None
+        return (None if appid else f"{where}: entry {name} has no Application ID certctl can read"), None
+    if not has_hash_line:
+        return f"{where}: entry {name} has no certificate hash certctl can read", None
+    if certhash is None or not _HEX40.match(certhash):
+        return f"{where}: entry {name}: certificate hash {certhash!r} is not 40 hex digits", None
+    if not appid:
+        return f"{where}: entry {name} has no Application ID certctl can read", None
+    return None, certhash
+
+
+def read_netsh(text: str) -> tuple[tuple[SslRecord, ...], tuple[str, ...]]:
+    """Parse ``netsh http show sslcert`` output (English labels, the only ones it knows): ``(records, problems)``.
+
+    Tolerant of layout: quote markers, non-breaking spaces, tabs, dash rules and unknown lines are ignored;
+    ``(null)`` is None; blocks start at an ``IP:port``, ``Hostname:port`` or ``Central Certificate Store``
+    line. Strict about meaning: a block without a readable hash (a translated label) or with a hash that is
+    not 40 hex digits, a CCS entry that is not a port, or text that is not empty but has neither the English
+    title nor any entry, is a problem, and that entry is left out."""
+    where = "netsh http show sslcert"
     records: list[SslRecord] = []
+    problems: list[str] = []
     current: dict[str, Any] | None = None
+    titled = False
 
     def close() -> None:
-        if current is not None:
-            records.append(SslRecord(kind=current["kind"], key=current["key"], certhash=current.get("certhash"),
-                                     certstorename=current.get("certstorename"), appid=current.get("appid", ""),
-                                     flags=current["flags"]))
+        if current is None:
+            return
+        problem, certhash = _check_record(current["kind"], current["key"], current.get("certhash"),
+                                          "certhash" in current, current.get("appid"), where)
+        if problem:
+            problems.append(problem)
+            return
+        records.append(SslRecord(kind=current["kind"], key=current["key"], certhash=certhash,
+                                 certstorename=current.get("certstorename"), appid=current["appid"],
+                                 flags=current["flags"]))
 
     for raw in text.splitlines():
-        m = _LINE.match(raw.replace("\t", " "))
+        line = _clean_line(raw)
+        if line.lower() == _EN_TITLE:
+            titled = True
+            continue
+        m = _LINE.match(line)
         if not m:
             continue
-        label, value = m.group("label"), m.group("value")
+        label, value = m.group("label"), _unquote(m.group("value"))
         lower = label.lower()
         none_value = None if value.lower() == "(null)" or value == "" else value
         if lower in _HEADERS:
@@ -205,4 +315,134 @@ def parse_netsh(text: str) -> tuple[SslRecord, ...]:
         else:
             current["flags"][label] = value
     close()
-    return tuple(records)
+    if text.strip() and not titled and not records and not problems:
+        first = next((_clean_line(x) for x in text.splitlines() if x.strip()), "")
+        problems.append(f"{where}: printed text certctl cannot read (another display language or layout?), "
+                        f"starting {first[:80]!r}; its HTTP.sys entries are unknown")
+    return tuple(records), tuple(problems)
+
+
+def parse_netsh(text: str) -> tuple[SslRecord, ...]:
+    """The entries :func:`read_netsh` could read (its problems dropped)."""
+    return read_netsh(text)[0]
+
+
+# --- reg export of HKLM\SYSTEM\CurrentControlSet\Services\HTTP\Parameters ------------------------------
+
+REGISTRY_KEY = "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\HTTP\\Parameters"
+_REG_KINDS = {"sslbindinginfo": "ipport", "sslsnibindinginfo": "hostnameport", "sslccsbindinginfo": "ccs"}
+_REG_VALUE = re.compile(r'^(?:"(?P<name>(?:[^"\\]|\\.)*)"|@)=(?P<data>.*)$')
+# DefaultFlags bits (HTTP_SERVICE_CONFIG_SSL_FLAG_*) and DefaultSslCertCheckMode bits, as netsh labels
+_REG_FLAG_BITS = ((0x1, "DS Mapper Usage"), (0x2, "Negotiate Client Certificate"), (0x8, "Reject Connections"))
+
+
+def _reg_data(data: str) -> str | int | bytes | None:
+    """A value's data as ``reg export`` writes it: ``"text"``, ``dword:0000001f`` or ``hex[(n)]:aa,bb``."""
+    if data.startswith('"') and data.endswith('"') and len(data) >= 2:
+        return re.sub(r"\\(.)", r"\1", data[1:-1])
+    if data.lower().startswith("dword:"):
+        try:
+            return int(data[6:], 16)
+        except ValueError:
+            return None
+    m = re.match(r"^hex(?:\((?P<type>[0-9a-f]+)\))?:(?P<bytes>[0-9a-fA-F,\s]*)$", data)
+    if m:
+        try:
+            raw = bytes(int(b, 16) for b in m.group("bytes").replace(" ", "").split(",") if b)
+        except ValueError:
+            return None
+        if m.group("type") in ("1", "2", "7"):  # REG_SZ / EXPAND_SZ / MULTI_SZ written as hex: UTF-16LE
+            return raw.decode("utf-16-le", errors="replace").split("\x00")[0]
+        return raw
+    return None
+
+
+def _reg_record(kind: str, name: str, values: Mapping[str, Any], where: str) -> tuple[SslRecord | None, str | None]:
+    key = name
+    if kind == "ccs":
+        key = name.rsplit(":", 1)[-1]
+    raw_hash = values.get("sslcerthash")
+    certhash: str | None = None
+    if isinstance(raw_hash, bytes):
+        certhash = raw_hash.hex().upper()
+    elif isinstance(raw_hash, str):
+        certhash = normalize_hash(raw_hash)
+    appid_raw = values.get("appid")
+    appid: str | None = None
+    if isinstance(appid_raw, bytes) and len(appid_raw) == 16:
+        appid = "{" + str(uuid.UUID(bytes_le=appid_raw)) + "}"
+    elif isinstance(appid_raw, str) and appid_raw.strip():
+        appid = appid_raw.strip()
+    problem, certhash = _check_record(kind, key, certhash, raw_hash is not None and kind != "ccs", appid, where)
+    if problem:
+        return None, problem
+    flags: dict[str, str] = {}
+    mode = values.get("defaultsslcertcheckmode")
+    if isinstance(mode, int):
+        flags["Verify Client Certificate Revocation"] = "Disabled" if mode & 0x1 else "Enabled"
+        flags["Verify Revocation Using Cached Client Certificate Only"] = "Enabled" if mode & 0x2 else "Disabled"
+        flags["Usage Check"] = "Disabled" if mode & 0x10000 else "Enabled"
+    for value_name, label in (("defaultsslrevocationfreshnesstime", "Revocation Freshness Time"),
+                              ("defaultsslrevocationurlretrievaltimeout", "URL Retrieval Timeout")):
+        if isinstance(values.get(value_name), int):
+            flags[label] = str(values[value_name])
+    for value_name, label in (("defaultsslctlidentifier", "Ctl Identifier"), ("defaultsslctlstorename", "Ctl Store Name")):
+        if isinstance(values.get(value_name), str) and values[value_name]:
+            flags[label] = str(values[value_name])
+    bits = values.get("defaultflags")
+    if isinstance(bits, int):
+        for bit, label in _REG_FLAG_BITS:
+            flags[label] = "Enabled" if bits & bit else "Disabled"
+    store = values.get("sslcertstorename")
+    return SslRecord(kind=kind, key=key, certhash=certhash if kind != "ccs" else None,
+                     certstorename=store if isinstance(store, str) and store else None, appid=appid or "",
+                     flags=flags), None
+
+
+def read_registry_export(text: str) -> tuple[tuple[SslRecord, ...], tuple[str, ...]]:
+    """Parse a ``reg export`` of the HTTP service's Parameters key: the ``SslBindingInfo`` (ipport),
+    ``SslSniBindingInfo`` (hostnameport) and ``SslCcsBindingInfo`` (ccs) subkeys, one subkey per entry.
+    Value names and data are the same on every display language. Returns ``(records, problems)``."""
+    where = "HTTP.sys registry export"
+    lines: list[str] = []
+    for raw in text.lstrip("\ufeff").splitlines():
+        if lines and lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1] + raw.strip()
+        else:
+            lines.append(raw.strip())
+    blocks: list[tuple[str, str, dict[str, Any]]] = []
+    problems: list[str] = []
+    headed = False
+    current: dict[str, Any] | None = None
+    for line in lines:
+        if line.lower().startswith(("windows registry editor", "regedit4")):
+            headed = True
+        elif line.startswith("[") and line.endswith("]"):
+            current = None
+            path = line[1:-1]
+            head, _, rest = path.partition("\\Parameters\\")
+            if not rest or not head.lower().endswith("\\services\\http"):
+                continue
+            group, _, entry = rest.partition("\\")
+            kind = _REG_KINDS.get(group.lower())
+            if kind is None or not entry or "\\" in entry:
+                continue
+            current = {}
+            blocks.append((kind, entry, current))
+        elif current is not None and (m := _REG_VALUE.match(line)):
+            data = _reg_data(m.group("data").strip())
+            if data is None:
+                problems.append(f"{where}: value {m.group('name')!r} of entry {blocks[-1][1]} cannot be read")
+                continue
+            current[(m.group("name") or "").lower()] = data
+    records: list[SslRecord] = []
+    for kind, entry, values in blocks:
+        record, problem = _reg_record(kind, entry, values, where)
+        if problem:
+            problems.append(problem)
+        elif record is not None:
+            records.append(record)
+    if text.strip() and not headed and not blocks and not problems:
+        problems.append(f"{where}: text certctl cannot read (not a reg export of {REGISTRY_KEY}); "
+                        "its HTTP.sys entries are unknown")
+    return tuple(records), tuple(problems)

@@ -11,6 +11,7 @@ $result = [ordered]@{
     iis_version       = $(if ($inetstp) { '{0}.{1}' -f $inetstp.MajorVersion, $inetstp.MinorVersion } else { $null })
     sites             = @()
     site_defaults_ftp = $null
+    httpsys_reg       = ''
     sslcert           = ''
     stores            = @()
     ccs               = $null
@@ -68,6 +69,15 @@ try {
     $sm.Dispose()
 }
 
+# The HTTP.sys SSL table as a registry export (value names and data read the same on every display
+# language); netsh's text (English labels only) is kept as the fallback for when the export fails.
+$regFile = [System.IO.Path]::GetTempFileName()
+try {
+    $null = & reg.exe export 'HKLM\SYSTEM\CurrentControlSet\Services\HTTP\Parameters' $regFile /y 2>&1
+    if ($LASTEXITCODE -eq 0) { $result.httpsys_reg = Get-Content -LiteralPath $regFile -Raw -Encoding Unicode }
+} finally {
+    Remove-Item -LiteralPath $regFile -Force -ErrorAction SilentlyContinue
+}
 $result.sslcert = (& netsh.exe http show sslcert | Out-String)
 
 $stores = @()

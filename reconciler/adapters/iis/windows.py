@@ -11,8 +11,12 @@ Values reach a script only as one JSON document in a PowerShell single-quoted st
 never the command line nor the script text. Scripts print their result as JSON between
 ``<<<CERTCTL-JSON`` and ``CERTCTL-JSON>>>`` lines; anything else they print is ignored.
 
-Reads are one call (sites, bindings with sslFlags and hashes, FTP ssl, ``netsh http show sslcert``,
-IIS version, site state, store certificates with friendly names, CCS files). Writes resolve the
+Reads are one call (sites, bindings with sslFlags and hashes, FTP ssl, the HTTP.sys table, IIS version,
+site state, store certificates with friendly names, CCS files). The HTTP.sys table is read from a
+``reg export`` of the HTTP service's ``SslBindingInfo``/``SslSniBindingInfo``/``SslCcsBindingInfo`` keys,
+which reads the same on every display language; ``netsh http show sslcert`` (English labels only) is the
+fallback when the export is not available. Whatever neither can read is a blocking problem of the host:
+certctl then removes nothing there (no cleanup, no prune, no store removal). Writes resolve the
 changes against a fresh read first (the same rules as the emulated host, see ``changes``), then
 carry them out in one ServerManager commit retried with back-off.
 """
@@ -37,7 +41,13 @@ from cryptography import x509
 from reconciler.adapters.iis.appconfig import make_binding
 from reconciler.adapters.iis.changes import Step, resolve, thumbprint_users
 from reconciler.adapters.iis.emulated import StoreError, friendly_name, managed_by
-from reconciler.adapters.iis.httpsys import SslRecord, normalize_hash, parse_netsh
+from reconciler.adapters.iis.httpsys import (
+    SslRecord,
+    netsh_settings_args,
+    normalize_hash,
+    read_netsh,
+    read_registry_export,
+)
 from reconciler.core.model import CertInfo, HostState, Site, SiteState, StoredCert, StoreState
 from reconciler.ports import BindingChange, Material
 from reconciler.support.pki import cert_info, info_from_pem, to_pfx
@@ -173,7 +183,8 @@ def parse_read_output(host: str, stdout: str) -> Snapshot:
             ftp_hash, ftp_store = default_hash, default_store
         sites.append(Site(name=name, id=int(raw.get("id") or 0), physical_path=str(raw.get("physical_path") or ""),
                           state=state, bindings=bindings, ftp_cert_hash=ftp_hash, ftp_cert_store=ftp_store))
-    table = parse_netsh(str(data.get("sslcert") or ""))
+    table, blocking = read_httpsys(data)
+    problems += blocking
     certs: dict[str, tuple[WindowsCert, ...]] = {}
     for store in _as_list(data.get("stores")):
         items: list[WindowsCert] = []
@@ -198,8 +209,17 @@ def parse_read_output(host: str, stdout: str) -> Snapshot:
     host_state = HostState(name=host, iis_version=str(data.get("iis_version") or "unknown"), sites=tuple(sites),
                       httpsys=tuple(r.to_entry() for r in table),
                       stores=tuple(sorted(str(s.get("name")) for s in _as_list(data.get("stores")))),
-                      ccs_files=tuple(ccs_files), problems=tuple(problems))
+                      ccs_files=tuple(ccs_files), problems=tuple(problems), blocking=blocking)
     return Snapshot(host=host_state, table=table, certs=certs, site_defaults_ftp=default_hash)
+
+
+def read_httpsys(data: Mapping[str, Any]) -> tuple[tuple[SslRecord, ...], tuple[str, ...]]:
+    """The HTTP.sys table of a read result: from the registry export, else from netsh text; with the problems
+    that block destructive actions (anything not empty that could not be read)."""
+    registry = str(data.get("httpsys_reg") or "")
+    if registry.strip():
+        return read_registry_export(registry)
+    return read_netsh(str(data.get("sslcert") or ""))
 
 
 # --- the host ------------------------------------------------------------------------------------
@@ -242,7 +262,8 @@ class WindowsHost:
         return render_script("apply.ps1", {
             "steps": [{"op": s.op, "site": s.site, "protocol": s.protocol, "information": s.information,
                        "ssl_flags": s.ssl_flags, "thumbprint": s.thumbprint, "store": s.store,
-                       "config_only": s.config_only} for s in steps],
+                       "config_only": s.config_only, "entry": s.entry,
+                       "netsh": netsh_settings_args(s.settings)} for s in steps],
             "attempts": self.commit_attempts, "backoff_ms": self.backoff_ms})
 
     def apply(self, changes: Sequence[BindingChange]) -> None:
@@ -257,6 +278,11 @@ class WindowsHost:
         result = self._run(self.apply_script(resolution.steps))
         if not isinstance(result, dict) or result.get("ok") is not True:
             raise WindowsHostError(f"IIS host {self.name!r}: the commit did not report success: {result!r}")
+        failed = [str(f) for f in _as_list(result.get("settings_failed"))]
+        if failed:
+            raise WindowsHostError(f"IIS host {self.name!r}: the bindings were committed, but the HTTP.sys settings "
+                                   f"could not be re-applied to {'; '.join(failed)}; re-apply them with "
+                                   "`netsh http update sslcert` (the plan listed them)")
         log.info("iis.committed", host=self.name, changes=len(changes), attempts=result.get("attempts"))
 
     def store(self, store_name: str, *, name: str | None = None) -> WindowsStore:
@@ -314,6 +340,9 @@ class WindowsStore:
         if not re.fullmatch(r"[0-9A-F]{40}", tp):
             raise StoreError(f"{ref!r} is not a certificate thumbprint")
         snap = self.host.read()
+        if snap.host.blocking:
+            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} was not removed: certctl cannot "
+                             f"tell whether it is still bound ({'; '.join(snap.host.blocking)})")
         used = thumbprint_users(tp, snap.table, snap.host.sites, snap.site_defaults_ftp)
         if used:
             raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} is still used by "
