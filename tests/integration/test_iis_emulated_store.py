@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.iis.emulated import EmulatedHost, StoreError, friendly_name, managed_by
+from reconciler.adapters.iis.certstore import StoreError, friendly_name, managed_by
+from reconciler.adapters.iis.emulated import EmulatedHost
 from reconciler.ports import BindingChange, Material, Store
 from reconciler.support.pki import info_from_pem
 from tests.fixtures.iis import make_sample

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from reconciler.adapters.iis.certstore import StoreError
 from reconciler.adapters.iis.changes import ChangeError
-from reconciler.adapters.iis.emulated import EmulatedHost, StoreError
+from reconciler.adapters.iis.emulated import EmulatedHost
 from reconciler.adapters.iis.httpsys import parse_netsh, render_netsh
 from reconciler.adapters.iis.windows import (
     BEGIN,

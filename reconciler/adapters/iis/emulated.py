@@ -40,10 +40,11 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 
 from reconciler.adapters.iis.appconfig import FILE_NAME as CONFIG_FILE
 from reconciler.adapters.iis.appconfig import AppHostConfig, ConfigError
+from reconciler.adapters.iis.certstore import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.changes import resolve, thumbprint_users
 from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
 from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json, normalize_hash
-from reconciler.core.model import MANAGED_PREFIX, CertInfo, HostState, StoredCert, StoreState
+from reconciler.core.model import HostState, StoredCert, StoreState
 from reconciler.ports import BindingChange, Material
 from reconciler.support.fs import atomic_write, fsync_dir
 from reconciler.support.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
@@ -54,26 +55,10 @@ SERVER_FILE = "server.json"
 CERTSTORE_DIR = "certstore"
 CCS_DIR = "ccs"
 INTENT_FILE = ".certctl-commit.json"
-_MANAGED_RE = re.compile(r"^" + re.escape(MANAGED_PREFIX) + r"([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)(?:\s|$)")
 
 
 class IisHostError(RuntimeError):
     """The host cannot be read or changed; nothing was changed."""
-
-
-class StoreError(RuntimeError):
-    """A certificate store operation failed; the store is as it was."""
-
-
-def friendly_name(certificate: str, info: CertInfo) -> str:
-    """The marker certctl writes on what it installs (IIS.md §4)."""
-    return f"{MANAGED_PREFIX}{certificate} {info.not_before:%Y-%m-%d}–{info.not_after:%Y-%m-%d}"
-
-
-def managed_by(friendly: str) -> str | None:
-    """The Certificate name in a ``certctl:<name> …`` friendly name, else None."""
-    m = _MANAGED_RE.match(friendly or "")
-    return m.group(1) if m else None
 
 
 def _load_pfx(data: bytes) -> tuple[x509.Certificate, bytes | None, str]:

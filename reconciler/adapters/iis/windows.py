@@ -39,8 +39,8 @@ import structlog
 from cryptography import x509
 
 from reconciler.adapters.iis.appconfig import make_binding
+from reconciler.adapters.iis.certstore import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.changes import Step, resolve, thumbprint_users
-from reconciler.adapters.iis.emulated import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.httpsys import (
     SslRecord,
     netsh_settings_args,
