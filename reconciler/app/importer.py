@@ -22,11 +22,14 @@ The file is written atomically and never replaces a file with other content.
 
 from __future__ import annotations
 
-import json
+import io
 import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from reconciler.app.errors import UsageError
 from reconciler.app.world import World
@@ -113,10 +116,6 @@ def _spec_name(first: str, taken: set[str], host: str) -> str:
     raise UsageError(f"no free Certificate name for {first}")
 
 
-def _yaml_str(value: str) -> str:
-    return json.dumps(value) if not re.fullmatch(r"[A-Za-z0-9][-A-Za-z0-9.]*", value) else value
-
-
 def _iis_entries(host: str, names: list[str], found: Found) -> list[dict[str, str]]:
     """Auto mode when it manages every use (each has a host name the certificate covers), else one site-mode
     entry per site that uses the certificate (site mode also manages blank-host and IP-specific bindings)."""
@@ -126,29 +125,42 @@ def _iis_entries(host: str, names: list[str], found: Found) -> list[dict[str, st
     return [{"host": host, "mode": "site", "site": site} for site in sites]
 
 
+def _flow(items: list[str]) -> CommentedSeq:
+    seq = CommentedSeq(items)
+    seq.fa.set_flow_style()
+    return seq
+
+
 def _render(host: str, issuer: str, certs: list[Planned], stores: dict[str, str], schema: str) -> str:
-    docs: list[str] = []
+    """The imported documents as YAML (dumped by ruamel, so every value is quoted as YAML needs)."""
+    docs: list[CommentedMap] = []
     for name, windows in sorted(stores.items()):
-        docs.append(
-            "apiVersion: certctl/v1\nkind: Store\nmetadata:\n"
-            f"  name: {name}\nspec:\n  windows:\n    host: {host}\n    location: LocalMachine\n    name: {windows}\n")
+        docs.append(CommentedMap([
+            ("apiVersion", "certctl/v1"), ("kind", "Store"), ("metadata", CommentedMap([("name", name)])),
+            ("spec", CommentedMap([("windows", CommentedMap([
+                ("host", host), ("location", "LocalMachine"), ("name", windows)]))])),
+        ]))
     for p in certs:
-        lines = [f"# {p.found.thumbprint} in {p.windows_store}, used by "
-                 + "; ".join(f"{site}: {label}" for site, label in p.found.uses)]
-        lines += [f"# note: {r}" for r in p.remarks]
-        lines += ["apiVersion: certctl/v1", "kind: Certificate", "metadata:", f"  name: {p.name}", "spec:",
-                  f"  issuer: {issuer}", f"  domains: [{', '.join(_yaml_str(d) for d in p.domains)}]"]
+        spec = CommentedMap([("issuer", issuer), ("domains", _flow(list(p.domains)))])
         if p.algorithm:
-            lines += ["  key:", f"    algorithm: {p.algorithm}"]
-        lines += [f"  stores: [{p.store}]", "  iis:"]
-        for entry in p.iis:
-            lines += [f"    - host: {entry['host']}", f"      mode: {entry['mode']}"]
-            if "site" in entry:
-                lines.append(f"      site: {_yaml_str(entry['site'])}")
-        docs.append("\n".join(lines) + "\n")
+            spec["key"] = CommentedMap([("algorithm", p.algorithm)])
+        spec["stores"] = _flow([p.store])
+        spec["iis"] = CommentedSeq([CommentedMap(entry.items()) for entry in p.iis])
+        doc = CommentedMap([("apiVersion", "certctl/v1"), ("kind", "Certificate"),
+                            ("metadata", CommentedMap([("name", p.name)])), ("spec", spec)])
+        doc.yaml_set_start_comment("\n".join(
+            [f"{p.found.thumbprint} in {p.windows_store}, used by " + "; ".join(f"{site}: {label}" for site, label in p.found.uses)]
+            + [f"note: {r}" for r in p.remarks]))
+        docs.append(doc)
+    yaml = YAML()
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.width = 4096
+    yaml.explicit_start = False
+    stream = io.StringIO()
+    yaml.dump_all(docs, stream)
     header = (f"# yaml-language-server: $schema={schema}\n"
               f"# Written by `certctl import --iis-host {host}`: the certificates IIS host {host} serves today.\n")
-    return header + "---\n".join(docs)
+    return header + stream.getvalue()
 
 
 def _schema_ref(directory: Path, out: Path) -> str:
