@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +27,9 @@ from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
 from reconciler.parallel import map_batch
+
+
+MAX_FILE_BYTES = 16 << 20  # one spec file; 10,000 certificates in a single file take about 3 MB
 
 
 class InvalidDesiredState(Exception):
@@ -76,8 +80,14 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     file_docs: dict[str, list[_Doc]] = {}
     keys: dict[str, Any] = {}
     to_parse: list[tuple[str, str]] = []
+    top = os.path.realpath(directory)
     for path in find_files(directory):
         display = _display(path)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, top]) != top:
+            diagnostics.append(Diagnostic(display, 1, 1, "", f"the file is a link to {real}, outside the "
+                                          "desired-state directory; it is not read"))
+            continue
         try:
             key = file_key(path.stat())
         except OSError:
@@ -160,17 +170,62 @@ def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple
     out: list[tuple[str, list[tuple[int, Any]] | Diagnostic]] = []
     for path, display in batch:
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            out.append((display, Diagnostic(display, 1, 1, "", f"cannot read the file: {exc}")))
+            text = read_spec_file(Path(path))
+        except SpecFileError as exc:
+            out.append((display, Diagnostic(display, 1, 1, "", str(exc))))
             continue
         try:
             loaded = yamlfast.load_all(text)
         except YAMLError as exc:
             out.append((display, _yaml_error(display, exc)))
             continue
+        except (RecursionError, MemoryError, ValueError) as exc:  # bounded above; kept as a last line of defence
+            out.append((display, Diagnostic(display, 1, 1, "", f"the file cannot be loaded: {type(exc).__name__}")))
+            continue
         out.append((display, [(i, d) for i, d in enumerate(loaded) if d is not None]))  # None: a stray '---'
     return out
+
+
+class SpecFileError(Exception):
+    pass
+
+
+def read_spec_file(path: Path) -> str:
+    """A spec file's text: a regular file of at most MAX_FILE_BYTES of UTF-8, else SpecFileError.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO, a device (a link to
+    /dev/zero), a socket or a folder named *.yaml is refused instead of hanging or filling memory.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise SpecFileError(f"cannot read the file: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecFileError("not a regular file (a FIFO, device, socket or folder); only regular files are read")
+        if st.st_size > MAX_FILE_BYTES:
+            raise SpecFileError(f"the file is {st.st_size:,} bytes; at most {MAX_FILE_BYTES:,} are allowed")
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise SpecFileError(f"the file grew beyond {MAX_FILE_BYTES:,} bytes while it was read")
+    except OSError as exc:
+        raise SpecFileError(f"cannot read the file: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecFileError(f"the file is not UTF-8 (byte {exc.start})") from None
+    if "\x00" in text:
+        raise SpecFileError(f"the file holds a NUL character (offset {text.index(chr(0))}); YAML does not allow it")
+    return text
 
 
 def _display(path: Path) -> str:
@@ -202,13 +257,19 @@ def _validate_document(doc: _Doc, problems: list[Problem]) -> tuple[str, Named[A
                                 f"apiVersion must be {API_VERSION}" + ("" if "apiVersion" in data else " (missing)")))
         ok = False
     kind = data.get("kind")
-    if kind not in KIND_SPECS:
+    if not isinstance(kind, str) or kind not in KIND_SPECS:
         if kind is None:
             problems.append(Problem(doc.source, (), "kind is missing"))
+        elif not isinstance(kind, str):
+            problems.append(Problem(doc.source, ("kind",), f"kind must be a string, one of: {', '.join(KIND_SPECS)}"))
         else:
             hint = difflib.get_close_matches(str(kind), KIND_SPECS, n=1)
             problems.append(Problem(doc.source, ("kind",), f"unknown kind {kind!r}"
                                     + (f"; did you mean {hint[0]}?" if hint else f"; known kinds: {', '.join(KIND_SPECS)}")))
+        return None
+    nul = [path for path in _nul_strings(data, ()) if path]
+    if nul:
+        problems.extend(Problem(doc.source, path, "a NUL character is not allowed here") for path in nul)
         return None
     model = document_model(kind)
     base = str(Path(doc.source.file).parent)
@@ -221,6 +282,20 @@ def _validate_document(doc: _Doc, problems: list[Problem]) -> tuple[str, Named[A
     if not ok:
         return None
     return kind, Named(value.metadata.name, value.spec, doc.source)  # type: ignore[attr-defined]
+
+
+def _nul_strings(value: Any, path: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Where a string (key or value) holds a NUL: no path, name or command may, and the OS would refuse it later."""
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    out: list[tuple[Any, ...]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += [path + (key,)] if isinstance(key, str) and "\x00" in key else _nul_strings(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += _nul_strings(item, path + (index,))
+    return out
 
 
 def _message(err: Any, model: Any, data: Any) -> str:
