@@ -111,3 +111,25 @@ def acquire(path: Path, wait: float, holder: str) -> tuple[int, str | None]:
     os.ftruncate(fd, 0)
     os.write(fd, holder.encode())
     return fd, None
+
+
+class UnsafePath(Exception):
+    """A path read from a state, intent or plan file, or a folder to write into, that must not be used."""
+
+
+def contained(root: Path | str, relative: str, what: str = "path") -> Path:
+    """``root / relative``, refused (UnsafePath) unless it stays inside ``root``.
+
+    For names read from state and intent files: an absolute path, a drive, ``..``, an empty part or a
+    NUL is refused before anything is joined, and the joined path's real location (links resolved) must
+    still be below ``root``'s real location.
+    """
+    text = str(relative)
+    parts = text.replace("\\", "/").split("/")
+    if not text or "\x00" in text or os.path.isabs(text) or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+        raise UnsafePath(f"{what} {text!r} is not a plain relative path inside {root}; refused")
+    base = os.path.realpath(root)
+    real = os.path.realpath(os.path.join(base, *parts))
+    if os.path.commonpath([base, real]) != base:
+        raise UnsafePath(f"{what} {text!r} leads to {real}, outside {root}; refused")
+    return Path(root, *parts)

@@ -21,13 +21,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from reconciler import yamlfast
-from reconciler.cache import PickleCache, file_key
+from reconciler.cache import JsonCache, as_file_key, file_key
 from reconciler.core import validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
 from reconciler.parallel import map_batch
-
 
 MAX_FILE_BYTES = 16 << 20  # one spec file; 10,000 certificates in a single file take about 3 MB
 
@@ -65,14 +64,14 @@ def git_revision(directory: Path) -> str | None:
 def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None = None) -> DesiredState:
     """Load and validate every document below ``directory``; raise InvalidDesiredState with all problems.
 
-    With ``cache_dir``, the validated documents of each file are kept keyed by the file's identity, so a
-    second run reads and validates only the files that changed (cross-document checks always run).
+    With ``cache_dir``, the parsed documents of each file are kept (as JSON) keyed by the file's identity,
+    so a second run reads and parses only the files that changed. Every document is validated on every
+    run, cached or not: the cache holds data, never a validated object.
     """
     directory = Path(directory)
-    cache = PickleCache(cache_dir, PickleCache.name_for("desired", str(directory.resolve())))
+    cache = JsonCache(cache_dir, JsonCache.name_for("desired", str(directory.resolve())))
     cached = cache.load() if cache_dir else {}
-    fresh: dict[str, tuple[Any, list[tuple[str, Named[Any]]]]] = {}
-    from_cache: list[tuple[str, Named[Any]]] = []
+    fresh: dict[str, dict[str, Any]] = {}
     diagnostics: list[Diagnostic] = []
     if not directory.is_dir():
         raise InvalidDesiredState([Diagnostic(str(directory), 1, 1, "", "the desired-state directory does not exist")])
@@ -80,6 +79,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     file_docs: dict[str, list[_Doc]] = {}
     keys: dict[str, Any] = {}
     to_parse: list[tuple[str, str]] = []
+    results: list[tuple[str, list[tuple[int, Any]] | Diagnostic]] = []
     top = os.path.realpath(directory)
     for path in find_files(directory):
         display = _display(path)
@@ -92,14 +92,14 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
             key = file_key(path.stat())
         except OSError:
             key = None
-        hit = cached.get(display)
-        if key is not None and hit is not None and hit[0] == key:
-            from_cache.extend(hit[1])
-            fresh[display] = hit
-            continue
         keys[display] = key
-        to_parse.append((str(path), display))
-    for display, result in map_batch(_parse_files, to_parse, threshold=500):
+        hit = _cached_docs(cached.get(display), key)
+        if hit is not None:
+            results.append((display, hit))
+        else:
+            to_parse.append((str(path), display))
+    results.extend(map_batch(_parse_files, to_parse, threshold=500))
+    for display, result in results:
         if isinstance(result, Diagnostic):
             diagnostics.append(result)
             continue
@@ -109,13 +109,12 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
             these.append(docs[-1])
 
     problems: list[Problem] = []
-    parsed: list[tuple[str, Named[Any]]] = list(from_cache)
+    parsed: list[tuple[str, Named[Any]]] = []
     for display, these in file_docs.items():
         before = len(problems)
-        valid = [p for p in (_validate_document(doc, problems) for doc in these) if p is not None]
-        parsed.extend(valid)
-        if len(problems) == before and keys.get(display) is not None:
-            fresh[display] = (keys[display], valid)
+        parsed.extend(p for p in (_validate_document(doc, problems) for doc in these) if p is not None)
+        if len(problems) == before and keys.get(display) is not None and all(_json_data(d.data, 0) for d in these):
+            fresh[display] = {"key": list(keys[display]), "docs": [[d.source.document, d.data] for d in these]}
     parsed.sort(key=lambda kn: (kn[1].source.file, kn[1].source.document))
 
     settings: Named[SettingsSpec] | None = None
@@ -156,13 +155,36 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.file, d.line, d.column, d.field))
         raise InvalidDesiredState(diagnostics)
-    if cache_dir and (file_docs or set(fresh) != set(cached)):
+    if cache_dir and (to_parse or set(fresh) != set(cached)):
         cache.save(fresh)
     if revision:
         from dataclasses import replace
 
         desired = replace(desired, revision=git_revision(directory))
     return desired
+
+
+def _cached_docs(entry: Any, key: Any) -> list[tuple[int, Any]] | None:
+    """A file's documents from the cache when the entry is well-formed and the file is unchanged, else None."""
+    if key is None or not isinstance(entry, dict) or as_file_key(entry.get("key")) != key:
+        return None
+    docs = entry.get("docs")
+    if not isinstance(docs, list) or not all(isinstance(d, list) and len(d) == 2 and type(d[0]) is int for d in docs):
+        return None
+    return [(d[0], d[1]) for d in docs]
+
+
+def _json_data(value: Any, depth: int) -> bool:
+    """Does ``value`` survive a JSON round trip unchanged (string keys, finite floats, no shared deep nesting)?"""
+    if depth > yamlfast.MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_data(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_data(v, depth + 1) for v in value)
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    return value is None or isinstance(value, bool | int | str)
 
 
 def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple[int, Any]] | Diagnostic]]:
@@ -291,10 +313,10 @@ def _nul_strings(value: Any, path: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            out += [path + (key,)] if isinstance(key, str) and "\x00" in key else _nul_strings(item, path + (key,))
+            out += [(*path, key)] if isinstance(key, str) and "\x00" in key else _nul_strings(item, (*path, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            out += _nul_strings(item, path + (index,))
+            out += _nul_strings(item, (*path, index))
     return out
 
 

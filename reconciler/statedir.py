@@ -30,9 +30,8 @@ from typing import Any
 import structlog
 
 from reconciler import pki
-from reconciler.cache import PickleCache, file_key
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
-from reconciler.fsutil import acquire, atomic_write, unlock
+from reconciler.fsutil import acquire, atomic_write, contained, unlock
 from reconciler.ports import Material
 
 JOURNAL_ROTATE_BYTES = 8 << 20
@@ -199,18 +198,8 @@ class StateDir:
         return self.path / "vault"
 
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
-        """Every issued version; built from the index log once per change of it (cached as a pickle)."""
-        try:
-            key = file_key(os.stat(self._vault_index.path))
-        except FileNotFoundError:
-            return {}
-        cache = PickleCache(self.path / "cache", "vault-index")
-        hit = cache.load()
-        if hit.get("key") == key:
-            return dict(hit["issued"])
-        issued = {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
-        cache.save({"key": key, "issued": issued})
-        return issued
+        """Every issued version, from the index log (plain JSON lines; no other cache of it is kept)."""
+        return {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
         return self._versions(name, self._vault_index.get(name) or {})
@@ -247,7 +236,7 @@ class StateDir:
         return version
 
     def material(self, name: str, thumbprint: str) -> Material:
-        folder = self.vault / name / thumbprint
+        folder = contained(self.vault, f"{name}/{thumbprint}", "vault version")
         cert = (folder / "cert.pem").read_bytes()
         return Material(cert, (folder / "chain.pem").read_bytes(), (folder / "key.pem").read_bytes(),
                         pki.info_from_pem(cert))
@@ -260,7 +249,7 @@ class StateDir:
                 self._vault_index.set(name, versions)
             else:
                 self._vault_index.delete(name)
-        shutil.rmtree(self.vault / name / thumbprint, ignore_errors=True)
+        shutil.rmtree(contained(self.vault, f"{name}/{thumbprint}", "vault version"), ignore_errors=True)
 
     # --- attempts -----------------------------------------------------------------------------------------
 

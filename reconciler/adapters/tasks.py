@@ -14,6 +14,7 @@ from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
 from reconciler.fsutil import atomic_write
 from reconciler.ports import Material
+from reconciler.procs import run_command
 from reconciler.secrets import SecretError, resolve
 
 log = structlog.get_logger()
@@ -110,14 +111,16 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
         atomic_write(folder / "cert.pem", material.cert_pem)
         atomic_write(folder / "fullchain.pem", material.fullchain_pem)
         if task.files.reload:
-            _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
+            _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env),
+                 task.files.reloadTimeout.total_seconds(), "reload")
     elif task.pfx is not None:
         password = _secret(task.pfx.password)
         data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}",
                           legacy=task.pfx.encryption == "3des")
         atomic_write(Path(task.pfx.path), data, 0o600)
         if task.pfx.reload:
-            _run(task.pfx.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
+            _run(task.pfx.reload, _env(certificate, material, vault_folder, hidden_env),
+                 task.pfx.reloadTimeout.total_seconds(), "reload")
     elif task.script is not None:
         _run(task.script.command, _env(certificate, material, vault_folder, hidden_env), task.script.timeout.total_seconds(), "script")
     elif task.ccs is not None:
@@ -154,9 +157,10 @@ def _run(command: Command, env: dict[str, str], timeout: float, what: str) -> No
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     shown = command if isinstance(command, str) else shlex.join(command)
     try:
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        result = run_command(argv, env, timeout)
     except subprocess.TimeoutExpired:
-        raise TaskError(f"{what} command timed out after {timeout:g}s: {shown}") from None
+        raise TaskError(f"{what} command timed out after {timeout:g}s and was killed with its child processes: "
+                        f"{shown}") from None
     except OSError as exc:
         raise TaskError(f"{what} command could not start: {shown}: {exc.strerror}") from None
     if result.returncode != 0:
