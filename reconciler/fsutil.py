@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -133,3 +134,71 @@ def contained(root: Path | str, relative: str, what: str = "path") -> Path:
     if os.path.commonpath([base, real]) != base:
         raise UnsafePath(f"{what} {text!r} leads to {real}, outside {root}; refused")
     return Path(root, *parts)
+
+
+def _trusted_owner(uid: int) -> bool:
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid is None or uid in (0, geteuid())
+
+
+def write_path_problem(path: Path | str, _hops: int = 0) -> str | None:
+    """Why certctl must not write a certificate, key or challenge below ``path``, or None (OpenSSH StrictModes).
+
+    Every existing component, from the root down, and every symlink met on the way (and what it points
+    to) must be owned by root or the running user and writable by no one else; a sticky folder (/tmp) is
+    fine, since then the next component must itself be ours. Components that do not exist yet are
+    created by certctl. Windows has no owners to check here: always None there.
+    """
+    if not hasattr(os, "geteuid") or _hops > 40:
+        return None if _hops <= 40 else f"{path}: too many symbolic links"
+    current = Path(os.path.abspath(path))
+    walked = Path(current.anchor)
+    for name in current.parts[1:]:
+        candidate = walked / name
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"{candidate}: cannot inspect it ({exc.strerror})"
+        if not _trusted_owner(st.st_uid):
+            return f"{candidate} is owned by uid {st.st_uid}, neither root nor the running user"
+        if stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(candidate)
+            problem = write_path_problem(target, _hops + 1)
+            if problem is not None:
+                return f"{candidate} is a link to {target}: {problem}"
+            walked = Path(target)
+            continue
+        if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+            return f"{candidate} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"
+        walked = candidate
+    return None
+
+
+def safe_folder(path: Path | str, mode: int, what: str = "folder") -> Path:
+    """Make sure certctl may write into ``path`` (write_path_problem) and that it exists; raise UnsafePath.
+
+    Folders that are missing are created with exactly ``mode`` (0700 for key material, 0755 for what a web
+    server must read), whatever the process umask; existing folders keep their mode.
+    """
+    path = Path(path)
+    problem = write_path_problem(path)
+    if problem is not None:
+        raise UnsafePath(f"refusing to write into {what} {path}: {problem}")
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=mode)
+        except FileExistsError:
+            continue
+        os.chmod(folder, mode)
+    if missing:
+        problem = write_path_problem(path)  # what was created is ours; what raced in between is checked again
+        if problem is not None:
+            raise UnsafePath(f"refusing to write into {what} {path}: {problem}")
+    return path

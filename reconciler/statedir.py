@@ -31,7 +31,7 @@ import structlog
 
 from reconciler import pki
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
-from reconciler.fsutil import acquire, atomic_write, contained, unlock
+from reconciler.fsutil import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
 from reconciler.ports import Material
 
 JOURNAL_ROTATE_BYTES = 8 << 20
@@ -156,6 +156,24 @@ class StateDir:
         self._deployments = KeyedLog(self.path / "deployments.jsonl")
         self._bindings = KeyedLog(self.path / "bindings.jsonl")
 
+    def access_problem(self) -> str | None:
+        """Why the state dir (ACME account keys, the local CA, every issued key) is too open, or None."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if hasattr(os, "geteuid") and st.st_uid not in (0, os.geteuid()):
+            return f"the state dir {self.path} is owned by uid {st.st_uid}, not by the running user"
+        if st.st_mode & 0o077:
+            return (f"the state dir {self.path} can be read or entered by group or others "
+                    f"(mode {st.st_mode & 0o7777:04o}); it holds private keys: chmod 700 it")
+        return None
+
+    def report_access(self) -> None:
+        problem = self.access_problem()
+        if problem is not None:
+            log.warning("state_dir.too_open", path=str(self.path), problem=problem)
+
     # --- lock ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -220,6 +238,9 @@ class StateDir:
                      at: datetime, replaced: str | None) -> IssuedVersion:
         """Keep a newly issued certificate with its key; the index is updated last (the commit point)."""
         folder = self.vault / name / material.info.thumbprint
+        problem = write_path_problem(folder)
+        if problem is not None:
+            raise UnsafePath(f"refusing to keep the key of {name} in the vault: {problem}")
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(folder / "key.pem", material.key_pem, 0o600)
         atomic_write(folder / "cert.pem", material.cert_pem)

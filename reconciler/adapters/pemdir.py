@@ -23,7 +23,7 @@ from reconciler import pki
 from reconciler.cache import FileKey, JsonCache, as_file_key, file_key
 from reconciler.core.codec import decode
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState, to_plain
-from reconciler.fsutil import atomic_symlink, atomic_write, contained, fsync_dir
+from reconciler.fsutil import atomic_symlink, atomic_write, contained, fsync_dir, safe_folder
 from reconciler.parallel import map_batch
 from reconciler.ports import Material
 
@@ -161,6 +161,8 @@ class PemDirectoryStore:
 
     def install(self, certificate: str, material: Material, at: datetime) -> StoredCert:
         folder = self.path / certificate
+        safe_folder(self.path, 0o700, "store folder")  # it holds private keys
+        safe_folder(folder, 0o700, "store folder")
         versions = folder / "versions"
         version = f"{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{material.info.thumbprint[:8]}"
         target = versions / version

@@ -12,7 +12,7 @@ import structlog
 from reconciler import pki
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
-from reconciler.fsutil import atomic_write
+from reconciler.fsutil import UnsafePath, atomic_write, safe_folder
 from reconciler.ports import Material
 from reconciler.procs import run_command
 from reconciler.secrets import SecretError, resolve
@@ -103,6 +103,10 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
 
     ``hidden_env``: environment variables that hold secrets (TSIG, EAB, PFX passwords, …); commands never see them.
     """
+    try:
+        _check_folders(task)
+    except UnsafePath as exc:
+        raise TaskError(str(exc)) from None
     if task.files is not None:
         folder = Path(task.files.path)
         mode = int(task.files.keyMode, 8)
@@ -129,6 +133,16 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
                           legacy=True)  # IIS of every version reads the CCS share
         for domain in spec.domains:
             atomic_write(Path(task.ccs.path) / ccs_file_name(domain), data, 0o600)
+
+
+def _check_folders(task: Task) -> None:
+    """The folder a task writes a key into must be safe to write (fsutil.write_path_problem); made if missing."""
+    if task.files is not None:
+        safe_folder(Path(task.files.path), int(task.files.folderMode, 8), "files task folder")
+    elif task.pfx is not None:
+        safe_folder(Path(task.pfx.path).parent, 0o700, "pfx task folder")
+    elif task.ccs is not None:
+        safe_folder(Path(task.ccs.path), 0o700, "ccs task folder")
 
 
 def _secret(ref: object) -> bytes:
