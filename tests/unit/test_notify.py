@@ -144,3 +144,72 @@ def test_webhook_client_errors_are_not_retried() -> None:
     finally:
         server.close()
     assert len(server.seen) == 1
+
+
+# --- secrets on the wire -------------------------------------------------------------------------------------
+
+
+class _Redirector:
+    """Answers every POST with a redirect to ``location``, remembering the headers it saw."""
+
+    def __init__(self, location: str, code: int = 302) -> None:
+        self.seen: list[dict[str, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                outer.seen.append(dict(self.headers))
+                self.send_response(code)
+                self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_is_not_followed_and_carries_no_credentials(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    monkeypatch.setenv("TOKEN", "Bearer t0")
+    elsewhere = _Server([])  # "localhost" is another origin than 127.0.0.1
+    redirector = _Redirector(elsewhere.url.replace("127.0.0.1", "localhost"), code)
+    try:
+        with pytest.raises(DeliveryError, match=f"answered {code}.*redirects are not followed"):
+            send_webhook(Webhook(url=redirector.url, headers={"Authorization": SecretRef(fromEnv="TOKEN")}), {"a": 1})
+    finally:
+        redirector.close()
+        elsewhere.close()
+    assert len(redirector.seen) == 1 and redirector.seen[0]["Authorization"] == "Bearer t0"
+    assert elsewhere.seen == [], "the redirect was followed"
+
+
+def test_the_url_can_be_a_secret_and_its_path_and_query_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _Server([404])
+    monkeypatch.setenv("HOOK_URL", server.url + "services/T0/B1/s3cr3t?token=s3cr3t")
+    hook = Webhook.model_validate({"url": {"fromEnv": "HOOK_URL"}})
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            send_webhook(hook, {"a": 1})
+        send_webhook(hook, {"b": 2})  # the next answer is 200
+    finally:
+        server.close()
+    assert "s3cr3t" not in str(caught.value) and "services" not in str(caught.value)
+    assert str(caught.value).startswith("webhook http://127.0.0.1:")
+    assert [body for _, body in server.seen] == [{"a": 1}, {"b": 2}]
+
+
+def test_webhook_url_as_literal_still_needs_a_scheme() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must start with https://"):
+        Webhook.model_validate({"url": "hooks.example.com/x"})
+    monkeypatch_free = Webhook.model_validate({"url": {"fromFile": "/run/secrets/hook"}})
+    assert isinstance(monkeypatch_free.url, SecretRef)
