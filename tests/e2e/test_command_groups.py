@@ -66,3 +66,14 @@ def test_reload_timeout_is_configurable_and_kills_the_reload_group(ws: Workspace
     assert code == 1
     assert "reload command timed out after 1s and was killed with its child processes" in out + err
     assert _ends(int(pidfile.read_text()))
+
+
+def test_a_timed_out_script_task_leaves_no_process_behind(ws: Workspace, run_cli, tmp_path: Path) -> None:
+    pidfile = tmp_path / "script-child.pid"
+    ws.base()
+    ws.certificate("web", ["www.example.com"], extra=(
+        "  tasks:\n"
+        f"    - script: {{command: 'sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; wait', timeout: 1s}}\n"))
+    code, out, err = run_cli("apply", "-d", str(ws.desired))
+    assert code == 1 and "script command timed out after 1s" in out + err
+    assert _ends(int(pidfile.read_text())), "the script's child outlived the timeout"

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from reconciler.adapters.iis.emulated import INTENT_FILE, EmulatedHost, IisHostError
-from reconciler.fsutil import UnsafePath, contained, safe_folder, write_path_problem
 from tests.conftest import Workspace
 from tests.fixtures.iis import make_sample
 
@@ -135,6 +134,8 @@ def test_a_planted_commit_intent_is_refused_and_touches_nothing(machine: Emulate
 
 
 def test_contained_refuses_names_that_leave_their_folder(tmp_path: Path) -> None:
+    from reconciler.fsutil import UnsafePath, contained
+
     (tmp_path / "inside").mkdir()
     (tmp_path / "inside" / "out").symlink_to(tmp_path)
     assert contained(tmp_path / "inside", "a/b") == tmp_path / "inside" / "a" / "b"
@@ -144,6 +145,7 @@ def test_contained_refuses_names_that_leave_their_folder(tmp_path: Path) -> None
 
 
 def test_a_vault_index_naming_a_folder_outside_the_vault_is_refused(ws: Workspace, run_cli) -> None:
+    from reconciler.fsutil import UnsafePath
     from reconciler.statedir import StateDir
 
     ws.base()
@@ -163,6 +165,8 @@ def test_a_vault_index_naming_a_folder_outside_the_vault_is_refused(ws: Workspac
 
 
 def test_a_link_or_folder_of_another_user_is_refused(tmp_path: Path) -> None:
+    from reconciler.fsutil import write_path_problem
+
     _as_root_only()
     theirs = tmp_path / "theirs"
     theirs.mkdir()
@@ -209,6 +213,7 @@ def test_files_task_never_writes_through_another_users_link(ws: Workspace, run_c
 def test_stores_and_webroots_in_a_folder_others_can_write_are_refused(ws: Workspace, store: str) -> None:
     from reconciler.adapters.acme.http01 import WebrootHttp01
     from reconciler.adapters.pemdir import PemDirectoryStore
+    from reconciler.fsutil import UnsafePath
     from reconciler.ports import ChallengeTask
 
     shared = ws.root / "shared"
@@ -232,6 +237,8 @@ def test_stores_and_webroots_in_a_folder_others_can_write_are_refused(ws: Worksp
 
 @pytest.mark.parametrize("umask", [0o077, 0o000])
 def test_folder_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) -> None:
+    from reconciler.fsutil import safe_folder
+
     old = os.umask(umask)
     try:
         safe_folder(tmp_path / "keys" / "deeper", 0o700)

@@ -58,6 +58,11 @@ YAML_BITS = st.sampled_from([
     "9" * 30, "99999999999999d", "xn--zz", "é", "\u202e", "\t", "\r", "\ufeff", "null", "true", "1e999", ".nan",
     "kind", "Certificate", "spec", "domains", "apiVersion: certctl/v1\n",
 ])
+# Deep nesting in the forms YAML allows (flow, block compact, mapping chains): up to a few thousand levels.
+NESTING = st.integers(30, 3000).flatmap(lambda n: st.sampled_from([
+    "[" * n, "[" * n + "]" * n, "{a: " * n + "1" + "}" * n, "- " * n + "x\n", "? " * n,
+    "".join(f"{' ' * i}k:\n" for i in range(n)) + " " * n + "v\n"]))
+PIECES = YAML_BITS | NESTING | st.text(max_size=8)
 
 
 def _check(text: str) -> None:
@@ -79,7 +84,7 @@ FUZZ = settings(max_examples=150, deadline=timedelta(seconds=1), suppress_health
 
 
 @FUZZ
-@given(st.lists(YAML_BITS | st.text(max_size=8), max_size=60).map("".join))
+@given(st.lists(PIECES, max_size=60).map("".join))
 def test_generated_documents_load_or_say_where(text: str) -> None:
     _check(text)
 
@@ -90,7 +95,7 @@ def mutated(draw: st.DrawFn) -> str:
     for _ in range(draw(st.integers(1, 6))):
         at = draw(st.integers(0, len(text)))
         op = draw(st.sampled_from(["insert", "delete", "replace", "repeat"]))
-        piece = draw(YAML_BITS | st.text(max_size=6))
+        piece = draw(PIECES)
         if op == "insert":
             text = text[:at] + piece + text[at:]
         elif op == "delete":
