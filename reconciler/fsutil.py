@@ -202,3 +202,35 @@ def safe_folder(path: Path | str, mode: int, what: str = "folder") -> Path:
         if problem is not None:
             raise UnsafePath(f"refusing to write into {what} {path}: {problem}")
     return path
+
+
+class NotRegular(OSError):
+    """A path that must be a regular file of bounded size is not (a FIFO, device, socket, folder, or too big);
+    the message names the problem, not the path."""
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; NotRegular (an OSError) otherwise.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO or a device (a link to
+    /dev/zero) is refused instead of hanging or filling memory, and a file swapped in between cannot slip by.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegular("not a regular file (a FIFO, device, socket or folder)")
+        if st.st_size > limit:
+            raise NotRegular(f"is {st.st_size:,} bytes; at most {limit:,} are allowed")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        if size > limit:
+            raise NotRegular(f"grew beyond {limit:,} bytes while it was read")
+    finally:
+        os.close(fd)
+    return b"".join(chunks)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import stat
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from reconciler.core import validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
+from reconciler.fsutil import NotRegular, read_regular
 from reconciler.parallel import map_batch
 
 MAX_FILE_BYTES = 16 << 20  # one spec file; 10,000 certificates in a single file take about 3 MB
@@ -219,30 +219,14 @@ def read_spec_file(path: Path) -> str:
     /dev/zero), a socket or a folder named *.yaml is refused instead of hanging or filling memory.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+        data = read_regular(path, MAX_FILE_BYTES)
+    except NotRegular as exc:
+        text = str(exc)
+        raise SpecFileError(f"{text}; only regular files are read" if text.startswith("not a") else f"the file {text}") from None
     except OSError as exc:
         raise SpecFileError(f"cannot read the file: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise SpecFileError("not a regular file (a FIFO, device, socket or folder); only regular files are read")
-        if st.st_size > MAX_FILE_BYTES:
-            raise SpecFileError(f"the file is {st.st_size:,} bytes; at most {MAX_FILE_BYTES:,} are allowed")
-        chunks, size = [], 0
-        while size <= MAX_FILE_BYTES:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-        if size > MAX_FILE_BYTES:
-            raise SpecFileError(f"the file grew beyond {MAX_FILE_BYTES:,} bytes while it was read")
-    except OSError as exc:
-        raise SpecFileError(f"cannot read the file: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    try:
-        text = b"".join(chunks).decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecFileError(f"the file is not UTF-8 (byte {exc.start})") from None
     if "\x00" in text:

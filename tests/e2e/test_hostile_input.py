@@ -140,3 +140,18 @@ def test_the_daemon_survives_every_hostile_edit_and_keeps_the_last_valid_state(t
     finally:
         code = daemon.stop()
     assert code == 0, daemon.tail()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero"])
+def test_a_secret_file_that_is_a_fifo_or_a_device_cannot_hang_plan(ws: Workspace, kind: str) -> None:
+    ws.base()
+    (ws.root / "out.pfx").write_bytes(b"not really a pfx")  # an output exists, so plan opens it with its password
+    secret = ws.desired / "password"
+    if kind == "fifo":
+        os.mkfifo(secret)
+    else:
+        secret.symlink_to("/dev/zero")
+    ws.certificate("web", ["www.example.com"], extra="  tasks: [{pfx: {path: ../out.pfx, password: {fromFile: password}}}]\n")
+    result = _cli(ws, "plan", "--json", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"deploy": 1' in result.stdout
