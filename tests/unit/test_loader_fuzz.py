@@ -13,29 +13,9 @@ from hypothesis import strategies as st
 
 from reconciler.core.model import DesiredState
 from reconciler.loader import InvalidDesiredState, load
+from tests.conftest import BASE
 
-VALID = """\
-apiVersion: certctl/v1
-kind: Settings
-metadata: {name: settings}
-spec:
-  stateDir: ../state
-  renewal: {lifetimePercent: 75}
-  metrics: {address: "127.0.0.1:9464"}
-  notify:
-    webhook: {url: "https://hooks.example.com/x", headers: {Authorization: {fromEnv: TOKEN}}}
----
-apiVersion: certctl/v1
-kind: Issuer
-metadata: {name: local}
-spec:
-  localCA: {validity: 90d}
----
-apiVersion: certctl/v1
-kind: Store
-metadata: {name: pem}
-spec:
-  pemDirectory: {path: ../pem}
+VALID = BASE + """\
 ---
 apiVersion: certctl/v1
 kind: Certificate

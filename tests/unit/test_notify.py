@@ -100,7 +100,9 @@ def test_decide_does_not_modify_its_input() -> None:
 
 
 class _Server:
-    def __init__(self, codes: list[int]) -> None:
+    """Answers POSTs with ``codes`` in turn (then 200); with ``location``, every answer carries that Location."""
+
+    def __init__(self, codes: list[int], location: str | None = None) -> None:
         self.codes = codes
         self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
         outer = self
@@ -110,6 +112,8 @@ class _Server:
                 outer.seen.append((dict(self.headers), json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
                 code = outer.codes.pop(0) if outer.codes else 200
                 self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -149,45 +153,18 @@ def test_webhook_client_errors_are_not_retried() -> None:
 # --- secrets on the wire -------------------------------------------------------------------------------------
 
 
-class _Redirector:
-    """Answers every POST with a redirect to ``location``, remembering the headers it saw."""
-
-    def __init__(self, location: str, code: int = 302) -> None:
-        self.seen: list[dict[str, str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                outer.seen.append(dict(self.headers))
-                self.send_response(code)
-                self.send_header("Location", location)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.mark.parametrize("code", [301, 302, 307, 308])
 def test_a_redirect_is_not_followed_and_carries_no_credentials(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     monkeypatch.setenv("TOKEN", "Bearer t0")
     elsewhere = _Server([])  # "localhost" is another origin than 127.0.0.1
-    redirector = _Redirector(elsewhere.url.replace("127.0.0.1", "localhost"), code)
+    redirector = _Server([code], location=elsewhere.url.replace("127.0.0.1", "localhost"))
     try:
         with pytest.raises(DeliveryError, match=f"answered {code}.*redirects are not followed"):
             send_webhook(Webhook(url=redirector.url, headers={"Authorization": SecretRef(fromEnv="TOKEN")}), {"a": 1})
     finally:
         redirector.close()
         elsewhere.close()
-    assert len(redirector.seen) == 1 and redirector.seen[0]["Authorization"] == "Bearer t0"
+    assert len(redirector.seen) == 1 and redirector.seen[0][0]["Authorization"] == "Bearer t0"
     assert elsewhere.seen == [], "the redirect was followed"
 
 
