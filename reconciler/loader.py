@@ -175,7 +175,7 @@ def _cached_docs(entry: Any, key: Any) -> list[tuple[int, Any]] | None:
 
 
 def _json_data(value: Any, depth: int) -> bool:
-    """Does ``value`` survive a JSON round trip unchanged (string keys, finite floats, no shared deep nesting)?"""
+    """Does ``value`` survive a JSON round trip unchanged (string keys, finite floats, nesting within MAX_DEPTH)?"""
     if depth > yamlfast.MAX_DEPTH:
         return False
     if isinstance(value, dict):
