@@ -26,7 +26,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from reconciler import __version__
 from reconciler.core.durations import iso
 from reconciler.core.notify_rules import RECOVERED, Notice, decide, record_sent
-from reconciler.core.spec import Email, Notify, Webhook
+from reconciler.core.spec import IMPLICIT_TLS_PORT, WEBHOOK_URL, Email, Notify, SecretRef, Webhook
 from reconciler.core.status import StatusRow
 from reconciler.support.fs import atomic_write
 from reconciler.support.secrets import resolve
@@ -82,8 +82,38 @@ def _retrying(attempts: int) -> Callable[[Callable[[], None]], Callable[[], None
                  retry=retry_if_exception(_retryable), reraise=True)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, never followed: following it would carry the headers (tokens) elsewhere."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL: what logs and errors may show (a path or query can hold a token)."""
+    match = WEBHOOK_URL.match(url)
+    return match.group(0).rsplit("@", 1)[-1] if match else "(webhook)"  # user:password@ is dropped too
+
+
+def webhook_url(webhook: Webhook) -> str:
+    if not isinstance(webhook.url, SecretRef):
+        return webhook.url
+    url = resolve(webhook.url).decode().strip()
+    if not WEBHOOK_URL.match(url):
+        raise DeliveryError("the webhook url read from its secret does not start with https:// (or http://)")
+    return url
+
+
 def send_webhook(webhook: Webhook, body: dict[str, Any], *, timeout: float = 10.0, attempts: int = 4) -> None:
-    """POST ``body`` as JSON; transient failures (connection, 5xx, 429) are retried with backoff."""
+    """POST ``body`` as JSON; transient failures (connection, 5xx, 429) are retried with backoff.
+
+    Redirects are not followed (a 3xx is a failed delivery), and errors name only the URL's origin.
+    """
+    url = webhook_url(webhook)
+    where = origin(url)
     headers = {"Content-Type": "application/json", "User-Agent": f"certctl/{__version__}"}
     for name, ref in webhook.headers.items():
         headers[name] = resolve(ref).decode()
@@ -91,20 +121,24 @@ def send_webhook(webhook: Webhook, body: dict[str, Any], *, timeout: float = 10.
 
     @_retrying(attempts)
     def post() -> None:
-        request = urllib.request.Request(webhook.url, data=data, headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # the URL is https?:// by schema
+        request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+        with _OPENER.open(request, timeout=timeout) as response:  # the URL is https?:// by schema
             response.read()
 
     try:
         post()
     except urllib.error.HTTPError as exc:
-        raise DeliveryError(f"webhook {webhook.url} answered {exc.code} {exc.reason}") from None
-    except (OSError, urllib.error.URLError) as exc:
-        raise DeliveryError(f"webhook {webhook.url} could not be reached: {exc}") from None
+        hint = "; redirects are not followed, so set url to the final address" if 300 <= exc.code < 400 else ""
+        raise DeliveryError(f"webhook {where} answered {exc.code} {exc.reason}{hint}") from None
+    except urllib.error.URLError as exc:
+        raise DeliveryError(f"webhook {where} could not be reached: {exc.reason}") from None
+    except OSError as exc:
+        raise DeliveryError(f"webhook {where} could not be reached: {exc.strerror or type(exc).__name__}") from None
 
 
 def send_email(email: Email, subject_line: str, text: str, *, timeout: float = 30.0, attempts: int = 3) -> None:
-    """Send a plain-text mail; STARTTLS (verified against the system CAs, or $SSL_CERT_FILE) before any login."""
+    """Send a plain-text mail over TLS verified against the system CAs (or $SSL_CERT_FILE): implicit TLS on
+    port 465, STARTTLS elsewhere. A password is never sent without TLS (a server without STARTTLS fails)."""
     message = EmailMessage()
     message["From"] = email.sender
     message["To"] = ", ".join(email.to)
@@ -117,16 +151,20 @@ def send_email(email: Email, subject_line: str, text: str, *, timeout: float = 3
     password = resolve(email.password).decode() if email.password else None
     context = ssl.create_default_context()
 
+    implicit = email.smtpPort == IMPLICIT_TLS_PORT
+    if (username is not None or password is not None) and not implicit and not email.starttls:
+        raise DeliveryError(f"email via {email.smtpHost}:{email.smtpPort}: refusing to send credentials without TLS")
+
     @_retrying(attempts)
     def deliver() -> None:
-        if email.smtpPort == 465 and not email.starttls:
+        if implicit:
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(email.smtpHost, email.smtpPort, timeout=timeout, context=context)
         else:
             smtp = smtplib.SMTP(email.smtpHost, email.smtpPort, timeout=timeout)
         with smtp:
             smtp.ehlo()
-            if email.starttls and email.smtpPort != 465:
-                smtp.starttls(context=context)
+            if email.starttls and not implicit:
+                smtp.starttls(context=context)  # raises when the server does not offer it: no silent fallback
                 smtp.ehlo()
             if username is not None and password is not None:
                 smtp.login(username, password)

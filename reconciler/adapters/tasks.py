@@ -13,7 +13,8 @@ from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
 from reconciler.ports import Material
 from reconciler.support import pki
-from reconciler.support.fs import atomic_write
+from reconciler.support.fs import UnsafePath, atomic_write, safe_folder
+from reconciler.support.procs import run_command
 from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
@@ -102,6 +103,10 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
 
     ``hidden_env``: environment variables that hold secrets (TSIG, EAB, PFX passwords, …); commands never see them.
     """
+    try:
+        _check_folders(task)
+    except UnsafePath as exc:
+        raise TaskError(str(exc)) from None
     if task.files is not None:
         folder = Path(task.files.path)
         mode = int(task.files.keyMode, 8)
@@ -110,14 +115,16 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
         atomic_write(folder / "cert.pem", material.cert_pem)
         atomic_write(folder / "fullchain.pem", material.fullchain_pem)
         if task.files.reload:
-            _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
+            _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env),
+                 task.files.reloadTimeout.total_seconds(), "reload")
     elif task.pfx is not None:
         password = _secret(task.pfx.password)
         data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}",
                           legacy=task.pfx.encryption == "3des")
         atomic_write(Path(task.pfx.path), data, 0o600)
         if task.pfx.reload:
-            _run(task.pfx.reload, _env(certificate, material, vault_folder, hidden_env), 300, "reload")
+            _run(task.pfx.reload, _env(certificate, material, vault_folder, hidden_env),
+                 task.pfx.reloadTimeout.total_seconds(), "reload")
     elif task.script is not None:
         _run(task.script.command, _env(certificate, material, vault_folder, hidden_env), task.script.timeout.total_seconds(), "script")
     elif task.ccs is not None:
@@ -126,6 +133,16 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
                           legacy=True)  # IIS of every version reads the CCS share
         for domain in spec.domains:
             atomic_write(Path(task.ccs.path) / ccs_file_name(domain), data, 0o600)
+
+
+def _check_folders(task: Task) -> None:
+    """The folder a task writes a key into must be safe to write (fsutil.write_path_problem); made if missing."""
+    if task.files is not None:
+        safe_folder(Path(task.files.path), int(task.files.folderMode, 8), "files task folder")
+    elif task.pfx is not None:
+        safe_folder(Path(task.pfx.path).parent, 0o700, "pfx task folder")
+    elif task.ccs is not None:
+        safe_folder(Path(task.ccs.path), 0o700, "ccs task folder")
 
 
 def _secret(ref: object) -> bytes:
@@ -154,9 +171,10 @@ def _run(command: Command, env: dict[str, str], timeout: float, what: str) -> No
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     shown = command if isinstance(command, str) else shlex.join(command)
     try:
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        result = run_command(argv, env, timeout)
     except subprocess.TimeoutExpired:
-        raise TaskError(f"{what} command timed out after {timeout:g}s: {shown}") from None
+        raise TaskError(f"{what} command timed out after {timeout:g}s and was killed with its child processes: "
+                        f"{shown}") from None
     except OSError as exc:
         raise TaskError(f"{what} command could not start: {shown}: {exc.strerror}") from None
     if result.returncode != 0:

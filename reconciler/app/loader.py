@@ -22,10 +22,13 @@ from reconciler.core import validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
-from reconciler.state.cache import PickleCache, file_key
+from reconciler.state.cache import JsonCache, as_file_key, file_key
 from reconciler.support import yamlfast
+from reconciler.support.fs import NotRegular, read_regular
 from reconciler.support.git import head as git_head
 from reconciler.support.parallel import map_batch
+
+MAX_FILE_BYTES = 16 << 20  # one spec file; 10,000 certificates in a single file take about 3 MB
 
 
 class InvalidDesiredState(Exception):
@@ -51,14 +54,14 @@ def find_files(directory: Path) -> list[Path]:
 def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None = None) -> DesiredState:
     """Load and validate every document below ``directory``; raise InvalidDesiredState with all problems.
 
-    With ``cache_dir``, the validated documents of each file are kept keyed by the file's identity, so a
-    second run reads and validates only the files that changed (cross-document checks always run).
+    With ``cache_dir``, the parsed documents of each file are kept (as JSON) keyed by the file's identity,
+    so a second run reads and parses only the files that changed. Every document is validated on every
+    run, cached or not: the cache holds data, never a validated object.
     """
     directory = Path(directory)
-    cache = PickleCache(cache_dir, PickleCache.name_for("desired", str(directory.resolve())))
+    cache = JsonCache(cache_dir, JsonCache.name_for("desired", str(directory.resolve())))
     cached = cache.load() if cache_dir else {}
-    fresh: dict[str, tuple[Any, list[tuple[str, Named[Any]]]]] = {}
-    from_cache: list[tuple[str, Named[Any]]] = []
+    fresh: dict[str, dict[str, Any]] = {}
     diagnostics: list[Diagnostic] = []
     if not directory.is_dir():
         raise InvalidDesiredState([Diagnostic(str(directory), 1, 1, "", "the desired-state directory does not exist")])
@@ -66,20 +69,27 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     file_docs: dict[str, list[_Doc]] = {}
     keys: dict[str, Any] = {}
     to_parse: list[tuple[str, str]] = []
+    results: list[tuple[str, list[tuple[int, Any]] | Diagnostic]] = []
+    top = os.path.realpath(directory)
     for path in find_files(directory):
         display = _display(path)
+        real = os.path.realpath(path)
+        if os.path.commonpath([real, top]) != top:
+            diagnostics.append(Diagnostic(display, 1, 1, "", f"the file is a link to {real}, outside the "
+                                          "desired-state directory; it is not read"))
+            continue
         try:
             key = file_key(path.stat())
         except OSError:
             key = None
-        hit = cached.get(display)
-        if key is not None and hit is not None and hit[0] == key:
-            from_cache.extend(hit[1])
-            fresh[display] = hit
-            continue
         keys[display] = key
-        to_parse.append((str(path), display))
-    for display, result in map_batch(_parse_files, to_parse, threshold=500):
+        hit = _cached_docs(cached.get(display), key)
+        if hit is not None:
+            results.append((display, hit))
+        else:
+            to_parse.append((str(path), display))
+    results.extend(map_batch(_parse_files, to_parse, threshold=500))
+    for display, result in results:
         if isinstance(result, Diagnostic):
             diagnostics.append(result)
             continue
@@ -89,13 +99,12 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
             these.append(docs[-1])
 
     problems: list[Problem] = []
-    parsed: list[tuple[str, Named[Any]]] = list(from_cache)
+    parsed: list[tuple[str, Named[Any]]] = []
     for display, these in file_docs.items():
         before = len(problems)
-        valid = [p for p in (_validate_document(doc, problems) for doc in these) if p is not None]
-        parsed.extend(valid)
-        if len(problems) == before and keys.get(display) is not None:
-            fresh[display] = (keys[display], valid)
+        parsed.extend(p for p in (_validate_document(doc, problems) for doc in these) if p is not None)
+        if len(problems) == before and keys.get(display) is not None and all(_json_data(d.data, 0) for d in these):
+            fresh[display] = {"key": list(keys[display]), "docs": [[d.source.document, d.data] for d in these]}
     parsed.sort(key=lambda kn: (kn[1].source.file, kn[1].source.document))
 
     settings: Named[SettingsSpec] | None = None
@@ -136,7 +145,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.file, d.line, d.column, d.field))
         raise InvalidDesiredState(diagnostics)
-    if cache_dir and (file_docs or set(fresh) != set(cached)):
+    if cache_dir and (to_parse or set(fresh) != set(cached)):
         cache.save(fresh)
     if revision:
         from dataclasses import replace
@@ -145,22 +154,74 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     return desired
 
 
+def _cached_docs(entry: Any, key: Any) -> list[tuple[int, Any]] | None:
+    """A file's documents from the cache when the entry is well-formed and the file is unchanged, else None."""
+    if key is None or not isinstance(entry, dict) or as_file_key(entry.get("key")) != key:
+        return None
+    docs = entry.get("docs")
+    if not isinstance(docs, list) or not all(isinstance(d, list) and len(d) == 2 and type(d[0]) is int for d in docs):
+        return None
+    return [(d[0], d[1]) for d in docs]
+
+
+def _json_data(value: Any, depth: int) -> bool:
+    """Does ``value`` survive a JSON round trip unchanged (string keys, finite floats, nesting within MAX_DEPTH)?"""
+    if depth > yamlfast.MAX_DEPTH:
+        return False
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_data(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_data(v, depth + 1) for v in value)
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    return value is None or isinstance(value, bool | int | str)
+
+
 def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple[int, Any]] | Diagnostic]]:
     """Read and parse files: per file its non-empty documents (index, data), or the Diagnostic that stops it."""
     out: list[tuple[str, list[tuple[int, Any]] | Diagnostic]] = []
     for path, display in batch:
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            out.append((display, Diagnostic(display, 1, 1, "", f"cannot read the file: {exc}")))
+            text = read_spec_file(Path(path))
+        except SpecFileError as exc:
+            out.append((display, Diagnostic(display, 1, 1, "", str(exc))))
             continue
         try:
             loaded = yamlfast.load_all(text)
         except YAMLError as exc:
             out.append((display, _yaml_error(display, exc)))
             continue
+        except (RecursionError, MemoryError, ValueError) as exc:  # bounded above; kept as a last line of defence
+            out.append((display, Diagnostic(display, 1, 1, "", f"the file cannot be loaded: {type(exc).__name__}")))
+            continue
         out.append((display, [(i, d) for i, d in enumerate(loaded) if d is not None]))  # None: a stray '---'
     return out
+
+
+class SpecFileError(Exception):
+    pass
+
+
+def read_spec_file(path: Path) -> str:
+    """A spec file's text: a regular file of at most MAX_FILE_BYTES of UTF-8, else SpecFileError.
+
+    Opened without blocking and checked on the open descriptor, so a FIFO, a device (a link to
+    /dev/zero), a socket or a folder named *.yaml is refused instead of hanging or filling memory.
+    """
+    try:
+        data = read_regular(path, MAX_FILE_BYTES)
+    except NotRegular as exc:
+        text = str(exc)
+        raise SpecFileError(f"{text}; only regular files are read" if text.startswith("not a") else f"the file {text}") from None
+    except OSError as exc:
+        raise SpecFileError(f"cannot read the file: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecFileError(f"the file is not UTF-8 (byte {exc.start})") from None
+    if "\x00" in text:
+        raise SpecFileError(f"the file holds a NUL character (offset {text.index(chr(0))}); YAML does not allow it")
+    return text
 
 
 def _display(path: Path) -> str:
@@ -192,13 +253,19 @@ def _validate_document(doc: _Doc, problems: list[Problem]) -> tuple[str, Named[A
                                 f"apiVersion must be {API_VERSION}" + ("" if "apiVersion" in data else " (missing)")))
         ok = False
     kind = data.get("kind")
-    if kind not in KIND_SPECS:
+    if not isinstance(kind, str) or kind not in KIND_SPECS:
         if kind is None:
             problems.append(Problem(doc.source, (), "kind is missing"))
+        elif not isinstance(kind, str):
+            problems.append(Problem(doc.source, ("kind",), f"kind must be a string, one of: {', '.join(KIND_SPECS)}"))
         else:
             hint = difflib.get_close_matches(str(kind), KIND_SPECS, n=1)
             problems.append(Problem(doc.source, ("kind",), f"unknown kind {kind!r}"
                                     + (f"; did you mean {hint[0]}?" if hint else f"; known kinds: {', '.join(KIND_SPECS)}")))
+        return None
+    nul = [path for path in _nul_strings(data, ()) if path]
+    if nul:
+        problems.extend(Problem(doc.source, path, "a NUL character is not allowed here") for path in nul)
         return None
     model = document_model(kind)
     base = str(Path(doc.source.file).parent)
@@ -211,6 +278,20 @@ def _validate_document(doc: _Doc, problems: list[Problem]) -> tuple[str, Named[A
     if not ok:
         return None
     return kind, Named(value.metadata.name, value.spec, doc.source)  # type: ignore[attr-defined]
+
+
+def _nul_strings(value: Any, path: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Where a string (key or value) holds a NUL: no path, name or command may, and the OS would refuse it later."""
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    out: list[tuple[Any, ...]] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            out += [(*path, key)] if isinstance(key, str) and "\x00" in key else _nul_strings(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            out += _nul_strings(item, (*path, index))
+    return out
 
 
 def _message(err: Any, model: Any, data: Any) -> str:

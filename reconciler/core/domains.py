@@ -46,6 +46,11 @@ def normalize(name: str) -> str:
                 label = idna.encode(label, uts46=True).decode("ascii")
             except idna.IDNAError as exc:
                 raise ValueError(f"{name!r}: label {label!r} is not a valid internationalised name ({exc})") from None
+        elif label.startswith("xn--"):
+            try:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
+                raise ValueError(f"{name!r}: label {label!r} is not valid punycode ({exc})") from None
         if len(label) > MAX_LABEL:
             raise ValueError(f"{name!r}: label {label[:20]}… is {len(label)} characters; at most {MAX_LABEL} are allowed")
         if label.startswith("-") or label.endswith("-"):

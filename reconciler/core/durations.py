@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 _DURATION = re.compile(r"^([0-9]+)(s|m|h|d)$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DURATION_PATTERN = r"^[0-9]+(s|m|h|d)$"
+MAX_DURATION = timedelta(days=36500)  # a hundred years: longer is a typo, and would overflow date arithmetic
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)  # --at beyond this leaves no room for renewal arithmetic
 
 
 def parse_duration(text: str) -> timedelta:
@@ -15,7 +17,11 @@ def parse_duration(text: str) -> timedelta:
     match = _DURATION.match(text.strip()) if isinstance(text, str) else None
     if match is None:
         raise ValueError(f"{text!r} is not a duration; write a whole number and a unit, like 90s, 15m, 12h or 30d")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    digits = match.group(1).lstrip("0") or "0"
+    seconds = int(digits) * _UNITS[match.group(2)] if len(digits) <= 15 else None
+    if seconds is None or seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"{text.strip()[:40]!r} is longer than {MAX_DURATION.days}d, the longest duration allowed")
+    return timedelta(seconds=seconds)
 
 
 def format_duration(value: timedelta) -> str:
@@ -41,14 +47,18 @@ def parse_time(text: str, now: datetime) -> datetime:
     """``--at`` values: an ISO date or date-time (UTC if no zone), or ``+30d`` relative to now."""
     text = text.strip()
     if text.startswith("+"):
-        return now + parse_duration(text[1:])
-    try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is not a time; write a date (2027-01-15), a date-time, or +30d") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+        value = now + parse_duration(text[1:])
+    else:
+        try:
+            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            value = value.astimezone(UTC)
+        except (ValueError, OverflowError):
+            raise ValueError(f"{text!r} is not a time; write a date (2027-01-15), a date-time, or +30d") from None
+    if value >= LATEST:
+        raise ValueError(f"{text!r} is too far in the future; plan at a time before {LATEST.year}")
+    return value
 
 
 def iso(value: datetime | None) -> str | None:

@@ -57,6 +57,8 @@ Duration = Annotated[
 def _resolve(value: str, info: ValidationInfo) -> str:
     if not value:
         raise ValueError("a path must not be empty")
+    if "\x00" in value:
+        raise ValueError("a path must not contain a NUL character")
     base = (info.context or {}).get("base") if info.context else None
     if base and not PurePath(value).is_absolute() and not PurePosixPath(value).is_absolute() and not _is_windows_abs(value):
         return str(PurePath(base) / value)
@@ -125,8 +127,19 @@ DEFAULT_RENEWAL = Renewal(lifetimePercent=75)
 
 
 class Webhook(Model):
-    url: str = Field(pattern=r"^https?://")
+    url: str | SecretRef = Field(description="https?:// URL, or a secret reference when the URL holds a token")
     headers: dict[str, SecretRef] = Field(default_factory=dict, description="header values, from secrets")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> Any:
+        if isinstance(value, str) and not WEBHOOK_URL.match(value):
+            raise ValueError("the webhook url must start with https:// (or http://); "
+                             "a URL holding a token can be a secret: {fromEnv: NAME} or {fromFile: PATH}")
+        return value
+
+
+WEBHOOK_URL = re.compile(r"^https?://[^/\s?#]+")
 
 
 class Email(Model):
@@ -140,6 +153,27 @@ class Email(Model):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _no_clear_text_credentials(self) -> Email:
+        if (self.username is not None or self.password is not None) and self.smtpPort != IMPLICIT_TLS_PORT \
+                and not self.starttls:
+            raise ValueError(f"starttls: false on port {self.smtpPort} would send the SMTP password in clear text; "
+                             f"use starttls: true, or port {IMPLICIT_TLS_PORT} (implicit TLS)")
+        return self
+
+
+IMPLICIT_TLS_PORT = 465  # SMTP submission over TLS from the first byte (RFC 8314); any other port uses STARTTLS
+
+
+def _host_port(value: str, what: str, example: str, check_host: bool = True) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or (check_host and host and not _HOST.match(host)):
+        raise ValueError(f"{what} {value!r} must be host:port with a port from 1 to 65535, e.g. {example}")
+    return value
+
+
+_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+)$")
+
 
 class Notify(Model):
     webhook: Webhook | None = None
@@ -150,7 +184,12 @@ class Notify(Model):
 
 class Metrics(Model):
     enabled: bool = True
-    address: str = "127.0.0.1:9464"
+    address: str = Field(default="127.0.0.1:9464", description="host:port, [v6]:port or :port (all interfaces)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return _host_port(value, "metrics address", "127.0.0.1:9464")
 
 
 class SettingsSpec(Model):
@@ -321,7 +360,15 @@ class IisBackend(StrEnum):
 class IisHostSpec(Model):
     backend: IisBackend
     root: RelPath | None = Field(default=None, description="emulated: the folder that stands for the machine")
-    computerName: str | None = Field(default=None, description="windows: remote machine (default: this one)")
+    computerName: str | None = Field(default=None, description="not supported: certctl manages the machine it runs on")
+
+    @field_validator("computerName")
+    @classmethod
+    def _local_only(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError(f"managing a remote machine (computerName: {value}) is not supported; "
+                             "run certctl on the IIS server itself and leave computerName out")
+        return value
 
     @model_validator(mode="after")
     def _root(self) -> IisHostSpec:
@@ -371,10 +418,21 @@ class IisTarget(Model):
 Command = str | list[str]
 
 
+def _key_mode(value: str) -> str:
+    if int(value, 8) & 0o007:
+        raise ValueError(f"keyMode {value} gives every user access to the private key; "
+                         "use owner and group bits only (0600, 0640)")
+    return value
+
+
 class FilesTask(Model):
     path: RelPath = Field(description="folder that receives cert.pem, chain.pem, fullchain.pem, privkey.pem")
     reload: Command | None = Field(default=None, description="command run after the files changed")
-    keyMode: str = Field(default="0600", pattern=r"^0?[0-7]{3}$")
+    reloadTimeout: Duration = Field(default=timedelta(minutes=5), description="the reload command is killed after this")
+    keyMode: Annotated[str, AfterValidator(_key_mode)] = Field(
+        default="0600", pattern=r"^0?[0-7]{3}$", description="no world bits: 0600 or 0640")
+    folderMode: str = Field(default="0700", pattern=r"^0?[0-7]{3}$",
+                            description="mode of the folder when certctl creates it (it holds the key)")
 
 
 class PfxTask(Model):
@@ -383,6 +441,7 @@ class PfxTask(Model):
     encryption: Literal["aes256", "3des"] = Field(
         default="aes256", description="3des for consumers that cannot read AES-256 PKCS#12 (Windows before Server 2019)")
     reload: Command | None = None
+    reloadTimeout: Duration = Field(default=timedelta(minutes=5), description="the reload command is killed after this")
 
 
 class ScriptTask(Model):
@@ -416,6 +475,11 @@ class Verify(Model):
     endpoint: str = Field(pattern=r"^(\[[0-9a-fA-F:]+\]|[^:\s]+):[0-9]{1,5}$", description="host:port")
     sni: Domain | None = None
     timeout: Duration = timedelta(seconds=10)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _port(cls, value: str) -> str:
+        return _host_port(value, "endpoint", "www.example.com:443", check_host=False)
 
 
 class CertificateSpec(Model):

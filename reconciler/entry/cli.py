@@ -44,7 +44,9 @@ def _load(args: argparse.Namespace) -> DesiredState:
 def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:
     from reconciler.wiring import state_dir_for
 
-    return StateDir(state_dir_for(_dir(args), desired, args.state_dir))
+    state = StateDir(state_dir_for(_dir(args), desired, args.state_dir))
+    state.report_access()
+    return state
 
 
 def _now() -> datetime:

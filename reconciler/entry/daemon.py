@@ -274,6 +274,7 @@ class Daemon:
             sys.stderr.write(f"certctl: {exc}\n")
             return EXIT_ERROR
         self.state = StateDir(state_path)
+        self.state.report_access()
         if self.desired is not None and not self._same_state_dir(self.desired):
             self.desired = None
         try:

@@ -1,15 +1,18 @@
 """Small on-disk caches keyed by file identity (inode, size, mtime, ctime), for the second run of a big plan.
 
-A cache is only ever an optimisation: a missing, stale, corrupt or unwritable cache is ignored.
-Caches live in a folder only the user can write (0700), since they are pickles.
+A cache is only ever an optimisation, and it is untrusted data: plain JSON (never a format that can
+run code when read), read only from a folder owned by the running user that no one else can write,
+and ignored with a warning otherwise. A missing, stale, corrupt or unwritable cache is ignored; every
+entry a caller takes from it is checked by that caller as it is decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
-import pickle
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +24,18 @@ from reconciler.support.fs import atomic_write
 log = structlog.get_logger()
 
 FileKey = tuple[int, int, int, int]
+MAX_CACHE_BYTES = 256 << 20
 
 
 def file_key(st: os.stat_result) -> FileKey:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def as_file_key(value: Any) -> FileKey | None:
+    """A FileKey read back from JSON, or None when it is not four integers."""
+    if isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value):
+        return value[0], value[1], value[2], value[3]
+    return None
 
 
 def default_dir() -> Path | None:
@@ -46,36 +57,88 @@ def _code_stamp() -> str:
     return "|".join(parts)
 
 
-class PickleCache:
+def untrusted_owner(st: os.stat_result) -> str | None:
+    """Why a cache folder or file with these facts must not be trusted, or None (POSIX; Windows has no uid)."""
+    getuid = getattr(os, "getuid", None)
+    if getuid is None:
+        return None
+    if st.st_uid != getuid():
+        return f"owned by uid {st.st_uid}, not by the running user (uid {getuid()})"
+    if st.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+class JsonCache:
+    """One JSON document ``{"stamp": ..., "entries": {...}}`` in ``<folder>/<name>.json``."""
+
     def __init__(self, folder: Path | None, name: str) -> None:
-        self.path = folder / f"{name}.pickle" if folder else None
+        self.path = folder / f"{name}.json" if folder else None
         self.stamp = _code_stamp()
 
     @staticmethod
     def name_for(kind: str, identity: str) -> str:
         return f"{kind}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
-    def load(self) -> dict[Any, Any]:
+    def _folder_problem(self) -> str | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path.parent)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return f"cannot inspect it: {exc.strerror}"
+        if not stat.S_ISDIR(st.st_mode):
+            return "not a folder"
+        return untrusted_owner(st)
+
+    def load(self) -> dict[str, Any]:
         if self.path is None:
             return {}
+        problem = self._folder_problem()
+        if problem is not None:
+            log.warning("cache.ignored", folder=str(self.path.parent), reason=problem)
+            return {}
         try:
-            with open(self.path, "rb") as fh:
-                data = pickle.load(fh)  # noqa: S301 - our own file in a 0700 folder
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             return {}
-        except Exception as exc:  # noqa: BLE001 - a broken cache is only ignored
-            log.debug("cache.unreadable", path=str(self.path), error=str(exc))
+        except OSError as exc:
+            log.warning("cache.ignored", path=str(self.path), reason=exc.strerror)
             return {}
+        try:
+            st = os.fstat(fd)
+            problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
+            if problem is None and st.st_size > MAX_CACHE_BYTES:
+                problem = f"larger than {MAX_CACHE_BYTES:,} bytes"
+            if problem is not None:
+                log.warning("cache.ignored", path=str(self.path), reason=problem)
+                return {}
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = json.loads(fh.read(MAX_CACHE_BYTES + 1))
+        except Exception as exc:  # noqa: BLE001 - a broken cache is only ignored
+            log.warning("cache.ignored", path=str(self.path), reason=f"unreadable: {type(exc).__name__}")
+            return {}
+        finally:
+            os.close(fd)
         if not isinstance(data, dict) or data.get("stamp") != self.stamp:
             return {}
         entries = data.get("entries")
         return entries if isinstance(entries, dict) else {}
 
-    def save(self, entries: dict[Any, Any]) -> None:
+    def save(self, entries: dict[str, Any]) -> None:
         if self.path is None:
             return
         try:
+            created = not self.path.parent.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write(self.path, pickle.dumps({"stamp": self.stamp, "entries": entries}, protocol=5), 0o600)
-        except OSError as exc:
+            if created:
+                os.chmod(self.path.parent, 0o700)  # whatever the umask
+            problem = self._folder_problem()
+            if problem is not None:
+                log.warning("cache.not_written", folder=str(self.path.parent), reason=problem)
+                return
+            body = json.dumps({"stamp": self.stamp, "entries": entries}, separators=(",", ":"), allow_nan=False)
+            atomic_write(self.path, body, 0o600)
+        except (OSError, ValueError, TypeError) as exc:
             log.debug("cache.unwritable", path=str(self.path), error=str(exc))

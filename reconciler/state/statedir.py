@@ -31,9 +31,8 @@ import structlog
 
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
 from reconciler.ports import Material
-from reconciler.state.cache import PickleCache, file_key
 from reconciler.support import pki
-from reconciler.support.fs import acquire, atomic_write, unlock
+from reconciler.support.fs import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 log = structlog.get_logger()
@@ -157,6 +156,24 @@ class StateDir:
         self._deployments = KeyedLog(self.path / "deployments.jsonl")
         self._bindings = KeyedLog(self.path / "bindings.jsonl")
 
+    def access_problem(self) -> str | None:
+        """Why the state dir (ACME account keys, the local CA, every issued key) is too open, or None."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        if hasattr(os, "geteuid") and st.st_uid not in (0, os.geteuid()):
+            return f"the state dir {self.path} is owned by uid {st.st_uid}, not by the running user"
+        if st.st_mode & 0o077:
+            return (f"the state dir {self.path} can be read or entered by group or others "
+                    f"(mode {st.st_mode & 0o7777:04o}); it holds private keys: chmod 700 it")
+        return None
+
+    def report_access(self) -> None:
+        problem = self.access_problem()
+        if problem is not None:
+            log.warning("state_dir.too_open", path=str(self.path), problem=problem)
+
     # --- lock ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -199,18 +216,8 @@ class StateDir:
         return self.path / "vault"
 
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
-        """Every issued version; built from the index log once per change of it (cached as a pickle)."""
-        try:
-            key = file_key(os.stat(self._vault_index.path))
-        except FileNotFoundError:
-            return {}
-        cache = PickleCache(self.path / "cache", "vault-index")
-        hit = cache.load()
-        if hit.get("key") == key:
-            return dict(hit["issued"])
-        issued = {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
-        cache.save({"key": key, "issued": issued})
-        return issued
+        """Every issued version, from the index log (plain JSON lines; no other cache of it is kept)."""
+        return {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
         return self._versions(name, self._vault_index.get(name) or {})
@@ -231,6 +238,9 @@ class StateDir:
                      at: datetime, replaced: str | None) -> IssuedVersion:
         """Keep a newly issued certificate with its key; the index is updated last (the commit point)."""
         folder = self.vault / name / material.info.thumbprint
+        problem = write_path_problem(folder)
+        if problem is not None:
+            raise UnsafePath(f"refusing to keep the key of {name} in the vault: {problem}")
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write(folder / "key.pem", material.key_pem, 0o600)
         atomic_write(folder / "cert.pem", material.cert_pem)
@@ -247,7 +257,7 @@ class StateDir:
         return version
 
     def material(self, name: str, thumbprint: str) -> Material:
-        folder = self.vault / name / thumbprint
+        folder = contained(self.vault, f"{name}/{thumbprint}", "vault version")
         cert = (folder / "cert.pem").read_bytes()
         return Material(cert, (folder / "chain.pem").read_bytes(), (folder / "key.pem").read_bytes(),
                         pki.info_from_pem(cert))
@@ -260,7 +270,7 @@ class StateDir:
                 self._vault_index.set(name, versions)
             else:
                 self._vault_index.delete(name)
-        shutil.rmtree(self.vault / name / thumbprint, ignore_errors=True)
+        shutil.rmtree(contained(self.vault, f"{name}/{thumbprint}", "vault version"), ignore_errors=True)
 
     # --- attempts -----------------------------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import structlog
 
+from reconciler.support.procs import run_command
+
 log = structlog.get_logger()
 
 
@@ -29,8 +31,7 @@ class PullResult:
 
 def _git(directory: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true", LC_ALL="C")
-    return subprocess.run(["git", "-C", str(directory), *args], capture_output=True, text=True, timeout=timeout,
-                          check=False, env=env)
+    return run_command(["git", "-C", str(directory), *args], env, timeout)  # ssh and helpers end with it
 
 
 def head(directory: Path) -> str | None:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields, is_dataclass
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from reconciler.core.spec import SecretRef
+from reconciler.support.fs import NotRegular, read_regular
+
+MAX_SECRET_BYTES = 1 << 20
 
 
 class SecretError(Exception):
@@ -26,7 +28,10 @@ def resolve(ref: SecretRef, environ: dict[str, str] | None = None) -> bytes:
         return value.encode()
     assert ref.fromFile is not None
     try:
-        data = Path(ref.fromFile).read_bytes()
+        data = read_regular(ref.fromFile, MAX_SECRET_BYTES)  # a FIFO or /dev/zero named there must not hang
+    except NotRegular as exc:
+        raise SecretError(f"cannot read the secret file {ref.fromFile}: it {'is ' if str(exc).startswith('not') else ''}"
+                          f"{exc}") from None
     except OSError as exc:
         raise SecretError(f"cannot read the secret file {ref.fromFile}: {exc.strerror}") from None
     return data.rstrip(b"\r\n")

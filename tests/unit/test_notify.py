@@ -102,7 +102,9 @@ def test_decide_does_not_modify_its_input() -> None:
 
 
 class _Server:
-    def __init__(self, codes: list[int]) -> None:
+    """Answers POSTs with ``codes`` in turn (then 200); with ``location``, every answer carries that Location."""
+
+    def __init__(self, codes: list[int], location: str | None = None) -> None:
         self.codes = codes
         self.seen: list[tuple[dict[str, str], dict[str, Any]]] = []
         outer = self
@@ -112,6 +114,8 @@ class _Server:
                 outer.seen.append((dict(self.headers), json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
                 code = outer.codes.pop(0) if outer.codes else 200
                 self.send_response(code)
+                if location:
+                    self.send_header("Location", location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -146,3 +150,45 @@ def test_webhook_client_errors_are_not_retried() -> None:
     finally:
         server.close()
     assert len(server.seen) == 1
+
+
+# --- secrets on the wire -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", [301, 302, 307, 308])
+def test_a_redirect_is_not_followed_and_carries_no_credentials(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    monkeypatch.setenv("TOKEN", "Bearer t0")
+    elsewhere = _Server([])  # "localhost" is another origin than 127.0.0.1
+    redirector = _Server([code], location=elsewhere.url.replace("127.0.0.1", "localhost"))
+    try:
+        with pytest.raises(DeliveryError, match=f"answered {code}.*redirects are not followed"):
+            send_webhook(Webhook(url=redirector.url, headers={"Authorization": SecretRef(fromEnv="TOKEN")}), {"a": 1})
+    finally:
+        redirector.close()
+        elsewhere.close()
+    assert len(redirector.seen) == 1 and redirector.seen[0][0]["Authorization"] == "Bearer t0"
+    assert elsewhere.seen == [], "the redirect was followed"
+
+
+def test_the_url_can_be_a_secret_and_its_path_and_query_never_show(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _Server([404])
+    monkeypatch.setenv("HOOK_URL", server.url + "services/T0/B1/s3cr3t?token=s3cr3t")
+    hook = Webhook.model_validate({"url": {"fromEnv": "HOOK_URL"}})
+    try:
+        with pytest.raises(DeliveryError) as caught:
+            send_webhook(hook, {"a": 1})
+        send_webhook(hook, {"b": 2})  # the next answer is 200
+    finally:
+        server.close()
+    assert "s3cr3t" not in str(caught.value) and "services" not in str(caught.value)
+    assert str(caught.value).startswith("webhook http://127.0.0.1:")
+    assert [body for _, body in server.seen] == [{"a": 1}, {"b": 2}]
+
+
+def test_webhook_url_as_literal_still_needs_a_scheme() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must start with https://"):
+        Webhook.model_validate({"url": "hooks.example.com/x"})
+    monkeypatch_free = Webhook.model_validate({"url": {"fromFile": "/run/secrets/hook"}})
+    assert isinstance(monkeypatch_free.url, SecretRef)

@@ -54,7 +54,7 @@ def test_backoff_doubles_from_an_hour_to_a_day() -> None:
     assert [backoff(n).total_seconds() / 3600 for n in range(1, 8)] == [1, 2, 4, 8, 16, 24, 24]
 
 
-@given(st.integers(min_value=0, max_value=10**6), st.sampled_from("smhd"))
+@given(st.integers(min_value=0, max_value=36500), st.sampled_from("smhd"))
 def test_durations_round_trip(n: int, unit: str) -> None:
     assert parse_duration(format_duration(parse_duration(f"{n}{unit}"))) == parse_duration(f"{n}{unit}")
 

@@ -46,7 +46,7 @@ from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
 from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json, normalize_hash
 from reconciler.core.model import HostState, StoredCert, StoreState
 from reconciler.ports import BindingChange, Material
-from reconciler.support.fs import atomic_write, fsync_dir
+from reconciler.support.fs import UnsafePath, atomic_write, contained, fsync_dir
 from reconciler.support.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
 
 log = structlog.get_logger()
@@ -115,7 +115,21 @@ class EmulatedHost:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise IisHostError(f"IIS host {self.name!r}: unreadable commit intent {path}: {err}") from None
-        return data if isinstance(data, list) else []
+        if not isinstance(data, list):
+            return []
+        for item in data:  # a planted intent must never steer a restore or a delete outside the machine folder
+            if not isinstance(item, dict) or not isinstance(item.get("file"), str):
+                raise IisHostError(f"IIS host {self.name!r}: commit intent {path} holds an entry without a file name")
+            file, backup = item["file"], item.get("backup")
+            try:
+                contained(self.root, file, "file")
+            except UnsafePath as err:
+                raise IisHostError(f"IIS host {self.name!r}: commit intent {path}: {err}") from None
+            if "/" in file or "\\" in file or backup not in (None, f".{file}.certctl-bak"):
+                raise IisHostError(f"IIS host {self.name!r}: commit intent {path} names {file!r} with backup "
+                                   f"{backup!r}; only files directly in {self.root} and their own backups are "
+                                   "restored; refused (move the file away if it was not written by certctl)")
+        return data
 
     def _read(self, file: str, intent: list[dict[str, Any]] | None) -> bytes | None:
         """A file's content as of the last complete commit (None when it does not exist)."""

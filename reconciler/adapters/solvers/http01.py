@@ -15,7 +15,7 @@ import structlog
 
 from reconciler.core.spec import HTTP01
 from reconciler.ports import ChallengeTask, SolverError
-from reconciler.support.fs import atomic_write
+from reconciler.support.fs import atomic_write, write_path_problem
 
 log = structlog.get_logger()
 
@@ -227,6 +227,9 @@ class WebrootHttp01:
         if not self.root.is_dir():
             raise SolverError(f"http01 webroot: the folder {self.root} does not exist (it must be the folder the web server serves)")
         folder = self._folder()
+        problem = write_path_problem(folder)
+        if problem is not None:
+            raise SolverError(f"http01 webroot: refusing to write challenges into {folder}: {problem}")
         # The lock covers making the folders and writing the tokens, and (in cleanup) removing both:
         # another order's cleanup must never remove the folder between this one's check and its write.
         with self._lock:

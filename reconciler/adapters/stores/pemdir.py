@@ -19,11 +19,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
+from reconciler.core.codec import decode
+from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState, to_plain
 from reconciler.ports import Material
-from reconciler.state.cache import FileKey, PickleCache, file_key
+from reconciler.state.cache import FileKey, JsonCache, as_file_key, file_key
 from reconciler.support import pki
-from reconciler.support.fs import atomic_symlink, atomic_write, fsync_dir
+from reconciler.support.fs import atomic_symlink, atomic_write, contained, fsync_dir, safe_folder
 from reconciler.support.parallel import map_batch
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
@@ -33,18 +34,19 @@ class PemDirectoryStore:
     def __init__(self, name: str, path: Path | str, cache_dir: Path | None = None) -> None:
         self.name = name
         self.path = Path(path)
-        self._cache = PickleCache(cache_dir, PickleCache.name_for("pemdir", str(self.path.resolve())))
+        self._cache = JsonCache(cache_dir, JsonCache.name_for("pemdir", str(self.path.resolve())))
         self._seen: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
         self._known: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
 
     # --- observe -----------------------------------------------------------------------------------
 
     def observe(self) -> StoreState:
-        self._known = self._cache.load() if self._cache.path else {}
+        self._known = _from_cache(self._cache.load()) if self._cache.path else {}
         self._seen = {}
         state = self._observe()
         if self._cache.path and self._seen != self._known:
-            self._cache.save(self._seen)
+            self._cache.save({folder: {"c": list(c), "m": list(m) if m else None, "i": to_plain(info), "meta": meta}
+                              for folder, (c, m, info, meta) in self._seen.items()})
         return state
 
     def _observe(self) -> StoreState:
@@ -159,6 +161,8 @@ class PemDirectoryStore:
 
     def install(self, certificate: str, material: Material, at: datetime) -> StoredCert:
         folder = self.path / certificate
+        safe_folder(self.path, 0o700, "store folder")  # it holds private keys
+        safe_folder(folder, 0o700, "store folder")
         versions = folder / "versions"
         version = f"{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{material.info.thumbprint[:8]}"
         target = versions / version
@@ -200,8 +204,8 @@ class PemDirectoryStore:
 
     def remove(self, ref: str) -> None:
         certificate, _, version = ref.partition("/")
-        folder = self.path / certificate
-        target = folder / "versions" / version
+        target = contained(self.path, f"{certificate}/versions/{version}", "store reference")
+        folder = target.parent.parent
         link = folder / "current"
         if link.is_symlink() and os.path.basename(os.readlink(link)) == version:
             raise RuntimeError(f"refusing to remove {ref}: it is the live version")
@@ -215,13 +219,36 @@ class PemDirectoryStore:
 
     def read(self, ref: str) -> Material | None:
         certificate, _, version = ref.partition("/")
-        folder = self.path / certificate / "versions" / version
+        folder = contained(self.path, f"{certificate}/versions/{version}", "store reference")
         try:
             cert = (folder / "cert.pem").read_bytes()
             return Material(cert, (folder / "chain.pem").read_bytes(), (folder / "privkey.pem").read_bytes(),
                             pki.info_from_pem(cert))
         except (OSError, ValueError):
             return None
+
+
+CachedVersion = tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]
+_INFO_TEXT = ("thumbprint", "sha256", "subject", "key_algorithm", "issuer", "serial")
+
+
+def _from_cache(entries: dict[str, object]) -> dict[str, CachedVersion]:
+    """The cache's entries that decode to well-typed values; anything else is dropped (and re-read from disk)."""
+    out: dict[str, CachedVersion] = {}
+    for folder, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("meta"), dict):
+            continue
+        cert_key, meta_key = as_file_key(entry.get("c")), as_file_key(entry.get("m"))
+        if cert_key is None or (meta_key is None and entry.get("m") is not None):
+            continue
+        try:
+            info = decode(CertInfo, entry["i"])
+        except Exception:  # noqa: BLE001 - an entry that does not decode is only a cache miss
+            continue
+        if all(isinstance(getattr(info, f), str) for f in _INFO_TEXT) and isinstance(info.sans, tuple) \
+                and all(isinstance(n, str) for n in info.sans) and info.not_before.tzinfo and info.not_after.tzinfo:
+            out[folder] = (cert_key, meta_key, info, entry["meta"])
+    return out
 
 
 def _version_keys(folder: str) -> tuple[FileKey, FileKey | None] | None:
