@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 from pathlib import Path
 
 import structlog
@@ -12,7 +11,7 @@ import structlog
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
 from reconciler.ports import Material
-from reconciler.support import pki
+from reconciler.support import commands, pki
 from reconciler.support.fs import atomic_write
 from reconciler.support.secrets import SecretError, resolve
 
@@ -154,12 +153,7 @@ def _run(command: Command, env: dict[str, str], timeout: float, what: str) -> No
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     shown = command if isinstance(command, str) else shlex.join(command)
     try:
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        raise TaskError(f"{what} command timed out after {timeout:g}s: {shown}") from None
-    except OSError as exc:
-        raise TaskError(f"{what} command could not start: {shown}: {exc.strerror}") from None
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise TaskError(f"{what} command exited {result.returncode}: {shown}" + (f": {' / '.join(tail)}" if tail else ""))
+        commands.run(argv, env, timeout, what)
+    except commands.CommandError as exc:
+        raise TaskError(str(exc).replace(shlex.join(argv), shown)) from None
     log.info("task.command.ok", what=what, command=shown)

@@ -36,7 +36,7 @@ from cryptography import x509
 
 from reconciler.adapters.iis.appconfig import make_binding
 from reconciler.adapters.iis.changes import Step, resolve, thumbprint_users
-from reconciler.adapters.iis.emulated import StoreError, friendly_name, managed_by
+from reconciler.adapters.iis.emulated import StoreError, expand_variables, friendly_name, managed_by
 from reconciler.adapters.iis.httpsys import SslRecord, normalize_hash, parse_netsh
 from reconciler.core.model import CertInfo, HostState, Site, SiteState, StoredCert, StoreState
 from reconciler.ports import BindingChange, Material
@@ -220,6 +220,13 @@ class WindowsHost:
         self.ccs_password = ccs_password
         self.commit_attempts = commit_attempts
         self.backoff_ms = backoff_ms
+
+    def local_path(self, physical_path: str) -> str:
+        """A site's ``physicalPath`` on this machine, its ``%VARIABLES%`` expanded from the environment."""
+        try:
+            return expand_variables(physical_path, os.environ)
+        except ValueError as exc:
+            raise WindowsHostError(str(exc)) from None
 
     def _run(self, script: str, env: Mapping[str, str] | None = None) -> Any:
         return extract_json(self.runner(script, dict(env or {})))
