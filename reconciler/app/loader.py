@@ -132,6 +132,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
         if isinstance(d.data, dict) and isinstance(d.data.get("metadata"), dict)
     ) - {(kind, named.name) for kind, named in parsed}
     problems.extend(validate.check(desired, invalid))
+    problems.extend(_provider_problems(desired))
     diagnostics.extend(_locate(problems))
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.file, d.line, d.column, d.field))
@@ -143,6 +144,19 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
 
         desired = replace(desired, revision=git_head(directory))
     return desired
+
+
+def _provider_problems(desired: DesiredState) -> list[Problem]:
+    """dns01.provider entries checked against dns-lexicon's own metadata (read only when one is used)."""
+    names = {s.dns01.provider.name for i in desired.issuers.values() if i.spec.acme is not None
+             for s in i.spec.acme.solvers if s.dns01 is not None and s.dns01.provider is not None}
+    if not names:
+        return []
+    from reconciler.adapters.solvers.provider import catalog
+    from reconciler.core.challenge_rules import provider_problems
+
+    found, known = catalog(names)
+    return provider_problems(desired, found, known)
 
 
 def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple[int, Any]] | Diagnostic]]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -104,21 +105,8 @@ def _accepted(info: ProviderInfo) -> str:
 
 
 def _nearest(word: str, choices: Sequence[str]) -> str | None:
-    best: tuple[int, str] | None = None
-    for choice in choices:
-        distance = _distance(word.lower().replace("-", "_"), choice)
-        if distance <= max(1, len(choice) // 4) and (best is None or distance < best[0]):
-            best = (distance, choice)
-    return best[1] if best else None
-
-
-def _distance(a: str, b: str) -> int:
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
+    close = difflib.get_close_matches(word.lower().replace("-", "_"), list(choices), n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def iis_site_for(host: HostState, name: str) -> Site | None:
