@@ -175,6 +175,7 @@ def test_a_cname_loop_is_a_plan_error_and_fails_only_that_certificate(
     assert code == 1
     assert f"certificate loop: dns-01 for loop1.{ZONE}: CNAME loop: _acme-challenge.loop1.{ZONE} -> " in err
     code, out, err = run_cli("apply", "-d", str(ws.desired))
+    assert "CNAME loop" in out + err
     assert code == 1
     rows = status(run_cli, ws)
     assert "CNAME loop" in rows["loop"]["last_error"]
