@@ -13,6 +13,7 @@ import argparse
 import functools
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +28,8 @@ from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
 
-CALL_TIMEOUT = 60.0  # seconds for one record operation against a provider's API
+CALL_TIMEOUT = 60.0  # seconds for one record operation against a provider's API, retries included
+RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)
 _OFFLINE = threading.Lock()
 _offline_done = False
 
@@ -137,7 +139,7 @@ class LexiconSolver(RecordSolver):
 
         def run() -> None:
             try:
-                self._call_now(what, zone, name, value)
+                self._call_retrying(what, zone, name, value)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 outcome.append(exc)
             else:
@@ -151,6 +153,19 @@ class LexiconSolver(RecordSolver):
                               f"provider's API within {CALL_TIMEOUT:g}s")
         if outcome[0] is not None:
             raise outcome[0]
+
+    def _call_retrying(self, what: str, zone: str, name: str, value: str) -> None:
+        """Transient answers (5xx, 429, a connection that failed) are retried after 0.2, 0.5, 1 and 2 s:
+        provider APIs throttle and stumble under parallel writes; anything else fails at once."""
+        for pause in (*RETRY_PAUSES, None):
+            try:
+                self._call_now(what, zone, name, value)
+                return
+            except _Transient as exc:
+                if pause is None:
+                    raise SolverError(str(exc)) from None
+                log.info("dns01.provider.retry", provider=self.spec.name, name=name, error=str(exc), pause=pause)
+                time.sleep(pause)
 
     def _call_now(self, what: str, zone: str, name: str, value: str) -> None:
         try:
@@ -168,7 +183,8 @@ class LexiconSolver(RecordSolver):
             raise SolverError(f"dns01 provider {self.spec.name} needs a Python package that is not installed "
                               f"({exc.name}): pip install 'dns-lexicon[{self.spec.name}]'") from None
         except Exception as exc:  # noqa: BLE001 - providers raise anything; the message is what the user needs
-            raise SolverError(self._mask(
+            error = _Transient if _transient(exc) else SolverError
+            raise error(self._mask(
                 f"dns01 provider {self.spec.name}: {'adding' if what == 'create' else 'deleting'} TXT {name} in zone "
                 f"{zone}: {_describe(exc)}")) from None
 
@@ -177,6 +193,16 @@ class LexiconSolver(RecordSolver):
 
     def _delete(self, zone: str, name: str, value: str) -> None:
         self._call("delete", zone, name, value)
+
+
+class _Transient(SolverError):
+    """A provider answer worth retrying."""
+
+
+def _transient(exc: Exception) -> bool:
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        return exc.response.status_code >= 500 or exc.response.status_code == 429
+    return isinstance(exc, requests.ConnectionError | requests.Timeout)
 
 
 def _describe(exc: Exception) -> str:
