@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from reconciler.core import validate
+from reconciler.core import challenge_rules, validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
@@ -133,6 +133,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     ) - {(kind, named.name) for kind, named in parsed}
     problems.extend(validate.check(desired, invalid))
     problems.extend(_provider_problems(desired))
+    problems.extend(challenge_rules.reference_problems(desired))
     diagnostics.extend(_locate(problems))
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.file, d.line, d.column, d.field))
@@ -153,10 +154,9 @@ def _provider_problems(desired: DesiredState) -> list[Problem]:
     if not names:
         return []
     from reconciler.adapters.solvers.provider import catalog
-    from reconciler.core.challenge_rules import provider_problems
 
     found, known = catalog(names)
-    return provider_problems(desired, found, known)
+    return challenge_rules.provider_problems(desired, found, known)
 
 
 def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple[int, Any]] | Diagnostic]]:

@@ -98,6 +98,19 @@ def provider_problems(desired: DesiredState, catalog: Mapping[str, ProviderInfo]
     return problems
 
 
+def reference_problems(desired: DesiredState) -> list[Problem]:
+    """An ``http01.iis`` solver names an IisHost that exists."""
+    problems: list[Problem] = []
+    for _, issuer in sorted(desired.issuers.items()):
+        for i, solver in enumerate(issuer.spec.acme.solvers if issuer.spec.acme is not None else ()):
+            iis = solver.http01.iis if solver.http01 is not None else None
+            if iis is not None and iis.host not in desired.iis_hosts:
+                known = ", ".join(sorted(desired.iis_hosts)) or "none is defined"
+                problems.append(Problem(issuer.source, ("spec", "acme", "solvers", i, "http01", "iis", "host"),
+                                        f"IisHost {iis.host!r} does not exist (known: {known})"))
+    return problems
+
+
 def _accepted(info: ProviderInfo) -> str:
     if not info.options:
         return "no options"

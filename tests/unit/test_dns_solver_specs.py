@@ -150,3 +150,13 @@ def test_tldextract_is_pointed_at_its_snapshot_never_the_network() -> None:
     _offline()
     assert tldextract.extract.suffix_list_urls == ()  # type: ignore[attr-defined]
     assert tldextract.extract("www.example.co.uk").suffix == "co.uk"
+
+
+def test_http01_iis_names_an_iis_host_that_exists(tmp_path: Path) -> None:
+    text = (ISSUER % "          script: {create: [a], delete: [b]}").replace(
+        "      - dns01:\n          script: {create: [a], delete: [b]}\n", "      - http01: {iis: {host: web01}}\n")
+    (tmp_path / "issuer.yaml").write_text(text)
+    with pytest.raises(InvalidDesiredState) as err:
+        load(tmp_path, revision=False)
+    [message] = [str(d) for d in err.value.diagnostics]
+    assert ":8:30: spec.acme.solvers[0].http01.iis.host: IisHost 'web01' does not exist (known: none is defined)" in message

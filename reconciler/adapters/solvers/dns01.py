@@ -1,4 +1,4 @@
-"""dns-01 through RFC 2136 dynamic updates signed with TSIG (BIND, PowerDNS, Knot, Windows DNS).
+"""dns-01 through RFC 2136 dynamic updates signed with HMAC TSIG (BIND, PowerDNS, Knot; Windows DNS takes only GSS-TSIG).
 
 ``prepare`` adds one TXT record ``_acme-challenge.<name>`` per challenge, then waits — bounded by
 ``propagationTimeout`` — until every value is visible on each authoritative server of the zone,
