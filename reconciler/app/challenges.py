@@ -12,9 +12,9 @@ from dataclasses import replace
 
 from reconciler.adapters.issuers.acme.issuer import delegation_solver
 from reconciler.adapters.solvers import build_solver
-from reconciler.core.challenge_rules import Delegation, solver_notes
+from reconciler.core.challenge_rules import Delegation, issued_challenges, solver_notes
 from reconciler.core.model import DesiredState, ObservedState
-from reconciler.core.plan import ISSUANCE, Plan
+from reconciler.core.plan import Plan
 from reconciler.core.spec import Acme
 from reconciler.ports import DelegatingSolver, SolverError
 
@@ -24,16 +24,10 @@ UNSOLVABLE = "ChallengeUnsolvable"
 def annotate(desired: DesiredState, observed: ObservedState, plan: Plan) -> Plan:
     """The plan with a note for each challenge worth knowing about before apply."""
     jobs: dict[str, tuple[Acme, int]] = {}
-    for name in sorted({a.certificate for a in plan.actions if a.kind in ISSUANCE}):
-        cert = desired.certificates.get(name)
-        issuer = desired.issuers.get(cert.spec.issuer) if cert else None
-        if cert is None or issuer is None or issuer.spec.acme is None:
-            continue
-        acme = issuer.spec.acme
-        for domain in cert.spec.domains:
-            solver = acme.solver_for(domain)
-            if solver is not None and solver.dns01 is not None and solver.dns01.rfc2136 is None:
-                jobs[domain] = (acme, acme.solvers.index(solver))
+    for _, _, acme, domain, index in issued_challenges(desired, plan):
+        dns01 = acme.solvers[index].dns01
+        if dns01 is not None and dns01.rfc2136 is None:
+            jobs[domain] = (acme, index)
     delegations: dict[str, Delegation] = {}
     if jobs:
         with ThreadPoolExecutor(max_workers=min(8, len(jobs)), thread_name_prefix="plan-dns") as pool:

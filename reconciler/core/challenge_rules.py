@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.core import domains
 from reconciler.core.diagnostics import Problem
 from reconciler.core.model import DesiredState, HostState, ObservedState, Site, SiteState
 from reconciler.core.plan import ISSUANCE, Note, Plan
+from reconciler.core.spec import Acme
 
 HTTP_PORT = 80
 CREDENTIAL_PREFIX = "auth_"  # lexicon's credential options: auth_token, auth_username, auth_client_secret, ...
@@ -160,14 +161,10 @@ def iis_problem(host_name: str, host: HostState | None, name: str) -> str | None
     return None
 
 
-def solver_notes(desired: DesiredState, observed: ObservedState, plan: Plan,
-                 delegations: Mapping[str, Delegation]) -> list[Note]:
-    """Notes on the challenges of every certificate the plan issues: ``ChallengeSite`` (the IIS site
-    that serves an http-01 token), ``ChallengeDelegated`` (a CNAME moves a dns-01 record elsewhere) and
-    ``ChallengeUnsolvable`` (the issuance would fail: no site serves the name, a CNAME loop, ...)."""
-    notes: list[Note] = []
-    issued = sorted({a.certificate for a in plan.actions if a.kind in ISSUANCE})
-    for name in issued:
+def issued_challenges(desired: DesiredState, plan: Plan) -> Iterator[tuple[str, str, Acme, str, int]]:
+    """(certificate, issuer, its acme spec, domain, index of the domain's solver) for every domain of
+    every certificate the plan issues from an ACME issuer."""
+    for name in sorted({a.certificate for a in plan.actions if a.kind in ISSUANCE}):
         cert = desired.certificates.get(name)
         issuer = desired.issuers.get(cert.spec.issuer) if cert else None
         if cert is None or issuer is None or issuer.spec.acme is None:
@@ -175,34 +172,43 @@ def solver_notes(desired: DesiredState, observed: ObservedState, plan: Plan,
         acme = issuer.spec.acme
         for domain in cert.spec.domains:
             solver = acme.solver_for(domain)
-            if solver is None:
-                continue
-            index = acme.solvers.index(solver)
-            target = f"solver/{issuer.name}/{index}/{domain}"
-            if solver.http01 is not None and solver.http01.iis is not None:
-                host_name = solver.http01.iis.host
-                problem = iis_problem(host_name, observed.hosts.get(host_name), domain)
-                if problem:
-                    notes.append(Note(name, target, problem, code="ChallengeUnsolvable"))
-                else:
-                    site = iis_site_for(observed.hosts[host_name], domain)
-                    assert site is not None
-                    notes.append(Note(name, target, f"http-01 for {domain}: the token goes under the physical path "
-                                      f"of site {site.name} on IIS host {host_name} ({site.physical_path})",
-                                      code="ChallengeSite"))
-                continue
-            found = delegations.get(domain)
-            if found is None:
-                continue
-            if found.error:
-                notes.append(Note(name, target, f"dns-01 for {domain}: {found.error}", code="ChallengeUnsolvable"))
-            elif found.delegated:
-                by = f"solver {found.solver}" if found.solver is not None else "no solver"
-                what = _describe(acme.solvers[found.solver]) if found.solver is not None else ""
-                notes.append(Note(name, target,
-                                  f"dns-01 for {domain} is delegated: {' -> '.join(found.chain)} (CNAME); the TXT "
-                                  f"record is written at {found.chain[-1]} by {by}{what}",
-                                  code="ChallengeDelegated"))
+            if solver is not None:
+                yield name, issuer.name, acme, domain, acme.solvers.index(solver)
+
+
+def solver_notes(desired: DesiredState, observed: ObservedState, plan: Plan,
+                 delegations: Mapping[str, Delegation]) -> list[Note]:
+    """Notes on the challenges of every certificate the plan issues: ``ChallengeSite`` (the IIS site
+    that serves an http-01 token), ``ChallengeDelegated`` (a CNAME moves a dns-01 record elsewhere) and
+    ``ChallengeUnsolvable`` (the issuance would fail: no site serves the name, a CNAME loop, ...)."""
+    notes: list[Note] = []
+    for name, issuer_name, acme, domain, index in issued_challenges(desired, plan):
+        solver = acme.solvers[index]
+        target = f"solver/{issuer_name}/{index}/{domain}"
+        if solver.http01 is not None and solver.http01.iis is not None:
+            host_name = solver.http01.iis.host
+            problem = iis_problem(host_name, observed.hosts.get(host_name), domain)
+            if problem:
+                notes.append(Note(name, target, problem, code="ChallengeUnsolvable"))
+            else:
+                site = iis_site_for(observed.hosts[host_name], domain)
+                assert site is not None
+                notes.append(Note(name, target, f"http-01 for {domain}: the token goes under the physical path "
+                                  f"of site {site.name} on IIS host {host_name} ({site.physical_path})",
+                                  code="ChallengeSite"))
+            continue
+        found = delegations.get(domain)
+        if found is None:
+            continue
+        if found.error:
+            notes.append(Note(name, target, f"dns-01 for {domain}: {found.error}", code="ChallengeUnsolvable"))
+        elif found.delegated:
+            by = f"solver {found.solver}" if found.solver is not None else "no solver"
+            what = _describe(acme.solvers[found.solver]) if found.solver is not None else ""
+            notes.append(Note(name, target,
+                              f"dns-01 for {domain} is delegated: {' -> '.join(found.chain)} (CNAME); the TXT "
+                              f"record is written at {found.chain[-1]} by {by}{what}",
+                              code="ChallengeDelegated"))
     return notes
 
 

@@ -234,19 +234,24 @@ ProviderOption = Annotated[str | int | bool, WithJsonSchema({"type": ["string", 
 PROVIDER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
 
 
-class DnsProvider(Model):
-    """A DNS provider's API, through dns-lexicon (``name`` is a lexicon provider: cloudflare, route53, ...)."""
+class DnsRecordCheck(Model):
+    """Where the records go and how their propagation is checked (shared by provider and script)."""
 
-    name: str = Field(pattern=PROVIDER_NAME_PATTERN, description="a dns-lexicon provider name")
-    options: dict[str, ProviderOption] = Field(default_factory=dict, description="the provider's plain settings")
-    secrets: dict[str, SecretRef] = Field(default_factory=dict, description="the provider's credentials")
     zone: Domain | None = Field(default=None, description="the zone of the records (default: found by SOA lookup)")
-    ttl: int = Field(default=60, ge=1)
     propagationTimeout: Duration = Field(default=timedelta(minutes=2), description="bounded wait for the TXT record")
     nameservers: list[str] = Field(default_factory=list, description="authoritative servers to check (default: the zone's NS)")
     resolvers: list[str] = Field(
         default_factory=list,
         description="DNS servers asked for the zone (SOA) and _acme-challenge CNAMEs (default: the system's)")
+
+
+class DnsProvider(DnsRecordCheck):
+    """A DNS provider's API, through dns-lexicon (``name`` is a lexicon provider: cloudflare, route53, ...)."""
+
+    name: str = Field(pattern=PROVIDER_NAME_PATTERN, description="a dns-lexicon provider name")
+    options: dict[str, ProviderOption] = Field(default_factory=dict, description="the provider's plain settings")
+    secrets: dict[str, SecretRef] = Field(default_factory=dict, description="the provider's credentials")
+    ttl: int = Field(default=60, ge=1)
 
 
 PLACEHOLDERS = ("{name}", "{value}", "{zone}")
@@ -263,18 +268,12 @@ def _argv(value: list[str]) -> list[str]:
 Argv = Annotated[list[str], Field(min_length=1), AfterValidator(_argv)]
 
 
-class DnsScript(Model):
+class DnsScript(DnsRecordCheck):
     """Commands that add and remove the TXT record, for DNS without an API certctl speaks."""
 
     create: Argv = Field(description="argv; {name}, {value}, {zone} are replaced")
     delete: Argv = Field(description="argv; {name}, {value}, {zone} are replaced")
     timeout: Duration = Field(default=timedelta(seconds=60), description="per command")
-    zone: Domain | None = Field(default=None, description="the zone of the records (default: found by SOA lookup)")
-    propagationTimeout: Duration = Field(default=timedelta(minutes=2), description="bounded wait for the TXT record")
-    nameservers: list[str] = Field(default_factory=list, description="authoritative servers to check (default: the zone's NS)")
-    resolvers: list[str] = Field(
-        default_factory=list,
-        description="DNS servers asked for the zone (SOA) and _acme-challenge CNAMEs (default: the system's)")
 
 
 class Dns01(Model):

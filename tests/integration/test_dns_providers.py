@@ -20,7 +20,9 @@ from reconciler.app.loader import load
 from reconciler.state.statedir import StateDir
 from reconciler.wiring import build_acme_issuer
 from tests.conftest import Workspace
+from tests.integration import test_certctl_acme as acme
 from tests.integration.servers import Pebble, PebbleOptions, PowerDns, ServerError, wait_until
+from tests.integration.test_certctl_acme import add_cert, status
 
 pytestmark = pytest.mark.integration
 
@@ -82,43 +84,7 @@ def provider_solver(pdns: PowerDns, *, domains: list[str] | None = None, key_env
 
 
 def write_base(ws: Workspace, pebble: Pebble, solvers: str) -> None:
-    ws.write("base.yaml", f"""\
-apiVersion: certctl/v1
-kind: Settings
-metadata: {{name: settings}}
-spec:
-  stateDir: ../state
----
-apiVersion: certctl/v1
-kind: Issuer
-metadata: {{name: pebble}}
-spec:
-  acme:
-    directoryUrl: {pebble.directory_url}
-    email: ops@example.com
-    agreeToS: true
-    caBundle: {pebble.ca_bundle}
-    timeout: 10s
-    solvers:
-{solvers}---
-apiVersion: certctl/v1
-kind: Store
-metadata: {{name: pem}}
-spec:
-  pemDirectory: {{path: ../pem}}
-""")
-
-
-def add_cert(ws: Workspace, name: str, domains: list[str]) -> None:
-    quoted = ", ".join(f'"{d}"' for d in domains)
-    ws.write(f"{name}.yaml", f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: {name}}}\nspec:\n"
-                             f"  issuer: pebble\n  domains: [{quoted}]\n  stores: [pem]\n")
-
-
-def status(run_cli: RunCli, ws: Workspace) -> dict[str, dict[str, Any]]:
-    code, out, err = run_cli("status", "-d", str(ws.desired), "--json")
-    assert code == 0, err
-    return {c["name"]: c for c in json.loads(out)["certificates"]}
+    acme.write_base(ws, pebble.directory_url, pebble.ca_bundle, "    solvers:\n" + solvers)
 
 
 def test_wildcard_and_apex_through_the_powerdns_provider(ws: Workspace, run_cli: RunCli, pdns: PowerDns,

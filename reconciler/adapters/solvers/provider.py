@@ -86,8 +86,7 @@ class LexiconSolver(RecordSolver):
     kind = "dns01 provider"
 
     def __init__(self, spec: DnsProvider, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__(zone=spec.zone, propagation_timeout=spec.propagationTimeout.total_seconds(),
-                         nameservers=spec.nameservers, resolvers=spec.resolvers)
+        super().__init__(spec)
         self.spec = spec
         self.environ = environ
         self._secrets: dict[str, str] | None = None

@@ -25,7 +25,7 @@ from reconciler.adapters.solvers.dnscheck import (
     servers_of,
     wait_visible,
 )
-from reconciler.core.spec import DNS01
+from reconciler.core.spec import DNS01, DnsRecordCheck
 from reconciler.ports import ChallengeTask, SolverError
 
 log = structlog.get_logger()
@@ -45,12 +45,11 @@ class RecordSolver:
 
     kind = "dns01"
 
-    def __init__(self, *, zone: str | None, propagation_timeout: float, nameservers: Sequence[str],
-                 resolvers: Sequence[str]) -> None:
-        self.zone = zone
-        self.propagation_timeout = propagation_timeout
-        self.nameservers = list(nameservers)
-        self.lookup = Lookup(resolvers)
+    def __init__(self, check: DnsRecordCheck) -> None:
+        self.zone = check.zone
+        self.propagation_timeout = check.propagationTimeout.total_seconds()
+        self.nameservers = list(check.nameservers)
+        self.lookup = Lookup(check.resolvers)
 
     # --- subclasses ------------------------------------------------------------------------------
 

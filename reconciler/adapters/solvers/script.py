@@ -22,8 +22,7 @@ class ScriptSolver(RecordSolver):
     kind = "dns01 script"
 
     def __init__(self, spec: DnsScript, environ: Mapping[str, str] | None = None) -> None:
-        super().__init__(zone=spec.zone, propagation_timeout=spec.propagationTimeout.total_seconds(),
-                         nameservers=spec.nameservers, resolvers=spec.resolvers)
+        super().__init__(spec)
         self.spec = spec
         self.environ = environ
 
