@@ -136,6 +136,7 @@ class ChallengeTask:
     token: str
     key_authorization: str  # http-01: the file content; dns-01: the TXT value is its digest
     txt_value: str = ""
+    record: str = ""  # dns-01 delegated by CNAME: where the TXT goes (default: _acme-challenge.<domain>)
 
 
 class Solver(Protocol):
@@ -144,6 +145,29 @@ class Solver(Protocol):
     def prepare(self, tasks: Sequence[ChallengeTask]) -> None: ...
 
     def cleanup(self, tasks: Sequence[ChallengeTask]) -> None: ...
+
+
+@runtime_checkable
+class DelegatingSolver(Protocol):
+    """A dns-01 solver that follows ``_acme-challenge`` CNAMEs (challenge delegation)."""
+
+    def delegation_chain(self, domain: str) -> list[str]:
+        """``[_acme-challenge.<domain>]``, or that name and its CNAME chain: the TXT record goes where the
+        chain ends. Raises SolverError for a loop or a dangling chain."""
+        ...
+
+
+@runtime_checkable
+class SiteFolders(Protocol):
+    """An IIS host whose sites' folders certctl can write (http-01 on IIS as shipped)."""
+
+    name: str
+
+    def observe(self) -> HostState: ...
+
+    def local_path(self, physical_path: str) -> str:
+        """The local file-system path of a site's ``physicalPath`` (environment variables expanded)."""
+        ...
 
 
 class SolverError(Exception):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from reconciler.app.world import World
 from reconciler.core.model import DesiredState
-from reconciler.ports import BindingHost
+from reconciler.ports import BindingHost, SiteFolders
 from reconciler.state.statedir import StateDir
 
 
@@ -27,7 +29,7 @@ def build(desired: DesiredState, state: StateDir) -> World:
     for name, host in desired.iis_hosts.items():
         world.hosts[name] = _host(name, host.spec)
     for name, issuer in desired.issuers.items():
-        world.issuers[name] = _LazyIssuer(name, issuer.spec, state.path)
+        world.issuers[name] = _LazyIssuer(name, issuer.spec, state.path, hosts=world.hosts)
     for name, store in desired.stores.items():
         spec = store.spec
         if spec.pemDirectory is not None:
@@ -56,10 +58,11 @@ def _host(name: str, spec: Any) -> BindingHost:
 class _LazyIssuer:
     """Builds the real backend on first use, so `plan` never opens an ACME account."""
 
-    def __init__(self, name: str, spec: Any, state_path: Path) -> None:
+    def __init__(self, name: str, spec: Any, state_path: Path, hosts: Mapping[str, BindingHost] | None = None) -> None:
         self.name = name
         self.spec = spec
         self.state_path = state_path
+        self.hosts = hosts or {}
         self._backend: Any = None
         self._lock = threading.Lock()  # the executor's threads ask at once: build exactly one backend
 
@@ -75,7 +78,7 @@ class _LazyIssuer:
 
                 self._backend = LocalCAIssuer(self.name, self.spec.localCA, self.state_path)
             else:
-                self._backend = build_acme_issuer(self.name, self.spec.acme, self.state_path)
+                self._backend = build_acme_issuer(self.name, self.spec.acme, self.state_path, hosts=self.hosts)
         return self._backend
 
     def identity(self) -> str:
@@ -97,9 +100,17 @@ class _LazyIssuer:
         return int(self.backend.recover_challenges())
 
 
-def build_acme_issuer(name: str, spec: Any, state_path: Path, **options: Any) -> Any:
-    """An ACME issuer with the real challenge solvers (``options``: environ, retry_policy, order_timeout)."""
+def build_acme_issuer(name: str, spec: Any, state_path: Path, *, hosts: Mapping[str, BindingHost] | None = None,
+                      **options: Any) -> Any:
+    """An ACME issuer with the real challenge solvers (``hosts``: the IIS hosts http01.iis writes to;
+    ``options``: environ, retry_policy, order_timeout)."""
     from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
     from reconciler.adapters.solvers import build_solver
 
-    return AcmeIssuer(name, spec, state_path, solvers=build_solver, **options)
+    known = dict(hosts or {})
+
+    def site_folders(name: str) -> Any:
+        host = known.get(name)
+        return host if isinstance(host, SiteFolders) else None
+
+    return AcmeIssuer(name, spec, state_path, solvers=functools.partial(build_solver, hosts=site_folders), **options)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 from pathlib import Path
 
 import structlog
@@ -12,9 +11,8 @@ import structlog
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
 from reconciler.ports import Material
-from reconciler.support import pki
+from reconciler.support import pki, procs
 from reconciler.support.fs import UnsafePath, atomic_write, safe_folder
-from reconciler.support.procs import run_command
 from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
@@ -171,13 +169,7 @@ def _run(command: Command, env: dict[str, str], timeout: float, what: str) -> No
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
     shown = command if isinstance(command, str) else shlex.join(command)
     try:
-        result = run_command(argv, env, timeout)
-    except subprocess.TimeoutExpired:
-        raise TaskError(f"{what} command timed out after {timeout:g}s and was killed with its child processes: "
-                        f"{shown}") from None
-    except OSError as exc:
-        raise TaskError(f"{what} command could not start: {shown}: {exc.strerror}") from None
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise TaskError(f"{what} command exited {result.returncode}: {shown}" + (f": {' / '.join(tail)}" if tail else ""))
+        procs.run(argv, env, timeout, what, shown)
+    except procs.CommandError as exc:
+        raise TaskError(str(exc)) from None
     log.info("task.command.ok", what=what, command=shown)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
-from reconciler.core import validate
+from reconciler.core import challenge_rules, validate
 from reconciler.core.diagnostics import Diagnostic, Problem, field_path
 from reconciler.core.model import DesiredState, Named, Source
 from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document_model
@@ -141,6 +141,8 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
         if isinstance(d.data, dict) and isinstance(d.data.get("metadata"), dict)
     ) - {(kind, named.name) for kind, named in parsed}
     problems.extend(validate.check(desired, invalid))
+    problems.extend(_provider_problems(desired))
+    problems.extend(challenge_rules.reference_problems(desired))
     diagnostics.extend(_locate(problems))
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.file, d.line, d.column, d.field))
@@ -175,6 +177,18 @@ def _json_data(value: Any, depth: int) -> bool:
     if isinstance(value, float):
         return value == value and value not in (float("inf"), float("-inf"))
     return value is None or isinstance(value, bool | int | str)
+
+
+def _provider_problems(desired: DesiredState) -> list[Problem]:
+    """dns01.provider entries checked against dns-lexicon's own metadata (read only when one is used)."""
+    names = {s.dns01.provider.name for i in desired.issuers.values() if i.spec.acme is not None
+             for s in i.spec.acme.solvers if s.dns01 is not None and s.dns01.provider is not None}
+    if not names:
+        return []
+    from reconciler.adapters.solvers.provider import catalog
+
+    found, known = catalog(names)
+    return challenge_rules.provider_problems(desired, found, known)
 
 
 def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple[int, Any]] | Diagnostic]]:

@@ -226,14 +226,21 @@ class Webroot(Model):
     path: RelPath
 
 
+class IisWebroot(Model):
+    """http-01 answered by an IIS site as shipped: the site that serves the name on port 80 of that host."""
+
+    host: str = Field(description="the IisHost whose site serves the name over http on port 80")
+
+
 class Http01(Model):
     standalone: Standalone | None = None
     webroot: Webroot | None = None
+    iis: IisWebroot | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Http01:
-        if (self.standalone is None) == (self.webroot is None):
-            raise ValueError("give exactly one of standalone or webroot")
+        if sum(x is not None for x in (self.standalone, self.webroot, self.iis)) != 1:
+            raise ValueError("give exactly one of standalone, webroot or iis")
         return self
 
 
@@ -262,8 +269,62 @@ class Rfc2136(Model):
         return self
 
 
+ProviderOption = Annotated[str | int | bool, WithJsonSchema({"type": ["string", "integer", "boolean"]})]
+PROVIDER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
+
+
+class DnsRecordCheck(Model):
+    """Where the records go and how their propagation is checked (shared by provider and script)."""
+
+    zone: Domain | None = Field(default=None, description="the zone of the records (default: found by SOA lookup)")
+    propagationTimeout: Duration = Field(default=timedelta(minutes=2), description="bounded wait for the TXT record")
+    nameservers: list[str] = Field(default_factory=list, description="authoritative servers to check (default: the zone's NS)")
+    resolvers: list[str] = Field(
+        default_factory=list,
+        description="DNS servers asked for the zone (SOA) and _acme-challenge CNAMEs (default: the system's)")
+
+
+class DnsProvider(DnsRecordCheck):
+    """A DNS provider's API, through dns-lexicon (``name`` is a lexicon provider: cloudflare, route53, ...)."""
+
+    name: str = Field(pattern=PROVIDER_NAME_PATTERN, description="a dns-lexicon provider name")
+    options: dict[str, ProviderOption] = Field(default_factory=dict, description="the provider's plain settings")
+    secrets: dict[str, SecretRef] = Field(default_factory=dict, description="the provider's credentials")
+    ttl: int = Field(default=60, ge=1)
+
+
+PLACEHOLDERS = ("{name}", "{value}", "{zone}")
+
+
+def _argv(value: list[str]) -> list[str]:
+    for part in value:
+        for brace in re.findall(r"{[^}]*}", part):
+            if brace not in PLACEHOLDERS:
+                raise ValueError(f"unknown placeholder {brace} in {part!r}; the placeholders are {', '.join(PLACEHOLDERS)}")
+    return value
+
+
+Argv = Annotated[list[str], Field(min_length=1), AfterValidator(_argv)]
+
+
+class DnsScript(DnsRecordCheck):
+    """Commands that add and remove the TXT record, for DNS without an API certctl speaks."""
+
+    create: Argv = Field(description="argv; {name}, {value}, {zone} are replaced")
+    delete: Argv = Field(description="argv; {name}, {value}, {zone} are replaced")
+    timeout: Duration = Field(default=timedelta(seconds=60), description="per command")
+
+
 class Dns01(Model):
-    rfc2136: Rfc2136
+    rfc2136: Rfc2136 | None = None
+    provider: DnsProvider | None = None
+    script: DnsScript | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Dns01:
+        if sum(x is not None for x in (self.rfc2136, self.provider, self.script)) != 1:
+            raise ValueError("give exactly one of rfc2136, provider or script")
+        return self
 
 
 HTTP01 = "http-01"

@@ -95,9 +95,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     world = _world(args, desired)
     observed = _observe(world)
     plan = make_plan(desired, observed, at)
+    from reconciler.app.challenges import UNSOLVABLE, annotate
+
+    plan = annotate(desired, observed, plan)
     if args.out or args.json:
         plan = with_fingerprints(plan, desired, observed)
     _emit(args, plan)
+    unsolvable = [n for n in plan.notes if n.code == UNSOLVABLE]
+    for note in unsolvable:
+        print(f"certctl: error: certificate {note.certificate}: {note.message}", file=sys.stderr)
+    if unsolvable:
+        return EXIT_ERROR
     if args.detailed_exitcode and plan.changes:
         return EXIT_CHANGES
     return EXIT_OK
@@ -114,7 +122,9 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
         if getattr(args, "planfile", None):
             plan = _saved_plan(Path(args.planfile), desired, observed)
         else:
-            plan = make_plan(desired, observed, _now(), forced)
+            from reconciler.app.challenges import annotate
+
+            plan = annotate(desired, observed, make_plan(desired, observed, _now(), forced))
         sys.stdout.write(render.text(plan))
         if not plan.changes:
             return EXIT_OK

@@ -1,11 +1,33 @@
-"""Running outside commands so that they end with everything they started."""
+"""Running outside commands (deployment tasks, dns-01 scripts, git) so that they end with everything they started."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
+from collections.abc import Mapping, Sequence
+
+
+class CommandError(Exception):
+    """The command could not start, timed out, or exited non-zero; the message says which, with its output's tail."""
+
+
+def run(argv: Sequence[str], env: Mapping[str, str], timeout: float, what: str, shown: str | None = None) -> str:
+    """Run ``argv`` (``run_command``); its standard output, or CommandError naming it as ``shown``."""
+    shown = shown if shown is not None else shlex.join(argv)
+    try:
+        result = run_command(list(argv), dict(env), timeout)
+    except subprocess.TimeoutExpired:
+        raise CommandError(f"{what} command timed out after {timeout:g}s and was killed with its child processes: "
+                           f"{shown}") from None
+    except OSError as exc:
+        raise CommandError(f"{what} command could not start: {shown}: {exc.strerror}") from None
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise CommandError(f"{what} command exited {result.returncode}: {shown}" + (f": {' / '.join(tail)}" if tail else ""))
+    return result.stdout
 
 
 def run_command(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:

@@ -764,3 +764,99 @@ class AriProxy:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+# --- PowerDNS ------------------------------------------------------------------------------------------------------
+
+
+class PowerDns:
+    """The PowerDNS authoritative server (``pdns_server``, SQLite backend) with its HTTP API on loopback.
+
+    ``add_zone`` creates a zone whose every name resolves to 127.0.0.1 (a wildcard A record) with one
+    name server, ``ns.<zone>``, at this server; ``txt`` asks the server directly what it serves.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.port = free_port(udp=True)
+        self.api_port = free_port()
+        self.api_key = secrets.token_hex(16)
+        self.process: Process | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.api_port}"
+
+    def start(self) -> PowerDns:
+        import sqlite3
+
+        binary = require("pdns_server")
+        schema = next((p for p in (Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"),
+                                   Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")) if p.exists()), None)
+        if schema is None:
+            raise ServerError(f"the PowerDNS SQLite schema is missing: {INSTALL_HINT} (pdns-backend-sqlite3)")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        database = self.folder / "pdns.sqlite3"
+        with contextlib.closing(sqlite3.connect(database)) as db:
+            db.executescript(schema.read_text())
+        (self.folder / "pdns.conf").write_text("\n".join([
+            "launch=gsqlite3",
+            f"gsqlite3-database={database}",
+            f"local-address={LOOPBACK}",
+            f"local-port={self.port}",
+            "api=yes",
+            f"api-key={self.api_key}",
+            "webserver=yes",
+            f"webserver-address={LOOPBACK}",
+            f"webserver-port={self.api_port}",
+            "webserver-allow-from=127.0.0.0/8",
+            f"socket-dir={self.folder}",
+            "guardian=no",
+            "daemon=no",
+            "disable-syslog=yes",
+            "zone-cache-refresh-interval=0",
+            "cache-ttl=0",
+            "negquery-cache-ttl=0",
+            "query-cache-ttl=0",
+            "consistent-backends=yes",
+            "security-poll-suffix=",
+            "",
+        ]))
+        self.process = Process("pdns_server", [binary, f"--config-dir={self.folder}"], self.folder / "pdns.log",
+                               cwd=self.folder)
+        wait_until(lambda: self._api("GET", "/servers/localhost").status_code == 200, 20, "pdns_server", self.process)
+        return self
+
+    def _api(self, method: str, path: str, body: Any = None) -> requests.Response:
+        return requests.request(method, f"{self.api_url}/api/v1{path}", json=body,
+                                headers={"X-API-Key": self.api_key}, timeout=5)
+
+    def add_zone(self, zone: str, records: list[tuple[str, str, str]] = ()) -> None:  # type: ignore[assignment]
+        """A zone with NS ns.<zone> (here), ``* A 127.0.0.1``, the apex A, and ``records`` (name, type, content)."""
+        rrsets = [
+            {"name": f"ns.{zone}.", "type": "A", "ttl": 60, "records": [{"content": LOOPBACK, "disabled": False}]},
+            {"name": f"{zone}.", "type": "A", "ttl": 60, "records": [{"content": LOOPBACK, "disabled": False}]},
+            {"name": f"*.{zone}.", "type": "A", "ttl": 60, "records": [{"content": LOOPBACK, "disabled": False}]},
+        ]
+        for name, rtype, content in records:
+            rrsets.append({"name": name if name.endswith(".") else f"{name}.", "type": rtype, "ttl": 60,
+                           "records": [{"content": content, "disabled": False}]})
+        response = self._api("POST", "/servers/localhost/zones", {
+            "name": f"{zone}.", "kind": "Native", "nameservers": [f"ns.{zone}."], "rrsets": rrsets,
+        })
+        if response.status_code not in (201, 204):
+            raise ServerError(f"PowerDNS refused zone {zone}: {response.status_code} {response.text}")
+
+    def txt(self, name: str) -> set[str]:
+        q = dns.message.make_query(name, dns.rdatatype.TXT)
+        r = dns.query.udp(q, LOOPBACK, port=self.port, timeout=2)
+        return {b"".join(rr.strings).decode() for rrset in r.answer
+                if rrset.rdtype == dns.rdatatype.TXT and rrset.name.to_text(omit_final_dot=True) == name for rr in rrset}
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()

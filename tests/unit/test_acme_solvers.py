@@ -12,7 +12,8 @@ import dns.name
 import pytest
 
 from reconciler.adapters.solvers import build_solver
-from reconciler.adapters.solvers.dns01 import Rfc2136Solver, challenge_name, split_host_port
+from reconciler.adapters.solvers.dns01 import Rfc2136Solver
+from reconciler.adapters.solvers.dnscheck import challenge_name, split_host_port
 from reconciler.adapters.solvers.http01 import LISTENERS, StandaloneHttp01, WebrootHttp01
 from reconciler.core.spec import Rfc2136, Solver
 from reconciler.ports import ChallengeTask, SolverError

@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import xml.parsers.expat
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from reconciler.core.iis_rules import ADDRESS_PROTOCOLS
@@ -531,3 +531,17 @@ def _flags_from_names(text: str) -> int:
             return -1
         total |= value
     return total
+
+
+def expand_variables(physical_path: str, environ: Mapping[str, str]) -> str:
+    """``%SystemDrive%\\inetpub`` with its variables expanded, case-insensitively as Windows does; ValueError
+    for a variable ``environ`` lacks."""
+    lowered = {k.lower(): v for k, v in environ.items()}
+
+    def expand(match: re.Match[str]) -> str:
+        value = lowered.get(match.group(1).lower())
+        if value is None:
+            raise ValueError(f"physical path {physical_path!r}: %{match.group(1)}% is not set")
+        return value
+
+    return re.sub(r"%([^%]+)%", expand, physical_path)

@@ -11,6 +11,9 @@
 <root>/certstore/<Store>/<TP>.pfx    Cert:\\LocalMachine\\<Store>: certificate (+ key), unencrypted PKCS#12,
 <root>/certstore/<Store>/<TP>.json   mode 0600 (standing in for DPAPI); the JSON: friendly name and metadata
 <root>/ccs/<host>.pfx                the Centralized Certificate Store share
+<root>/drives/<letter>/<path>        the machine's disks: a site's physicalPath D:\\Sites\\shop is
+                                     <root>/drives/D/Sites/shop (%SystemDrive% is C:, %SystemRoot% C:\\Windows);
+                                     a UNC path \\\\server\\share\\x is <root>/unc/server/share/x
 ```
 
 A commit (:meth:`EmulatedHost.apply`) works like Microsoft.Web.Administration's CommitChanges: the XML
@@ -39,7 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from reconciler.adapters.iis.appconfig import FILE_NAME as CONFIG_FILE
-from reconciler.adapters.iis.appconfig import AppHostConfig, ConfigError
+from reconciler.adapters.iis.appconfig import AppHostConfig, ConfigError, expand_variables
 from reconciler.adapters.iis.certstore import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.changes import resolve, thumbprint_users
 from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
@@ -378,10 +381,36 @@ class EmulatedHost:
         self._discard(staged, [], self.root / INTENT_FILE)
         return True
 
+    def local_path(self, physical_path: str) -> str:
+        """Where a site's ``physicalPath`` lies inside this machine's folder (see the layout above)."""
+        return str(emulated_path(self.root, physical_path))
+
     def store(self, store_name: str, *, name: str | None = None) -> EmulatedStore:
         """The host's ``Cert:\\LocalMachine\\<store_name>``; ``name`` is the Store's name in certctl (default: the
         Windows store name)."""
         return EmulatedStore(self, store_name, name=name)
+
+
+EMULATED_ENVIRONMENT = {"systemdrive": "C:", "systemroot": "C:\\Windows"}
+
+
+def emulated_path(root: Path, physical_path: str) -> Path:
+    """``C:\\inetpub\\wwwroot`` → ``<root>/drives/C/inetpub/wwwroot``; never a path outside ``root``."""
+    try:
+        text = expand_variables(physical_path, EMULATED_ENVIRONMENT).replace("/", "\\")
+    except ValueError as exc:
+        raise IisHostError(f"{exc} on the emulated machine") from None
+    drive = re.match(r"^([A-Za-z]):(?:\\|$)", text)
+    if drive:
+        base, rest = root / "drives" / drive.group(1).upper(), text[2:]
+    elif text.startswith("\\\\"):
+        base, rest = root / "unc", text[2:]
+    else:
+        raise IisHostError(f"physical path {physical_path!r} is not an absolute Windows path")
+    parts = [p for p in rest.split("\\") if p and p != "."]
+    if any(p == ".." or ":" in p for p in parts):
+        raise IisHostError(f"physical path {physical_path!r} steps outside its drive")
+    return base.joinpath(*parts)
 
 
 class EmulatedStore:

@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 from cryptography import x509
 
-from reconciler.adapters.iis.appconfig import make_binding
+from reconciler.adapters.iis.appconfig import expand_variables, make_binding
 from reconciler.adapters.iis.certstore import StoreError, friendly_name, managed_by
 from reconciler.adapters.iis.changes import Step, resolve, thumbprint_users
 from reconciler.adapters.iis.httpsys import (
@@ -240,6 +240,13 @@ class WindowsHost:
         self.ccs_password = ccs_password
         self.commit_attempts = commit_attempts
         self.backoff_ms = backoff_ms
+
+    def local_path(self, physical_path: str) -> str:
+        """A site's ``physicalPath`` on this machine, its ``%VARIABLES%`` expanded from the environment."""
+        try:
+            return expand_variables(physical_path, os.environ)
+        except ValueError as exc:
+            raise WindowsHostError(str(exc)) from None
 
     def _run(self, script: str, env: Mapping[str, str] | None = None) -> Any:
         return extract_json(self.runner(script, dict(env or {})))

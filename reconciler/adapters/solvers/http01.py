@@ -212,8 +212,9 @@ class StandaloneHttp01:
 class WebrootHttp01:
     """Writes .well-known/acme-challenge/TOKEN under a folder a web server serves, and removes it."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, companion: tuple[str, bytes] | None = None) -> None:
         self.root = Path(path)
+        self.companion = companion  # (file name, content) written beside the tokens, e.g. IIS's web.config
         self._lock = threading.Lock()
         self._created: set[Path] = set()  # folders this solver made (removed again once empty)
 
@@ -243,6 +244,14 @@ class WebrootHttp01:
                         raise SolverError(f"http01 webroot: cannot create {part}: {exc.strerror}") from None
                     os.chmod(part, 0o755)  # readable by the web server whatever the umask
                     self._created.add(part)
+            if self.companion is not None:
+                extra = folder / self.companion[0]
+                if not extra.exists():  # one that was there before is the user's: used as it is, never removed
+                    try:
+                        atomic_write(extra, self.companion[1], mode=0o644)
+                    except OSError as exc:
+                        raise SolverError(f"http01 webroot: cannot write {extra}: {exc.strerror}") from None
+                    log.info("http01.webroot.companion_written", path=str(extra))
             for task in tasks:
                 _check(task)
                 target = folder / task.token
@@ -267,6 +276,7 @@ class WebrootHttp01:
                     pass
                 except OSError as exc:
                     failures.append(f"{target}: {exc.strerror}")
+            self._remove_companion(folder)
             for part in (folder, folder.parent):
                 if part in self._created:
                     with contextlib.suppress(OSError):
@@ -274,6 +284,21 @@ class WebrootHttp01:
                         self._created.discard(part)
         if failures:
             raise SolverError("http01 webroot: cannot remove " + "; ".join(failures))
+
+
+    def _remove_companion(self, folder: Path) -> None:
+        """The companion file goes once no token is left beside it, and only if it is exactly the one
+        certctl writes (so a file the user had there, or changed, stays; after a crash, ours goes)."""
+        if self.companion is None:
+            return
+        extra = folder / self.companion[0]
+        try:
+            if any(p.name != extra.name for p in folder.iterdir()) or extra.read_bytes() != self.companion[1]:
+                return
+            extra.unlink()
+        except OSError:
+            return
+        log.info("http01.webroot.companion_removed", path=str(extra))
 
 
 def _safe_token(token: str) -> bool:

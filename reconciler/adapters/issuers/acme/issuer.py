@@ -34,6 +34,7 @@ from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.adapters.issuers.acme.transport import Network, Session, directory_entry, utc
 from reconciler.core import spec as specs
 from reconciler.ports import (
+    DelegatingSolver,
     IssueError,
     IssueRequest,
     Material,
@@ -150,7 +151,7 @@ class AcmeIssuer:
             session = self._session()
             try:
                 order = Order(session, self.spec.solvers, self._solvers, self._solver_index, self.challenges, self.ari,
-                              self.order_timeout, self.spec.preferredChain, bound)
+                              self.order_timeout, self.spec.preferredChain, bound, self._delegate)
                 return order.run(request, plan, key, csr)
             except IssueError:
                 raise
@@ -184,6 +185,25 @@ class AcmeIssuer:
                 transient=False,
             )
         return index
+
+    def _delegate(self, domain: str, index: int) -> tuple[int, str]:
+        """Challenge delegation: when ``_acme-challenge.<domain>`` is a CNAME, the record goes where the
+        chain ends, written by the solver whose selector matches that name."""
+        solver = self._solvers[index]
+        if not isinstance(solver, DelegatingSolver):
+            return index, ""
+        try:
+            record = solver.delegation_chain(domain)[-1]
+        except SolverError as exc:
+            raise IssueError(f"dns-01 for {domain}: {exc}", transient=False) from None
+        if record == f"_acme-challenge.{domain}":
+            return index, ""
+        target = delegation_solver(self.spec, record)
+        if isinstance(target, str):
+            raise IssueError(f"dns-01 for {domain} is delegated by CNAME to {record}, but {target} of Issuer {self.name}",
+                             transient=False)
+        log.info("acme.challenge.delegated", issuer=self.name, domain=domain, record=record, solver=target)
+        return target, record
 
     def _solver_plan(self, request: IssueRequest) -> dict[str, int]:
         if not request.domains:
@@ -229,6 +249,17 @@ class AcmeIssuer:
             net.session.close()
             raise retry.to_issue_error(exc, context) from None
         return Session(net, client, directory, key)
+
+
+def delegation_solver(spec: specs.Acme, record: str) -> int | str:
+    """The index of the dns01 solver that writes a delegated ``record``, or why there is none."""
+    chosen = spec.solver_for(record)
+    if chosen is None:
+        return "no solver matches that name: add a dns01 solver whose domains cover it"
+    index = next(i for i, s in enumerate(spec.solvers) if s is chosen)
+    if chosen.dns01 is None:
+        return f"the solver that matches that name (solver {index}) is not a dns01 solver"
+    return index
 
 
 def normalize_url(url: str) -> str:

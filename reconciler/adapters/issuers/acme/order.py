@@ -45,6 +45,8 @@ class Order:
     timeout: float  # seconds for the whole order
     preferred_chain: str | None
     log: Any  # a bound structlog logger
+    # dns-01: (domain, solver index) -> (index of the solver that writes the record, record name or "")
+    delegate: Callable[[str, int], tuple[int, str]] | None = None
 
     def run(self, request: IssueRequest, plan: dict[str, int], key: pki.PrivateKey,
             csr: x509.CertificateSigningRequest) -> Material:
@@ -144,12 +146,16 @@ class Order:
                     transient=False,
                 )
             response, validation = challb.chall.response_and_validation(session.key)
+            record = ""
+            if kind == specs.DNS01 and self.delegate is not None:
+                index, record = self.delegate(ident, index)
             task = ChallengeTask(
                 domain=ident,
                 kind=kind,
                 token=challb.chall.encode("token"),
                 key_authorization=response.key_authorization,
                 txt_value=validation if kind == specs.DNS01 else "",
+                record=record,
             )
             out.append(_Pending(url, domain, challb, response, task, index))
         return out
