@@ -22,23 +22,29 @@ def fsync_dir(path: Path) -> None:
 def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a reader sees the old or the new content, never a mix.
 
-    The file gets ``mode`` from the moment it exists (a key is never readable by others, even briefly).
+    The temporary file is 0600 while it is written (one a crash leaves behind never shows a key to
+    others) and gets ``mode`` just before it takes the name. An error names ``path``, not the temporary.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, str):
         data = data.encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, mode)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # created 0600
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+            os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         raise
     fsync_dir(path.parent)
 

@@ -10,6 +10,10 @@ Layout (never committed; keys 0600; every file written atomically):
   deployments.jsonl             per (certificate, task): thumbprint last deployed successfully
   bindings.jsonl                IIS https bindings certctl added (host|site|bindingInformation)
   journal.jsonl                 write-ahead log of apply: intent, outcome
+
+Every log append starts on a fresh line and is cut back off if it fails (full disk), so a torn record
+never swallows the next one; a damaged line (torn, garbage, not UTF-8, the wrong shape) is skipped with
+a warning naming the file and line, and the rest of the file is read as usual.
   applied.json                  the desired-state revision (git commit) the last apply carried out
   daemon.lock, notify.json      flock'ed by the one `certctl daemon`; alerts sent (reconciler.notify)
 """
@@ -21,7 +25,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,11 +40,68 @@ from reconciler.fsutil import acquire, atomic_write, unlock
 from reconciler.ports import Material
 
 JOURNAL_ROTATE_BYTES = 8 << 20
+VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
 log = structlog.get_logger()
 
 
 class LockBusy(Exception):
     pass
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one record and fsync it, always on a fresh line.
+
+    A torn tail (a crash or a full disk mid-append) first gets its newline, so the torn record (skipped
+    on reading) never swallows this one. A failed append is cut back off, so the file keeps exactly what
+    it held; the error names the file.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.lseek(fd, size - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":
+                line = b"\n" + line
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every JSON object line of ``path``; a damaged line (torn, garbage,
+    not UTF-8, not an object) is skipped with a warning naming the file and line."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError included
+            damaged(path, number, f"not a JSON line ({exc.__class__.__name__})")
+            continue
+        if not isinstance(entry, dict):
+            damaged(path, number, f"a JSON {type(entry).__name__}, not an object")
+            continue
+        yield number, entry
+
+
+def damaged(path: Path, line: int, problem: str) -> None:
+    log.warning("state.line.skipped", file=str(path), line=line, problem=problem,
+                note="a damaged line of a state log (torn by a crash or a full disk, or edited); skipped")
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -73,11 +134,13 @@ class KeyedLog:
     One fsync'ed append per change, whatever the size of the map (a full rewrite per change would cost
     O(n) and make 10,000 issuances quadratic). The map is cached in memory and re-read only when the
     file's size or identity changed (another process wrote it). The log compacts itself, atomically,
-    once it holds more than twice as many lines as live keys. A torn last line (a crash mid-append) is ignored.
+    once it holds more than twice as many lines as live keys. A damaged line (a crash or a full disk
+    mid-append, garbage, the wrong shape) is skipped with a warning: the key keeps its previous value.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check: Callable[[str, Any], object] | None = None) -> None:
         self.path = path
+        self._check = check  # raises (KeyError, TypeError, ValueError, AttributeError) on a value of the wrong shape
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
         self._lines = 0
@@ -106,11 +169,17 @@ class KeyedLog:
             return
         self._cache, self._lines = {}, 0
         if seen is not None:
-            for raw in self.path.read_bytes().splitlines():
-                try:
-                    entry = json.loads(raw)
-                except ValueError:
+            for number, entry in read_records(self.path):
+                key, value = entry.get("k"), entry.get("v")
+                if not isinstance(key, str) or "v" not in entry:
+                    damaged(self.path, number, "not a {k, v} record")
                     continue
+                if value is not None and self._check is not None:
+                    try:
+                        self._check(key, value)
+                    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                        damaged(self.path, number, f"the value for {key!r} has the wrong shape ({exc!r})")
+                        continue
                 self._apply(entry)
         self._seen = seen
 
@@ -127,12 +196,7 @@ class KeyedLog:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             entry = {"k": key, "v": value}
             line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path, line.encode())
             self._apply(entry)
             if self._lines > 2 * len(self._cache) + 64:
                 body = "".join(
@@ -147,15 +211,25 @@ class KeyedLog:
         self.set(key, None)
 
 
+def _check_str(key: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+
+
+def _check_binding(key: str, value: Any) -> None:
+    if len(key.split("|", 2)) != 3 or not isinstance(value, dict):
+        raise ValueError("not host|site|binding -> {certificate, at}")
+
+
 class StateDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
-        self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl")
-        self._attempts = KeyedLog(self.path / "attempts.jsonl")
-        self._deployments = KeyedLog(self.path / "deployments.jsonl")
-        self._bindings = KeyedLog(self.path / "bindings.jsonl")
+        self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl", self._versions)
+        self._attempts = KeyedLog(self.path / "attempts.jsonl", self._attempts_from)
+        self._deployments = KeyedLog(self.path / "deployments.jsonl", _check_str)
+        self._bindings = KeyedLog(self.path / "bindings.jsonl", _check_binding)
 
     # --- lock ---------------------------------------------------------------------------------
 
@@ -183,11 +257,13 @@ class StateDir:
 
     def _read_json(self, name: str, default: Any) -> Any:
         try:
-            return json.loads((self.path / name).read_text())
+            return json.loads((self.path / name).read_bytes())
         except FileNotFoundError:
             return default
         except (OSError, ValueError) as exc:
-            raise RuntimeError(f"state file {self.path / name} is unreadable ({exc}); move it away to start afresh") from exc
+            log.warning("state.file.unreadable", file=str(self.path / name), error=str(exc),
+                        note="ignored; it is written afresh by the next apply")
+            return default
 
     def _write_json(self, name: str, data: Any, mode: int = 0o600) -> None:
         atomic_write(self.path / name, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
@@ -199,21 +275,37 @@ class StateDir:
         return self.path / "vault"
 
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
-        """Every issued version; built from the index log once per change of it (cached as a pickle)."""
+        """Every issued version; built from the index log once per change of it (cached as a pickle).
+        The newest version of each certificate says which of its vault files are gone (``lost``)."""
         try:
             key = file_key(os.stat(self._vault_index.path))
         except FileNotFoundError:
             return {}
-        cache = PickleCache(self.path / "cache", "vault-index")
+        cache = PickleCache(self.path / "cache", "vault-index-2")
         hit = cache.load()
         if hit.get("key") == key:
-            return dict(hit["issued"])
-        issued = {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
-        cache.save({"key": key, "issued": issued})
-        return issued
+            issued = dict(hit["issued"])
+        else:
+            issued = {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
+            cache.save({"key": key, "issued": issued})
+        return {name: self._mark_lost(versions) for name, versions in issued.items()}
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
-        return self._versions(name, self._vault_index.get(name) or {})
+        return self._mark_lost(self._versions(name, self._vault_index.get(name) or {}))
+
+    def _mark_lost(self, versions: tuple[IssuedVersion, ...]) -> tuple[IssuedVersion, ...]:
+        """The newest version, marked with the vault files it lacks (a deleted key cannot be deployed)."""
+        if not versions:
+            return versions
+        newest = versions[-1]
+        try:
+            present = set(os.listdir(self.vault / newest.certificate / newest.info.thumbprint))
+        except OSError:
+            present = set()
+        lost = [f for f in VAULT_FILES if f not in present]
+        if not lost:
+            return versions
+        return (*versions[:-1], replace(newest, lost=", ".join(lost)))
 
     @staticmethod
     def _versions(name: str, versions: dict[str, Any]) -> tuple[IssuedVersion, ...]:
@@ -271,7 +363,7 @@ class StateDir:
     def _attempts_from(name: str, a: dict[str, Any]) -> Attempts:
         return Attempts(
             certificate=name,
-            consecutive_failures=a.get("consecutive_failures", 0),
+            consecutive_failures=int(a.get("consecutive_failures", 0)),
             last_attempt=_dt(a.get("last_attempt")),
             last_success=_dt(a.get("last_success")),
             last_error=a.get("last_error"),
@@ -344,23 +436,10 @@ class StateDir:
         line = json.dumps({"at": datetime.now(UTC).isoformat(), "event": event, **fields}, sort_keys=True)
         with self._mutex:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, (line + "\n").encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path / "journal.jsonl", (line + "\n").encode())
 
     def journal_entries(self) -> list[dict[str, Any]]:
-        try:
-            lines = (self.path / "journal.jsonl").read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))  # a torn last line after a crash is skipped
-        return out
+        return [entry for _, entry in read_records(self.path / "journal.jsonl")]
 
     def close_unfinished(self, by: str) -> list[dict[str, Any]]:
         """Close every action a stopped process left open (intent without outcome) as ``recovered``, then

@@ -5,7 +5,11 @@
   <path>/<certificate>/{cert,chain,fullchain,privkey}.pem -> current/<file>
 
 A web server reads ``<path>/<certificate>/fullchain.pem`` and ``privkey.pem`` and never sees a
-certificate paired with the wrong key. Earlier versions stay until cleanup removes them.
+certificate paired with the wrong key: the four links are made before ``current`` (on a first install
+they dangle until then), so flipping ``current`` is the one step that switches what a consumer reads.
+Observe checks everything a consumer reads (the four links, ``current``, the live version's files and
+that its key matches its certificate) and reports a difference as drift, which ``install`` repairs.
+Earlier versions stay until cleanup removes them.
 Anything else found in the folder (PEM files of other tools) is observed as unmanaged and never touched.
 """
 
@@ -34,8 +38,8 @@ class PemDirectoryStore:
         self.name = name
         self.path = Path(path)
         self._cache = PickleCache(cache_dir, PickleCache.name_for("pemdir", str(self.path.resolve())))
-        self._seen: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
-        self._known: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
+        self._seen: dict[str, Cached] = {}
+        self._known: dict[str, Cached] = {}
 
     # --- observe -----------------------------------------------------------------------------------
 
@@ -56,7 +60,7 @@ class PemDirectoryStore:
             return StoreState(self.name)  # created on first install
         except OSError as exc:
             return StoreState(self.name, problems=(f"cannot read store folder {self.path}: {exc.strerror}",), reachable=False)
-        managed: list[tuple[str, str | None, list[str]]] = []  # (certificate folder, live version, versions)
+        managed: list[tuple[str, str | None, list[str], str | None]] = []  # (folder, live version, versions, drift)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -73,22 +77,23 @@ class PemDirectoryStore:
                         certs.append(found)
             except OSError as exc:
                 problems.append(f"cannot read {entry.path}: {exc.strerror}")
-        read = self._read_all([f"{folder}/versions/{v}" for folder, _, versions in managed for v in versions], problems)
-        for folder, current, versions in managed:
-            certs.extend(self._stored(folder, current, versions, read))
+        read = self._read_all([f"{folder}/versions/{v}" for folder, _, versions, _ in managed for v in versions], problems)
+        for folder, current, versions, drift in managed:
+            certs.extend(self._stored(folder, current, versions, read, drift))
         return StoreState(self.name, tuple(certs), tuple(problems))
 
     @staticmethod
-    def _list_managed(folder: str, problems: list[str]) -> tuple[str, str | None, list[str]] | None:
-        current = None
+    def _list_managed(folder: str, problems: list[str]) -> tuple[str, str | None, list[str], str | None] | None:
+        link = None
         with contextlib.suppress(OSError):
-            current = os.path.basename(os.readlink(folder + "/current"))
+            link = os.readlink(folder + "/current")
         try:
             names = sorted(n for n in os.listdir(folder + "/versions") if not n.startswith("."))
         except OSError as exc:
             problems.append(f"cannot read {folder}/versions: {exc.strerror}")
             return None
-        return folder, current, names
+        current = os.path.basename(link) if link and link == f"versions/{os.path.basename(link)}" else None
+        return folder, current if current in names else None, names, _links_drift(folder)
 
     def _read_all(self, folders: list[str], problems: list[str]) -> dict[str, tuple[CertInfo, dict[str, object], bool]]:
         """Every version's certificate facts, metadata and whether its key is there; unchanged versions
@@ -98,37 +103,39 @@ class PemDirectoryStore:
         for folder in folders:
             keys = _version_keys(folder)
             known = self._known.get(folder)
-            if keys is not None and known is not None and (known[0], known[1]) == keys:
+            if keys is not None and known is not None and known[:3] == keys:
                 self._seen[folder] = known
-                out[folder] = (known[2], known[3], os.path.exists(folder + "/privkey.pem"))
+                out[folder] = (known[3], known[4], known[5])
             else:
                 misses.append(folder)
         for folder, result in zip(misses, map_batch(_read_versions, misses), strict=True):
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            cert_key, meta_key, info, meta, has_key = result
-            self._seen[folder] = (cert_key, meta_key, info, meta)
-            out[folder] = (info, meta, has_key)
+            self._seen[folder] = result
+            out[folder] = (result[3], result[4], result[5])
         return out
 
     def _stored(self, folder: str, current: str | None, versions: list[str],
-                read: dict[str, tuple[CertInfo, dict[str, object], bool]]) -> list[StoredCert]:
+                read: dict[str, tuple[CertInfo, dict[str, object], bool]], drift: str | None) -> list[StoredCert]:
         found = [(v, *read[f"{folder}/versions/{v}"]) for v in versions if f"{folder}/versions/{v}" in read]
         found.sort(key=lambda vimk: (str(vimk[2].get("installed_at", "")), vimk[0]))
         out: list[StoredCert] = []
-        for i, (version, info, meta, has_key) in enumerate(found):
+        for i, (version, info, meta, key_ok) in enumerate(found):
             owner = str(meta.get("managed_by", ""))
             superseded = found[i + 1][2].get("installed_at") if i + 1 < len(found) else None
+            live = version == current
+            version_drift = _version_drift(f"{folder}/versions/{version}", key_ok) if live else None
             out.append(StoredCert(
                 store=self.name,
                 info=info,
                 ref=f"{os.path.basename(folder)}/{version}",
                 managed_by=owner[len(MANAGED_PREFIX):] if owner.startswith(MANAGED_PREFIX) else None,
-                current=version == current,
+                current=live,
                 installed_at=_dt(meta.get("installed_at")),
                 superseded_at=_dt(superseded),
-                has_key=has_key,
+                has_key=key_ok,
+                drift=(drift or version_drift) if live else None,
             ))
         return out
 
@@ -163,9 +170,12 @@ class PemDirectoryStore:
         version = f"{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{material.info.thumbprint[:8]}"
         target = versions / version
         existing = self._find(folder, material.info.thumbprint)
-        if existing is not None:
+        if existing is not None and _version_drift(str(existing), _key_ok(str(existing))) is None:
             version, target = existing.name, existing
         else:
+            if existing is not None:  # damaged (a file gone, a key that does not match): written afresh
+                version, target = existing.name, existing
+                self._discard(existing)
             tmp = versions / f".{version}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True, mode=0o755)
@@ -176,13 +186,17 @@ class PemDirectoryStore:
             meta = {"managed_by": f"{MANAGED_PREFIX}{certificate}", "thumbprint": material.info.thumbprint,
                     "installed_at": at.astimezone(UTC).isoformat()}
             atomic_write(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+            if target.exists():  # a damaged folder of that name (a copy whose cert.pem is gone)
+                self._discard(target)
             os.replace(tmp, target)  # the whole version appears at once
             fsync_dir(versions)
-        atomic_symlink(f"versions/{version}", folder / "current")
-        for name in FILES:
+        for name in FILES:  # first: once ``current`` exists, all four names lead to it
             link = folder / name
             if not (link.is_symlink() and os.readlink(link) == f"current/{name}"):
+                if link.is_dir() and not link.is_symlink():
+                    self._discard(link)
                 atomic_symlink(f"current/{name}", link)
+        atomic_symlink(f"versions/{version}", folder / "current")  # the one step a consumer sees
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
     def _find(self, folder: Path, thumbprint: str) -> Path | None:
@@ -208,7 +222,12 @@ class PemDirectoryStore:
         meta = json.loads((target / "meta.json").read_text())
         if not str(meta.get("managed_by", "")).startswith(MANAGED_PREFIX):
             raise RuntimeError(f"refusing to remove {ref}: certctl did not install it")
-        trash = target.with_name(f".{version}.removing")
+        self._discard(target)
+
+    @staticmethod
+    def _discard(target: Path) -> None:
+        trash = target.with_name(f".{target.name}.removing")
+        shutil.rmtree(trash, ignore_errors=True)
         os.replace(target, trash)  # vanish at once, then delete
         shutil.rmtree(trash)
         fsync_dir(target.parent)
@@ -224,22 +243,60 @@ class PemDirectoryStore:
             return None
 
 
-def _version_keys(folder: str) -> tuple[FileKey, FileKey | None] | None:
+def _links_drift(folder: str) -> str | None:
+    """What is wrong with the four names a consumer reads (each must be the link ``current/<name>``)."""
+    for name in FILES:
+        try:
+            target = os.readlink(f"{folder}/{name}")
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError:
+            return f"{name} is not a link to current/{name}"
+        if target != f"current/{name}":
+            return f"{name} points to {target}, not current/{name}"
+    return None
+
+
+def _version_drift(folder: str, key_ok: bool) -> str | None:
+    """What is wrong with a version folder a consumer reads: a file gone, or a key that is not the certificate's."""
+    missing = [name for name in FILES if not os.path.isfile(f"{folder}/{name}")]
+    if missing:
+        return f"the live version lacks {', '.join(missing)}"
+    if not key_ok:
+        return "the live version's privkey.pem does not match its cert.pem"
+    return None
+
+
+def _key_ok(folder: str) -> bool:
+    try:
+        with open(folder + "/cert.pem", "rb") as cert, open(folder + "/privkey.pem", "rb") as key:
+            return pki.key_matches(cert.read(), key.read())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _optional_key(path: str) -> FileKey | None:
+    try:
+        return file_key(os.stat(path))
+    except OSError:
+        return None
+
+
+def _version_keys(folder: str) -> tuple[FileKey, FileKey | None, FileKey | None] | None:
     try:
         cert_key = file_key(os.stat(folder + "/cert.pem"))
     except OSError:
         return None
-    try:
-        return cert_key, file_key(os.stat(folder + "/meta.json"))
-    except OSError:
-        return cert_key, None
+    return cert_key, _optional_key(folder + "/meta.json"), _optional_key(folder + "/privkey.pem")
 
 
-VersionRead = tuple[FileKey, FileKey | None, CertInfo, dict[str, object], bool]
+# (cert.pem, meta.json and privkey.pem file keys, certificate facts, metadata, key present and matching)
+VersionRead = tuple[FileKey, FileKey | None, FileKey | None, CertInfo, dict[str, object], bool]
+Cached = VersionRead
 
 
 def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
-    """Parse version folders: (file keys, certificate facts, metadata, key present) or a problem sentence."""
+    """Parse version folders: (file keys, certificate facts, metadata, key matching) or a problem sentence."""
     out: list[VersionRead | str] = []
     for folder in folders:
         cert_path, meta_path = folder + "/cert.pem", folder + "/meta.json"
@@ -262,7 +319,7 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
             meta = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             pass
-        out.append((cert_key, meta_key, info, meta, os.path.exists(folder + "/privkey.pem")))
+        out.append((cert_key, meta_key, _optional_key(folder + "/privkey.pem"), info, meta, _key_ok(folder)))
     return out
 
 
