@@ -107,9 +107,9 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
     desired = _load(args)
     world = _world(args, desired)
     with world.state.lock(wait=args.lock_timeout):
-        from reconciler.executor import recover_challenges
+        from reconciler.recovery import recover
 
-        recover_challenges(world)  # what an interrupted order left answerable
+        recover(world)  # what a crash, kill or full disk left half-done (see Safety guarantees in the README)
         observed = _observe(world, locked=True)
         if getattr(args, "planfile", None):
             plan = _saved_plan(Path(args.planfile), desired, observed)

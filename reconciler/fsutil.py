@@ -5,9 +5,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger()
+
+WRITE_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # the temporary files of atomic_write
 
 
 def fsync_dir(path: Path) -> None:
@@ -47,6 +55,40 @@ def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None
             raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         raise
     fsync_dir(path.parent)
+
+
+def remove_temporaries(root: Path, pattern: re.Pattern[str], *, recursive: bool) -> int:
+    """Remove the files and folders below ``root`` whose names match ``pattern`` (what interrupted writes
+    left behind); a folder that cannot be read or an entry that cannot be removed is logged and skipped."""
+    removed = 0
+    if not root.is_dir():
+        return 0
+    if recursive:
+        walker = os.walk(root)
+    else:
+        try:
+            walker = iter([(str(root), [], [e.name for e in os.scandir(root)])])
+        except OSError as exc:
+            log.warning("recovery.read.failed", path=str(root), error=str(exc))
+            return 0
+    for folder, dirs, files in walker:
+        for name in list(dirs) + list(files):
+            if not pattern.match(name):
+                continue
+            path = Path(folder) / name
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                    if name in dirs:
+                        dirs.remove(name)
+                else:
+                    path.unlink()
+            except OSError as exc:
+                log.warning("recovery.remove.failed", path=str(path), error=str(exc))
+                continue
+            removed += 1
+            log.info("recovery.removed", path=str(path), note="left by an interrupted write")
+    return removed
 
 
 def atomic_symlink(target: str, link: Path) -> None:

@@ -338,6 +338,53 @@ class StateDir:
             self._vault_index.set(name, versions)  # the commit point
         return version
 
+    def recover_vault(self) -> tuple[int, int]:
+        """Put back into the index every complete vault version it lacks (a crash before the index line, or
+        a line lost to a torn write); remove incomplete ones (their issuance is redone). (reindexed, removed)"""
+        if not self.vault.is_dir():
+            return 0, 0
+        reindexed = removed = 0
+        with self._mutex:
+            index = self._vault_index.read()
+            for cert_dir in sorted(self.vault.iterdir()):
+                if not cert_dir.is_dir() or cert_dir.name.startswith("."):
+                    continue
+                for version in sorted(cert_dir.iterdir()):
+                    if not version.is_dir() or version.name in (index.get(cert_dir.name) or {}):
+                        continue
+                    meta = self._complete_version(cert_dir.name, version)
+                    if meta is not None:
+                        versions = dict(self._vault_index.get(cert_dir.name) or {})
+                        versions[version.name] = meta
+                        self._vault_index.set(cert_dir.name, versions)
+                        reindexed += 1
+                        log.warning("recovery.reindexed", path=str(version),
+                                    note="an issued version missing from the vault index was put back")
+                    else:
+                        shutil.rmtree(version, ignore_errors=True)
+                        removed += 1
+                        log.info("recovery.removed", path=str(version),
+                                 note="an issuance that never completed in the vault; it is redone")
+                with contextlib.suppress(OSError):
+                    cert_dir.rmdir()  # only if empty
+        return reindexed, removed
+
+    def _complete_version(self, name: str, folder: Path) -> dict[str, Any] | None:
+        """The metadata of a vault version whose files are all there and agree, else None."""
+        try:
+            meta = json.loads((folder / "meta.json").read_bytes())
+            cert = (folder / "cert.pem").read_bytes()
+            if not (folder / "chain.pem").is_file() or not (folder / "fullchain.pem").is_file():
+                return None
+            if pki.info_from_pem(cert).thumbprint != folder.name or meta["info"]["thumbprint"] != folder.name:
+                return None
+            if not pki.key_matches(cert, (folder / "key.pem").read_bytes()):
+                return None
+            self._versions(name, {folder.name: meta})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return dict(meta)
+
     def material(self, name: str, thumbprint: str) -> Material:
         folder = self.vault / name / thumbprint
         cert = (folder / "cert.pem").read_bytes()
