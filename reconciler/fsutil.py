@@ -101,6 +101,64 @@ def atomic_symlink(target: str, link: Path) -> None:
     fsync_dir(link.parent)
 
 
+def discard(target: Path) -> None:
+    """Remove a folder so that it vanishes at once (renamed to ``.<name>.removing``, then deleted)."""
+    trash = target.with_name(f".{target.name}.removing")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(target, trash)
+    shutil.rmtree(trash)
+    fsync_dir(target.parent)
+
+
+def write_folder(target: Path, files: dict[str, tuple[bytes, int]], *, staging: Path, mode: int = 0o755) -> None:
+    """Make the folder ``target`` appear at once holding ``files`` (name -> (data, mode)), replacing a folder
+    of that name. Written in a temporary folder ``.<name>.XXXXXXXX.tmp`` under ``staging`` (same file system;
+    swept by recovery if a crash leaves it), every file 0600 until it is complete and fsync'ed."""
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=staging))
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
+    try:
+        for name, (data, file_mode) in files.items():
+            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.fchmod(fh.fileno(), file_mode)
+        fsync_dir(tmp)
+        os.chmod(tmp, mode)
+        if target.is_dir() and not target.is_symlink():
+            discard(target)
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
+        raise
+
+
+def switch_links(folder: Path, current: str, version: str, names: tuple[str, ...]) -> None:
+    """Make every one of ``names`` in ``folder`` the link ``<current>/<name>``, then point ``current`` at
+    ``version``: once ``current`` exists, flipping it is the one step that switches what a reader of the
+    names sees (on a first install the names dangle until then). Plain files found under the names (an
+    older layout) are replaced after ``current`` is set, so they never dangle."""
+    link = folder / current
+    plain = [n for n in names if os.path.lexists(folder / n) and not (folder / n).is_symlink()]
+    if plain and not os.path.lexists(link):
+        atomic_symlink(version, link)
+    for name in names:
+        path = folder / name
+        if not (path.is_symlink() and os.readlink(path) == f"{current}/{name}"):
+            if path.is_dir() and not path.is_symlink():
+                discard(path)
+            atomic_symlink(f"{current}/{name}", path)
+    atomic_symlink(version, link)
+
+
 def try_lock(fd: int) -> bool:
     """Take an exclusive lock on an open file without waiting: True if taken, False if another process holds it.
 

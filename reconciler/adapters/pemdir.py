@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 from reconciler import pki
 from reconciler.cache import FileKey, PickleCache, file_key
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
-from reconciler.fsutil import atomic_symlink, atomic_write, fsync_dir
+from reconciler.fsutil import discard, switch_links, write_folder
 from reconciler.parallel import map_batch
 from reconciler.ports import Material
 
@@ -175,28 +174,14 @@ class PemDirectoryStore:
         else:
             if existing is not None:  # damaged (a file gone, a key that does not match): written afresh
                 version, target = existing.name, existing
-                self._discard(existing)
-            tmp = versions / f".{version}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True, mode=0o755)
-            atomic_write(tmp / "privkey.pem", material.key_pem, 0o600)
-            atomic_write(tmp / "cert.pem", material.cert_pem)
-            atomic_write(tmp / "chain.pem", material.chain_pem)
-            atomic_write(tmp / "fullchain.pem", material.fullchain_pem)
             meta = {"managed_by": f"{MANAGED_PREFIX}{certificate}", "thumbprint": material.info.thumbprint,
                     "installed_at": at.astimezone(UTC).isoformat()}
-            atomic_write(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
-            if target.exists():  # a damaged folder of that name (a copy whose cert.pem is gone)
-                self._discard(target)
-            os.replace(tmp, target)  # the whole version appears at once
-            fsync_dir(versions)
-        for name in FILES:  # first: once ``current`` exists, all four names lead to it
-            link = folder / name
-            if not (link.is_symlink() and os.readlink(link) == f"current/{name}"):
-                if link.is_dir() and not link.is_symlink():
-                    self._discard(link)
-                atomic_symlink(f"current/{name}", link)
-        atomic_symlink(f"versions/{version}", folder / "current")  # the one step a consumer sees
+            write_folder(target, {  # the whole version appears at once
+                "privkey.pem": (material.key_pem, 0o600), "cert.pem": (material.cert_pem, 0o644),
+                "chain.pem": (material.chain_pem, 0o644), "fullchain.pem": (material.fullchain_pem, 0o644),
+                "meta.json": (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o644),
+            }, staging=versions)
+        switch_links(folder, "current", f"versions/{version}", FILES)
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
     def _find(self, folder: Path, thumbprint: str) -> Path | None:
@@ -222,15 +207,7 @@ class PemDirectoryStore:
         meta = json.loads((target / "meta.json").read_text())
         if not str(meta.get("managed_by", "")).startswith(MANAGED_PREFIX):
             raise RuntimeError(f"refusing to remove {ref}: certctl did not install it")
-        self._discard(target)
-
-    @staticmethod
-    def _discard(target: Path) -> None:
-        trash = target.with_name(f".{target.name}.removing")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(target, trash)  # vanish at once, then delete
-        shutil.rmtree(trash)
-        fsync_dir(target.parent)
+        discard(target)
 
     def read(self, ref: str) -> Material | None:
         certificate, _, version = ref.partition("/")
