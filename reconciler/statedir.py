@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -82,7 +83,11 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for every JSON object line of ``path``; a damaged line (torn, garbage,
     not UTF-8, not an object) is skipped with a warning naming the file and line."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a device would never end
+                damaged(path, 0, "not a regular file; not read")
+                return
+            data = fh.read()
     except FileNotFoundError:
         return
     for number, raw in enumerate(data.split(b"\n"), 1):
