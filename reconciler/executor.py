@@ -6,6 +6,7 @@ A failed action fails only what depends on it; everything else still runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ log = structlog.get_logger()
 
 BACKOFF_START = timedelta(hours=1)
 BACKOFF_CAP = timedelta(hours=24)
+LOCAL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # no backoff: nothing the CA did
 VERIFY_SETTLE = 5.0  # seconds a verify endpoint may take to serve the new certificate after a reload
 
 
@@ -234,6 +236,10 @@ class Executor:
             except IssueError as exc:
                 self._record_failure(name, str(exc), exc.retry_after)
                 raise
+            except OSError as exc:
+                if exc.errno not in LOCAL_DISK_ERRORS:
+                    self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+                raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
             except Exception as exc:
                 self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
                 raise

@@ -214,6 +214,7 @@ def acquire(path: Path, wait: float, holder: str) -> tuple[int, str | None]:
     except OSError:
         os.close(fd)
         raise
-    os.ftruncate(fd, 0)
-    os.write(fd, holder.encode())
+    with contextlib.suppress(OSError):  # who holds it is only for messages: a full disk must not lose the lock
+        os.ftruncate(fd, 0)
+        os.write(fd, holder.encode())
     return fd, None

@@ -26,7 +26,7 @@ SPECS = """\
 apiVersion: certctl/v1
 kind: Settings
 metadata: {name: settings}
-spec: {stateDir: ../state}
+spec: {stateDir: ../%(state)s}
 ---
 apiVersion: certctl/v1
 kind: Issuer
@@ -36,7 +36,7 @@ spec: {localCA: {validity: 90d}}
 apiVersion: certctl/v1
 kind: Store
 metadata: {name: pem}
-spec: {pemDirectory: {path: ../pem}}
+spec: {pemDirectory: {path: ../%(pem)s}}
 ---
 apiVersion: certctl/v1
 kind: IisHost
@@ -82,11 +82,12 @@ spec:
 """
 
 
-def make(root: Path) -> Path:
-    """Write the world under ``root``; returns its desired-state folder."""
+def make(root: Path, state: str = "state", pem: str = "pem") -> Path:
+    """Write the world under ``root`` (state dir and PEM store at ``root/state``, ``root/pem`` unless
+    told otherwise); returns its desired-state folder."""
     desired = root / "desired"
     desired.mkdir(parents=True)
-    (desired / "world.yaml").write_text(textwrap.dedent(SPECS))
+    (desired / "world.yaml").write_text(textwrap.dedent(SPECS % {"state": state, "pem": pem}))
     shutil.copytree(REPO / "examples" / "iis-web01", root / "iis")
     return desired
 
@@ -108,24 +109,24 @@ def consumer_thumbprint(folder: Path) -> str:
     return pki.info_from_pem(cert).thumbprint
 
 
-def versions(root: Path) -> dict[str, list[str]]:
-    return {name: [v.info.thumbprint for v in StateDir(root / "state").issued_for(name)]
+def versions(root: Path, state: str = "state") -> dict[str, list[str]]:
+    return {name: [v.info.thumbprint for v in StateDir(root / state).issued_for(name)]
             for name in ("www", "api", "shop")}
 
 
-def check_invariants(root: Path, run_cli) -> None:
+def check_invariants(root: Path, run_cli, state_dir: str = "state", pem: str = "pem") -> None:
     """After a recovery apply: converged, every file a consumer reads consistent and current, every
     HTTP.sys entry's certificate in its store, every vault version indexed, no temporaries left."""
     code, out, err = run_cli("plan", "-d", str(root / "desired"), "--detailed-exitcode")
     assert code == 0, f"not converged after recovery:\n{out}{err}"
-    state = StateDir(root / "state")
+    state = StateDir(root / state_dir)
     current = {}
     for name in ("www", "api", "shop"):
         newest = state.issued_for(name)[-1]
         assert newest.lost is None, (name, newest.lost)
         current[name] = newest.info.thumbprint
     for name in ("www", "shop"):
-        assert consumer_thumbprint(root / "pem" / name) == current[name]
+        assert consumer_thumbprint(root / pem / name) == current[name]
         assert consumer_thumbprint(root / "out" / name) == current[name]
     cert_pem, _, key_pem, _ = pki.from_pfx((root / "out" / "www.pfx").read_bytes(), PFX_PASSWORD.encode())
     assert key_pem is not None and pki.key_matches(cert_pem, key_pem)
@@ -137,8 +138,8 @@ def check_invariants(root: Path, run_cli) -> None:
     served = {e.certhash for e in host.observe().httpsys}
     assert current["www"] in served and current["api"] in served
     assert not (root / "iis" / INTENT_FILE).exists()
-    indexed = {name: set(v) for name, v in versions(root).items()}
-    for cert_dir in (root / "state" / "vault").iterdir():
+    indexed = {name: set(v) for name, v in versions(root, state_dir).items()}
+    for cert_dir in (root / state_dir / "vault").iterdir():
         if cert_dir.is_dir():
             on_disk = {v.name for v in cert_dir.iterdir() if v.is_dir()}
             assert on_disk == indexed.get(cert_dir.name, set()), f"vault and index differ for {cert_dir.name}"
