@@ -491,7 +491,14 @@ class StateDir:
             append_line(self.path / "journal.jsonl", (line + "\n").encode())
 
     def journal_entries(self) -> list[dict[str, Any]]:
-        return [entry for _, entry in read_records(self.path / "journal.jsonl")]
+        path = self.path / "journal.jsonl"
+        out = []
+        for number, entry in read_records(path):
+            if isinstance(entry.get("event"), str) and isinstance(entry.get("action", ""), str):
+                out.append(entry)
+            else:
+                damaged(path, number, "not a journal entry (event, run, action)")
+        return out
 
     def close_unfinished(self, by: str) -> list[dict[str, Any]]:
         """Close every action a stopped process left open (intent without outcome) as ``recovered``, then
