@@ -11,7 +11,7 @@ When it reconciles (one pass = load if needed, observe, plan, apply, observe aga
 
 Every pass runs every planned action except ``cleanup``: removals of superseded certificates wait
 for a maintenance pass (at start, then every ``maintenanceInterval``, default 24h), which also
-recovers from a crash (see ``recover``).
+recovers from a crash (see ``reconciler.recovery``).
 
 An edit that makes the desired state invalid is reported (log ``desired_state.invalid``, /status,
 /healthz 503, metric ``certctl_desired_state_valid 0``) and the last valid desired state stays in

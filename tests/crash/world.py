@@ -14,13 +14,13 @@ from pathlib import Path
 from reconciler import pki
 from reconciler.adapters.iis.emulated import INTENT_FILE, EmulatedHost
 from reconciler.statedir import StateDir
+from tests.conftest import consumer_thumbprint
 
 REPO = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).with_name("killer.py")
 PFX_PASSWORD = "crash-suite"
 # every temporary name certctl uses: atomic_write, version folders, trash, staged IIS files and backups
 TEMPORARY = re.compile(r"^\..+\.(tmp|removing|certctl-new|certctl-bak)$")
-CONSUMER_FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
 
 SPECS = """\
 apiVersion: certctl/v1
@@ -99,14 +99,6 @@ def certctl_killed(root: Path, at: int, *args: str, count_file: Path | None = No
         env["CRASH_COUNT_FILE"] = str(count_file)
     return subprocess.run([sys.executable, str(KILLER), *args, "-d", str(root / "desired")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
-
-
-def consumer_thumbprint(folder: Path) -> str:
-    """What a web server reads from ``folder``: complete, consistent, the key the certificate's."""
-    cert = (folder / "cert.pem").read_bytes()
-    assert (folder / "fullchain.pem").read_bytes() == cert + (folder / "chain.pem").read_bytes(), folder
-    assert pki.key_matches(cert, (folder / "privkey.pem").read_bytes()), folder
-    return pki.info_from_pem(cert).thumbprint
 
 
 def versions(root: Path, state: str = "state") -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from reconciler import pki
 from reconciler.statedir import StateDir
-from tests.conftest import Workspace
+from tests.conftest import Workspace, consumer_thumbprint
 
 
 def plan_json(ws: Workspace, run_cli) -> dict:
@@ -29,17 +29,18 @@ def converged(ws: Workspace, run_cli) -> None:
     assert code == 0, out
 
 
+def repaired(ws: Workspace, run_cli, folder: Path) -> str:
+    """One apply repairs it: the plan is empty after, and ``folder`` serves the current certificate."""
+    applied(ws, run_cli)
+    converged(ws, run_cli)
+    thumbprint = consumer_thumbprint(folder)
+    assert thumbprint == StateDir(ws.state).issued_for("www")[-1].info.thumbprint
+    return thumbprint
+
+
 def one(ws: Workspace) -> None:
     ws.base()
     ws.certificate("www", ["www.example.com"], extra="  tasks:\n    - files: {path: ../out/www}\n")
-
-
-def consumer_ok(folder: Path) -> str:
-    """What a web server reads from ``folder`` is complete and consistent: the thumbprint it serves."""
-    cert = (folder / "cert.pem").read_bytes()
-    assert (folder / "fullchain.pem").read_bytes() == cert + (folder / "chain.pem").read_bytes()
-    assert pki.key_matches(cert, (folder / "privkey.pem").read_bytes())
-    return pki.info_from_pem(cert).thumbprint
 
 
 # --- 1. the PEM store is observed by everything a consumer reads -----------------------------------------------
@@ -55,9 +56,7 @@ def test_a_deleted_store_file_is_seen_and_repaired_with_one_install(ws: Workspac
     assert [(a["id"], a["reason"]) for a in actions] == [
         ("install/www/store/pem", "store pem serves " + StateDir(ws.state).issued_for("www")[-1].info.thumbprint[:8]
          + ", but privkey.pem is missing")]
-    applied(ws, run_cli)
-    converged(ws, run_cli)
-    assert consumer_ok(ws.pem / "www") == StateDir(ws.state).issued_for("www")[-1].info.thumbprint
+    repaired(ws, run_cli, ws.pem / "www")
 
 
 def test_a_damaged_live_version_is_written_afresh(ws: Workspace, run_cli) -> None:
@@ -66,14 +65,11 @@ def test_a_damaged_live_version_is_written_afresh(ws: Workspace, run_cli) -> Non
     live = (ws.pem / "www" / "current").resolve()
     (live / "chain.pem").unlink()
     assert "the live version lacks chain.pem" in plan_json(ws, run_cli)["actions"][0]["reason"]
-    applied(ws, run_cli)
-    converged(ws, run_cli)
+    repaired(ws, run_cli, ws.pem / "www")
     other = pki.key_to_pem(pki.generate_key("ecdsa-p256"))
     (live / "privkey.pem").write_bytes(other)  # a key that is not the certificate's
     assert "privkey.pem does not match its cert.pem" in plan_json(ws, run_cli)["actions"][0]["reason"]
-    applied(ws, run_cli)
-    converged(ws, run_cli)
-    consumer_ok(ws.pem / "www")
+    repaired(ws, run_cli, ws.pem / "www")
 
 
 def test_a_first_install_killed_before_current_or_the_links_is_completed(ws: Workspace, run_cli) -> None:
@@ -85,26 +81,24 @@ def test_a_first_install_killed_before_current_or_the_links_is_completed(ws: Wor
     for name in ("cert.pem", "fullchain.pem"):  # killed after current, before these links (an older certctl)
         (ws.pem / "www" / name).unlink()
     assert [a["kind"] for a in plan_json(ws, run_cli)["actions"]] == ["install"]
-    applied(ws, run_cli)
-    converged(ws, run_cli)
-    consumer_ok(ws.pem / "www")
+    repaired(ws, run_cli, ws.pem / "www")
 
 
 def test_files_task_switches_what_a_consumer_reads_in_one_link(ws: Workspace, run_cli) -> None:
     one(ws)
     applied(ws, run_cli)
     out = ws.root / "out" / "www"
-    first = consumer_ok(out)
+    first = consumer_thumbprint(out)
     for name in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"):
         assert os.readlink(out / name) == f".certctl-current/{name}"
     assert os.readlink(out / ".certctl-current") == f".certctl-versions/{first}"
     assert (out / ".certctl-versions" / first / "privkey.pem").stat().st_mode & 0o777 == 0o600
     applied(ws, run_cli)
     run_cli("renew", "www", "-d", str(ws.desired))
-    second = consumer_ok(out)
+    second = consumer_thumbprint(out)
     assert second != first and os.readlink(out / ".certctl-current") == f".certctl-versions/{second}"
     run_cli("renew", "www", "-d", str(ws.desired))
-    third = consumer_ok(out)
+    third = consumer_thumbprint(out)
     assert sorted(os.listdir(out / ".certctl-versions")) == sorted([second, third]), "the previous one is kept"
     converged(ws, run_cli)
 
@@ -119,7 +113,7 @@ def test_files_task_replaces_plain_files_of_an_earlier_layout(ws: Workspace, run
         (out / name).write_bytes(data)
     os.unlink(out / ".certctl-current")
     run_cli("renew", "www", "-d", str(ws.desired))
-    assert consumer_ok(out) == StateDir(ws.state).issued_for("www")[-1].info.thumbprint
+    assert consumer_thumbprint(out) == StateDir(ws.state).issued_for("www")[-1].info.thumbprint
     assert all((out / n).is_symlink() for n in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"))
 
 
@@ -139,7 +133,7 @@ def test_a_deleted_vault_key_makes_the_plan_issue_a_new_certificate(ws: Workspac
     new = StateDir(ws.state).issued_for("www")[-1].info.thumbprint
     assert new != old
     converged(ws, run_cli)
-    assert consumer_ok(ws.root / "out" / "www") == consumer_ok(ws.pem / "www") == new
+    assert consumer_thumbprint(ws.root / "out" / "www") == consumer_thumbprint(ws.pem / "www") == new
 
 
 # --- 3. a full disk under the state dir --------------------------------------------------------------------------
