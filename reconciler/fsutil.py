@@ -6,6 +6,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -93,11 +94,14 @@ def remove_temporaries(root: Path, pattern: re.Pattern[str], *, recursive: bool)
 
 def atomic_symlink(target: str, link: Path) -> None:
     """Point ``link`` at ``target`` atomically (make a new link beside it, rename over)."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")  # a WRITE_TEMP name: swept after a crash
     os.symlink(target, tmp)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     fsync_dir(link.parent)
 
 

@@ -79,3 +79,25 @@ def test_a_failed_append_is_cut_back_off(tmp_path: Path) -> None:
         signal.signal(signal.SIGXFSZ, handler)
     assert log.path.stat().st_size == size
     assert KeyedLog(log.path).read() == {"a": 1}
+
+
+def test_a_link_switch_killed_midway_leaves_a_temporary_that_recovery_knows(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new link is made beside the old one under a name the sweep of a task folder removes (found by the
+    crash suite: ``.privkey.pem.<pid>.tmp`` stayed in a files task's folder forever)."""
+    import os
+
+    from reconciler import fsutil
+
+    made: list[str] = []
+    real_symlink = os.symlink
+
+    def record(target: str, path: object) -> None:
+        made.append(os.path.basename(str(path)))
+        real_symlink(target, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsutil.os, "symlink", record)
+    fsutil.atomic_symlink("current/privkey.pem", tmp_path / "privkey.pem")
+    assert len(made) == 1 and fsutil.WRITE_TEMP.match(made[0]), made
+    assert os.readlink(tmp_path / "privkey.pem") == "current/privkey.pem"
+    assert sorted(os.listdir(tmp_path)) == ["privkey.pem"]
