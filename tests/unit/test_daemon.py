@@ -14,10 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.core.model import Attempts, ObservedState
 from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
-from reconciler.daemon import next_due, recover, without_cleanup
+from reconciler.daemon import next_due, without_cleanup
 from reconciler.gitsync import pull
 from reconciler.logging import configure
 from reconciler.metrics import Metrics, parse_address, ready_condition
+from reconciler.recovery import recover
 from reconciler.statedir import StateDir
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -82,7 +83,7 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
         desired=SimpleNamespace(certificates={"a": SimpleNamespace(spec=SimpleNamespace(tasks=[task]))}),
     )
     counts = recover(world)
-    assert counts == {"unfinished": 1, "temp": 5, "vault": 1, "torn": 1, "challenges": 0}
+    assert counts == {"unfinished": 1, "temp": 5, "vault": 1, "reindexed": 0, "torn": 1, "challenges": 0}
     assert state.unfinished() == []
     assert not (state.path / "vault" / "a").exists()
     assert sorted(os.listdir(out)) == [".keep-me.tmp"]
@@ -90,7 +91,7 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
     assert (state.path / "attempts.jsonl").read_text().endswith("\n")
     state.update_attempts("c", consecutive_failures=2)
     assert state.attempts()["c"].consecutive_failures == 2, "the append after a torn line is not lost"
-    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0, "challenges": 0}
+    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "reindexed": 0, "torn": 0, "challenges": 0}
 
 
 def test_metrics_gauges_follow_status_rows() -> None:

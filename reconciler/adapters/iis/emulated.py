@@ -44,7 +44,7 @@ from reconciler.adapters.iis.changes import resolve, thumbprint_users
 from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
 from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json, normalize_hash
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, HostState, StoredCert, StoreState
-from reconciler.fsutil import UnsafePath, atomic_write, contained, fsync_dir
+from reconciler.fsutil import WRITE_TEMP, UnsafePath, atomic_write, contained, fsync_dir, remove_temporaries
 from reconciler.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
 from reconciler.ports import BindingChange, Material
 
@@ -52,6 +52,7 @@ log = structlog.get_logger()
 
 SERVER_FILE = "server.json"
 CERTSTORE_DIR = "certstore"
+_ROOT_TEMP = re.compile(r"^\.(.+\.certctl-(new|bak)|.+\.[a-z0-9_]{8}\.tmp)$")  # staged, backup, atomic_write temporaries
 CCS_DIR = "ccs"
 INTENT_FILE = ".certctl-commit.json"
 _MANAGED_RE = re.compile(r"^" + re.escape(MANAGED_PREFIX) + r"([a-z0-9](?:[-a-z0-9.]*[a-z0-9])?)(?:\s|$)")
@@ -392,6 +393,19 @@ class EmulatedHost:
         staged = [(self.root / f".{i['file']}.certctl-new", self.root / i["file"]) for i in intent if "file" in i]
         self._discard(staged, [], self.root / INTENT_FILE)
         return True
+
+    def sweep_temporaries(self) -> int:
+        """Roll back a commit a crash interrupted, then remove what interrupted writes left anywhere in
+        this machine's folder: staged and backup copies of its configuration files, and the temporary
+        files of atomic writes in the root and in every certificate store (a ``.pfx`` one holds a key).
+        Call it holding the apply lock. Returns how many entries were removed."""
+        if not self.root.is_dir():
+            return 0
+        self.recover()
+        if (self.root / INTENT_FILE).exists():
+            return 0  # a rollback that could not finish yet still needs its copies
+        removed = remove_temporaries(self.root, _ROOT_TEMP, recursive=False)
+        return removed + remove_temporaries(self._certstore(), WRITE_TEMP, recursive=True)
 
     def store(self, store_name: str, *, name: str | None = None) -> EmulatedStore:
         """The host's ``Cert:\\LocalMachine\\<store_name>``; ``name`` is the Store's name in certctl (default: the
