@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ def state_dir_for(desired_dir: Path, desired: DesiredState | None, override: str
     if override:
         return Path(override)
     if desired is not None and desired.settings.stateDir:
-        return Path(desired.settings.stateDir)
+        return Path(os.path.abspath(desired.settings.stateDir))  # messages name it absolute, never ds/../state
     resolved = Path(desired_dir).resolve()
     return resolved.parent / ".certctl-state"
 

@@ -64,6 +64,17 @@ class Workspace:
         return sorted(p for p in self.root.rglob("*") if not p.is_relative_to(self.desired) and p.is_file())
 
 
+def consumer_thumbprint(folder: Path) -> str:
+    """What a web server reads from ``folder`` (cert, chain, fullchain, privkey .pem): complete, consistent,
+    the key the certificate's; returns the thumbprint it serves."""
+    from reconciler.support import pki
+
+    cert = (folder / "cert.pem").read_bytes()
+    assert (folder / "fullchain.pem").read_bytes() == cert + (folder / "chain.pem").read_bytes(), folder
+    assert pki.key_matches(cert, (folder / "privkey.pem").read_bytes()), folder
+    return pki.info_from_pem(cert).thumbprint
+
+
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test gets its own certctl cache folder (never the user's ~/.cache)."""

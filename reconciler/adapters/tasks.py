@@ -10,6 +10,7 @@ import structlog
 
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
+from reconciler.support.fs import UnsafePath, atomic_write, discard, safe_folder, switch_links, write_folder
 from reconciler.ports import Material
 from reconciler.support import pki, procs
 from reconciler.support.fs import UnsafePath, atomic_write, safe_folder
@@ -106,12 +107,7 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
     except UnsafePath as exc:
         raise TaskError(str(exc)) from None
     if task.files is not None:
-        folder = Path(task.files.path)
-        mode = int(task.files.keyMode, 8)
-        atomic_write(folder / "privkey.pem", material.key_pem, mode)
-        atomic_write(folder / "chain.pem", material.chain_pem)
-        atomic_write(folder / "cert.pem", material.cert_pem)
-        atomic_write(folder / "fullchain.pem", material.fullchain_pem)
+        write_files(Path(task.files.path), material, int(task.files.keyMode, 8))
         if task.files.reload:
             _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env),
                  task.files.reloadTimeout.total_seconds(), "reload")
@@ -141,6 +137,39 @@ def _check_folders(task: Task) -> None:
         safe_folder(Path(task.pfx.path).parent, 0o700, "pfx task folder")
     elif task.ccs is not None:
         safe_folder(Path(task.ccs.path), 0o700, "ccs task folder")
+
+
+FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
+VERSIONS, CURRENT = ".certctl-versions", ".certctl-current"
+
+
+def write_files(folder: Path, material: Material, key_mode: int) -> None:
+    """The ``files`` task's output, switched in one step (a web server never sees a new key beside an old
+    certificate): ``.certctl-versions/<THUMBPRINT>/`` holds the four files, ``.certctl-current`` links to
+    it, and ``cert.pem chain.pem fullchain.pem privkey.pem`` are links to ``.certctl-current/<name>``.
+    The previous version is kept (for a rollback by hand); older ones are removed."""
+    versions = folder / VERSIONS
+    thumbprint = material.info.thumbprint
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        before = os.path.basename(os.readlink(folder / CURRENT)) if (folder / CURRENT).is_symlink() else None
+    except OSError as exc:
+        raise TaskError(f"cannot write {folder}: {exc.strerror}") from None
+    try:
+        mode = os.stat(folder).st_mode & 0o777 | 0o700
+        write_folder(versions / thumbprint, {
+            "privkey.pem": (material.key_pem, key_mode), "cert.pem": (material.cert_pem, 0o644),
+            "chain.pem": (material.chain_pem, 0o644), "fullchain.pem": (material.fullchain_pem, 0o644),
+        }, staging=folder, mode=mode)
+        switch_links(folder, CURRENT, f"{VERSIONS}/{thumbprint}", FILES)
+    except OSError as exc:
+        raise TaskError(str(exc)) from None
+    for old in os.listdir(versions):
+        if old not in (thumbprint, before) and not old.startswith("."):
+            try:
+                discard(versions / old)
+            except OSError as exc:
+                log.warning("task.files.prune_failed", path=str(versions / old), error=str(exc))
 
 
 def _secret(ref: object) -> bytes:

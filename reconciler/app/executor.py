@@ -6,6 +6,7 @@ A failed action fails only what depends on it; everything else still runs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from reconciler.support.secrets import env_names
 
 log = structlog.get_logger()
 
+LOCAL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # no backoff: nothing the CA did
 VERIFY_SETTLE = 5.0  # seconds a verify endpoint may take to serve the new certificate after a reload
 
 
@@ -129,7 +131,10 @@ class Executor:
     def _finish(self, outcome: Outcome, outcomes: dict[str, Outcome]) -> None:
         outcomes[outcome.action.id] = outcome
         if outcome.status == "skipped":
-            self.world.state.journal("skipped", run=self.run_id, action=outcome.action.id, error=outcome.error)
+            try:
+                self.world.state.journal("skipped", run=self.run_id, action=outcome.action.id, error=outcome.error)
+            except OSError as exc:  # nothing was started, so nothing is left open
+                log.error("journal.write.failed", action=outcome.action.id, error=str(exc))
             log.warning("action.skipped", action=outcome.action.id, reason=outcome.error)
         if self.on_outcome:
             self.on_outcome(outcome)
@@ -139,22 +144,37 @@ class Executor:
             return Outcome(action, "skipped", "skipped: certctl is stopping")
         state = self.world.state
         started = time.monotonic()
-        state.journal("intent", run=self.run_id, action=action.id, kind=action.kind.value, certificate=action.certificate)
+        try:  # the intent is the write-ahead record: without it, the action must not start
+            state.journal("intent", run=self.run_id, action=action.id, kind=action.kind.value,
+                          certificate=action.certificate)
+        except OSError as exc:
+            return self._failed(action, started, f"not started: the journal could not record it ({exc})")
         log.info("action.started", action=action.id, kind=action.kind.value, certificate=action.certificate)
         try:
             result = self._dispatch(action) or {}
         except Exception as exc:  # noqa: BLE001 - every failure becomes this action's outcome
-            seconds = time.monotonic() - started
             message = str(exc) or exc.__class__.__name__
-            state.journal("failed", run=self.run_id, action=action.id, error=message)
-            log.error("action.failed", action=action.id, kind=action.kind.value, certificate=action.certificate,
-                      error=message, seconds=round(seconds, 3))
-            return Outcome(action, "failed", message, seconds)
+            try:
+                state.journal("failed", run=self.run_id, action=action.id, error=message)
+            except OSError as write_error:  # left open: the next run closes it as recovered
+                message += f" (and the journal could not record the failure: {write_error})"
+            return self._failed(action, started, message)
         seconds = time.monotonic() - started
-        state.journal("done", run=self.run_id, action=action.id, **{k: v for k, v in result.items() if isinstance(v, str)})
+        try:
+            state.journal("done", run=self.run_id, action=action.id,
+                          **{k: v for k, v in result.items() if isinstance(v, str)})
+        except OSError as exc:  # left open: the next run observes what it did and redoes what is missing
+            return self._failed(action, started, f"carried out, but the journal could not record it ({exc}); "
+                                "the next run checks its result")
         log.info("action.applied", action=action.id, kind=action.kind.value, certificate=action.certificate,
                  seconds=round(seconds, 3), **{k: v for k, v in result.items() if isinstance(v, str)})
         return Outcome(action, "done", None, seconds, result)
+
+    def _failed(self, action: Action, started: float, message: str) -> Outcome:
+        seconds = time.monotonic() - started
+        log.error("action.failed", action=action.id, kind=action.kind.value, certificate=action.certificate,
+                  error=message, seconds=round(seconds, 3))
+        return Outcome(action, "failed", message, seconds)
 
     def _dispatch(self, action: Action) -> dict[str, object] | None:
         if action.kind in ISSUANCE:
@@ -185,7 +205,8 @@ class Executor:
         with self._cert_lock(name):  # never two orders for one certificate
             current = current_version(state.issued_for(name))
             key_pem = None
-            if spec.key.reuse and current is not None and current.info.key_algorithm == spec.key.algorithm.value:
+            if (spec.key.reuse and current is not None and current.lost is None
+                    and current.info.key_algorithm == spec.key.algorithm.value):
                 key_pem = state.material(name, current.info.thumbprint).key_pem
             now = self.clock.now()
             state.update_attempts(name, last_attempt=now)
@@ -202,6 +223,10 @@ class Executor:
             except IssueError as exc:
                 self._record_failure(name, str(exc), exc.retry_after)
                 raise
+            except OSError as exc:
+                if exc.errno not in LOCAL_DISK_ERRORS:
+                    self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+                raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
             except Exception as exc:
                 self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
                 raise

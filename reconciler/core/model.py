@@ -86,6 +86,7 @@ class IssuedVersion:
     issued_at: datetime
     domains: tuple[str, ...]  # the spec's domains at issuance, in order
     replaced: str | None = None  # thumbprint of the certificate it replaced
+    lost: str | None = None  # vault files of this version that are gone (e.g. "key.pem"): it cannot be deployed
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +102,7 @@ class StoredCert:
     superseded_at: datetime | None = None  # PEM: when a newer version became live
     has_key: bool = True
     friendly_name: str = ""
+    drift: str | None = None  # PEM, live version: what a consumer reads differs (a file gone, a key that does not match)
 
 
 @dataclass(frozen=True, slots=True)

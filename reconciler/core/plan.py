@@ -42,6 +42,7 @@ class Reason(StrEnum):
     """Why an action is planned (a closed set, as cert-manager's policy chain)."""
 
     DoesNotExist = "DoesNotExist"
+    VaultIncomplete = "VaultIncomplete"  # the current version's key (or certificate) is gone from the state dir
     DomainsChanged = "DomainsChanged"
     KeyAlgorithmChanged = "KeyAlgorithmChanged"
     IssuerChanged = "IssuerChanged"

@@ -238,6 +238,10 @@ def _install_actions(name: str, spec: CertificateSpec, target: Target, index: St
             out.append(_act(ActionKind.install, name, f"store/{store}", Reason.StoreDrift,
                             f"store {store} holds {target.thumbprint[:8]} but serves another version as current",
                             thumbprint=target.thumbprint))
+        elif found.drift:
+            out.append(_act(ActionKind.install, name, f"store/{store}", Reason.StoreDrift,
+                            f"store {store} serves {target.thumbprint[:8]}, but {found.drift}",
+                            thumbprint=target.thumbprint))
     return out
 
 

@@ -87,6 +87,15 @@ def does_not_exist(i: Input) -> tuple[ActionKind, Reason, str] | None:
     return None
 
 
+def material_lost(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    assert i.current is not None
+    if i.current.lost:
+        return (ActionKind.issue, Reason.VaultIncomplete,
+                f"the state dir's copy of {i.current.info.thumbprint[:8]} lacks {i.current.lost}, so it cannot be "
+                "deployed any more; a new certificate is issued")
+    return None
+
+
 def domains_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
     assert i.current is not None
     want, have = set(i.spec.domains), set(i.current.info.sans)
@@ -141,6 +150,7 @@ def renewal_due(i: Input) -> tuple[ActionKind, Reason, str] | None:
 
 CHAIN: tuple[Check, ...] = (
     does_not_exist,
+    material_lost,
     domains_changed,
     key_algorithm_changed,
     issuer_changed,

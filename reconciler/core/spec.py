@@ -7,6 +7,7 @@ loader passes that folder as validation context ``base``).
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from enum import StrEnum
@@ -61,7 +62,7 @@ def _resolve(value: str, info: ValidationInfo) -> str:
         raise ValueError("a path must not contain a NUL character")
     base = (info.context or {}).get("base") if info.context else None
     if base and not PurePath(value).is_absolute() and not PurePosixPath(value).is_absolute() and not _is_windows_abs(value):
-        return str(PurePath(base) / value)
+        return os.path.normpath(PurePath(base) / value)  # ds/../state is shown as state
     return value
 
 

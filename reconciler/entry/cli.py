@@ -115,9 +115,9 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
     desired = _load(args)
     world = _world(args, desired)
     with world.state.lock(wait=args.lock_timeout):
-        from reconciler.app.executor import recover_challenges
+        from reconciler.app.recovery import recover
 
-        recover_challenges(world)  # what an interrupted order left answerable
+        recover(world)  # what a crash, kill or full disk left half-done (see Safety guarantees in the README)
         observed = _observe(world, locked=True)
         if getattr(args, "planfile", None):
             plan = _saved_plan(Path(args.planfile), desired, observed)
@@ -171,8 +171,12 @@ def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
 
     executor = Executor(world, concurrency=world.desired.settings.concurrency, on_outcome=show)
     result = executor.run(plan)
-    world.state.record_applied(world.desired.revision, world.desired.directory,
-                               plan.desired_fingerprint or desired_fingerprint(world.desired), result.ok, len(plan.actions))
+    try:
+        world.state.record_applied(world.desired.revision, world.desired.directory,
+                                   plan.desired_fingerprint or desired_fingerprint(world.desired), result.ok,
+                                   len(plan.actions))
+    except OSError as exc:
+        result.verify_failures.append(f"the record of this apply could not be written: {exc}")
     failed = [o for o in result.outcomes if o.status != "done"]
     if failed or result.verify_failures:
         sys.stdout.write("\nNot done:\n")
@@ -313,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:  # e.g. a full disk under the state dir before any action started
+        sys.stderr.write(f"certctl: {exc}\n")
+        return EXIT_ERROR
     except ValueError as exc:  # e.g. a bad --at
         sys.stderr.write(f"certctl: {exc}\n")
         return EXIT_ERROR

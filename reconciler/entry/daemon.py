@@ -11,7 +11,7 @@ When it reconciles (one pass = load if needed, observe, plan, apply, observe aga
 
 Every pass runs every planned action except ``cleanup``: removals of superseded certificates wait
 for a maintenance pass (at start, then every ``maintenanceInterval``, default 24h), which also
-recovers from a crash (see ``recover``).
+recovers from a crash (see ``reconciler.app.recovery``).
 
 An edit that makes the desired state invalid is reported (log ``desired_state.invalid``, /status,
 /healthz 503, metric ``certctl_desired_state_valid 0``) and the last valid desired state stays in
@@ -29,8 +29,6 @@ import argparse
 import contextlib
 import os
 import queue
-import re
-import shutil
 import signal
 import socket
 import sys
@@ -56,6 +54,8 @@ from reconciler.entry.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
 from reconciler.state.statedir import LockBusy, StateDir
 from reconciler.support.clock import SYSTEM
 from reconciler.support.fs import acquire
+from reconciler.app.recovery import recover
+from reconciler.app.loader import InvalidDesiredState, load
 
 log = structlog.get_logger()
 
@@ -85,120 +85,6 @@ def hold_daemon_lock(state_path: Path, directory: Path) -> int:
             "only one daemon may run per state dir. Stop it first (systemctl stop certctl, or kill that pid)."
         )
     return fd
-
-
-# --- crash recovery ----------------------------------------------------------------------------------------
-
-_OWN_TEMP = re.compile(r"^\..+\.(tmp|removing)$")  # certctl's own folders: any of its temporary names
-_WRITE_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # fsutil.atomic_write's temporary files
-
-
-def recover(world: Any) -> dict[str, int]:
-    """Undo what a crash or ``kill -9`` left half-done. Call it holding the apply lock.
-
-    * journal: every action with an intent but no outcome is reported and closed as ``recovered``;
-      what it did is observed afresh, and the plan redoes whatever is missing (an interrupted
-      issuance is redone: the vault index is its commit point);
-    * the temporary files and folders of interrupted atomic writes are removed (state dir, PEM
-      stores, task outputs, emulated IIS roots): no file is ever half-written, and nothing is left behind;
-    * vault folders whose issuance never reached the index are removed;
-    * ACME challenge files and DNS records an interrupted order left answerable are removed;
-    * a torn last line of an append-only log gets its newline, so the next append is not lost;
-    * a journal over 8 MiB is rotated (all its entries are closed by then).
-    """
-    state: StateDir = world.state
-    counts = {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0, "challenges": 0}
-    counts["unfinished"] = len(state.close_unfinished(by="daemon"))
-    own = [state.path]
-    foreign: list[Path] = []
-    for store in world.stores.values():
-        if hasattr(store, "path"):
-            own.append(Path(store.path))
-    for host in world.hosts.values():
-        root = getattr(host, "root", None)
-        if root is not None:
-            foreign.append(Path(root))
-    for named in world.desired.certificates.values():
-        for task in named.spec.tasks:
-            if task.files is not None:
-                foreign.append(Path(task.files.path))
-            elif task.pfx is not None:
-                foreign.append(Path(task.pfx.path).parent)
-            elif task.ccs is not None:
-                foreign.append(Path(task.ccs.path))
-    for root in own:
-        counts["temp"] += _sweep(root, _OWN_TEMP, recursive=True)
-    for root in foreign:
-        counts["temp"] += _sweep(root, _WRITE_TEMP, recursive=root in own)
-    counts["vault"] = _sweep_vault(state)
-    counts["challenges"] = recover_challenges(world)
-    for log_file in (state.path / "vault" / "index.jsonl", state.path / "attempts.jsonl",
-                     state.path / "deployments.jsonl", state.path / "journal.jsonl"):
-        counts["torn"] += _mend(log_file)
-    if any(counts.values()):
-        log.warning("recovery.done", **counts)
-    return counts
-
-
-def _sweep(root: Path, pattern: re.Pattern[str], *, recursive: bool) -> int:
-    removed = 0
-    if not root.is_dir():
-        return 0
-    walker = os.walk(root) if recursive else [(str(root), [], [e.name for e in os.scandir(root)])]
-    for folder, dirs, files in walker:
-        for name in list(dirs) + list(files):
-            if not pattern.match(name):
-                continue
-            path = Path(folder) / name
-            try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                    if name in dirs:
-                        dirs.remove(name)
-                else:
-                    path.unlink()
-            except OSError as exc:
-                log.warning("recovery.remove.failed", path=str(path), error=str(exc))
-                continue
-            removed += 1
-            log.info("recovery.removed", path=str(path), note="left by an interrupted write")
-    return removed
-
-
-def _sweep_vault(state: StateDir) -> int:
-    if not state.vault.is_dir():
-        return 0
-    index = {name: {v.info.thumbprint for v in versions} for name, versions in state.issued().items()}
-    removed = 0
-    for cert_dir in state.vault.iterdir():
-        if not cert_dir.is_dir() or cert_dir.name.startswith("."):
-            continue
-        for version in cert_dir.iterdir():
-            if version.is_dir() and version.name not in index.get(cert_dir.name, set()):
-                shutil.rmtree(version, ignore_errors=True)
-                removed += 1
-                log.info("recovery.removed", path=str(version), note="an issuance that never reached the vault index")
-        with contextlib.suppress(OSError):
-            cert_dir.rmdir()  # only if empty
-    return removed
-
-
-def _mend(path: Path) -> int:
-    try:
-        with open(path, "rb+") as fh:
-            fh.seek(0, os.SEEK_END)
-            if fh.tell() == 0:
-                return 0
-            fh.seek(-1, os.SEEK_END)
-            if fh.read(1) == b"\n":
-                return 0
-            fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-    except FileNotFoundError:
-        return 0
-    log.warning("recovery.mended", path=str(path), note="a torn last line (crash mid-append) was closed")
-    return 1
 
 
 # --- scheduling ---------------------------------------------------------------------------------------------

@@ -10,6 +10,10 @@ Layout (never committed; keys 0600; every file written atomically):
   deployments.jsonl             per (certificate, task): thumbprint last deployed successfully
   bindings.jsonl                IIS https bindings certctl added (host|site|bindingInformation)
   journal.jsonl                 write-ahead log of apply: intent, outcome
+
+Every log append starts on a fresh line and is cut back off if it fails (full disk), so a torn record
+never swallows the next one; a damaged line (torn, garbage, not UTF-8, the wrong shape) is skipped with
+a warning naming the file and line, and the rest of the file is read as usual.
   applied.json                  the desired-state revision (git commit) the last apply carried out
   daemon.lock, notify.json      flock'ed by the one `certctl daemon`; alerts sent (reconciler.adapters.notify)
 """
@@ -20,8 +24,9 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,11 +40,72 @@ from reconciler.support import pki
 from reconciler.support.fs import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
 
 JOURNAL_ROTATE_BYTES = 8 << 20
+VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
 log = structlog.get_logger()
 
 
 class LockBusy(Exception):
     pass
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one record and fsync it, always on a fresh line.
+
+    A torn tail (a crash or a full disk mid-append) first gets its newline, so the torn record (skipped
+    on reading) never swallows this one. A failed append is cut back off, so the file keeps exactly what
+    it held; the error names the file.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.lseek(fd, size - 1, os.SEEK_SET)
+            if os.read(fd, 1) != b"\n":
+                line = b"\n" + line
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for every JSON object line of ``path``; a damaged line (torn, garbage,
+    not UTF-8, not an object) is skipped with a warning naming the file and line."""
+    try:
+        with open(path, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a device would never end
+                damaged(path, 0, "not a regular file; not read")
+                return
+            data = fh.read()
+    except FileNotFoundError:
+        return
+    for number, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except ValueError as exc:  # UnicodeDecodeError included
+            damaged(path, number, f"not a JSON line ({exc.__class__.__name__})")
+            continue
+        if not isinstance(entry, dict):
+            damaged(path, number, f"a JSON {type(entry).__name__}, not an object")
+            continue
+        yield number, entry
+
+
+def damaged(path: Path, line: int, problem: str) -> None:
+    log.warning("state.line.skipped", file=str(path), line=line, problem=problem,
+                note="a damaged line of a state log (torn by a crash or a full disk, or edited); skipped")
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -72,11 +138,13 @@ class KeyedLog:
     One fsync'ed append per change, whatever the size of the map (a full rewrite per change would cost
     O(n) and make 10,000 issuances quadratic). The map is cached in memory and re-read only when the
     file's size or identity changed (another process wrote it). The log compacts itself, atomically,
-    once it holds more than twice as many lines as live keys. A torn last line (a crash mid-append) is ignored.
+    once it holds more than twice as many lines as live keys. A damaged line (a crash or a full disk
+    mid-append, garbage, the wrong shape) is skipped with a warning: the key keeps its previous value.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, check: Callable[[str, Any], object] | None = None) -> None:
         self.path = path
+        self._check = check  # raises (KeyError, TypeError, ValueError, AttributeError) on a value of the wrong shape
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
         self._lines = 0
@@ -105,11 +173,17 @@ class KeyedLog:
             return
         self._cache, self._lines = {}, 0
         if seen is not None:
-            for raw in self.path.read_bytes().splitlines():
-                try:
-                    entry = json.loads(raw)
-                except ValueError:
+            for number, entry in read_records(self.path):
+                key, value = entry.get("k"), entry.get("v")
+                if not isinstance(key, str) or "v" not in entry:
+                    damaged(self.path, number, "not a {k, v} record")
                     continue
+                if value is not None and self._check is not None:
+                    try:
+                        self._check(key, value)
+                    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                        damaged(self.path, number, f"the value for {key!r} has the wrong shape ({exc!r})")
+                        continue
                 self._apply(entry)
         self._seen = seen
 
@@ -126,12 +200,7 @@ class KeyedLog:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             entry = {"k": key, "v": value}
             line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line.encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path, line.encode())
             self._apply(entry)
             if self._lines > 2 * len(self._cache) + 64:
                 body = "".join(
@@ -146,15 +215,25 @@ class KeyedLog:
         self.set(key, None)
 
 
+def _check_str(key: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+
+
+def _check_binding(key: str, value: Any) -> None:
+    if len(key.split("|", 2)) != 3 or not isinstance(value, dict):
+        raise ValueError("not host|site|binding -> {certificate, at}")
+
+
 class StateDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
-        self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl")
-        self._attempts = KeyedLog(self.path / "attempts.jsonl")
-        self._deployments = KeyedLog(self.path / "deployments.jsonl")
-        self._bindings = KeyedLog(self.path / "bindings.jsonl")
+        self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl", self._versions)
+        self._attempts = KeyedLog(self.path / "attempts.jsonl", self._attempts_from)
+        self._deployments = KeyedLog(self.path / "deployments.jsonl", _check_str)
+        self._bindings = KeyedLog(self.path / "bindings.jsonl", _check_binding)
 
     def access_problem(self) -> str | None:
         """Why the state dir (ACME account keys, the local CA, every issued key) is too open, or None."""
@@ -200,11 +279,13 @@ class StateDir:
 
     def _read_json(self, name: str, default: Any) -> Any:
         try:
-            return json.loads((self.path / name).read_text())
+            return json.loads((self.path / name).read_bytes())
         except FileNotFoundError:
             return default
         except (OSError, ValueError) as exc:
-            raise RuntimeError(f"state file {self.path / name} is unreadable ({exc}); move it away to start afresh") from exc
+            log.warning("state.file.unreadable", file=str(self.path / name), error=str(exc),
+                        note="ignored; it is written afresh by the next apply")
+            return default
 
     def _write_json(self, name: str, data: Any, mode: int = 0o600) -> None:
         atomic_write(self.path / name, json.dumps(data, indent=1, sort_keys=True) + "\n", mode)
@@ -216,11 +297,26 @@ class StateDir:
         return self.path / "vault"
 
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
-        """Every issued version, from the index log (plain JSON lines; no other cache of it is kept)."""
-        return {name: self._versions(name, versions) for name, versions in self._vault_index.read().items()}
+        """Every issued version, from the index log (plain JSON lines; no other cache of it is kept).
+        The newest version of each certificate says which of its vault files are gone (``lost``)."""
+        return {name: self._mark_lost(self._versions(name, versions)) for name, versions in self._vault_index.read().items()}
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
-        return self._versions(name, self._vault_index.get(name) or {})
+        return self._mark_lost(self._versions(name, self._vault_index.get(name) or {}))
+
+    def _mark_lost(self, versions: tuple[IssuedVersion, ...]) -> tuple[IssuedVersion, ...]:
+        """The newest version, marked with the vault files it lacks (a deleted key cannot be deployed)."""
+        if not versions:
+            return versions
+        newest = versions[-1]
+        try:
+            present = set(os.listdir(self.vault / newest.certificate / newest.info.thumbprint))
+        except OSError:
+            present = set()
+        lost = [f for f in VAULT_FILES if f not in present]
+        if not lost:
+            return versions
+        return (*versions[:-1], replace(newest, lost=", ".join(lost)))
 
     @staticmethod
     def _versions(name: str, versions: dict[str, Any]) -> tuple[IssuedVersion, ...]:
@@ -256,6 +352,53 @@ class StateDir:
             self._vault_index.set(name, versions)  # the commit point
         return version
 
+    def recover_vault(self) -> tuple[int, int]:
+        """Put back into the index every complete vault version it lacks (a crash before the index line, or
+        a line lost to a torn write); remove incomplete ones (their issuance is redone). (reindexed, removed)"""
+        if not self.vault.is_dir():
+            return 0, 0
+        reindexed = removed = 0
+        with self._mutex:
+            index = self._vault_index.read()
+            for cert_dir in sorted(self.vault.iterdir()):
+                if not cert_dir.is_dir() or cert_dir.name.startswith("."):
+                    continue
+                for version in sorted(cert_dir.iterdir()):
+                    if not version.is_dir() or version.name in (index.get(cert_dir.name) or {}):
+                        continue
+                    meta = self._complete_version(cert_dir.name, version)
+                    if meta is not None:
+                        versions = dict(self._vault_index.get(cert_dir.name) or {})
+                        versions[version.name] = meta
+                        self._vault_index.set(cert_dir.name, versions)
+                        reindexed += 1
+                        log.warning("recovery.reindexed", path=str(version),
+                                    note="an issued version missing from the vault index was put back")
+                    else:
+                        shutil.rmtree(version, ignore_errors=True)
+                        removed += 1
+                        log.info("recovery.removed", path=str(version),
+                                 note="an issuance that never completed in the vault; it is redone")
+                with contextlib.suppress(OSError):
+                    cert_dir.rmdir()  # only if empty
+        return reindexed, removed
+
+    def _complete_version(self, name: str, folder: Path) -> dict[str, Any] | None:
+        """The metadata of a vault version whose files are all there and agree, else None."""
+        try:
+            meta = json.loads((folder / "meta.json").read_bytes())
+            cert = (folder / "cert.pem").read_bytes()
+            if not (folder / "chain.pem").is_file() or not (folder / "fullchain.pem").is_file():
+                return None
+            if pki.info_from_pem(cert).thumbprint != folder.name or meta["info"]["thumbprint"] != folder.name:
+                return None
+            if not pki.key_matches(cert, (folder / "key.pem").read_bytes()):
+                return None
+            self._versions(name, {folder.name: meta})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+        return dict(meta)
+
     def material(self, name: str, thumbprint: str) -> Material:
         folder = contained(self.vault, f"{name}/{thumbprint}", "vault version")
         cert = (folder / "cert.pem").read_bytes()
@@ -281,7 +424,7 @@ class StateDir:
     def _attempts_from(name: str, a: dict[str, Any]) -> Attempts:
         return Attempts(
             certificate=name,
-            consecutive_failures=a.get("consecutive_failures", 0),
+            consecutive_failures=int(a.get("consecutive_failures", 0)),
             last_attempt=_dt(a.get("last_attempt")),
             last_success=_dt(a.get("last_success")),
             last_error=a.get("last_error"),
@@ -354,22 +497,16 @@ class StateDir:
         line = json.dumps({"at": datetime.now(UTC).isoformat(), "event": event, **fields}, sort_keys=True)
         with self._mutex:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(self.path / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, (line + "\n").encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_line(self.path / "journal.jsonl", (line + "\n").encode())
 
     def journal_entries(self) -> list[dict[str, Any]]:
-        try:
-            lines = (self.path / "journal.jsonl").read_text().splitlines()
-        except FileNotFoundError:
-            return []
+        path = self.path / "journal.jsonl"
         out = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))  # a torn last line after a crash is skipped
+        for number, entry in read_records(path):
+            if isinstance(entry.get("event"), str) and isinstance(entry.get("action", ""), str):
+                out.append(entry)
+            else:
+                damaged(path, number, "not a journal entry (event, run, action)")
         return out
 
     def close_unfinished(self, by: str) -> list[dict[str, Any]]:

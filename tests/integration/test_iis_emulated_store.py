@@ -133,3 +133,25 @@ def test_ccs_files_are_observed_with_thumbprints(host: EmulatedHost, fresh: Mate
     assert ("new.example.com.pfx", "") in state.ccs_files and any("CCS password" in p for p in state.problems)
     state = EmulatedHost("web01", host.root, ccs_password=b"s3cret").observe()
     assert ("new.example.com.pfx", fresh.info.thumbprint) in state.ccs_files
+
+
+def test_sweep_removes_the_temporaries_of_every_folder_of_the_machine(host: EmulatedHost, fresh: Material) -> None:
+    """An install killed mid-write leaves ``certstore/<Store>/.<TP>.pfx.XXXXXXXX.tmp`` (a key) and a ``.json``
+    one; a commit killed before its intent leaves a staged copy. The maintenance sweep removes them all."""
+    store = host.store("WebHosting")
+    store.install("www", fresh, AT)
+    folder = host.store_dir("WebHosting")
+    tp = fresh.info.thumbprint
+    left = [folder / f".{tp}.pfx.k3y5x9q1.tmp", folder / f".{tp}.json.ab12cd34.tmp",
+            host.root / ".applicationHost.config.certctl-new", host.root / ".httpsys.json.certctl-bak",
+            host.root / ".httpsys.json.zz99aa11.tmp"]
+    for path in left:
+        path.write_bytes(b"half written")
+    keep = [folder / f"{tp}.pfx", folder / f"{tp}.json", host.root / ".keep.tmp", folder / ".notes"]
+    keep[2].write_text("another tool's")
+    keep[3].write_text("another tool's")
+    assert host.sweep_temporaries() == len(left)
+    assert not any(p.exists() for p in left)
+    assert all(p.exists() for p in keep)
+    assert host.sweep_temporaries() == 0
+    assert {c.info.thumbprint for c in store.observe().certs} >= {tp}

@@ -16,7 +16,8 @@ from reconciler.core.model import Attempts, ObservedState
 from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, ready_condition
-from reconciler.entry.daemon import recover, without_cleanup
+from reconciler.entry.daemon import without_cleanup
+from reconciler.app.recovery import recover
 from reconciler.entry.metrics import Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull
@@ -84,7 +85,7 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
         desired=SimpleNamespace(certificates={"a": SimpleNamespace(spec=SimpleNamespace(tasks=[task]))}),
     )
     counts = recover(world)
-    assert counts == {"unfinished": 1, "temp": 5, "vault": 1, "torn": 1, "challenges": 0}
+    assert counts == {"unfinished": 1, "temp": 5, "vault": 1, "reindexed": 0, "torn": 1, "challenges": 0}
     assert state.unfinished() == []
     assert not (state.path / "vault" / "a").exists()
     assert sorted(os.listdir(out)) == [".keep-me.tmp"]
@@ -92,7 +93,7 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
     assert (state.path / "attempts.jsonl").read_text().endswith("\n")
     state.update_attempts("c", consecutive_failures=2)
     assert state.attempts()["c"].consecutive_failures == 2, "the append after a torn line is not lost"
-    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "torn": 0, "challenges": 0}
+    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "reindexed": 0, "torn": 0, "challenges": 0}
 
 
 def test_metrics_gauges_follow_status_rows() -> None:

@@ -34,3 +34,70 @@ def test_close_unfinished_closes_open_intents_and_rotates_a_large_journal(tmp_pa
     monkeypatch.setattr(statedir, "JOURNAL_ROTATE_BYTES", 1)
     assert state.close_unfinished(by="test") == []
     assert not (tmp_path / "journal.jsonl").exists() and (tmp_path / "journal.1.jsonl").exists()
+
+
+def test_atomic_write_keeps_its_temporary_file_private_until_complete(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A temporary file a kill leaves behind (seen at each fsync, the last moment before the rename) is 0600,
+    whatever the final mode; the final file gets its mode."""
+    import os
+
+    from reconciler.support import fs as fsutil
+
+    seen: list[int] = []
+    real_fsync = os.fsync
+
+    def watch(fd: int) -> None:
+        st = os.fstat(fd)
+        if not os.path.isdir(f"/proc/self/fd/{fd}"):
+            seen.append(st.st_mode & 0o777)
+        real_fsync(fd)
+
+    monkeypatch.setattr(fsutil.os, "fsync", watch)
+    fsutil.atomic_write(tmp_path / "cert.pem", b"public", 0o644)
+    assert seen == [0o600]
+    assert (tmp_path / "cert.pem").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_failed_append_is_cut_back_off(tmp_path: Path) -> None:
+    """A full disk mid-append (here: a file size limit, which the kernel enforces like a full disk) leaves the log
+    exactly as it was; the error names the file."""
+    import resource
+    import signal
+
+    log = KeyedLog(tmp_path / "m.jsonl")
+    log.set("a", 1)
+    size = log.path.stat().st_size
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 10, old[1]))
+    try:
+        with pytest.raises(OSError, match=str(log.path)):
+            log.set("b", "x" * 100)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert log.path.stat().st_size == size
+    assert KeyedLog(log.path).read() == {"a": 1}
+
+
+def test_a_link_switch_killed_midway_leaves_a_temporary_that_recovery_knows(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new link is made beside the old one under a name the sweep of a task folder removes (found by the
+    crash suite: ``.privkey.pem.<pid>.tmp`` stayed in a files task's folder forever)."""
+    import os
+
+    from reconciler.support import fs as fsutil
+
+    made: list[str] = []
+    real_symlink = os.symlink
+
+    def record(target: str, path: object) -> None:
+        made.append(os.path.basename(str(path)))
+        real_symlink(target, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fsutil.os, "symlink", record)
+    fsutil.atomic_symlink("current/privkey.pem", tmp_path / "privkey.pem")
+    assert len(made) == 1 and fsutil.WRITE_TEMP.match(made[0]), made
+    assert os.readlink(tmp_path / "privkey.pem") == "current/privkey.pem"
+    assert sorted(os.listdir(tmp_path)) == ["privkey.pem"]

@@ -48,6 +48,9 @@ from reconciler.adapters.iis.changes import resolve, thumbprint_users
 from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
 from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json, normalize_hash
 from reconciler.core.model import HostState, StoredCert, StoreState
+from reconciler.core.model import MANAGED_PREFIX, CertInfo, HostState, StoredCert, StoreState
+from reconciler.support.fs import WRITE_TEMP, UnsafePath, atomic_write, contained, fsync_dir, remove_temporaries
+from reconciler.support.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
 from reconciler.ports import BindingChange, Material
 from reconciler.support.fs import UnsafePath, atomic_write, contained, fsync_dir
 from reconciler.support.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
@@ -56,6 +59,7 @@ log = structlog.get_logger()
 
 SERVER_FILE = "server.json"
 CERTSTORE_DIR = "certstore"
+_ROOT_TEMP = re.compile(r"^\.(.+\.certctl-(new|bak)|.+\.[a-z0-9_]{8}\.tmp)$")  # staged, backup, atomic_write temporaries
 CCS_DIR = "ccs"
 INTENT_FILE = ".certctl-commit.json"
 
@@ -384,6 +388,19 @@ class EmulatedHost:
     def local_path(self, physical_path: str) -> str:
         """Where a site's ``physicalPath`` lies inside this machine's folder (see the layout above)."""
         return str(emulated_path(self.root, physical_path))
+
+    def sweep_temporaries(self) -> int:
+        """Roll back a commit a crash interrupted, then remove what interrupted writes left anywhere in
+        this machine's folder: staged and backup copies of its configuration files, and the temporary
+        files of atomic writes in the root and in every certificate store (a ``.pfx`` one holds a key).
+        Call it holding the apply lock. Returns how many entries were removed."""
+        if not self.root.is_dir():
+            return 0
+        self.recover()
+        if (self.root / INTENT_FILE).exists():
+            return 0  # a rollback that could not finish yet still needs its copies
+        removed = remove_temporaries(self.root, _ROOT_TEMP, recursive=False)
+        return removed + remove_temporaries(self._certstore(), WRITE_TEMP, recursive=True)
 
     def store(self, store_name: str, *, name: str | None = None) -> EmulatedStore:
         """The host's ``Cert:\\LocalMachine\\<store_name>``; ``name`` is the Store's name in certctl (default: the

@@ -5,7 +5,11 @@
   <path>/<certificate>/{cert,chain,fullchain,privkey}.pem -> current/<file>
 
 A web server reads ``<path>/<certificate>/fullchain.pem`` and ``privkey.pem`` and never sees a
-certificate paired with the wrong key. Earlier versions stay until cleanup removes them.
+certificate paired with the wrong key: the four links are made before ``current`` (on a first install
+they dangle until then), so flipping ``current`` is the one step that switches what a consumer reads.
+Observe checks everything a consumer reads (the four links, ``current``, the live version's files and
+that its key matches its certificate) and reports a difference as drift, which ``install`` repairs.
+Earlier versions stay until cleanup removes them.
 Anything else found in the folder (PEM files of other tools) is observed as unmanaged and never touched.
 """
 
@@ -14,13 +18,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 from reconciler.core.codec import decode
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState, to_plain
+from reconciler.support.fs import contained, discard, safe_folder, switch_links, write_folder
+from reconciler.support.parallel import map_batch
 from reconciler.ports import Material
 from reconciler.state.cache import FileKey, JsonCache, as_file_key, file_key
 from reconciler.support import pki
@@ -35,8 +40,8 @@ class PemDirectoryStore:
         self.name = name
         self.path = Path(path)
         self._cache = JsonCache(cache_dir, JsonCache.name_for("pemdir", str(self.path.resolve())))
-        self._seen: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
-        self._known: dict[str, tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]] = {}
+        self._seen: dict[str, Cached] = {}
+        self._known: dict[str, Cached] = {}
 
     # --- observe -----------------------------------------------------------------------------------
 
@@ -45,8 +50,9 @@ class PemDirectoryStore:
         self._seen = {}
         state = self._observe()
         if self._cache.path and self._seen != self._known:
-            self._cache.save({folder: {"c": list(c), "m": list(m) if m else None, "i": to_plain(info), "meta": meta}
-                              for folder, (c, m, info, meta) in self._seen.items()})
+            self._cache.save({folder: {"c": list(c), "m": list(m) if m else None, "k": list(k) if k else None,
+                                       "i": to_plain(info), "meta": meta, "ok": key_ok}
+                              for folder, (c, m, k, info, meta, key_ok) in self._seen.items()})
         return state
 
     def _observe(self) -> StoreState:
@@ -58,7 +64,7 @@ class PemDirectoryStore:
             return StoreState(self.name)  # created on first install
         except OSError as exc:
             return StoreState(self.name, problems=(f"cannot read store folder {self.path}: {exc.strerror}",), reachable=False)
-        managed: list[tuple[str, str | None, list[str]]] = []  # (certificate folder, live version, versions)
+        managed: list[tuple[str, str | None, list[str], str | None]] = []  # (folder, live version, versions, drift)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
@@ -75,22 +81,23 @@ class PemDirectoryStore:
                         certs.append(found)
             except OSError as exc:
                 problems.append(f"cannot read {entry.path}: {exc.strerror}")
-        read = self._read_all([f"{folder}/versions/{v}" for folder, _, versions in managed for v in versions], problems)
-        for folder, current, versions in managed:
-            certs.extend(self._stored(folder, current, versions, read))
+        read = self._read_all([f"{folder}/versions/{v}" for folder, _, versions, _ in managed for v in versions], problems)
+        for folder, current, versions, drift in managed:
+            certs.extend(self._stored(folder, current, versions, read, drift))
         return StoreState(self.name, tuple(certs), tuple(problems))
 
     @staticmethod
-    def _list_managed(folder: str, problems: list[str]) -> tuple[str, str | None, list[str]] | None:
-        current = None
+    def _list_managed(folder: str, problems: list[str]) -> tuple[str, str | None, list[str], str | None] | None:
+        link = None
         with contextlib.suppress(OSError):
-            current = os.path.basename(os.readlink(folder + "/current"))
+            link = os.readlink(folder + "/current")
         try:
             names = sorted(n for n in os.listdir(folder + "/versions") if not n.startswith("."))
         except OSError as exc:
             problems.append(f"cannot read {folder}/versions: {exc.strerror}")
             return None
-        return folder, current, names
+        current = os.path.basename(link) if link and link == f"versions/{os.path.basename(link)}" else None
+        return folder, current if current in names else None, names, _links_drift(folder)
 
     def _read_all(self, folders: list[str], problems: list[str]) -> dict[str, tuple[CertInfo, dict[str, object], bool]]:
         """Every version's certificate facts, metadata and whether its key is there; unchanged versions
@@ -100,37 +107,39 @@ class PemDirectoryStore:
         for folder in folders:
             keys = _version_keys(folder)
             known = self._known.get(folder)
-            if keys is not None and known is not None and (known[0], known[1]) == keys:
+            if keys is not None and known is not None and known[:3] == keys:
                 self._seen[folder] = known
-                out[folder] = (known[2], known[3], os.path.exists(folder + "/privkey.pem"))
+                out[folder] = (known[3], known[4], known[5])
             else:
                 misses.append(folder)
         for folder, result in zip(misses, map_batch(_read_versions, misses), strict=True):
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            cert_key, meta_key, info, meta, has_key = result
-            self._seen[folder] = (cert_key, meta_key, info, meta)
-            out[folder] = (info, meta, has_key)
+            self._seen[folder] = result
+            out[folder] = (result[3], result[4], result[5])
         return out
 
     def _stored(self, folder: str, current: str | None, versions: list[str],
-                read: dict[str, tuple[CertInfo, dict[str, object], bool]]) -> list[StoredCert]:
+                read: dict[str, tuple[CertInfo, dict[str, object], bool]], drift: str | None) -> list[StoredCert]:
         found = [(v, *read[f"{folder}/versions/{v}"]) for v in versions if f"{folder}/versions/{v}" in read]
         found.sort(key=lambda vimk: (str(vimk[2].get("installed_at", "")), vimk[0]))
         out: list[StoredCert] = []
-        for i, (version, info, meta, has_key) in enumerate(found):
+        for i, (version, info, meta, key_ok) in enumerate(found):
             owner = str(meta.get("managed_by", ""))
             superseded = found[i + 1][2].get("installed_at") if i + 1 < len(found) else None
+            live = version == current
+            version_drift = _version_drift(f"{folder}/versions/{version}", key_ok) if live else None
             out.append(StoredCert(
                 store=self.name,
                 info=info,
                 ref=f"{os.path.basename(folder)}/{version}",
                 managed_by=owner[len(MANAGED_PREFIX):] if owner.startswith(MANAGED_PREFIX) else None,
-                current=version == current,
+                current=live,
                 installed_at=_dt(meta.get("installed_at")),
                 superseded_at=_dt(superseded),
-                has_key=has_key,
+                has_key=key_ok,
+                drift=(drift or version_drift) if live else None,
             ))
         return out
 
@@ -167,26 +176,19 @@ class PemDirectoryStore:
         version = f"{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{material.info.thumbprint[:8]}"
         target = versions / version
         existing = self._find(folder, material.info.thumbprint)
-        if existing is not None:
+        if existing is not None and _version_drift(str(existing), _key_ok(str(existing))) is None:
             version, target = existing.name, existing
         else:
-            tmp = versions / f".{version}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True, mode=0o755)
-            atomic_write(tmp / "privkey.pem", material.key_pem, 0o600)
-            atomic_write(tmp / "cert.pem", material.cert_pem)
-            atomic_write(tmp / "chain.pem", material.chain_pem)
-            atomic_write(tmp / "fullchain.pem", material.fullchain_pem)
+            if existing is not None:  # damaged (a file gone, a key that does not match): written afresh
+                version, target = existing.name, existing
             meta = {"managed_by": f"{MANAGED_PREFIX}{certificate}", "thumbprint": material.info.thumbprint,
                     "installed_at": at.astimezone(UTC).isoformat()}
-            atomic_write(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
-            os.replace(tmp, target)  # the whole version appears at once
-            fsync_dir(versions)
-        atomic_symlink(f"versions/{version}", folder / "current")
-        for name in FILES:
-            link = folder / name
-            if not (link.is_symlink() and os.readlink(link) == f"current/{name}"):
-                atomic_symlink(f"current/{name}", link)
+            write_folder(target, {  # the whole version appears at once
+                "privkey.pem": (material.key_pem, 0o600), "cert.pem": (material.cert_pem, 0o644),
+                "chain.pem": (material.chain_pem, 0o644), "fullchain.pem": (material.fullchain_pem, 0o644),
+                "meta.json": (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o644),
+            }, staging=versions)
+        switch_links(folder, "current", f"versions/{version}", FILES)
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
     def _find(self, folder: Path, thumbprint: str) -> Path | None:
@@ -212,10 +214,7 @@ class PemDirectoryStore:
         meta = json.loads((target / "meta.json").read_text())
         if not str(meta.get("managed_by", "")).startswith(MANAGED_PREFIX):
             raise RuntimeError(f"refusing to remove {ref}: certctl did not install it")
-        trash = target.with_name(f".{version}.removing")
-        os.replace(target, trash)  # vanish at once, then delete
-        shutil.rmtree(trash)
-        fsync_dir(target.parent)
+        discard(target)
 
     def read(self, ref: str) -> Material | None:
         certificate, _, version = ref.partition("/")
@@ -228,45 +227,60 @@ class PemDirectoryStore:
             return None
 
 
-CachedVersion = tuple[FileKey, FileKey | None, CertInfo, dict[str, object]]
-_INFO_TEXT = ("thumbprint", "sha256", "subject", "key_algorithm", "issuer", "serial")
-
-
-def _from_cache(entries: dict[str, object]) -> dict[str, CachedVersion]:
-    """The cache's entries that decode to well-typed values; anything else is dropped (and re-read from disk)."""
-    out: dict[str, CachedVersion] = {}
-    for folder, entry in entries.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("meta"), dict):
-            continue
-        cert_key, meta_key = as_file_key(entry.get("c")), as_file_key(entry.get("m"))
-        if cert_key is None or (meta_key is None and entry.get("m") is not None):
-            continue
+def _links_drift(folder: str) -> str | None:
+    """What is wrong with the four names a consumer reads (each must be the link ``current/<name>``)."""
+    for name in FILES:
         try:
-            info = decode(CertInfo, entry["i"])
-        except Exception:  # noqa: BLE001 - an entry that does not decode is only a cache miss
-            continue
-        if all(isinstance(getattr(info, f), str) for f in _INFO_TEXT) and isinstance(info.sans, tuple) \
-                and all(isinstance(n, str) for n in info.sans) and info.not_before.tzinfo and info.not_after.tzinfo:
-            out[folder] = (cert_key, meta_key, info, entry["meta"])
-    return out
+            target = os.readlink(f"{folder}/{name}")
+        except FileNotFoundError:
+            return f"{name} is missing"
+        except OSError:
+            return f"{name} is not a link to current/{name}"
+        if target != f"current/{name}":
+            return f"{name} points to {target}, not current/{name}"
+    return None
 
 
-def _version_keys(folder: str) -> tuple[FileKey, FileKey | None] | None:
+def _version_drift(folder: str, key_ok: bool) -> str | None:
+    """What is wrong with a version folder a consumer reads: a file gone, or a key that is not the certificate's."""
+    missing = [name for name in FILES if not os.path.isfile(f"{folder}/{name}")]
+    if missing:
+        return f"the live version lacks {', '.join(missing)}"
+    if not key_ok:
+        return "the live version's privkey.pem does not match its cert.pem"
+    return None
+
+
+def _key_ok(folder: str) -> bool:
+    try:
+        with open(folder + "/cert.pem", "rb") as cert, open(folder + "/privkey.pem", "rb") as key:
+            return pki.key_matches(cert.read(), key.read())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def _optional_key(path: str) -> FileKey | None:
+    try:
+        return file_key(os.stat(path))
+    except OSError:
+        return None
+
+
+def _version_keys(folder: str) -> tuple[FileKey, FileKey | None, FileKey | None] | None:
     try:
         cert_key = file_key(os.stat(folder + "/cert.pem"))
     except OSError:
         return None
-    try:
-        return cert_key, file_key(os.stat(folder + "/meta.json"))
-    except OSError:
-        return cert_key, None
+    return cert_key, _optional_key(folder + "/meta.json"), _optional_key(folder + "/privkey.pem")
 
 
-VersionRead = tuple[FileKey, FileKey | None, CertInfo, dict[str, object], bool]
+# (cert.pem, meta.json and privkey.pem file keys, certificate facts, metadata, key present and matching)
+VersionRead = tuple[FileKey, FileKey | None, FileKey | None, CertInfo, dict[str, object], bool]
+Cached = VersionRead
 
 
 def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
-    """Parse version folders: (file keys, certificate facts, metadata, key present) or a problem sentence."""
+    """Parse version folders: (file keys, certificate facts, metadata, key matching) or a problem sentence."""
     out: list[VersionRead | str] = []
     for folder in folders:
         cert_path, meta_path = folder + "/cert.pem", folder + "/meta.json"
@@ -289,7 +303,7 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
             meta = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             pass
-        out.append((cert_key, meta_key, info, meta, os.path.exists(folder + "/privkey.pem")))
+        out.append((cert_key, meta_key, _optional_key(folder + "/privkey.pem"), info, meta, _key_ok(folder)))
     return out
 
 
@@ -300,3 +314,26 @@ def _dt(value: object) -> datetime | None:
         return datetime.fromisoformat(str(value))
     except ValueError:
         return None
+
+
+_INFO_TEXT = ("thumbprint", "sha256", "subject", "key_algorithm", "issuer", "serial")
+
+
+def _from_cache(entries: dict[str, object]) -> dict[str, Cached]:
+    """The cache's entries that decode to well-typed values; anything else is dropped (and re-read from disk)."""
+    out: dict[str, Cached] = {}
+    for folder, entry in entries.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("meta"), dict) or not isinstance(entry.get("ok"), bool):
+            continue
+        cert_key, meta_key, key_key = as_file_key(entry.get("c")), as_file_key(entry.get("m")), as_file_key(entry.get("k"))
+        if cert_key is None or (meta_key is None and entry.get("m") is not None) \
+                or (key_key is None and entry.get("k") is not None):
+            continue
+        try:
+            info = decode(CertInfo, entry["i"])
+        except Exception:  # noqa: BLE001 - an entry that does not decode is only a cache miss
+            continue
+        if all(isinstance(getattr(info, f), str) for f in _INFO_TEXT) and isinstance(info.sans, tuple) \
+                and all(isinstance(n, str) for n in info.sans) and info.not_before.tzinfo and info.not_after.tzinfo:
+            out[folder] = (cert_key, meta_key, key_key, info, entry["meta"], entry["ok"])
+    return out
