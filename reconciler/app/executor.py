@@ -20,7 +20,16 @@ import structlog
 
 from reconciler.adapters import tasks as task_adapter
 from reconciler.app.world import World
-from reconciler.core.plan import ISSUANCE, Action, ActionKind, Plan
+from reconciler.core.plan import (
+    ISSUANCE,
+    Action,
+    ActionKind,
+    BindingDetail,
+    CleanupDetail,
+    DeployDetail,
+    InstallDetail,
+    Plan,
+)
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
 from reconciler.core.schedules import backoff
@@ -177,17 +186,18 @@ class Executor:
         return Outcome(action, "failed", message, seconds)
 
     def _dispatch(self, action: Action) -> dict[str, object] | None:
+        detail = action.detail
         if action.kind in ISSUANCE:
             return self._issue(action)
-        if action.kind is ActionKind.install:
-            return self._install(action)
-        if action.kind is ActionKind.deploy:
-            return self._deploy(action)
-        if action.kind is ActionKind.cleanup:
-            return self._cleanup(action)
-        if action.kind in (ActionKind.bind, ActionKind.rebind, ActionKind.unbind):
-            return self._bind(action)
-        raise RuntimeError(f"unknown action kind {action.kind}")
+        if isinstance(detail, InstallDetail):
+            return self._install(action, detail)
+        if isinstance(detail, DeployDetail):
+            return self._deploy(action, detail)
+        if isinstance(detail, CleanupDetail):
+            return self._cleanup(detail)
+        if isinstance(detail, BindingDetail):
+            return self._bind(action, detail)
+        raise RuntimeError(f"action {action.id} ({action.kind.value}) carries no detail certctl can carry out")
 
     # --- actions ------------------------------------------------------------------------------------------
 
@@ -247,54 +257,49 @@ class Executor:
             next_retry = retry_after
         state.update_attempts(name, consecutive_failures=count, last_error=message, next_retry=next_retry)
 
-    def _material(self, action: Action) -> Material:
+    def _material(self, action: Action, thumbprint: str | None) -> Material:
         """The certificate an action installs: the one the plan named, or the newest issued (after issuance)."""
         state = self.world.state
-        thumbprint = action.details.get("thumbprint")
         if thumbprint is None:
             current = current_version(state.issued_for(action.certificate))
             if current is None:
                 raise RuntimeError(f"certificate {action.certificate} has not been issued")
             thumbprint = current.info.thumbprint
-        return state.material(action.certificate, str(thumbprint))
+        return state.material(action.certificate, thumbprint)
 
-    def _install(self, action: Action) -> dict[str, object]:
-        store_name = action.target.split("/", 1)[1]
-        material = self._material(action)
-        stored = self.world.stores[store_name].install(action.certificate, material, self.clock.now())
+    def _install(self, action: Action, detail: InstallDetail) -> dict[str, object]:
+        material = self._material(action, detail.thumbprint)
+        stored = self.world.stores[detail.store].install(action.certificate, material, self.clock.now())
         return {"thumbprint": material.info.thumbprint, "ref": stored.ref}
 
-    def _deploy(self, action: Action) -> dict[str, object]:
-        index = int(action.target.split("/", 1)[1].split("-", 1)[0])
+    def _deploy(self, action: Action, detail: DeployDetail) -> dict[str, object]:
+        index = detail.task
         spec = self.world.desired.certificates[action.certificate].spec
         task = spec.tasks[index]
-        material = self._material(action)
+        material = self._material(action, detail.thumbprint)
         folder = self.world.state.vault / action.certificate / material.info.thumbprint
         task_adapter.deploy(action.certificate, index, task, spec, material, folder, self._secret_env)
         self.world.state.record_deployment(action.certificate, index, material.info.thumbprint)
         return {"thumbprint": material.info.thumbprint}
 
-    def _cleanup(self, action: Action) -> dict[str, object]:
-        detail = action.details
-        store = self.world.stores[str(detail["store"])]
-        store.remove(str(detail["ref"]))
-        return {"thumbprint": str(detail["thumbprint"])}
+    def _cleanup(self, detail: CleanupDetail) -> dict[str, object]:
+        self.world.stores[detail.store].remove(detail.ref)
+        return {"thumbprint": detail.thumbprint}
 
-    def _bind(self, action: Action) -> dict[str, object]:
-        detail = action.details
-        host_name = str(detail["host"])
-        thumbprint = detail.get("thumbprint")
+    def _bind(self, action: Action, detail: BindingDetail) -> dict[str, object]:
+        host_name = detail.host
+        thumbprint = detail.thumbprint
         if thumbprint is None and action.kind is not ActionKind.unbind:
-            thumbprint = self._material(action).info.thumbprint
+            thumbprint = self._material(action, None).info.thumbprint
         change = BindingChange(
-            op=str(detail["op"]),
-            site=str(detail["site"]),
-            protocol=str(detail.get("protocol", "https")),
-            information=str(detail["binding"]),
-            ssl_flags=int(str(detail.get("ssl_flags", 0))),
-            thumbprint=str(thumbprint) if thumbprint else None,
-            store=str(detail.get("store", "WebHosting")),
-            old_thumbprint=str(detail["old_thumbprint"]) if detail.get("old_thumbprint") else None,
+            op=detail.op,
+            site=detail.site,
+            protocol=detail.protocol,
+            information=detail.binding,
+            ssl_flags=detail.ssl_flags,
+            thumbprint=thumbprint or None,
+            store=detail.store,
+            old_thumbprint=detail.old_thumbprint or None,
         )
         with self._host_locks.setdefault(host_name, threading.Lock()):
             if change.op == "add":  # recorded first: a crash after the commit must not make it look foreign

@@ -29,7 +29,6 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from reconciler.core import domains
 from reconciler.core.model import (
@@ -42,7 +41,7 @@ from reconciler.core.model import (
     Site,
     SiteState,
 )
-from reconciler.core.plan import Action, ActionKind, Note, Reason, Target
+from reconciler.core.plan import Action, ActionKind, BindingDetail, Note, Reason, Target
 from reconciler.core.spec import IisMode
 
 ADDRESS_PROTOCOLS = frozenset({"http", "https", "ftp"})  # bindingInformation is IP:port:host; others are kept as they are
@@ -231,7 +230,8 @@ class _HostPlan:
         return self.in_store(served, store) is not False
 
     def act(self, kind: ActionKind, claim_name: str, site: str, protocol: str, information: str, reason: Reason,
-            message: str, depends: Sequence[str], **detail: Any) -> None:
+            message: str, depends: Sequence[str], *, op: str, ssl_flags: int, thumbprint: str | None, store: str,
+            old_thumbprint: str | None, keeps_settings: str | None = None) -> None:
         what = f"{protocol} {information}" if protocol != "ftp" else "ftp ssl"
         self.actions.append(Action(
             id=f"{kind.value}/{claim_name}/{self.host.name}/{site}/{what}",
@@ -241,8 +241,8 @@ class _HostPlan:
             reason=reason,
             message=message,
             depends_on=tuple(sorted(set(depends))),
-            detail=tuple(sorted({"host": self.host.name, "site": site, "protocol": protocol,
-                                 "binding": information, **detail}.items())),
+            detail=BindingDetail(self.host.name, site, protocol, information, op, ssl_flags, store, thumbprint,
+                                 old_thumbprint, keeps_settings),
         ))
 
     def change_reason(self, claim: _Claim, served: str | None, store: str | None, what: str) -> tuple[Reason, str]:
@@ -349,15 +349,14 @@ def _https(plan: _HostPlan, site: Site, binding: Binding, owner: _Claim | None,
     if others:
         message += (f" (the HTTP.sys entry {kind}={key} is shared with "
                     f"{', '.join(f'{b.site}: {b.information}' for b in others)}, which {name} covers too)")
-    extra: dict[str, Any] = {}
+    kept: str | None = None
     if entry is not None and entry.settings:
         kept = ", ".join(f"{label}: {value}" for label, value in entry.settings)
         message += (f"; its HTTP.sys entry {kind}={entry.key} has its own settings ({kept}), which IIS resets when "
                     "it replaces the binding: certctl re-applies them")
-        extra["keeps_settings"] = kept
     plan.act(ActionKind.rebind, name, site.name, "https", binding.information, reason, message, owner.depends,
              op="update", ssl_flags=binding.ssl_flags, thumbprint=owner.thumbprint, store=owner.windows_store,
-             old_thumbprint=served, **extra)
+             old_thumbprint=served, keeps_settings=kept)
 
 
 def _unowned(plan: _HostPlan, site: Site, binding: Binding, served: str | None, entry: HttpSysEntry | None) -> None:
@@ -419,10 +418,10 @@ def _adds(plan: _HostPlan, site: Site, owners: Mapping[int, _Claim]) -> None:
         what = f"https {information}"
         elsewhere = next((b for s in plan.host.sites for b in s.bindings if s.name != site.name
                           and b.protocol.lower() == "https" and b.host == host_name and b.port == HTTPS_PORT), None)
-        added = next((a for a in plan.actions if a.kind is ActionKind.bind and a.details.get("protocol") == "https"
-                      and str(a.details.get("binding", "")).rsplit(":", 2)[1:] == [str(HTTPS_PORT), host_name]), None)
+        added = next((a.detail for a in plan.actions if a.kind is ActionKind.bind and isinstance(a.detail, BindingDetail)
+                       and a.detail.protocol == "https" and a.detail.binding.endswith(f":{HTTPS_PORT}:{host_name}")), None)
         if elsewhere is not None or added is not None:
-            other = elsewhere.site if elsewhere is not None else str(added.details["site"]) if added else ""
+            other = elsewhere.site if elsewhere is not None else added.site if added else ""
             plan.note(name, site.name, what, f"site {site.name} has http {http.information} but {host_name}:443 is "
                       f"already bound on site {other}; certctl never creates a duplicate binding", code="Duplicate")
             continue

@@ -76,6 +76,88 @@ class CertState(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class IssueDetail:
+    """issue, renew, reissue: what the new certificate is, and the certificate it replaces."""
+
+    domains: tuple[str, ...]
+    key_algorithm: str
+    issuer: str
+    replaces: str | None = None  # thumbprint of the current certificate
+    not_after: str | None = None  # its expiry (ISO)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"domains": list(self.domains), "issuer": self.issuer, "key_algorithm": self.key_algorithm}
+        if self.not_after is not None:
+            out["not_after"] = self.not_after
+        if self.replaces is not None:
+            out["replaces"] = self.replaces
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class InstallDetail:
+    """install: into which Store, and which certificate (None: the one an issuance of this plan makes)."""
+
+    store: str
+    thumbprint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"thumbprint": self.thumbprint} if self.thumbprint is not None else {}
+
+
+@dataclass(frozen=True, slots=True)
+class DeployDetail:
+    """deploy: the index of the task in the certificate's ``tasks``, and which certificate it deploys."""
+
+    task: int
+    thumbprint: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"thumbprint": self.thumbprint} if self.thumbprint is not None else {}
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupDetail:
+    """cleanup: which stored certificate goes, from which Store."""
+
+    store: str
+    ref: str
+    thumbprint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ref": self.ref, "store": self.store, "thumbprint": self.thumbprint}
+
+
+@dataclass(frozen=True, slots=True)
+class BindingDetail:
+    """bind, rebind, unbind: the binding change on one IIS host (``op``: add, update, remove or ftp)."""
+
+    host: str
+    site: str
+    protocol: str
+    binding: str  # bindingInformation, IP:port:host
+    op: str
+    ssl_flags: int
+    store: str
+    thumbprint: str | None  # None: the certificate an issuance of this plan makes (or none, to remove)
+    old_thumbprint: str | None
+    keeps_settings: str | None = None  # the HTTP.sys entry's own settings that the change re-applies
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "binding": self.binding, "host": self.host, "old_thumbprint": self.old_thumbprint, "op": self.op,
+            "protocol": self.protocol, "site": self.site, "ssl_flags": self.ssl_flags, "store": self.store,
+            "thumbprint": self.thumbprint,
+        }
+        if self.keeps_settings is not None:
+            out["keeps_settings"] = self.keeps_settings
+        return dict(sorted(out.items()))
+
+
+ActionDetail = IssueDetail | InstallDetail | DeployDetail | CleanupDetail | BindingDetail
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     id: str
     kind: ActionKind
@@ -84,11 +166,7 @@ class Action:
     reason: Reason
     message: str
     depends_on: tuple[str, ...] = ()
-    detail: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def details(self) -> dict[str, Any]:
-        return dict(self.detail)
+    detail: ActionDetail | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -99,7 +177,7 @@ class Action:
             "reason": self.message,
             "reason_code": self.reason.value,
             "depends_on": list(self.depends_on),
-            "detail": self.details,
+            "detail": self.detail.to_json() if self.detail is not None else {},
         }
 
 
@@ -180,13 +258,38 @@ class Plan:
 
 
 def action_from_json(data: dict[str, Any]) -> Action:
+    """An action of a saved plan file (``certctl plan --out``), with its typed detail."""
+    kind = ActionKind(data["kind"])
     return Action(
         id=data["id"],
-        kind=ActionKind(data["kind"]),
+        kind=kind,
         certificate=data["certificate"],
         target=data["target"],
         reason=Reason(data["reason_code"]),
         message=data["reason"],
         depends_on=tuple(data.get("depends_on", ())),
-        detail=tuple(sorted(data.get("detail", {}).items())),
+        detail=detail_from_json(kind, data["target"], data.get("detail") or {}),
+    )
+
+
+def detail_from_json(kind: ActionKind, target: str, d: dict[str, Any]) -> ActionDetail | None:
+    """The typed detail of a saved action. Install and deploy details keep the store and task in the
+    action's ``target`` (``store/<name>``, ``task/<index>-<kind>``) rather than in ``detail``, as plan files
+    of format_version 1 have always written them."""
+    if kind in ISSUANCE:
+        return IssueDetail(tuple(d.get("domains", ())), str(d.get("key_algorithm", "")), str(d.get("issuer", "")),
+                           d.get("replaces"), d.get("not_after"))
+    if kind is ActionKind.install:
+        return InstallDetail(target.removeprefix("store/"), d.get("thumbprint"))
+    if kind is ActionKind.deploy:
+        index = target.removeprefix("task/").partition("-")[0]
+        if not index.isdigit():
+            raise ValueError(f"action target {target!r} names no task")
+        return DeployDetail(int(index), d.get("thumbprint"))
+    if kind is ActionKind.cleanup:
+        return CleanupDetail(str(d["store"]), str(d["ref"]), str(d["thumbprint"]))
+    return BindingDetail(
+        host=str(d["host"]), site=str(d["site"]), protocol=str(d.get("protocol", "https")), binding=str(d["binding"]),
+        op=str(d["op"]), ssl_flags=int(d.get("ssl_flags", 0)), store=str(d.get("store", "WebHosting")),
+        thumbprint=d.get("thumbprint"), old_thumbprint=d.get("old_thumbprint"), keeps_settings=d.get("keeps_settings"),
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 from reconciler.core import iis_rules
 from reconciler.core.durations import humanize, iso
@@ -22,9 +21,15 @@ from reconciler.core.plan import (
     ACTION_ORDER,
     ISSUANCE,
     Action,
+    ActionDetail,
     ActionKind,
+    BindingDetail,
     CertState,
     CertSummary,
+    CleanupDetail,
+    DeployDetail,
+    InstallDetail,
+    IssueDetail,
     Note,
     Plan,
     Reason,
@@ -58,7 +63,7 @@ def current_version(versions: Iterable[IssuedVersion]) -> IssuedVersion | None:
 
 
 def _act(kind: ActionKind, name: str, target: str, reason: Reason, message: str,
-         depends: Iterable[str | None] = (), **detail: Any) -> Action:
+         depends: Iterable[str | None] = (), detail: ActionDetail | None = None) -> Action:
     suffix = f"/{target}" if kind not in ISSUANCE else ""
     return Action(
         id=f"{kind.value}/{name}{suffix}",
@@ -68,8 +73,13 @@ def _act(kind: ActionKind, name: str, target: str, reason: Reason, message: str,
         reason=reason,
         message=message,
         depends_on=tuple(sorted({d for d in depends if d})),
-        detail=tuple(sorted((k, v) for k, v in detail.items() if v is not None)),
+        detail=detail,
     )
+
+
+def _cleaned(action: Action) -> str:
+    assert isinstance(action.detail, CleanupDetail)
+    return action.detail.thumbprint
 
 
 def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: frozenset[str] = frozenset()) -> Plan:
@@ -103,10 +113,9 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
     cleanup, cleanup_notes = _cleanup_actions(desired, observed, targets, referenced, at)
     unbinds: dict[str, set[str]] = {}  # a pruned certificate is removed only after its bindings are
     for action in host_actions:
-        if action.kind is ActionKind.unbind and action.details.get("old_thumbprint"):
-            unbinds.setdefault(str(action.details["old_thumbprint"]), set()).add(action.id)
-    cleanup = [replace(c, depends_on=tuple(sorted({*c.depends_on, *unbinds.get(str(c.details.get("thumbprint")), ())})))
-               for c in cleanup]
+        if isinstance(action.detail, BindingDetail) and action.kind is ActionKind.unbind and action.detail.old_thumbprint:
+            unbinds.setdefault(action.detail.old_thumbprint, set()).add(action.id)
+    cleanup = [replace(c, depends_on=tuple(sorted({*c.depends_on, *unbinds.get(_cleaned(c), ())}))) for c in cleanup]
     actions.extend(cleanup)
     notes.extend(cleanup_notes)
     with_actions = {a.certificate for a in actions}
@@ -188,12 +197,10 @@ def _plan_certificate(
                 code="Deferred",
             ))
         else:
-            detail: dict[str, Any] = {"domains": list(spec.domains), "key_algorithm": spec.key.algorithm.value,
-                                      "issuer": spec.issuer}
-            if current is not None:
-                detail["replaces"] = current.info.thumbprint
-                detail["not_after"] = iso(current.info.not_after)
-            action = _act(kind, name, f"issuer/{spec.issuer}", reason, message, **detail)
+            detail = IssueDetail(tuple(spec.domains), spec.key.algorithm.value, spec.issuer,
+                                 current.info.thumbprint if current is not None else None,
+                                 iso(current.info.not_after) if current is not None else None)
+            action = _act(kind, name, f"issuer/{spec.issuer}", reason, message, detail=detail)
             actions.append(action)
             issuance_id = action.id
     previous_set = previous if current is not None else frozenset()
@@ -227,21 +234,21 @@ def _install_actions(name: str, spec: CertificateSpec, target: Target, index: St
     for store in spec.stores:
         if target.thumbprint is None:
             out.append(_act(ActionKind.install, name, f"store/{store}", Reason.Renewed,
-                            f"the new certificate goes into store {store}", [target.issuance]))
+                            f"the new certificate goes into store {store}", [target.issuance], InstallDetail(store)))
             continue
         found = index.get(store, {}).get(target.thumbprint)
         if found is None:
             out.append(_act(ActionKind.install, name, f"store/{store}", Reason.NotInStore,
                             f"store {store} lacks the current certificate {target.thumbprint[:8]}",
-                            thumbprint=target.thumbprint))
+                            detail=InstallDetail(store, target.thumbprint)))
         elif not found.current:
             out.append(_act(ActionKind.install, name, f"store/{store}", Reason.StoreDrift,
                             f"store {store} holds {target.thumbprint[:8]} but serves another version as current",
-                            thumbprint=target.thumbprint))
+                            detail=InstallDetail(store, target.thumbprint)))
         elif found.drift:
             out.append(_act(ActionKind.install, name, f"store/{store}", Reason.StoreDrift,
                             f"store {store} serves {target.thumbprint[:8]}, but {found.drift}",
-                            thumbprint=target.thumbprint))
+                            detail=InstallDetail(store, target.thumbprint)))
     return out
 
 
@@ -256,21 +263,21 @@ def _deploy_actions(name: str, spec: CertificateSpec, target: Target, observed: 
         state = observed.tasks.get((name, index))
         if target.thumbprint is None:
             out.append(_act(ActionKind.deploy, name, label, Reason.Renewed,
-                            f"{task.kind} task runs for the new certificate", [target.issuance]))
+                            f"{task.kind} task runs for the new certificate", [target.issuance], DeployDetail(index)))
         elif state is None or state.thumbprint is None:
             why = state.problem if state and state.problem else "its output is missing"
             reason = Reason.NotDeployed if task.kind == "script" else Reason.OutputMissing
             out.append(_act(ActionKind.deploy, name, label, reason,
-                            f"{task.kind} task: {why}", thumbprint=target.thumbprint))
+                            f"{task.kind} task: {why}", detail=DeployDetail(index, target.thumbprint)))
         elif state.thumbprint != target.thumbprint:
             out.append(_act(ActionKind.deploy, name, label, Reason.OutputOutdated,
                             f"{task.kind} task output holds {state.thumbprint[:8]}, current is {target.thumbprint[:8]}",
-                            thumbprint=target.thumbprint))
+                            detail=DeployDetail(index, target.thumbprint)))
         elif drift and (task.kind == "script" or getattr(task.files, "reload", None) or getattr(task.pfx, "reload", None)):
             first = drift[0]
             out.append(_act(ActionKind.deploy, name, label, Reason.EndpointDrift,
                             f"{first.endpoint} serves {first.thumbprint[:8] if first.thumbprint else 'nothing'}, "
-                            f"current is {target.thumbprint[:8]}", thumbprint=target.thumbprint))
+                            f"current is {target.thumbprint[:8]}", detail=DeployDetail(index, target.thumbprint)))
     return out
 
 
@@ -314,8 +321,7 @@ def _cleanup_actions(
                     elif desired.settings.prune:
                         out.append(_act(ActionKind.cleanup, owner, f"store/{store_name}/{cert.ref}", Reason.Orphaned,
                                         f"certificate {owner} has no spec any more and {cert.info.thumbprint[:8]} is "
-                                        "used nowhere (prune: true)", thumbprint=cert.info.thumbprint, ref=cert.ref,
-                                        store=store_name))
+                                        "used nowhere (prune: true)", detail=CleanupDetail(store_name, cert.ref, cert.info.thumbprint)))
                     else:
                         notes.append(Note(owner, f"store/{store_name}",
                                           f"{cert.info.thumbprint[:8]} belongs to certificate {owner}, whose spec was "
@@ -341,10 +347,11 @@ def _cleanup_actions(
                            else f"superseded {humanize(at - superseded)} ago" if superseded else "superseded")
                     out.append(_act(ActionKind.cleanup, owner, f"store/{store_name}/{cert.ref}", Reason.Superseded,
                                     f"{cert.info.thumbprint[:8]} {why} and used nowhere",
-                                    thumbprint=cert.info.thumbprint, ref=cert.ref, store=store_name))
+                                    detail=CleanupDetail(store_name, cert.ref, cert.info.thumbprint)))
     kept: list[Action] = []
     for action in out:
-        blocked = _cleanup_blocked(desired, observed, str(action.details.get("store")))
+        assert isinstance(action.detail, CleanupDetail)
+        blocked = _cleanup_blocked(desired, observed, action.detail.store)
         if blocked is None:
             kept.append(action)
         else:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.core.plan import action_from_json
 from tests.scenarios.harness import comparable, run_scenario, scenario_dirs
 
 
@@ -27,3 +28,11 @@ def test_planning_twice_gives_the_same_plan(folder: Path) -> None:
 
 def test_there_are_scenarios() -> None:
     assert len(scenario_dirs()) >= 10
+
+
+@pytest.mark.parametrize("folder", scenario_dirs(), ids=lambda p: p.name)
+def test_a_saved_plan_reads_back_as_the_same_typed_actions(folder: Path) -> None:
+    """`certctl plan --out` then `certctl apply FILE`: every action, typed detail included, survives the JSON."""
+    plan = run_scenario(folder)
+    saved = json.loads(json.dumps(plan.to_json()))
+    assert tuple(action_from_json(a) for a in saved["actions"]) == plan.actions

@@ -14,7 +14,7 @@ from reconciler.app.loader import load
 from reconciler.core import iis_rules, validate
 from reconciler.core.codec import observed_from_json
 from reconciler.core.model import HostState, HttpSysEntry, ObservedState, Site, SiteState
-from reconciler.core.plan import ActionKind
+from reconciler.core.plan import ActionKind, BindingDetail
 from reconciler.core.planner import plan
 from tests.scenarios.harness import ROOT, run_scenario
 
@@ -55,7 +55,8 @@ def test_every_iis_scenario_plans_unique_actions_whose_dependencies_exist() -> N
                 required = {"host", "site", "binding", "protocol", "op", "ssl_flags", "thumbprint", "store",
                             "old_thumbprint"}
                 # keeps_settings: a rebind of an HTTP.sys entry with its own settings says which ones are re-applied
-                assert required <= set(a.details) <= required | {"keeps_settings"}, a.id
+                assert isinstance(a.detail, BindingDetail), a.id
+                assert required <= set(a.detail.to_json()) <= required | {"keeps_settings"}, a.id
 
 
 def test_binds_never_use_a_certificate_issued_later_without_depending_on_it() -> None:
@@ -63,7 +64,7 @@ def test_binds_never_use_a_certificate_issued_later_without_depending_on_it() ->
     rebinds = [a for a in p.actions if a.kind is ActionKind.rebind]
     assert len(rebinds) == 2
     for a in rebinds:
-        assert a.details["thumbprint"] is None
+        assert isinstance(a.detail, BindingDetail) and a.detail.thumbprint is None
         assert set(a.depends_on) == {"renew/www", "install/www/store/web01-webhosting"}
 
 

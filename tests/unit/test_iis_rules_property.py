@@ -35,7 +35,7 @@ from reconciler.core.model import (
     StoredCert,
     StoreState,
 )
-from reconciler.core.plan import ActionKind, Plan
+from reconciler.core.plan import ActionKind, BindingDetail, Plan
 from reconciler.core.planner import plan
 from reconciler.core.spec import CertificateSpec, IisHostSpec, IssuerSpec, SettingsSpec, StoreSpec
 from reconciler.ports import BindingChange
@@ -160,10 +160,11 @@ def host_changes(p: Plan) -> list[BindingChange]:
     for a in p.actions:
         if a.kind not in (ActionKind.bind, ActionKind.rebind, ActionKind.unbind):
             continue
-        d = a.details
-        out.append(BindingChange(op=d["op"], site=d["site"], protocol=d["protocol"], information=d["binding"],
-                                 ssl_flags=d["ssl_flags"], thumbprint=d["thumbprint"], store=d["store"],
-                                 old_thumbprint=d["old_thumbprint"]))
+        d = a.detail
+        assert isinstance(d, BindingDetail)
+        out.append(BindingChange(op=d.op, site=d.site, protocol=d.protocol, information=d.binding,
+                                 ssl_flags=d.ssl_flags, thumbprint=d.thumbprint, store=d.store,
+                                 old_thumbprint=d.old_thumbprint))
     return out
 
 
@@ -238,7 +239,8 @@ def test_applying_the_plan_converges_and_touches_only_covered_bindings(
         assert site not in stopped or follows, f"{site} is stopped but its binding {information} changed"
 
     # bindings that no spec covers are never changed or removed (only pruned ones may go)
-    pruned = {(a.details["site"], a.details["binding"]) for a in first.actions if a.kind is ActionKind.unbind}
+    pruned = {(a.detail.site, a.detail.binding) for a in first.actions
+              if a.kind is ActionKind.unbind and isinstance(a.detail, BindingDetail)}
     after_bindings = {(b.site, b.protocol, b.information, b.ssl_flags)
                       for s in after.hosts[HOST].sites for b in s.bindings}
     for s in sites:
@@ -260,9 +262,9 @@ def test_no_planned_change_moves_a_binding_its_certificate_does_not_cover(
     p = plan(desired, before, AT)
     everything = [b for s in sites for b in s.bindings if b.protocol == "https" and b.parse_error is None]
     for a in p.actions:
-        if a.kind is not ActionKind.rebind or a.details["protocol"] != "https":
+        if a.kind is not ActionKind.rebind or not isinstance(a.detail, BindingDetail) or a.detail.protocol != "https":
             continue
-        target = next(b for b in everything if b.site == a.details["site"] and b.information == a.details["binding"])
+        target = next(b for b in everything if b.site == a.detail.site and b.information == a.detail.binding)
         key = iis_rules.entry_key(target)
         for b in everything:
             if iis_rules.entry_key(b) != key:
