@@ -19,6 +19,7 @@ from datetime import datetime
 import structlog
 
 from reconciler.adapters import tasks as task_adapter
+from reconciler.app.verify import verify
 from reconciler.app.world import World
 from reconciler.core.plan import (
     ISSUANCE,
@@ -40,7 +41,6 @@ from reconciler.support.secrets import env_names
 log = structlog.get_logger()
 
 LOCAL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # no backoff: nothing the CA did
-VERIFY_SETTLE = 5.0  # seconds a verify endpoint may take to serve the new certificate after a reload
 
 
 def recover_challenges(world: World) -> int:
@@ -134,7 +134,8 @@ class Executor:
                         running.pop(future)
                         settle(future.result())
         result = ApplyResult([outcomes[a.id] for a in plan.actions])
-        result.verify_failures = self._verify(plan, result)
+        result.verify_failures = verify(self.world, [o.action.certificate for o in result.outcomes if o.status == "done"],
+                                        [o.action.certificate for o in result.outcomes if o.status != "done"])
         return result
 
     def _finish(self, outcome: Outcome, outcomes: dict[str, Outcome]) -> None:
@@ -321,43 +322,3 @@ class Executor:
             return True
         return any(b.information == change.information and b.protocol == change.protocol
                    for s in host.sites if s.name == change.site for b in s.bindings)
-
-    # --- verification ------------------------------------------------------------------------------------------
-
-    def _verify(self, plan: Plan, result: ApplyResult) -> list[str]:
-        """After a certificate's actions succeeded, check each verify endpoint serves the current certificate."""
-        prober = self.world.prober
-        failures: list[str] = []
-        touched = {o.action.certificate for o in result.outcomes if o.status == "done"}
-        failed = {o.action.certificate for o in result.outcomes if o.status != "done"}
-        for name in sorted(touched - failed):
-            spec = self.world.desired.certificates.get(name)
-            if spec is None or not spec.spec.verify or prober is None:
-                continue
-            current = current_version(self.world.state.issued_for(name))
-            if current is None:
-                continue
-            for v in spec.spec.verify:
-                sni = v.sni or spec.spec.domains[0].removeprefix("*.")
-                # A reload is asynchronous (nginx, IIS): probe again for a few seconds before calling it a mismatch.
-                settle = time.monotonic() + min(VERIFY_SETTLE, v.timeout.total_seconds())
-                problem: Exception | None = None
-                while True:
-                    try:
-                        served = prober.probe(v.endpoint, sni, v.timeout.total_seconds()).thumbprint
-                    except Exception as exc:  # noqa: BLE001
-                        served, problem = None, exc
-                    if served == current.info.thumbprint or time.monotonic() >= settle:
-                        break
-                    time.sleep(0.2)
-                if served is None:
-                    failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) could not be probed: {problem}")
-                    continue
-                if served != current.info.thumbprint:
-                    failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) serves {served[:8]}, "
-                                    f"expected the new certificate {current.info.thumbprint[:8]}")
-                else:
-                    log.info("verify.ok", certificate=name, endpoint=v.endpoint, sni=sni, thumbprint=served)
-        for f in failures:
-            log.error("verify.failed", detail=f)
-        return failures

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -255,6 +255,11 @@ class Plan:
             "fingerprints": {"observed": self.observed_fingerprint, "desired": self.desired_fingerprint},
             "forced": list(self.forced),
         }
+
+
+def without_cleanup(plan: Plan) -> Plan:
+    """The plan of an ordinary daemon pass: removals wait for a maintenance pass."""
+    return replace(plan, actions=tuple(a for a in plan.actions if a.kind is not ActionKind.cleanup))
 
 
 def action_from_json(data: dict[str, Any]) -> Action:

@@ -158,7 +158,8 @@ def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
 
 
 def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
-    from reconciler.app.executor import Executor, Outcome
+    from reconciler.app.executor import Outcome
+    from reconciler.app.reconcile import apply_plan
 
     progress = sys.stdout.isatty() and args.log_format != "json"
 
@@ -169,14 +170,7 @@ def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
             sys.stdout.write(f"  {mark:<7} {outcome.action.id} ({outcome.seconds:.1f}s){extra}\n")
             sys.stdout.flush()
 
-    executor = Executor(world, concurrency=world.desired.settings.concurrency, on_outcome=show)
-    result = executor.run(plan)
-    try:
-        world.state.record_applied(world.desired.revision, world.desired.directory,
-                                   plan.desired_fingerprint or desired_fingerprint(world.desired), result.ok,
-                                   len(plan.actions))
-    except OSError as exc:
-        result.verify_failures.append(f"the record of this apply could not be written: {exc}")
+    result = apply_plan(world, plan, clock=SYSTEM, on_outcome=show)
     failed = [o for o in result.outcomes if o.status != "done"]
     if failed or result.verify_failures:
         sys.stdout.write("\nNot done:\n")
@@ -227,9 +221,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
-    from reconciler.entry.daemon import run_daemon
+    from reconciler.entry.daemon import DaemonOptions, run_daemon
 
-    return run_daemon(args)
+    return run_daemon(DaemonOptions(
+        directory=_dir(args), state_dir=args.state_dir, git_pull=args.git_pull, metrics_address=args.metrics_address,
+        no_metrics=args.no_metrics, stop_grace=DaemonOptions.stop_grace_from_env(),
+    ))
 
 
 def cmd_import(args: argparse.Namespace) -> int:

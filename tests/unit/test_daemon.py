@@ -14,11 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.app.recovery import recover
 from reconciler.core.model import Attempts, ObservedState
-from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
+from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason, without_cleanup
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, ready_condition
-from reconciler.entry.daemon import without_cleanup
-from reconciler.entry.metrics import Metrics, parse_address
+from reconciler.entry.daemon.metrics import Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull
 from reconciler.support.logging import configure
@@ -167,3 +166,42 @@ def test_git_pull_fast_forwards_and_refuses_to_merge(tmp_path: Path) -> None:
     assert not result.ok and "fast-forward" in result.message
     assert _git(clone, "rev-parse", "HEAD") == before, "nothing was merged"
     assert not pull(tmp_path / "origin" / ".." / "clone" / "missing").ok
+
+
+def test_the_schedule_takes_interval_maintenance_due_and_retry_reasons() -> None:
+    from reconciler.entry.daemon.schedule import WAKE_SLACK, Schedule
+
+    s = Schedule(interval=60, maintenance_interval=3600)
+    s.start(1000.0)
+    reasons: set[str] = set()
+    assert s.take(reasons, 1010.0, NOW) is False and reasons == set()
+    assert s.timeout(1010.0, NOW) == 50.0  # the next interval pass
+    s.due = NOW + timedelta(seconds=5)
+    assert s.timeout(1010.0, NOW) == pytest.approx(5.0 + WAKE_SLACK)
+    s.retry_at = 1012.0
+    assert s.timeout(1010.0, NOW) == 2.0
+    assert s.take(reasons, 1012.0, NOW + timedelta(seconds=5)) is False
+    assert reasons == {"due", "retry"}
+    reasons.clear()
+    assert s.take(reasons, 1060.0, NOW) is False and reasons == {"interval", "retry"}
+    assert s.interval_mark == 1060.0
+    reasons.clear()
+    s.retry_at = None
+    assert s.take(reasons, 4600.0, NOW) is True, "an hour on: a maintenance pass"
+    assert s.take({"start"}, 4601.0, NOW) is True, "the first pass is always a maintenance pass"
+    s.due = None  # (a pass computes the next one)
+    s.interval = 10  # an edited reconcileInterval counts at once
+    assert s.timeout(4601.0, NOW) == 9.0
+
+
+def test_only_spec_files_outside_the_state_dir_and_hidden_folders_wake_the_daemon(tmp_path: Path) -> None:
+    from reconciler.entry.daemon.watch import relevant_change
+
+    root, state = tmp_path / "ds", tmp_path / "ds" / "state"
+    assert relevant_change(root, state, False, str(root / "certs.yaml"))
+    assert relevant_change(root, state, False, str(root / "team" / "api.yml"))
+    assert not relevant_change(root, state, False, str(root / "README.md"))
+    assert relevant_change(root, state, True, str(root / "old-folder")), "a deleted folder may have held specs"
+    assert not relevant_change(root, state, False, str(state / "x.yaml"))
+    assert not relevant_change(root, state, False, str(root / ".git" / "config.yaml"))
+    assert not relevant_change(root, state, False, str(root / ".swap.yaml"))

@@ -1,0 +1,95 @@
+"""One reconcile pass, the same for `certctl apply` and the daemon: observe, plan, apply, record.
+
+``apply_plan`` carries out a plan and records what was applied (the CLI shows it, with a saved plan or
+after a question); ``reconcile_once`` is the daemon's whole pass: recover (on maintenance passes),
+observe, plan, apply everything but cleanup (cleanup only on maintenance passes), observe again and plan
+again, so what it reports is what is still to do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import structlog
+
+from reconciler.app.executor import ApplyResult, Executor, Outcome
+from reconciler.app.observe import observe, observe_current
+from reconciler.app.recovery import recover
+from reconciler.app.world import World
+from reconciler.core.model import ObservedState
+from reconciler.core.plan import Plan, without_cleanup
+from reconciler.core.planner import desired_fingerprint
+from reconciler.core.planner import plan as make_plan
+from reconciler.ports import Clock
+
+log = structlog.get_logger()
+
+
+def apply_plan(world: World, plan: Plan, *, clock: Clock, on_outcome: Callable[[Outcome], None] | None = None,
+               on_executor: Callable[[Executor | None], None] | None = None) -> ApplyResult:
+    """Carry out ``plan`` and record it as the last apply (a record that cannot be written fails the apply)."""
+    executor = Executor(world, concurrency=world.desired.settings.concurrency, clock=clock, on_outcome=on_outcome)
+    if on_executor is not None:
+        on_executor(executor)
+    try:
+        result = executor.run(plan)
+    finally:
+        if on_executor is not None:
+            on_executor(None)
+    try:
+        world.state.record_applied(world.desired.revision, world.desired.directory,
+                                   plan.desired_fingerprint or desired_fingerprint(world.desired), result.ok,
+                                   len(plan.actions))
+    except OSError as exc:
+        result.verify_failures.append(f"the record of this apply could not be written: {exc}")
+    return result
+
+
+@dataclass(frozen=True)
+class PassResult:
+    plan: Plan  # planned after the pass: what is still to do
+    observed: ObservedState
+    at: datetime
+    applied: ApplyResult | None  # None when there was nothing to do (or a stop was requested)
+    failed: int  # failed or skipped actions, and failed verifications
+
+    @property
+    def ran(self) -> int:
+        return len(self.applied.outcomes) if self.applied is not None else 0
+
+
+def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: threading.Event,
+                   desired_fingerprint_now: str, on_outcome: Callable[[Outcome], None] | None = None,
+                   on_executor: Callable[[Executor | None], None] | None = None) -> PassResult:
+    """The daemon's pass. Call it holding the apply lock."""
+    desired = world.desired
+    if maintenance:
+        recover(world)
+    observed = observe_current(world, clock.now(), locked=True)
+    at = clock.now()
+    plan = make_plan(desired, observed, at)
+    todo = plan if maintenance else without_cleanup(plan)
+    previous = world.state.applied() or {}
+    if not todo.actions or stopping.is_set():
+        if previous.get("revision") != desired.revision or previous.get("desired_fingerprint") != desired_fingerprint_now:
+            world.state.record_applied(desired.revision, desired.directory, desired_fingerprint_now, True, 0)
+        return PassResult(plan, observed, at, None, 0)
+    log.info("apply.started", actions=len(todo.actions), summary={k: v for k, v in todo.summary().items() if v})
+
+    def stop_aware(executor: Executor | None) -> None:
+        if executor is not None and stopping.is_set():
+            executor.stop_requested.set()
+        if on_executor is not None:
+            on_executor(executor)
+
+    todo = replace(todo, desired_fingerprint=desired_fingerprint_now)
+    result = apply_plan(world, todo, clock=clock, on_outcome=on_outcome, on_executor=stop_aware)
+    failed = result.count("failed") + result.count("skipped") + len(result.verify_failures)
+    log.info("apply.finished", done=result.count("done"), failed=result.count("failed"),
+             skipped=result.count("skipped"), verify_failures=len(result.verify_failures))
+    observed = observe(world)
+    at = clock.now()
+    return PassResult(make_plan(desired, observed, at), observed, at, result, failed)
