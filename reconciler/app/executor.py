@@ -1,12 +1,12 @@
-"""Carries out a Plan: dependency order, bounded parallelism, journal, backoff, verification.
+"""Carries out a Plan: dependency order, bounded parallelism, the journal, then verification.
+
+What each kind of action does is ``reconciler.app.actions``; verification is ``reconciler.app.verify``.
 
 A failed action fails only what depends on it; everything else still runs.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import threading
 import time
 import uuid
@@ -14,33 +14,21 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 
-from reconciler.adapters import tasks as task_adapter
+from reconciler.app.actions import ActionRunner
 from reconciler.app.verify import verify
 from reconciler.app.world import World
 from reconciler.core.plan import (
-    ISSUANCE,
     Action,
-    ActionKind,
-    BindingDetail,
-    CleanupDetail,
-    DeployDetail,
-    InstallDetail,
     Plan,
 )
-from reconciler.core.planner import current_version
-from reconciler.core.policies import issuer_id
-from reconciler.core.schedules import backoff
-from reconciler.ports import BindingChange, Clock, IssueError, IssueRequest, Material
+from reconciler.ports import Clock
 from reconciler.support.clock import SYSTEM
-from reconciler.support.secrets import env_names
 
 log = structlog.get_logger()
 
-LOCAL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # no backoff: nothing the CA did
 
 
 def recover_challenges(world: World) -> int:
@@ -83,11 +71,8 @@ class Executor:
         self.clock = clock
         self.on_outcome = on_outcome
         self.run_id = uuid.uuid4().hex[:12]
-        self._host_locks: dict[str, threading.Lock] = {name: threading.Lock() for name in world.hosts}
-        self._cert_locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self.actions = ActionRunner(world, clock)
         self.stop_requested = threading.Event()
-        self._secret_env = env_names(world.desired)  # never handed to reload or script commands
 
     # --- scheduling -----------------------------------------------------------------------------------
 
@@ -187,138 +172,4 @@ class Executor:
         return Outcome(action, "failed", message, seconds)
 
     def _dispatch(self, action: Action) -> dict[str, object] | None:
-        detail = action.detail
-        if action.kind in ISSUANCE:
-            return self._issue(action)
-        if isinstance(detail, InstallDetail):
-            return self._install(action, detail)
-        if isinstance(detail, DeployDetail):
-            return self._deploy(action, detail)
-        if isinstance(detail, CleanupDetail):
-            return self._cleanup(detail)
-        if isinstance(detail, BindingDetail):
-            return self._bind(action, detail)
-        raise RuntimeError(f"action {action.id} ({action.kind.value}) carries no detail certctl can carry out")
-
-    # --- actions ------------------------------------------------------------------------------------------
-
-    def _cert_lock(self, name: str) -> threading.Lock:
-        with self._guard:
-            return self._cert_locks.setdefault(name, threading.Lock())
-
-    def _issue(self, action: Action) -> dict[str, object]:
-        name = action.certificate
-        desired = self.world.desired
-        spec = desired.certificates[name].spec
-        issuer_name = spec.issuer
-        backend = self.world.issuers[issuer_name]
-        state = self.world.state
-        with self._cert_lock(name):  # never two orders for one certificate
-            current = current_version(state.issued_for(name))
-            key_pem = None
-            if (spec.key.reuse and current is not None and current.lost is None
-                    and current.info.key_algorithm == spec.key.algorithm.value):
-                key_pem = state.material(name, current.info.thumbprint).key_pem
-            now = self.clock.now()
-            state.update_attempts(name, last_attempt=now)
-            replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
-            if current is not None and current.issuer_id == issuer_id(issuer_name, desired.issuers[issuer_name].spec):
-                with contextlib.suppress(OSError, ValueError):
-                    replaces_pem = state.material(name, current.info.thumbprint).cert_pem
-            request = IssueRequest(
-                certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
-                key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
-            )
-            try:
-                material = backend.issue(request)
-            except IssueError as exc:
-                self._record_failure(name, str(exc), exc.retry_after)
-                raise
-            except OSError as exc:
-                if exc.errno not in LOCAL_DISK_ERRORS:
-                    self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
-            except Exception as exc:
-                self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                raise
-            version = state.store_issued(
-                name, material, issuer_id(issuer_name, desired.issuers[issuer_name].spec), tuple(spec.domains),
-                self.clock.now(), current.info.thumbprint if current else None,
-            )
-            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
-                                  next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
-        return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat()}
-
-    def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:
-        state = self.world.state
-        failures = state.attempts().get(name)
-        count = (failures.consecutive_failures if failures else 0) + 1
-        next_retry = self.clock.now() + backoff(count)
-        if retry_after is not None and retry_after > next_retry:
-            next_retry = retry_after
-        state.update_attempts(name, consecutive_failures=count, last_error=message, next_retry=next_retry)
-
-    def _material(self, action: Action, thumbprint: str | None) -> Material:
-        """The certificate an action installs: the one the plan named, or the newest issued (after issuance)."""
-        state = self.world.state
-        if thumbprint is None:
-            current = current_version(state.issued_for(action.certificate))
-            if current is None:
-                raise RuntimeError(f"certificate {action.certificate} has not been issued")
-            thumbprint = current.info.thumbprint
-        return state.material(action.certificate, thumbprint)
-
-    def _install(self, action: Action, detail: InstallDetail) -> dict[str, object]:
-        material = self._material(action, detail.thumbprint)
-        stored = self.world.stores[detail.store].install(action.certificate, material, self.clock.now())
-        return {"thumbprint": material.info.thumbprint, "ref": stored.ref}
-
-    def _deploy(self, action: Action, detail: DeployDetail) -> dict[str, object]:
-        index = detail.task
-        spec = self.world.desired.certificates[action.certificate].spec
-        task = spec.tasks[index]
-        material = self._material(action, detail.thumbprint)
-        folder = self.world.state.vault / action.certificate / material.info.thumbprint
-        task_adapter.deploy(action.certificate, index, task, spec, material, folder, self._secret_env)
-        self.world.state.record_deployment(action.certificate, index, material.info.thumbprint)
-        return {"thumbprint": material.info.thumbprint}
-
-    def _cleanup(self, detail: CleanupDetail) -> dict[str, object]:
-        self.world.stores[detail.store].remove(detail.ref)
-        return {"thumbprint": detail.thumbprint}
-
-    def _bind(self, action: Action, detail: BindingDetail) -> dict[str, object]:
-        host_name = detail.host
-        thumbprint = detail.thumbprint
-        if thumbprint is None and action.kind is not ActionKind.unbind:
-            thumbprint = self._material(action, None).info.thumbprint
-        change = BindingChange(
-            op=detail.op,
-            site=detail.site,
-            protocol=detail.protocol,
-            information=detail.binding,
-            ssl_flags=detail.ssl_flags,
-            thumbprint=thumbprint or None,
-            store=detail.store,
-            old_thumbprint=detail.old_thumbprint or None,
-        )
-        with self._host_locks.setdefault(host_name, threading.Lock()):
-            if change.op == "add":  # recorded first: a crash after the commit must not make it look foreign
-                self.world.state.record_binding(host_name, change.site, change.information, action.certificate)
-            try:
-                self.world.hosts[host_name].apply([change])
-            except Exception:
-                if change.op == "add" and not self._binding_exists(host_name, change):
-                    self.world.state.forget_binding(host_name, change.site, change.information)
-                raise
-            if change.op == "remove":
-                self.world.state.forget_binding(host_name, change.site, change.information)
-        return {"thumbprint": str(thumbprint) if thumbprint else ""}
-
-    def _binding_exists(self, host_name: str, change: BindingChange) -> bool:
-        try:
-            host = self.world.hosts[host_name].observe()
-        except Exception:  # noqa: BLE001 - cannot tell: keep the record (it only allows a later prune)
-            return True
-        return any(b.information == change.information and b.protocol == change.protocol
-                   for s in host.sites if s.name == change.site for b in s.bindings)
+        return self.actions.carry_out(action)
