@@ -25,7 +25,8 @@ from cryptography.x509.oid import NameOID
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from reconciler.state.statedir import KeyedLog, info_to_json  # noqa: E402
+from reconciler.state.records import info_to_json  # noqa: E402
+from reconciler.state.statedir import KeyedLog  # noqa: E402
 from reconciler.support import pki  # noqa: E402
 
 PER_FILE = 10

@@ -34,8 +34,9 @@ from typing import Any
 
 import structlog
 
-from reconciler.core.model import Attempts, CertInfo, IssuedVersion
+from reconciler.core.model import Attempts, IssuedVersion
 from reconciler.ports import Material
+from reconciler.state.records import attempts_from_json, attempts_to_json, info_from_json, info_to_json
 from reconciler.support import pki
 from reconciler.support.fs import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
 
@@ -108,28 +109,8 @@ def damaged(path: Path, line: int, problem: str) -> None:
                 note="a damaged line of a state log (torn by a crash or a full disk, or edited); skipped")
 
 
-def _dt(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
-
-
-def info_to_json(info: CertInfo) -> dict[str, Any]:
-    return {
-        "thumbprint": info.thumbprint, "sha256": info.sha256, "subject": info.subject, "sans": list(info.sans),
-        "key_algorithm": info.key_algorithm, "not_before": _iso(info.not_before), "not_after": _iso(info.not_after),
-        "issuer": info.issuer, "serial": info.serial,
-    }
-
-
-def info_from_json(data: dict[str, Any]) -> CertInfo:
-    return CertInfo(
-        thumbprint=data["thumbprint"], sha256=data["sha256"], subject=data["subject"], sans=tuple(data["sans"]),
-        key_algorithm=data["key_algorithm"], not_before=datetime.fromisoformat(data["not_before"]),
-        not_after=datetime.fromisoformat(data["not_after"]), issuer=data["issuer"], serial=data["serial"],
-    )
 
 
 class KeyedLog:
@@ -231,7 +212,7 @@ class StateDir:
         self._mutex = threading.RLock()
         self._lock_fd: int | None = None
         self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl", self._versions)
-        self._attempts = KeyedLog(self.path / "attempts.jsonl", self._attempts_from)
+        self._attempts = KeyedLog(self.path / "attempts.jsonl", attempts_from_json)
         self._deployments = KeyedLog(self.path / "deployments.jsonl", _check_str)
         self._bindings = KeyedLog(self.path / "bindings.jsonl", _check_binding)
 
@@ -418,42 +399,15 @@ class StateDir:
     # --- attempts -----------------------------------------------------------------------------------------
 
     def attempts(self) -> dict[str, Attempts]:
-        return {name: self._attempts_from(name, a) for name, a in self._attempts.read().items()}
-
-    @staticmethod
-    def _attempts_from(name: str, a: dict[str, Any]) -> Attempts:
-        return Attempts(
-            certificate=name,
-            consecutive_failures=int(a.get("consecutive_failures", 0)),
-            last_attempt=_dt(a.get("last_attempt")),
-            last_success=_dt(a.get("last_success")),
-            last_error=a.get("last_error"),
-            next_retry=_dt(a.get("next_retry")),
-            ari_window_start=_dt(a.get("ari_window_start")),
-            ari_window_end=_dt(a.get("ari_window_end")),
-            ari_for=a.get("ari_for"),
-            ari_fetched_at=_dt(a.get("ari_fetched_at")),
-            ari_next_fetch=_dt(a.get("ari_next_fetch")),
-        )
+        return {name: attempts_from_json(name, a) for name, a in self._attempts.read().items()}
 
     def save_attempts(self, attempts: Attempts) -> None:
-        self._attempts.set(attempts.certificate, {
-                "consecutive_failures": attempts.consecutive_failures,
-                "last_attempt": _iso(attempts.last_attempt),
-                "last_success": _iso(attempts.last_success),
-                "last_error": attempts.last_error,
-                "next_retry": _iso(attempts.next_retry),
-                "ari_window_start": _iso(attempts.ari_window_start),
-                "ari_window_end": _iso(attempts.ari_window_end),
-                "ari_for": attempts.ari_for,
-                "ari_fetched_at": _iso(attempts.ari_fetched_at),
-                "ari_next_fetch": _iso(attempts.ari_next_fetch),
-        })
+        self._attempts.set(attempts.certificate, attempts_to_json(attempts))
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:
         with self._mutex:
             raw = self._attempts.get(name)
-            current = self._attempts_from(name, raw) if raw else Attempts(certificate=name)
+            current = attempts_from_json(name, raw) if raw else Attempts(certificate=name)
             updated = replace(current, **changes)
             self.save_attempts(updated)
             return updated
