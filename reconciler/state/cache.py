@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import structlog
 
 from reconciler import __version__
@@ -43,17 +44,20 @@ def default_dir() -> Path | None:
         return None
     if os.environ.get("CERTCTL_CACHE_DIR"):
         return Path(os.environ["CERTCTL_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(os.path.expanduser("~"), ".cache"))
-    return Path(base) / "certctl"
+    return Path(platformdirs.user_cache_dir("certctl", appauthor=False))  # XDG on Linux, %LOCALAPPDATA% on Windows
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+STAMPED_SOURCES = tuple(_PACKAGE / rel for rel in (
+    "core/spec.py", "core/domains.py", "core/model.py", "support/pki.py", "support/yamlfast.py"))
 
 
 def _code_stamp() -> str:
     """Caches are dropped whenever certctl's models change (another version, or an edited source)."""
-    here = Path(__file__).parent
     parts = [__version__]
-    for rel in ("core/spec.py", "core/domains.py", "core/model.py", "pki.py", "yamlfast.py"):
+    for path in STAMPED_SOURCES:
         with contextlib.suppress(OSError):
-            parts.append(str((here / rel).stat().st_mtime_ns))
+            parts.append(str(path.stat().st_mtime_ns))
     return "|".join(parts)
 
 

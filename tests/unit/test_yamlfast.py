@@ -81,3 +81,10 @@ def test_errors_carry_their_position(text: str, message: str, line: int) -> None
         yamlfast.load_all(text)
     assert message in str(info.value)
     assert info.value.problem_mark.line + 1 == line  # type: ignore[attr-defined]
+
+
+def test_the_parse_cache_is_stamped_with_the_model_sources_that_exist() -> None:
+    """An edited spec model must never reuse a cache the old code wrote: the stamp follows files that exist."""
+    from reconciler.state.cache import STAMPED_SOURCES
+
+    assert STAMPED_SOURCES and all(path.is_file() for path in STAMPED_SOURCES)
