@@ -16,14 +16,13 @@ from typing import Any
 import structlog
 
 from reconciler.app.executor import Executor, Outcome
-from reconciler.app.loader import InvalidDesiredState, load
 from reconciler.app.reconcile import reconcile_once
 from reconciler.app.world import World
 from reconciler.core.durations import iso
 from reconciler.core.model import DesiredState
-from reconciler.core.planner import desired_fingerprint
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, status_document, status_rows
+from reconciler.entry.daemon.desired import DesiredInForce
 from reconciler.entry.daemon.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
 from reconciler.entry.daemon.options import DaemonOptions
 from reconciler.entry.daemon.schedule import Schedule
@@ -68,8 +67,7 @@ class Daemon:
         self.events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.stop = threading.Event()
         self.started_at = clock.now()
-        self.desired: DesiredState | None = None  # the last valid desired state: the one in force
-        self.desired_error: dict[str, Any] | None = None
+        self.desired = DesiredInForce(self.dir, clock, self.metrics)
         self.state: StateDir | None = None
         self._world: World | None = None
         self._world_key: str | None = None
@@ -80,7 +78,6 @@ class Daemon:
         self.git: dict[str, Any] | None = None
         self.passes = 0  # started
         self.completed = 0  # finished (what /status and /healthz count)
-        self._fingerprinted: tuple[DesiredState | None, str] = (None, "")
         self.schedule = Schedule(interval=300.0, maintenance_interval=86400.0)
         self._watch_stop = threading.Event()
 
@@ -92,22 +89,22 @@ class Daemon:
 
     def _settings_to_schedule(self) -> None:
         """The intervals in force now: an edited reconcileInterval counts at once."""
-        settings = self.desired.settings if self.desired else None
+        settings = self.desired.current.settings if self.desired.current else None
         self.schedule.interval = (settings.reconcileInterval if settings else timedelta(minutes=5)).total_seconds()
         self.schedule.maintenance_interval = (settings.maintenanceInterval if settings
                                               else timedelta(hours=24)).total_seconds()
 
     @property
     def git_pull_enabled(self) -> bool:
-        return bool(self.options.git_pull or (self.desired is not None and self.desired.settings.gitPull))
+        return bool(self.options.git_pull or (self.desired.current is not None and self.desired.current.settings.gitPull))
 
     # --- start --------------------------------------------------------------------------------------------
 
     def run(self) -> int:
         from reconciler.wiring import state_dir_for
 
-        self._reload()
-        state_path = state_dir_for(self.dir, self.desired, self.options.state_dir)
+        self.desired.reload()
+        state_path = state_dir_for(self.dir, self.desired.current, self.options.state_dir)
         try:
             hold_daemon_lock(state_path, self.dir, self.clock)
         except DaemonBusy as exc:
@@ -115,8 +112,10 @@ class Daemon:
             return EXIT_ERROR
         self.state = StateDir(state_path)
         self.state.report_access()
-        if self.desired is not None and not self._same_state_dir(self.desired):
-            self.desired = None
+        self.desired.state_dir_problem = self._state_dir_problem
+        if self.desired.current is not None and (problem := self._state_dir_problem(self.desired.current)):
+            self.desired.current = None
+            self.desired.invalid([problem])
         try:
             endpoint = self._endpoint()
         except (OSError, ValueError) as exc:
@@ -141,7 +140,7 @@ class Daemon:
         return EXIT_OK
 
     def _endpoint(self) -> HttpEndpoint | None:
-        settings = self.desired.settings.metrics if self.desired else None
+        settings = self.desired.current.settings.metrics if self.desired.current else None
         if self.options.no_metrics or (settings is not None and not settings.enabled and not self.options.metrics_address):
             return None
         address = self.options.metrics_address or (settings.address if settings else DEFAULT_ADDRESS)
@@ -196,12 +195,12 @@ class Daemon:
         try:
             if self.git_pull_enabled and reasons & {"start", "interval", "sighup"}:
                 self._git_pull()
-            if reasons & RELOAD_REASONS or self.desired is None:
-                self._reload()
-            if self.desired is None:
+            if reasons & RELOAD_REASONS or self.desired.current is None:
+                self.desired.reload()
+            if self.desired.current is None:
                 self._finish(started, ok=False, error="no valid desired state to reconcile")
                 return
-            failed = self._pass(self.desired, maintenance)
+            failed = self._pass(self.desired.current, maintenance)
         except LockBusy as exc:
             self.schedule.retry_at = time.monotonic() + BUSY_RETRY
             log.warning("reconcile.busy", error=str(exc), retry_in=BUSY_RETRY)
@@ -235,7 +234,7 @@ class Daemon:
     def _world_for(self, desired: DesiredState) -> World:
         from reconciler.wiring import build
 
-        self.fingerprint = self._fingerprint(desired)
+        self.fingerprint = self.desired.fingerprint(desired)
         key = f"{self.fingerprint}/{desired.revision}"
         if self._world is None or key != self._world_key:
             assert self.state is not None
@@ -282,53 +281,15 @@ class Daemon:
 
     # --- desired state and git -----------------------------------------------------------------------------
 
-    def _same_state_dir(self, desired: DesiredState) -> bool:
+    def _state_dir_problem(self, desired: DesiredState) -> str | None:
         from reconciler.wiring import state_dir_for
 
         assert self.state is not None
         wanted = state_dir_for(self.dir, desired, self.options.state_dir)
         if Path(wanted).resolve() == self.state.path.resolve():
-            return True
-        self._invalid([f"Settings.stateDir now points at {wanted}, but this daemon runs on the state dir "
-                       f"{self.state.path}; restart certctl daemon to move to another state dir"])
-        return False
-
-    def _reload(self) -> None:
-        try:
-            desired = load(self.dir)
-        except InvalidDesiredState as exc:
-            self._invalid([str(d) for d in exc.diagnostics])
-            return
-        except Exception as exc:  # noqa: BLE001 - e.g. an unreadable directory
-            self._invalid([f"{self.dir}: cannot load the desired state: {exc}"])
-            return
-        if self.state is not None and not self._same_state_dir(desired):
-            return
-        previous = self.desired
-        self.desired = desired
-        if self.desired_error is not None:
-            log.info("desired_state.valid_again", revision=desired.revision)
-        self.desired_error = None
-        self.metrics.desired_valid.set(1)
-        self.metrics.desired_errors.set(0)
-        if previous is None or previous.revision != desired.revision or \
-                self._fingerprint(previous) != self._fingerprint(desired):
-            log.info("desired_state.loaded", certificates=len(desired.certificates), revision=desired.revision)
-
-    def _fingerprint(self, desired: DesiredState) -> str:
-        if self._fingerprinted[0] is not desired:
-            self._fingerprinted = (desired, desired_fingerprint(desired))
-        return self._fingerprinted[1]
-
-    def _invalid(self, errors: list[str]) -> None:
-        if self.desired_error is None or self.desired_error["errors"] != errors:
-            log.error("desired_state.invalid", problems=len(errors), errors=errors,
-                      in_force=self.desired.revision if self.desired else None,
-                      note="the last valid desired state stays in force; nothing changes because of this edit"
-                      if self.desired else "nothing is reconciled until the desired state is valid")
-            self.desired_error = {"errors": errors, "since": iso(self.clock.now())}
-        self.metrics.desired_valid.set(0)
-        self.metrics.desired_errors.set(len(errors))
+            return None
+        return (f"Settings.stateDir now points at {wanted}, but this daemon runs on the state dir "
+                f"{self.state.path}; restart certctl daemon to move to another state dir")
 
     def _git_pull(self) -> None:
         from reconciler.support.git import pull
@@ -355,18 +316,17 @@ class Daemon:
             "running": self.passes > self.completed,
             "last_reconcile": self.last,
             "next_due": iso(self.schedule.due) if self.schedule.due else None,
-            "desired_state": {"valid": self.desired_error is None, "in_force": self.desired.revision if self.desired else None,
-                              **(self.desired_error or {})},
+            "desired_state": self.desired.doc(),
             "git": self.git,
         }
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        ok = bool(self.last.get("ok")) and self.desired_error is None
+        ok = bool(self.last.get("ok")) and self.desired.valid
         reason = None
         if not self.last.get("ok"):
             reason = self.last.get("error")
-        elif self.desired_error is not None:
-            reason = f"the desired state is invalid ({len(self.desired_error['errors'])} problem(s)); " \
+        elif self.desired.error is not None:
+            reason = f"the desired state is invalid ({len(self.desired.error['errors'])} problem(s)); " \
                      "the last valid one stays in force"
         return ok, {"status": "ok" if ok else "unhealthy", "reason": reason, **self._daemon_doc()}
 
