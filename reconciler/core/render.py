@@ -22,10 +22,33 @@ _VERB = {
 
 
 def summary_line(plan: Plan) -> str:
+    pending = _pending_clause(plan)
     if not plan.changes:
-        return "No changes. Everything is up to date."
+        return f"No changes now, but {pending}." if pending else "No changes. Everything is up to date."
     counts = plan.summary()
-    return "Plan: " + ", ".join(f"{counts[k.value]} {_VERB[k.value]}" for k in ACTION_ORDER) + "."
+    return ("Plan: " + ", ".join(f"{counts[k.value]} {_VERB[k.value]}" for k in ACTION_ORDER)
+            + (f"; {pending}" if pending else "") + ".")
+
+
+def _names(items: Sequence[str], limit: int = 5) -> str:
+    shown = list(items[:limit])
+    return ", ".join(shown) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _pending_clause(plan: Plan) -> str:
+    """Deferred and failing certificates, with when they are retried and the command that retries now."""
+    parts: list[str] = []
+    if plan.deferred:
+        names = [c.name for c in plan.deferred]
+        count = len(names)
+        parts.append(f"{count} certificate{'s' if count != 1 else ''} deferred ("
+                     + _names([f"{c.name} until {iso(c.deferred_until)}" for c in plan.deferred])
+                     + f"; `certctl renew {' '.join(names) if count <= 5 else '--all'}` retries now)")
+    if plan.failing:
+        names = [c.name for c in plan.failing]
+        count = len(names)
+        parts.append(f"{count} certificate{'s' if count != 1 else ''} failing (last issuance failed: {_names(names)})")
+    return " and ".join(parts)
 
 
 def describe_target(action_json: dict[str, Any]) -> str:
@@ -50,28 +73,46 @@ def _shown(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return [a.to_json() for a in plan.actions], [n.to_json() for n in plan.notes]
 
 
+# A line of human output is a tuple of (text, style) segments: the plain text joins them, a terminal colours
+# them (reconciler/entry/console.py maps the style names to colours). Styles: "" plain, "create", "update",
+# "delete", "note", "heading", "error", "ok", "dim".
+Segment = tuple[str, str]
+Line = tuple[Segment, ...]
+
+_STYLE = {"+": "create", "~": "update", "-": "delete"}
+
+
+def plain(lines: Sequence[Line]) -> str:
+    return "".join("".join(text for text, _ in line) + "\n" for line in lines)
+
+
 def text(plan: Plan) -> str:
+    return plain(text_lines(plan))
+
+
+def text_lines(plan: Plan) -> list[Line]:
     actions_json, notes = _shown(plan)
-    lines: list[str] = []
+    lines: list[Line] = []
     by_cert: dict[str, list[dict[str, Any]]] = {}
     for action in actions_json:
         by_cert.setdefault(action["certificate"], []).append(action)
     for name, actions in by_cert.items():
-        lines.append(f"certificate {name}:")
+        lines.append(((f"certificate {name}:", "heading"),))
         for a in actions:
-            lines.append(f"  {_SYMBOL[ActionKind(a['kind'])]} {a['kind']:<8} {describe_target(a)}")
-            lines.append(f"             because {a['reason']}")
+            symbol = _SYMBOL[ActionKind(a["kind"])]
+            lines.append((("  ", ""), (f"{symbol} {a['kind']:<8}", _STYLE[symbol]), (f" {describe_target(a)}", "")))
+            lines.append(((f"             because {a['reason']}", "dim"),))
     if notes:
         if lines:
-            lines.append("")
-        lines.append("Left alone (reported, not changed):")
+            lines.append(())
+        lines.append((("Left alone (reported, not changed):", "heading"),))
         for n in notes:
             who = f"{n['certificate']}: " if n["certificate"] else ""
-            lines.append(f"  ! {who}{n['target']}: {n['message']}")
+            lines.append((("  ", ""), ("!", "note"), (f" {who}{n['target']}: {n['message']}", "")))
     if lines:
-        lines.append("")
-    lines.append(summary_line(plan))
-    return "\n".join(lines) + "\n"
+        lines.append(())
+    lines.append(((summary_line(plan), "heading" if plan.pending else "ok"),))
+    return lines
 
 
 def markdown(plan: Plan) -> str:

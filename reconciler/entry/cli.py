@@ -106,7 +106,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"certctl: error: certificate {note.certificate}: {note.message}", file=sys.stderr)
     if unsolvable:
         return EXIT_ERROR
-    if args.detailed_exitcode and plan.changes:
+    if args.detailed_exitcode and plan.pending:
         return EXIT_CHANGES
     return EXIT_OK
 

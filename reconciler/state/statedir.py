@@ -434,6 +434,7 @@ class StateDir:
             ari_for=a.get("ari_for"),
             ari_fetched_at=_dt(a.get("ari_fetched_at")),
             ari_next_fetch=_dt(a.get("ari_next_fetch")),
+            spec_digest=a.get("spec_digest") if isinstance(a.get("spec_digest"), str) else None,
         )
 
     def save_attempts(self, attempts: Attempts) -> None:
@@ -448,6 +449,7 @@ class StateDir:
                 "ari_for": attempts.ari_for,
                 "ari_fetched_at": _iso(attempts.ari_fetched_at),
                 "ari_next_fetch": _iso(attempts.ari_next_fetch),
+                "spec_digest": attempts.spec_digest,
         })
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:
