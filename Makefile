@@ -55,7 +55,7 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix reconciler tests bench
 
 schemas: $(STAMP)
-	$(BIN)/certctl schema --out schemas
+	$(BIN)/certctl schema --out reconciler/schemas
 
 ## bench: plan speed/memory at 1,000 and 10,000 certificates, ACME throughput, daemon latency
 bench: system-deps $(STAMP)
