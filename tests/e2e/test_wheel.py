@@ -8,6 +8,7 @@ The build and the install reach the package index for build tools and dependenci
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -27,8 +28,12 @@ def _run(*argv: str | Path, cwd: Path, env: dict[str, str] | None = None, timeou
 
 
 def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", ".hypothesis", "run",
+        ".certctl-state", "bench"))
     dist = tmp_path / "dist"
-    _run(sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", dist, ROOT, cwd=tmp_path)
+    _run(sys.executable, "-m", "build", "--sdist", "--wheel", "--outdir", dist, source, cwd=tmp_path)
     wheel = dist / f"certctl-{__version__}-py3-none-any.whl"
     sdist = dist / f"certctl-{__version__}.tar.gz"
     assert wheel.is_file() and sdist.is_file(), sorted(p.name for p in dist.iterdir())
