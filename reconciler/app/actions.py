@@ -22,7 +22,7 @@ from reconciler.core.plan import (
     InstallDetail,
 )
 from reconciler.core.planner import current_version
-from reconciler.core.policies import issuer_id
+from reconciler.core.policies import issuer_id, spec_digest
 from reconciler.core.schedules import backoff
 from reconciler.ports import BindingChange, Clock, IssueError, IssueRequest, Material
 from reconciler.support.secrets import env_names
@@ -104,18 +104,23 @@ class ActionRunner:
                 name, material, issuer_id(issuer_name, desired.issuers[issuer_name].spec), tuple(spec.domains),
                 self.clock.now(), current.info.thumbprint if current else None,
             )
-            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
+            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None, spec_digest=None,
                                   next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
         return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat()}
 
     def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:
         state = self.world.state
+        spec = self.world.desired.certificates[name].spec
+        digest = spec_digest(spec, self.world.desired.issuers[spec.issuer].spec)
         failures = state.attempts().get(name)
-        count = (failures.consecutive_failures if failures else 0) + 1
+        # failures of an earlier spec (the Certificate or its Issuer was edited since) do not lengthen this backoff
+        earlier = failures.consecutive_failures if failures and failures.spec_digest in (None, digest) else 0
+        count = earlier + 1
         next_retry = self.clock.now() + backoff(count)
         if retry_after is not None and retry_after > next_retry:
             next_retry = retry_after
-        state.update_attempts(name, consecutive_failures=count, last_error=message, next_retry=next_retry)
+        state.update_attempts(name, consecutive_failures=count, last_error=message, next_retry=next_retry,
+                              spec_digest=digest)
 
     def _material(self, action: Action, thumbprint: str | None) -> Material:
         """The certificate an action installs: the one the plan named, or the newest issued (after issuance)."""

@@ -17,6 +17,12 @@ blank or ``*`` host, as on IP-specific https bindings shared by several sites, o
 does not cover) auto mode would leave some of them alone, so it is one ``mode: site`` entry per site that
 uses it: site mode manages every binding of its site, blank hosts included.
 
+Sites that have only http bindings (Certify's quick start: "pick a site, get a certificate") get a new
+Certificate each, for the host names of their http bindings, in ``mode: auto``, so the plan adds
+``*:443:<host>`` with SNI once it is issued. Wildcard hosts are left out (they need a dns01 solver: add them
+by hand), and blank-host (catch-all) bindings are reported, since they name no host. ``--site`` limits
+the import to one site. With more than one Issuer, ``--issuer`` must say which one the specs use.
+
 The file is written atomically and never replaces a file with other content.
 """
 
@@ -66,16 +72,19 @@ class Planned:
     algorithm: str | None
     store: str
     iis: list[dict[str, str]]
-    stored: StoredCert
+    stored: StoredCert | None  # None: a new certificate for a site that has only http bindings
     windows_store: str
-    found: Found
+    found: Found | None
     remarks: list[str] = field(default_factory=list)
+    comment: str = ""
 
 
-def _used(host: HostState) -> list[Found]:
+def _used(host: HostState, site_name: str | None = None) -> list[Found]:
     entries = {(e.kind, normalize_key(e.kind, e.key)): e for e in host.httpsys}
     out: dict[str, Found] = {}
     for site in host.sites:
+        if site_name is not None and site.name != site_name:
+            continue
         for b in site.bindings:
             if b.protocol.lower() != "https" or b.parse_error or b.ccs:
                 continue
@@ -148,9 +157,7 @@ def _render(host: str, issuer: str, certs: list[Planned], stores: dict[str, str]
         spec["iis"] = CommentedSeq([CommentedMap(entry.items()) for entry in p.iis])
         doc = CommentedMap([("apiVersion", "certctl/v1"), ("kind", "Certificate"),
                             ("metadata", CommentedMap([("name", p.name)])), ("spec", spec)])
-        doc.yaml_set_start_comment("\n".join(
-            [f"{p.found.thumbprint} in {p.windows_store}, used by " + "; ".join(f"{site}: {label}" for site, label in p.found.uses)]
-            + [f"note: {r}" for r in p.remarks]))
+        doc.yaml_set_start_comment("\n".join([p.comment] + [f"note: {r}" for r in p.remarks]))
         docs.append(doc)
     yaml = YAML()
     yaml.indent(mapping=2, sequence=4, offset=2)
@@ -169,6 +176,11 @@ def _schema_ref(directory: Path, out: Path) -> str:
         return os.path.relpath(schema, out.resolve().parent).replace("\\", "/")
     except ValueError:
         return "../schemas/certctl.json"
+
+
+def _iis_major(version: str) -> int:
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 10
 
 
 def _covered_by(desired: DesiredState, host: str, domains: list[str], thumbprint: str,
@@ -190,6 +202,61 @@ class ImportOptions:
     iis_host: str
     issuer: str | None = None
     out: Path | None = None
+    site: str | None = None
+
+
+def _issuer(desired: DesiredState, wanted: str | None) -> str:
+    known = ", ".join(sorted(desired.issuers)) or "none"
+    if wanted:
+        if wanted not in desired.issuers:
+            raise UsageError(f"Issuer {wanted!r} does not exist (known: {known})")
+        return wanted
+    if len(desired.issuers) == 1:
+        return next(iter(desired.issuers))
+    if not desired.issuers:
+        raise UsageError("there is no Issuer in the desired state; add one (or give --issuer)")
+    raise UsageError(f"there are {len(desired.issuers)} Issuers ({known}); say which one the imported "
+                     "certificates use with --issuer NAME")
+
+
+def _http_only(observed: HostState, site_name: str | None, acme: bool) -> tuple[list[tuple[str, list[str]]], list[str]]:
+    """Sites with http bindings and no https one: (site, its host names) and what was left out, and why."""
+    proposals: list[tuple[str, list[str]]] = []
+    skipped: list[str] = []
+    for site in observed.sites:
+        if site_name is not None and site.name != site_name:
+            continue
+        protocols = {b.protocol.lower() for b in site.bindings}
+        if "http" not in protocols or "https" in protocols:
+            continue
+        names: list[str] = []
+        for b in site.bindings:
+            if b.protocol.lower() != "http" or b.parse_error:
+                continue
+            if not b.host or b.host == "*":
+                skipped.append(f"site {site.name}: http binding {b.information} has no host name (a catch-all); "
+                               "add the names it answers to to a Certificate by hand")
+                continue
+            if b.host.startswith("*."):
+                skipped.append(f"site {site.name}: wildcard host {b.host} left out (a wildcard needs a dns01 solver; "
+                               "add it to a Certificate by hand)")
+                continue
+            try:
+                name = domain_rules.normalize(b.host)
+            except ValueError as exc:
+                skipped.append(f"site {site.name}: host {b.host!r} left out ({exc})")
+                continue
+            why = domain_rules.public_name_problem(name) if acme else None
+            if why:
+                skipped.append(f"site {site.name}: host {name} left out ({why})")
+            elif name not in names:
+                names.append(name)
+        if names:
+            proposals.append((site.name, names))
+        else:
+            skipped.append(f"site {site.name} has only http bindings, but none with a host name certctl can use; "
+                           "not imported")
+    return proposals, skipped
 
 
 def run_import(opts: ImportOptions, world: World) -> int:
@@ -199,14 +266,7 @@ def run_import(opts: ImportOptions, world: World) -> int:
     if host_name not in desired.iis_hosts:
         known = ", ".join(sorted(desired.iis_hosts)) or "none is defined"
         raise UsageError(f"IisHost {host_name!r} does not exist in {directory} (known: {known})")
-    if opts.issuer:
-        if opts.issuer not in desired.issuers:
-            raise UsageError(f"Issuer {opts.issuer!r} does not exist (known: {', '.join(sorted(desired.issuers)) or 'none'})")
-        issuer = opts.issuer
-    elif desired.issuers:
-        issuer = sorted(desired.issuers)[0]
-    else:
-        raise UsageError("there is no Issuer in the desired state; add one (or give --issuer)")
+    issuer = _issuer(desired, opts.issuer)
     out = opts.out or directory / f"imported-{host_name}.yaml"
 
     state = world.state
@@ -214,6 +274,9 @@ def run_import(opts: ImportOptions, world: World) -> int:
     observed = world_host.observe()
     if not observed.reachable:
         raise UsageError(f"IIS host {host_name} cannot be read: {'; '.join(observed.problems) or 'unknown error'}")
+    if opts.site is not None and opts.site not in {s.name for s in observed.sites}:
+        raise UsageError(f"IIS host {host_name} has no site {opts.site!r} (sites: "
+                         f"{', '.join(sorted(s.name for s in observed.sites)) or 'none'})")
 
     issued = state.issued()
     taken = set(desired.certificates)
@@ -222,7 +285,7 @@ def run_import(opts: ImportOptions, world: World) -> int:
     new_stores: dict[str, str] = {}
     planned: list[Planned] = []
     skipped: list[str] = []
-    for found in _used(observed):
+    for found in _used(observed, opts.site):
         located = _locate(world_host, observed, found)
         where = "; ".join(f"{s}: {label}" for s, label in found.uses)
         if located is None:
@@ -262,12 +325,38 @@ def run_import(opts: ImportOptions, world: World) -> int:
         preferred = stored.managed_by if stored.managed_by and stored.managed_by not in taken else None
         spec_name = preferred or _spec_name(names[0], taken, host_name)
         taken.add(spec_name)
-        planned.append(Planned(spec_name, names, algorithm, store, iis, stored, windows_store, found, remarks))
+        comment = f"{found.thumbprint} in {windows_store}, used by " + "; ".join(f"{s}: {label}" for s, label in found.uses)
+        planned.append(Planned(spec_name, names, algorithm, store, iis, stored, windows_store, found, remarks, comment))
+
+    acme = desired.issuers[issuer].spec.acme is not None
+    proposals, left_out = _http_only(observed, opts.site, acme)
+    skipped.extend(left_out)
+    for site, names in proposals:
+        claimed = {d for p in planned for d in p.domains}
+        owner = _covered_by(desired, host_name, names, "", issued)
+        fresh = [n for n in names if n not in claimed]
+        if owner is not None or not fresh:
+            skipped.append(f"site {site} ({', '.join(names)}): already covered by "
+                           + (f"Certificate {owner}" if owner else "another imported certificate"))
+            continue
+        windows = "WebHosting" if _iis_major(observed.iis_version) >= 8 else "My"
+        store = windows_stores.get(windows.lower()) or next(iter(windows_stores.values()), None)
+        if store is None:
+            store = _spec_name(f"{host_name}-{windows.lower()}", set(desired.stores) | set(new_stores), host_name)
+            new_stores[store] = windows
+            windows_stores[windows.lower()] = store
+        spec_name = _spec_name(fresh[0], taken, host_name)
+        taken.add(spec_name)
+        comment = (f"site {site} has only http bindings: a new certificate for its host names; once issued, "
+                   f"auto mode adds https *:443:<host> with SNI beside each http binding")
+        planned.append(Planned(spec_name, fresh, None, store, [{"host": host_name, "mode": "auto"}], None,
+                               new_stores.get(store, windows), None, [], comment))
 
     for line in skipped:
         print(f"skipped {line}")
     if not planned:
-        print(f"Nothing to import from IIS host {host_name}: every certificate it uses is covered or unusable.")
+        print(f"Nothing to import from IIS host {host_name}: every certificate it uses is covered or unusable, "
+              "and no site with only http bindings is left.")
         return 0
 
     _check(desired, planned, new_stores, host_name, issuer, out)
@@ -284,6 +373,9 @@ def run_import(opts: ImportOptions, world: World) -> int:
     print(f"Wrote {len(planned)} Certificate spec(s)" + (f" and {len(new_stores)} Store(s)" if new_stores else "")
           + f" for IIS host {host_name} to {out}:")
     for p in planned:
+        if p.found is None:
+            print(f"  {p.name}: {', '.join(p.domains)} (new, for an http-only site; the next plan issues it and binds https)")
+            continue
         how = ("adopted as its current certificate" if p.name in adopted
                else "its key cannot be read back, so the next plan issues a new one")
         print(f"  {p.name}: {', '.join(p.domains)} ({p.found.thumbprint[:8]} in {p.store}; {how})")
@@ -308,7 +400,7 @@ def _check(desired: DesiredState, planned: list[Planned], new_stores: dict[str, 
         try:
             certificates[p.name] = Named(p.name, CertificateSpec.model_validate(body), src)
         except ValueError as err:
-            raise UsageError(f"the spec for {p.found.thumbprint[:8]} would be invalid: {err}") from None
+            raise UsageError(f"the spec for {', '.join(p.domains)} would be invalid: {err}") from None
     problems = validate.check(replace(desired, stores=stores, certificates=certificates))
     if problems:
         text = "; ".join(p.message for p in problems)
@@ -323,6 +415,8 @@ def _adopt(desired: DesiredState, state: StateDir, world_host: BindingHost, issu
     now = SYSTEM.now().replace(microsecond=0)
     with state.lock(purpose="import"):
         for p in planned:
+            if p.stored is None:
+                continue
             current = current_version(state.issued().get(p.name, ()))
             if current is not None and current.info.thumbprint == p.stored.info.thumbprint:
                 adopted.add(p.name)

@@ -25,7 +25,7 @@ from reconciler.core.spec import API_VERSION, KIND_SPECS, SettingsSpec, document
 from reconciler.state.cache import JsonCache, as_file_key, file_key
 from reconciler.support import yamlfast
 from reconciler.support.fs import NotRegular, read_regular
-from reconciler.support.git import head as git_head
+from reconciler.support.git import revision as git_revision
 from reconciler.support.parallel import map_batch
 
 MAX_FILE_BYTES = 16 << 20  # one spec file; 10,000 certificates in a single file take about 3 MB
@@ -143,7 +143,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     problems.extend(validate.check(desired, invalid))
     problems.extend(_provider_problems(desired))
     problems.extend(challenge_rules.reference_problems(desired))
-    diagnostics.extend(_locate(problems))
+    diagnostics.extend(locate(problems))
     if diagnostics:
         diagnostics.sort(key=lambda d: (d.file, d.line, d.column, d.field))
         raise InvalidDesiredState(diagnostics)
@@ -152,7 +152,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     if revision:
         from dataclasses import replace
 
-        desired = replace(desired, revision=git_head(directory))
+        desired = replace(desired, revision=git_revision(directory))
     return desired
 
 
@@ -362,7 +362,7 @@ def _model_in(annotation: Any) -> Any:
 # --- positions ---------------------------------------------------------------------------------
 
 
-def _locate(problems: list[Problem]) -> list[Diagnostic]:
+def locate(problems: list[Problem]) -> list[Diagnostic]:
     """Turn document-relative problems into file:line:col diagnostics (round-trip parse only those files)."""
     cache: dict[str, list[Any]] = {}
     out: list[Diagnostic] = []

@@ -44,10 +44,12 @@ def humanize(value: timedelta) -> str:
 
 
 def parse_time(text: str, now: datetime) -> datetime:
-    """``--at`` values: an ISO date or date-time (UTC if no zone), or ``+30d`` relative to now."""
+    """``--at`` values: an ISO date or date-time (UTC if no zone), or ``+30d`` / ``-5d`` relative to now."""
     text = text.strip()
     if text.startswith("+"):
         value = now + parse_duration(text[1:])
+    elif text.startswith("-"):
+        value = now - parse_duration(text[1:])
     else:
         try:
             value = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -55,7 +57,7 @@ def parse_time(text: str, now: datetime) -> datetime:
                 value = value.replace(tzinfo=UTC)
             value = value.astimezone(UTC)
         except (ValueError, OverflowError):
-            raise ValueError(f"{text!r} is not a time; write a date (2027-01-15), a date-time, or +30d") from None
+            raise ValueError(f"{text!r} is not a time; write a date (2027-01-15), a date-time, +30d or -5d") from None
     if value >= LATEST:
         raise ValueError(f"{text!r} is too far in the future; plan at a time before {LATEST.year}")
     return value

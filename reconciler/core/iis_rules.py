@@ -1,4 +1,4 @@
-"""IIS binding rules (IIS.md §5): bind, rebind, unbind, FTP, and what is left alone.
+"""IIS binding rules (docs/iis.md, "Choosing bindings"): bind, rebind, unbind, FTP, and what is left alone.
 
 ``plan_hosts`` returns the host actions, the notes for bindings deliberately left alone, and every
 thumbprint something on a host still references (so cleanup never removes a certificate in use).
@@ -54,7 +54,7 @@ def _short(thumbprint: str | None) -> str:
 
 
 def entry_key(binding: Binding) -> tuple[str, str]:
-    """(kind, key) of the HTTP.sys entry an https binding uses (IIS.md §1; derived, never stored).
+    """(kind, key) of the HTTP.sys entry an https binding uses (docs/iis.md, "Which HTTP.sys entry a binding uses"; derived, never stored).
 
     CCS bit → ``ccs``/``<port>`` (also with SNI: a CCS binding has no hash, its certificate is a file);
     SNI bit → ``hostnameport``/``<host>:<port>``; otherwise ``ipport``/``<ip or 0.0.0.0>:<port>``.

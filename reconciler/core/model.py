@@ -225,6 +225,9 @@ class Attempts:
     ari_for: str | None = None  # thumbprint the ARI window was fetched for
     ari_fetched_at: datetime | None = None  # when renewalInfo was last asked for (for ``ari_for``)
     ari_next_fetch: datetime | None = None  # not asked again before this (the CA's Retry-After, else 6 h)
+    # digest of the Certificate and Issuer specs the last failure was for (policies.spec_digest): the backoff
+    # belongs to that spec, and an edit of either lifts it
+    spec_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -236,6 +236,22 @@ class Plan:
     def changes(self) -> bool:
         return bool(self.actions)
 
+    @property
+    def deferred(self) -> tuple[CertSummary, ...]:
+        """Certificates that need an issuance but wait out a backoff after failures: pending work."""
+        return tuple(c for c in self.certificates if c.state is CertState.deferred)
+
+    @property
+    def failing(self) -> tuple[CertSummary, ...]:
+        """Certificates whose last issuance failed and that are not deferred (their retry is an action of this plan,
+        or nothing needs it now, e.g. after a failed forced renewal): pending work until an issuance succeeds."""
+        return tuple(c for c in self.certificates if c.consecutive_failures and c.state is not CertState.deferred)
+
+    @property
+    def pending(self) -> bool:
+        """Anything left to do: actions, deferred or failing certificates (`plan --detailed-exitcode` exits 2)."""
+        return bool(self.actions or self.deferred or self.failing)
+
     def summary(self) -> dict[str, int]:
         counts = {k.value: 0 for k in ACTION_ORDER}
         for action in self.actions:
@@ -251,6 +267,11 @@ class Plan:
             "summary": self.summary(),
             "actions": [a.to_json() for a in self.actions],
             "certificates": [c.to_json() for c in self.certificates],
+            "deferred": [{"certificate": c.name, "until": iso(c.deferred_until),
+                          "consecutive_failures": c.consecutive_failures, "last_error": c.last_error,
+                          "retry": f"certctl renew {c.name}"} for c in self.deferred],
+            "failing": [{"certificate": c.name, "consecutive_failures": c.consecutive_failures,
+                         "last_error": c.last_error} for c in self.failing],
             "notes": [n.to_json() for n in self.notes],
             "fingerprints": {"observed": self.observed_fingerprint, "desired": self.desired_fingerprint},
             "forced": list(self.forced),

@@ -35,7 +35,7 @@ from reconciler.core.plan import (
     Reason,
     Target,
 )
-from reconciler.core.policies import Input, evaluate, issuer_id, renewal_point
+from reconciler.core.policies import Input, backing_off, evaluate, issuer_id, renewal_point, spec_digest
 from reconciler.core.spec import CertificateSpec, Renewal
 
 NEW = "(new)"
@@ -187,7 +187,7 @@ def _plan_certificate(
             Reason.RenewalWindow: CertState.due,
             Reason.Forced: CertState.due,
         }.get(reason, CertState.outdated)
-        if attempts and attempts.next_retry and attempts.next_retry > at and not force:
+        if attempts and attempts.next_retry and not force and backing_off(attempts, spec_digest(spec, issuer.spec), at):
             deferred_until = attempts.next_retry
             state = CertState.deferred
             notes.append(Note(
@@ -197,6 +197,9 @@ def _plan_certificate(
                 code="Deferred",
             ))
         else:
+            if attempts and attempts.next_retry and attempts.next_retry > at and not force:
+                message += (f"; the backoff after {attempts.consecutive_failures} failed attempt(s) no longer applies: "
+                            f"certificate {name} or issuer {spec.issuer} was edited since")
             detail = IssueDetail(tuple(spec.domains), spec.key.algorithm.value, spec.issuer,
                                  current.info.thumbprint if current is not None else None,
                                  iso(current.info.not_after) if current is not None else None)

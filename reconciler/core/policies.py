@@ -1,10 +1,14 @@
 """Renewal policy chain: small pure checks over one certificate's inputs (cert-manager's idea).
 
-Each check returns (Reason, sentence) or None; the first that fires decides the issuance action.
+Each check returns (kind, Reason, sentence) or None; the first that fires decides the issuance action and
+its reason code, and the sentence names every check that fires ("issuer changed (...) and key algorithm
+changed (...)"), so a plan never hides a second cause behind the first.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,6 +24,21 @@ def issuer_id(name: str, spec: IssuerSpec) -> str:
     if spec.acme is not None:
         return f"acme:{spec.acme.directoryUrl}"
     return f"localca:{name}"
+
+
+def spec_digest(spec: CertificateSpec, issuer: IssuerSpec) -> str:
+    """A digest of what an issuance is made from: the Certificate's spec and its Issuer's spec. A failure is
+    recorded with it, and its backoff no longer applies once either spec is edited."""
+    data = {"certificate": spec.model_dump(mode="json"), "issuer": issuer.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def backing_off(attempts: Attempts | None, digest: str, at: datetime) -> bool:
+    """Is the certificate waiting out a backoff at ``at``? Only for the spec that failed: an edit of the
+    Certificate or its Issuer since the failure lifts it (a failure recorded without a digest keeps it)."""
+    if attempts is None or attempts.next_retry is None or attempts.next_retry <= at:
+        return False
+    return attempts.spec_digest is None or attempts.spec_digest == digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +179,23 @@ CHAIN: tuple[Check, ...] = (
 )
 
 
+DECISIVE = frozenset({does_not_exist, material_lost})  # nothing else can be said about a certificate they fire for
+
+
 def evaluate(i: Input) -> tuple[ActionKind, Reason, str] | None:
-    """The first check that fires, or None when the current certificate is fine."""
+    """The first check that fires decides the action and its reason code; the sentence names every cause
+    that fires (None when the current certificate is fine)."""
+    fired: list[tuple[ActionKind, Reason, str]] = []
     for check in CHAIN:
         result = check(i)
-        if result is not None:
+        if result is None:
+            continue
+        if check in DECISIVE:
             return result
-    return None
+        if result[1] in (Reason.RenewalDue, Reason.RenewalWindow) and any(r is Reason.Expired for _k, r, _m in fired):
+            continue  # "expired" already says it, and more
+        fired.append(result)
+    if not fired:
+        return None
+    kind, reason, _ = fired[0]
+    return kind, reason, " and ".join(message for _k, _r, message in fired)

@@ -22,10 +22,33 @@ _VERB = {
 
 
 def summary_line(plan: Plan) -> str:
+    pending = _pending_clause(plan)
     if not plan.changes:
-        return "No changes. Everything is up to date."
+        return f"No changes now, but {pending}." if pending else "No changes. Everything is up to date."
     counts = plan.summary()
-    return "Plan: " + ", ".join(f"{counts[k.value]} {_VERB[k.value]}" for k in ACTION_ORDER) + "."
+    return ("Plan: " + ", ".join(f"{counts[k.value]} {_VERB[k.value]}" for k in ACTION_ORDER)
+            + (f"; {pending}" if pending else "") + ".")
+
+
+def _names(items: Sequence[str], limit: int = 5) -> str:
+    shown = list(items[:limit])
+    return ", ".join(shown) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _pending_clause(plan: Plan) -> str:
+    """Deferred and failing certificates, with when they are retried and the command that retries now."""
+    parts: list[str] = []
+    if plan.deferred:
+        names = [c.name for c in plan.deferred]
+        count = len(names)
+        parts.append(f"{count} certificate{'s' if count != 1 else ''} deferred ("
+                     + _names([f"{c.name} until {iso(c.deferred_until)}" for c in plan.deferred])
+                     + f"; `certctl renew {' '.join(names) if count <= 5 else '--all'}` retries now)")
+    if plan.failing:
+        names = [c.name for c in plan.failing]
+        count = len(names)
+        parts.append(f"{count} certificate{'s' if count != 1 else ''} failing (last issuance failed: {_names(names)})")
+    return " and ".join(parts)
 
 
 def describe_target(action_json: dict[str, Any]) -> str:
@@ -50,28 +73,46 @@ def _shown(plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return [a.to_json() for a in plan.actions], [n.to_json() for n in plan.notes]
 
 
+# A line of human output is a tuple of (text, style) segments: the plain text joins them, a terminal colours
+# them (reconciler/entry/console.py maps the style names to colours). Styles: "" plain, "create", "update",
+# "delete", "note", "heading", "error", "ok", "dim".
+Segment = tuple[str, str]
+Line = tuple[Segment, ...]
+
+_STYLE = {"+": "create", "~": "update", "-": "delete"}
+
+
+def plain(lines: Sequence[Line]) -> str:
+    return "".join("".join(text for text, _ in line) + "\n" for line in lines)
+
+
 def text(plan: Plan) -> str:
+    return plain(text_lines(plan))
+
+
+def text_lines(plan: Plan) -> list[Line]:
     actions_json, notes = _shown(plan)
-    lines: list[str] = []
+    lines: list[Line] = []
     by_cert: dict[str, list[dict[str, Any]]] = {}
     for action in actions_json:
         by_cert.setdefault(action["certificate"], []).append(action)
     for name, actions in by_cert.items():
-        lines.append(f"certificate {name}:")
+        lines.append(((f"certificate {name}:", "heading"),))
         for a in actions:
-            lines.append(f"  {_SYMBOL[ActionKind(a['kind'])]} {a['kind']:<8} {describe_target(a)}")
-            lines.append(f"             because {a['reason']}")
+            symbol = _SYMBOL[ActionKind(a["kind"])]
+            lines.append((("  ", ""), (f"{symbol} {a['kind']:<8}", _STYLE[symbol]), (f" {describe_target(a)}", "")))
+            lines.append(((f"             because {a['reason']}", "dim"),))
     if notes:
         if lines:
-            lines.append("")
-        lines.append("Left alone (reported, not changed):")
+            lines.append(())
+        lines.append((("Left alone (reported, not changed):", "heading"),))
         for n in notes:
             who = f"{n['certificate']}: " if n["certificate"] else ""
-            lines.append(f"  ! {who}{n['target']}: {n['message']}")
+            lines.append((("  ", ""), ("!", "note"), (f" {who}{n['target']}: {n['message']}", "")))
     if lines:
-        lines.append("")
-    lines.append(summary_line(plan))
-    return "\n".join(lines) + "\n"
+        lines.append(())
+    lines.append(((summary_line(plan), "heading" if plan.pending else "ok"),))
+    return lines
 
 
 def markdown(plan: Plan) -> str:
@@ -114,4 +155,79 @@ def status_text(rows: Sequence[StatusRow]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["iso", "markdown", "status_text", "summary_line", "text"]
+_STATE_STYLE = {"ready": "ok", "pending": "update", "missing": "update", "due": "update", "outdated": "update",
+                "deferred": "warning", "expired": "error"}
+
+
+def describe_lines(d: dict[str, Any]) -> list[Line]:
+    """`certctl status NAME` / `certctl describe NAME`: one certificate in full (``core.describe.describe``)."""
+    def row(label: str, value: object, style: str = "") -> Line:
+        return ((f"  {label:<15}", "dim"), (str(value if value not in (None, "") else "-"), style))
+
+    lines: list[Line] = [((f"certificate {d['name']}", "heading"), (f"  ({d['file']})", "dim"))]
+    lines.append(row("state", d["state"] + (f": {d['reason']}" if d["reason"] else ""),
+                     _STATE_STYLE.get(d["state"], "")))
+    lines.append(row("domains", ", ".join(d["domains"])))
+    issuer = d["issuer"]
+    lines.append(row("issuer", f"{issuer['name']} ({issuer['kind']}"
+                     + (f", {issuer['directory']})" if issuer["directory"] else ")")))
+    lines.append(row("key", d["key"]["algorithm"] + (" (reused on renewal)" if d["key"]["reuse"] else "")))
+    lines.append(row("renewal", d["renewal"]))
+    lines.append(row("thumbprint", d["thumbprint"]))
+    lines.append(row("valid", f"{d['not_before']} -> {d['not_after']}" if d["not_after"] else None))
+    left = d["days_left"]
+    lines.append(row("days left", left, "error" if left is not None and left <= 0 else ""))
+    lines.append(row("renews at", d["renew_at"]))
+    lines.append(row("next attempt", d["next_attempt"]))
+    lines.append(row("failures", f"{d['consecutive_failures']} in a row" if d["consecutive_failures"] else 0,
+                     "error" if d["consecutive_failures"] else ""))
+    lines.append(row("last attempt", d["last_attempt"]))
+    lines.append(row("last success", d["last_success"]))
+    if d["last_error"]:
+        lines.append((("  last error", "dim"),))
+        lines.extend(((f"    {text}", "error"),) for text in str(d["last_error"]).splitlines())
+    lines.append((("  stores", "dim"),) if d["stores"] else row("stores", None))
+    for st in d["stores"]:
+        lines.append(((f"    {st['name']}: {st['where']}: ", ""), (st["holds"], "ok" if st["holds"] == "current" else "warning")))
+    lines.append((("  iis", "dim"),) if d["bindings"] else row("iis", None))
+    for b in d["bindings"]:
+        mode = b["mode"] + (f" (site {b['site']})" if b["site"] else "")
+        lines.append(((f"    host {b['host']}, mode {mode}" + ("" if b["reachable"] else ": cannot be read"), ""),))
+        for s in b["serving"]:
+            lines.append(((f"      serves it: site {s['site']}, {s['binding']}", ""),))
+        if b["reachable"] and not b["serving"]:
+            lines.append((("      no binding serves the current certificate", "warning"),))
+    lines.append((("  tasks", "dim"),) if d["tasks"] else row("tasks", None))
+    for t in d["tasks"]:
+        run = t["last_run"]
+        last = (f"last run {run['at']}: {run['result']}" + (f": {run['error']}" if run.get("error") else "")
+                if run else "no run recorded")
+        deployed = t["deployed"][:8] if t["deployed"] else (t["problem"] or "nothing deployed")
+        lines.append(((f"    [{t['index']}] {t['kind']} {t['target']}: holds {deployed}; ", ""),
+                      (last, "error" if run and run["result"] != "done" else "")))
+    for v in d["verify"]:
+        lines.append(row("verify", v["endpoint"] + (f" (SNI {v['sni']})" if v["sni"] else "")))
+    if d["pending_actions"]:
+        lines.append((("  pending", "dim"),))
+        lines.extend(((f"    {a['id']}: ", "update"), (a["reason"], "")) for a in d["pending_actions"])
+    for note in d["notes"]:
+        lines.append((("  ! ", "note"), (note, "")))
+    return lines
+
+
+def check_lines(code: int, problems: Sequence[tuple[int, str]], count: int) -> list[Line]:
+    """`certctl status --check`: a Nagios status line, then one line per problem."""
+    from reconciler.core.describe import SEVERITY
+
+    style = {0: "ok", 1: "warning", 2: "error", 3: "error"}
+    if not problems:
+        ok: Line = ((f"CERTCTL OK - {count} certificate(s) fine", "ok"),)
+        return [ok]
+    head = f"CERTCTL {SEVERITY[code]} - " + ", ".join(
+        f"{sum(1 for s, _ in problems if s == level)} {SEVERITY[level].lower()}"
+        for level in (2, 1) if any(s == level for s, _ in problems))
+    first: Line = ((head, style[code]),)
+    return [first] + [((f"{SEVERITY[s]}: {text}", style[s]),) for s, text in problems]
+
+
+__all__ = ["check_lines", "describe_lines", "iso", "markdown", "status_text", "summary_line", "text"]

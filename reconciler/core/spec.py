@@ -1,4 +1,4 @@
-"""The desired-state kinds of DESIGN.md as immutable pydantic v2 models.
+"""The desired-state kinds (docs/reference.md) as immutable pydantic v2 models.
 
 Field names are the YAML names (camelCase); unknown fields are errors. A
 relative path is resolved against the folder of the file that holds it (the

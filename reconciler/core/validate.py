@@ -69,6 +69,26 @@ def _check(desired: DesiredState) -> list[Problem]:
                                             f"Wildcard certificates require DNS validation: {domain} would use an "
                                             f"http01 solver of issuer {spec.issuer}; add a dns01 solver for it"))
     problems.extend(_iis_claims(desired))
+    problems.extend(_terms_not_agreed(desired))
+    return problems
+
+
+def _terms_not_agreed(desired: DesiredState) -> list[Problem]:
+    """An ACME Issuer that a certificate uses must have agreeToS: true: the CA refuses to register an account
+    otherwise, so the first issuance could only fail (and back off). An unused Issuer may wait."""
+    users: dict[str, list[str]] = {}
+    for name, cert in sorted(desired.certificates.items()):
+        users.setdefault(cert.spec.issuer, []).append(name)
+    problems: list[Problem] = []
+    for name, issuer in sorted(desired.issuers.items()):
+        acme = issuer.spec.acme
+        if acme is None or acme.agreeToS or name not in users:
+            continue
+        used = users[name]
+        problems.append(Problem(issuer.source, ("spec", "acme", "agreeToS"),
+                                f"certificate{'s' if len(used) > 1 else ''} {', '.join(used)} use{'' if len(used) > 1 else 's'} "
+                                f"issuer {name}, whose CA requires agreement to its terms of service; read them "
+                                f"(from {acme.directoryUrl}) and set agreeToS: true"))
     return problems
 
 

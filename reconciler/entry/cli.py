@@ -1,4 +1,4 @@
-"""certctl: validate | plan | apply | status | renew | daemon | schema | import."""
+"""certctl: validate | plan | apply | status | describe | renew | daemon | schema | import | init | completion."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from reconciler.core.plan import Plan, action_from_json
 from reconciler.core.planner import desired_fingerprint, with_fingerprints
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.status import status_document, status_rows
+from reconciler.entry.console import Output, interactive
 from reconciler.state.statedir import LockBusy, StateDir
 from reconciler.support.clock import SYSTEM
 from reconciler.support.logging import configure
@@ -75,17 +76,37 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _output(args: argparse.Namespace) -> Output:
+    return Output(sys.stdout, color=not getattr(args, "no_color", False))
+
+
 def _emit(args: argparse.Namespace, plan: Plan) -> None:
     if args.out:
         from reconciler.support.fs import atomic_write
 
         atomic_write(Path(args.out), json.dumps(plan.to_json(), indent=2) + "\n")
+    out = _output(args)
     if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
+        out.write(json.dumps(plan.to_json(), indent=2) + "\n")
     elif getattr(args, "markdown", False):
-        sys.stdout.write(render.markdown(plan))
+        out.write(render.markdown(plan))
     else:
-        sys.stdout.write(render.text(plan))
+        out.lines(render.text_lines(plan))
+
+
+def _secret_problems(args: argparse.Namespace, desired: DesiredState, plan: Plan) -> bool:
+    """Report every secret the plan's actions need that cannot be read (file:line:col); True if any."""
+    if getattr(args, "no_secret_check", False):
+        return False
+    from reconciler.app.preflight import unreadable_secrets
+
+    problems = unreadable_secrets(desired, plan)
+    for d in problems:
+        sys.stderr.write(f"{d}\n")
+    if problems:
+        sys.stderr.write(f"certctl: {len(problems)} secret(s) that the planned actions need cannot be read; "
+                         "nothing was changed.\n")
+    return bool(problems)
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -104,9 +125,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     unsolvable = [n for n in plan.notes if n.code == UNSOLVABLE]
     for note in unsolvable:
         print(f"certctl: error: certificate {note.certificate}: {note.message}", file=sys.stderr)
-    if unsolvable:
+    if _secret_problems(args, desired, plan) or unsolvable:
         return EXIT_ERROR
-    if args.detailed_exitcode and plan.changes:
+    if args.detailed_exitcode and plan.pending:
         return EXIT_CHANGES
     return EXIT_OK
 
@@ -114,22 +135,32 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) -> int:
     desired = _load(args)
     world = _world(args, desired)
+    out = _output(args)
     with world.state.lock(wait=args.lock_timeout):
         from reconciler.app.recovery import recover
 
         recover(world)  # what a crash, kill or full disk left half-done (see Safety guarantees in the README)
         observed = _observe(world, locked=True)
-        if getattr(args, "planfile", None):
-            plan = _saved_plan(Path(args.planfile), desired, observed)
+        planfile = getattr(args, "planfile", None)
+        if planfile:
+            plan = _saved_plan(Path(planfile), desired, observed)
         else:
             from reconciler.app.challenges import annotate
 
             plan = annotate(desired, observed, make_plan(desired, observed, _now(), forced))
-        sys.stdout.write(render.text(plan))
+        out.lines(render.text_lines(plan))
         if not plan.changes:
             return EXIT_OK
-        sys.stdout.flush()
-        return _execute(args, world, plan)
+        if _secret_problems(args, desired, plan):
+            return EXIT_ERROR
+        # Terraform's rule: a person at a terminal confirms what they just read; a saved plan was reviewed
+        # when it was made, and cron, services and pipelines (no terminal) proceed.
+        if not planfile and not args.auto_approve and interactive():
+            count = len(plan.actions)
+            if not out.confirm(f"Apply {count} action{'s' if count != 1 else ''}?"):
+                out.line(("Apply cancelled; nothing was changed.", "warning"))
+                return EXIT_ERROR
+        return _execute(args, world, plan, out)
 
 
 def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
@@ -157,65 +188,123 @@ def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
     )
 
 
-def _execute(args: argparse.Namespace, world: Any, plan: Plan) -> int:
+def _execute(args: argparse.Namespace, world: Any, plan: Plan, out: Output) -> int:
     from reconciler.app.executor import Outcome
     from reconciler.app.reconcile import apply_plan
 
-    progress = sys.stdout.isatty() and args.log_format != "json"
+    progress = out.terminal and args.log_format != "json"
+    total = len(plan.actions)
+    finished = 0
+    marks = {"done": ("ok", "ok"), "failed": ("FAILED", "error"), "skipped": ("skipped", "warning")}
 
     def show(outcome: Outcome) -> None:
+        nonlocal finished
+        finished += 1
         if progress:
-            mark = {"done": "ok", "failed": "FAILED", "skipped": "skipped"}[outcome.status]
-            extra = f": {outcome.error}" if outcome.error else ""
-            sys.stdout.write(f"  {mark:<7} {outcome.action.id} ({outcome.seconds:.1f}s){extra}\n")
-            sys.stdout.flush()
+            mark, style = marks[outcome.status]
+            out.line((f"  {finished:>{len(str(total))}}/{total} ", "dim"), (f"{mark:<7}", style),
+                     (f" {outcome.action.id}", ""), (f" ({outcome.seconds:.1f}s)", "dim"),
+                     (f": {outcome.error}" if outcome.error else "", style))
 
     result = apply_plan(world, plan, clock=SYSTEM, on_outcome=show)
     failed = [o for o in result.outcomes if o.status != "done"]
     if failed or result.verify_failures:
-        sys.stdout.write("\nNot done:\n")
-        for o in failed:
-            sys.stdout.write(f"  {o.status}: {o.action.id}: {o.error}\n")
-        for v in result.verify_failures:
-            sys.stdout.write(f"  failed: {v}\n")
-    sys.stdout.write(
-        f"\nApply complete: {result.count('done')} done, {result.count('failed')} failed, "
-        f"{result.count('skipped')} skipped" + (f", {len(result.verify_failures)} verification(s) failed" if result.verify_failures else "")
-        + ".\n"
-    )
+        lines: list[render.Line] = [(), (("Not done:", "heading"),)]
+        lines += [((f"  {o.status}: ", "error" if o.status == "failed" else "warning"),
+                   (f"{o.action.id}: {o.error}", "")) for o in failed]
+        lines += [(("  failed: ", "error"), (v, "")) for v in result.verify_failures]
+        out.lines(lines)
+    summary = (f"Apply complete: {result.count('done')} done, {result.count('failed')} failed, "
+               f"{result.count('skipped')} skipped"
+               + (f", {len(result.verify_failures)} verification(s) failed" if result.verify_failures else "") + ".")
+    out.lines([(), ((summary, "ok" if result.ok else "error"),)])
     return EXIT_OK if result.ok else EXIT_ERROR
 
 
 def cmd_renew(args: argparse.Namespace) -> int:
     desired = _load(args)
-    if args.name not in desired.certificates:
-        raise UsageError(f"no Certificate named {args.name!r} (known: {', '.join(sorted(desired.certificates)) or 'none'})")
+    if args.all == bool(args.names):
+        raise UsageError("name the certificates to renew, or give --all (e.g. certctl renew www-example-com, "
+                         "certctl renew --all)")
+    unknown = [n for n in args.names if n not in desired.certificates]
+    if unknown:
+        raise UsageError(f"no Certificate named {', '.join(repr(n) for n in unknown)} "
+                         f"(known: {', '.join(sorted(desired.certificates)) or 'none'})")
     args.planfile = None
-    return cmd_apply(args, forced=frozenset({args.name}))
+    return cmd_apply(args, forced=frozenset(desired.certificates if args.all else args.names))
+
+
+def _task_runs(state: StateDir, name: str) -> dict[int, Any]:
+    """The newest journaled outcome of each deployment task of certificate ``name``."""
+    from reconciler.core.describe import TaskRun
+
+    runs: dict[int, TaskRun] = {}
+    prefix = f"deploy/{name}/task/"
+    for entry in state.journal_entries():
+        action = entry.get("action") or ""
+        index = action.removeprefix(prefix).partition("-")[0] if action.startswith(prefix) else ""
+        if entry.get("event") in ("done", "failed") and index.isdigit():
+            error = entry.get("error")
+            runs[int(index)] = TaskRun(str(entry.get("at", ""))[:19] + "Z", str(entry["event"]),
+                                       error if isinstance(error, str) else None)
+    return runs
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
     now = _now()
-    rows = status_rows(desired, _observe(world, now), now)
+    observed = _observe(world, now)
+    plan = make_plan(desired, observed, now)
+    out = _output(args)
+    names = getattr(args, "names", None) or []
+    unknown = [n for n in names if n not in desired.certificates]
+    if unknown:
+        raise UsageError(f"no Certificate named {', '.join(repr(n) for n in unknown)} "
+                         f"(known: {', '.join(sorted(desired.certificates)) or 'none'})")
+    rows = [r for r in status_rows(desired, observed, now, plan) if not names or r.name in names]
+    if getattr(args, "check", False):
+        from reconciler.core.describe import check
+
+        code, problems = check(rows, now, desired.settings.notify.expiryWarning)
+        out.lines(render.check_lines(code, problems, len(rows)))
+        return code
     applied = world.state.applied()
+    if names:
+        from reconciler.core.describe import describe
+
+        details = [describe(desired, observed, plan, n, now, _task_runs(world.state, n)) for n in names]
+        if args.json:
+            out.write(json.dumps(details if len(details) > 1 else details[0], indent=2) + "\n")
+        else:
+            for i, detail in enumerate(details):
+                out.lines(([()] if i else []) + render.describe_lines(detail))
+        return EXIT_OK
     if args.json:
-        sys.stdout.write(json.dumps(status_document(desired, rows, applied, now), indent=2) + "\n")
+        out.write(json.dumps(status_document(desired, rows, applied, now), indent=2) + "\n")
     else:
-        sys.stdout.write(render.status_text(rows))
+        out.write(render.status_text(rows))
         if applied:
             revision = applied.get("revision") or "none (not a git repository)"
             failures = "" if applied.get("ok") else ", with failures"
-            sys.stdout.write(f"\nLast apply: {applied.get('at')}, revision {revision}{failures}.\n")
+            out.write(f"\nLast apply: {applied.get('at')}, revision {revision}{failures}.\n")
     return EXIT_OK
 
 
-def cmd_schema(args: argparse.Namespace) -> int:
-    from reconciler.app.schema import write_schemas
+def cmd_describe(args: argparse.Namespace) -> int:
+    args.names = [args.name]
+    args.check = False
+    return cmd_status(args)
 
-    written = write_schemas(Path(args.out))
-    for path in written:
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from reconciler.app.schema import render as render_schema
+    from reconciler.app.schema import schemas, write_schemas
+
+    if not args.out:
+        sys.stdout.write(render_schema(schemas()["certctl.json"]))
+        return EXIT_OK
+    for path in write_schemas(Path(args.out)):
         print(path)
     return EXIT_OK
 
@@ -234,22 +323,57 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     desired = _load(args)
     opts = ImportOptions(directory=_dir(args), iis_host=args.iis_host, issuer=args.issuer,
-                         out=Path(args.out) if args.out else None)
+                         out=Path(args.out) if args.out else None, site=args.site)
     return run_import(opts, _world(args, desired))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from reconciler.app.starter import write_starter
+
+    folder = Path(args.folder or args.dir or os.environ.get("CERTCTL_DIR") or "desired-state")
+    for path in write_starter(folder):
+        print(f"wrote {path}")
+    print(f"Next: certctl plan -d {folder}   (then certctl apply -d {folder})")
+    return EXIT_OK
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from reconciler.entry.completion import script
+
+    sys.stdout.write(script(parser(), args.shell))
+    return EXIT_OK
 
 
 # --- parser ----------------------------------------------------------------------------------------------
 
 
+def _add(p: Any, *flags: str, example: str, **kwargs: Any) -> None:
+    """An argument whose help ends with an example (every argument has one)."""
+    kwargs["help"] = f"{kwargs.get('help', '')} (e.g. {example})".strip()
+    p.add_argument(*flags, **kwargs)
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-d", "--dir", help="desired-state directory (default: ./desired-state or $CERTCTL_DIR)")
-    common.add_argument("--state-dir", help="state directory (overrides Settings.stateDir)")
-    common.add_argument("--log-format", choices=["console", "json"], default=os.environ.get("CERTCTL_LOG_FORMAT", "console"))
-    common.add_argument("--log-level", default=os.environ.get("CERTCTL_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
-    p = argparse.ArgumentParser(prog="certctl", description="Declarative TLS certificates: plan, then apply.")
-    p.add_argument("--version", action="version", version=f"certctl {__version__}")
+    _add(common, "-d", "--dir", help="desired-state directory (default: ./desired-state or $CERTCTL_DIR)",
+         example="-d desired-state", metavar="DIR")
+    _add(common, "--state-dir", help="state directory (overrides Settings.stateDir)",
+         example="--state-dir /var/lib/certctl", metavar="DIR")
+    _add(common, "--log-format", choices=["console", "json"], default=os.environ.get("CERTCTL_LOG_FORMAT", "console"),
+         help="log events on stderr as text or JSON lines ($CERTCTL_LOG_FORMAT)", example="--log-format json")
+    _add(common, "--log-level", default=os.environ.get("CERTCTL_LOG_LEVEL"), choices=["debug", "info", "warning", "error"],
+         help="log level ($CERTCTL_LOG_LEVEL; default: warning on a terminal, info otherwise)",
+         example="--log-level debug")
+    _add(common, "-v", "--verbose", action="count", default=0,
+         help="more log events on stderr: -v info, -vv debug", example="-v")
+    _add(common, "--no-color", action="store_true", help="no colour on a terminal (also: NO_COLOR=1)",
+         example="--no-color")
+    p = argparse.ArgumentParser(
+        prog="certctl", description="Declarative TLS certificates: plan, then apply.",
+        epilog="Start with `certctl init`, then `certctl plan` and `certctl apply`. "
+               "Documentation: docs/README.md in the source repository.")
+    _add(p, "--version", action="version", version=f"certctl {__version__}", help="print the version and exit",
+         example="certctl --version")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("validate", parents=[common], help="load and check the specs")
@@ -257,58 +381,130 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plan", parents=[common], help="show what apply would do; change nothing")
     fmt = s.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="the machine format")
-    fmt.add_argument("--markdown", action="store_true", help="for a pull-request comment")
-    s.add_argument("--out", help="also save the plan (JSON) to FILE, for `certctl apply FILE`")
-    s.add_argument("--at", help="plan as of another time: 2027-01-15, 2027-01-15T08:00:00Z or +30d")
-    s.add_argument("--detailed-exitcode", action="store_true", help="exit 2 when there are changes, 0 when none")
+    _add(fmt, "--json", action="store_true", help="the machine format", example="--json | jq .summary")
+    _add(fmt, "--markdown", action="store_true", help="for a pull-request comment", example="--markdown > plan.md")
+    _add(s, "--out", help="also save the plan (JSON) to FILE, for `certctl apply FILE`", example="--out plan.json",
+         metavar="FILE")
+    _add(s, "--at", help="plan as of another time: a date, a date-time, or an offset from now",
+         example="--at 2027-01-15, --at +30d, --at=-5d", metavar="TIME")
+    _add(s, "--detailed-exitcode", action="store_true",
+         help="exit 2 while anything is pending (changes, deferred or failing certificates), 0 when nothing is",
+         example="--detailed-exitcode || echo pending")
+    _add(s, "--no-secret-check", action="store_true",
+         help="do not check that the secrets the planned actions need can be read (a pull-request runner "
+              "that must not hold them)", example="--no-secret-check")
     s.set_defaults(fn=cmd_plan)
 
-    s = sub.add_parser("apply", parents=[common], help="plan and carry it out")
-    s.add_argument("planfile", nargs="?", help="a plan saved by `certctl plan --out`; refused if stale")
-    s.add_argument("--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)")
+    s = sub.add_parser("apply", parents=[common], help="plan and carry it out (asks first on a terminal)")
+    _add(s, "planfile", nargs="?", help="a plan saved by `certctl plan --out`, applied without asking; refused if stale",
+         example="certctl apply plan.json")
+    _add(s, "-y", "--auto-approve", action="store_true", help="do not ask for confirmation on a terminal",
+         example="-y")
+    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
+         example="--lock-timeout 60", metavar="SECONDS")
     s.set_defaults(fn=cmd_apply)
 
-    s = sub.add_parser("status", parents=[common], help="every certificate: state, expiry, renewal, last error")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("status", parents=[common],
+                       help="every certificate: state, expiry, renewal, last error; or one in full")
+    _add(s, "names", nargs="*", help="show these certificates in full", example="certctl status www-example-com",
+         metavar="NAME")
+    _add(s, "--json", action="store_true", help="the machine format", example="--json")
+    _add(s, "--check", action="store_true",
+         help="monitoring (Nagios): exit 0 OK, 1 warning (renewal overdue or deferred), 2 critical (expired, "
+              "failing, or expiring within notify.expiryWarning), 3 unknown; one line per problem",
+         example="--check")
     s.set_defaults(fn=cmd_status)
 
+    s = sub.add_parser("describe", parents=[common], help="everything about one certificate")
+    _add(s, "name", help="the Certificate's name", example="certctl describe www-example-com")
+    _add(s, "--json", action="store_true", help="the machine format", example="--json")
+    s.set_defaults(fn=cmd_describe)
+
     s = sub.add_parser("renew", parents=[common], help="force a renewal now (overrides backoff)")
-    s.add_argument("name")
-    s.add_argument("--lock-timeout", type=float, default=10.0)
+    _add(s, "names", nargs="*", help="the certificates to renew", example="certctl renew www api", metavar="NAME")
+    _add(s, "--all", action="store_true", help="renew every certificate", example="certctl renew --all")
+    _add(s, "-y", "--auto-approve", action="store_true", help="do not ask for confirmation on a terminal",
+         example="-y")
+    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
+         example="--lock-timeout 60", metavar="SECONDS")
     s.set_defaults(fn=cmd_renew)
 
     s = sub.add_parser("daemon", parents=[common], help="reconcile continuously")
-    s.add_argument("--git-pull", action="store_true", help="fast-forward the desired-state repository each interval")
-    s.add_argument("--metrics-address", help="host:port for /healthz, /metrics, /status (default 127.0.0.1:9464)")
-    s.add_argument("--no-metrics", action="store_true", help="serve no HTTP endpoint")
+    _add(s, "--git-pull", action="store_true", help="fast-forward the desired-state repository each interval",
+         example="--git-pull")
+    _add(s, "--metrics-address", help="host:port for /healthz, /metrics, /status (default 127.0.0.1:9464)",
+         example="--metrics-address 0.0.0.0:9464", metavar="HOST:PORT")
+    _add(s, "--no-metrics", action="store_true", help="serve no HTTP endpoint", example="--no-metrics")
     s.set_defaults(fn=cmd_daemon)
 
-    s = sub.add_parser("schema", parents=[common], help="write the JSON Schemas of every kind")
-    s.add_argument("--out", default="schemas", help="folder (default: schemas/)")
+    s = sub.add_parser("schema", parents=[common], help="print (or write) the JSON Schemas of every kind")
+    _add(s, "--out", help="write one schema per kind and certctl.json into FOLDER (default: print certctl.json)",
+         example="--out schemas", metavar="FOLDER")
     s.set_defaults(fn=cmd_schema)
 
     s = sub.add_parser("import", parents=[common], help="write Certificate specs for what an IIS host serves today")
-    s.add_argument("--iis-host", required=True, help="the IisHost to read")
-    s.add_argument("--issuer", help="Issuer for the new specs (default: the only one, or the first)")
-    s.add_argument("--out", help="file to write (default: <dir>/imported-<host>.yaml)")
+    _add(s, "--iis-host", required=True, help="the IisHost to read", example="--iis-host web01", metavar="NAME")
+    _add(s, "--issuer", help="Issuer for the new specs (required when more than one is defined)",
+         example="--issuer letsencrypt", metavar="NAME")
+    _add(s, "--site", help="only this IIS site", example='--site "Default Web Site"', metavar="NAME")
+    _add(s, "--out", help="file to write (default: <dir>/imported-<host>.yaml)", example="--out imported.yaml",
+         metavar="FILE")
     s.set_defaults(fn=cmd_import)
+
+    s = sub.add_parser("init", parents=[common], help="write a commented starter desired state")
+    _add(s, "folder", nargs="?", help="where (default: -d DIR, $CERTCTL_DIR or ./desired-state)",
+         example="certctl init desired-state", metavar="DIR")
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("completion", help="print a shell completion script")
+    _add(s, "shell", choices=["bash", "zsh", "powershell"], help="the shell",
+         example='eval "$(certctl completion bash)"')
+    s.set_defaults(fn=cmd_completion, log_format="console", log_level=None, verbose=0)
     return p
 
 
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """``--at -5d`` as ``--at=-5d``: argparse would take a value starting with '-' for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--at" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+            out.append(f"--at={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def _log_level(args: argparse.Namespace) -> str:
+    """--log-level or $CERTCTL_LOG_LEVEL; else -v/-vv; else warning for a person at a terminal (log lines
+    would interleave with the output they read) and info for services, cron and JSON logs."""
+    if args.log_level:
+        return str(args.log_level)
+    if args.verbose:
+        return "debug" if args.verbose > 1 else "info"
+    console = args.log_format == "console" and sys.stderr.isatty()
+    return "warning" if console else "info"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    configure(args.log_format, args.log_level)
+    args = parser().parse_args(_join_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    configure(args.log_format, _log_level(args))
+    checking = bool(getattr(args, "check", False))
+    error = 3 if checking else EXIT_ERROR  # Nagios: UNKNOWN when the check itself cannot run
     try:
         return int(args.fn(args))
     except InvalidDesiredState as exc:
         for d in exc.diagnostics:
             sys.stderr.write(f"{d}\n")
         sys.stderr.write(f"certctl: {len(exc.diagnostics)} problem(s) found; nothing was changed.\n")
-        return EXIT_ERROR
+        if checking:
+            print(f"CERTCTL UNKNOWN - the desired state is invalid ({len(exc.diagnostics)} problem(s))")
+        return error
     except (UsageError, LockBusy) as exc:
         sys.stderr.write(f"certctl: {exc}\n")
-        return EXIT_ERROR
+        return error
     except KeyboardInterrupt:
         sys.stderr.write("certctl: interrupted\n")
         return 130
@@ -316,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     except OSError as exc:  # e.g. a full disk under the state dir before any action started
         sys.stderr.write(f"certctl: {exc}\n")
-        return EXIT_ERROR
+        return error
     except ValueError as exc:  # e.g. a bad --at
         sys.stderr.write(f"certctl: {exc}\n")
-        return EXIT_ERROR
+        return error

@@ -42,6 +42,24 @@ def head(directory: Path) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
+def dirty(directory: Path) -> bool:
+    """Does the working tree under ``directory`` differ from HEAD (changed, staged or untracked files)?"""
+    try:
+        result = _git(directory, "status", "--porcelain", "--untracked-files=normal", "--", ".", timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return result.returncode == 0 and bool(result.stdout.strip())
+
+
+def revision(directory: Path) -> str | None:
+    """The commit the desired state is at, marked ``-dirty`` (as `git describe --dirty` does) when files under
+    ``directory`` have uncommitted changes; None outside a git repository."""
+    commit = head(directory)
+    if commit is None:
+        return None
+    return f"{commit}-dirty" if dirty(directory) else commit
+
+
 def pull(directory: Path, *, timeout: float = 120.0) -> PullResult:
     """``git pull --ff-only`` in the repository that holds ``directory``."""
     before = head(directory)

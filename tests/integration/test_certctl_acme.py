@@ -226,7 +226,8 @@ def test_a_blocked_name_fails_only_its_certificate_and_renew_overrides_the_backo
     deferred_until = parse_time(bad["deferred_until"])
     assert started + timedelta(minutes=59) <= deferred_until <= datetime.now(UTC) + timedelta(hours=1, seconds=5)
     code, out, _ = run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")
-    assert code == 0 and "deferred until" in out  # nothing to do until then, and the plan says why
+    # no action until then, but pending work: the plan says why, when, and how to retry now (exit 2)
+    assert code == 2 and "deferred until" in out and "1 certificate deferred (bad until" in out
 
     code, out, _ = run_cli("renew", "bad", "-d", str(ws.desired))
     assert code == 1

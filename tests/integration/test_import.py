@@ -132,3 +132,65 @@ def test_an_unknown_host_or_issuer_is_a_clear_error(setup: tuple[Path, dict[str,
     rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--issuer", "acme")
     assert rc == 1 and "Issuer 'acme' does not exist" in err
     assert not (desired / "imported-web01.yaml").exists()
+
+
+BLOG = """\
+            <site name="blog" id="8">
+                <application path="/" applicationPool="DefaultAppPool">
+                    <virtualDirectory path="/" physicalPath="D:\\Sites\\blog" />
+                </application>
+                <bindings>
+                    <binding protocol="http" bindingInformation="*:80:blog.example.com" />
+                    <binding protocol="http" bindingInformation="*:80:www.blog.example.com" />
+                    <binding protocol="http" bindingInformation="*:80:*.blog.example.com" />
+                    <binding protocol="http" bindingInformation="*:8080:" />
+                </bindings>
+            </site>
+            <siteDefaults>"""
+
+
+def _with_http_only_site(root: Path) -> None:
+    config = root / "applicationHost.config"
+    config.write_text(config.read_text().replace("            <siteDefaults>", BLOG, 1))
+
+
+def test_a_site_with_only_http_bindings_gets_a_certificate(setup: tuple[Path, dict[str, str]],
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    desired, _tp = setup
+    _with_http_only_site(desired.parent / "web01")
+    rc, out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--site", "blog")
+    assert rc == 0, err
+    assert "wildcard host *.blog.example.com left out" in out
+    assert "site blog: http binding *:8080: has no host name" in out
+    certs = {n: c.spec for n, c in load(desired, revision=False).certificates.items()}
+    assert set(certs) == {"blog-example-com"}, "--site limits the import to that site"
+    blog = certs["blog-example-com"]
+    assert blog.domains == ["blog.example.com", "www.blog.example.com"]
+    assert blog.stores == ["web01-webhosting"] and [(t.host, t.mode.value) for t in blog.iis] == [("web01", "auto")]
+    assert "site blog has only http bindings" in (desired / "imported-web01.yaml").read_text()
+    # the plan issues it and adds https beside each named http binding (SNI)
+    rc, out, err = run(capsys, "plan", "-d", str(desired), "--json", "--at", AT)
+    assert rc == 0, err
+    actions = [(a["kind"], a["detail"].get("binding")) for a in json.loads(out)["actions"]
+               if a["certificate"] == "blog-example-com"]
+    assert actions == [("issue", None), ("install", None), ("bind", "*:443:blog.example.com"),
+                       ("bind", "*:443:www.blog.example.com")]
+
+
+def test_an_unknown_site_is_a_clear_error(setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
+    desired, _tp = setup
+    rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--site", "nope")
+    assert rc == 1 and "has no site 'nope'" in err and "Default Web Site" in err
+
+
+def test_with_several_issuers_import_asks_which(setup: tuple[Path, dict[str, str]],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    desired, _tp = setup
+    (desired / "second.yaml").write_text("apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: other}\n"
+                                         "spec: {localCA: {}}\n")
+    rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired))
+    assert rc == 1 and "there are 2 Issuers (local, other)" in err and "--issuer NAME" in err
+    assert not (desired / "imported-web01.yaml").exists()
+    rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--issuer", "other")
+    assert rc == 0, err
+    assert all(c.spec.issuer == "other" for n, c in load(desired, revision=False).certificates.items())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.app.loader import load
+from reconciler.app.loader import InvalidDesiredState, load
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "letsencrypt"
@@ -45,11 +45,18 @@ def test_example_issuer_validates_with_a_certificate_using_it(file: str, tmp_pat
         STORE + "---\napiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: site}\n"
         f"spec:\n  issuer: {name}\n  domains: {domains}\n  stores: [pem]\n"
     )
+    with pytest.raises(InvalidDesiredState) as refused:  # as shipped: the user has not agreed to the terms yet
+        load(desired)
+    [problem] = refused.value.diagnostics
+    line = next(i for i, text in enumerate((desired / file).read_text().splitlines(), 1) if text.strip().startswith("agreeToS:"))
+    assert (problem.file, problem.line, problem.field) == (str(desired / file), line, "spec.acme.agreeToS")
+    assert "certificate site uses issuer" in problem.message and "set agreeToS: true" in problem.message
+    (desired / file).write_text((desired / file).read_text().replace("agreeToS: false", "agreeToS: true"))
     state = load(desired)
     assert set(state.issuers) == {name}
     acme = state.issuers[name].spec.acme
     assert acme is not None and acme.directoryUrl == directory
-    assert acme.agreeToS is False  # the user agrees, after reading the terms
+    assert "agreeToS: false" in (EXAMPLES / file).read_text()  # the user agrees, after reading the terms
     assert [s.dns01 is not None for s in acme.solvers] == [kind == "dns01"]
     assert (EXAMPLES / file).read_text().startswith("# yaml-language-server")
 

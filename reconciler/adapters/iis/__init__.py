@@ -3,6 +3,6 @@
 - ``appconfig``: lossless applicationHost.config parsing and editing
 - ``httpsys``: httpsys.json, ``netsh http show sslcert`` rendering and parsing, binding → entry
 - ``changes``: what a list of BindingChange does (pure; shared by both backends)
-- ``emulated``: ``EmulatedHost`` — one folder per machine (IIS.md §6)
+- ``emulated``: ``EmulatedHost`` — one folder per machine (docs/iis.md, "The emulated machine")
 - ``windows``: ``WindowsHost`` — the real server through PowerShell and Microsoft.Web.Administration
 """

@@ -1,4 +1,4 @@
-"""The emulated IIS machine: one folder per host, in the exact formats of IIS.md §6.
+"""The emulated IIS machine: one folder per host, in the exact formats of a real server (docs/iis.md, "The emulated machine").
 
 ```
 <root>/applicationHost.config        IIS configuration (edited losslessly, see appconfig)
