@@ -96,7 +96,7 @@ class AcmeIssuer:
         if not lock.acquire(blocking=False):
             raise IssueError(
                 f"an ACME order for certificate {request.certificate} is already running; not starting a second one",
-                transient=True,
+                transient=True, outage=False,
             )
         try:
             return self._issue(request)
