@@ -94,6 +94,17 @@ class _LazyIssuer:
         fn = getattr(self.backend, "renewal_window", None)
         return fn(cert_pem) if fn else None
 
+    def revoke(self, material: Any, reason: str) -> None:
+        self.backend.revoke(material, reason)
+
+    def revocation_status(self, material: Any) -> Any:
+        return self.backend.revocation_status(material)
+
+    def refresh_crl(self, now: Any) -> bool:
+        """Publish the local CA's CRL afresh when it is getting old (ACME issuers publish none)."""
+        fn = getattr(self.backend, "refresh_crl", None) if self.spec.localCA is not None else None
+        return bool(fn(now)) if fn else False
+
     def recover_challenges(self) -> int:
         """Clean up challenges an interrupted order left behind (cheap when there are none: no backend built)."""
         if self.spec.acme is None or not (self.state_path / "acme" / self.name / "challenges.jsonl").exists():

@@ -243,7 +243,6 @@ class Attempts:
     ari_next_fetch: datetime | None = None  # not asked again before this (the CA's Retry-After, else 6 h)
     action_failures: int = 0  # consecutive applies in which an install, bind, deploy or verify of it failed
     action_error: str | None = None  # the last such failure ("deploy/www/task/0-files: ...")
-    revocation_checked_at: datetime | None = None  # when its issuer's CRL was last read for the current version
 
 
 @dataclass(frozen=True, slots=True)

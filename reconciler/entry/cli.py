@@ -1,4 +1,4 @@
-"""certctl: validate | plan | apply | status | renew | daemon | schema | import."""
+"""certctl: validate | plan | apply | status | renew | revoke | account | daemon | schema | import."""
 
 from __future__ import annotations
 
@@ -194,6 +194,42 @@ def cmd_renew(args: argparse.Namespace) -> int:
     return cmd_apply(args, forced=frozenset({args.name}))
 
 
+def _confirm(question: str, assume_yes: bool) -> bool:
+    """Ask on a terminal (only ``yes`` goes ahead); without a terminal, go ahead (scripts, CI)."""
+    if assume_yes or not (sys.stdin.isatty() and sys.stdout.isatty()):
+        return True
+    sys.stdout.write(f"{question}\n  Only 'yes' will be accepted: ")
+    sys.stdout.flush()
+    try:
+        return sys.stdin.readline().strip() == "yes"
+    except (EOFError, KeyboardInterrupt):
+        return False
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from reconciler.app.revocation import current_or_fail, revoke_certificate
+    from reconciler.ports import RevokeError
+
+    desired = _load(args)
+    world = _world(args, desired)
+    with world.state.lock(wait=args.lock_timeout, purpose="revoke"):
+        current = current_or_fail(world, args.name)
+        question = (f"Revoke certificate {args.name} ({current.info.thumbprint}, expires "
+                    f"{current.info.not_after:%Y-%m-%d}) with reason {args.reason}? Every server that uses it must get "
+                    "its replacement from the next apply.")
+        if not _confirm(question, args.yes):
+            sys.stdout.write("Revocation cancelled; nothing was changed.\n")
+            return EXIT_ERROR
+        try:
+            version, issuer = revoke_certificate(world, args.name, args.reason, _now())
+        except RevokeError as exc:
+            raise UsageError(f"certificate {args.name} was not revoked: {exc}") from None
+    key = " with a new key" if args.reason == "keyCompromise" else ""
+    sys.stdout.write(f"Revoked {args.name} ({version.info.thumbprint}) through Issuer {issuer}, reason {args.reason}.\n"
+                     f"The next `certctl apply` (or the daemon's next pass) issues its replacement{key}.\n")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
@@ -277,6 +313,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--lock-timeout", type=float, default=10.0)
     s.set_defaults(fn=cmd_renew)
+
+    from reconciler.ports import REVOCATION_REASONS
+
+    s = sub.add_parser("revoke", parents=[common], help="revoke a certificate's current version (the next apply replaces it)")
+    s.add_argument("name")
+    s.add_argument("--reason", default="unspecified", choices=list(REVOCATION_REASONS),
+                   help="RFC 5280 reason (default unspecified; keyCompromise also forces a new key)")
+    s.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal")
+    s.add_argument("--lock-timeout", type=float, default=10.0)
+    s.set_defaults(fn=cmd_revoke)
 
     s = sub.add_parser("daemon", parents=[common], help="reconcile continuously")
     s.add_argument("--git-pull", action="store_true", help="fast-forward the desired-state repository each interval")

@@ -457,7 +457,6 @@ class StateDir:
             ari_next_fetch=_dt(a.get("ari_next_fetch")),
             action_failures=int(a.get("action_failures", 0)),
             action_error=a.get("action_error"),
-            revocation_checked_at=_dt(a.get("revocation_checked_at")),
         )
 
     def save_attempts(self, attempts: Attempts) -> None:
@@ -474,7 +473,6 @@ class StateDir:
                 "ari_next_fetch": _iso(attempts.ari_next_fetch),
                 "action_failures": attempts.action_failures,
                 "action_error": attempts.action_error,
-                "revocation_checked_at": _iso(attempts.revocation_checked_at),
         })
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:

@@ -43,6 +43,14 @@ class AccountRecord:
     created: str
 
 
+def jwa_for(jwk: JWK) -> JWASignature:
+    """The JWS algorithm of an account (or certificate) key."""
+    if isinstance(jwk, JWKRSA):
+        return RS256
+    curve = jwk.key.curve.name
+    return {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}[curve]
+
+
 class AccountStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -69,11 +77,7 @@ class AccountStore:
             return self._key
 
     def alg(self) -> JWASignature:
-        key = self.key()
-        if isinstance(key, JWKRSA):
-            return RS256
-        curve = key.key.curve.name
-        return {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}[curve]
+        return jwa_for(self.key())
 
     def load(self, directory_url: str) -> AccountRecord | None:
         """The saved account for this directory URL, or None (none yet, or one of another CA)."""

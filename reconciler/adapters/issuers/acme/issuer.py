@@ -22,10 +22,12 @@ from acme import errors as acme_errors
 from acme import messages
 from acme.client import ClientV2
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.errors import DeserializationError
+from josepy.jwk import JWKEC, JWKRSA
 
 from reconciler.adapters.issuers.acme import retry
-from reconciler.adapters.issuers.acme.account import AccountStore, Registration
+from reconciler.adapters.issuers.acme.account import AccountStore, Registration, jwa_for
 from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id
 from reconciler.adapters.issuers.acme.chains import make_csr
 from reconciler.adapters.issuers.acme.challenges import ChallengeJournal
@@ -34,11 +36,14 @@ from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.adapters.issuers.acme.transport import Network, Session, directory_entry, utc
 from reconciler.core import spec as specs
 from reconciler.ports import (
+    REVOCATION_REASONS,
     DelegatingSolver,
     IssueError,
     IssueRequest,
     Material,
     RenewalWindow,
+    RevocationStatus,
+    RevokeError,
     Solver,
     SolverError,
     SolverFactory,
@@ -48,6 +53,9 @@ from reconciler.support import pki
 log = structlog.get_logger()
 
 DIRECTORY_TTL = 60.0  # seconds a fetched directory is reused
+CRL_TIMEOUT = 10.0  # seconds per CRL download
+CRL_TTL = 600.0  # seconds a downloaded CRL is reused
+CRL_MAX_BYTES = 32 << 20  # a CRL larger than this is refused (Let's Encrypt shards its CRLs far below it)
 ARI_TIMEOUT = 10.0  # seconds per renewalInfo request: advice, asked before every plan, must not hold it up
 
 
@@ -84,6 +92,7 @@ class AcmeIssuer:
         self._lock = threading.Lock()  # guards the dicts below
         self._cert_locks: dict[str, threading.Lock] = {}
         self._directory: tuple[float, messages.Directory] | None = None
+        self._crls: dict[str, tuple[float, x509.CertificateRevocationList]] = {}
 
     # --- IssuerBackend -------------------------------------------------------------------------
 
@@ -138,6 +147,82 @@ class AcmeIssuer:
             log.warning("acme.ari.bad_window", issuer=self.name, certificate_id=ident)
             return None
         return RenewalWindow(start=start, end=end, retry_after=retry.parse_retry_after(response.headers.get("Retry-After")))
+
+    # --- Revoker ---------------------------------------------------------------------------------------
+
+    def revoke(self, material: Material, reason: str) -> None:
+        """revokeCert (RFC 8555 §7.6) signed with the account key; when the CA says this account may not
+        (the account was registered anew since), signed with the certificate's own key instead."""
+        cert = x509.load_pem_x509_certificate(material.cert_pem)
+        code = REVOCATION_REASONS.get(reason)
+        if code is None:
+            raise RevokeError(f"unknown revocation reason {reason!r} (known: {', '.join(REVOCATION_REASONS)})")
+        context = f"Issuer {self.name}: revoking {material.info.thumbprint[:8]} at {self.directory_url}"
+        try:
+            session = self._session()
+        except IssueError as exc:
+            raise RevokeError(str(exc)) from None
+        try:
+            session.client.revoke(cert, code)
+        except messages.Error as exc:
+            if retry.problem_code(exc) == "alreadyRevoked":
+                log.info("acme.revoke.already_revoked", issuer=self.name, thumbprint=material.info.thumbprint)
+                return
+            if retry.problem_code(exc) != "unauthorized":
+                raise RevokeError(f"{context}: {retry.describe(exc)}") from None
+            log.info("acme.revoke.with_certificate_key", issuer=self.name, reason=retry.describe(exc))
+            self._revoke_with_certificate_key(material, cert, code, context)
+        except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
+            raise RevokeError(f"{context}: {retry.describe(exc)}") from None
+        finally:
+            session.net.session.close()
+        log.info("acme.certificate.revoked", issuer=self.name, thumbprint=material.info.thumbprint, reason=reason)
+
+    def _revoke_with_certificate_key(self, material: Material, cert: x509.Certificate, code: int, context: str) -> None:
+        key = pki.load_key(material.key_pem)
+        jwk = JWKEC(key=key) if isinstance(key, ec.EllipticCurvePrivateKey) else JWKRSA(key=key)
+        alg = jwa_for(jwk)
+        net = Network(self.retry_policy, key=jwk, alg=alg, verify=self._verify, timeout=self._timeout)
+        try:
+            ClientV2(self._get_directory(net), net).revoke(cert, code)
+        except messages.Error as exc:
+            if retry.problem_code(exc) != "alreadyRevoked":
+                raise RevokeError(f"{context} (signed with the certificate's key): {retry.describe(exc)}") from None
+        except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
+            raise RevokeError(f"{context}: {retry.describe(exc)}") from None
+        finally:
+            net.session.close()
+
+    def revocation_status(self, material: Material) -> RevocationStatus | None:
+        """The certificate's entry in the CRL named by its CRL distribution points (verified against its
+        issuer in the chain), or None when it is listed in none or names no CRL."""
+        cert = x509.load_pem_x509_certificate(material.cert_pem)
+        urls = pki.crl_urls(cert)
+        if not urls:
+            return None
+        issuer = pki.issuer_of_cert(cert, material.chain_pem)
+        if issuer is None:
+            raise RevokeError("the certificate's issuer is not in its chain; its CRL cannot be verified")
+        problems = []
+        for url in urls:
+            try:
+                entry = pki.crl_entry(self._crl(url), issuer, cert.serial_number)
+            except (requests.RequestException, ValueError) as exc:
+                problems.append(f"{url}: {exc}")
+                continue
+            return RevocationStatus(entry[0], entry[1], f"CRL {url}") if entry else None
+        raise RevokeError("; ".join(problems))
+
+    def _crl(self, url: str) -> x509.CertificateRevocationList:
+        """The CRL at ``url``, fetched at most once per CRL_TTL (certificates of one CA share a few CRLs)."""
+        with self._lock:
+            cached = self._crls.get(url)
+        if cached is not None and time.monotonic() - cached[0] < CRL_TTL:
+            return cached[1]
+        crl = pki.load_crl(fetch_limited(url, self._verify, min(self._timeout, CRL_TIMEOUT), CRL_MAX_BYTES))
+        with self._lock:
+            self._crls[url] = (time.monotonic(), crl)
+        return crl
 
     # --- one issuance ----------------------------------------------------------------------------
 
@@ -260,6 +345,20 @@ def delegation_solver(spec: specs.Acme, record: str) -> int | str:
     if chosen.dns01 is None:
         return f"the solver that matches that name (solver {index}) is not a dns01 solver"
     return index
+
+
+def fetch_limited(url: str, verify: bool | str, timeout: float, limit: int) -> bytes:
+    """The body of ``url`` (http or https), at most ``limit`` bytes; raises requests.RequestException or ValueError."""
+    with requests.get(url, timeout=timeout, verify=verify, stream=True, allow_redirects=True,
+                      headers={"User-Agent": "certctl"}) as response:
+        response.raise_for_status()
+        chunks, size = [], 0
+        for chunk in response.iter_content(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"the CRL is larger than {limit:,} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def normalize_url(url: str) -> str:
