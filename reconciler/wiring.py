@@ -94,6 +94,22 @@ class _LazyIssuer:
         fn = getattr(self.backend, "renewal_window", None)
         return fn(cert_pem) if fn else None
 
+    def offered_profiles(self) -> tuple[str, ...] | None:
+        """ACME: the profiles its CA's directory listed when last fetched (read offline), or None."""
+        if self.spec.acme is None:
+            return None
+        from reconciler.adapters.issuers.acme.issuer import cached_profiles
+
+        return cached_profiles(self.state_path, self.name, self.spec.acme.directoryUrl)
+
+    def refresh_directory(self) -> tuple[str, ...] | None:
+        """ACME: fetch the directory now (never raises); the profiles it lists, or None."""
+        return self.backend.refresh_directory() if self.spec.acme is not None else None
+
+    def rollover_key(self) -> str:
+        """ACME: replace the account key (RFC 8555 key change)."""
+        return str(self.backend.rollover_key())
+
     def revoke(self, material: Any, reason: str) -> None:
         self.backend.revoke(material, reason)
 

@@ -36,9 +36,13 @@ def _dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> DesiredState:
+    from reconciler.app.loader import check_profiles
     from reconciler.state.cache import default_dir
+    from reconciler.wiring import state_dir_for
 
-    return load(_dir(args), cache_dir=default_dir())
+    desired = load(_dir(args), cache_dir=default_dir())
+    check_profiles(desired, state_dir_for(_dir(args), desired, args.state_dir))
+    return desired
 
 
 def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:
@@ -96,12 +100,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     observed = _observe(world)
     plan = make_plan(desired, observed, at)
     from reconciler.app.challenges import UNSOLVABLE, annotate
+    from reconciler.core.planner import PROFILE_UNKNOWN
 
     plan = annotate(desired, observed, plan)
     if args.out or args.json:
         plan = with_fingerprints(plan, desired, observed)
     _emit(args, plan)
-    unsolvable = [n for n in plan.notes if n.code == UNSOLVABLE]
+    unsolvable = [n for n in plan.notes if n.code in (UNSOLVABLE, PROFILE_UNKNOWN)]
     for note in unsolvable:
         print(f"certctl: error: certificate {note.certificate}: {note.message}", file=sys.stderr)
     if unsolvable:
@@ -230,6 +235,26 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_account_rollover(args: argparse.Namespace) -> int:
+    from reconciler.ports import IssueError
+
+    desired = _load(args)
+    issuer = desired.issuers.get(args.issuer)
+    if issuer is None:
+        raise UsageError(f"no Issuer named {args.issuer!r} (known: {', '.join(sorted(desired.issuers)) or 'none'})")
+    if issuer.spec.acme is None:
+        raise UsageError(f"Issuer {args.issuer} is a local CA: it has no ACME account")
+    world = _world(args, desired)
+    with world.state.lock(wait=args.lock_timeout, purpose="account key rollover"):
+        try:
+            account = world.issuers[args.issuer].rollover_key()
+        except IssueError as exc:
+            raise UsageError(f"the account key of Issuer {args.issuer} was not replaced: {exc}") from None
+    sys.stdout.write(f"Issuer {args.issuer}: the account {account} now signs with a new key "
+                     f"(kept in the state dir, mode 0600); the old key no longer works.\n")
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
@@ -323,6 +348,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal")
     s.add_argument("--lock-timeout", type=float, default=10.0)
     s.set_defaults(fn=cmd_revoke)
+
+    s = sub.add_parser("account", help="ACME accounts")
+    account = s.add_subparsers(dest="account_command", required=True, metavar="SUBCOMMAND")
+    s = account.add_parser("rollover", parents=[common], help="replace an ACME Issuer's account key (RFC 8555 key change)")
+    s.add_argument("issuer")
+    s.add_argument("--lock-timeout", type=float, default=10.0)
+    s.set_defaults(fn=cmd_account_rollover)
 
     s = sub.add_parser("daemon", parents=[common], help="reconcile continuously")
     s.add_argument("--git-pull", action="store_true", help="fast-forward the desired-state repository each interval")
