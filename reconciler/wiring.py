@@ -106,6 +106,17 @@ class _LazyIssuer:
         """ACME: fetch the directory now (never raises); the profiles it lists, or None."""
         return self.backend.refresh_directory() if self.spec.acme is not None else None
 
+    def sync_account(self) -> bool:
+        """ACME: update the account's contact when the email changed (cheap when it did not: no backend built)."""
+        if self.spec.acme is None:
+            return False
+        from reconciler.adapters.issuers.acme.account import AccountStore
+
+        record = AccountStore(self.state_path / "acme" / self.name).load(self.spec.acme.directoryUrl)
+        if record is None or record.email == self.spec.acme.email:
+            return False
+        return bool(self.backend.sync_account())
+
     def rollover_key(self) -> str:
         """ACME: replace the account key (RFC 8555 key change)."""
         return str(self.backend.rollover_key())

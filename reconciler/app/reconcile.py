@@ -30,6 +30,19 @@ from reconciler.ports import Clock
 log = structlog.get_logger()
 
 
+def sync_accounts(world: World) -> None:
+    """Bring each ACME account's contact in line with its Issuer's ``email`` (never fatal: logged, retried on
+    the next apply, and done anyway before the next order)."""
+    for name, issuer in sorted(world.issuers.items()):
+        sync = getattr(issuer, "sync_account", None)
+        if sync is None:
+            continue
+        try:
+            sync()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("acme.account.contact_not_updated", issuer=name, error=str(exc) or repr(exc))
+
+
 def apply_plan(world: World, plan: Plan, *, clock: Clock, on_outcome: Callable[[Outcome], None] | None = None,
                on_executor: Callable[[Executor | None], None] | None = None) -> ApplyResult:
     """Carry out ``plan`` and record it as the last apply (a record that cannot be written fails the apply)."""
@@ -71,6 +84,7 @@ def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: t
     if maintenance:
         recover(world)
         check_revocations(world, clock.now())  # daily: a certificate its CA has revoked is renewed in this pass
+    sync_accounts(world)
     observed = observe_current(world, clock.now(), locked=True)
     at = clock.now()
     plan = make_plan(desired, observed, at)

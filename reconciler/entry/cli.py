@@ -123,6 +123,9 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
         from reconciler.app.recovery import recover
 
         recover(world)  # what a crash, kill or full disk left half-done (see Safety guarantees in the README)
+        from reconciler.app.reconcile import sync_accounts
+
+        sync_accounts(world)  # an Issuer whose email changed: its ACME account's contact follows
         observed = _observe(world, locked=True)
         if getattr(args, "planfile", None):
             plan = _saved_plan(Path(args.planfile), desired, observed)

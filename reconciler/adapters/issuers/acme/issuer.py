@@ -183,6 +183,14 @@ class AcmeIssuer:
         finally:
             session.net.session.close()
 
+    def sync_account(self) -> bool:
+        """Update the saved account's contact when the spec's email changed (True when it was updated)."""
+        record = self.accounts.load(self.spec.directoryUrl)
+        if record is None or record.email == self.spec.email:
+            return False
+        self._session().net.session.close()  # the registration updates the contact on the way
+        return True
+
     def _settle_staged_key(self) -> None:
         """After a rollover was interrupted (``account.key.new`` left behind): ask the CA whether it knows an
         account by the staged key (newAccount, onlyReturnExisting); make it the key if so, else drop it."""
@@ -449,8 +457,8 @@ DIRECTORY_RECORD = "directory.json"
 
 def offered_profiles(directory: messages.Directory) -> dict[str, str]:
     """The profiles a directory lists in ``meta.profiles`` (empty when it lists none)."""
-    profiles = getattr(directory.meta, "profiles", None)
-    return dict(profiles) if isinstance(profiles, dict) else {}
+    profiles = getattr(directory.meta, "profiles", None)  # a josepy frozendict
+    return {str(k): str(v) for k, v in profiles.items()} if isinstance(profiles, Mapping) else {}
 
 
 def cached_profiles(state_dir: Path, issuer: str, directory_url: str) -> tuple[str, ...] | None:
