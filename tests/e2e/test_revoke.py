@@ -124,3 +124,26 @@ def test_a_damaged_revoked_list_is_an_error_not_a_crash(ws: Workspace, run_cli) 
     (ws.state / "localca" / "local" / "revoked.json").write_text('{"revoked": [{"serial": "zz", "at": "x"}]}')
     code, _, err = run_cli("revoke", "www", "-d", str(ws.desired), "--yes")
     assert code == 1 and "revoked list" in err and "damaged" in err
+
+
+def test_a_daemon_maintenance_pass_renews_a_certificate_found_in_the_crl(ws: Workspace, run_cli) -> None:
+    import threading
+
+    from reconciler.app.reconcile import reconcile_once
+    from reconciler.support.clock import SYSTEM
+
+    ws.base()
+    ws.certificate("www", ["www.example.com"])
+    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+    desired = load(ws.desired)
+    world = build(desired, StateDir(ws.state))
+    before = current_version(world.state.issued_for("www"))
+    assert before is not None
+    world.issuers["local"].revoke(world.state.material("www", before.info.thumbprint), "superseded")  # type: ignore[attr-defined]
+    quiet = reconcile_once(world, clock=SYSTEM, maintenance=False, stopping=threading.Event(), desired_fingerprint_now="x")
+    assert quiet.applied is None, "an ordinary pass does not read CRLs"
+    result = reconcile_once(world, clock=SYSTEM, maintenance=True, stopping=threading.Event(), desired_fingerprint_now="x")
+    assert result.applied is not None and result.applied.ok
+    assert [o.action.id for o in result.applied.outcomes][:1] == ["renew/www"]
+    after = current_version(world.state.issued_for("www"))
+    assert after is not None and after.info.serial != before.info.serial and result.plan.actions == ()

@@ -345,3 +345,85 @@ def test_an_interrupted_rollover_is_settled(ws: Workspace, run_cli: RunCli, pebb
     AccountStore(folder).stage_key()  # a crash right after staging: the CA never saw this key
     assert run_cli("renew", "www", "-d", str(ws.desired))[0] == 0
     assert not (folder / "account.key.new").exists() and (folder / "account.key").read_bytes() == old_key
+
+
+# --- the CRL an ACME CA publishes (Pebble 2.4 publishes none: a CA and its CRL made here, served over HTTP) -----
+
+
+def _crl_world(tmp_path: Path, revoked_serials: list[int], sign_with_other_key: bool = False) -> tuple[Any, Any, Any]:
+    import http.server
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from reconciler.ports import Material
+    from reconciler.support import pki
+    from tests.integration.servers import LOOPBACK, free_port, pem, self_signed_ca
+
+    ca_key, ca_cert = self_signed_ca("crl test CA")
+    port = free_port()
+    url = f"http://{LOOPBACK}:{port}/ca.crl"
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "crl.example.com")]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(revoked_serials[0] if revoked_serials else 4242)
+            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=2))
+            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                [x509.UniformResourceIdentifier(url)], None, None, None)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    signer = ec.generate_private_key(ec.SECP256R1()) if sign_with_other_key else ca_key
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+               .next_update(now + timedelta(days=1)))
+    for serial in revoked_serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - timedelta(minutes=5))
+            .add_extension(x509.CRLReason(x509.ReasonFlags.superseded), critical=False).build())
+    body = builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((LOOPBACK, port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    material = Material(pem(leaf), pem(ca_cert), pem(key), pki.cert_info(leaf))
+    from reconciler.core.spec import Acme
+
+    spec = Acme.model_validate({"directoryUrl": "https://127.0.0.1:9/dir", "solvers": [{"http01": {"standalone": {}}}]})
+    return build_acme_issuer("crl", spec, tmp_path / "state"), material, server
+
+
+def test_an_acme_certificate_listed_in_its_crl_is_found_revoked(tmp_path: Path) -> None:
+    issuer, material, server = _crl_world(tmp_path, [0x51DE])
+    try:
+        status = issuer.revocation_status(material)
+    finally:
+        server.shutdown()
+    assert status is not None and status.reason == "superseded" and status.source.startswith("CRL http://127.0.0.1:")
+
+
+def test_an_acme_certificate_absent_from_its_crl_is_not_revoked(tmp_path: Path) -> None:
+    issuer, material, server = _crl_world(tmp_path, [])
+    try:
+        assert issuer.revocation_status(material) is None
+    finally:
+        server.shutdown()
+
+
+def test_a_crl_not_signed_by_the_issuer_never_counts(tmp_path: Path) -> None:
+    from reconciler.ports import RevokeError
+
+    issuer, material, server = _crl_world(tmp_path, [0x51DE], sign_with_other_key=True)
+    try:
+        with pytest.raises(RevokeError, match="not signed by"):
+            issuer.revocation_status(material)
+    finally:
+        server.shutdown()
