@@ -111,6 +111,9 @@ def status_text(rows: Sequence[StatusRow]) -> str:
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines += [f"{r.name}: issued by {r.issuer} ({r.issuer_note})" for r in rows if r.issuer and r.issuer_note]
+    lines += [f"{r.name}: {r.action_failures} apply(s) in a row failed: {r.action_error}"
+              for r in rows if r.action_failures]
     return "\n".join(lines) + "\n"
 
 

@@ -23,6 +23,7 @@ from reconciler.app.loader import load
 from reconciler.app.observe import observe
 from reconciler.core.planner import current_version
 from reconciler.core.planner import plan as make_plan
+from reconciler.core.render import status_text
 from reconciler.core.status import status_rows
 from reconciler.state.statedir import StateDir
 from reconciler.support.clock import FixedClock
@@ -123,6 +124,7 @@ def test_a_stopped_ca_falls_back_to_the_second_and_the_first_serves_again_at_the
     row = status_rows(desired, observe(world), now)[0]
     assert (row.issuer, row.state.value) == ("second", "ready")
     assert "first could not serve" in (row.issuer_note or "")
+    assert "www: issued by second (first could not serve: " in status_text([row])
 
     primary.start()  # the first CA is back: nothing happens until the next renewal
     try:
