@@ -7,6 +7,7 @@ import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from reconciler.app.loader import load
 from reconciler.app.observe import observe
@@ -96,18 +97,25 @@ def test_revoke_refuses_what_cannot_be_revoked(ws: Workspace, run_cli) -> None:
     assert not (ws.state / "localca" / "local" / "crl.pem").exists()
 
 
-def test_the_maintenance_check_finds_a_serial_in_the_crl(ws: Workspace, run_cli) -> None:
-    """A certificate revoked outside this state dir's records (here: straight through the CA) is found in
-    the CRL its issuer publishes, and planned for renewal at once."""
+def _revoked_behind_the_records(ws: Workspace, run_cli, reason: str, *others: str) -> tuple[Any, Any, Any]:
+    """Apply www (and ``others``), then revoke www straight through the local CA, not with certctl revoke:
+    the state dir does not know it. (desired, world, the revoked version)"""
     ws.base()
-    ws.certificate("www", ["www.example.com"])
-    ws.certificate("api", ["api.example.com"])
+    for name in ("www", *others):
+        ws.certificate(name, [f"{name}.example.com"])
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     desired = load(ws.desired)
     world = build(desired, StateDir(ws.state))
     www = current_version(world.state.issued_for("www"))
     assert www is not None
-    world.issuers["local"].revoke(world.state.material("www", www.info.thumbprint), "cessationOfOperation")  # type: ignore[attr-defined]
+    world.issuers["local"].revoke(world.state.material("www", www.info.thumbprint), reason)  # type: ignore[attr-defined]
+    return desired, world, www
+
+
+def test_the_maintenance_check_finds_a_serial_in_the_crl(ws: Workspace, run_cli) -> None:
+    """A certificate revoked outside this state dir's records (here: straight through the CA) is found in
+    the CRL its issuer publishes, and planned for renewal at once."""
+    desired, world, _ = _revoked_behind_the_records(ws, run_cli, "cessationOfOperation", "api")
     now = datetime.now(UTC)
     assert make_plan(desired, observe(world), now).actions == ()  # not known yet
     assert check_revocations(world, now) == 1
@@ -132,14 +140,7 @@ def test_a_daemon_maintenance_pass_renews_a_certificate_found_in_the_crl(ws: Wor
     from reconciler.app.reconcile import reconcile_once
     from reconciler.support.clock import SYSTEM
 
-    ws.base()
-    ws.certificate("www", ["www.example.com"])
-    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
-    desired = load(ws.desired)
-    world = build(desired, StateDir(ws.state))
-    before = current_version(world.state.issued_for("www"))
-    assert before is not None
-    world.issuers["local"].revoke(world.state.material("www", before.info.thumbprint), "superseded")  # type: ignore[attr-defined]
+    _, world, before = _revoked_behind_the_records(ws, run_cli, "superseded")
     quiet = reconcile_once(world, clock=SYSTEM, maintenance=False, stopping=threading.Event(), desired_fingerprint_now="x")
     assert quiet.applied is None, "an ordinary pass does not read CRLs"
     result = reconcile_once(world, clock=SYSTEM, maintenance=True, stopping=threading.Event(), desired_fingerprint_now="x")

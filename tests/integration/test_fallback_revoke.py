@@ -28,7 +28,7 @@ from reconciler.core.status import status_rows
 from reconciler.state.statedir import StateDir
 from reconciler.support.clock import FixedClock
 from reconciler.wiring import build, build_acme_issuer
-from tests.conftest import Workspace
+from tests.conftest import BASE, Workspace
 from tests.integration.servers import AriProxy, Pebble
 
 pytestmark = pytest.mark.integration
@@ -56,18 +56,7 @@ spec:
 
 
 def write(ws: Workspace, issuers: str, cert_issuer: str, domains: list[str]) -> None:
-    ws.write("base.yaml", issuers + """\
-apiVersion: certctl/v1
-kind: Settings
-metadata: {name: settings}
-spec: {stateDir: ../state}
----
-apiVersion: certctl/v1
-kind: Store
-metadata: {name: pem}
-spec:
-  pemDirectory: {path: ../pem}
-""")
+    ws.write("base.yaml", issuers + BASE)  # with the tests' Settings, local Issuer and PEM store
     quoted = ", ".join(f'"{d}"' for d in domains)
     ws.write("www.yaml", f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: www}}\nspec:\n"
                          f"  issuer: {cert_issuer}\n  domains: [{quoted}]\n  stores: [pem]\n")
@@ -78,7 +67,8 @@ def quick_world(ws: Workspace) -> Any:
     desired = load(ws.desired)
     world = build(desired, StateDir(ws.state))
     for name, issuer in desired.issuers.items():
-        world.issuers[name] = build_acme_issuer(name, issuer.spec.acme, ws.state, retry_policy=QUICK)
+        if issuer.spec.acme is not None:
+            world.issuers[name] = build_acme_issuer(name, issuer.spec.acme, ws.state, retry_policy=QUICK)
     return desired, world
 
 
@@ -86,6 +76,13 @@ def apply(desired: Any, world: Any, forced: frozenset[str] = frozenset()) -> Any
     now = datetime.now(UTC).replace(microsecond=0)
     result = Executor(world, clock=FixedClock(now)).run(make_plan(desired, observe(world), now, forced))
     return result
+
+
+def issued_by_pebble(ws: Workspace, run_cli: RunCli, pebble: Pebble, port: int, domain: str) -> Any:
+    """One certificate ``www`` for ``domain`` from one Issuer ``pebble``, applied; its current version."""
+    write(ws, issuer_doc("pebble", pebble.directory_url, pebble.ca_bundle, port), "pebble", [domain])
+    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+    return current(ws)
 
 
 def current(ws: Workspace) -> Any:
@@ -201,10 +198,7 @@ def pebble_status(pebble: Pebble, serial_hex: str) -> str:
 
 def test_revoke_through_pebble_then_the_next_apply_replaces_it(
         ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
-    write(ws, issuer_doc("pebble", pebble.directory_url, pebble.ca_bundle, va_http_port), "pebble",
-          ["revoke.example.com"])
-    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
-    first = current(ws)
+    first = issued_by_pebble(ws, run_cli, pebble, va_http_port, "revoke.example.com")
     assert pebble_status(pebble, first.info.serial) == "Valid"
     code, out, err = run_cli("revoke", "www", "-d", str(ws.desired), "--reason", "keyCompromise", "--yes")
     assert code == 0, out + err
@@ -221,10 +215,7 @@ def test_revoke_through_pebble_then_the_next_apply_replaces_it(
 
 def test_revoke_with_the_certificate_key_when_the_account_is_not_the_one_that_issued_it(
         ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
-    write(ws, issuer_doc("pebble", pebble.directory_url, pebble.ca_bundle, va_http_port), "pebble",
-          ["revoke-by-key.example.com"])
-    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
-    first = current(ws)
+    first = issued_by_pebble(ws, run_cli, pebble, va_http_port, "revoke-by-key.example.com")
     for name in ("account.key", "account.json"):  # the account is lost: the next one is another account
         (ws.state / "acme" / "pebble" / name).unlink()
     code, out, err = run_cli("revoke", "www", "-d", str(ws.desired), "--yes")
@@ -304,8 +295,7 @@ def account_contact(ws: Workspace, pebble: Pebble, issuer: str = "pebble") -> tu
 
 def test_a_changed_email_updates_the_account_contact(
         ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
-    write(ws, issuer_doc("pebble", pebble.directory_url, pebble.ca_bundle, va_http_port), "pebble", ["contact.example.com"])
-    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+    issued_by_pebble(ws, run_cli, pebble, va_http_port, "contact.example.com")
     account = json.loads((ws.state / "acme" / "pebble" / "account.json").read_text())
     assert account_contact(ws, pebble) == ("mailto:ops@example.com",)
     base = (ws.desired / "base.yaml").read_text().replace("email: ops@example.com", "email: pki@example.org")
@@ -317,8 +307,7 @@ def test_a_changed_email_updates_the_account_contact(
 
 
 def test_account_key_rollover(ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
-    write(ws, issuer_doc("pebble", pebble.directory_url, pebble.ca_bundle, va_http_port), "pebble", ["rollover.example.com"])
-    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+    issued_by_pebble(ws, run_cli, pebble, va_http_port, "rollover.example.com")
     folder = ws.state / "acme" / "pebble"
     old_key = (folder / "account.key").read_bytes()
     uri = json.loads((folder / "account.json").read_text())["uri"]
@@ -340,8 +329,7 @@ def test_account_key_rollover(ws: Workspace, run_cli: RunCli, pebble: Pebble, va
 
 
 def test_an_interrupted_rollover_is_settled(ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
-    write(ws, issuer_doc("pebble", pebble.directory_url, pebble.ca_bundle, va_http_port), "pebble", ["staged.example.com"])
-    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+    issued_by_pebble(ws, run_cli, pebble, va_http_port, "staged.example.com")
     folder = ws.state / "acme" / "pebble"
     old_key = (folder / "account.key").read_bytes()
     AccountStore(folder).stage_key()  # a crash right after staging: the CA never saw this key
