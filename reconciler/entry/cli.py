@@ -220,14 +220,16 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
     desired = _load(args)
     world = _world(args, desired)
+    current = current_or_fail(world, args.name)
+    question = (f"Revoke certificate {args.name} ({current.info.thumbprint}, expires "
+                f"{current.info.not_after:%Y-%m-%d}) with reason {args.reason}? Every server that uses it must get "
+                "its replacement from the next apply.")
+    if not _confirm(question, args.yes):  # asked before the lock: a waiting question never holds up the daemon
+        sys.stdout.write("Revocation cancelled; nothing was changed.\n")
+        return EXIT_ERROR
     with world.state.lock(wait=args.lock_timeout, purpose="revoke"):
-        current = current_or_fail(world, args.name)
-        question = (f"Revoke certificate {args.name} ({current.info.thumbprint}, expires "
-                    f"{current.info.not_after:%Y-%m-%d}) with reason {args.reason}? Every server that uses it must get "
-                    "its replacement from the next apply.")
-        if not _confirm(question, args.yes):
-            sys.stdout.write("Revocation cancelled; nothing was changed.\n")
-            return EXIT_ERROR
+        if current_or_fail(world, args.name).info.thumbprint != current.info.thumbprint:
+            raise UsageError(f"certificate {args.name} was renewed while you answered; nothing was revoked")
         try:
             version, issuer = revoke_certificate(world, args.name, args.reason, _now())
         except RevokeError as exc:

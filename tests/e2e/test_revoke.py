@@ -148,3 +148,37 @@ def test_a_daemon_maintenance_pass_renews_a_certificate_found_in_the_crl(ws: Wor
     assert [o.action.id for o in result.applied.outcomes][:1] == ["renew/www"]
     after = current_version(world.state.issued_for("www"))
     assert after is not None and after.info.serial != before.info.serial and result.plan.actions == ()
+
+
+def test_on_a_terminal_revoke_asks_and_only_yes_goes_ahead(ws: Workspace, run_cli) -> None:
+    import os
+    import sys
+
+    ws.base()
+    ws.certificate("www", ["www.example.com"])
+    assert run_cli("apply", "-d", str(ws.desired))[0] == 0
+
+    def answer(text: str) -> tuple[int, str]:
+        main, child = os.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "revoke", "www", "-d", str(ws.desired)],
+                                stdin=child, stdout=child, stderr=subprocess.PIPE)
+        os.close(child)
+        output = b""
+        while b"will be accepted" not in output:
+            output += os.read(main, 4096)
+        os.write(main, text.encode() + b"\n")
+        code = proc.wait(timeout=60)
+        try:
+            while chunk := os.read(main, 4096):
+                output += chunk
+        except OSError:  # the terminal closed with the process
+            pass
+        os.close(main)
+        return code, output.decode(errors="replace")
+
+    code, out = answer("y")
+    assert code == 1 and "Revoke certificate www" in out and "Revocation cancelled" in out
+    assert current_version(StateDir(ws.state).issued_for("www")).revocation is None  # type: ignore[union-attr]
+    code, out = answer("yes")
+    assert code == 0 and "Revoked www" in out
+    assert current_version(StateDir(ws.state).issued_for("www")).revocation is not None  # type: ignore[union-attr]
