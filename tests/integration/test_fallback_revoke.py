@@ -73,7 +73,7 @@ def quick_world(ws: Workspace) -> Any:
 
 
 def apply(desired: Any, world: Any, forced: frozenset[str] = frozenset()) -> Any:
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = datetime.now(UTC)  # not rounded: two applies within one second must still order their versions
     result = Executor(world, clock=FixedClock(now)).run(make_plan(desired, observe(world), now, forced))
     return result
 
