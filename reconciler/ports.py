@@ -40,14 +40,20 @@ class IssueRequest:
 
 
 class IssueError(Exception):
-    """Issuance failed. ``transient`` errors are worth a quick retry; the others need a fix or a backoff."""
+    """Issuance failed. ``transient`` errors are worth a quick retry; the others need a fix or a backoff.
+
+    ``outage``: the CA cannot serve now through no fault of the certificate (unreachable, 5xx after the
+    retries, ``serverInternal``, a rate limit), so the next Issuer of a certificate's list is tried.
+    It defaults to ``transient``; a refused name, a failed challenge or CAA is never an outage.
+    """
 
     def __init__(self, message: str, *, transient: bool = False, problem: dict[str, object] | None = None,
-                 retry_after: datetime | None = None) -> None:
+                 retry_after: datetime | None = None, outage: bool | None = None) -> None:
         super().__init__(message)
         self.transient = transient
         self.problem = problem or {}
         self.retry_after = retry_after
+        self.outage = transient if outage is None else outage
 
 
 @runtime_checkable
@@ -60,6 +66,39 @@ class IssuerBackend(Protocol):
 
     def issue(self, request: IssueRequest) -> Material:
         """Obtain a certificate; raise IssueError."""
+        ...
+
+
+REVOCATION_REASONS = {  # RFC 5280 §5.3.1 CRLReason codes an ACME client may ask for (RFC 8555 §7.6)
+    "unspecified": 0, "keyCompromise": 1, "affiliationChanged": 3, "superseded": 4, "cessationOfOperation": 5,
+    "privilegeWithdrawn": 9,
+}
+
+
+class RevokeError(Exception):
+    """A revocation (or a revocation check) failed; the message says why."""
+
+
+@dataclass(frozen=True)
+class RevocationStatus:
+    """A certificate found revoked by its issuer (its CRL lists the serial)."""
+
+    reason: str
+    at: datetime
+    source: str
+
+
+@runtime_checkable
+class Revoker(Protocol):
+    """An issuer that can revoke what it issued, and say whether it has revoked a certificate."""
+
+    def revoke(self, material: Material, reason: str) -> None:
+        """Revoke ``material``'s certificate with an RFC 5280 reason name; raise RevokeError."""
+        ...
+
+    def revocation_status(self, material: Material) -> RevocationStatus | None:
+        """The certificate's status in the CRL its issuer publishes: None when not listed (or the issuer
+        publishes none); raise RevokeError when the CRL cannot be read or trusted."""
         ...
 
 

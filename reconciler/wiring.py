@@ -94,6 +94,44 @@ class _LazyIssuer:
         fn = getattr(self.backend, "renewal_window", None)
         return fn(cert_pem) if fn else None
 
+    def offered_profiles(self) -> tuple[str, ...] | None:
+        """ACME: the profiles its CA's directory listed when last fetched (read offline), or None."""
+        if self.spec.acme is None:
+            return None
+        from reconciler.adapters.issuers.acme.issuer import cached_profiles
+
+        return cached_profiles(self.state_path, self.name, self.spec.acme.directoryUrl)
+
+    def refresh_directory(self) -> tuple[str, ...] | None:
+        """ACME: fetch the directory now (never raises); the profiles it lists, or None."""
+        return self.backend.refresh_directory() if self.spec.acme is not None else None
+
+    def sync_account(self) -> bool:
+        """ACME: update the account's contact when the email changed (cheap when it did not: no backend built)."""
+        if self.spec.acme is None:
+            return False
+        from reconciler.adapters.issuers.acme.account import AccountStore
+
+        record = AccountStore(self.state_path / "acme" / self.name).load(self.spec.acme.directoryUrl)
+        if record is None or record.email == self.spec.acme.email:
+            return False
+        return bool(self.backend.sync_account())
+
+    def rollover_key(self) -> str:
+        """ACME: replace the account key (RFC 8555 key change)."""
+        return str(self.backend.rollover_key())
+
+    def revoke(self, material: Any, reason: str) -> None:
+        self.backend.revoke(material, reason)
+
+    def revocation_status(self, material: Any) -> Any:
+        return self.backend.revocation_status(material)
+
+    def refresh_crl(self, now: Any) -> bool:
+        """Publish the local CA's CRL afresh when it is getting old (ACME issuers publish none)."""
+        fn = getattr(self.backend, "refresh_crl", None) if self.spec.localCA is not None else None
+        return bool(fn(now)) if fn else False
+
     def recover_challenges(self) -> int:
         """Clean up challenges an interrupted order left behind (cheap when there are none: no backend built)."""
         if self.spec.acme is None or not (self.state_path / "acme" / self.name / "challenges.jsonl").exists():

@@ -32,6 +32,21 @@ log = structlog.get_logger()
 LOCAL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # no backoff: nothing the CA did
 
 
+def _failure_text(outages: list[tuple[str, IssueError]], last: str, error: str) -> str:
+    """The error of a failed issuance, with what each earlier Issuer of the list answered."""
+    if not outages:
+        return error
+    return "; ".join([*(f"{n} could not serve: {e}" for n, e in outages), f"{last}: {error}"])
+
+
+def _latest_retry(last: IssueError, outages: list[tuple[str, IssueError]]) -> datetime | None:
+    """When to try again after every Issuer failed: the earliest time any of them allows."""
+    times = [e.retry_after for e in (last, *(e for _, e in outages))]
+    if any(t is None for t in times):
+        return None
+    return min(t for t in times if t is not None)
+
+
 class ActionRunner:
     """Carries out one action at a time, from any of the executor's threads (two orders for one
     certificate, or two changes of one IIS host, never run at once)."""
@@ -66,52 +81,67 @@ class ActionRunner:
             return self._cert_locks.setdefault(name, threading.Lock())
 
     def _issue(self, action: Action) -> dict[str, object]:
+        """Issue from the certificate's Issuers in order: the next one only when a CA cannot serve (an
+        ``outage``: unreachable, 5xx after retries, rate limited); a failure that is the certificate's own
+        (a refused name, a failed challenge, CAA) stops at once. One backoff when every CA failed."""
         name = action.certificate
         desired = self.world.desired
         spec = desired.certificates[name].spec
-        issuer_name = spec.issuer
-        backend = self.world.issuers[issuer_name]
         state = self.world.state
         with self._cert_lock(name):  # never two orders for one certificate
             current = current_version(state.issued_for(name))
+            compromised = current is not None and current.revocation is not None and current.revocation.key_compromised
             key_pem = None
-            if (spec.key.reuse and current is not None and current.lost is None
+            if (spec.key.reuse and not compromised and current is not None and current.lost is None
                     and current.info.key_algorithm == spec.key.algorithm.value):
                 key_pem = state.material(name, current.info.thumbprint).key_pem
             now = self.clock.now()
             state.update_attempts(name, last_attempt=now)
-            replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
-            if current is not None and current.issuer_id == issuer_id(issuer_name, desired.issuers[issuer_name].spec):
-                with contextlib.suppress(OSError, ValueError):
-                    replaces_pem = state.material(name, current.info.thumbprint).cert_pem
-            request = IssueRequest(
-                certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
-                key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
-            )
-            try:
-                material = backend.issue(request)
-            except IssueError as exc:
-                self._record_failure(name, str(exc), exc.retry_after)
-                raise
-            except OSError as exc:
-                if exc.errno not in LOCAL_DISK_ERRORS:
+            outages: list[tuple[str, IssueError]] = []
+            names = [n for n in spec.issuers if n in self.world.issuers]
+            for position, issuer_name in enumerate(names):
+                ident = issuer_id(issuer_name, desired.issuers[issuer_name].spec)
+                replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
+                if current is not None and current.issuer_id == ident:
+                    with contextlib.suppress(OSError, ValueError):
+                        replaces_pem = state.material(name, current.info.thumbprint).cert_pem
+                request = IssueRequest(
+                    certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
+                    key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
+                )
+                try:
+                    material = self.world.issuers[issuer_name].issue(request)
+                except IssueError as exc:
+                    if exc.outage and position + 1 < len(names):
+                        log.warning("issue.fallback", certificate=name, issuer=issuer_name, error=str(exc),
+                                    next=names[position + 1])
+                        outages.append((issuer_name, exc))
+                        continue
+                    self._record_failure(name, _failure_text(outages, issuer_name, str(exc)),
+                                         _latest_retry(exc, outages))
+                    raise IssueError(_failure_text(outages, issuer_name, str(exc)), transient=exc.transient,
+                                     problem=exc.problem, retry_after=exc.retry_after, outage=exc.outage) from None
+                except OSError as exc:
+                    if exc.errno not in LOCAL_DISK_ERRORS:
+                        self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+                    raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
+                except Exception as exc:
                     self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
-            except Exception as exc:
-                self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                raise
-            version = state.store_issued(
-                name, material, issuer_id(issuer_name, desired.issuers[issuer_name].spec), tuple(spec.domains),
-                self.clock.now(), current.info.thumbprint if current else None,
-            )
-            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None, spec_digest=None,
-                                  next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
-        return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat()}
+                    raise
+                note = "; ".join(f"{n} could not serve: {e}" for n, e in outages) or None
+                version = state.store_issued(name, material, ident, tuple(spec.domains), self.clock.now(),
+                                             current.info.thumbprint if current else None, issuer=issuer_name,
+                                             issuer_note=note)
+                state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
+                                      spec_digest=None, next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
+                return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat(),
+                        "issuer": issuer_name}
+        raise RuntimeError(f"certificate {name} has no Issuer certctl can use")
 
     def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:
         state = self.world.state
         spec = self.world.desired.certificates[name].spec
-        digest = spec_digest(spec, self.world.desired.issuers[spec.issuer].spec)
+        digest = spec_digest(spec, {n: i.spec for n, i in self.world.desired.issuers.items()})
         failures = state.attempts().get(name)
         # failures of an earlier spec (the Certificate or its Issuer was edited since) do not lengthen this backoff
         earlier = failures.consecutive_failures if failures and failures.spec_digest in (None, digest) else 0

@@ -21,6 +21,7 @@ from reconciler.app.actions import ActionRunner
 from reconciler.app.verify import verify
 from reconciler.app.world import World
 from reconciler.core.plan import (
+    ISSUANCE,
     Action,
     Plan,
 )
@@ -121,7 +122,38 @@ class Executor:
         result = ApplyResult([outcomes[a.id] for a in plan.actions])
         result.verify_failures = verify(self.world, [o.action.certificate for o in result.outcomes if o.status == "done"],
                                         [o.action.certificate for o in result.outcomes if o.status != "done"])
+        self._record_action_health(result)
         return result
+
+    def _record_action_health(self, result: ApplyResult) -> None:
+        """Count, per certificate, the consecutive applies in which an install, bind, deploy or verify failed
+        (alerts use it as they use issuance failures); an apply in which they all succeeded resets it."""
+        failed: dict[str, str] = {}
+        succeeded: set[str] = set()
+        for o in result.outcomes:
+            if o.action.kind in ISSUANCE:
+                continue
+            if o.status == "failed":
+                failed.setdefault(o.action.certificate, f"{o.action.id}: {o.error}")
+            elif o.status == "done":
+                succeeded.add(o.action.certificate)
+        for name in sorted(succeeded | set(failed)):
+            problem = next((f for f in result.verify_failures if f.startswith(f"verify/{name}: ")), None)
+            if problem is not None:
+                failed.setdefault(name, problem)
+        state = self.world.state
+        try:
+            known = state.attempts()
+            for name, error in sorted(failed.items()):
+                seen = known.get(name)
+                state.update_attempts(name, action_failures=(seen.action_failures if seen else 0) + 1,
+                                      action_error=error)
+            for name in sorted(succeeded - set(failed)):
+                seen = known.get(name)
+                if seen is not None and seen.action_failures:
+                    state.update_attempts(name, action_failures=0, action_error=None)
+        except OSError as exc:  # a full disk: the count waits for the next apply
+            log.error("attempts.write.failed", error=str(exc))
 
     def _finish(self, outcome: Outcome, outcomes: dict[str, Outcome]) -> None:
         outcomes[outcome.action.id] = outcome

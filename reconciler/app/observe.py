@@ -47,7 +47,34 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
         attempts=world.state.attempts(),
         issuer_ids={n: i.identity() for n, i in world.issuers.items()},
         made_bindings=world.state.made_bindings(),
+        issuer_profiles=_profiles(world),
     )
+
+
+def _profiles(world: World) -> dict[str, tuple[str, ...]]:
+    """For each ACME Issuer that asks for a profile: what its CA's directory listed when last fetched."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, issuer in sorted(world.desired.issuers.items()):
+        if issuer.spec.acme is None or issuer.spec.acme.profile is None:
+            continue
+        read = getattr(world.issuers.get(name), "offered_profiles", None)
+        offered = read() if read is not None else None
+        if offered is not None:
+            out[name] = offered
+    return out
+
+
+def refresh_directories(world: World) -> None:
+    """Fetch the directory of each ACME Issuer that asks for a profile and has never been fetched, so the plan
+    can tell at once whether the CA offers that profile (a CA that does not answer is left for apply)."""
+    for name, issuer in sorted(world.desired.issuers.items()):
+        if issuer.spec.acme is None or issuer.spec.acme.profile is None:
+            continue
+        backend = world.issuers.get(name)
+        read = getattr(backend, "offered_profiles", None)
+        fetch = getattr(backend, "refresh_directory", None)
+        if read is not None and fetch is not None and read() is None:
+            fetch()
 
 
 def observe_current(world: World, now: datetime, *, locked: bool = False, probe: bool = True) -> ObservedState:
@@ -56,6 +83,7 @@ def observe_current(world: World, now: datetime, *, locked: bool = False, probe:
     from reconciler.app.renewalinfo import refresh_renewal_info
 
     refresh_renewal_info(world, now, locked=locked)
+    refresh_directories(world)
     return observe(world, probe=probe)
 
 

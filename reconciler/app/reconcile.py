@@ -1,7 +1,8 @@
 """One reconcile pass, the same for `certctl apply` and the daemon: observe, plan, apply, record.
 
 ``apply_plan`` carries out a plan and records what was applied (the CLI shows it, with a saved plan or
-after a question); ``reconcile_once`` is the daemon's whole pass: recover (on maintenance passes),
+after a question); ``reconcile_once`` is the daemon's whole pass: recover and look for revoked
+certificates in their issuers' CRLs (on maintenance passes),
 observe, plan, apply everything but cleanup (cleanup only on maintenance passes), observe again and plan
 again, so what it reports is what is still to do.
 """
@@ -18,6 +19,7 @@ import structlog
 from reconciler.app.executor import ApplyResult, Executor, Outcome
 from reconciler.app.observe import observe, observe_current
 from reconciler.app.recovery import recover
+from reconciler.app.revocation import check_revocations
 from reconciler.app.world import World
 from reconciler.core.model import ObservedState
 from reconciler.core.plan import Plan, without_cleanup
@@ -26,6 +28,19 @@ from reconciler.core.planner import plan as make_plan
 from reconciler.ports import Clock
 
 log = structlog.get_logger()
+
+
+def sync_accounts(world: World) -> None:
+    """Bring each ACME account's contact in line with its Issuer's ``email`` (never fatal: logged, retried on
+    the next apply, and done anyway before the next order)."""
+    for name, issuer in sorted(world.issuers.items()):
+        sync = getattr(issuer, "sync_account", None)
+        if sync is None:
+            continue
+        try:
+            sync()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("acme.account.contact_not_updated", issuer=name, error=str(exc) or repr(exc))
 
 
 def apply_plan(world: World, plan: Plan, *, clock: Clock, on_outcome: Callable[[Outcome], None] | None = None,
@@ -68,6 +83,8 @@ def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: t
     desired = world.desired
     if maintenance:
         recover(world)
+        check_revocations(world, clock.now())  # daily: a certificate its CA has revoked is renewed in this pass
+    sync_accounts(world)
     observed = observe_current(world, clock.now(), locked=True)
     at = clock.now()
     plan = make_plan(desired, observed, at)

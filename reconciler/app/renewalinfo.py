@@ -24,7 +24,7 @@ import structlog
 
 from reconciler.app.world import World
 from reconciler.core.planner import current_version
-from reconciler.core.policies import issuer_id
+from reconciler.core.policies import issuer_of
 from reconciler.core.schedules import next_renewal_info_fetch
 from reconciler.ports import RenewalWindow
 from reconciler.state.statedir import LockBusy
@@ -58,19 +58,20 @@ def due_jobs(world: World, now: datetime) -> list[_Job]:
     if not any(i.spec.acme is not None for i in desired.issuers.values()):
         return []
     attempts = state.attempts()
+    issuer_specs = {n: i.spec for n, i in desired.issuers.items()}
     jobs: list[_Job] = []
     for name, cert in sorted(desired.certificates.items()):
-        issuer_name = cert.spec.issuer
-        issuer = desired.issuers.get(issuer_name)
-        backend = world.issuers.get(issuer_name)
-        if issuer is None or issuer.spec.acme is None or backend is None:
+        current = current_version(state.issued_for(name))
+        if current is None:
             continue
+        issuer_name = issuer_of(current, issuer_specs, cert.spec.issuers)
+        issuer = desired.issuers.get(issuer_name) if issuer_name is not None else None
+        backend = world.issuers.get(issuer_name) if issuer_name is not None else None
+        if issuer_name is None or issuer is None or issuer.spec.acme is None or backend is None:
+            continue  # from none of its Issuers (it is reissued anyway), or not from an ACME CA
         fetch = getattr(backend, "renewal_window", None)
         if fetch is None:
             continue
-        current = current_version(state.issued_for(name))
-        if current is None or current.issuer_id != issuer_id(issuer_name, issuer.spec):
-            continue  # nothing issued yet, or from another CA (it is reissued anyway)
         thumbprint = current.info.thumbprint
         seen = attempts.get(name)
         if seen is not None and seen.ari_for == thumbprint and seen.ari_next_fetch is not None and seen.ari_next_fetch > now:

@@ -166,7 +166,7 @@ def issued_challenges(desired: DesiredState, plan: Plan) -> Iterator[tuple[str, 
     every certificate the plan issues from an ACME issuer."""
     for name in sorted({a.certificate for a in plan.actions if a.kind in ISSUANCE}):
         cert = desired.certificates.get(name)
-        issuer = desired.issuers.get(cert.spec.issuer) if cert else None
+        issuer = desired.issuers.get(cert.spec.issuers[0]) if cert else None  # the first: fallbacks only on an outage
         if cert is None or issuer is None or issuer.spec.acme is None:
             continue
         acme = issuer.spec.acme

@@ -55,7 +55,8 @@ def describe(desired: DesiredState, observed: ObservedState, plan: Plan, name: s
     spec = named.spec
     summary = next(c for c in plan.certificates if c.name == name)
     attempts = observed.attempts.get(name)
-    issuer = desired.issuers[spec.issuer].spec
+    first = spec.issuers[0]
+    issuer = desired.issuers[first].spec
     versions = observed.issued.get(name, ())
     current = next((v for v in versions if v.info.thumbprint == summary.thumbprint), None)
     thumbprint = summary.thumbprint
@@ -103,7 +104,7 @@ def describe(desired: DesiredState, observed: ObservedState, plan: Plan, name: s
         "state": summary.state.value,
         "reason": summary.reason,
         "domains": list(spec.domains),
-        "issuer": {"name": spec.issuer,
+        "issuer": {"name": first, "fallbacks": list(spec.issuers[1:]),
                    "kind": "acme" if issuer.acme is not None else "localCA",
                    "directory": issuer.acme.directoryUrl if issuer.acme is not None else None},
         "key": {"algorithm": spec.key.algorithm.value, "reuse": spec.key.reuse},

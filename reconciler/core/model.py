@@ -87,6 +87,22 @@ class IssuedVersion:
     domains: tuple[str, ...]  # the spec's domains at issuance, in order
     replaced: str | None = None  # thumbprint of the certificate it replaced
     lost: str | None = None  # vault files of this version that are gone (e.g. "key.pem"): it cannot be deployed
+    issuer: str | None = None  # the Issuer (name) that issued it
+    issuer_note: str | None = None  # why that one: the earlier issuers of the list that could not serve, and why
+    revocation: Revocation | None = None  # revoked (certctl revoke, or found in its issuer's CRL)
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A certificate known to be revoked: why (RFC 5280 reason name), since when, and how certctl learnt it."""
+
+    reason: str  # unspecified, keyCompromise, superseded, ...
+    at: datetime
+    source: str  # "certctl revoke" | "CRL <url or path>"
+
+    @property
+    def key_compromised(self) -> bool:
+        return self.reason == "keyCompromise"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +244,8 @@ class Attempts:
     # digest of the Certificate and Issuer specs the last failure was for (policies.spec_digest): the backoff
     # belongs to that spec, and an edit of either lifts it
     spec_digest: str | None = None
+    action_failures: int = 0  # consecutive applies in which an install, bind, deploy or verify of it failed
+    action_error: str | None = None  # the last such failure ("deploy/www/task/0-files: ...")
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +258,8 @@ class ObservedState:
     attempts: dict[str, Attempts] = field(default_factory=dict)
     issuer_ids: dict[str, str] = field(default_factory=dict)  # Issuer name -> identity now
     made_bindings: tuple[tuple[str, str, str], ...] = ()  # (host, site, bindingInformation) certctl added
+    # ACME Issuer name -> the profiles its CA's directory lists (meta.profiles), when it has been fetched
+    issuer_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """A stable digest of everything the planner looks at (a saved plan is stale when it differs)."""

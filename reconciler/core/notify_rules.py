@@ -2,6 +2,8 @@
 
 An ``alert`` goes out once when
   * a certificate has failed ``afterFailures`` (default 3) consecutive issuance attempts, or
+  * ``afterFailures`` consecutive applies failed one of its other actions (install, bind, deploy) or
+    its verification, or
   * it is within ``expiryWarning`` (default 7d) of expiry and its renewal point has passed without a
     successful renewal (a certificate that lives less than ``expiryWarning`` is not "expiring" while
     it is simply waiting for its renewal point);
@@ -52,6 +54,9 @@ def condition(row: StatusRow, settings: Notify, now: datetime) -> tuple[str, str
     if failures >= settings.afterFailures:
         return "failing", (f"{failures} consecutive failed attempt(s) to issue or renew; "
                            f"last error: {row.last_error or 'unknown'}")
+    if row.action_failures >= settings.afterFailures:
+        return "failing", (f"{row.action_failures} consecutive apply(s) failed to install, bind, deploy or verify it; "
+                           f"last error: {row.action_error or 'unknown'}")
     not_after, renew_at = row.not_after, row.renew_at
     if not_after is not None and not_after - now <= settings.expiryWarning and (renew_at is None or now >= renew_at):
         if not_after <= now:
@@ -87,7 +92,7 @@ def decide(state: dict[str, Any], rows: Iterable[StatusRow], settings: Notify, c
 
 
 def _recovered_sentence(cleared: str, row: StatusRow) -> str:
-    what = "issuance succeeds again" if cleared == "failing" else "it has been renewed"
+    what = "its actions succeed again" if cleared == "failing" else "it has been renewed"
     return f"recovered: {what}; the current certificate expires {iso(row.not_after) or 'unknown'}"
 
 

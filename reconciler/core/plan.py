@@ -50,6 +50,8 @@ class Reason(StrEnum):
     Forced = "Forced"
     RenewalDue = "RenewalDue"
     RenewalWindow = "RenewalWindow"  # the CA's ARI window starts before the planned renewal
+    RenewalWindowPassed = "RenewalWindowPassed"  # the CA's ARI window has ended: it wants the certificate replaced now
+    Revoked = "Revoked"  # the current certificate was revoked (certctl revoke, or its issuer's CRL lists it)
     Renewed = "Renewed"  # follow-up of an issuance in the same plan
     NotInStore = "NotInStore"
     StoreDrift = "StoreDrift"
@@ -72,6 +74,7 @@ class CertState(StrEnum):
     expired = "expired"
     outdated = "outdated"  # no longer matches the spec
     deferred = "deferred"  # would act, but backing off after failures
+    revoked = "revoked"  # the current certificate is revoked; a replacement is due at once
     pending = "pending"  # certificate fine, but installs/bindings/deployments to do
 
 
@@ -84,6 +87,9 @@ class IssueDetail:
     issuer: str
     replaces: str | None = None  # thumbprint of the current certificate
     not_after: str | None = None  # its expiry (ISO)
+    fallbacks: tuple[str, ...] = ()  # the Issuers tried next, in order, when ``issuer``'s CA cannot serve
+    profile: str | None = None  # the ACME profile ordered
+    new_key: bool = False  # a new key whatever key.reuse says (the current key was compromised)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"domains": list(self.domains), "issuer": self.issuer, "key_algorithm": self.key_algorithm}
@@ -91,6 +97,12 @@ class IssueDetail:
             out["not_after"] = self.not_after
         if self.replaces is not None:
             out["replaces"] = self.replaces
+        if self.fallbacks:
+            out["fallbacks"] = list(self.fallbacks)
+        if self.profile is not None:
+            out["profile"] = self.profile
+        if self.new_key:
+            out["new_key"] = True
         return out
 
 
@@ -192,6 +204,8 @@ class CertSummary:
     deferred_until: datetime | None = None
     last_error: str | None = None
     consecutive_failures: int = 0
+    issuer: str | None = None  # the Issuer that issued the current certificate
+    issuer_note: str | None = None  # why that one, when it is not the first of the list
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -204,6 +218,8 @@ class CertSummary:
             "deferred_until": iso(self.deferred_until),
             "last_error": self.last_error,
             "consecutive_failures": self.consecutive_failures,
+            "issuer": self.issuer,
+            "issuer_note": self.issuer_note,
         }
 
 
@@ -304,7 +320,8 @@ def detail_from_json(kind: ActionKind, target: str, d: dict[str, Any]) -> Action
     of format_version 1 have always written them."""
     if kind in ISSUANCE:
         return IssueDetail(tuple(d.get("domains", ())), str(d.get("key_algorithm", "")), str(d.get("issuer", "")),
-                           d.get("replaces"), d.get("not_after"))
+                           d.get("replaces"), d.get("not_after"), tuple(str(f) for f in d.get("fallbacks", ())),
+                           d.get("profile"), bool(d.get("new_key", False)))
     if kind is ActionKind.install:
         return InstallDetail(target.removeprefix("store/"), d.get("thumbprint"))
     if kind is ActionKind.deploy:

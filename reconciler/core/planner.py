@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -35,8 +35,16 @@ from reconciler.core.plan import (
     Reason,
     Target,
 )
-from reconciler.core.policies import Input, backing_off, evaluate, issuer_id, renewal_point, spec_digest
-from reconciler.core.spec import CertificateSpec, Renewal
+from reconciler.core.policies import (
+    Input,
+    backing_off,
+    evaluate,
+    issuer_id,
+    issuer_of,
+    renewal_point,
+    spec_digest,
+)
+from reconciler.core.spec import CertificateSpec, IssuerSpec, Renewal
 
 NEW = "(new)"
 
@@ -89,10 +97,11 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
     targets: dict[str, Target] = {}
 
     index = _store_index(observed)
+    issuer_specs = {n: i.spec for n, i in desired.issuers.items()}
     for name in sorted(desired.certificates):
         named = desired.certificates[name]
         target, summary, cert_actions, cert_notes = _plan_certificate(desired, observed, index, named, at,
-                                                                      name in forced)
+                                                                      name in forced, issuer_specs)
         targets[name] = target
         summaries.append(summary)
         actions.extend(cert_actions)
@@ -158,21 +167,29 @@ def _store_index(observed: ObservedState) -> StoreIndex:
 
 def _plan_certificate(
     desired: DesiredState, observed: ObservedState, index: StoreIndex, named: Named[CertificateSpec],
-    at: datetime, force: bool,
+    at: datetime, force: bool, issuer_specs: Mapping[str, IssuerSpec],
 ) -> tuple[Target, CertSummary, list[Action], list[Note]]:
     name, spec = named.name, named.spec
     renewal: Renewal = spec.renewal or desired.settings.renewal
     versions = observed.issued.get(name, ())
     current = current_version(versions)
     attempts = observed.attempts.get(name)
-    issuer = desired.issuers[spec.issuer]
-    decision = evaluate(
-        Input(name, spec, renewal, issuer_id(spec.issuer, issuer.spec), current, attempts, at, force)
-    )
+    names = spec.issuers
+    first = names[0]
+    ids = tuple(issuer_id(n, desired.issuers[n].spec) for n in names if n in desired.issuers)
+    decision = evaluate(Input(name, spec, renewal, ids, current, attempts, at, force))
     actions: list[Action] = []
     notes: list[Note] = []
     previous = frozenset(v.info.thumbprint for v in versions if current is None or v.info.thumbprint != current.info.thumbprint)
     point = renewal_point(current, renewal, attempts) if current else None
+    issued_by = issuer_of(current, issuer_specs, names) if current else None
+    issuer_note = current.issuer_note if current is not None and issued_by is not None and issued_by != first else None
+    if issued_by is not None and issued_by != first and decision is None:
+        notes.append(Note(name, f"issuer/{issued_by}",
+                          f"the current certificate was issued by {issued_by}, not {first}"
+                          + (f" ({issuer_note})" if issuer_note else "")
+                          + f"; {first} is tried first again at the next renewal"
+                          + (f" ({iso(point.at)})" if point else ""), code="FallbackIssuer"))
     state = CertState.ready
     deferred_until = None
     reason_text = None
@@ -185,13 +202,15 @@ def _plan_certificate(
             Reason.Expired: CertState.expired,
             Reason.RenewalDue: CertState.due,
             Reason.RenewalWindow: CertState.due,
+            Reason.RenewalWindowPassed: CertState.due,
             Reason.Forced: CertState.due,
+            Reason.Revoked: CertState.revoked,
         }.get(reason, CertState.outdated)
-        if attempts and attempts.next_retry and not force and backing_off(attempts, spec_digest(spec, issuer.spec), at):
+        if attempts and attempts.next_retry and not force and backing_off(attempts, spec_digest(spec, issuer_specs), at):
             deferred_until = attempts.next_retry
             state = CertState.deferred
             notes.append(Note(
-                name, f"issuer/{spec.issuer}",
+                name, f"issuer/{first}",
                 f"{message}; deferred until {iso(attempts.next_retry)} after {attempts.consecutive_failures} "
                 f"failed attempt(s) (last error: {attempts.last_error}); `certctl renew {name}` retries now",
                 code="Deferred",
@@ -199,13 +218,18 @@ def _plan_certificate(
         else:
             if attempts and attempts.next_retry and attempts.next_retry > at and not force:
                 message += (f"; the backoff after {attempts.consecutive_failures} failed attempt(s) no longer applies: "
-                            f"certificate {name} or issuer {spec.issuer} was edited since")
-            detail = IssueDetail(tuple(spec.domains), spec.key.algorithm.value, spec.issuer,
+                            f"certificate {name} or one of its issuers was edited since")
+            issuer = desired.issuers[first].spec
+            new_key = current is not None and current.revocation is not None and current.revocation.key_compromised
+            detail = IssueDetail(tuple(spec.domains), spec.key.algorithm.value, first,
                                  current.info.thumbprint if current is not None else None,
-                                 iso(current.info.not_after) if current is not None else None)
-            action = _act(kind, name, f"issuer/{spec.issuer}", reason, message, detail=detail)
+                                 iso(current.info.not_after) if current is not None else None,
+                                 fallbacks=names[1:], profile=issuer.acme.profile if issuer.acme else None,
+                                 new_key=new_key)
+            action = _act(kind, name, f"issuer/{first}", reason, message, detail=detail)
             actions.append(action)
             issuance_id = action.id
+            notes.extend(_profile_notes(desired, observed, name, names))
     previous_set = previous if current is not None else frozenset()
     if issuance_id is not None and current is not None:
         previous_set = previous_set | {current.info.thumbprint}
@@ -225,11 +249,39 @@ def _plan_certificate(
         deferred_until=deferred_until,
         last_error=attempts.last_error if attempts else None,
         consecutive_failures=attempts.consecutive_failures if attempts else 0,
+        issuer=issued_by,
+        issuer_note=issuer_note,
     )
     if target.thumbprint is None and target.issuance is None:
         return target, summary, actions, notes  # nothing to install yet (deferred first issuance)
     actions.extend(_install_actions(name, spec, target, index))
     return target, summary, actions, notes
+
+
+PROFILE_UNKNOWN = "ProfileUnknown"
+
+
+def profile_problem(issuer: str, profile: str | None, offered: tuple[str, ...] | None) -> str | None:
+    """Why an ACME ``profile`` cannot be ordered from a CA whose directory lists ``offered`` (None: not
+    fetched yet, nothing to say), or None when it can."""
+    if profile is None or offered is None or profile in offered:
+        return None
+    if not offered:
+        return (f"Issuer {issuer} asks for profile {profile!r}, but its CA offers no profiles "
+                "(its directory lists no meta.profiles); remove profile")
+    return (f"Issuer {issuer} asks for profile {profile!r}, which its CA does not offer "
+            f"(it offers: {', '.join(offered)})")
+
+
+def _profile_notes(desired: DesiredState, observed: ObservedState, name: str, names: Sequence[str]) -> list[Note]:
+    """An error note for each Issuer of an issuance whose profile the CA's directory does not list."""
+    out = []
+    for issuer_name in names:
+        acme = desired.issuers[issuer_name].spec.acme
+        problem = profile_problem(issuer_name, acme.profile if acme else None, observed.issuer_profiles.get(issuer_name))
+        if problem is not None:
+            out.append(Note(name, f"issuer/{issuer_name}", problem, code=PROFILE_UNKNOWN))
+    return out
 
 
 def _install_actions(name: str, spec: CertificateSpec, target: Target, index: StoreIndex) -> list[Action]:

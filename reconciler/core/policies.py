@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,10 +26,11 @@ def issuer_id(name: str, spec: IssuerSpec) -> str:
     return f"localca:{name}"
 
 
-def spec_digest(spec: CertificateSpec, issuer: IssuerSpec) -> str:
-    """A digest of what an issuance is made from: the Certificate's spec and its Issuer's spec. A failure is
-    recorded with it, and its backoff no longer applies once either spec is edited."""
-    data = {"certificate": spec.model_dump(mode="json"), "issuer": issuer.model_dump(mode="json")}
+def spec_digest(spec: CertificateSpec, issuers: Mapping[str, IssuerSpec]) -> str:
+    """A digest of what an issuance is made from: the Certificate's spec and the specs of its Issuers. A
+    failure is recorded with it, and its backoff no longer applies once any of them is edited."""
+    data = {"certificate": spec.model_dump(mode="json"),
+            "issuers": [issuers[n].model_dump(mode="json") if n in issuers else None for n in spec.issuers]}
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -41,12 +42,22 @@ def backing_off(attempts: Attempts | None, digest: str, at: datetime) -> bool:
     return attempts.spec_digest is None or attempts.spec_digest == digest
 
 
+def issuer_of(version: IssuedVersion, issuers: Mapping[str, IssuerSpec], names: Sequence[str]) -> str | None:
+    """The Issuer of ``names`` (a certificate's list) that issued ``version``: the one recorded with it while it
+    still has the same identity, else the first whose identity matches; None when none of them did."""
+    recorded = version.issuer
+    if recorded is not None and recorded in names and recorded in issuers \
+            and issuer_id(recorded, issuers[recorded]) == version.issuer_id:
+        return recorded
+    return next((n for n in names if n in issuers and issuer_id(n, issuers[n]) == version.issuer_id), None)
+
+
 @dataclass(frozen=True, slots=True)
 class Input:
     name: str
     spec: CertificateSpec
     renewal: Renewal
-    issuer_id: str
+    issuer_ids: tuple[str, ...]  # the identities of the certificate's Issuers, in the order they are tried
     current: IssuedVersion | None
     attempts: Attempts | None
     at: datetime
@@ -138,10 +149,32 @@ def key_algorithm_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
 
 
 def issuer_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    """Only when the current certificate's CA is none of the certificate's Issuers: reordering the list, or
+    adding a fallback, reissues nothing (the first Issuer is tried again at the next renewal)."""
     assert i.current is not None
-    if i.current.issuer_id != i.issuer_id:
-        return ActionKind.reissue, Reason.IssuerChanged, f"issuer changed ({i.current.issuer_id} -> {i.issuer_id})"
+    if i.current.issuer_id not in i.issuer_ids:
+        return ActionKind.reissue, Reason.IssuerChanged, f"issuer changed ({i.current.issuer_id} -> {i.issuer_ids[0]})"
     return None
+
+
+def revoked(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    assert i.current is not None
+    r = i.current.revocation
+    if r is None:
+        return None
+    key = "; a new certificate with a new key is issued" if r.key_compromised else "; a new certificate is issued"
+    return ActionKind.renew, Reason.Revoked, f"revoked ({r.reason}) {iso(r.at)}, learnt from {r.source}{key}"
+
+
+def renewal_window_passed(i: Input) -> tuple[ActionKind, Reason, str] | None:
+    """The CA's renewal window (ARI) has ended: it wants the certificate replaced now (as before a mass
+    revocation), whatever the renewal policy says."""
+    assert i.current is not None
+    a = i.attempts
+    if a is None or a.ari_for != i.current.info.thumbprint or a.ari_window_end is None or i.at < a.ari_window_end:
+        return None
+    return (ActionKind.renew, Reason.RenewalWindowPassed,
+            f"the CA's renewal window (ARI) ended {iso(a.ari_window_end)}: the CA wants this certificate replaced now")
 
 
 def expired(i: Input) -> tuple[ActionKind, Reason, str] | None:
@@ -173,8 +206,10 @@ CHAIN: tuple[Check, ...] = (
     domains_changed,
     key_algorithm_changed,
     issuer_changed,
+    revoked,
     expired,
     forced,
+    renewal_window_passed,
     renewal_due,
 )
 
@@ -192,8 +227,9 @@ def evaluate(i: Input) -> tuple[ActionKind, Reason, str] | None:
             continue
         if check in DECISIVE:
             return result
-        if result[1] in (Reason.RenewalDue, Reason.RenewalWindow) and any(r is Reason.Expired for _k, r, _m in fired):
-            continue  # "expired" already says it, and more
+        if result[1] in (Reason.RenewalDue, Reason.RenewalWindow) and any(
+                r in (Reason.Expired, Reason.RenewalWindowPassed) for _k, r, _m in fired):
+            continue  # "expired", or "the CA's window has ended", already says it, and more
         fired.append(result)
     if not fired:
         return None

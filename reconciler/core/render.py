@@ -152,6 +152,9 @@ def status_text(rows: Sequence[StatusRow]) -> str:
     ]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines += [f"{r.name}: issued by {r.issuer} ({r.issuer_note})" for r in rows if r.issuer and r.issuer_note]
+    lines += [f"{r.name}: {r.action_failures} apply(s) in a row failed: {r.action_error}"
+              for r in rows if r.action_failures]
     return "\n".join(lines) + "\n"
 
 
@@ -170,7 +173,8 @@ def describe_lines(d: dict[str, Any]) -> list[Line]:
     lines.append(row("domains", ", ".join(d["domains"])))
     issuer = d["issuer"]
     lines.append(row("issuer", f"{issuer['name']} ({issuer['kind']}"
-                     + (f", {issuer['directory']})" if issuer["directory"] else ")")))
+                     + (f", {issuer['directory']})" if issuer["directory"] else ")")
+                     + (f"; then {', '.join(issuer['fallbacks'])} if it cannot serve" if issuer.get("fallbacks") else "")))
     lines.append(row("key", d["key"]["algorithm"] + (" (reused on renewal)" if d["key"]["reuse"] else "")))
     lines.append(row("renewal", d["renewal"]))
     lines.append(row("thumbprint", d["thumbprint"]))

@@ -216,6 +216,8 @@ class LocalCA(Model):
     validity: Duration = Field(default=timedelta(days=90), description="lifetime of issued certificates")
     caValidity: Duration = Field(default=timedelta(days=3650), description="lifetime of the CA certificate")
     commonName: str | None = Field(default=None, description="subject of the CA (default: certctl local CA <issuer>)")
+    crlPath: RelPath | None = Field(
+        default=None, description="also publish the CA's certificate revocation list (PEM) at this path")
 
 
 class Standalone(Model):
@@ -360,6 +362,9 @@ class Eab(Model):
     hmacKey: SecretRef
 
 
+PROFILE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class Acme(Model):
     directoryUrl: str = Field(pattern=r"^https?://")
     email: str | None = None
@@ -369,6 +374,10 @@ class Acme(Model):
     preferredChain: str | None = None
     solvers: list[Solver] = Field(min_length=1)
     timeout: Duration = Field(default=timedelta(seconds=30), description="per HTTP request to the CA")
+    profile: str | None = Field(
+        default=None, pattern=PROFILE_PATTERN,
+        description="certificate profile to order (one the CA's directory lists in meta.profiles: classic, "
+                    "tlsserver, shortlived, ...)")
 
     def solver_for(self, name: str) -> Solver | None:
         return next((s for s in self.solvers if s.matches(name)), None)
@@ -544,8 +553,30 @@ class Verify(Model):
         return _host_port(value, "endpoint", "www.example.com:443", check_host=False)
 
 
+def _issuers(value: Any) -> Any:
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("give at least one Issuer")
+        seen: set[str] = set()
+        for name in value:
+            if isinstance(name, str) and name in seen:
+                raise ValueError(f"Issuer {name} is listed twice")
+            seen.add(name)
+    return value
+
+
+IssuerRef = Annotated[
+    str | list[str],
+    AfterValidator(_issuers),
+    WithJsonSchema({"oneOf": [
+        {"type": "string", "minLength": 1},
+        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True},
+    ], "description": "an Issuer's name, or an ordered list: the first is used, the next when a CA cannot serve"}),
+]
+
+
 class CertificateSpec(Model):
-    issuer: str
+    issuer: IssuerRef
     domains: list[Domain] = Field(min_length=1, max_length=100, description="the first is the subject CN")
     key: Key = Key()
     renewal: Renewal | None = None
@@ -553,6 +584,11 @@ class CertificateSpec(Model):
     iis: list[IisTarget] = Field(default_factory=list)
     tasks: list[Task] = Field(default_factory=list)
     verify: list[Verify] = Field(default_factory=list)
+
+    @property
+    def issuers(self) -> tuple[str, ...]:
+        """The Issuers in the order they are tried (one, or the list ``issuer`` gives)."""
+        return (self.issuer,) if isinstance(self.issuer, str) else tuple(self.issuer)
 
     @field_validator("domains")
     @classmethod

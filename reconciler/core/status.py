@@ -30,6 +30,10 @@ class StatusRow:
     last_attempt: datetime | None = None
     last_success: datetime | None = None
     pending_actions: tuple[str, ...] = ()
+    issuer: str | None = None  # the Issuer that issued the current certificate
+    issuer_note: str | None = None  # why that one, when a fallback issued it
+    action_failures: int = 0  # consecutive applies in which an install, bind, deploy or verify failed
+    action_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -45,6 +49,10 @@ class StatusRow:
             "last_attempt": iso(self.last_attempt),
             "last_success": iso(self.last_success),
             "pending_actions": list(self.pending_actions),
+            "issuer": self.issuer,
+            "issuer_note": self.issuer_note,
+            "action_failures": self.action_failures,
+            "action_error": self.action_error,
         }
 
 
@@ -64,6 +72,9 @@ def status_rows(desired: DesiredState, observed: ObservedState, at: datetime, pl
             last_attempt=attempts.last_attempt if attempts else None,
             last_success=attempts.last_success if attempts else None,
             pending_actions=tuple(pending.get(s.name, ())),
+            issuer=s.issuer, issuer_note=s.issuer_note,
+            action_failures=attempts.action_failures if attempts else 0,
+            action_error=attempts.action_error if attempts else None,
         ))
     return rows
 
@@ -77,7 +88,7 @@ def status_document(desired: DesiredState, rows: list[StatusRow], applied: dict[
 
 def ready_condition(row: StatusRow, now: datetime) -> str:
     """cert-manager's Ready condition: True while a valid certificate matching the spec is in place."""
-    if row.state in (CertState.missing, CertState.expired, CertState.outdated) or not row.thumbprint:
+    if row.state in (CertState.missing, CertState.expired, CertState.outdated, CertState.revoked) or not row.thumbprint:
         return "False"
     if row.not_after is None:
         return "False"

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 
 from reconciler.core import domains
 from reconciler.core.diagnostics import Problem
-from reconciler.core.model import DesiredState
-from reconciler.core.spec import IisMode
+from reconciler.core.model import DesiredState, Source
+from reconciler.core.spec import Acme, IisMode
 
 
 def check(desired: DesiredState, invalid: frozenset[tuple[str, str]] = frozenset()) -> list[Problem]:
@@ -24,9 +24,11 @@ def _check(desired: DesiredState) -> list[Problem]:
                                     f"IisHost {store.spec.windows.host!r} does not exist{_known(desired.iis_hosts)}"))
     for _, cert in sorted(desired.certificates.items()):
         spec, src = cert.spec, cert.source
-        issuer = desired.issuers.get(spec.issuer)
-        if issuer is None:
-            problems.append(Problem(src, ("spec", "issuer"), f"Issuer {spec.issuer!r} does not exist{_known(desired.issuers)}"))
+        listed = not isinstance(spec.issuer, str)
+        for n, issuer_name in enumerate(spec.issuers):
+            if issuer_name not in desired.issuers:
+                problems.append(Problem(src, ("spec", "issuer", n) if listed else ("spec", "issuer"),
+                                        f"Issuer {issuer_name!r} does not exist{_known(desired.issuers)}"))
         for i, store_name in enumerate(spec.stores):
             if store_name not in desired.stores:
                 problems.append(Problem(src, ("spec", "stores", i),
@@ -52,22 +54,10 @@ def _check(desired: DesiredState) -> list[Problem]:
         for a, b in domains.redundant_pairs(list(spec.domains)):
             problems.append(Problem(src, ("spec", "domains", spec.domains.index(b)),
                                     f"{b} is already covered by {a} in the same certificate; remove one of them"))
-        if issuer is not None and issuer.spec.acme is not None:
-            acme = issuer.spec.acme
-            for i, domain in enumerate(spec.domains):
-                why = domains.public_name_problem(domain)
-                if why:
-                    problems.append(Problem(src, ("spec", "domains", i),
-                                            f"{why} (issuer {spec.issuer} is ACME; use a localCA issuer for internal names)"))
-                    continue
-                solver = acme.solver_for(domain)
-                if solver is None:
-                    problems.append(Problem(src, ("spec", "domains", i),
-                                            f"no solver of issuer {spec.issuer} matches {domain}"))
-                elif domains.is_wildcard(domain) and solver.dns01 is None:
-                    problems.append(Problem(src, ("spec", "domains", i),
-                                            f"Wildcard certificates require DNS validation: {domain} would use an "
-                                            f"http01 solver of issuer {spec.issuer}; add a dns01 solver for it"))
+        for issuer_name in spec.issuers:
+            issuer = desired.issuers.get(issuer_name)
+            if issuer is not None and issuer.spec.acme is not None:
+                problems.extend(_acme_domain_problems(cert.source, spec.domains, issuer_name, issuer.spec.acme))
     problems.extend(_iis_claims(desired))
     problems.extend(_terms_not_agreed(desired))
     return problems
@@ -78,7 +68,8 @@ def _terms_not_agreed(desired: DesiredState) -> list[Problem]:
     otherwise, so the first issuance could only fail (and back off). An unused Issuer may wait."""
     users: dict[str, list[str]] = {}
     for name, cert in sorted(desired.certificates.items()):
-        users.setdefault(cert.spec.issuer, []).append(name)
+        for issuer_name in cert.spec.issuers:
+            users.setdefault(issuer_name, []).append(name)
     problems: list[Problem] = []
     for name, issuer in sorted(desired.issuers.items()):
         acme = issuer.spec.acme
@@ -89,6 +80,25 @@ def _terms_not_agreed(desired: DesiredState) -> list[Problem]:
                                 f"certificate{'s' if len(used) > 1 else ''} {', '.join(used)} use{'' if len(used) > 1 else 's'} "
                                 f"issuer {name}, whose CA requires agreement to its terms of service; read them "
                                 f"(from {acme.directoryUrl}) and set agreeToS: true"))
+    return problems
+
+
+def _acme_domain_problems(src: Source, names: list[str], issuer: str, acme: Acme) -> list[Problem]:
+    """The domains an ACME Issuer cannot validate: names no public CA can, no solver, a wildcard over http-01."""
+    problems: list[Problem] = []
+    for i, domain in enumerate(names):
+        why = domains.public_name_problem(domain)
+        if why:
+            problems.append(Problem(src, ("spec", "domains", i),
+                                    f"{why} (issuer {issuer} is ACME; use a localCA issuer for internal names)"))
+            continue
+        solver = acme.solver_for(domain)
+        if solver is None:
+            problems.append(Problem(src, ("spec", "domains", i), f"no solver of issuer {issuer} matches {domain}"))
+        elif domains.is_wildcard(domain) and solver.dns01 is None:
+            problems.append(Problem(src, ("spec", "domains", i),
+                                    f"Wildcard certificates require DNS validation: {domain} would use an "
+                                    f"http01 solver of issuer {issuer}; add a dns01 solver for it"))
     return problems
 
 

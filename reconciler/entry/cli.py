@@ -1,4 +1,5 @@
-"""certctl: validate | plan | apply | status | describe | renew | daemon | schema | import | init | completion."""
+"""certctl: validate | plan | apply | status | describe | renew | revoke | account | daemon | schema | import | init |
+completion."""
 
 from __future__ import annotations
 
@@ -37,9 +38,13 @@ def _dir(args: argparse.Namespace) -> Path:
 
 
 def _load(args: argparse.Namespace) -> DesiredState:
+    from reconciler.app.loader import check_profiles
     from reconciler.state.cache import default_dir
+    from reconciler.wiring import state_dir_for
 
-    return load(_dir(args), cache_dir=default_dir())
+    desired = load(_dir(args), cache_dir=default_dir())
+    check_profiles(desired, state_dir_for(_dir(args), desired, args.state_dir))
+    return desired
 
 
 def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:
@@ -117,12 +122,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     observed = _observe(world)
     plan = make_plan(desired, observed, at)
     from reconciler.app.challenges import UNSOLVABLE, annotate
+    from reconciler.core.planner import PROFILE_UNKNOWN
 
     plan = annotate(desired, observed, plan)
     if args.out or args.json:
         plan = with_fingerprints(plan, desired, observed)
     _emit(args, plan)
-    unsolvable = [n for n in plan.notes if n.code == UNSOLVABLE]
+    unsolvable = [n for n in plan.notes if n.code in (UNSOLVABLE, PROFILE_UNKNOWN)]
     for note in unsolvable:
         print(f"certctl: error: certificate {note.certificate}: {note.message}", file=sys.stderr)
     if _secret_problems(args, desired, plan) or unsolvable:
@@ -140,6 +146,9 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
         from reconciler.app.recovery import recover
 
         recover(world)  # what a crash, kill or full disk left half-done (see Safety guarantees in the README)
+        from reconciler.app.reconcile import sync_accounts
+
+        sync_accounts(world)  # an Issuer whose email changed: its ACME account's contact follows
         observed = _observe(world, locked=True)
         planfile = getattr(args, "planfile", None)
         if planfile:
@@ -248,6 +257,55 @@ def _task_runs(state: StateDir, name: str) -> dict[int, Any]:
             runs[int(index)] = TaskRun(str(entry.get("at", ""))[:19] + "Z", str(entry["event"]),
                                        error if isinstance(error, str) else None)
     return runs
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    from reconciler.app.revocation import current_or_fail, revoke_certificate
+    from reconciler.ports import RevokeError
+
+    desired = _load(args)
+    world = _world(args, desired)
+    current = current_or_fail(world, args.name)
+    question = (f"Revoke certificate {args.name} ({current.info.thumbprint}, expires "
+                f"{current.info.not_after:%Y-%m-%d}) with reason {args.reason}? Every server that uses it must get "
+                "its replacement from the next apply.")
+    out = _output(args)
+    # asked before the lock, so a waiting question never holds up the daemon; without a terminal (scripts, CI)
+    # the command goes ahead, as apply does
+    if not args.yes and interactive() and not out.confirm_irreversible(question):
+        out.line(("Revocation cancelled; nothing was changed.", "warning"))
+        return EXIT_ERROR
+    with world.state.lock(wait=args.lock_timeout, purpose="revoke"):
+        if current_or_fail(world, args.name).info.thumbprint != current.info.thumbprint:
+            raise UsageError(f"certificate {args.name} was renewed while you answered; nothing was revoked")
+        try:
+            version, issuer = revoke_certificate(world, args.name, args.reason, _now())
+        except RevokeError as exc:
+            raise UsageError(f"certificate {args.name} was not revoked: {exc}") from None
+    key = " with a new key" if args.reason == "keyCompromise" else ""
+    sys.stdout.write(f"Revoked {args.name} ({version.info.thumbprint}) through Issuer {issuer}, reason {args.reason}.\n"
+                     f"The next `certctl apply` (or the daemon's next pass) issues its replacement{key}.\n")
+    return EXIT_OK
+
+
+def cmd_account_rollover(args: argparse.Namespace) -> int:
+    from reconciler.ports import IssueError
+
+    desired = _load(args)
+    issuer = desired.issuers.get(args.issuer)
+    if issuer is None:
+        raise UsageError(f"no Issuer named {args.issuer!r} (known: {', '.join(sorted(desired.issuers)) or 'none'})")
+    if issuer.spec.acme is None:
+        raise UsageError(f"Issuer {args.issuer} is a local CA: it has no ACME account")
+    world = _world(args, desired)
+    with world.state.lock(wait=args.lock_timeout, purpose="account key rollover"):
+        try:
+            account = world.issuers[args.issuer].rollover_key()
+        except IssueError as exc:
+            raise UsageError(f"the account key of Issuer {args.issuer} was not replaced: {exc}") from None
+    sys.stdout.write(f"Issuer {args.issuer}: the account {account} now signs with a new key "
+                     f"(kept in the state dir, mode 0600); the old key no longer works.\n")
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -428,6 +486,25 @@ def parser() -> argparse.ArgumentParser:
     _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
          example="--lock-timeout 60", metavar="SECONDS")
     s.set_defaults(fn=cmd_renew)
+
+    from reconciler.ports import REVOCATION_REASONS
+
+    s = sub.add_parser("revoke", parents=[common], help="revoke a certificate's current version (the next apply replaces it)")
+    _add(s, "name", help="the Certificate to revoke", example="www-example-com")
+    _add(s, "--reason", default="unspecified", choices=list(REVOCATION_REASONS),
+         help="RFC 5280 reason (default unspecified; keyCompromise also forces a new key)", example="--reason superseded")
+    _add(s, "--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal", example="-y")
+    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
+         example="--lock-timeout 60")
+    s.set_defaults(fn=cmd_revoke)
+
+    s = sub.add_parser("account", help="ACME accounts")
+    account = s.add_subparsers(dest="account_command", required=True, metavar="SUBCOMMAND")
+    s = account.add_parser("rollover", parents=[common], help="replace an ACME Issuer's account key (RFC 8555 key change)")
+    _add(s, "issuer", help="the ACME Issuer whose account key is replaced", example="letsencrypt")
+    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
+         example="--lock-timeout 60")
+    s.set_defaults(fn=cmd_account_rollover)
 
     s = sub.add_parser("daemon", parents=[common], help="reconcile continuously")
     _add(s, "--git-pull", action="store_true", help="fast-forward the desired-state repository each interval",

@@ -70,6 +70,17 @@ class Output:
         return answer.strip().lower() in ("y", "yes")
 
 
+    def confirm_irreversible(self, question: str) -> bool:
+        """Ask before something that cannot be undone (a revocation): only the word "yes" agrees."""
+        self.line((question, "heading"))
+        self.line(("  Only 'yes' will be accepted: ", ""))
+        try:
+            answer = input()
+        except (EOFError, KeyboardInterrupt):
+            return False
+        return answer.strip() == "yes"
+
+
 def interactive(stream: TextIO | None = None) -> bool:
     """A person at a terminal: both stdin and stdout are terminals."""
     return _isatty(sys.stdin) and _isatty(stream or sys.stdout)

@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from reconciler.core.model import Attempts, IssuedVersion
+from reconciler.core.model import Attempts, IssuedVersion, Revocation
 from reconciler.ports import Material
 from reconciler.state.records import attempts_from_json, attempts_to_json, info_from_json, info_to_json
 from reconciler.support import pki
@@ -107,6 +107,16 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def damaged(path: Path, line: int, problem: str) -> None:
     log.warning("state.line.skipped", file=str(path), line=line, problem=problem,
                 note="a damaged line of a state log (torn by a crash or a full disk, or edited); skipped")
+
+
+def _revocation(value: Any) -> Revocation | None:
+    if value is None:
+        return None
+    return Revocation(reason=str(value["reason"]), at=datetime.fromisoformat(value["at"]), source=str(value["source"]))
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -305,14 +315,16 @@ class StateDir:
             IssuedVersion(
                 certificate=name, info=info_from_json(v["info"]), issuer_id=v["issuer_id"],
                 issued_at=datetime.fromisoformat(v["issued_at"]), domains=tuple(v["domains"]),
-                replaced=v.get("replaced"),
+                replaced=v.get("replaced"), issuer=v.get("issuer"), issuer_note=v.get("issuer_note"),
+                revocation=_revocation(v.get("revoked")),
             )
             for v in versions.values()
         ]
         return tuple(sorted(out, key=lambda v: (v.issued_at, v.info.not_before)))
 
     def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
-                     at: datetime, replaced: str | None) -> IssuedVersion:
+                     at: datetime, replaced: str | None, *, issuer: str | None = None,
+                     issuer_note: str | None = None) -> IssuedVersion:
         """Keep a newly issued certificate with its key; the index is updated last (the commit point)."""
         folder = self.vault / name / material.info.thumbprint
         problem = write_path_problem(folder)
@@ -323,15 +335,28 @@ class StateDir:
         atomic_write(folder / "cert.pem", material.cert_pem)
         atomic_write(folder / "chain.pem", material.chain_pem)
         atomic_write(folder / "fullchain.pem", material.fullchain_pem)
-        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced)
+        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced, issuer=issuer,
+                                issuer_note=issuer_note)
         meta = {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
-                "domains": list(domains), "replaced": replaced}
+                "domains": list(domains), "replaced": replaced, "issuer": issuer, "issuer_note": issuer_note}
         atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
         with self._mutex:
             versions = dict(self._vault_index.get(name) or {})
             versions[material.info.thumbprint] = meta
             self._vault_index.set(name, versions)  # the commit point
         return version
+
+    def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:
+        """Record that an issued version is revoked (the plan then replaces it); False when it is unknown."""
+        with self._mutex:
+            versions = dict(self._vault_index.get(name) or {})
+            meta = versions.get(thumbprint)
+            if not isinstance(meta, dict):
+                return False
+            versions[thumbprint] = {**meta, "revoked": {"reason": revocation.reason, "at": _iso(revocation.at),
+                                                        "source": revocation.source}}
+            self._vault_index.set(name, versions)
+        return True
 
     def recover_vault(self) -> tuple[int, int]:
         """Put back into the index every complete vault version it lacks (a crash before the index line, or

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -147,3 +147,63 @@ def from_pfx(data: bytes, password: bytes | None) -> tuple[bytes, bytes, bytes |
     key_pem = key_to_pem(pfx.key) if isinstance(pfx.key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
     name = pfx.cert.friendly_name.decode() if pfx.cert.friendly_name else None
     return cert_pem, chain, key_pem, name
+
+
+# --- certificate revocation lists (RFC 5280 §5) ------------------------------------------------------------
+
+CRL_REASONS: dict[str, x509.ReasonFlags] = {
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "cACompromise": x509.ReasonFlags.ca_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+    "certificateHold": x509.ReasonFlags.certificate_hold,
+    "privilegeWithdrawn": x509.ReasonFlags.privilege_withdrawn,
+    "aACompromise": x509.ReasonFlags.aa_compromise,
+    "removeFromCRL": x509.ReasonFlags.remove_from_crl,
+}
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    """A CRL as DER or PEM; ValueError when it is neither."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_crl(data)
+    return x509.load_der_x509_crl(data)
+
+
+def crl_entry(crl: x509.CertificateRevocationList, issuer: x509.Certificate,
+              serial: int) -> tuple[str, datetime] | None:
+    """(reason name, revocation time) when ``crl`` lists ``serial``, else None. ValueError when the CRL was
+    not signed by ``issuer`` (or names another issuer): an unverified CRL never counts."""
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
+        raise ValueError(f"the CRL is not signed by {issuer.subject.rfc4514_string()}")
+    entry = crl.get_revoked_certificate_by_serial_number(serial)
+    if entry is None:
+        return None
+    reason = "unspecified"
+    try:
+        flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        reason = next((name for name, f in CRL_REASONS.items() if f is flag), "unspecified")
+    return reason, entry.revocation_date_utc
+
+
+def crl_urls(cert: x509.Certificate) -> list[str]:
+    """The http(s) URLs of a certificate's CRL distribution points."""
+    try:
+        points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.value for point in points for name in (point.full_name or ())
+            if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(("http://", "https://"))]
+
+
+def issuer_of_cert(cert: x509.Certificate, chain_pem: bytes) -> x509.Certificate | None:
+    """The certificate of ``chain_pem`` that issued ``cert`` (its subject is ``cert``'s issuer), or None."""
+    for pem in split_pem_chain(chain_pem):
+        candidate = x509.load_pem_x509_certificate(pem)
+        if candidate.subject == cert.issuer:
+            return candidate
+    return None

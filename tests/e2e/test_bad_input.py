@@ -177,3 +177,22 @@ def test_bad_metadata_name(ws: Workspace, run_cli) -> None:
     ws.base()
     ws.certificate("Web_Site", ["www.example.com"])
     check(ws, run_cli, [r"Web_Site\.yaml:3:18: metadata\.name: String should match pattern"])
+
+
+def test_lists_of_issuers_are_checked_item_by_item(ws: Workspace, run_cli) -> None:
+    ws.base()
+    ws.write("le.yaml", ACME)
+    ws.write("web.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\nspec:\n"
+                         "  issuer: [local, zerossl]\n  domains: [intranet.local]\n")
+    ws.write("twice.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: twice}\nspec:\n"
+                           "  issuer: [local, local]\n  domains: [twice.example.com]\n")
+    ws.write("none.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: none}\nspec:\n"
+                          "  issuer: []\n  domains: [none.example.com]\n")
+    ws.write("fallback.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: fallback}\nspec:\n"
+                              "  issuer: [local, le]\n  domains: [SRVAPP01]\n")
+    check(ws, run_cli, [
+        r"web\.yaml:5:\d+: spec\.issuer\[1\]: Issuer 'zerossl' does not exist \(known: le, local\)",
+        r"twice\.yaml:5:\d+: spec\.issuer: .*Issuer local is listed twice",
+        r"none\.yaml:5:\d+: spec\.issuer: .*give at least one Issuer",
+        r"fallback\.yaml:6:\d+: spec\.domains\[0\]: .*issuer le is ACME",  # every Issuer of the list must serve it
+    ])

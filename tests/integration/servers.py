@@ -359,6 +359,7 @@ class PebbleOptions:
     alternate_roots: int = 0  # PEBBLE_ALTERNATE_ROOTS
     chain_length: int = 0  # PEBBLE_CHAIN_LENGTH (0: Pebble's default)
     authz_reuse: int = 0  # PEBBLE_AUTHZREUSE percent
+    name: str = ""  # a label: two Pebbles with different names are two CAs (fallback tests)
 
 
 class Pebble:
@@ -672,14 +673,18 @@ class AriProxy:
     """An HTTPS proxy in front of Pebble that records every newOrder payload and, when ``offer_ari``,
     adds ``renewalInfo`` to the directory and answers renewalInfo requests itself.
 
-    Pebble 2.4.0 offers no renewalInfo (RFC 9773); this proxy is how the tests see that certctl sends
-    ``replaces`` and reads the suggested window. Everything else is Pebble's own answer: the proxy
+    Pebble 2.4.0 offers no renewalInfo (RFC 9773) and no profiles; this proxy is how the tests see that
+    certctl sends ``replaces`` and reads the suggested window, orders a profile (``profiles`` adds
+    meta.profiles), and meets a CA that refuses every order (``fail_orders``: a 5xx or a rate limit). Everything else is Pebble's own answer: the proxy
     keeps the Host header, so Pebble builds every URL (and checks every JWS ``url``) for the proxy.
     """
 
-    def __init__(self, pebble: Pebble, offer_ari: bool = True) -> None:
+    def __init__(self, pebble: Pebble, offer_ari: bool = True, profiles: dict[str, str] | None = None,
+                 fail_orders: tuple[int, str] | None = None) -> None:
         self.pebble = pebble
         self.offer_ari = offer_ari
+        self.profiles = profiles  # added to the directory's meta.profiles (Pebble 2.4 offers none)
+        self.fail_orders = fail_orders  # (HTTP status, ACME problem type): every newOrder gets this answer
         self.port = free_port()
         self.orders: list[dict[str, Any]] = []  # newOrder payloads, in order
         self.renewal_info_requests: list[str] = []  # certificate identifiers asked about
@@ -742,10 +747,19 @@ class AriProxy:
                     payload = jws.get("payload", "")
                     padded = payload + "=" * (-len(payload) % 4)
                     proxy.orders.append(json.loads(base64.urlsafe_b64decode(padded)))
+                    if proxy.fail_orders is not None:
+                        code, kind = proxy.fail_orders
+                        problem = {"type": f"urn:ietf:params:acme:error:{kind}", "detail": f"test proxy: {kind}"}
+                        self._reply(code, [("Content-Type", "application/problem+json"), ("Retry-After", "1")],
+                                    json.dumps(problem).encode())
+                        return
                 status, headers, data = self._forward(body)
-                if self.path == "/dir" and status == 200 and proxy.offer_ari:
+                if self.path == "/dir" and status == 200 and (proxy.offer_ari or proxy.profiles is not None):
                     doc = json.loads(data)
-                    doc["renewalInfo"] = f"https://{LOOPBACK}:{proxy.port}/renewal-info"
+                    if proxy.offer_ari:
+                        doc["renewalInfo"] = f"https://{LOOPBACK}:{proxy.port}/renewal-info"
+                    if proxy.profiles is not None:
+                        doc.setdefault("meta", {})["profiles"] = proxy.profiles
                     data = json.dumps(doc).encode()
                 self._reply(status, headers, data)
 

@@ -164,14 +164,15 @@ def test_ari_window_moves_the_renewal_and_the_order_names_the_old_certificate(
     old = (ws.pem / "ari" / "cert.pem").read_bytes()
     thumbprint = StateDir(ws.state).issued_for("ari")[-1].info.thumbprint
 
-    # The CA suggests a window that has already opened, long before 75% of a 5-year certificate.
+    # The CA suggests a window that has already ended, long before 75% of a 5-year certificate: it wants
+    # the certificate replaced now.
     now = datetime.now(UTC).replace(microsecond=0)
     ari_proxy.window = (now - timedelta(hours=2), now - timedelta(hours=1))
     plan = plan_json(run_cli, ws)
     assert ari_proxy.renewal_info_requests == [ari_id(old)]
     renew = next(a for a in plan["actions"] if a["kind"] == "renew")
-    assert renew["reason_code"] == "RenewalWindow"
-    assert "the CA's renewal window (ARI) opens" in renew["reason"]
+    assert renew["reason_code"] == "RenewalWindowPassed"
+    assert "the CA's renewal window (ARI) ended" in renew["reason"]
     summary = next(c for c in plan["certificates"] if c["name"] == "ari")
     assert ari_proxy.window[0] <= parse_time(summary["renew_at"]) <= ari_proxy.window[1]
 
@@ -182,7 +183,7 @@ def test_ari_window_moves_the_renewal_and_the_order_names_the_old_certificate(
     assert timedelta(hours=6) <= attempts.ari_next_fetch - attempts.ari_fetched_at <= timedelta(hours=6, seconds=5)
 
     _, text, _ = run_cli("plan", "-d", str(ws.desired))
-    assert "the CA's renewal window (ARI) opens" in text
+    assert "the CA wants this certificate replaced now" in text
     assert len(ari_proxy.renewal_info_requests) == 1  # the CA's Retry-After (6 h) is honoured
 
     # The order's `replaces` comes from the old certificate itself, not from the issuer's records.

@@ -20,6 +20,7 @@ from reconciler.core.model import (  # noqa: E402
     CertInfo,
     IssuedVersion,
     ObservedState,
+    Revocation,
     StoredCert,
     StoreState,
     TaskState,
@@ -167,10 +168,35 @@ def main() -> None:
     scenario("core-store-problems-reported", ObservedState(
         issued={"www": (IssuedVersion("www", cur, "localca:local", T0, sans),)}, stores={"pem": problems},
         tasks={("www", 0): TaskState("www", 0, cur.thumbprint)}), T0 + timedelta(days=10))
-    ari = Attempts("www", ari_window_start=T0 + timedelta(days=40), ari_window_end=T0 + timedelta(days=42),
+    ari = Attempts("www", ari_window_start=T0 + timedelta(days=40), ari_window_end=T0 + timedelta(days=44),
                    ari_for=cur.thumbprint)
     scenario("core-ari-window-moves-renewal-earlier", world(cur, attempts=ari), T0 + timedelta(days=43))
 
 
+def fallback_and_revocation() -> None:
+    """Issue 14: lists of Issuers, revoked certificates, an ARI window that has ended."""
+    sans = ("www.example.com", "example.com")
+    cur = info("current", sans, T0, 90)
+    passed = Attempts("www", ari_window_start=T0 + timedelta(days=20), ari_window_end=T0 + timedelta(days=21),
+                      ari_for=cur.thumbprint)
+    scenario("core-ari-window-passed-renews-now", world(cur, attempts=passed), T0 + timedelta(days=22))
+    revoked = IssuedVersion("www", cur, "localca:local", T0, sans, issuer="local",
+                            revocation=Revocation("keyCompromise", T0 + timedelta(days=3), "certctl revoke"))
+    scenario("core-revoked-key-compromise", ObservedState(
+        issued={"www": (revoked,)}, stores={"pem": StoreState("pem", (StoredCert("pem", cur, "www/x", "www", True, T0),))},
+        tasks={("www", 0): TaskState("www", 0, cur.thumbprint)}), T0 + timedelta(days=4))
+    scenario("core-issuer-list-reordered-no-reissue", world(cur), T0 + timedelta(days=5), issuer="[other, local]")
+    by_fallback = IssuedVersion("www", cur, "localca:other", T0, sans, issuer="other",
+                                issuer_note="local could not serve: the CA at https://acme.example is unreachable")
+    scenario("core-issued-by-fallback-issuer", ObservedState(
+        issued={"www": (by_fallback,)}, stores={"pem": StoreState("pem", (StoredCert("pem", cur, "www/x", "www", True, T0),))},
+        tasks={("www", 0): TaskState("www", 0, cur.thumbprint)}), T0 + timedelta(days=5), issuer="[local, other]")
+    scenario("core-fallback-issuer-listed-in-issue", world(None), T0, issuer="[local, other]")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["issue14"]:
+        fallback_and_revocation()
+    else:
+        main()
+        fallback_and_revocation()

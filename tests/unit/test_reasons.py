@@ -20,7 +20,7 @@ def current(issuer: str = "localca:local", algorithm: str = "ecdsa-p256", days: 
 
 
 def decide(version: IssuedVersion, at: datetime, forced: bool = False) -> tuple[ActionKind, Reason, str] | None:
-    return evaluate(Input("www", SPEC, Renewal(lifetimePercent=75), "acme:https://ca/dir", version, None, at, forced))
+    return evaluate(Input("www", SPEC, Renewal(lifetimePercent=75), ("acme:https://ca/dir",), version, None, at, forced))
 
 
 def test_every_cause_is_named_and_the_first_gives_the_code() -> None:
@@ -40,14 +40,25 @@ def test_a_fine_certificate_has_no_reason() -> None:
 
 
 def test_the_backoff_belongs_to_the_spec_that_failed() -> None:
-    issuer = IssuerSpec.model_validate({"localCA": {}})
+    name = SPEC.issuers[0]
+    issuer = {name: IssuerSpec.model_validate({"localCA": {}})}
     digest = spec_digest(SPEC, issuer)
     retry = Attempts("www", consecutive_failures=1, next_retry=T0 + timedelta(hours=1), spec_digest=digest)
     assert backing_off(retry, digest, T0)
     assert not backing_off(retry, digest, T0 + timedelta(hours=2))
-    edited = IssuerSpec.model_validate({"localCA": {"validity": "30d"}})
+    edited = {name: IssuerSpec.model_validate({"localCA": {"validity": "30d"}})}
     assert not backing_off(retry, spec_digest(SPEC, edited), T0)
     renamed = SPEC.model_copy(update={"domains": ["www.example.com", "example.com"]})
     assert not backing_off(retry, spec_digest(renamed, issuer), T0)
     legacy = Attempts("www", consecutive_failures=1, next_retry=T0 + timedelta(hours=1))  # recorded before digests
     assert backing_off(legacy, digest, T0)
+
+
+def test_an_edit_of_a_fallback_issuer_also_lifts_the_backoff() -> None:
+    spec = SPEC.model_copy(update={"issuer": ["le", "zerossl"]})
+    issuers = {"le": IssuerSpec.model_validate({"localCA": {}}), "zerossl": IssuerSpec.model_validate({"localCA": {}})}
+    digest = spec_digest(spec, issuers)
+    retry = Attempts("www", consecutive_failures=2, next_retry=T0 + timedelta(hours=2), spec_digest=digest)
+    assert backing_off(retry, digest, T0)
+    edited = {**issuers, "zerossl": IssuerSpec.model_validate({"localCA": {"validity": "30d"}})}
+    assert not backing_off(retry, spec_digest(spec, edited), T0)

@@ -192,9 +192,20 @@ def test_busy_state_dir_drops_the_answers_quietly(world: tuple[World, FakeAri], 
 
 def test_the_plan_renews_in_the_window(world: tuple[World, FakeAri]) -> None:
     w, fake = world
-    fake.reply = RenewalWindow(NOW - timedelta(hours=2), NOW - timedelta(hours=1))
-    refresh_renewal_info(w, NOW)
-    plan = make_plan(w.desired, observe(w), NOW)
+    fake.reply = RenewalWindow(NOW - timedelta(hours=2), NOW + timedelta(hours=1))
+    refresh_renewal_info(w, NOW + timedelta(minutes=59, seconds=59))  # the point in the window derived from the serial has passed
+    plan = make_plan(w.desired, observe(w), NOW + timedelta(minutes=59, seconds=59))
     renew = next(a for a in plan.actions if a.certificate == "acme-cert")
     assert renew.reason.value == "RenewalWindow"
     assert "the CA's renewal window (ARI) opens" in renew.message
+
+
+def test_a_window_that_has_passed_renews_at_once(world: tuple[World, FakeAri]) -> None:
+    w, fake = world
+    fake.reply = RenewalWindow(NOW - timedelta(hours=2), NOW - timedelta(hours=1))  # the CA wants it replaced now
+    refresh_renewal_info(w, NOW)
+    plan = make_plan(w.desired, observe(w), NOW)
+    renew = next(a for a in plan.actions if a.certificate == "acme-cert")
+    assert renew.reason.value == "RenewalWindowPassed"
+    assert "wants this certificate replaced now" in renew.message
+    assert next(c for c in plan.certificates if c.name == "acme-cert").state.value == "due"

@@ -1,10 +1,18 @@
-"""The built-in private CA (the embedded default issuer: needs no server and no network)."""
+"""The built-in private CA (the embedded default issuer: needs no server and no network).
+
+It also revokes what it issued: the revoked serials are kept in ``<state>/localca/<issuer>/revoked.json``
+and published as a signed CRL (PEM) in ``crl.pem`` beside the CA, and at ``crlPath`` when the spec gives
+one. A CRL is valid for ``CRL_VALIDITY`` and is published afresh once less than half of that is left
+(the daemon's maintenance pass asks), so a consumer that checks ``nextUpdate`` never sees a stale one.
+"""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -12,9 +20,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.core.spec import LocalCA
-from reconciler.ports import IssueError, IssueRequest, Material
+from reconciler.ports import IssueError, IssueRequest, Material, RevocationStatus, RevokeError
 from reconciler.support import pki
-from reconciler.support.fs import atomic_write
+from reconciler.support.fs import UnsafePath, atomic_write, read_regular, safe_folder
+
+CRL_VALIDITY = timedelta(days=7)
+MAX_STATE_BYTES = 16 << 20
 
 
 class LocalCAIssuer:
@@ -26,9 +37,131 @@ class LocalCAIssuer:
         self.folder = Path(state_dir) / "localca" / name
         self._lock = threading.Lock()
         self._ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
+        self._crl: tuple[tuple[int, int, int], x509.CertificateRevocationList] | None = None
 
     def identity(self) -> str:
         return f"localca:{self.name}"
+
+    # --- revocation -----------------------------------------------------------------------------------------
+
+    @property
+    def crl_file(self) -> Path:
+        return self.folder / "crl.pem"
+
+    def revoke(self, material: Material, reason: str) -> None:
+        """Add the certificate's serial to the revoked list and publish the CRL; idempotent."""
+        cert = x509.load_pem_x509_certificate(material.cert_pem)
+        now = datetime.now(UTC).replace(microsecond=0)
+        ca_cert, _ = self._load_or_create(now)
+        if cert.issuer != ca_cert.subject:
+            raise RevokeError(f"the certificate was not issued by the local CA {self.name}")
+        with self._lock:
+            data = self._revoked()
+            serial = format(cert.serial_number, "x")
+            if not any(e.get("serial") == serial for e in data["revoked"]):
+                data["revoked"].append({"serial": serial, "at": now.isoformat(), "reason": reason})
+                atomic_write(self.folder / "revoked.json", json.dumps(data, indent=1) + "\n", 0o600)
+        self.publish_crl(now)
+
+    def revocation_status(self, material: Material) -> RevocationStatus | None:
+        """The certificate's entry in the CRL this CA publishes (read back and verified), or None."""
+        crl = self._published_crl()
+        if crl is None:
+            return None
+        ca_cert, _ = self._load_or_create(datetime.now(UTC))
+        cert = x509.load_pem_x509_certificate(material.cert_pem)
+        try:
+            entry = pki.crl_entry(crl, ca_cert, cert.serial_number)
+        except ValueError as exc:
+            raise RevokeError(f"{self.crl_file}: {exc}") from None
+        return RevocationStatus(entry[0], entry[1], f"CRL {self.crl_file}") if entry else None
+
+    def _published_crl(self) -> x509.CertificateRevocationList | None:
+        """crl.pem as published (parsed once per version of the file), or None when none is published."""
+        try:
+            st = self.crl_file.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._crl
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        try:
+            crl = pki.load_crl(read_regular(self.crl_file, MAX_STATE_BYTES))
+        except (OSError, ValueError) as exc:
+            raise RevokeError(f"cannot read the local CA's CRL {self.crl_file}: {exc}") from None
+        self._crl = (key, crl)
+        return crl
+
+    def refresh_crl(self, now: datetime) -> bool:
+        """Publish the CRL afresh when one is published (or ``crlPath`` asks for one) and less than half of its
+        validity is left; True when it was written."""
+        if not self.crl_file.exists() and self.spec.crlPath is None:
+            return False
+        try:
+            crl = self._published_crl()
+            fresh = crl is not None and crl.next_update_utc is not None and crl.next_update_utc - now > CRL_VALIDITY / 2
+        except RevokeError:
+            fresh = False  # a damaged CRL is published afresh
+        if fresh and (self.spec.crlPath is None or Path(self.spec.crlPath).exists()):
+            return False
+        self.publish_crl(now)
+        return True
+
+    def publish_crl(self, now: datetime) -> None:
+        """Sign a CRL of every revoked serial and write it to crl.pem (and ``crlPath``)."""
+        now = now.astimezone(UTC).replace(microsecond=0)
+        ca_cert, ca_key = self._load_or_create(now)
+        with self._lock:
+            data = self._revoked()
+            data["crl_number"] = int(data.get("crl_number", 0)) + 1
+            builder = (
+                x509.CertificateRevocationListBuilder()
+                .issuer_name(ca_cert.subject)
+                .last_update(now)
+                .next_update(now + CRL_VALIDITY)
+                .add_extension(x509.CRLNumber(data["crl_number"]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            )
+            for entry in data["revoked"]:
+                revoked = (x509.RevokedCertificateBuilder()
+                           .serial_number(int(entry["serial"], 16))
+                           .revocation_date(datetime.fromisoformat(entry["at"])))
+                flag = pki.CRL_REASONS.get(str(entry.get("reason")))
+                if flag is not None:
+                    revoked = revoked.add_extension(x509.CRLReason(flag), critical=False)
+                builder = builder.add_revoked_certificate(revoked.build())
+            crl_pem = builder.sign(ca_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM)
+            atomic_write(self.folder / "revoked.json", json.dumps(data, indent=1) + "\n", 0o600)
+            atomic_write(self.crl_file, crl_pem, 0o644)
+            if self.spec.crlPath is not None:
+                target = Path(self.spec.crlPath)
+                try:
+                    safe_folder(target.parent, 0o755, "crlPath folder")
+                except UnsafePath as exc:
+                    raise RevokeError(str(exc)) from None
+                atomic_write(target, crl_pem, 0o644)
+
+    def _revoked(self) -> dict[str, Any]:
+        """The revoked list (``{"revoked": [{serial, at, reason}], "crl_number": n}``); RevokeError when damaged."""
+        path = self.folder / "revoked.json"
+        try:
+            data = json.loads(read_regular(path, MAX_STATE_BYTES))
+        except FileNotFoundError:
+            return {"revoked": [], "crl_number": 0}
+        except (OSError, ValueError) as exc:
+            raise RevokeError(f"cannot read the local CA's revoked list {path}: {exc}") from None
+        entries = data.get("revoked") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("serial"), str) and isinstance(e.get("at"), str) for e in entries):
+            raise RevokeError(f"the local CA's revoked list {path} is damaged (not {{revoked: [{{serial, at, reason}}]}})")
+        try:
+            for e in entries:
+                int(e["serial"], 16)
+                datetime.fromisoformat(e["at"])
+        except ValueError as exc:
+            raise RevokeError(f"the local CA's revoked list {path} is damaged: {exc}") from None
+        return {"revoked": entries, "crl_number": data.get("crl_number", 0) if isinstance(data.get("crl_number"), int) else 0}
 
     def ca_certificate_pem(self) -> bytes:
         cert, _ = self._load_or_create(datetime.now(UTC))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from acme import messages
 from acme.client import ClientV2
 from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.b64 import b64decode
+from josepy.json_util import JSONObjectWithFields, field
 from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
@@ -29,7 +31,7 @@ from reconciler.adapters.issuers.acme import retry
 from reconciler.core import spec as specs
 from reconciler.ports import IssueError
 from reconciler.support import pki
-from reconciler.support.fs import atomic_write
+from reconciler.support.fs import atomic_write, fsync_dir
 from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
@@ -41,6 +43,20 @@ class AccountRecord:
     uri: str
     email: str | None
     created: str
+
+
+def jwa_for(jwk: JWK) -> JWASignature:
+    """The JWS algorithm of an account (or certificate) key."""
+    if isinstance(jwk, JWKRSA):
+        return RS256
+    curve = jwk.key.curve.name
+    return {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}[curve]
+
+
+class ContactUpdate(JSONObjectWithFields):
+    """An account update that sets ``contact`` (also to an empty list, which acme's Registration omits)."""
+
+    contact: tuple[str, ...] = field("contact")
 
 
 class AccountStore:
@@ -69,11 +85,40 @@ class AccountStore:
             return self._key
 
     def alg(self) -> JWASignature:
-        key = self.key()
-        if isinstance(key, JWKRSA):
-            return RS256
-        curve = key.key.curve.name
-        return {"secp256r1": ES256, "secp384r1": ES384, "secp521r1": ES512}[curve]
+        return jwa_for(self.key())
+
+    # --- key rollover (RFC 8555 §7.3.5): the new key is staged first, and made the key once the CA took it
+
+    @property
+    def staged_path(self) -> Path:
+        return self.folder / "account.key.new"
+
+    def stage_key(self) -> JWK:
+        """A new account key, written to ``account.key.new`` (0600) before the CA is asked to switch to it."""
+        private = ec.generate_private_key(ec.SECP256R1())
+        atomic_write(self.staged_path, pki.key_to_pem(private), mode=0o600)
+        return JWKEC(key=private)
+
+    def staged(self) -> JWK | None:
+        """The staged key of a rollover that was interrupted, or None."""
+        try:
+            private = pki.load_key(self.staged_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"the staged ACME account key {self.staged_path} is unreadable: {exc}") from None
+        return JWKEC(key=private) if isinstance(private, ec.EllipticCurvePrivateKey) else JWKRSA(key=private)
+
+    def promote_staged(self) -> None:
+        """The CA now knows the account by the staged key: make it the account key."""
+        with self._lock:
+            os.replace(self.staged_path, self.key_path)
+            fsync_dir(self.folder)
+            self._key = None
+
+    def discard_staged(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.staged_path.unlink()
 
     def load(self, directory_url: str) -> AccountRecord | None:
         """The saved account for this directory URL, or None (none yet, or one of another CA)."""
@@ -88,8 +133,8 @@ class AccountStore:
             return None
         return AccountRecord(directory_url, data["uri"], data.get("email"), data.get("created", ""))
 
-    def save(self, directory_url: str, uri: str, email: str | None) -> AccountRecord:
-        record = AccountRecord(directory_url, uri, email, datetime.now(UTC).isoformat(timespec="seconds"))
+    def save(self, directory_url: str, uri: str, email: str | None, created: str | None = None) -> AccountRecord:
+        record = AccountRecord(directory_url, uri, email, created or datetime.now(UTC).isoformat(timespec="seconds"))
         body = {"directoryUrl": directory_url, "uri": uri, "email": email, "created": record.created}
         atomic_write(self.record_path, json.dumps(body, indent=1) + "\n", mode=0o600)
         return record
@@ -111,11 +156,14 @@ class Registration:
             self.store.record_path.unlink()
 
     def ensure(self, client: ClientV2, directory: messages.Directory, key: JWK) -> None:
-        """Point ``client`` at the saved account, registering one first (once, under a lock) when there is none."""
+        """Point ``client`` at the saved account, registering one first (once, under a lock) when there is none;
+        a saved account whose contact is not the spec's ``email`` any more gets its contact updated."""
         with self._lock:
             record = self.store.load(self.spec.directoryUrl)
             if record is not None:
                 client.net.account = messages.RegistrationResource(uri=record.uri, body=messages.Registration())
+                if record.email != self.spec.email:
+                    self._update_contact(client, directory, record)
                 return
             tos = directory.meta.terms_of_service
             if tos and not self.spec.agreeToS:
@@ -158,6 +206,21 @@ class Registration:
             client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
             self.store.save(self.spec.directoryUrl, uri, self.spec.email)
             log.info("acme.account.registered", issuer=self.name, account=uri, eab=eab is not None)
+
+    def _update_contact(self, client: ClientV2, directory: messages.Directory, record: AccountRecord) -> None:
+        """RFC 8555 §7.3.2: POST the new contact to the account URL (an empty list when email was removed)."""
+        contact = (f"mailto:{self.spec.email}",) if self.spec.email else ()
+        try:
+            client.net.post(record.uri, ContactUpdate(contact=contact), new_nonce_url=directory["newNonce"])
+        except messages.Error as exc:
+            raise IssueError(
+                f"Issuer {self.name}: the CA at {self.spec.directoryUrl} refused to change the account's contact "
+                f"to {self.spec.email or 'none'}: {retry.describe(exc)}",
+                transient=retry.is_transient(exc), problem=retry.problem_of(exc),
+            ) from None
+        self.store.save(self.spec.directoryUrl, record.uri, self.spec.email, created=record.created)
+        log.info("acme.account.contact_updated", issuer=self.name, account=record.uri, before=record.email,
+                 after=self.spec.email)
 
     def _eab(self, key: JWK, directory: messages.Directory) -> dict[str, Any]:
         assert self.spec.eab is not None

@@ -11,21 +11,26 @@ fixed by retrying becomes ``IssueError(transient=False)`` carrying the CA's prob
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 import structlog
 from acme import errors as acme_errors
+from acme import jws as acme_jws
 from acme import messages
 from acme.client import ClientV2
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 from josepy.errors import DeserializationError
+from josepy.jwk import JWKEC, JWKRSA
 
 from reconciler.adapters.issuers.acme import retry
-from reconciler.adapters.issuers.acme.account import AccountStore, Registration
+from reconciler.adapters.issuers.acme.account import AccountStore, Registration, jwa_for
 from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id
 from reconciler.adapters.issuers.acme.chains import make_csr
 from reconciler.adapters.issuers.acme.challenges import ChallengeJournal
@@ -33,21 +38,29 @@ from reconciler.adapters.issuers.acme.order import Order
 from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.adapters.issuers.acme.transport import Network, Session, directory_entry, utc
 from reconciler.core import spec as specs
+from reconciler.core.planner import profile_problem
 from reconciler.ports import (
+    REVOCATION_REASONS,
     DelegatingSolver,
     IssueError,
     IssueRequest,
     Material,
     RenewalWindow,
+    RevocationStatus,
+    RevokeError,
     Solver,
     SolverError,
     SolverFactory,
 )
 from reconciler.support import pki
+from reconciler.support.fs import atomic_write, read_regular
 
 log = structlog.get_logger()
 
 DIRECTORY_TTL = 60.0  # seconds a fetched directory is reused
+CRL_TIMEOUT = 10.0  # seconds per CRL download
+CRL_TTL = 600.0  # seconds a downloaded CRL is reused
+CRL_MAX_BYTES = 32 << 20  # a CRL larger than this is refused (Let's Encrypt shards its CRLs far below it)
 ARI_TIMEOUT = 10.0  # seconds per renewalInfo request: advice, asked before every plan, must not hold it up
 
 
@@ -84,6 +97,8 @@ class AcmeIssuer:
         self._lock = threading.Lock()  # guards the dicts below
         self._cert_locks: dict[str, threading.Lock] = {}
         self._directory: tuple[float, messages.Directory] | None = None
+        self._crls: dict[str, tuple[float, x509.CertificateRevocationList]] = {}
+        self._profiles_written: list[str] | None = None
 
     # --- IssuerBackend -------------------------------------------------------------------------
 
@@ -96,7 +111,7 @@ class AcmeIssuer:
         if not lock.acquire(blocking=False):
             raise IssueError(
                 f"an ACME order for certificate {request.certificate} is already running; not starting a second one",
-                transient=True,
+                transient=True, outage=False,
             )
         try:
             return self._issue(request)
@@ -139,6 +154,143 @@ class AcmeIssuer:
             return None
         return RenewalWindow(start=start, end=end, retry_after=retry.parse_retry_after(response.headers.get("Retry-After")))
 
+    # --- account ----------------------------------------------------------------------------------------
+
+    def rollover_key(self) -> str:
+        """Replace the account key (RFC 8555 §7.3.5): a new key is staged in the state dir, the CA is asked to
+        switch (an inner JWS signed by the new key inside one signed by the old), then the new key becomes the
+        account key. Returns the account URL. A rollover interrupted earlier is settled first."""
+        self._settle_staged_key()
+        session = self._session()
+        try:
+            url = directory_entry(session.directory, "keyChange")
+            account = session.net.account
+            if url is None or account is None:
+                raise IssueError(f"Issuer {self.name}: the CA at {self.directory_url} offers no keyChange", transient=False)
+            new = self.accounts.stage_key()
+            payload = json.dumps({"account": account.uri, "oldKey": session.key.public_key().to_partial_json()})
+            inner = acme_jws.JWS.sign(payload.encode(), key=new, alg=jwa_for(new), nonce=None, url=url)
+            try:
+                session.post(url, inner)
+            except messages.Error as exc:
+                self.accounts.discard_staged()
+                raise retry.to_issue_error(exc, f"Issuer {self.name}: key change at {self.directory_url}") from None
+            self.accounts.promote_staged()
+            log.info("acme.account.key_rolled_over", issuer=self.name, account=account.uri)
+            return str(account.uri)
+        except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
+            raise retry.to_issue_error(exc, f"Issuer {self.name}: key change at {self.directory_url}") from None
+        finally:
+            session.net.session.close()
+
+    def sync_account(self) -> bool:
+        """Update the saved account's contact when the spec's email changed (True when it was updated)."""
+        record = self.accounts.load(self.spec.directoryUrl)
+        if record is None or record.email == self.spec.email:
+            return False
+        self._session().net.session.close()  # the registration updates the contact on the way
+        return True
+
+    def _settle_staged_key(self) -> None:
+        """After a rollover was interrupted (``account.key.new`` left behind): ask the CA whether it knows an
+        account by the staged key (newAccount, onlyReturnExisting); make it the key if so, else drop it."""
+        staged = self.accounts.staged()
+        if staged is None:
+            return
+        net = Network(self.retry_policy, key=staged, alg=jwa_for(staged), verify=self._verify, timeout=self._timeout)
+        try:
+            client = ClientV2(self._get_directory(net), net)
+            client.new_account(messages.NewRegistration(only_return_existing=True))
+        except acme_errors.ConflictError:
+            self.accounts.promote_staged()  # the CA answered with the account: it switched before the interruption
+            log.warning("acme.account.staged_key_promoted", issuer=self.name)
+            return
+        except messages.Error as exc:
+            if retry.problem_code(exc) != "accountDoesNotExist":
+                raise retry.to_issue_error(exc, f"Issuer {self.name}: checking a staged account key") from None
+        except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
+            raise retry.to_issue_error(exc, f"Issuer {self.name}: checking a staged account key") from None
+        finally:
+            net.session.close()
+        self.accounts.discard_staged()
+        log.warning("acme.account.staged_key_dropped", issuer=self.name, note="the CA never switched to it")
+
+    # --- Revoker ---------------------------------------------------------------------------------------
+
+    def revoke(self, material: Material, reason: str) -> None:
+        """revokeCert (RFC 8555 §7.6) signed with the account key; when the CA says this account may not
+        (the account was registered anew since), signed with the certificate's own key instead."""
+        cert = x509.load_pem_x509_certificate(material.cert_pem)
+        code = REVOCATION_REASONS.get(reason)
+        if code is None:
+            raise RevokeError(f"unknown revocation reason {reason!r} (known: {', '.join(REVOCATION_REASONS)})")
+        context = f"Issuer {self.name}: revoking {material.info.thumbprint[:8]} at {self.directory_url}"
+        try:
+            session = self._session()
+        except IssueError as exc:
+            raise RevokeError(str(exc)) from None
+        try:
+            session.client.revoke(cert, code)
+        except messages.Error as exc:
+            if retry.problem_code(exc) == "alreadyRevoked":
+                log.info("acme.revoke.already_revoked", issuer=self.name, thumbprint=material.info.thumbprint)
+                return
+            if retry.problem_code(exc) != "unauthorized":
+                raise RevokeError(f"{context}: {retry.describe(exc)}") from None
+            log.info("acme.revoke.with_certificate_key", issuer=self.name, reason=retry.describe(exc))
+            self._revoke_with_certificate_key(material, cert, code, context)
+        except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
+            raise RevokeError(f"{context}: {retry.describe(exc)}") from None
+        finally:
+            session.net.session.close()
+        log.info("acme.certificate.revoked", issuer=self.name, thumbprint=material.info.thumbprint, reason=reason)
+
+    def _revoke_with_certificate_key(self, material: Material, cert: x509.Certificate, code: int, context: str) -> None:
+        key = pki.load_key(material.key_pem)
+        jwk = JWKEC(key=key) if isinstance(key, ec.EllipticCurvePrivateKey) else JWKRSA(key=key)
+        alg = jwa_for(jwk)
+        net = Network(self.retry_policy, key=jwk, alg=alg, verify=self._verify, timeout=self._timeout)
+        try:
+            ClientV2(self._get_directory(net), net).revoke(cert, code)
+        except messages.Error as exc:
+            if retry.problem_code(exc) != "alreadyRevoked":
+                raise RevokeError(f"{context} (signed with the certificate's key): {retry.describe(exc)}") from None
+        except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
+            raise RevokeError(f"{context}: {retry.describe(exc)}") from None
+        finally:
+            net.session.close()
+
+    def revocation_status(self, material: Material) -> RevocationStatus | None:
+        """The certificate's entry in the CRL named by its CRL distribution points (verified against its
+        issuer in the chain), or None when it is listed in none or names no CRL."""
+        cert = x509.load_pem_x509_certificate(material.cert_pem)
+        urls = pki.crl_urls(cert)
+        if not urls:
+            return None
+        issuer = pki.issuer_of_cert(cert, material.chain_pem)
+        if issuer is None:
+            raise RevokeError("the certificate's issuer is not in its chain; its CRL cannot be verified")
+        problems = []
+        for url in urls:
+            try:
+                entry = pki.crl_entry(self._crl(url), issuer, cert.serial_number)
+            except (requests.RequestException, ValueError) as exc:
+                problems.append(f"{url}: {exc}")
+                continue
+            return RevocationStatus(entry[0], entry[1], f"CRL {url}") if entry else None
+        raise RevokeError("; ".join(problems))
+
+    def _crl(self, url: str) -> x509.CertificateRevocationList:
+        """The CRL at ``url``, fetched at most once per CRL_TTL (certificates of one CA share a few CRLs)."""
+        with self._lock:
+            cached = self._crls.get(url)
+        if cached is not None and time.monotonic() - cached[0] < CRL_TTL:
+            return cached[1]
+        crl = pki.load_crl(fetch_limited(url, self._verify, min(self._timeout, CRL_TIMEOUT), CRL_MAX_BYTES))
+        with self._lock:
+            self._crls[url] = (time.monotonic(), crl)
+        return crl
+
     # --- one issuance ----------------------------------------------------------------------------
 
     def _issue(self, request: IssueRequest) -> Material:
@@ -150,8 +302,9 @@ class AcmeIssuer:
         for attempt in (1, 2):
             session = self._session()
             try:
+                self._check_profile(session.directory)
                 order = Order(session, self.spec.solvers, self._solvers, self._solver_index, self.challenges, self.ari,
-                              self.order_timeout, self.spec.preferredChain, bound, self._delegate)
+                              self.order_timeout, self.spec.preferredChain, bound, self._delegate, self.spec.profile)
                 return order.run(request, plan, key, csr)
             except IssueError:
                 raise
@@ -228,10 +381,47 @@ class AcmeIssuer:
         directory = messages.Directory.from_json(net.get(self.directory_url).json())
         with self._lock:
             self._directory = (time.monotonic(), directory)
+        self._remember_profiles(directory)
         return directory
+
+    # --- profiles --------------------------------------------------------------------------------------
+
+    def _remember_profiles(self, directory: messages.Directory) -> None:
+        """Keep the profiles the directory lists in ``directory.json`` (validation reads them offline)."""
+        offered = sorted(offered_profiles(directory))
+        if self._profiles_written == offered:
+            return
+        record = {"directoryUrl": self.directory_url, "profiles": offered,
+                  "fetched_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            atomic_write(self.folder / DIRECTORY_RECORD, json.dumps(record, indent=1) + "\n", 0o600)
+        except OSError as exc:
+            log.warning("acme.directory.not_recorded", issuer=self.name, error=str(exc))
+            return
+        self._profiles_written = offered
+
+    def _check_profile(self, directory: messages.Directory) -> None:
+        problem = profile_problem(self.name, self.spec.profile, tuple(sorted(offered_profiles(directory))))
+        if problem is not None:
+            raise IssueError(problem, transient=False, outage=False)
+
+    def refresh_directory(self) -> tuple[str, ...] | None:
+        """Fetch the directory (quickly; never raises): the profiles it lists, or None when it cannot be read."""
+        quick = RetryPolicy(attempts=2, budget=5.0, initial=0.2, maximum=1.0)
+        net = Network(quick, verify=self._verify, timeout=min(self._timeout, ARI_TIMEOUT))
+        try:
+            return tuple(sorted(offered_profiles(self._get_directory(net))))
+        except (acme_errors.Error, requests.RequestException, DeserializationError, ValueError) as exc:
+            log.warning("acme.directory.unreachable", issuer=self.name, error=retry.describe(exc))
+            return None
+        finally:
+            net.session.close()
 
     def _session(self) -> Session:
         context = f"Issuer {self.name}: the CA at {self.directory_url}"
+        if self.accounts.staged_path.exists():  # a key rollover was interrupted: settle it before using the key
+            self._settle_staged_key()
         try:
             key = self.accounts.key()
             alg = self.accounts.alg()
@@ -260,6 +450,45 @@ def delegation_solver(spec: specs.Acme, record: str) -> int | str:
     if chosen.dns01 is None:
         return f"the solver that matches that name (solver {index}) is not a dns01 solver"
     return index
+
+
+DIRECTORY_RECORD = "directory.json"
+
+
+def offered_profiles(directory: messages.Directory) -> dict[str, str]:
+    """The profiles a directory lists in ``meta.profiles`` (empty when it lists none)."""
+    profiles = getattr(directory.meta, "profiles", None)  # a josepy frozendict
+    return {str(k): str(v) for k, v in profiles.items()} if isinstance(profiles, Mapping) else {}
+
+
+def cached_profiles(state_dir: Path, issuer: str, directory_url: str) -> tuple[str, ...] | None:
+    """The profiles recorded the last time this Issuer's directory was fetched; None when it never was (for
+    this directory URL) or the record cannot be read."""
+    path = Path(state_dir) / "acme" / issuer / DIRECTORY_RECORD
+    try:
+        data = json.loads(read_regular(path, 1 << 20))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("directoryUrl") != directory_url:
+        return None
+    profiles = data.get("profiles")
+    if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+        return None
+    return tuple(profiles)
+
+
+def fetch_limited(url: str, verify: bool | str, timeout: float, limit: int) -> bytes:
+    """The body of ``url`` (http or https), at most ``limit`` bytes; raises requests.RequestException or ValueError."""
+    with requests.get(url, timeout=timeout, verify=verify, stream=True, allow_redirects=True,
+                      headers={"User-Agent": "certctl"}) as response:
+        response.raise_for_status()
+        chunks, size = [], 0
+        for chunk in response.iter_content(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"the CRL is larger than {limit:,} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def normalize_url(url: str) -> str:

@@ -47,6 +47,7 @@ class Order:
     log: Any  # a bound structlog logger
     # dns-01: (domain, solver index) -> (index of the solver that writes the record, record name or "")
     delegate: Callable[[str, int], tuple[int, str]] | None = None
+    profile: str | None = None  # the certificate profile to order (draft-aaron-acme-profiles)
 
     def run(self, request: IssueRequest, plan: dict[str, int], key: pki.PrivateKey,
             csr: x509.CertificateSigningRequest) -> Material:
@@ -92,14 +93,15 @@ class Order:
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in request.domains]
         replaces = self._replaces(session, request, bound)
         try:
-            response = session.post(session.directory["newOrder"], NewOrder(identifiers=identifiers, replaces=replaces))
+            response = session.post(session.directory["newOrder"],
+                                    NewOrder(identifiers=identifiers, replaces=replaces, profile=self.profile))
         except messages.Error as exc:
             if replaces is None or retry.problem_code(exc) not in ("alreadyReplaced", "malformed"):
                 raise
             # The CA will not accept this certificate as the one replaced (already renewed, or unknown
             # to it): a renewal without ARI is still a renewal.
             bound.warning("acme.order.replaces_refused", replaces=replaces, detail=exc.detail)
-            response = session.post(session.directory["newOrder"], NewOrder(identifiers=identifiers))
+            response = session.post(session.directory["newOrder"], NewOrder(identifiers=identifiers, profile=self.profile))
         url = response.headers.get("Location")
         if not url:
             raise IssueError("the CA created an order without a Location", transient=True)

@@ -5,6 +5,8 @@ connection errors and timeouts (retried with exponential backoff and full jitter
 number of attempts and seconds). Everything else is permanent: the CA's problem document travels in
 ``IssueError.problem`` and its ``detail`` in the message. ``rateLimited`` is not retried here: it
 carries the CA's ``Retry-After`` as ``IssueError.retry_after`` so the caller backs off for that long.
+Transient failures that remain after the retries, and ``rateLimited``, are an ``outage`` of the CA: a
+certificate with a list of Issuers tries the next one.
 """
 
 from __future__ import annotations
@@ -157,13 +159,14 @@ def to_issue_error(exc: BaseException, context: str) -> IssueError:
     problem = problem_of(exc)
     retry_after = parse_retry_after(getattr(exc, "retry_after_header", None))
     transient = is_transient(exc)
+    outage = transient
     if problem_code(exc) == "rateLimited":
-        transient = False
+        transient, outage = False, True  # not worth a quick retry here, but another CA can serve meanwhile
         retry_after = retry_after or datetime.now(UTC) + timedelta(hours=1)
     message = f"{context}: {describe(exc)}"
     if retry_after is not None and problem_code(exc) == "rateLimited":
         message += f" (the CA asks to retry after {retry_after.isoformat(timespec='seconds')})"
-    return IssueError(message, transient=transient, problem=problem, retry_after=retry_after)
+    return IssueError(message, transient=transient, problem=problem, retry_after=retry_after, outage=outage)
 
 
 def _stop(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], bool]:
