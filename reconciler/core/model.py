@@ -211,6 +211,14 @@ class EndpointState:
 
 
 @dataclass(frozen=True, slots=True)
+class Issuing:
+    """A live issuance lease another node holds (fleet mode): that node is ordering this certificate."""
+
+    node: str
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Attempts:
     """Issuance history of one certificate, kept in the state dir."""
 
@@ -237,6 +245,7 @@ class ObservedState:
     attempts: dict[str, Attempts] = field(default_factory=dict)
     issuer_ids: dict[str, str] = field(default_factory=dict)  # Issuer name -> identity now
     made_bindings: tuple[tuple[str, str, str], ...] = ()  # (host, site, bindingInformation) certctl added
+    issuing: dict[str, Issuing] = field(default_factory=dict)  # fleet: certificates another node is issuing
 
     def fingerprint(self) -> str:
         """A stable digest of everything the planner looks at (a saved plan is stale when it differs)."""

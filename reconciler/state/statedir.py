@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from reconciler.core.model import Attempts, CertInfo, IssuedVersion
+from reconciler.core.model import Attempts, CertInfo, IssuedVersion, Issuing
 from reconciler.ports import Material
 from reconciler.support import pki
 from reconciler.support.fs import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
@@ -132,6 +132,28 @@ def info_from_json(data: dict[str, Any]) -> CertInfo:
     )
 
 
+def attempts_to_json(attempts: Attempts) -> dict[str, Any]:
+    return {
+        "consecutive_failures": attempts.consecutive_failures,
+        "last_attempt": _iso(attempts.last_attempt),
+        "last_success": _iso(attempts.last_success),
+        "last_error": attempts.last_error,
+        "next_retry": _iso(attempts.next_retry),
+        "ari_window_start": _iso(attempts.ari_window_start),
+        "ari_window_end": _iso(attempts.ari_window_end),
+        "ari_for": attempts.ari_for,
+        "ari_fetched_at": _iso(attempts.ari_fetched_at),
+        "ari_next_fetch": _iso(attempts.ari_next_fetch),
+    }
+
+
+def version_meta(material: Material, issuer_id: str, domains: tuple[str, ...], at: datetime,
+                 replaced: str | None) -> dict[str, Any]:
+    """The metadata of an issued version, as the vault index keeps it."""
+    return {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
+            "domains": list(domains), "replaced": replaced}
+
+
 class KeyedLog:
     """An append-only JSON-lines map: each line sets (or, with value null, deletes) one key.
 
@@ -215,6 +237,39 @@ class KeyedLog:
         self.set(key, None)
 
 
+class FileBlobs:
+    """Blobs as files of one folder (keys are file names), written atomically, 0600."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        return contained(self.folder, key, "state file")
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def create(self, key: str, value: bytes) -> bytes:
+        with self._lock:
+            existing = self.get(key)
+            if existing is not None:
+                return existing
+            self.put(key, value)
+            return value
+
+    def put(self, key: str, value: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self._path(key), value, 0o600)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
 def _check_str(key: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError("not a string")
@@ -252,6 +307,24 @@ class StateDir:
         problem = self.access_problem()
         if problem is not None:
             log.warning("state_dir.too_open", path=str(self.path), problem=problem)
+
+    # --- what a fleet shares (here: files of this state dir; a single node needs no lease) --------------
+
+    @contextlib.contextmanager
+    def issuance(self, name: str, replaces: str | None) -> Iterator[str | None]:
+        yield None  # the apply lock already keeps a second certctl of this state dir out
+
+    def issuing(self) -> dict[str, Issuing]:
+        return {}
+
+    def blobs(self, scope: str) -> FileBlobs:
+        return FileBlobs(contained(self.path, scope, "state folder"))
+
+    def record_log(self, scope: str) -> KeyedLog:
+        return KeyedLog(contained(self.path, f"{scope}.jsonl", "state file"))
+
+    def report(self, summary: Any) -> None:
+        return None  # `certctl status` reads this node's own state
 
     # --- lock ---------------------------------------------------------------------------------
 
@@ -333,6 +406,18 @@ class StateDir:
     def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
                      at: datetime, replaced: str | None) -> IssuedVersion:
         """Keep a newly issued certificate with its key; the index is updated last (the commit point)."""
+        folder = self.write_vault_files(name, material)
+        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced)
+        meta = version_meta(material, issuer_id, domains, at, replaced)
+        atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
+        with self._mutex:
+            versions = dict(self._vault_index.get(name) or {})
+            versions[material.info.thumbprint] = meta
+            self._vault_index.set(name, versions)  # the commit point
+        return version
+
+    def write_vault_files(self, name: str, material: Material) -> Path:
+        """The certificate, chain, full chain and key (0600) of a version in ``vault/<name>/<THUMBPRINT>/``."""
         folder = self.vault / name / material.info.thumbprint
         problem = write_path_problem(folder)
         if problem is not None:
@@ -342,15 +427,7 @@ class StateDir:
         atomic_write(folder / "cert.pem", material.cert_pem)
         atomic_write(folder / "chain.pem", material.chain_pem)
         atomic_write(folder / "fullchain.pem", material.fullchain_pem)
-        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced)
-        meta = {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
-                "domains": list(domains), "replaced": replaced}
-        atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
-        with self._mutex:
-            versions = dict(self._vault_index.get(name) or {})
-            versions[material.info.thumbprint] = meta
-            self._vault_index.set(name, versions)  # the commit point
-        return version
+        return folder
 
     def recover_vault(self) -> tuple[int, int]:
         """Put back into the index every complete vault version it lacks (a crash before the index line, or
@@ -437,18 +514,7 @@ class StateDir:
         )
 
     def save_attempts(self, attempts: Attempts) -> None:
-        self._attempts.set(attempts.certificate, {
-                "consecutive_failures": attempts.consecutive_failures,
-                "last_attempt": _iso(attempts.last_attempt),
-                "last_success": _iso(attempts.last_success),
-                "last_error": attempts.last_error,
-                "next_retry": _iso(attempts.next_retry),
-                "ari_window_start": _iso(attempts.ari_window_start),
-                "ari_window_end": _iso(attempts.ari_window_end),
-                "ari_for": attempts.ari_for,
-                "ari_fetched_at": _iso(attempts.ari_fetched_at),
-                "ari_next_fetch": _iso(attempts.ari_next_fetch),
-        })
+        self._attempts.set(attempts.certificate, attempts_to_json(attempts))
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:
         with self._mutex:

@@ -12,18 +12,21 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.core.spec import LocalCA
-from reconciler.ports import IssueError, IssueRequest, Material
+from reconciler.ports import Blobs, IssueError, IssueRequest, Material
+from reconciler.state.statedir import FileBlobs
 from reconciler.support import pki
-from reconciler.support.fs import atomic_write
 
 
 class LocalCAIssuer:
-    """Signs leaf certificates with a CA key kept in ``<state>/localca/<issuer>/`` (created on first use)."""
+    """Signs leaf certificates with a CA key kept in ``<state>/localca/<issuer>/`` (created on first use),
+    or in ``blobs`` (fleet mode: encrypted in the database, one CA for every node)."""
 
-    def __init__(self, name: str, spec: LocalCA, state_dir: Path, clock: object | None = None) -> None:
+    def __init__(self, name: str, spec: LocalCA, state_dir: Path, clock: object | None = None, *,
+                 blobs: Blobs | None = None) -> None:
         self.name = name
         self.spec = spec
         self.folder = Path(state_dir) / "localca" / name
+        self.blobs: Blobs = blobs if blobs is not None else FileBlobs(self.folder)
         self._lock = threading.Lock()
         self._ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
 
@@ -35,39 +38,41 @@ class LocalCAIssuer:
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def _load_or_create(self, now: datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """The CA, made on first use. Each part is created only where it is missing and read back, so
+        processes that make it at once (fleet nodes sharing the database) all end up with the first one."""
         with self._lock:
             if self._ca is not None:
                 return self._ca
-            cert_path, key_path = self.folder / "ca.pem", self.folder / "ca.key"
-            if cert_path.exists() and key_path.exists():
-                cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-                key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-                if not isinstance(key, ec.EllipticCurvePrivateKey):
-                    raise IssueError(f"local CA key {key_path} is not an ECDSA key")
-            else:
-                key = ec.generate_private_key(ec.SECP384R1())
-                subject = x509.Name([
-                    x509.NameAttribute(NameOID.COMMON_NAME, self.spec.commonName or f"certctl local CA {self.name}"),
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certctl"),
-                ])
-                ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-                cert = (
-                    x509.CertificateBuilder()
-                    .subject_name(subject).issuer_name(subject)
-                    .public_key(key.public_key())
-                    .serial_number(x509.random_serial_number())
-                    .not_valid_before(now - timedelta(minutes=5))
-                    .not_valid_after(now + self.spec.caValidity)
-                    .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                    .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-                    .add_extension(ski, critical=False)
-                    .sign(key, hashes.SHA384())
-                )
-                self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-                atomic_write(key_path, pki.key_to_pem(key), 0o600)  # the key first: a CA cert without its key is useless
-                atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            key_pem = self.blobs.get("ca.key")
+            if key_pem is None:  # the key first: a CA certificate without its key is useless
+                key_pem = self.blobs.create("ca.key", pki.key_to_pem(ec.generate_private_key(ec.SECP384R1())))
+            key = serialization.load_pem_private_key(key_pem, password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise IssueError(f"the key of local CA {self.name} is not an ECDSA key")
+            cert_pem = self.blobs.get("ca.pem")
+            if cert_pem is None:
+                cert_pem = self.blobs.create("ca.pem", self._ca_certificate(key, now).public_bytes(serialization.Encoding.PEM))
+            cert = x509.load_pem_x509_certificate(cert_pem)
             self._ca = (cert, key)
             return self._ca
+
+    def _ca_certificate(self, key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Certificate:
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, self.spec.commonName or f"certctl local CA {self.name}"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certctl"),
+        ])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + self.spec.caValidity)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA384())
+        )
 
     def issue(self, request: IssueRequest) -> Material:
         now = (request.at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)

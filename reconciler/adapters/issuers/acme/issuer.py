@@ -34,10 +34,12 @@ from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.adapters.issuers.acme.transport import Network, Session, directory_entry, utc
 from reconciler.core import spec as specs
 from reconciler.ports import (
+    Blobs,
     DelegatingSolver,
     IssueError,
     IssueRequest,
     Material,
+    RecordLog,
     RenewalWindow,
     Solver,
     SolverError,
@@ -64,6 +66,8 @@ class AcmeIssuer:
         environ: Mapping[str, str] | None = None,
         retry_policy: RetryPolicy | None = None,
         order_timeout: float = 300.0,
+        blobs: Blobs | None = None,
+        challenge_log: RecordLog | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -72,13 +76,13 @@ class AcmeIssuer:
         self.retry_policy = retry_policy or RetryPolicy()
         self.order_timeout = order_timeout
         self.folder = Path(state_dir) / "acme" / name
-        self.accounts = AccountStore(self.folder)
+        self.accounts = AccountStore(self.folder, blobs)
         self.registration = Registration(name, spec, self.accounts, environ)
         self.ari = AriIndex(self.folder / "ari.jsonl")
         self._solvers: list[Solver] = [solvers(s, environ) for s in spec.solvers]
         # Every challenge made answerable is written here first and removed once cleaned up, so a crash
         # or kill -9 in the middle of an order never leaves a challenge file or DNS record behind.
-        self.challenges = ChallengeJournal(self.folder / "challenges.jsonl", name, solvers, environ)
+        self.challenges = ChallengeJournal(self.folder / "challenges.jsonl", name, solvers, environ, challenge_log)
         self._verify: bool | str = spec.caBundle if spec.caBundle else True
         self._timeout = spec.timeout.total_seconds()
         self._lock = threading.Lock()  # guards the dicts below
