@@ -231,6 +231,16 @@ class RecordLog(Protocol):
     def delete(self, key: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class IssuanceGrant:
+    """What holding the issuance of a certificate allows: order it (``adopt`` None), or install the version
+    another node issued meanwhile (``adopt``: its thumbprint). ``taken_from``: the node whose expired lease
+    this one replaced (its order's challenges are to be cleaned up)."""
+
+    adopt: str | None = None
+    taken_from: str | None = None
+
+
 class BackendUnavailable(OSError):
     """The state backend (the database) cannot be reached or used; the message says what to do, never a secret."""
 
@@ -265,10 +275,10 @@ class StateBackend(Protocol):
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts: ...
 
-    def issuance(self, name: str, replaces: str | None) -> AbstractContextManager[str | None]:
+    def issuance(self, name: str, replaces: str | None) -> AbstractContextManager[IssuanceGrant]:
         """Hold the right to order a new version of ``name`` (fleet: a lease in the database, renewed while
-        held, lost after ``leaseTimeout`` when its holder dies). Yields None: order it; or the thumbprint of a
-        version another node issued since ``replaces`` was current: install that one, order nothing."""
+        held, lost after ``leaseTimeout`` when its holder dies), or learn of the version another node issued
+        since ``replaces`` was current."""
         ...
 
     def issuing(self) -> dict[str, Issuing]:

@@ -20,6 +20,7 @@ from reconciler.core.plan import (
     CleanupDetail,
     DeployDetail,
     InstallDetail,
+    IssueDetail,
 )
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
@@ -67,45 +68,64 @@ class ActionRunner:
 
     def _issue(self, action: Action) -> dict[str, object]:
         name = action.certificate
+        state = self.world.state
+        with self._cert_lock(name):  # never two orders for one certificate (in a fleet: a lease in the database)
+            if isinstance(action.detail, IssueDetail):
+                planned = action.detail.replaces
+            else:
+                newest = current_version(state.issued_for(name))
+                planned = newest.info.thumbprint if newest else None
+            with state.issuance(name, planned) as grant:
+                if grant.adopt is not None:  # another node issued it meanwhile: install that one
+                    return {"thumbprint": grant.adopt, "adopted": "true"}
+                if grant.taken_from is not None:  # its holder died mid-order: clean up what it left answerable
+                    recover = getattr(self.world.issuers[self._issuer_of(name)], "recover_challenges", None)
+                    if recover is not None:
+                        recover()
+                return self._order(name)
+
+    def _issuer_of(self, name: str) -> str:
+        return self.world.desired.certificates[name].spec.issuer
+
+    def _order(self, name: str) -> dict[str, object]:
         desired = self.world.desired
         spec = desired.certificates[name].spec
         issuer_name = spec.issuer
         backend = self.world.issuers[issuer_name]
         state = self.world.state
-        with self._cert_lock(name):  # never two orders for one certificate
-            current = current_version(state.issued_for(name))
-            key_pem = None
-            if (spec.key.reuse and current is not None and current.lost is None
-                    and current.info.key_algorithm == spec.key.algorithm.value):
-                key_pem = state.material(name, current.info.thumbprint).key_pem
-            now = self.clock.now()
-            state.update_attempts(name, last_attempt=now)
-            replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
-            if current is not None and current.issuer_id == issuer_id(issuer_name, desired.issuers[issuer_name].spec):
-                with contextlib.suppress(OSError, ValueError):
-                    replaces_pem = state.material(name, current.info.thumbprint).cert_pem
-            request = IssueRequest(
-                certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
-                key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
-            )
-            try:
-                material = backend.issue(request)
-            except IssueError as exc:
-                self._record_failure(name, str(exc), exc.retry_after)
-                raise
-            except OSError as exc:
-                if exc.errno not in LOCAL_DISK_ERRORS:
-                    self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
-            except Exception as exc:
+        current = current_version(state.issued_for(name))
+        key_pem = None
+        if (spec.key.reuse and current is not None and current.lost is None
+                and current.info.key_algorithm == spec.key.algorithm.value):
+            key_pem = state.material(name, current.info.thumbprint).key_pem
+        now = self.clock.now()
+        state.update_attempts(name, last_attempt=now)
+        replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
+        if current is not None and current.issuer_id == issuer_id(issuer_name, desired.issuers[issuer_name].spec):
+            with contextlib.suppress(OSError, ValueError):
+                replaces_pem = state.material(name, current.info.thumbprint).cert_pem
+        request = IssueRequest(
+            certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
+            key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
+        )
+        try:
+            material = backend.issue(request)
+        except IssueError as exc:
+            self._record_failure(name, str(exc), exc.retry_after)
+            raise
+        except OSError as exc:
+            if exc.errno not in LOCAL_DISK_ERRORS:
                 self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                raise
-            version = state.store_issued(
-                name, material, issuer_id(issuer_name, desired.issuers[issuer_name].spec), tuple(spec.domains),
-                self.clock.now(), current.info.thumbprint if current else None,
-            )
-            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
-                                  next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
+            raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
+        except Exception as exc:
+            self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+            raise
+        version = state.store_issued(
+            name, material, issuer_id(issuer_name, desired.issuers[issuer_name].spec), tuple(spec.domains),
+            self.clock.now(), current.info.thumbprint if current else None,
+        )
+        state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
+                              next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
         return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat()}
 
     def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:

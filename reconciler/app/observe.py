@@ -47,6 +47,7 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
         attempts=world.state.attempts(),
         issuer_ids={n: i.identity() for n, i in world.issuers.items()},
         made_bindings=world.state.made_bindings(),
+        issuing=world.state.issuing(),
     )
 
 

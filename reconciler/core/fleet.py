@@ -9,13 +9,14 @@ since ...", and what would depend on it waits for the new version (the daemon is
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
 
 from reconciler.core import spec as specs
 from reconciler.core.durations import iso
-from reconciler.core.model import DesiredState, Issuing, Named
+from reconciler.core.model import DesiredState, Issuing, Named, ObservedState
 from reconciler.core.plan import ISSUANCE, Note, Plan
 
 NODE_PLACEHOLDER = "{node}"
@@ -65,11 +66,11 @@ def node_view(desired: DesiredState, node: str) -> DesiredState:
     hosts = {n: _named(h, node) for n, h in desired.iis_hosts.items() if _mine(h.spec.node, node)}
     stores = {}
     for name, store in desired.stores.items():
-        spec = store.spec
-        if spec.node is not None:
-            if spec.node == node:
+        kind = store.spec
+        if kind.node is not None:
+            if kind.node == node:
                 stores[name] = _named(store, node)
-        elif spec.windows is None or spec.windows.host in hosts:
+        elif kind.windows is None or kind.windows.host in hosts:
             stores[name] = _named(store, node)
     certificates = {}
     for name, cert in desired.certificates.items():
@@ -118,3 +119,59 @@ def issuing_elsewhere(plan: Plan, issuing: dict[str, Issuing]) -> Plan:
     kept = [a for a in plan.actions if a.id not in dropped]
     return replace(plan, actions=tuple(kept),
                    notes=tuple(sorted((*plan.notes, *notes), key=lambda n: (n.certificate or "", n.target, n.message))))
+
+
+def node_report(desired: DesiredState, observed: ObservedState, plan: Plan, at: datetime,
+                applied: dict[str, Any] | None) -> dict[str, Any]:
+    """What a node reports after a pass: revision, last apply, converged or not, and for each of its
+    certificates the thumbprint it serves (what its stores hold; the current version once nothing is left to do)."""
+    pending: dict[str, int] = {}
+    for action in plan.actions:
+        pending[action.certificate] = pending.get(action.certificate, 0) + 1
+    held: dict[str, str] = {}
+    for store in observed.stores.values():
+        for stored in store.certs:
+            if stored.current and stored.managed_by and stored.managed_by not in held:
+                held[stored.managed_by] = stored.info.thumbprint
+    serving: dict[str, Any] = {}
+    for summary in plan.certificates:
+        thumbprint = summary.thumbprint if not pending.get(summary.name) else held.get(summary.name)
+        serving[summary.name] = {"thumbprint": thumbprint, "converged": not pending.get(summary.name),
+                                 "state": summary.state.value}
+    issuing = sorted(n.certificate for n in plan.notes if n.code == ISSUING_ELSEWHERE and n.certificate)
+    return {
+        "at": iso(at), "revision": desired.revision, "converged": not plan.actions and not issuing,
+        "pending_actions": len(plan.actions), "waiting_for": issuing,
+        "reconcile_interval_seconds": desired.settings.reconcileInterval.total_seconds(),
+        "last_apply": {k: applied.get(k) for k in ("at", "ok", "revision", "actions")} if applied else None,
+        "certificates": serving,
+    }
+
+
+def fleet_document(now: datetime, nodes: list[tuple[str, datetime, datetime, dict[str, Any]]],
+                   newest: dict[str, str]) -> dict[str, Any]:
+    """`certctl status --fleet`: every node (stale once silent for 3 × its reconcileInterval) and, per
+    certificate, which nodes serve which version."""
+    rows = []
+    certificates: dict[str, dict[str, list[str]]] = {}
+    for name, first_seen, last_seen, report in nodes:
+        interval = float(report.get("reconcile_interval_seconds") or 300.0)
+        silent = (now - last_seen).total_seconds()
+        stale = silent > 3 * interval
+        rows.append({"node": name, "first_seen": iso(first_seen), "last_seen": iso(last_seen), "stale": stale,
+                     "revision": report.get("revision"), "converged": bool(report.get("converged")) and not stale,
+                     "pending_actions": report.get("pending_actions"), "last_apply": report.get("last_apply"),
+                     "waiting_for": report.get("waiting_for") or []})
+        for cert, serving in sorted((report.get("certificates") or {}).items()):
+            thumbprint = (serving or {}).get("thumbprint") or "none"
+            certificates.setdefault(cert, {}).setdefault(thumbprint, []).append(name)
+    return {
+        "at": iso(now),
+        "nodes": rows,
+        "certificates": [
+            {"name": cert, "newest": newest.get(cert),
+             "serving": [{"thumbprint": t if t != "none" else None, "current": t == newest.get(cert), "nodes": ns}
+                         for t, ns in sorted(by.items())]}
+            for cert, by in sorted(certificates.items())
+        ],
+    }

@@ -1,4 +1,4 @@
-"""certctl: validate | plan | apply | status | renew | daemon | schema | import."""
+"""certctl: validate | plan | apply | status | renew | daemon | schema | import | backend."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from reconciler.core.plan import Plan, action_from_json
 from reconciler.core.planner import desired_fingerprint, with_fingerprints
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.status import status_document, status_rows
+from reconciler.ports import StateBackend
 from reconciler.state.statedir import LockBusy, StateDir
 from reconciler.support.clock import SYSTEM
 from reconciler.support.logging import configure
@@ -35,16 +36,23 @@ def _dir(args: argparse.Namespace) -> Path:
     return Path(args.dir or os.environ.get("CERTCTL_DIR") or "desired-state")
 
 
+def _node(args: argparse.Namespace) -> str:
+    from reconciler.wiring import node_name
+
+    return node_name(getattr(args, "node", None))
+
+
 def _load(args: argparse.Namespace) -> DesiredState:
+    from reconciler.core.fleet import node_view
     from reconciler.state.cache import default_dir
 
-    return load(_dir(args), cache_dir=default_dir())
+    return node_view(load(_dir(args), cache_dir=default_dir()), _node(args))
 
 
-def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:
-    from reconciler.wiring import state_dir_for
+def _state(args: argparse.Namespace, desired: DesiredState) -> StateBackend:
+    from reconciler.wiring import open_state, state_dir_for
 
-    state = StateDir(state_dir_for(_dir(args), desired, args.state_dir))
+    state = open_state(desired, state_dir_for(_dir(args), desired, args.state_dir), _node(args))
     state.report_access()
     return state
 
@@ -126,10 +134,51 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
 
             plan = annotate(desired, observed, make_plan(desired, observed, _now(), forced))
         sys.stdout.write(render.text(plan))
-        if not plan.changes:
-            return EXIT_OK
-        sys.stdout.flush()
-        return _execute(args, world, plan)
+        code = EXIT_OK
+        if plan.changes:
+            sys.stdout.flush()
+            code = _execute(args, world, plan)
+        from reconciler.app.fleet import is_fleet
+
+        if is_fleet(world.state):
+            code = _follow_fleet(args, world, forced, code)
+        return code
+
+
+FOLLOW_ROUNDS = 10  # apply waits for, then installs, at most this many rounds of other nodes' issuances
+FOLLOW_WAIT = 1800.0  # seconds apply waits for another node's issuance (its lease expires long before)
+
+
+def _follow_fleet(args: argparse.Namespace, world: Any, forced: frozenset[str], code: int) -> int:
+    """Fleet: wait for the issuances other nodes hold, install what they issued, then report this node."""
+    from reconciler.app.fleet import report_pass, wait_for_others, waiting_for
+
+    waited = False
+    for _ in range(FOLLOW_ROUNDS):
+        now = _now()
+        observed = _observe(world, now, locked=True)
+        plan = make_plan(world.desired, observed, now)
+        waiting = waiting_for(plan)
+        if waiting:
+            for note in plan.notes:
+                if note.certificate in waiting:
+                    sys.stdout.write(f"Waiting: {note.certificate}: {note.message}\n")
+            sys.stdout.flush()
+            if not wait_for_others(world.state, waiting, FOLLOW_WAIT):
+                sys.stderr.write(f"certctl: still issuing elsewhere after {FOLLOW_WAIT:g}s: {', '.join(waiting)}\n")
+                code = EXIT_ERROR
+                break
+            waited = True
+            continue
+        if plan.changes and waited:
+            sys.stdout.write("\n" + render.text(plan))
+            sys.stdout.flush()
+            code = max(code, _execute(args, world, plan))
+            waited = False
+            continue
+        break
+    report_pass(world, plan, observed, now)
+    return code
 
 
 def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
@@ -197,6 +246,14 @@ def cmd_renew(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
+    if args.fleet:
+        from reconciler.app.fleet import fleet_status, is_fleet
+
+        if not is_fleet(world.state):
+            raise UsageError("status --fleet needs a shared backend: Settings.backend.postgres")
+        doc = fleet_status(world.state)
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n" if args.json else render.fleet_text(doc))
+        return EXIT_OK
     now = _now()
     rows = status_rows(desired, _observe(world, now), now)
     applied = world.state.applied()
@@ -225,8 +282,41 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     return run_daemon(DaemonOptions(
         directory=_dir(args), state_dir=args.state_dir, git_pull=args.git_pull, metrics_address=args.metrics_address,
-        no_metrics=args.no_metrics, stop_grace=DaemonOptions.stop_grace_from_env(),
+        no_metrics=args.no_metrics, stop_grace=DaemonOptions.stop_grace_from_env(), node=args.node,
     ))
+
+
+def cmd_backend_migrate(args: argparse.Namespace) -> int:
+    from reconciler.app.fleet import is_fleet
+    from reconciler.state.postgres import migrate
+
+    desired = _load(args)
+    state = _state(args, desired)
+    if not is_fleet(state):
+        raise UsageError("no backend to migrate: Settings.backend.postgres is not set (the state dir needs no migration)")
+    before, after = migrate(state.db, state.sealer)  # type: ignore[attr-defined]
+    print(f"Schema version {after}" + (f" (was {before})." if before != after else ": up to date."))
+    return EXIT_OK
+
+
+def cmd_backend_import(args: argparse.Namespace) -> int:
+    from reconciler.app.fleet import import_state_dir, is_fleet
+    from reconciler.wiring import state_dir_for
+
+    desired = _load(args)
+    state = _state(args, desired)
+    if not is_fleet(state):
+        raise UsageError("nothing to import into: Settings.backend.postgres is not set")
+    source_path = Path(args.source) if args.source else state_dir_for(_dir(args), desired, args.state_dir)
+    if not source_path.is_dir():
+        raise UsageError(f"the state dir {source_path} does not exist")
+    source = StateDir(source_path)
+    with source.lock(wait=args.lock_timeout, purpose="backend import"):
+        counts = import_state_dir(source, state, desired.issuers)
+    print(f"Imported from {source_path}: {counts['versions']} version(s) ({counts['already']} already there), "
+          f"{counts['attempts']} attempt record(s), {counts['blobs']} CA/account file(s)"
+          + (f"; {counts['kept']} kept as the database had them" if counts["kept"] else "") + ".")
+    return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -245,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-d", "--dir", help="desired-state directory (default: ./desired-state or $CERTCTL_DIR)")
     common.add_argument("--state-dir", help="state directory (overrides Settings.stateDir)")
+    common.add_argument("--node", default=os.environ.get("CERTCTL_NODE"),
+                        help="this node's name in a fleet (default: $CERTCTL_NODE, else the host name)")
     common.add_argument("--log-format", choices=["console", "json"], default=os.environ.get("CERTCTL_LOG_FORMAT", "console"))
     common.add_argument("--log-level", default=os.environ.get("CERTCTL_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
@@ -271,6 +363,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("status", parents=[common], help="every certificate: state, expiry, renewal, last error")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--fleet", action="store_true", help="every node of the fleet, and which versions they serve")
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("renew", parents=[common], help="force a renewal now (overrides backoff)")
@@ -287,6 +380,15 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", parents=[common], help="write the JSON Schemas of every kind")
     s.add_argument("--out", default="schemas", help="folder (default: schemas/)")
     s.set_defaults(fn=cmd_schema)
+
+    s = sub.add_parser("backend", help="the shared state backend (Settings.backend.postgres)")
+    backend = s.add_subparsers(dest="backend_command", required=True, metavar="SUBCOMMAND")
+    b = backend.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
+    b.set_defaults(fn=cmd_backend_migrate)
+    b = backend.add_parser("import", parents=[common], help="copy a state dir (CAs, accounts, versions, keys, attempts) in")
+    b.add_argument("--from", dest="source", help="the state dir to copy (default: this node's)")
+    b.add_argument("--lock-timeout", type=float, default=10.0)
+    b.set_defaults(fn=cmd_backend_import)
 
     s = sub.add_parser("import", parents=[common], help="write Certificate specs for what an IIS host serves today")
     s.add_argument("--iis-host", required=True, help="the IisHost to read")

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion, Issuing
-from reconciler.ports import Material
+from reconciler.ports import IssuanceGrant, Material
 from reconciler.support import pki
 from reconciler.support.fs import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
 
@@ -311,8 +311,8 @@ class StateDir:
     # --- what a fleet shares (here: files of this state dir; a single node needs no lease) --------------
 
     @contextlib.contextmanager
-    def issuance(self, name: str, replaces: str | None) -> Iterator[str | None]:
-        yield None  # the apply lock already keeps a second certctl of this state dir out
+    def issuance(self, name: str, replaces: str | None) -> Iterator[IssuanceGrant]:
+        yield IssuanceGrant()  # the apply lock already keeps a second certctl of this state dir out
 
     def issuing(self) -> dict[str, Issuing]:
         return {}

@@ -21,6 +21,7 @@ from tests.integration.servers import (
     Nginx,
     Pebble,
     PebbleOptions,
+    Postgres,
     ServerError,
     ServerPool,
 )
@@ -148,3 +149,29 @@ def _isolated_logging() -> Iterator[None]:
     structlog.configure(**_SESSION_LOGGING)
     yield
     structlog.configure(**_SESSION_LOGGING)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session (each test gets its own database: ``fleet_dsn``)."""
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    try:
+        server.start()
+    except ServerError as exc:
+        server.stop()
+        _fail(exc)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet_dsn(postgres_cluster: Postgres) -> str:
+    """A fresh, empty database on the session's cluster: its DSN (with the password)."""
+    import secrets
+
+    import psycopg
+
+    name = f"certctl_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_cluster.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_cluster.dsn.rsplit("/", 1)[0] + "/" + name
