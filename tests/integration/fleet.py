@@ -117,7 +117,7 @@ class Fleet:
                               check=False)
 
     def start(self, node: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
-        out = open(log or (self.root / f"{node}-{'-'.join(args[:2])}.log"), "ab")  # noqa: SIM115 - closed with the process
+        out = open(log or (self.root / f"{node}-{args[0]}.log"), "ab")  # noqa: SIM115 - closed with the process
         return subprocess.Popen(self.argv(node, *args), env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -131,7 +131,8 @@ class Fleet:
 
     def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return conn.execute(sql, params).fetchall()
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description is not None else []
 
     def versions(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

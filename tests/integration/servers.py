@@ -949,9 +949,10 @@ class Postgres:
             self._run([_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def dump(self) -> bytes:
-        """Everything in the database as pg_dump writes it (data included)."""
-        result = subprocess.run(["pg_dump", "--data-only", "--inserts", self.dsn], capture_output=True, timeout=60,
+    def dump(self, database: str = "postgres") -> bytes:
+        """Everything in a database as pg_dump writes it (data included)."""
+        dsn = self.dsn.rsplit("/", 1)[0] + "/" + database
+        result = subprocess.run(["pg_dump", "--data-only", "--inserts", dsn], capture_output=True, timeout=60,
                                 check=False)
         if result.returncode != 0:
             raise ServerError(f"pg_dump failed: {result.stderr.decode(errors='replace')[-2000:]}")
