@@ -175,3 +175,20 @@ def fleet_dsn(postgres_cluster: Postgres) -> str:
     with psycopg.connect(postgres_cluster.dsn, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return postgres_cluster.dsn.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="module")
+def public_bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
+    """BIND authoritative for a zone with a public suffix (certctl refuses .test names for an ACME issuer)."""
+    server = Bind(tmp_path_factory.mktemp("bind-e2e"), zone="certctl-e2e.net")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pebble_public_bind(tmp_path_factory: pytest.TempPathFactory, public_bind: Bind, va_http_port: int) -> Iterator[Pebble]:
+    server = Pebble(tmp_path_factory.mktemp("pebble-e2e"), PebbleOptions(dns="bind"), public_bind.address, va_http_port)
+    server.start()
+    yield server
+    server.stop()
