@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import psycopg  # noqa: E402
 
-from tests.integration.fleet import NODES, Fleet  # noqa: E402
+from tests.integration.fleet import ISSUER_LOCAL, NODES, PEM_STORE, Fleet  # noqa: E402
 from tests.integration.servers import Postgres  # noqa: E402
 
 CERT = """---
@@ -35,19 +35,7 @@ spec:
   domains: [c{i:05d}.example.test]
   stores: [pem]
 """
-BASE = """apiVersion: certctl/v1
-kind: Issuer
-metadata: {name: local}
-spec:
-  localCA: {validity: 90d}
----
-apiVersion: certctl/v1
-kind: Store
-metadata: {name: pem}
-spec:
-  pemDirectory:
-    path: ../pem/{node}
-"""
+BASE = ISSUER_LOCAL + PEM_STORE
 
 
 def write(fleet: Fleet, count: int) -> None:

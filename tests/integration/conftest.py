@@ -31,6 +31,17 @@ def _fail(exc: ServerError) -> None:
     pytest.fail(f"a test server could not start: {exc}", pytrace=False)
 
 
+def _serve(server: Any) -> Iterator[Any]:
+    """Start ``server`` (a failure fails the test, saying why), hand it out, stop it afterwards."""
+    try:
+        server.start()
+    except ServerError as exc:
+        server.stop()
+        _fail(exc)
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def server_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPool]:
     """Every server of the session, started on demand, stopped at the end."""
@@ -94,14 +105,7 @@ def pebble_bind(pebble_factory: Callable[..., Pebble], bind: Bind) -> Pebble:
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     """nginx serving TLS on ``nginx.endpoint`` from ``nginx.cert_path``/``nginx.key_path``."""
-    server = Nginx(tmp_path_factory.mktemp("nginx"))
-    try:
-        server.start()
-    except ServerError as exc:
-        server.stop()
-        _fail(exc)
-    yield server
-    server.stop()
+    yield from _serve(Nginx(tmp_path_factory.mktemp("nginx")))
 
 
 @pytest.fixture
@@ -154,14 +158,7 @@ def _isolated_logging() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     """One PostgreSQL cluster for the session (each test gets its own database: ``fleet_dsn``)."""
-    server = Postgres(tmp_path_factory.mktemp("postgres"))
-    try:
-        server.start()
-    except ServerError as exc:
-        server.stop()
-        _fail(exc)
-    yield server
-    server.stop()
+    yield from _serve(Postgres(tmp_path_factory.mktemp("postgres")))
 
 
 @pytest.fixture

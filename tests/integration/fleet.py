@@ -49,12 +49,21 @@ spec:
       leaseTimeout: {lease}
 """
 
-LOCAL = """apiVersion: certctl/v1
+ISSUER_LOCAL = """apiVersion: certctl/v1
 kind: Issuer
 metadata: {name: local}
 spec:
   localCA: {validity: 90d}
----
+"""
+PEM_STORE = """---
+apiVersion: certctl/v1
+kind: Store
+metadata: {name: pem}
+spec:
+  pemDirectory:
+    path: ../pem/{node}
+"""
+LOCAL = ISSUER_LOCAL + """---
 apiVersion: certctl/v1
 kind: IisHost
 metadata: {name: iis}
@@ -66,14 +75,7 @@ apiVersion: certctl/v1
 kind: Store
 metadata: {name: webhosting}
 spec: {windows: {host: iis, name: WebHosting}}
----
-apiVersion: certctl/v1
-kind: Store
-metadata: {name: pem}
-spec:
-  pemDirectory:
-    path: ../pem/{node}
-"""
+""" + PEM_STORE
 
 CERTIFICATE = """---
 apiVersion: certctl/v1
