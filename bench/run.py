@@ -12,6 +12,7 @@ BENCHES = [
     ("ACME issuance throughput: certctl vs certbot on local Pebble", ["acme_bench.py"]),
     ("daemon: edit-to-applied latency, idle CPU", ["daemon_latency.py"]),
     ("dns-01 through a DNS provider's API: 20 wildcard+apex certificates via PowerDNS", ["dns_provider_bench.py"]),
+    ("fleet: 3 nodes x 1,000 certificates sharing PostgreSQL", ["fleet_bench.py", "1000"]),
 ]
 
 

@@ -6,12 +6,23 @@ The core never imports this module's implementations; ``wiring.py`` picks them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from reconciler.core import spec as specs
-from reconciler.core.model import CertInfo, HostState, StoredCert, StoreState
+from reconciler.core.model import (
+    Attempts,
+    CertInfo,
+    HostState,
+    IssuedVersion,
+    Issuing,
+    Revocation,
+    StoredCert,
+    StoreState,
+)
 
 
 @dataclass(frozen=True)
@@ -233,3 +244,116 @@ class ApplyContext:
 
     at: datetime
     log_fields: dict[str, object] = field(default_factory=dict)
+
+
+class Blobs(Protocol):
+    """Small named secrets an issuer keeps (the local CA's key and certificate, an ACME account): files in
+    the state dir, or (fleet mode) encrypted rows in the database that every node shares."""
+
+    def get(self, key: str) -> bytes | None: ...
+
+    def create(self, key: str, value: bytes) -> bytes:
+        """Store ``value`` unless ``key`` exists; the value stored (the first writer's wins)."""
+        ...
+
+    def put(self, key: str, value: bytes) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class RecordLog(Protocol):
+    """A map of JSON records, each change durable at once (the ACME challenge journal)."""
+
+    def read(self) -> dict[str, Any]: ...
+
+    def set(self, key: str, value: Any) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class IssuanceGrant:
+    """What holding the issuance of a certificate allows: order it (``adopt`` None), or install the version
+    another node issued meanwhile (``adopt``: its thumbprint). ``taken_from``: the node whose expired lease
+    this one replaced (its order's challenges are to be cleaned up)."""
+
+    adopt: str | None = None
+    taken_from: str | None = None
+
+
+class BackendUnavailable(OSError):
+    """The state backend (the database) cannot be reached or used; the message says what to do, never a secret."""
+
+
+class StateBackend(Protocol):
+    """Where certctl keeps what it issued and did: the local state dir (the embedded default) or, for a
+    fleet, PostgreSQL for issuance (versions, keys, attempts, leases) beside a node-local state dir
+    (journal, lock, deployment and binding records, caches)."""
+
+    path: Path  # the node-local state dir
+
+    @property
+    def vault(self) -> Path: ...
+
+    def report_access(self) -> None: ...
+
+    def lock(self, wait: float = 10.0, purpose: str = "apply") -> AbstractContextManager[None]: ...
+
+    # issuance (shared in fleet mode)
+    def issued(self) -> dict[str, tuple[IssuedVersion, ...]]: ...
+
+    def issued_for(self, name: str) -> tuple[IssuedVersion, ...]: ...
+
+    def material(self, name: str, thumbprint: str) -> Material: ...
+
+    def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
+                     at: datetime, replaced: str | None, *, issuer: str | None = None,
+                     issuer_note: str | None = None) -> IssuedVersion: ...
+
+    def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool: ...
+
+    def forget_issued(self, name: str, thumbprint: str) -> None: ...
+
+    def attempts(self) -> dict[str, Attempts]: ...
+
+    def update_attempts(self, name: str, **changes: Any) -> Attempts: ...
+
+    def issuance(self, name: str, replaces: str | None) -> AbstractContextManager[IssuanceGrant]:
+        """Hold the right to order a new version of ``name`` (fleet: a lease in the database, renewed while
+        held, lost after ``leaseTimeout`` when its holder dies), or learn of the version another node issued
+        since ``replaces`` was current."""
+        ...
+
+    def issuing(self) -> dict[str, Issuing]:
+        """Certificates another node holds a live issuance lease for."""
+        ...
+
+    def blobs(self, scope: str) -> Blobs: ...
+
+    def record_log(self, scope: str) -> RecordLog: ...
+
+    def report(self, summary: Mapping[str, Any]) -> None:
+        """What this node serves after a pass (fleet: for ``certctl status --fleet``)."""
+        ...
+
+    # node-local records
+    def deployments(self) -> dict[str, str]: ...
+
+    def record_deployment(self, name: str, index: int, thumbprint: str) -> None: ...
+
+    def applied(self) -> dict[str, Any] | None: ...
+
+    def record_applied(self, revision: str | None, directory: str, desired_fingerprint: str, ok: bool,
+                       actions: int) -> None: ...
+
+    def made_bindings(self) -> tuple[tuple[str, str, str], ...]: ...
+
+    def record_binding(self, host: str, site: str, information: str, certificate: str) -> None: ...
+
+    def forget_binding(self, host: str, site: str, information: str) -> None: ...
+
+    def journal(self, event: str, **fields: Any) -> None: ...
+
+    def close_unfinished(self, by: str) -> list[dict[str, Any]]: ...
+
+    def recover_vault(self) -> tuple[int, int]: ...

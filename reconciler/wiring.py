@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import socket
 import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from reconciler.app.errors import UsageError
 from reconciler.app.world import World
 from reconciler.core.model import DesiredState
-from reconciler.ports import BindingHost, SiteFolders
+from reconciler.core.spec import NODE_PATTERN
+from reconciler.ports import BackendUnavailable, BindingHost, SiteFolders, StateBackend
 from reconciler.state.statedir import StateDir
 
 
@@ -25,12 +29,46 @@ def state_dir_for(desired_dir: Path, desired: DesiredState | None, override: str
     return resolved.parent / ".certctl-state"
 
 
-def build(desired: DesiredState, state: StateDir) -> World:
+NODE = re.compile(NODE_PATTERN)
+
+
+def node_name(option: str | None) -> str:
+    """--node, else $CERTCTL_NODE (the CLI's default), else the host name (its first label, lower case)."""
+    name = option or socket.gethostname().split(".")[0].lower() or "localhost"
+    if len(name) > 63 or not NODE.match(name):
+        raise UsageError(f"the node name {name!r} is not valid: letters, digits, '-', '_' and '.', "
+                                 "at most 63 characters (set --node or CERTCTL_NODE)")
+    return name
+
+
+def open_state(desired: DesiredState | None, path: Path, node: str) -> StateBackend:
+    """The state backend the desired state asks for: the state dir at ``path``, or (``Settings.backend.
+    postgres``) PostgreSQL for issuance beside that node-local state dir. Nothing is connected yet."""
+    postgres = desired.settings.backend.postgres if desired is not None else None
+    if postgres is None:
+        return StateDir(path)
+    from reconciler.state.postgres import Database, FleetState
+    from reconciler.support.sealing import KeyProblem, Sealer, parse_key
+    from reconciler.support.secrets import SecretError, resolve
+
+    try:
+        dsn = resolve(postgres.dsn).decode()
+    except (SecretError, UnicodeDecodeError) as exc:
+        raise BackendUnavailable(f"Settings: backend.postgres.dsn: {exc}") from None
+    try:
+        key = parse_key(resolve(postgres.encryptionKey))
+    except (SecretError, KeyProblem) as exc:
+        raise BackendUnavailable(f"Settings: backend.postgres.encryptionKey: {exc}") from None
+    return FleetState(path, node=node, db=Database(dsn, postgres.connectTimeout.total_seconds()), sealer=Sealer(key),
+                      lease_timeout=postgres.leaseTimeout.total_seconds())
+
+
+def build(desired: DesiredState, state: StateBackend) -> World:
     world = World(desired, state)
     for name, host in desired.iis_hosts.items():
         world.hosts[name] = _host(name, host.spec)
     for name, issuer in desired.issuers.items():
-        world.issuers[name] = _LazyIssuer(name, issuer.spec, state.path, hosts=world.hosts)
+        world.issuers[name] = _LazyIssuer(name, issuer.spec, state, hosts=world.hosts)
     for name, store in desired.stores.items():
         spec = store.spec
         if spec.pemDirectory is not None:
@@ -59,10 +97,11 @@ def _host(name: str, spec: Any) -> BindingHost:
 class _LazyIssuer:
     """Builds the real backend on first use, so `plan` never opens an ACME account."""
 
-    def __init__(self, name: str, spec: Any, state_path: Path, hosts: Mapping[str, BindingHost] | None = None) -> None:
+    def __init__(self, name: str, spec: Any, state: StateBackend, hosts: Mapping[str, BindingHost] | None = None) -> None:
         self.name = name
         self.spec = spec
-        self.state_path = state_path
+        self.state = state
+        self.state_path = state.path
         self.hosts = hosts or {}
         self._backend: Any = None
         self._lock = threading.Lock()  # the executor's threads ask at once: build exactly one backend
@@ -77,9 +116,12 @@ class _LazyIssuer:
             if self.spec.localCA is not None:
                 from reconciler.adapters.issuers.localca import LocalCAIssuer
 
-                self._backend = LocalCAIssuer(self.name, self.spec.localCA, self.state_path)
+                self._backend = LocalCAIssuer(self.name, self.spec.localCA, self.state_path,
+                                              blobs=self.state.blobs(f"localca/{self.name}"))
             else:
-                self._backend = build_acme_issuer(self.name, self.spec.acme, self.state_path, hosts=self.hosts)
+                self._backend = build_acme_issuer(self.name, self.spec.acme, self.state_path, hosts=self.hosts,
+                                                  blobs=self.state.blobs(f"acme/{self.name}"),
+                                                  challenge_log=self.state.record_log(f"acme/{self.name}/challenges"))
         return self._backend
 
     def identity(self) -> str:
@@ -134,7 +176,7 @@ class _LazyIssuer:
 
     def recover_challenges(self) -> int:
         """Clean up challenges an interrupted order left behind (cheap when there are none: no backend built)."""
-        if self.spec.acme is None or not (self.state_path / "acme" / self.name / "challenges.jsonl").exists():
+        if self.spec.acme is None or not self.state.record_log(f"acme/{self.name}/challenges").read():
             return 0
         return int(self.backend.recover_challenges())
 
@@ -142,7 +184,7 @@ class _LazyIssuer:
 def build_acme_issuer(name: str, spec: Any, state_path: Path, *, hosts: Mapping[str, BindingHost] | None = None,
                       **options: Any) -> Any:
     """An ACME issuer with the real challenge solvers (``hosts``: the IIS hosts http01.iis writes to;
-    ``options``: environ, retry_policy, order_timeout)."""
+    ``options``: environ, retry_policy, order_timeout, blobs, challenge_log)."""
     from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
     from reconciler.adapters.solvers import build_solver
 

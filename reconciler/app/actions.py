@@ -20,6 +20,7 @@ from reconciler.core.plan import (
     CleanupDetail,
     DeployDetail,
     InstallDetail,
+    IssueDetail,
 )
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id, spec_digest
@@ -85,57 +86,75 @@ class ActionRunner:
         ``outage``: unreachable, 5xx after retries, rate limited); a failure that is the certificate's own
         (a refused name, a failed challenge, CAA) stops at once. One backoff when every CA failed."""
         name = action.certificate
+        state = self.world.state
+        with self._cert_lock(name):  # never two orders for one certificate (in a fleet: a lease in the database)
+            if isinstance(action.detail, IssueDetail):
+                planned = action.detail.replaces
+            else:
+                newest = current_version(state.issued_for(name))
+                planned = newest.info.thumbprint if newest else None
+            with state.issuance(name, planned) as grant:
+                if grant.adopt is not None:  # another node issued it meanwhile: install that one
+                    return {"thumbprint": grant.adopt, "adopted": "true"}
+                if grant.taken_from is not None:  # its holder died mid-order: clean up what it left answerable
+                    for issuer_name in self.world.desired.certificates[name].spec.issuers:
+                        recover = getattr(self.world.issuers.get(issuer_name), "recover_challenges", None)
+                        if recover is not None:
+                            recover()
+                return self._order(name)
+
+    def _order(self, name: str) -> dict[str, object]:
+        """Order from the certificate's Issuers in turn (the caller holds the certificate's lock or lease)."""
         desired = self.world.desired
         spec = desired.certificates[name].spec
         state = self.world.state
-        with self._cert_lock(name):  # never two orders for one certificate
-            current = current_version(state.issued_for(name))
-            compromised = current is not None and current.revocation is not None and current.revocation.key_compromised
-            key_pem = None
-            if (spec.key.reuse and not compromised and current is not None and current.lost is None
-                    and current.info.key_algorithm == spec.key.algorithm.value):
-                key_pem = state.material(name, current.info.thumbprint).key_pem
-            now = self.clock.now()
-            state.update_attempts(name, last_attempt=now)
-            outages: list[tuple[str, IssueError]] = []
-            names = [n for n in spec.issuers if n in self.world.issuers]
-            for position, issuer_name in enumerate(names):
-                ident = issuer_id(issuer_name, desired.issuers[issuer_name].spec)
-                replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
-                if current is not None and current.issuer_id == ident:
-                    with contextlib.suppress(OSError, ValueError):
-                        replaces_pem = state.material(name, current.info.thumbprint).cert_pem
-                request = IssueRequest(
-                    certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
-                    key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
-                )
-                try:
-                    material = self.world.issuers[issuer_name].issue(request)
-                except IssueError as exc:
-                    if exc.outage and position + 1 < len(names):
-                        log.warning("issue.fallback", certificate=name, issuer=issuer_name, error=str(exc),
-                                    next=names[position + 1])
-                        outages.append((issuer_name, exc))
-                        continue
-                    self._record_failure(name, _failure_text(outages, issuer_name, str(exc)),
-                                         _latest_retry(exc, outages))
-                    raise IssueError(_failure_text(outages, issuer_name, str(exc)), transient=exc.transient,
-                                     problem=exc.problem, retry_after=exc.retry_after, outage=exc.outage) from None
-                except OSError as exc:
-                    if exc.errno not in LOCAL_DISK_ERRORS:
-                        self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                    raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
-                except Exception as exc:
+        current = current_version(state.issued_for(name))
+        compromised = current is not None and current.revocation is not None and current.revocation.key_compromised
+        key_pem = None
+        if (spec.key.reuse and not compromised and current is not None and current.lost is None
+                and current.info.key_algorithm == spec.key.algorithm.value):
+            key_pem = state.material(name, current.info.thumbprint).key_pem
+        now = self.clock.now()
+        state.update_attempts(name, last_attempt=now)
+        outages: list[tuple[str, IssueError]] = []
+        names = [n for n in spec.issuers if n in self.world.issuers]
+        for position, issuer_name in enumerate(names):
+            ident = issuer_id(issuer_name, desired.issuers[issuer_name].spec)
+            replaces_pem = None  # the certificate being renewed, for ACME ARI `replaces` (same CA only)
+            if current is not None and current.issuer_id == ident:
+                with contextlib.suppress(OSError, ValueError):
+                    replaces_pem = state.material(name, current.info.thumbprint).cert_pem
+            request = IssueRequest(
+                certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
+                key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
+            )
+            try:
+                material = self.world.issuers[issuer_name].issue(request)
+            except IssueError as exc:
+                if exc.outage and position + 1 < len(names):
+                    log.warning("issue.fallback", certificate=name, issuer=issuer_name, error=str(exc),
+                                next=names[position + 1])
+                    outages.append((issuer_name, exc))
+                    continue
+                self._record_failure(name, _failure_text(outages, issuer_name, str(exc)),
+                                     _latest_retry(exc, outages))
+                raise IssueError(_failure_text(outages, issuer_name, str(exc)), transient=exc.transient,
+                                 problem=exc.problem, retry_after=exc.retry_after, outage=exc.outage) from None
+            except OSError as exc:
+                if exc.errno not in LOCAL_DISK_ERRORS:
                     self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
-                    raise
-                note = "; ".join(f"{n} could not serve: {e}" for n, e in outages) or None
-                version = state.store_issued(name, material, ident, tuple(spec.domains), self.clock.now(),
-                                             current.info.thumbprint if current else None, issuer=issuer_name,
-                                             issuer_note=note)
-                state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
-                                      spec_digest=None, next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
-                return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat(),
-                        "issuer": issuer_name}
+                raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
+            except Exception as exc:
+                self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+                raise
+            note = "; ".join(f"{n} could not serve: {e}" for n, e in outages) or None
+            version = state.store_issued(name, material, ident, tuple(spec.domains), self.clock.now(),
+                                         current.info.thumbprint if current else None, issuer=issuer_name,
+                                         issuer_note=note)
+            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
+                                  spec_digest=None, next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
+            return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat(),
+                    "issuer": issuer_name}
         raise RuntimeError(f"certificate {name} has no Issuer certctl can use")
 
     def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:

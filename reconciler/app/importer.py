@@ -46,8 +46,7 @@ from reconciler.core.model import DesiredState, HostState, IssuedVersion, Named,
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id
 from reconciler.core.spec import NAME_PATTERN, CertificateSpec, KeyAlgorithm, StoreSpec
-from reconciler.ports import BindingHost
-from reconciler.state.statedir import StateDir
+from reconciler.ports import BindingHost, StateBackend
 from reconciler.support.clock import SYSTEM
 from reconciler.support.fs import atomic_write
 
@@ -407,7 +406,7 @@ def _check(desired: DesiredState, planned: list[Planned], new_stores: dict[str, 
         raise UsageError(f"the imported specs would not validate with the existing ones ({text}); nothing was written")
 
 
-def _adopt(desired: DesiredState, state: StateDir, world_host: BindingHost, issuer: str,
+def _adopt(desired: DesiredState, state: StateBackend, world_host: BindingHost, issuer: str,
            planned: list[Planned]) -> set[str]:
     """Keep each imported certificate (with its key, read back from the store) as the spec's current one."""
     adopted: set[str] = set()

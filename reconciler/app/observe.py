@@ -48,6 +48,7 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
         issuer_ids={n: i.identity() for n, i in world.issuers.items()},
         made_bindings=world.state.made_bindings(),
         issuer_profiles=_profiles(world),
+        issuing=world.state.issuing(),
     )
 
 

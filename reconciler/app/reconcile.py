@@ -17,6 +17,7 @@ from datetime import datetime
 import structlog
 
 from reconciler.app.executor import ApplyResult, Executor, Outcome
+from reconciler.app.fleet import report_pass
 from reconciler.app.observe import observe, observe_current
 from reconciler.app.recovery import recover
 from reconciler.app.revocation import check_revocations
@@ -93,6 +94,7 @@ def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: t
     if not todo.actions or stopping.is_set():
         if previous.get("revision") != desired.revision or previous.get("desired_fingerprint") != desired_fingerprint_now:
             world.state.record_applied(desired.revision, desired.directory, desired_fingerprint_now, True, 0)
+        report_pass(world, plan, observed, at)
         return PassResult(plan, observed, at, None, 0)
     log.info("apply.started", actions=len(todo.actions), summary={k: v for k, v in todo.summary().items() if v})
 
@@ -109,4 +111,6 @@ def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: t
              skipped=result.count("skipped"), verify_failures=len(result.verify_failures))
     observed = observe(world)
     at = clock.now()
-    return PassResult(make_plan(desired, observed, at), observed, at, result, failed)
+    after = make_plan(desired, observed, at)
+    report_pass(world, after, observed, at)
+    return PassResult(after, observed, at, result, failed)

@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from reconciler.app.executor import recover_challenges
-from reconciler.state.statedir import StateDir
+from reconciler.ports import StateBackend
 from reconciler.support.fs import WRITE_TEMP, remove_temporaries
 
 log = structlog.get_logger()
@@ -34,7 +34,7 @@ LOGS = ("vault/index.jsonl", "attempts.jsonl", "deployments.jsonl", "bindings.js
 
 
 def recover(world: Any) -> dict[str, int]:
-    state: StateDir = world.state
+    state: StateBackend = world.state
     counts = {"unfinished": 0, "temp": 0, "vault": 0, "reindexed": 0, "torn": 0, "challenges": 0}
     for name in LOGS:
         counts["torn"] += _mend(state.path / name)

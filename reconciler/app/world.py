@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from reconciler.core.model import DesiredState
-from reconciler.ports import BindingHost, IssuerBackend, Prober, Store
-from reconciler.state.statedir import StateDir
+from reconciler.ports import BindingHost, IssuerBackend, Prober, StateBackend, Store
 
 
 @dataclass
@@ -17,7 +16,7 @@ class World:
     """Every outside system certctl talks to, for one desired state."""
 
     desired: DesiredState
-    state: StateDir
+    state: StateBackend
     issuers: dict[str, IssuerBackend] = field(default_factory=dict)
     stores: dict[str, Store] = field(default_factory=dict)
     hosts: dict[str, BindingHost] = field(default_factory=dict)

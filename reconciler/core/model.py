@@ -227,6 +227,14 @@ class EndpointState:
 
 
 @dataclass(frozen=True, slots=True)
+class Issuing:
+    """A live issuance lease another node holds (fleet mode): that node is ordering this certificate."""
+
+    node: str
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Attempts:
     """Issuance history of one certificate, kept in the state dir."""
 
@@ -260,6 +268,7 @@ class ObservedState:
     made_bindings: tuple[tuple[str, str, str], ...] = ()  # (host, site, bindingInformation) certctl added
     # ACME Issuer name -> the profiles its CA's directory lists (meta.profiles), when it has been fetched
     issuer_profiles: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    issuing: dict[str, Issuing] = field(default_factory=dict)  # fleet: certificates another node is issuing
 
     def fingerprint(self) -> str:
         """A stable digest of everything the planner looks at (a saved plan is stale when it differs)."""

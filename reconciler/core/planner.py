@@ -8,6 +8,7 @@ from datetime import datetime
 
 from reconciler.core import iis_rules
 from reconciler.core.durations import humanize, iso
+from reconciler.core.fleet import issuing_elsewhere
 from reconciler.core.model import (
     DesiredState,
     EndpointState,
@@ -133,7 +134,7 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
 
     order = {k: i for i, k in enumerate(ACTION_ORDER)}
     actions.sort(key=lambda a: (a.certificate, order[a.kind], a.id))
-    return Plan(
+    made = Plan(
         at=at,
         directory=desired.directory,
         revision=desired.revision,
@@ -142,6 +143,7 @@ def plan(desired: DesiredState, observed: ObservedState, at: datetime, forced: f
         notes=tuple(sorted(notes, key=lambda n: (n.certificate or "", n.target, n.message))),
         forced=tuple(sorted(forced)),
     )
+    return issuing_elsewhere(made, observed.issuing) if observed.issuing else made
 
 
 def with_fingerprints(plan: Plan, desired: DesiredState, observed: ObservedState) -> Plan:

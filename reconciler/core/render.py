@@ -234,4 +234,32 @@ def check_lines(code: int, problems: Sequence[tuple[int, str]], count: int) -> l
     return [first] + [((f"{SEVERITY[s]}: {text}", style[s]),) for s, text in problems]
 
 
-__all__ = ["check_lines", "describe_lines", "iso", "markdown", "status_text", "summary_line", "text"]
+def fleet_text(doc: dict[str, Any]) -> str:
+    """`certctl status --fleet`: the nodes, then which nodes serve which version of each certificate."""
+    if not doc["nodes"]:
+        return "No node has reported to this database yet.\n"
+    header = ("NODE", "LAST SEEN", "LAST APPLY", "REVISION", "CONVERGED")
+    table = [header] + [
+        (n["node"] + (" (stale)" if n["stale"] else ""), n["last_seen"] or "-",
+         ((n["last_apply"] or {}).get("at") or "-") + ("" if (n["last_apply"] or {}).get("ok", True) else " (failed)"),
+         (n["revision"] or "-")[:12],
+         "yes" if n["converged"] else ("no, waiting for " + ", ".join(n["waiting_for"]) if n["waiting_for"] else "no"))
+        for n in doc["nodes"]
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in table]
+    lines.append("")
+    for cert in doc["certificates"]:
+        parts = [f"{(s['thumbprint'] or 'nothing')[:16]}{'' if s['current'] else ' (old)'} on {', '.join(s['nodes'])}"
+                 for s in cert["serving"]]
+        lines.append(f"{cert['name']}: " + "; ".join(parts))
+    stale = [n["node"] for n in doc["nodes"] if n["stale"]]
+    if stale:
+        lines.append("")
+        lines.append(f"Stale (silent for more than 3 x reconcileInterval): {', '.join(stale)}")
+    return "\n".join(lines) + "\n"
+
+
+
+
+__all__ = ["check_lines", "describe_lines", "fleet_text", "iso", "markdown", "status_text", "summary_line", "text"]

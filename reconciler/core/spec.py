@@ -193,8 +193,36 @@ class Metrics(Model):
         return _host_port(value, "metrics address", "127.0.0.1:9464")
 
 
+NODE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+Node = Annotated[str, Field(max_length=63, pattern=NODE_PATTERN,
+                            description="the node (certctl process, --node) that acts on this; default: every node")]
+
+
+class Postgres(Model):
+    """Fleet mode: issuance (versions, encrypted keys, ACME accounts, local CAs, leases) lives in PostgreSQL."""
+
+    dsn: SecretRef = Field(description="libpq connection string or postgresql:// URL (a secret: it may hold a password)")
+    encryptionKey: SecretRef = Field(description="32 bytes, base64: private keys are stored AES-256-GCM encrypted with it")
+    leaseTimeout: Duration = Field(default=timedelta(seconds=60),
+                                   description="a node that stops renewing its issuance lease loses it after this long")
+    connectTimeout: Duration = Field(default=timedelta(seconds=10), description="per connection attempt")
+
+    @field_validator("leaseTimeout")
+    @classmethod
+    def _lease(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=5):
+            raise ValueError("leaseTimeout must be at least 5s (a lease is renewed every quarter of it)")
+        return value
+
+
+class Backend(Model):
+    postgres: Postgres | None = None
+
+
 class SettingsSpec(Model):
     stateDir: RelPath | None = None
+    backend: Backend = Field(default_factory=Backend,
+                             description="where issuance state lives: the state dir (default) or postgres (a fleet)")
     renewal: Renewal = DEFAULT_RENEWAL
     reconcileInterval: Duration = timedelta(minutes=5)
     maintenanceInterval: Duration = timedelta(hours=24)
@@ -415,6 +443,7 @@ class WindowsStore(Model):
 class StoreSpec(Model):
     pemDirectory: PemDirectory | None = None
     windows: WindowsStore | None = None
+    node: Node | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StoreSpec:
@@ -432,6 +461,7 @@ class IisHostSpec(Model):
     backend: IisBackend
     root: RelPath | None = Field(default=None, description="emulated: the folder that stands for the machine")
     computerName: str | None = Field(default=None, description="not supported: certctl manages the machine it runs on")
+    node: Node | None = None
 
     @field_validator("computerName")
     @classmethod
@@ -530,6 +560,7 @@ class Task(Model):
     pfx: PfxTask | None = None
     script: ScriptTask | None = None
     ccs: CcsTask | None = None
+    node: Node | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Task:

@@ -1,5 +1,5 @@
 """certctl: validate | plan | apply | status | describe | renew | revoke | account | daemon | schema | import | init |
-completion."""
+completion | backend."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from reconciler.core.planner import desired_fingerprint, with_fingerprints
 from reconciler.core.planner import plan as make_plan
 from reconciler.core.status import status_document, status_rows
 from reconciler.entry.console import Output, interactive
+from reconciler.ports import StateBackend
 from reconciler.state.statedir import LockBusy, StateDir
 from reconciler.support.clock import SYSTEM
 from reconciler.support.logging import configure
@@ -37,20 +38,27 @@ def _dir(args: argparse.Namespace) -> Path:
     return Path(args.dir or os.environ.get("CERTCTL_DIR") or "desired-state")
 
 
+def _node(args: argparse.Namespace) -> str:
+    from reconciler.wiring import node_name
+
+    return node_name(getattr(args, "node", None))
+
+
 def _load(args: argparse.Namespace) -> DesiredState:
     from reconciler.app.loader import check_profiles
+    from reconciler.core.fleet import node_view
     from reconciler.state.cache import default_dir
     from reconciler.wiring import state_dir_for
 
-    desired = load(_dir(args), cache_dir=default_dir())
+    desired = node_view(load(_dir(args), cache_dir=default_dir()), _node(args))
     check_profiles(desired, state_dir_for(_dir(args), desired, args.state_dir))
     return desired
 
 
-def _state(args: argparse.Namespace, desired: DesiredState) -> StateDir:
-    from reconciler.wiring import state_dir_for
+def _state(args: argparse.Namespace, desired: DesiredState) -> StateBackend:
+    from reconciler.wiring import open_state, state_dir_for
 
-    state = StateDir(state_dir_for(_dir(args), desired, args.state_dir))
+    state = open_state(desired, state_dir_for(_dir(args), desired, args.state_dir), _node(args))
     state.report_access()
     return state
 
@@ -158,18 +166,58 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
 
             plan = annotate(desired, observed, make_plan(desired, observed, _now(), forced))
         out.lines(render.text_lines(plan))
-        if not plan.changes:
-            return EXIT_OK
-        if _secret_problems(args, desired, plan):
-            return EXIT_ERROR
-        # Terraform's rule: a person at a terminal confirms what they just read; a saved plan was reviewed
-        # when it was made, and cron, services and pipelines (no terminal) proceed.
-        if not planfile and not args.auto_approve and interactive():
-            count = len(plan.actions)
-            if not out.confirm(f"Apply {count} action{'s' if count != 1 else ''}?"):
-                out.line(("Apply cancelled; nothing was changed.", "warning"))
+        code = EXIT_OK
+        if plan.changes:
+            if _secret_problems(args, desired, plan):
                 return EXIT_ERROR
-        return _execute(args, world, plan, out)
+            # Terraform's rule: a person at a terminal confirms what they just read; a saved plan was reviewed
+            # when it was made, and cron, services and pipelines (no terminal) proceed.
+            if not planfile and not args.auto_approve and interactive():
+                count = len(plan.actions)
+                if not out.confirm(f"Apply {count} action{'s' if count != 1 else ''}?"):
+                    out.line(("Apply cancelled; nothing was changed.", "warning"))
+                    return EXIT_ERROR
+            code = _execute(args, world, plan, out)
+        from reconciler.app.fleet import is_fleet
+
+        if is_fleet(world.state):
+            code = _follow_fleet(args, world, forced, code, out)
+        return code
+
+
+FOLLOW_ROUNDS = 10  # apply waits for, then installs, at most this many rounds of other nodes' issuances
+FOLLOW_WAIT = 1800.0  # seconds apply waits for another node's issuance (its lease expires long before)
+
+
+def _follow_fleet(args: argparse.Namespace, world: Any, forced: frozenset[str], code: int, out: Output) -> int:
+    """Fleet: wait for the issuances other nodes hold, install what they issued, then report this node."""
+    from reconciler.app.fleet import report_pass, wait_for_others, waiting_for
+
+    waited = False
+    for _ in range(FOLLOW_ROUNDS):
+        now = _now()
+        observed = _observe(world, now, locked=True)
+        plan = make_plan(world.desired, observed, now)
+        waiting = waiting_for(plan)
+        if waiting:
+            for note in plan.notes:
+                if note.certificate in waiting:
+                    sys.stdout.write(f"Waiting: {note.certificate}: {note.message}\n")
+            sys.stdout.flush()
+            if not wait_for_others(world.state, waiting, FOLLOW_WAIT):
+                sys.stderr.write(f"certctl: still issuing elsewhere after {FOLLOW_WAIT:g}s: {', '.join(waiting)}\n")
+                code = EXIT_ERROR
+                break
+            waited = True
+            continue
+        if plan.changes and waited:
+            out.lines([(), *render.text_lines(plan)])
+            code = max(code, _execute(args, world, plan, out))
+            waited = False
+            continue
+        break
+    report_pass(world, plan, observed, now)
+    return code
 
 
 def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
@@ -311,6 +359,14 @@ def cmd_account_rollover(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
+    if getattr(args, "fleet", False):
+        from reconciler.app.fleet import fleet_status, is_fleet
+
+        if not is_fleet(world.state):
+            raise UsageError("status --fleet needs a shared backend: Settings.backend.postgres")
+        doc = fleet_status(world.state)
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n" if args.json else render.fleet_text(doc))
+        return EXIT_OK
     now = _now()
     observed = _observe(world, now)
     plan = make_plan(desired, observed, now)
@@ -372,8 +428,41 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
     return run_daemon(DaemonOptions(
         directory=_dir(args), state_dir=args.state_dir, git_pull=args.git_pull, metrics_address=args.metrics_address,
-        no_metrics=args.no_metrics, stop_grace=DaemonOptions.stop_grace_from_env(),
+        no_metrics=args.no_metrics, stop_grace=DaemonOptions.stop_grace_from_env(), node=args.node,
     ))
+
+
+def cmd_backend_migrate(args: argparse.Namespace) -> int:
+    from reconciler.app.fleet import is_fleet
+    from reconciler.state.postgres import migrate
+
+    desired = _load(args)
+    state = _state(args, desired)
+    if not is_fleet(state):
+        raise UsageError("no backend to migrate: Settings.backend.postgres is not set (the state dir needs no migration)")
+    before, after = migrate(state.db, state.sealer)  # type: ignore[attr-defined]
+    print(f"Schema version {after}" + (f" (was {before})." if before != after else ": up to date."))
+    return EXIT_OK
+
+
+def cmd_backend_import(args: argparse.Namespace) -> int:
+    from reconciler.app.fleet import import_state_dir, is_fleet
+    from reconciler.wiring import state_dir_for
+
+    desired = _load(args)
+    state = _state(args, desired)
+    if not is_fleet(state):
+        raise UsageError("nothing to import into: Settings.backend.postgres is not set")
+    source_path = Path(args.source) if args.source else state_dir_for(_dir(args), desired, args.state_dir)
+    if not source_path.is_dir():
+        raise UsageError(f"the state dir {source_path} does not exist")
+    source = StateDir(source_path)
+    with source.lock(wait=args.lock_timeout, purpose="backend import"):
+        counts = import_state_dir(source, state, desired.issuers)
+    print(f"Imported from {source_path}: {counts['versions']} version(s) ({counts['already']} already there), "
+          f"{counts['attempts']} attempt record(s), {counts['blobs']} CA/account file(s)"
+          + (f"; {counts['kept']} kept as the database had them" if counts["kept"] else "") + ".")
+    return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -417,6 +506,8 @@ def parser() -> argparse.ArgumentParser:
          example="-d desired-state", metavar="DIR")
     _add(common, "--state-dir", help="state directory (overrides Settings.stateDir)",
          example="--state-dir /var/lib/certctl", metavar="DIR")
+    _add(common, "--node", default=os.environ.get("CERTCTL_NODE"),
+         help="this node's name in a fleet (default: $CERTCTL_NODE, else the host name)", example="--node web01")
     _add(common, "--log-format", choices=["console", "json"], default=os.environ.get("CERTCTL_LOG_FORMAT", "console"),
          help="log events on stderr as text or JSON lines ($CERTCTL_LOG_FORMAT)", example="--log-format json")
     _add(common, "--log-level", default=os.environ.get("CERTCTL_LOG_LEVEL"), choices=["debug", "info", "warning", "error"],
@@ -471,6 +562,8 @@ def parser() -> argparse.ArgumentParser:
          help="monitoring (Nagios): exit 0 OK, 1 warning (renewal overdue or deferred), 2 critical (expired, "
               "failing, or expiring within notify.expiryWarning), 3 unknown; one line per problem",
          example="--check")
+    _add(s, "--fleet", action="store_true", help="every node of the fleet, and which versions they serve",
+         example="--fleet")
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("describe", parents=[common], help="everything about one certificate")
@@ -518,6 +611,15 @@ def parser() -> argparse.ArgumentParser:
     _add(s, "--out", help="write one schema per kind and certctl.json into FOLDER (default: print certctl.json)",
          example="--out schemas", metavar="FOLDER")
     s.set_defaults(fn=cmd_schema)
+
+    s = sub.add_parser("backend", help="the shared state backend (Settings.backend.postgres)")
+    backend = s.add_subparsers(dest="backend_command", required=True, metavar="SUBCOMMAND")
+    b = backend.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
+    b.set_defaults(fn=cmd_backend_migrate)
+    b = backend.add_parser("import", parents=[common], help="copy a state dir (CAs, accounts, versions, keys, attempts) in")
+    b.add_argument("--from", dest="source", help="the state dir to copy (default: this node's)")
+    b.add_argument("--lock-timeout", type=float, default=10.0)
+    b.set_defaults(fn=cmd_backend_import)
 
     s = sub.add_parser("import", parents=[common], help="write Certificate specs for what an IIS host serves today")
     _add(s, "--iis-host", required=True, help="the IisHost to read", example="--iis-host web01", metavar="NAME")

@@ -34,11 +34,19 @@ from typing import Any
 
 import structlog
 
-from reconciler.core.model import Attempts, IssuedVersion, Revocation
-from reconciler.ports import Material
+from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
+from reconciler.ports import IssuanceGrant, Material
 from reconciler.state.records import attempts_from_json, attempts_to_json, info_from_json, info_to_json
 from reconciler.support import pki
-from reconciler.support.fs import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
+from reconciler.support.fs import (
+    UnsafePath,
+    acquire,
+    atomic_write,
+    contained,
+    read_regular,
+    unlock,
+    write_path_problem,
+)
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
@@ -121,6 +129,13 @@ def _dt(value: str | None) -> datetime | None:
 
 def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
+
+
+def version_meta(material: Material, issuer_id: str, domains: tuple[str, ...], at: datetime,
+                 replaced: str | None, *, issuer: str | None = None, issuer_note: str | None = None) -> dict[str, Any]:
+    """The metadata of an issued version, as the vault index keeps it."""
+    return {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
+            "domains": list(domains), "replaced": replaced, "issuer": issuer, "issuer_note": issuer_note}
 
 
 class KeyedLog:
@@ -206,6 +221,42 @@ class KeyedLog:
         self.set(key, None)
 
 
+MAX_BLOB_BYTES = 16 << 20
+
+
+class FileBlobs:
+    """Blobs as files of one folder (keys are file names), written atomically, 0600."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        return contained(self.folder, key, "state file")
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return read_regular(self._path(key), MAX_BLOB_BYTES)  # a regular file of bounded size: never a FIFO
+        except FileNotFoundError:
+            return None
+
+    def create(self, key: str, value: bytes) -> bytes:
+        with self._lock:
+            existing = self.get(key)
+            if existing is not None:
+                return existing
+            self.put(key, value)
+            return value
+
+    def put(self, key: str, value: bytes) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write(self._path(key), value, 0o600)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+
 def _check_str(key: str, value: Any) -> None:
     if not isinstance(value, str):
         raise TypeError("not a string")
@@ -243,6 +294,24 @@ class StateDir:
         problem = self.access_problem()
         if problem is not None:
             log.warning("state_dir.too_open", path=str(self.path), problem=problem)
+
+    # --- what a fleet shares (here: files of this state dir; a single node needs no lease) --------------
+
+    @contextlib.contextmanager
+    def issuance(self, name: str, replaces: str | None) -> Iterator[IssuanceGrant]:
+        yield IssuanceGrant()  # the apply lock already keeps a second certctl of this state dir out
+
+    def issuing(self) -> dict[str, Issuing]:
+        return {}
+
+    def blobs(self, scope: str) -> FileBlobs:
+        return FileBlobs(contained(self.path, scope, "state folder"))
+
+    def record_log(self, scope: str) -> KeyedLog:
+        return KeyedLog(contained(self.path, f"{scope}.jsonl", "state file"))
+
+    def report(self, summary: Any) -> None:
+        return None  # `certctl status` reads this node's own state
 
     # --- lock ---------------------------------------------------------------------------------
 
@@ -326,6 +395,19 @@ class StateDir:
                      at: datetime, replaced: str | None, *, issuer: str | None = None,
                      issuer_note: str | None = None) -> IssuedVersion:
         """Keep a newly issued certificate with its key; the index is updated last (the commit point)."""
+        folder = self.write_vault_files(name, material)
+        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced, issuer=issuer,
+                                issuer_note=issuer_note)
+        meta = version_meta(material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note)
+        atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
+        with self._mutex:
+            versions = dict(self._vault_index.get(name) or {})
+            versions[material.info.thumbprint] = meta
+            self._vault_index.set(name, versions)  # the commit point
+        return version
+
+    def write_vault_files(self, name: str, material: Material) -> Path:
+        """The certificate, chain, full chain and key (0600) of a version in ``vault/<name>/<THUMBPRINT>/``."""
         folder = self.vault / name / material.info.thumbprint
         problem = write_path_problem(folder)
         if problem is not None:
@@ -335,16 +417,7 @@ class StateDir:
         atomic_write(folder / "cert.pem", material.cert_pem)
         atomic_write(folder / "chain.pem", material.chain_pem)
         atomic_write(folder / "fullchain.pem", material.fullchain_pem)
-        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced, issuer=issuer,
-                                issuer_note=issuer_note)
-        meta = {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
-                "domains": list(domains), "replaced": replaced, "issuer": issuer, "issuer_note": issuer_note}
-        atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
-        with self._mutex:
-            versions = dict(self._vault_index.get(name) or {})
-            versions[material.info.thumbprint] = meta
-            self._vault_index.set(name, versions)  # the commit point
-        return version
+        return folder
 
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:
         """Record that an issued version is revoked (the plan then replaces it); False when it is unknown."""

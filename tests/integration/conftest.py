@@ -21,6 +21,7 @@ from tests.integration.servers import (
     Nginx,
     Pebble,
     PebbleOptions,
+    Postgres,
     ServerError,
     ServerPool,
 )
@@ -28,6 +29,17 @@ from tests.integration.servers import (
 
 def _fail(exc: ServerError) -> None:
     pytest.fail(f"a test server could not start: {exc}", pytrace=False)
+
+
+def _serve(server: Any) -> Iterator[Any]:
+    """Start ``server`` (a failure fails the test, saying why), hand it out, stop it afterwards."""
+    try:
+        server.start()
+    except ServerError as exc:
+        server.stop()
+        _fail(exc)
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")
@@ -93,14 +105,7 @@ def pebble_bind(pebble_factory: Callable[..., Pebble], bind: Bind) -> Pebble:
 @pytest.fixture(scope="session")
 def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     """nginx serving TLS on ``nginx.endpoint`` from ``nginx.cert_path``/``nginx.key_path``."""
-    server = Nginx(tmp_path_factory.mktemp("nginx"))
-    try:
-        server.start()
-    except ServerError as exc:
-        server.stop()
-        _fail(exc)
-    yield server
-    server.stop()
+    yield from _serve(Nginx(tmp_path_factory.mktemp("nginx")))
 
 
 @pytest.fixture
@@ -148,3 +153,39 @@ def _isolated_logging() -> Iterator[None]:
     structlog.configure(**_SESSION_LOGGING)
     yield
     structlog.configure(**_SESSION_LOGGING)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """One PostgreSQL cluster for the session (each test gets its own database: ``fleet_dsn``)."""
+    yield from _serve(Postgres(tmp_path_factory.mktemp("postgres")))
+
+
+@pytest.fixture
+def fleet_dsn(postgres_cluster: Postgres) -> str:
+    """A fresh, empty database on the session's cluster: its DSN (with the password)."""
+    import secrets
+
+    import psycopg
+
+    name = f"certctl_{secrets.token_hex(6)}"
+    with psycopg.connect(postgres_cluster.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return postgres_cluster.dsn.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="module")
+def public_bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
+    """BIND authoritative for a zone with a public suffix (certctl refuses .test names for an ACME issuer)."""
+    server = Bind(tmp_path_factory.mktemp("bind-e2e"), zone="certctl-e2e.net")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def pebble_public_bind(tmp_path_factory: pytest.TempPathFactory, public_bind: Bind, va_http_port: int) -> Iterator[Pebble]:
+    server = Pebble(tmp_path_factory.mktemp("pebble-e2e"), PebbleOptions(dns="bind"), public_bind.address, va_http_port)
+    server.start()
+    yield server
+    server.stop()

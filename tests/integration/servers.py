@@ -874,3 +874,100 @@ class PowerDns:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------------------------
+
+
+def _pg_binary(name: str) -> str:
+    """initdb and pg_ctl live in /usr/lib/postgresql/<version>/bin on Debian (not on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/" + name), key=lambda p: int(p.parts[-3]))
+    if not versions:
+        raise ServerError(f"{name} is not installed: run scripts/install-system-deps (Debian package: postgresql)")
+    return str(versions[-1])
+
+
+class Postgres:
+    """A PostgreSQL cluster in its own temporary folder, on a free loopback port, with password
+    authentication (so the DSN holds a secret, as in production). As root, initdb and the server run as
+    the ``postgres`` system user (PostgreSQL refuses to run as root)."""
+
+    def __init__(self, folder: Path) -> None:
+        import tempfile
+
+        self.port = free_port()
+        self.password = secrets.token_urlsafe(16)
+        # a folder of its own, outside pytest's (root-only) temporary tree, that the postgres user can enter
+        self.base = Path(tempfile.mkdtemp(prefix="certctl-pg-"))
+        self.base.chmod(0o755)
+        self.data = self.base / "data"
+        self.log = folder / "postgres.log"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise ServerError("running as root needs the postgres system user (Debian package: postgresql)") from None
+            os.chown(self.base, pw.pw_uid, pw.pw_gid)
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        self.server_log = self.base / "server.log"
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres:{self.password}@{LOOPBACK}:{self.port}/postgres"
+
+    def _run(self, argv: list[str], timeout: float = 60.0) -> None:
+        result = subprocess.run([*self.as_user, *argv], capture_output=True, text=True, timeout=timeout, check=False,
+                                cwd=self.base)
+        with open(self.log, "a") as fh:
+            fh.write(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}")
+        if result.returncode != 0:
+            raise ServerError(f"{argv[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+
+    def start(self) -> Postgres:
+        if not self.data.exists():
+            pwfile = self.base / "pwfile"
+            pwfile.write_text(self.password + "\n")
+            if self.as_user:
+                import pwd
+
+                pw = pwd.getpwnam("postgres")
+                os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+            pwfile.chmod(0o600)
+            self._run([_pg_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=scram-sha-256",
+                       f"--pwfile={pwfile}", "--no-sync", "-E", "UTF8"])
+            pwfile.unlink()
+        self.resume()
+        return self
+
+    def resume(self) -> None:
+        """Start the server (again) on the same port and data."""
+        options = (f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.base} -c fsync=off "
+                   "-c max_connections=200")
+        self._run([_pg_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.server_log), "-o", options, "-w",
+                   "-t", "60", "start"])
+        wait_until(lambda: tcp_open(self.port), 30, "postgres")
+
+    def pause(self) -> None:
+        """Stop the server (fast shutdown: clients are disconnected); ``resume`` starts it again."""
+        self._run([_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def stop(self) -> None:
+        with contextlib.suppress(ServerError, subprocess.TimeoutExpired):
+            self._run([_pg_binary("pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def dump(self, database: str = "postgres") -> bytes:
+        """Everything in a database as pg_dump writes it (data included)."""
+        dsn = self.dsn.rsplit("/", 1)[0] + "/" + database
+        result = subprocess.run(["pg_dump", "--data-only", "--inserts", dsn], capture_output=True, timeout=60,
+                                check=False)
+        if result.returncode != 0:
+            raise ServerError(f"pg_dump failed: {result.stderr.decode(errors='replace')[-2000:]}")
+        return result.stdout

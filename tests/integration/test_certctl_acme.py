@@ -25,7 +25,7 @@ from reconciler.state.statedir import StateDir
 from reconciler.support.clock import FixedClock
 from reconciler.wiring import build, build_acme_issuer
 from tests.conftest import Workspace
-from tests.integration.servers import AriProxy, Bind, Pebble, PebbleOptions, wait_until
+from tests.integration.servers import AriProxy, Bind, Pebble, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -318,23 +318,6 @@ def test_renewal_at_75_percent_in_real_time(ws: Workspace, run_cli: RunCli, pebb
     assert order == [("intent", "renew/short"), ("done", "renew/short"),
                      ("intent", "install/short/store/pem"), ("done", "install/short/store/pem")]
     assert run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")[0] == 0
-
-
-@pytest.fixture(scope="module")
-def public_bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
-    """BIND authoritative for a zone with a public suffix (certctl refuses .test names for an ACME issuer)."""
-    server = Bind(tmp_path_factory.mktemp("bind-e2e"), zone="certctl-e2e.net")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def pebble_public_bind(tmp_path_factory: pytest.TempPathFactory, public_bind: Bind, va_http_port: int) -> Iterator[Pebble]:
-    server = Pebble(tmp_path_factory.mktemp("pebble-e2e"), PebbleOptions(dns="bind"), public_bind.address, va_http_port)
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_wildcard_and_apex_through_bind(ws: Workspace, run_cli: RunCli, public_bind: Bind, pebble_public_bind: Pebble,

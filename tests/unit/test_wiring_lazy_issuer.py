@@ -13,6 +13,7 @@ import pytest
 
 from reconciler.adapters.issuers.acme import issuer as acme_issuer
 from reconciler.core.spec import IssuerSpec
+from reconciler.state.statedir import StateDir
 from reconciler.wiring import _LazyIssuer
 
 
@@ -31,7 +32,7 @@ def test_one_backend_for_many_threads(tmp_path: Path, monkeypatch: pytest.Monkey
         "directoryUrl": "https://acme.example.com/dir", "agreeToS": True,
         "solvers": [{"http01": {"standalone": {"port": 80}}}],
     }})
-    lazy = _LazyIssuer("ca", spec, tmp_path)
+    lazy = _LazyIssuer("ca", spec, StateDir(tmp_path))
     start = threading.Barrier(8)
 
     def get(_: int) -> int:

@@ -1,6 +1,7 @@
 """The built-in private CA (the embedded default issuer: needs no server and no network).
 
-It also revokes what it issued: the revoked serials are kept in ``<state>/localca/<issuer>/revoked.json``
+It also revokes what it issued: the revoked serials are kept with the CA (``<state>/localca/<issuer>/revoked.json``,
+or in the database in fleet mode)
 and published as a signed CRL (PEM) in ``crl.pem`` beside the CA, and at ``crlPath`` when the spec gives
 one. A CRL is valid for ``CRL_VALIDITY`` and is published afresh once less than half of that is left
 (the daemon's maintenance pass asks), so a consumer that checks ``nextUpdate`` never sees a stale one.
@@ -20,21 +21,26 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from reconciler.core.spec import LocalCA
-from reconciler.ports import IssueError, IssueRequest, Material, RevocationStatus, RevokeError
+from reconciler.ports import Blobs, IssueError, IssueRequest, Material, RevocationStatus, RevokeError
+from reconciler.state.statedir import FileBlobs
 from reconciler.support import pki
 from reconciler.support.fs import UnsafePath, atomic_write, read_regular, safe_folder
 
 CRL_VALIDITY = timedelta(days=7)
 MAX_STATE_BYTES = 16 << 20
+REVOKED = "revoked.json"
 
 
 class LocalCAIssuer:
-    """Signs leaf certificates with a CA key kept in ``<state>/localca/<issuer>/`` (created on first use)."""
+    """Signs leaf certificates with a CA key kept in ``<state>/localca/<issuer>/`` (created on first use),
+    or in ``blobs`` (fleet mode: encrypted in the database, one CA for every node)."""
 
-    def __init__(self, name: str, spec: LocalCA, state_dir: Path, clock: object | None = None) -> None:
+    def __init__(self, name: str, spec: LocalCA, state_dir: Path, clock: object | None = None, *,
+                 blobs: Blobs | None = None) -> None:
         self.name = name
         self.spec = spec
         self.folder = Path(state_dir) / "localca" / name
+        self.blobs: Blobs = blobs if blobs is not None else FileBlobs(self.folder)
         self._lock = threading.Lock()
         self._ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
         self._crl: tuple[tuple[int, int, int], x509.CertificateRevocationList] | None = None
@@ -60,7 +66,7 @@ class LocalCAIssuer:
             serial = format(cert.serial_number, "x")
             if not any(e.get("serial") == serial for e in data["revoked"]):
                 data["revoked"].append({"serial": serial, "at": now.isoformat(), "reason": reason})
-                atomic_write(self.folder / "revoked.json", json.dumps(data, indent=1) + "\n", 0o600)
+                self.blobs.put(REVOKED, (json.dumps(data, indent=1) + "\n").encode())
         self.publish_crl(now)
 
     def revocation_status(self, material: Material) -> RevocationStatus | None:
@@ -132,7 +138,7 @@ class LocalCAIssuer:
                     revoked = revoked.add_extension(x509.CRLReason(flag), critical=False)
                 builder = builder.add_revoked_certificate(revoked.build())
             crl_pem = builder.sign(ca_key, hashes.SHA384()).public_bytes(serialization.Encoding.PEM)
-            atomic_write(self.folder / "revoked.json", json.dumps(data, indent=1) + "\n", 0o600)
+            self.blobs.put(REVOKED, (json.dumps(data, indent=1) + "\n").encode())
             atomic_write(self.crl_file, crl_pem, 0o644)
             if self.spec.crlPath is not None:
                 target = Path(self.spec.crlPath)
@@ -143,24 +149,26 @@ class LocalCAIssuer:
                 atomic_write(target, crl_pem, 0o644)
 
     def _revoked(self) -> dict[str, Any]:
-        """The revoked list (``{"revoked": [{serial, at, reason}], "crl_number": n}``); RevokeError when damaged."""
-        path = self.folder / "revoked.json"
+        """The revoked list (``{"revoked": [{serial, at, reason}], "crl_number": n}``); RevokeError when damaged.
+        It is kept with the CA (in fleet mode in the database, so every node publishes the same CRL)."""
+        path = f"the revoked list of local CA {self.name}"
         try:
-            data = json.loads(read_regular(path, MAX_STATE_BYTES))
-        except FileNotFoundError:
-            return {"revoked": [], "crl_number": 0}
+            raw = self.blobs.get(REVOKED)
+            if raw is None:
+                return {"revoked": [], "crl_number": 0}
+            data = json.loads(raw)
         except (OSError, ValueError) as exc:
-            raise RevokeError(f"cannot read the local CA's revoked list {path}: {exc}") from None
+            raise RevokeError(f"cannot read {path}: {exc}") from None
         entries = data.get("revoked") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not all(
                 isinstance(e, dict) and isinstance(e.get("serial"), str) and isinstance(e.get("at"), str) for e in entries):
-            raise RevokeError(f"the local CA's revoked list {path} is damaged (not {{revoked: [{{serial, at, reason}}]}})")
+            raise RevokeError(f"{path} is damaged (not {{revoked: [{{serial, at, reason}}]}})")
         try:
             for e in entries:
                 int(e["serial"], 16)
                 datetime.fromisoformat(e["at"])
         except ValueError as exc:
-            raise RevokeError(f"the local CA's revoked list {path} is damaged: {exc}") from None
+            raise RevokeError(f"{path} is damaged: {exc}") from None
         return {"revoked": entries, "crl_number": data.get("crl_number", 0) if isinstance(data.get("crl_number"), int) else 0}
 
     def ca_certificate_pem(self) -> bytes:
@@ -168,39 +176,41 @@ class LocalCAIssuer:
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def _load_or_create(self, now: datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        """The CA, made on first use. Each part is created only where it is missing and read back, so
+        processes that make it at once (fleet nodes sharing the database) all end up with the first one."""
         with self._lock:
             if self._ca is not None:
                 return self._ca
-            cert_path, key_path = self.folder / "ca.pem", self.folder / "ca.key"
-            if cert_path.exists() and key_path.exists():
-                cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-                key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-                if not isinstance(key, ec.EllipticCurvePrivateKey):
-                    raise IssueError(f"local CA key {key_path} is not an ECDSA key")
-            else:
-                key = ec.generate_private_key(ec.SECP384R1())
-                subject = x509.Name([
-                    x509.NameAttribute(NameOID.COMMON_NAME, self.spec.commonName or f"certctl local CA {self.name}"),
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certctl"),
-                ])
-                ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-                cert = (
-                    x509.CertificateBuilder()
-                    .subject_name(subject).issuer_name(subject)
-                    .public_key(key.public_key())
-                    .serial_number(x509.random_serial_number())
-                    .not_valid_before(now - timedelta(minutes=5))
-                    .not_valid_after(now + self.spec.caValidity)
-                    .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                    .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-                    .add_extension(ski, critical=False)
-                    .sign(key, hashes.SHA384())
-                )
-                self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-                atomic_write(key_path, pki.key_to_pem(key), 0o600)  # the key first: a CA cert without its key is useless
-                atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+            key_pem = self.blobs.get("ca.key")
+            if key_pem is None:  # the key first: a CA certificate without its key is useless
+                key_pem = self.blobs.create("ca.key", pki.key_to_pem(ec.generate_private_key(ec.SECP384R1())))
+            key = serialization.load_pem_private_key(key_pem, password=None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise IssueError(f"the key of local CA {self.name} is not an ECDSA key")
+            cert_pem = self.blobs.get("ca.pem")
+            if cert_pem is None:
+                cert_pem = self.blobs.create("ca.pem", self._ca_certificate(key, now).public_bytes(serialization.Encoding.PEM))
+            cert = x509.load_pem_x509_certificate(cert_pem)
             self._ca = (cert, key)
             return self._ca
+
+    def _ca_certificate(self, key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Certificate:
+        subject = x509.Name([
+            x509.NameAttribute(NameOID.COMMON_NAME, self.spec.commonName or f"certctl local CA {self.name}"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certctl"),
+        ])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + self.spec.caValidity)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA384())
+        )
 
     def issue(self, request: IssueRequest) -> Material:
         now = (request.at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)

@@ -21,8 +21,10 @@ log = structlog.get_logger()
 
 
 class DesiredInForce:
-    def __init__(self, directory: Path, clock: Clock, metrics: Metrics) -> None:
+    def __init__(self, directory: Path, clock: Clock, metrics: Metrics,
+                 view: Callable[[DesiredState], DesiredState] = lambda d: d) -> None:
         self.directory = directory
+        self.view = view  # fleet: the part of the desired state that is this node's
         self.clock = clock
         self.metrics = metrics
         self.current: DesiredState | None = None  # the last valid desired state: the one in force
@@ -42,7 +44,7 @@ class DesiredInForce:
     def reload(self) -> None:
         """Load the directory; a valid result is put in force, an invalid one is reported."""
         try:
-            desired = load(self.directory)
+            desired = self.view(load(self.directory))
         except InvalidDesiredState as exc:
             self.invalid([str(d) for d in exc.diagnostics])
             return

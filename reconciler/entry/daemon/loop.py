@@ -19,6 +19,7 @@ from reconciler.app.executor import Executor, Outcome
 from reconciler.app.reconcile import reconcile_once
 from reconciler.app.world import World
 from reconciler.core.durations import iso
+from reconciler.core.fleet import node_view
 from reconciler.core.model import DesiredState
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, status_document, status_rows
@@ -28,10 +29,11 @@ from reconciler.entry.daemon.options import DaemonOptions
 from reconciler.entry.daemon.schedule import Schedule
 from reconciler.entry.daemon.signals import SignalRelay
 from reconciler.entry.daemon.watch import watch
-from reconciler.ports import Clock
-from reconciler.state.statedir import LockBusy, StateDir
+from reconciler.ports import BackendUnavailable, Clock, StateBackend
+from reconciler.state.statedir import LockBusy
 from reconciler.support.clock import SYSTEM
 from reconciler.support.fs import acquire
+from reconciler.wiring import node_name
 
 log = structlog.get_logger()
 
@@ -40,6 +42,7 @@ LOCK_WAIT = 5.0  # seconds a pass waits for a `certctl apply` that holds the app
 BUSY_RETRY = 5.0  # then it tries again this much later
 ERROR_RETRY = 30.0  # a pass that failed as a whole is retried after this long (or the interval, if shorter)
 RELOAD_REASONS = frozenset({"start", "files", "sighup", "interval"})
+BACKEND_RETRY_FIRST, BACKEND_RETRY_MAX = 1.0, 30.0  # seconds: backoff while the database is unavailable
 
 
 class DaemonBusy(Exception):
@@ -67,8 +70,8 @@ class Daemon:
         self.events: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.stop = threading.Event()
         self.started_at = clock.now()
-        self.desired = DesiredInForce(self.dir, clock, self.metrics)
-        self.state: StateDir | None = None
+        self.desired = DesiredInForce(self.dir, clock, self.metrics, view=lambda d: node_view(d, self.node))
+        self.state: StateBackend | None = None
         self._world: World | None = None
         self._world_key: str | None = None
         self.fingerprint = ""
@@ -80,6 +83,8 @@ class Daemon:
         self.completed = 0  # finished (what /status and /healthz count)
         self.schedule = Schedule(interval=300.0, maintenance_interval=86400.0)
         self._watch_stop = threading.Event()
+        self.node = node_name(options.node)
+        self.backend_failures = 0  # consecutive passes the state backend (database) was unavailable
 
     @property
     def stopping(self) -> bool:
@@ -101,16 +106,16 @@ class Daemon:
     # --- start --------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from reconciler.wiring import state_dir_for
+        from reconciler.wiring import open_state, state_dir_for
 
         self.desired.reload()
         state_path = state_dir_for(self.dir, self.desired.current, self.options.state_dir)
         try:
             hold_daemon_lock(state_path, self.dir, self.clock)
-        except DaemonBusy as exc:
+            self.state = open_state(self.desired.current, state_path, self.node)
+        except (DaemonBusy, BackendUnavailable) as exc:
             sys.stderr.write(f"certctl: {exc}\n")
             return EXIT_ERROR
-        self.state = StateDir(state_path)
         self.state.report_access()
         self.desired.state_dir_problem = self._state_dir_problem
         if self.desired.current is not None and (problem := self._state_dir_problem(self.desired.current)):
@@ -126,7 +131,10 @@ class Daemon:
         watcher = threading.Thread(target=watch, args=(self.dir, self.state.path, lambda: self.events.put("files"),
                                                        self._watch_stop), name="certctl-watch", daemon=True)
         watcher.start()
-        log.info("daemon.started", dir=str(self.dir), state_dir=str(state_path), pid=os.getpid(),
+        listen = getattr(self.state, "listen", None)
+        if listen is not None:  # fleet: a new version in the database wakes this daemon at once
+            listen(lambda payload: self.events.put("fleet"), self._watch_stop)
+        log.info("daemon.started", node=self.node, dir=str(self.dir), state_dir=str(state_path), pid=os.getpid(),
                  metrics=endpoint.address if endpoint else None, git_pull=self.git_pull_enabled)
         self._settings_to_schedule()
         self.schedule.start(time.monotonic())
@@ -205,11 +213,19 @@ class Daemon:
             self.schedule.retry_at = time.monotonic() + BUSY_RETRY
             log.warning("reconcile.busy", error=str(exc), retry_in=BUSY_RETRY)
             self._finish(started, ok=False, error=str(exc))
+        except BackendUnavailable as exc:  # what is installed keeps being served; retried with backoff
+            self.backend_failures += 1
+            delay = min(BACKEND_RETRY_MAX, BACKEND_RETRY_FIRST * 2 ** (self.backend_failures - 1), self.schedule.interval)
+            self.schedule.retry_at = time.monotonic() + delay
+            log.error("reconcile.backend_unavailable", error=str(exc), retry_in=delay,
+                      note="everything installed stays as it is; the pass is retried")
+            self._finish(started, ok=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a pass that breaks is reported and retried, never fatal
             self.schedule.retry_at = time.monotonic() + min(ERROR_RETRY, self.schedule.interval)
             log.exception("reconcile.failed", error=str(exc))
             self._finish(started, ok=False, error=f"{exc.__class__.__name__}: {exc}")
         else:
+            self.backend_failures = 0
             self._finish(started, ok=True, failed=failed)
         finally:
             structlog.contextvars.unbind_contextvars("reconcile")

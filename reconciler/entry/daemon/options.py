@@ -15,6 +15,7 @@ class DaemonOptions:
     metrics_address: str | None = None  # --metrics-address (overrides Settings.metrics.address)
     no_metrics: bool = False  # --no-metrics
     stop_grace: float = 30.0  # seconds the running actions may take after SIGTERM (CERTCTL_STOP_TIMEOUT)
+    node: str | None = None  # --node (or $CERTCTL_NODE; default: the host name)
 
     @staticmethod
     def stop_grace_from_env() -> float:

@@ -7,9 +7,7 @@ with. Both are written atomically; the key is made once and reused for the life 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,9 +27,9 @@ from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from reconciler.adapters.issuers.acme import retry
 from reconciler.core import spec as specs
-from reconciler.ports import IssueError
+from reconciler.ports import Blobs, IssueError
+from reconciler.state.statedir import FileBlobs
 from reconciler.support import pki
-from reconciler.support.fs import atomic_write, fsync_dir
 from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
@@ -60,10 +58,13 @@ class ContactUpdate(JSONObjectWithFields):
 
 
 class AccountStore:
-    def __init__(self, folder: Path) -> None:
+    """The account key and record: files of ``folder``, or ``blobs`` (fleet mode: one account for every node)."""
+
+    def __init__(self, folder: Path, blobs: Blobs | None = None) -> None:
         self.folder = folder
         self.key_path = folder / "account.key"
         self.record_path = folder / "account.json"
+        self.blobs: Blobs = blobs if blobs is not None else FileBlobs(folder)
         self._lock = threading.Lock()
         self._key: JWK | None = None
 
@@ -72,15 +73,14 @@ class AccountStore:
         with self._lock:
             if self._key is not None:
                 return self._key
-            if self.key_path.exists():
-                try:
-                    private = pki.load_key(self.key_path.read_bytes())
-                except (OSError, ValueError) as exc:
-                    raise ValueError(f"the ACME account key {self.key_path} is unreadable: {exc}") from None
-            else:
-                private = ec.generate_private_key(ec.SECP256R1())
-                atomic_write(self.key_path, pki.key_to_pem(private), mode=0o600)
+            pem = self.blobs.get("account.key")
+            if pem is None:  # created only where missing and read back: concurrent nodes share the first key
+                pem = self.blobs.create("account.key", pki.key_to_pem(ec.generate_private_key(ec.SECP256R1())))
                 log.info("acme.account.key_created", path=str(self.key_path))
+            try:
+                private = pki.load_key(pem)
+            except ValueError as exc:
+                raise ValueError(f"the ACME account key {self.key_path} is unreadable: {exc}") from None
             self._key = JWKEC(key=private) if isinstance(private, ec.EllipticCurvePrivateKey) else JWKRSA(key=private)
             return self._key
 
@@ -89,43 +89,47 @@ class AccountStore:
 
     # --- key rollover (RFC 8555 §7.3.5): the new key is staged first, and made the key once the CA took it
 
-    @property
-    def staged_path(self) -> Path:
-        return self.folder / "account.key.new"
+    STAGED = "account.key.new"
 
     def stage_key(self) -> JWK:
-        """A new account key, written to ``account.key.new`` (0600) before the CA is asked to switch to it."""
+        """A new account key, kept as ``account.key.new`` (0600, or sealed in the database) before the CA is
+        asked to switch to it."""
         private = ec.generate_private_key(ec.SECP256R1())
-        atomic_write(self.staged_path, pki.key_to_pem(private), mode=0o600)
+        self.blobs.put(self.STAGED, pki.key_to_pem(private))
         return JWKEC(key=private)
 
     def staged(self) -> JWK | None:
         """The staged key of a rollover that was interrupted, or None."""
-        try:
-            private = pki.load_key(self.staged_path.read_bytes())
-        except FileNotFoundError:
+        pem = self.blobs.get(self.STAGED)
+        if pem is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"the staged ACME account key {self.staged_path} is unreadable: {exc}") from None
+        try:
+            private = pki.load_key(pem)
+        except ValueError as exc:
+            raise ValueError(f"the staged ACME account key ({self.STAGED}) is unreadable: {exc}") from None
         return JWKEC(key=private) if isinstance(private, ec.EllipticCurvePrivateKey) else JWKRSA(key=private)
 
     def promote_staged(self) -> None:
-        """The CA now knows the account by the staged key: make it the account key."""
+        """The CA now knows the account by the staged key: make it the account key (then drop the staged copy;
+        a crash in between leaves an interrupted rollover, which the next rollover settles with the CA)."""
         with self._lock:
-            os.replace(self.staged_path, self.key_path)
-            fsync_dir(self.folder)
+            pem = self.blobs.get(self.STAGED)
+            if pem is None:
+                return
+            self.blobs.put("account.key", pem)
+            self.blobs.delete(self.STAGED)
             self._key = None
 
     def discard_staged(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.staged_path.unlink()
+        self.blobs.delete(self.STAGED)
 
     def load(self, directory_url: str) -> AccountRecord | None:
         """The saved account for this directory URL, or None (none yet, or one of another CA)."""
         try:
-            data = json.loads(self.record_path.read_text())
-        except FileNotFoundError:
-            return None
+            raw = self.blobs.get("account.json")
+            if raw is None:
+                return None
+            data = json.loads(raw)
         except (OSError, ValueError) as exc:
             log.warning("acme.account.record_unreadable", path=str(self.record_path), error=str(exc))
             return None
@@ -136,7 +140,7 @@ class AccountStore:
     def save(self, directory_url: str, uri: str, email: str | None, created: str | None = None) -> AccountRecord:
         record = AccountRecord(directory_url, uri, email, created or datetime.now(UTC).isoformat(timespec="seconds"))
         body = {"directoryUrl": directory_url, "uri": uri, "email": email, "created": record.created}
-        atomic_write(self.record_path, json.dumps(body, indent=1) + "\n", mode=0o600)
+        self.blobs.put("account.json", (json.dumps(body, indent=1) + "\n").encode())
         return record
 
 
@@ -152,8 +156,8 @@ class Registration:
 
     def forget(self) -> None:
         """The CA no longer knows the saved account: register again on the next order."""
-        with self._lock, contextlib.suppress(FileNotFoundError):
-            self.store.record_path.unlink()
+        with self._lock:
+            self.store.blobs.delete("account.json")
 
     def ensure(self, client: ClientV2, directory: messages.Directory, key: JWK) -> None:
         """Point ``client`` at the saved account, registering one first (once, under a lock) when there is none;

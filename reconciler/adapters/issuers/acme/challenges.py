@@ -1,7 +1,7 @@
 """The journal of challenges an order made answerable, so a killed order never leaves one behind.
 
-Every challenge is written to ``<state_dir>/acme/<issuer>/challenges.jsonl`` before its solver makes
-it answerable and removed once the solver has cleaned it up; ``recover`` cleans up whatever a crash
+Every challenge is written to ``<state_dir>/acme/<issuer>/challenges.jsonl`` (fleet mode: a table of the
+database, tagged with the order's issuance lease) before its solver makes it answerable and removed once the solver has cleaned it up; ``recover`` cleans up whatever a crash
 or ``kill -9`` left in between.
 """
 
@@ -15,15 +15,16 @@ from typing import Any
 import structlog
 
 from reconciler.core import spec as specs
-from reconciler.ports import ChallengeTask, SolverFactory
+from reconciler.ports import ChallengeTask, RecordLog, SolverFactory
 from reconciler.state.statedir import KeyedLog
 
 log = structlog.get_logger()
 
 
 class ChallengeJournal:
-    def __init__(self, path: Path, issuer: str, solvers: SolverFactory, environ: Mapping[str, str] | None) -> None:
-        self.log = KeyedLog(path)
+    def __init__(self, path: Path, issuer: str, solvers: SolverFactory, environ: Mapping[str, str] | None,
+                 records: RecordLog | None = None) -> None:
+        self.log: RecordLog = records if records is not None else KeyedLog(path)
         self.issuer = issuer
         self.solvers = solvers
         self.environ = environ

@@ -41,10 +41,12 @@ from reconciler.core import spec as specs
 from reconciler.core.planner import profile_problem
 from reconciler.ports import (
     REVOCATION_REASONS,
+    Blobs,
     DelegatingSolver,
     IssueError,
     IssueRequest,
     Material,
+    RecordLog,
     RenewalWindow,
     RevocationStatus,
     RevokeError,
@@ -77,6 +79,8 @@ class AcmeIssuer:
         environ: Mapping[str, str] | None = None,
         retry_policy: RetryPolicy | None = None,
         order_timeout: float = 300.0,
+        blobs: Blobs | None = None,
+        challenge_log: RecordLog | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
@@ -85,13 +89,13 @@ class AcmeIssuer:
         self.retry_policy = retry_policy or RetryPolicy()
         self.order_timeout = order_timeout
         self.folder = Path(state_dir) / "acme" / name
-        self.accounts = AccountStore(self.folder)
+        self.accounts = AccountStore(self.folder, blobs)
         self.registration = Registration(name, spec, self.accounts, environ)
         self.ari = AriIndex(self.folder / "ari.jsonl")
         self._solvers: list[Solver] = [solvers(s, environ) for s in spec.solvers]
         # Every challenge made answerable is written here first and removed once cleaned up, so a crash
         # or kill -9 in the middle of an order never leaves a challenge file or DNS record behind.
-        self.challenges = ChallengeJournal(self.folder / "challenges.jsonl", name, solvers, environ)
+        self.challenges = ChallengeJournal(self.folder / "challenges.jsonl", name, solvers, environ, challenge_log)
         self._verify: bool | str = spec.caBundle if spec.caBundle else True
         self._timeout = spec.timeout.total_seconds()
         self._lock = threading.Lock()  # guards the dicts below
@@ -420,7 +424,7 @@ class AcmeIssuer:
 
     def _session(self) -> Session:
         context = f"Issuer {self.name}: the CA at {self.directory_url}"
-        if self.accounts.staged_path.exists():  # a key rollover was interrupted: settle it before using the key
+        if self.accounts.staged() is not None:  # a key rollover was interrupted: settle it before using the key
             self._settle_staged_key()
         try:
             key = self.accounts.key()
