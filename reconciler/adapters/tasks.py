@@ -10,10 +10,9 @@ import structlog
 
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
-from reconciler.support.fs import UnsafePath, atomic_write, discard, safe_folder, switch_links, write_folder
 from reconciler.ports import Material
 from reconciler.support import pki, procs
-from reconciler.support.fs import UnsafePath, atomic_write, safe_folder
+from reconciler.support.fs import UnsafePath, atomic_write, discard, safe_folder, switch_links, write_folder
 from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()

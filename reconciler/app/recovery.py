@@ -24,8 +24,8 @@ from typing import Any
 import structlog
 
 from reconciler.app.executor import recover_challenges
-from reconciler.support.fs import WRITE_TEMP, remove_temporaries
 from reconciler.state.statedir import StateDir
+from reconciler.support.fs import WRITE_TEMP, remove_temporaries
 
 log = structlog.get_logger()
 

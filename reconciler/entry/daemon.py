@@ -41,8 +41,8 @@ from typing import Any
 
 import structlog
 
-from reconciler.app.executor import recover_challenges
 from reconciler.app.loader import InvalidDesiredState, load
+from reconciler.app.recovery import recover
 from reconciler.core.durations import iso
 from reconciler.core.model import DesiredState
 from reconciler.core.plan import ActionKind, Plan
@@ -54,8 +54,6 @@ from reconciler.entry.metrics import DEFAULT_ADDRESS, HttpEndpoint, Metrics
 from reconciler.state.statedir import LockBusy, StateDir
 from reconciler.support.clock import SYSTEM
 from reconciler.support.fs import acquire
-from reconciler.app.recovery import recover
-from reconciler.app.loader import InvalidDesiredState, load
 
 log = structlog.get_logger()
 

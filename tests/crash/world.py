@@ -11,9 +11,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from reconciler.support import pki
 from reconciler.adapters.iis.emulated import INTENT_FILE, EmulatedHost
 from reconciler.state.statedir import StateDir
+from reconciler.support import pki
 from tests.conftest import consumer_thumbprint
 
 REPO = Path(__file__).resolve().parents[2]

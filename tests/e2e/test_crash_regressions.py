@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from reconciler.support import pki
 from reconciler.state.statedir import StateDir
+from reconciler.support import pki
 from tests.conftest import Workspace, consumer_thumbprint
 
 

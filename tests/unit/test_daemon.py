@@ -12,12 +12,12 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.app.recovery import recover
 from reconciler.core.model import Attempts, ObservedState
 from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, ready_condition
 from reconciler.entry.daemon import without_cleanup
-from reconciler.app.recovery import recover
 from reconciler.entry.metrics import Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull

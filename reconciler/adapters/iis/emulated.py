@@ -48,11 +48,15 @@ from reconciler.adapters.iis.changes import resolve, thumbprint_users
 from reconciler.adapters.iis.httpsys import FILE_NAME as HTTPSYS_FILE
 from reconciler.adapters.iis.httpsys import HttpSysError, SslRecord, dump_json, load_json, normalize_hash
 from reconciler.core.model import HostState, StoredCert, StoreState
-from reconciler.core.model import MANAGED_PREFIX, CertInfo, HostState, StoredCert, StoreState
-from reconciler.support.fs import WRITE_TEMP, UnsafePath, atomic_write, contained, fsync_dir, remove_temporaries
-from reconciler.support.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
 from reconciler.ports import BindingChange, Material
-from reconciler.support.fs import UnsafePath, atomic_write, contained, fsync_dir
+from reconciler.support.fs import (
+    WRITE_TEMP,
+    UnsafePath,
+    atomic_write,
+    contained,
+    fsync_dir,
+    remove_temporaries,
+)
 from reconciler.support.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
 
 log = structlog.get_logger()

@@ -24,12 +24,16 @@ from pathlib import Path
 
 from reconciler.core.codec import decode
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState, to_plain
-from reconciler.support.fs import contained, discard, safe_folder, switch_links, write_folder
-from reconciler.support.parallel import map_batch
 from reconciler.ports import Material
 from reconciler.state.cache import FileKey, JsonCache, as_file_key, file_key
 from reconciler.support import pki
-from reconciler.support.fs import atomic_symlink, atomic_write, contained, fsync_dir, safe_folder
+from reconciler.support.fs import (
+    contained,
+    discard,
+    safe_folder,
+    switch_links,
+    write_folder,
+)
 from reconciler.support.parallel import map_batch
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
