@@ -15,6 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
@@ -87,6 +88,8 @@ class AcmeIssuer:
         self._directory: tuple[float, messages.Directory] | None = None
         # Kept-alive HTTP connections and unused nonces, shared by every order of this issuer.
         self._connection = Connection()
+        # Threads for the requests of one order made at once (its authorizations), started once.
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"certctl-acme-{name}")
 
     # --- IssuerBackend -------------------------------------------------------------------------
 
@@ -154,7 +157,7 @@ class AcmeIssuer:
             session = self._session()
             try:
                 order = Order(session, self.spec.solvers, self._solvers, self._solver_index, self.challenges, self.ari,
-                              self.order_timeout, self.spec.preferredChain, bound, self._delegate)
+                              self.order_timeout, self.spec.preferredChain, bound, self._delegate, pool=self._pool)
                 return order.run(request, plan, key, csr)
             except IssueError:
                 raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ class Order:
     # dns-01: (domain, solver index) -> (index of the solver that writes the record, record name or "")
     delegate: Callable[[str, int], tuple[int, str]] | None = None
     sleep: Callable[[float], None] = field(default=time.sleep)  # the pause between polls (tests record it)
+    pool: Executor | None = None  # the issuer's threads for requests made at once (authorizations)
 
     def run(self, request: IssueRequest, plan: dict[str, int], key: pki.PrivateKey,
             csr: x509.CertificateSigningRequest) -> Material:
@@ -134,7 +136,7 @@ class Order:
     def _pending_challenges(self, session: Session, order: messages.Order, plan: dict[str, int]) -> list[_Pending]:
         out: list[_Pending] = []
         fetched = at_once(lambda url: messages.Authorization.from_json(session.get_as_post(url).json()),
-                          list(order.authorizations))
+                          list(order.authorizations), self.pool)
         for url, authz in zip(order.authorizations, fetched, strict=True):
             ident = authz.identifier.value
             domain = f"*.{ident}" if authz.wildcard else ident
@@ -185,7 +187,7 @@ class Order:
                 session.client.answer_challenge(item.challenge, item.response)
                 bound.info("acme.challenge.answered", domain=item.domain, kind=item.task.kind)
 
-            at_once(answer, pending)
+            at_once(answer, pending, self.pool)
             self._wait_authorizations(session, pending, deadline)
         finally:
             for solver, tasks in reversed(prepared):
@@ -204,7 +206,7 @@ class Order:
         while True:
             backoff.what = "the validation of " + ", ".join(item.domain for item in waiting.values())
             urls = list(waiting)
-            answers: list[requests.Response] = at_once(session.get_as_post, urls)
+            answers: list[requests.Response] = at_once(session.get_as_post, urls, self.pool)
             for url, response in zip(urls, answers, strict=True):
                 authz = messages.Authorization.from_json(response.json())
                 if authz.status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
