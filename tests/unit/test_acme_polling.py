@@ -1,0 +1,158 @@
+"""How the ACME order polls the CA: Retry-After wins, else a short first pause that grows to a ceiling;
+the authorizations of an order are fetched and polled at once; unused nonces are kept for the next request."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from acme import messages
+
+from reconciler.adapters.issuers.acme import poll
+from reconciler.adapters.issuers.acme.order import Order, _Pending, longest
+from reconciler.adapters.issuers.acme.transport import NoncePool
+from reconciler.core.spec import Acme
+from reconciler.ports import IssueError
+from reconciler.wiring import build_acme_issuer
+
+
+def test_retry_after_in_seconds_and_as_a_date() -> None:
+    now = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    assert poll.retry_after_seconds("7", now) == 7.0
+    assert poll.retry_after_seconds(format_datetime(now + timedelta(seconds=90), usegmt=True), now) == 90.0
+    assert poll.retry_after_seconds(format_datetime(now - timedelta(seconds=90), usegmt=True), now) == 0.0
+    assert poll.retry_after_seconds(None) is None
+    assert poll.retry_after_seconds("soon") is None
+    assert longest(["2", None, "30", "junk"]) == "30"
+    assert longest([None, "junk"]) is None
+
+
+def test_backoff_starts_short_grows_to_a_ceiling_and_yields_to_retry_after() -> None:
+    backoff = poll.Backoff(deadline=time.monotonic() + 600, what="x", timeout=600)
+    ours = [backoff.pause(None) for _ in range(12)]
+    assert ours[0] == poll.FIRST == 0.05
+    assert all(b > a for a, b in itertools.pairwise(ours[:9]))  # grows ...
+    assert max(ours) == poll.CEILING == 3.0  # ... up to the ceiling, and stays there
+    assert ours[-1] == 3.0
+    assert backoff.pause("20") == 20.0  # the CA's wish wins, even far above the ceiling
+    assert backoff.pause("0") == 0.0
+
+
+def test_a_retry_after_past_the_deadline_fails_the_order_as_transient() -> None:
+    slept: list[float] = []
+    backoff = poll.Backoff(deadline=time.monotonic() + 5, what="the order https://ca/o/1", timeout=5, sleep=slept.append)
+    with pytest.raises(IssueError, match="asks to ask again in 60s") as caught:
+        backoff.wait("60", "processing")
+    assert caught.value.transient and caught.value.retry_after is not None
+    assert slept == []  # it did not sleep first
+
+
+def test_nonce_pool_hands_out_the_freshest_and_drops_stale_ones() -> None:
+    pool = NoncePool(size=3)
+    assert pool.take() is None
+    for nonce in ("a", "b", "c", "d"):
+        pool.put(nonce)
+    assert len(pool) == 3  # the oldest ("a") was dropped
+    assert [pool.take(), pool.take(), pool.take(), pool.take()] == ["d", "c", "b", None]
+    stale = NoncePool(max_age=0.0)
+    stale.put("old")
+    assert stale.take() is None
+
+
+class _Reply:
+    def __init__(self, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self.doc, self.headers = doc, headers or {}
+
+    def json(self) -> dict[str, Any]:
+        return self.doc
+
+
+def _authz(domain: str, status: str) -> dict[str, Any]:
+    return {"identifier": {"type": "dns", "value": domain}, "status": status,
+            "challenges": [{"type": "http-01", "url": f"https://ca/chall/{domain}", "token": "t" * 43,
+                            "status": status}]}
+
+
+class _SlowCA:
+    """Authorizations that stay pending for ``rounds`` polls, answered with ``headers``; records the polls."""
+
+    def __init__(self, rounds: int, headers: dict[str, str] | None = None, barrier: threading.Barrier | None = None):
+        self.rounds, self.headers, self.barrier = rounds, headers or {}, barrier
+        self.polls: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def get_as_post(self, url: str) -> _Reply:
+        if self.barrier is not None:
+            self.barrier.wait()  # both authorizations must be asked for at the same time, or this breaks
+        domain = url.rsplit("/", 1)[-1]
+        with self.lock:
+            self.polls[domain] = self.polls.get(domain, 0) + 1
+            seen = self.polls[domain]
+        status = "pending" if seen <= self.rounds else "valid"
+        return _Reply(_authz(domain, status), self.headers if status == "pending" else {})
+
+
+def _order(tmp_path: Path, slept: list[float]) -> Order:
+    issuer = build_acme_issuer("ca", Acme.model_validate(
+        {"directoryUrl": "https://ca/dir", "solvers": [{"http01": {"standalone": {"port": 1}}}]}), tmp_path)
+    return Order(None, issuer.spec.solvers, [], issuer._solver_index, issuer.challenges,  # type: ignore[arg-type]
+                 issuer.ari, 30.0, None, structlog.get_logger(), sleep=slept.append)
+
+
+def _pending(*domains: str) -> list[_Pending]:
+    return [_Pending(f"https://ca/authz/{d}", d, None, None, None, 0) for d in domains]  # type: ignore[arg-type]
+
+
+def test_authorizations_are_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> None:
+    slept: list[float] = []
+    ca = _SlowCA(rounds=3, headers={"Retry-After": "2"})
+    _order(tmp_path, slept)._wait_authorizations(ca, _pending("a.example", "b.example"),  # type: ignore[arg-type]
+                                                 time.monotonic() + 30)
+    assert slept == [2.0, 2.0, 2.0]
+    assert ca.polls == {"a.example": 4, "b.example": 4}
+
+
+def test_without_retry_after_the_first_poll_comes_after_50_ms_and_pauses_grow(tmp_path: Path) -> None:
+    slept: list[float] = []
+    _order(tmp_path, slept)._wait_authorizations(_SlowCA(rounds=3), _pending("a.example"),  # type: ignore[arg-type]
+                                                 time.monotonic() + 30)
+    assert slept == pytest.approx([0.05, 0.08, 0.128])
+
+
+def test_the_order_is_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> None:
+    slept: list[float] = []
+    answers = iter([("pending", "3"), ("processing", "1"), ("processing", None), ("valid", None)])
+
+    class CA:
+        def get_as_post(self, url: str) -> _Reply:
+            status, after = next(answers)
+            doc = {"status": status, "identifiers": [], "authorizations": [], "finalize": "https://ca/f/1",
+                   "certificate": "https://ca/cert/1"}
+            return _Reply(doc, {"Retry-After": after} if after else {})
+
+    order = _order(tmp_path, slept)._wait_order(CA(), "https://ca/order/1", {"valid"},  # type: ignore[arg-type]
+                                                time.monotonic() + 30)
+    assert order.status == messages.STATUS_VALID
+    assert slept == [3.0, 1.0, pytest.approx(poll.FIRST * poll.FACTOR**2)]
+
+
+def test_the_authorizations_of_an_order_are_polled_at_the_same_time(tmp_path: Path) -> None:
+    # Each poll waits for the other authorization's poll: asked one after the other, the barrier breaks.
+    ca = _SlowCA(rounds=1, barrier=threading.Barrier(2, timeout=10))
+    issuer_pool = build_acme_issuer("ca", Acme.model_validate(
+        {"directoryUrl": "https://ca/dir", "solvers": [{"http01": {"standalone": {"port": 1}}}]}), tmp_path)._pool
+    order = _order(tmp_path, [])
+    order.pool = issuer_pool
+    order._wait_authorizations(ca, _pending("a.example", "b.example"), time.monotonic() + 30)  # type: ignore[arg-type]
+    assert ca.polls == {"a.example": 2, "b.example": 2}
+    order.pool = None  # and without a long-lived pool, a pool is made for the batch
+    ca2 = _SlowCA(rounds=0, barrier=threading.Barrier(2, timeout=10))
+    order._wait_authorizations(ca2, _pending("a.example", "b.example"), time.monotonic() + 30)  # type: ignore[arg-type]
+    assert ca2.polls == {"a.example": 1, "b.example": 1}
