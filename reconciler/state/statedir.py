@@ -26,6 +26,7 @@ import os
 import shutil
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -48,11 +49,63 @@ class LockBusy(Exception):
     pass
 
 
-def append_line(path: Path, line: bytes) -> None:
-    """Append one record and fsync it, always on a fresh line.
+class _Durability:
+    """Group commit for the appends to one file (one inode): every append is written at once, but the
+    fsync that makes it durable is shared by every append written while the previous fsync ran. A
+    caller still returns only after an fsync that covers its own line, so nothing is weaker than one
+    fsync per append; under concurrency (the executor's threads) a burst of appends costs two fsyncs."""
+
+    def __init__(self, size: int) -> None:
+        self.write_lock = threading.Lock()  # one writer at a time: a line is never interleaved
+        self.sync_lock = threading.Lock()  # one fsync at a time; the others wait for it, then need none
+        self.written = 0  # appends written (numbered from 1)
+        self.synced = 0  # appends known durable
+        self.durable_size = size  # the file's size covering exactly the durable appends
+        self.failed_upto = 0  # appends cut back off after a failed fsync
+        self.failure: OSError | None = None
+
+
+_DURABILITY: weakref.WeakValueDictionary[tuple[int, int], _Durability] = weakref.WeakValueDictionary()
+_DURABILITY_LOCK = threading.Lock()
+
+
+class PendingAppend:
+    """A line written to a log but not yet known durable: ``commit()`` waits for the shared fsync."""
+
+    def __init__(self, path: Path, fd: int, state: _Durability, number: int) -> None:
+        self.path, self._fd, self._state, self._number = path, fd, state, number
+
+    def commit(self) -> None:
+        """Return once the line is on disk; OSError (naming the file) when it could not be, and then the
+        line (and every line written with it that was not yet durable) is cut back off the file."""
+        state = self._state
+        try:
+            with state.sync_lock:
+                if state.failed_upto >= self._number:
+                    raise state.failure or OSError(f"cannot write {self.path}")
+                if state.synced >= self._number:
+                    return  # another append's fsync covered this line
+                with state.write_lock:
+                    target, end = state.written, os.fstat(self._fd).st_size
+                try:
+                    os.fsync(self._fd)
+                except OSError as exc:
+                    failure = OSError(exc.errno, f"cannot write {self.path}: {exc.strerror}")
+                    with state.write_lock:
+                        with contextlib.suppress(OSError):
+                            os.ftruncate(self._fd, state.durable_size)
+                        state.failed_upto, state.failure = state.written, failure
+                    raise failure from None
+                state.synced, state.durable_size = target, end
+        finally:
+            os.close(self._fd)
+
+
+def write_line(path: Path, line: bytes) -> PendingAppend:
+    """Append one record, always on a fresh line, without waiting for the disk; ``commit()`` the result.
 
     A torn tail (a crash or a full disk mid-append) first gets its newline, so the torn record (skipped
-    on reading) never swallows this one. A failed append is cut back off, so the file keeps exactly what
+    on reading) never swallows this one. A failed write is cut back off, so the file keeps exactly what
     it held; the error names the file.
     """
     try:
@@ -60,22 +113,35 @@ def append_line(path: Path, line: bytes) -> None:
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     try:
-        size = os.fstat(fd).st_size
-        if size:
-            os.lseek(fd, size - 1, os.SEEK_SET)
-            if os.read(fd, 1) != b"\n":
-                line = b"\n" + line
-        try:
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, size)
-            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
-    finally:
+        st = os.fstat(fd)
+        with _DURABILITY_LOCK:
+            state = _DURABILITY.get((st.st_dev, st.st_ino))
+            if state is None:
+                state = _DURABILITY[(st.st_dev, st.st_ino)] = _Durability(st.st_size)
+        with state.write_lock:
+            size = os.fstat(fd).st_size
+            if size:
+                os.lseek(fd, size - 1, os.SEEK_SET)
+                if os.read(fd, 1) != b"\n":
+                    line = b"\n" + line
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+            state.written += 1
+            return PendingAppend(path, fd, state, state.written)
+    except BaseException:
         os.close(fd)
+        raise
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one record on a fresh line and return once it is on disk (``write_line`` + ``commit``)."""
+    write_line(path, line).commit()
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -195,12 +261,20 @@ class KeyedLog:
             self._cache[entry["k"]] = entry["v"]
 
     def set(self, key: str, value: Any) -> None:
+        self.update(key, lambda _: value)
+
+    def update(self, key: str, change: Callable[[Any], Any]) -> Any:
+        """Set ``key`` to ``change(its current value)`` (None: delete it) and return the new value, once on disk.
+
+        The read, the change and the write happen under this log's lock (no update is lost); the wait for
+        the disk happens outside it, so concurrent updates share one fsync (``write_line``)."""
         with self._lock:
             self._refresh()
+            value = change(self._cache.get(key))
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             entry = {"k": key, "v": value}
             line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-            append_line(self.path, line.encode())
+            pending = write_line(self.path, line.encode())
             self._apply(entry)
             if self._lines > 2 * len(self._cache) + 64:
                 body = "".join(
@@ -210,9 +284,22 @@ class KeyedLog:
                 atomic_write(self.path, body, 0o600)
                 self._lines = len(self._cache)
             self._seen = self._stat()
+        try:
+            pending.commit()
+        except OSError:
+            with self._lock:
+                self._seen = None  # the line was cut back off: read the file again
+                self._cache = {}
+            raise
+        return value
 
     def delete(self, key: str) -> None:
         self.set(key, None)
+
+
+def _adding(key: str, value: Any) -> Callable[[dict[str, Any] | None], dict[str, Any]]:
+    """A change for ``KeyedLog.update`` that adds ``key: value`` to a map value."""
+    return lambda current: {**(current or {}), key: value}
 
 
 def _check_str(key: str, value: Any) -> None:
@@ -346,10 +433,7 @@ class StateDir:
         meta = {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
                 "domains": list(domains), "replaced": replaced}
         atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
-        with self._mutex:
-            versions = dict(self._vault_index.get(name) or {})
-            versions[material.info.thumbprint] = meta
-            self._vault_index.set(name, versions)  # the commit point
+        self._vault_index.update(name, _adding(material.info.thumbprint, meta))  # the commit point
         return version
 
     def recover_vault(self) -> tuple[int, int]:
@@ -368,9 +452,7 @@ class StateDir:
                         continue
                     meta = self._complete_version(cert_dir.name, version)
                     if meta is not None:
-                        versions = dict(self._vault_index.get(cert_dir.name) or {})
-                        versions[version.name] = meta
-                        self._vault_index.set(cert_dir.name, versions)
+                        self._vault_index.update(cert_dir.name, _adding(version.name, meta))
                         reindexed += 1
                         log.warning("recovery.reindexed", path=str(version),
                                     note="an issued version missing from the vault index was put back")
@@ -406,13 +488,10 @@ class StateDir:
                         pki.info_from_pem(cert))
 
     def forget_issued(self, name: str, thumbprint: str) -> None:
-        with self._mutex:
-            versions = dict(self._vault_index.get(name) or {})
-            versions.pop(thumbprint, None)
-            if versions:
-                self._vault_index.set(name, versions)
-            else:
-                self._vault_index.delete(name)
+        def without(versions: dict[str, Any] | None) -> dict[str, Any] | None:
+            return {t: v for t, v in (versions or {}).items() if t != thumbprint} or None
+
+        self._vault_index.update(name, without)
         shutil.rmtree(contained(self.vault, f"{name}/{thumbprint}", "vault version"), ignore_errors=True)
 
     # --- attempts -----------------------------------------------------------------------------------------
@@ -437,26 +516,29 @@ class StateDir:
         )
 
     def save_attempts(self, attempts: Attempts) -> None:
-        self._attempts.set(attempts.certificate, {
-                "consecutive_failures": attempts.consecutive_failures,
-                "last_attempt": _iso(attempts.last_attempt),
-                "last_success": _iso(attempts.last_success),
-                "last_error": attempts.last_error,
-                "next_retry": _iso(attempts.next_retry),
-                "ari_window_start": _iso(attempts.ari_window_start),
-                "ari_window_end": _iso(attempts.ari_window_end),
-                "ari_for": attempts.ari_for,
-                "ari_fetched_at": _iso(attempts.ari_fetched_at),
-                "ari_next_fetch": _iso(attempts.ari_next_fetch),
-        })
+        self._attempts.set(attempts.certificate, self._attempts_json(attempts))
+
+    @staticmethod
+    def _attempts_json(attempts: Attempts) -> dict[str, Any]:
+        return {
+            "consecutive_failures": attempts.consecutive_failures,
+            "last_attempt": _iso(attempts.last_attempt),
+            "last_success": _iso(attempts.last_success),
+            "last_error": attempts.last_error,
+            "next_retry": _iso(attempts.next_retry),
+            "ari_window_start": _iso(attempts.ari_window_start),
+            "ari_window_end": _iso(attempts.ari_window_end),
+            "ari_for": attempts.ari_for,
+            "ari_fetched_at": _iso(attempts.ari_fetched_at),
+            "ari_next_fetch": _iso(attempts.ari_next_fetch),
+        }
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:
-        with self._mutex:
-            raw = self._attempts.get(name)
+        def change(raw: dict[str, Any] | None) -> dict[str, Any]:
             current = self._attempts_from(name, raw) if raw else Attempts(certificate=name)
-            updated = replace(current, **changes)
-            self.save_attempts(updated)
-            return updated
+            return self._attempts_json(replace(current, **changes))
+
+        return self._attempts_from(name, self._attempts.update(name, change))
 
     # --- deployments (script tasks, whose output cannot be observed) ----------------------------------------
 
@@ -497,7 +579,8 @@ class StateDir:
         line = json.dumps({"at": datetime.now(UTC).isoformat(), "event": event, **fields}, sort_keys=True)
         with self._mutex:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            append_line(self.path / "journal.jsonl", (line + "\n").encode())
+            pending = write_line(self.path / "journal.jsonl", (line + "\n").encode())
+        pending.commit()  # outside the mutex: concurrent actions share one fsync
 
     def journal_entries(self) -> list[dict[str, Any]]:
         path = self.path / "journal.jsonl"
