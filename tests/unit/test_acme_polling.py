@@ -156,3 +156,21 @@ def test_the_authorizations_of_an_order_are_polled_at_the_same_time(tmp_path: Pa
     ca2 = _SlowCA(rounds=0, barrier=threading.Barrier(2, timeout=10))
     order._wait_authorizations(ca2, _pending("a.example", "b.example"), time.monotonic() + 30)  # type: ignore[arg-type]
     assert ca2.polls == {"a.example": 1, "b.example": 1}
+
+
+def test_the_shared_session_still_honours_proxy_and_ca_bundle_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reconciler.adapters.issuers.acme import transport
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
+    monkeypatch.setenv("NO_PROXY", "ca.internal")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/corp-ca.pem")
+    session = transport.Connection().session
+    far = session.merge_environment_settings("https://acme.example/dir", {}, None, True, None)
+    assert far["proxies"]["https"] == "http://proxy.corp:3128" and far["verify"] == "/etc/corp-ca.pem"
+    near = session.merge_environment_settings("https://ca.internal/acme/order/1", {}, None, "/my/ca.pem", None)
+    assert "https" not in near["proxies"] and near["verify"] == "/my/ca.pem"  # NO_PROXY, and caBundle wins
+    calls: list[str] = []
+    monkeypatch.setattr(transport, "get_environ_proxies", lambda url, no_proxy=None: calls.append(url) or {})
+    for path in ("new-order", "authz/1", "authz/2"):
+        session.merge_environment_settings(f"https://acme.example/{path}", {}, None, True, None)
+    assert calls == []  # read once per host, not per request

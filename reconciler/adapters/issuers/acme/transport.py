@@ -6,12 +6,14 @@ included, is kept for the next request, so a request seldom needs its own ``HEAD
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from acme import errors as acme_errors
@@ -22,7 +24,8 @@ from josepy.json_util import field
 from josepy.jwa import ES256, JWASignature
 from josepy.jwk import JWK
 from requests.adapters import HTTPAdapter
-from requests.utils import parse_header_links
+from requests.sessions import merge_setting
+from requests.utils import get_environ_proxies, parse_header_links
 
 from reconciler.adapters.issuers.acme import retry
 from reconciler.adapters.issuers.acme.retry import RetryPolicy
@@ -60,11 +63,39 @@ class NoncePool:
             return len(self._items)
 
 
+class _Session(requests.Session):
+    """A requests session that reads the environment's settings (``HTTPS_PROXY``, ``NO_PROXY``,
+    ``REQUESTS_CA_BUNDLE``) once per host, not before every request: requests would otherwise scan the
+    whole environment twice per request, which costs more CPU than the request itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+        if not self.trust_env or (proxies and proxies.get("no_proxy")):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(str(url))
+        origin = f"{parts.scheme}://{parts.netloc}"
+        known = self._environment.get(origin)
+        if known is None:
+            known = self._environment[origin] = (
+                get_environ_proxies(origin), os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"))
+        environ_proxies, environ_bundle = known
+        proxies = dict(proxies or {})
+        for scheme, proxy in environ_proxies.items():
+            proxies.setdefault(scheme, proxy)
+        if (verify is True or verify is None) and environ_bundle:
+            verify = environ_bundle
+        return {"proxies": merge_setting(proxies, self.proxies), "stream": merge_setting(stream, self.stream),
+                "verify": merge_setting(verify, self.verify), "cert": merge_setting(cert, self.cert)}
+
+
 class Connection:
     """What every order of one issuer shares: kept-alive HTTP connections and the nonce pool."""
 
     def __init__(self, pool_size: int = 64) -> None:
-        self.session = requests.Session()
+        self.session = _Session()
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
