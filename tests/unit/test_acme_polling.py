@@ -1,5 +1,6 @@
 """How the ACME order polls the CA: Retry-After wins, else a short first pause that grows to a ceiling;
-the authorizations of an order are fetched and polled at once; unused nonces are kept for the next request."""
+while the CA validates, the order (one request per round) is polled, not each authorization; the
+authorizations are fetched at once; unused nonces are kept for the next request."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import structlog
 from acme import messages
 
 from reconciler.adapters.issuers.acme import poll
-from reconciler.adapters.issuers.acme.order import Order, _Pending, longest
+from reconciler.adapters.issuers.acme.order import Order, _Pending
 from reconciler.adapters.issuers.acme.transport import NoncePool
 from reconciler.core.spec import Acme
 from reconciler.ports import IssueError
@@ -30,8 +31,6 @@ def test_retry_after_in_seconds_and_as_a_date() -> None:
     assert poll.retry_after_seconds(format_datetime(now - timedelta(seconds=90), usegmt=True), now) == 0.0
     assert poll.retry_after_seconds(None) is None
     assert poll.retry_after_seconds("soon") is None
-    assert longest(["2", None, "30", "junk"]) == "30"
-    assert longest([None, "junk"]) is None
 
 
 def test_backoff_starts_short_grows_to_a_ceiling_and_yields_to_retry_after() -> None:
@@ -75,55 +74,80 @@ class _Reply:
 
 
 def _authz(domain: str, status: str) -> dict[str, Any]:
-    return {"identifier": {"type": "dns", "value": domain}, "status": status,
-            "challenges": [{"type": "http-01", "url": f"https://ca/chall/{domain}", "token": "t" * 43,
-                            "status": status}]}
+    challenge: dict[str, Any] = {"type": "http-01", "url": f"https://ca/chall/{domain}", "token": "t" * 43,
+                                 "status": status}
+    if status == "invalid":
+        challenge["error"] = {"type": "urn:ietf:params:acme:error:connection", "detail": f"{domain}: refused"}
+    return {"identifier": {"type": "dns", "value": domain}, "status": status, "challenges": [challenge]}
 
 
-class _SlowCA:
-    """Authorizations that stay pending for ``rounds`` polls, answered with ``headers``; records the polls."""
+class _ValidatingCA:
+    """An order that stays pending for ``rounds`` polls (answered with ``headers``), then becomes ``outcome``;
+    its authorizations end ``outcome`` too. Records every URL asked for."""
 
-    def __init__(self, rounds: int, headers: dict[str, str] | None = None, barrier: threading.Barrier | None = None):
-        self.rounds, self.headers, self.barrier = rounds, headers or {}, barrier
-        self.polls: dict[str, int] = {}
+    def __init__(self, rounds: int, outcome: str = "ready", headers: dict[str, str] | None = None,
+                 barrier: threading.Barrier | None = None) -> None:
+        self.rounds, self.outcome, self.headers, self.barrier = rounds, outcome, headers or {}, barrier
+        self.asked: list[str] = []
         self.lock = threading.Lock()
 
     def get_as_post(self, url: str) -> _Reply:
-        if self.barrier is not None:
-            self.barrier.wait()  # both authorizations must be asked for at the same time, or this breaks
-        domain = url.rsplit("/", 1)[-1]
         with self.lock:
-            self.polls[domain] = self.polls.get(domain, 0) + 1
-            seen = self.polls[domain]
-        status = "pending" if seen <= self.rounds else "valid"
-        return _Reply(_authz(domain, status), self.headers if status == "pending" else {})
+            self.asked.append(url)
+            polls = self.asked.count(url)
+        if "/authz/" in url:
+            if self.barrier is not None:
+                self.barrier.wait()  # every authorization must be asked for at the same time, or this breaks
+            return _Reply(_authz(url.rsplit("/", 1)[-1], "invalid" if self.outcome == "invalid" else "valid"))
+        status = "pending" if polls <= self.rounds else self.outcome
+        doc = {"status": status, "identifiers": [], "authorizations": [], "finalize": "https://ca/f/1"}
+        return _Reply(doc, self.headers if status == "pending" else {})
 
 
 def _order(tmp_path: Path, slept: list[float]) -> Order:
     issuer = build_acme_issuer("ca", Acme.model_validate(
         {"directoryUrl": "https://ca/dir", "solvers": [{"http01": {"standalone": {"port": 1}}}]}), tmp_path)
     return Order(None, issuer.spec.solvers, [], issuer._solver_index, issuer.challenges,  # type: ignore[arg-type]
-                 issuer.ari, 30.0, None, structlog.get_logger(), sleep=slept.append)
+                 issuer.ari, 30.0, None, structlog.get_logger(), sleep=slept.append, pool=issuer._pool)
 
 
 def _pending(*domains: str) -> list[_Pending]:
-    return [_Pending(f"https://ca/authz/{d}", d, None, None, None, 0) for d in domains]  # type: ignore[arg-type]
+    from reconciler.ports import ChallengeTask
+
+    return [_Pending(f"https://ca/authz/{d}", d, None, None,  # type: ignore[arg-type]
+                     ChallengeTask(domain=d, kind="http-01", token="t", key_authorization="k"), 0) for d in domains]
 
 
-def test_authorizations_are_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> None:
+ORDER = "https://ca/order/1"
+
+
+def test_validation_polls_the_order_no_sooner_than_retry_after_asks(tmp_path: Path) -> None:
     slept: list[float] = []
-    ca = _SlowCA(rounds=3, headers={"Retry-After": "2"})
-    _order(tmp_path, slept)._wait_authorizations(ca, _pending("a.example", "b.example"),  # type: ignore[arg-type]
-                                                 time.monotonic() + 30)
+    ca = _ValidatingCA(rounds=3, headers={"Retry-After": "2"})
+    order = _order(tmp_path, slept)._wait_validation(ca, ORDER, _pending("a.example", "b.example"),  # type: ignore[arg-type]
+                                                     time.monotonic() + 30)
+    assert order.status == messages.STATUS_READY
     assert slept == [2.0, 2.0, 2.0]
-    assert ca.polls == {"a.example": 4, "b.example": 4}
+    assert ca.asked == [ORDER] * 4  # one request per round for both names, not one per authorization
 
 
 def test_without_retry_after_the_first_poll_comes_after_50_ms_and_pauses_grow(tmp_path: Path) -> None:
     slept: list[float] = []
-    _order(tmp_path, slept)._wait_authorizations(_SlowCA(rounds=3), _pending("a.example"),  # type: ignore[arg-type]
-                                                 time.monotonic() + 30)
+    _order(tmp_path, slept)._wait_validation(_ValidatingCA(rounds=3), ORDER, _pending("a.example"),  # type: ignore[arg-type]
+                                             time.monotonic() + 30)
     assert slept == pytest.approx([0.05, 0.08, 0.128])
+
+
+def test_a_failed_validation_names_every_failed_name_from_authorizations_fetched_at_once(tmp_path: Path) -> None:
+    # Each authorization request waits for the other: fetched one after the other, the barrier breaks.
+    ca = _ValidatingCA(rounds=1, outcome="invalid", barrier=threading.Barrier(2, timeout=10))
+    with pytest.raises(IssueError, match=r"validation failed: a\.example: connection: a\.example: refused; "
+                                         r"b\.example: connection: b\.example: refused") as caught:
+        _order(tmp_path, [])._wait_validation(ca, ORDER, _pending("a.example", "b.example"),  # type: ignore[arg-type]
+                                              time.monotonic() + 30)
+    assert not caught.value.transient
+    assert [p["identifier"] for p in caught.value.problem["subproblems"]] == [  # type: ignore[union-attr]
+        {"type": "dns", "value": "a.example"}, {"type": "dns", "value": "b.example"}]
 
 
 def test_the_order_is_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> None:
@@ -141,21 +165,6 @@ def test_the_order_is_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> 
                                                 time.monotonic() + 30)
     assert order.status == messages.STATUS_VALID
     assert slept == [3.0, 1.0, pytest.approx(poll.FIRST * poll.FACTOR**2)]
-
-
-def test_the_authorizations_of_an_order_are_polled_at_the_same_time(tmp_path: Path) -> None:
-    # Each poll waits for the other authorization's poll: asked one after the other, the barrier breaks.
-    ca = _SlowCA(rounds=1, barrier=threading.Barrier(2, timeout=10))
-    issuer_pool = build_acme_issuer("ca", Acme.model_validate(
-        {"directoryUrl": "https://ca/dir", "solvers": [{"http01": {"standalone": {"port": 1}}}]}), tmp_path)._pool
-    order = _order(tmp_path, [])
-    order.pool = issuer_pool
-    order._wait_authorizations(ca, _pending("a.example", "b.example"), time.monotonic() + 30)  # type: ignore[arg-type]
-    assert ca.polls == {"a.example": 2, "b.example": 2}
-    order.pool = None  # and without a long-lived pool, a pool is made for the batch
-    ca2 = _SlowCA(rounds=0, barrier=threading.Barrier(2, timeout=10))
-    order._wait_authorizations(ca2, _pending("a.example", "b.example"), time.monotonic() + 30)  # type: ignore[arg-type]
-    assert ca2.polls == {"a.example": 1, "b.example": 1}
 
 
 def test_the_shared_session_still_honours_proxy_and_ca_bundle_settings(monkeypatch: pytest.MonkeyPatch) -> None:

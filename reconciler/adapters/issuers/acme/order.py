@@ -1,9 +1,11 @@
 """One ACME order (RFC 8555 §7.4): create it, make its challenges answerable and answer them, wait for
 validation, finalize, download the chain. ``AcmeIssuer`` runs one ``Order`` per issuance.
 
-Steps that do not depend on each other run at once: the authorizations of an order are fetched, their
-challenges answered and their status polled in parallel. Polling follows ``poll.Backoff``: the CA's
-``Retry-After`` when it sends one, else 50 ms growing to at most 3 s.
+Steps that do not depend on each other run at once: the authorizations of an order are fetched and
+their challenges answered in parallel. While the CA validates, the order itself is polled (one request
+per round whatever the number of names: it turns ``ready`` once every authorization is valid, and
+``invalid`` when one fails). Polling follows ``poll.Backoff``: the CA's ``Retry-After`` when it sends
+one, else 50 ms growing to at most 3 s.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-import requests
 from acme import challenges, messages
 from cryptography import x509
 
@@ -22,7 +23,7 @@ from reconciler.adapters.issuers.acme import retry
 from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id
 from reconciler.adapters.issuers.acme.chains import choose_chain, chosen_top_issuer, material_from
 from reconciler.adapters.issuers.acme.challenges import ChallengeJournal
-from reconciler.adapters.issuers.acme.poll import Backoff, retry_after_seconds
+from reconciler.adapters.issuers.acme.poll import Backoff
 from reconciler.adapters.issuers.acme.transport import NewOrder, Session, directory_entry, links, status_name
 from reconciler.core import spec as specs
 from reconciler.ports import ChallengeTask, IssueError, IssueRequest, Material, Solver
@@ -70,9 +71,9 @@ class Order:
 
         pending = self._pending_challenges(session, order, plan)
         if pending:
-            self._solve(session, pending, deadline, bound)
-
-        order = self._wait_order(session, order_url, {"ready", "valid"}, deadline)
+            order = self._solve(session, order_url, pending, deadline, bound)
+        if order.status not in (messages.STATUS_READY, messages.STATUS_VALID):
+            order = self._wait_order(session, order_url, {"ready", "valid"}, deadline)
         if order.status == messages.STATUS_READY:
             order = self._finalize(session, order, order_url, csr, deadline, bound)
         if not order.certificate:
@@ -171,7 +172,7 @@ class Order:
             out.append(_Pending(url, domain, challb, response, task, index))
         return out
 
-    def _solve(self, session: Session, pending: list[_Pending], deadline: float, bound: Any) -> None:
+    def _solve(self, session: Session, url: str, pending: list[_Pending], deadline: float, bound: Any) -> messages.Order:
         groups: dict[int, list[ChallengeTask]] = {}
         for item in pending:
             groups.setdefault(item.solver, []).append(item.task)
@@ -188,7 +189,7 @@ class Order:
                 bound.info("acme.challenge.answered", domain=item.domain, kind=item.task.kind)
 
             at_once(answer, pending, self.pool)
-            self._wait_authorizations(session, pending, deadline)
+            return self._wait_validation(session, url, pending, deadline)
         finally:
             for solver, tasks in reversed(prepared):
                 try:
@@ -199,31 +200,36 @@ class Order:
                 else:
                     self.journal.forget(tasks)
 
-    def _wait_authorizations(self, session: Session, pending: list[_Pending], deadline: float) -> None:
-        waiting = {item.url: item for item in pending}
-        done: dict[str, messages.Authorization] = {}
-        backoff = Backoff(deadline, "", self.timeout, self.sleep)
+    def _wait_validation(self, session: Session, url: str, pending: list[_Pending], deadline: float) -> messages.Order:
+        """Poll the order (one request per round, however many authorizations it has) until the CA has
+        finished validating: the order leaves ``pending`` once every authorization is valid (``ready``) or
+        one has failed (``invalid``; then the authorizations are fetched, at once, to say which and why)."""
+        names = ", ".join(item.domain for item in pending)
+        backoff = Backoff(deadline, f"the validation of {names}", self.timeout, self.sleep)
         while True:
-            backoff.what = "the validation of " + ", ".join(item.domain for item in waiting.values())
-            urls = list(waiting)
-            answers: list[requests.Response] = at_once(session.get_as_post, urls, self.pool)
-            for url, response in zip(urls, answers, strict=True):
-                authz = messages.Authorization.from_json(response.json())
-                if authz.status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
-                    done[url] = authz
-                    del waiting[url]
-            if not waiting:
+            response = session.get_as_post(url)
+            order: messages.Order = messages.Order.from_json(response.json())
+            if order.status != messages.STATUS_PENDING:
                 break
-            # The longest pause any still-pending authorization asks for (a CA may ask per resource).
-            asked = [r.headers.get("Retry-After") for u, r in zip(urls, answers, strict=True) if u in waiting]
-            backoff.wait(longest(asked), "pending")
+            backoff.wait(response.headers.get("Retry-After"), "pending")
+        if order.status == messages.STATUS_INVALID:
+            self._validation_failures(session, pending)
+            if order.error is not None:
+                raise retry.to_issue_error(order.error, "the CA refused the order")
+            raise IssueError(f"the CA marked the order invalid while validating {names}, without saying why",
+                             transient=False)
+        return order
+
+    def _validation_failures(self, session: Session, pending: list[_Pending]) -> None:
+        """Raise IssueError naming every authorization that failed, with the CA's problem documents."""
+        fetched = at_once(lambda item: messages.Authorization.from_json(session.get_as_post(item.url).json()),
+                          pending, self.pool)
         failures: list[str] = []
         problem: dict[str, object] = {}
         subproblems: list[dict[str, object]] = []
-        for url, authz in done.items():
-            if authz.status == messages.STATUS_VALID:
+        for item, authz in zip(pending, fetched, strict=True):
+            if authz.status in (messages.STATUS_VALID, messages.STATUS_PENDING, messages.STATUS_PROCESSING):
                 continue
-            item = next(p for p in pending if p.url == url)
             error = next((c.error for c in authz.challenges if c.error is not None), None)
             if error is not None:
                 doc = retry.problem_of(error)
@@ -278,9 +284,3 @@ class Order:
             for link in links(response, "alternate"):
                 chains.append(session.get_as_post(link).text)
         return chains
-
-
-def longest(headers: list[str | None]) -> str | None:
-    """The ``Retry-After`` that asks for the longest wait (None when no answer sent a readable one)."""
-    readable = [(seconds, h) for h in headers if (seconds := retry_after_seconds(h)) is not None]
-    return max(readable)[1] if readable else None
