@@ -38,7 +38,15 @@ import structlog
 from reconciler.core.model import Attempts, CertInfo, IssuedVersion
 from reconciler.ports import Material
 from reconciler.support import pki
-from reconciler.support.fs import UnsafePath, acquire, atomic_write, contained, unlock, write_path_problem
+from reconciler.support.fs import (
+    UnsafePath,
+    acquire,
+    atomic_write,
+    contained,
+    unlock,
+    write_folder,
+    write_path_problem,
+)
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
@@ -109,7 +117,11 @@ def write_line(path: Path, line: bytes) -> PendingAppend:
     it held; the error names the file.
     """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        except FileNotFoundError:  # the first line of a log: make its folder (not tried before every line)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -271,7 +283,6 @@ class KeyedLog:
         with self._lock:
             self._refresh()
             value = change(self._cache.get(key))
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             entry = {"k": key, "v": value}
             line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
             pending = write_line(self.path, line.encode())
@@ -424,15 +435,16 @@ class StateDir:
         problem = write_path_problem(folder)
         if problem is not None:
             raise UnsafePath(f"refusing to keep the key of {name} in the vault: {problem}")
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write(folder / "key.pem", material.key_pem, 0o600)
-        atomic_write(folder / "cert.pem", material.cert_pem)
-        atomic_write(folder / "chain.pem", material.chain_pem)
-        atomic_write(folder / "fullchain.pem", material.fullchain_pem)
         version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced)
         meta = {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
                 "domains": list(domains), "replaced": replaced}
-        atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True), 0o600)
+        # The version folder appears at once, complete (every file fsync'ed, then one rename): five
+        # files cost five fsyncs and two of folders, not ten.
+        write_folder(folder, {
+            "key.pem": (material.key_pem, 0o600), "cert.pem": (material.cert_pem, 0o644),
+            "chain.pem": (material.chain_pem, 0o644), "fullchain.pem": (material.fullchain_pem, 0o644),
+            "meta.json": (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o600),
+        }, staging=folder.parent, mode=0o700)
         self._vault_index.update(name, _adding(material.info.thumbprint, meta))  # the commit point
         return version
 
@@ -578,7 +590,6 @@ class StateDir:
         """Append one line to the write-ahead journal (intent before acting, outcome after), fsync'ed."""
         line = json.dumps({"at": datetime.now(UTC).isoformat(), "event": event, **fields}, sort_keys=True)
         with self._mutex:
-            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             pending = write_line(self.path / "journal.jsonl", (line + "\n").encode())
         pending.commit()  # outside the mutex: concurrent actions share one fsync
 
