@@ -32,11 +32,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,19 +155,12 @@ def run_certbot(root: Path, pebble: Pebble, port: int, domains: list[list[str]])
     return seconds
 
 
-class Webroot:
+class Webroot(minimal_acme.Listener):
     """Serves ``folder`` over HTTP on 127.0.0.1:``port`` (lego's --http.webroot writes the challenge files there)."""
 
     def __init__(self, folder: Path, port: int) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        handler = partial(_QuietFiles, directory=str(folder))
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(partial(_QuietFiles, directory=str(folder)), port)
 
 
 class _QuietFiles(SimpleHTTPRequestHandler):

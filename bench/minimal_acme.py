@@ -39,7 +39,20 @@ class Result:
         return statistics.median(self.per_certificate)
 
 
-class ChallengeServer:
+class Listener:
+    """An HTTP server on 127.0.0.1:``port`` in a background thread, answering with ``handler``."""
+
+    def __init__(self, handler: Callable[..., BaseHTTPRequestHandler], port: int) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class ChallengeServer(Listener):
     """Answers http-01 requests (``/.well-known/acme-challenge/<token>``) from a dict, on ``port``."""
 
     def __init__(self, port: int) -> None:
@@ -57,13 +70,7 @@ class ChallengeServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler, port)
 
 
 class MinimalClient:
