@@ -1,16 +1,25 @@
-"""ACME issuance throughput against a local Pebble: certctl versus certbot (run by `make bench`; not a test).
+"""ACME issuance against a local Pebble: certctl beside certbot, lego and the limit (run by `make bench`; not a test).
 
 Starts Pebble (validation without sleeps, PEBBLE_VA_NOSLEEP=1) with pebble-challtestsrv as its DNS
-(every name is 127.0.0.1), then in the same run:
+(every name is 127.0.0.1); every certificate has two domains and is validated over http-01 on the
+port Pebble's VA connects to. In the same run, against the same Pebble:
 
-1. certctl: N certificates with two domains each, issued by one `certctl apply` (http-01 through the
-   built-in standalone listener on the port Pebble's VA connects to; Settings.concurrency parallel);
-2. certbot, installed with pip into bench/out/certbot-venv: the same number of certificates, two
-   domains each, `certbot certonly --standalone`, one after another (the way a cron job runs it).
+1. the limit: `bench/minimal_acme.py`, a minimal client that only issues, polling without pauses,
+   run with 1, 2, 4, 8 and --concurrency threads before certctl and with the best of those after it
+   (polling without pauses swamps Pebble when many orders run at once, so fewer threads may be faster);
+   the fastest run counts;
+2. certctl: `certctl apply` of --certs certificates at Settings.concurrency --concurrency (built-in
+   standalone http-01 listener), and of --peer-certs certificates at concurrency 1 (the median time of
+   one issue action, from certctl's own `action.applied` log lines);
+3. certbot (pip-installed into bench/out/certbot-venv): --peer-certs certificates, `certbot certonly
+   --standalone`, one after another (the way a cron job runs it);
+4. lego (Debian package `lego`): --peer-certs certificates one after another, then the same number
+   with eight lego processes at once (http-01 through `--http.webroot`, served by a small listener);
 
-Prints wall time and certificates per second of each, and the ratio (goal: certctl ≥ 10× certbot).
+then the certctl and limit runs again on a second Pebble that refuses 30% of nonces
+(PEBBLE_WFE_NONCEREJECT=30). Prints wall time, certificates per second and the ratios.
 
-  python bench/acme_bench.py [--certs 50] [--concurrency 8] [--keep]
+  python bench/acme_bench.py [--certs 200] [--concurrency 16] [--peer-certs 20] [--keep]
 """
 
 from __future__ import annotations
@@ -19,19 +28,27 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import minimal_acme  # noqa: E402
 
 from tests.integration.servers import Pebble, ServerPool  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 CERTBOT_VENV = OUT / "certbot-venv"
+LEGO_PROCESSES = 8
 
 
 def certbot_binary() -> Path:
@@ -45,12 +62,23 @@ def certbot_binary() -> Path:
     return binary
 
 
+def lego_binary() -> str:
+    found = shutil.which("lego")
+    if found is None:
+        sys.exit("lego is not installed: `make bench` installs it (Debian package lego), or: apt-get install lego")
+    return found
+
+
 def certctl_binary() -> list[str]:
     found = Path(sys.executable).parent / "certctl"
     return [str(found)] if found.exists() else [sys.executable, "-m", "reconciler"]
 
 
-def write_desired(root: Path, pebble: Pebble, port: int, n: int, concurrency: int) -> Path:
+def names(prefix: str, n: int) -> list[list[str]]:
+    return [[f"{prefix}{i:03d}.example.com", f"www.{prefix}{i:03d}.example.com"] for i in range(n)]
+
+
+def write_desired(root: Path, pebble: Pebble, port: int, domains: list[list[str]], concurrency: int) -> Path:
     desired = root / "desired"
     desired.mkdir(parents=True)
     docs = [f"""\
@@ -79,16 +107,17 @@ metadata: {{name: pem}}
 spec:
   pemDirectory: {{path: ../pem}}
 """]
-    for i in range(n):
-        docs.append(f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: site{i:02d}}}\nspec:\n"
-                    f"  issuer: pebble\n  domains: [site{i:02d}.example.com, www.site{i:02d}.example.com]\n"
-                    "  stores: [pem]\n")
+    for i, pair in enumerate(domains):
+        docs.append(f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: site{i:03d}}}\nspec:\n"
+                    f"  issuer: pebble\n  domains: [{pair[0]}, {pair[1]}]\n  stores: [pem]\n")
     (desired / "bench.yaml").write_text("---\n".join(docs))
     return desired
 
 
-def run_certctl(root: Path, pebble: Pebble, port: int, n: int, concurrency: int) -> float:
-    desired = write_desired(root, pebble, port, n, concurrency)
+def run_certctl(root: Path, pebble: Pebble, port: int, domains: list[list[str]], concurrency: int) -> tuple[float, list[float]]:
+    """Wall time of one `certctl apply`, and the seconds of each of its issue actions."""
+    n = len(domains)
+    desired = write_desired(root, pebble, port, domains, concurrency)
     env = {**os.environ, "CERTCTL_CACHE_DIR": str(root / "cache")}
     log = root / "certctl.log"
     started = time.perf_counter()
@@ -100,65 +129,148 @@ def run_certctl(root: Path, pebble: Pebble, port: int, n: int, concurrency: int)
     if result.returncode != 0 or issued != n:
         sys.exit(f"certctl apply failed (exit {result.returncode}, {issued}/{n} issued):\n{result.stdout}\n"
                  f"see {log}")
-    orders = [json.loads(line) for line in log.read_text().splitlines() if '"acme.order.created"' in line]
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    orders = [e for e in events if e.get("event") == "acme.order.created"]
     assert len(orders) == n, f"{len(orders)} orders for {n} certificates"
-    return seconds
+    issues = [float(e["seconds"]) for e in events if e.get("event") == "action.applied" and e.get("kind") == "issue"]
+    return seconds, issues
 
 
-def run_certbot(root: Path, pebble: Pebble, port: int, n: int) -> float:
+def run_certbot(root: Path, pebble: Pebble, port: int, domains: list[list[str]]) -> float:
     certbot = certbot_binary()
     env = {**os.environ, "REQUESTS_CA_BUNDLE": pebble.ca_bundle}
     dirs = ["--config-dir", str(root / "config"), "--work-dir", str(root / "work"), "--logs-dir", str(root / "logs")]
     started = time.perf_counter()
-    for i in range(n):
+    for pair in domains:
         argv = [str(certbot), "certonly", "--standalone", "--http-01-port", str(port), "--http-01-address", "127.0.0.1",
                 "--server", pebble.directory_url, *dirs, "--agree-tos", "-m", "bench@example.com", "--non-interactive",
-                "-d", f"cb{i:02d}.example.com", "-d", f"www.cb{i:02d}.example.com"]
+                "-d", pair[0], "-d", pair[1]]
         result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
-            sys.exit(f"certbot failed for certificate {i}:\n{result.stdout}\n{result.stderr}")
+            sys.exit(f"certbot failed for {pair[0]}:\n{result.stdout}\n{result.stderr}")
     seconds = time.perf_counter() - started
-    issued = sum(1 for _ in (root / "config" / "live").glob("cb*/cert.pem"))
-    if issued != n:
-        sys.exit(f"certbot issued {issued}/{n} certificates")
+    issued = sum(1 for _ in (root / "config" / "live").glob("*/cert.pem"))
+    if issued != len(domains):
+        sys.exit(f"certbot issued {issued}/{len(domains)} certificates")
     return seconds
+
+
+class Webroot(minimal_acme.Listener):
+    """Serves ``folder`` over HTTP on 127.0.0.1:``port`` (lego's --http.webroot writes the challenge files there)."""
+
+    def __init__(self, folder: Path, port: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        super().__init__(partial(_QuietFiles, directory=str(folder)), port)
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def run_lego(root: Path, pebble: Pebble, port: int, domains: list[list[str]], processes: int) -> float:
+    """Wall time of ``len(domains)`` `lego run`, ``processes`` at a time (each its own process, as a cron job runs it)."""
+    lego = lego_binary()
+    env = {**os.environ, "LEGO_CA_CERTIFICATES": pebble.ca_bundle}
+    webroot = Webroot(root / "webroot", port)
+
+    def one(pair: list[str]) -> None:
+        argv = [lego, "--server", pebble.directory_url, "--accept-tos", "--email", "bench@example.com",
+                "--path", str(root / "lego"), "--http", "--http.webroot", str(root / "webroot"),
+                "--domains", pair[0], "--domains", pair[1], "run"]
+        result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"lego failed for {pair[0]}:\n{result.stdout}\n{result.stderr}")
+
+    try:
+        one(["account-warmup.example.com", "www.account-warmup.example.com"])  # the account, registered untimed
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=processes) as pool:
+            list(pool.map(one, domains))
+        seconds = time.perf_counter() - started
+    finally:
+        webroot.stop()
+    issued = sum(1 for _ in (root / "lego" / "certificates").glob("*.crt")) - 1  # without the warm-up's
+    issued -= sum(1 for _ in (root / "lego" / "certificates").glob("*.issuer.crt"))
+    if issued != len(domains):
+        sys.exit(f"lego issued {issued}/{len(domains)} certificates")
+    return seconds
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--certs", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=8, help="certctl's Settings.concurrency (default 8)")
+    parser.add_argument("--certs", type=int, default=200, help="certificates for certctl and the limit (default 200)")
+    parser.add_argument("--concurrency", type=int, default=16, help="certctl's Settings.concurrency and the limit's threads")
+    parser.add_argument("--peer-certs", type=int, default=20, help="certificates for certbot, lego, and certctl at concurrency 1")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (bench/out/acme-*)")
     args = parser.parse_args()
+    n, c, peers = args.certs, args.concurrency, args.peer_certs
 
     OUT.mkdir(parents=True, exist_ok=True)
     certbot_binary()  # installed before anything is timed
+    lego_binary()
     work = Path(tempfile.mkdtemp(prefix="acme-", dir=OUT))
     pool = ServerPool(work / "servers")
+    rows: list[tuple[str, int, float, float | None]] = []  # (label, certificates, wall seconds, median issue seconds)
     try:
         pebble = pool.pebble()  # PEBBLE_VA_NOSLEEP=1; DNS: pebble-challtestsrv, every name 127.0.0.1
         port = pool.http_port
         print(f"Pebble at {pebble.directory_url}; its VA connects to 127.0.0.1:{port} for http-01", flush=True)
-        ours = run_certctl(work / "certctl", pebble, port, args.certs, args.concurrency)
-        print(f"certctl: {args.certs} certificates in {ours:.2f} s", flush=True)
-        theirs = run_certbot(work / "certbot", pebble, port, args.certs)
-        print(f"certbot: {args.certs} certificates in {theirs:.2f} s", flush=True)
+        tried = {t: minimal_acme.run(pebble.directory_url, pebble.ca_bundle, port, names(f"lim{t}x", n), t)
+                 for t in sorted({1, 2, 4, 8, c})}
+        for t, result in tried.items():
+            print(f"limit, {t} threads: {n} certificates in {result.seconds:.2f} s", flush=True)
+        best = min(tried, key=lambda t: tried[t].seconds)
+        ours, issues = run_certctl(work / "certctl", pebble, port, names("cc", n), c)
+        print(f"certctl: {n} certificates in {ours:.2f} s", flush=True)
+        again = minimal_acme.run(pebble.directory_url, pebble.ca_bundle, port, names("limz", n), best)
+        print(f"limit again, {best} threads: {n} certificates in {again.seconds:.2f} s", flush=True)
+        limit = min(tried[best], again, key=lambda r: r.seconds)
+        one_by_one, one_issues = run_certctl(work / "certctl-1", pebble, port, names("one", peers), 1)
+        limit_one = minimal_acme.run(pebble.directory_url, pebble.ca_bundle, port, names("lim1-", peers), 1)
+        certbot = run_certbot(work / "certbot", pebble, port, names("cb", peers))
+        print(f"certbot: {peers} certificates in {certbot:.2f} s", flush=True)
+        lego_seq = run_lego(work / "lego-1", pebble, port, names("lg", peers), 1)
+        print(f"lego: {peers} certificates in {lego_seq:.2f} s", flush=True)
+        lego_par = run_lego(work / "lego-8", pebble, port, names("lp", peers), LEGO_PROCESSES)
+        print(f"lego x{LEGO_PROCESSES}: {peers} certificates in {lego_par:.2f} s", flush=True)
+
+        flaky = pool.pebble(nonce_reject=30)
+        flaky_limit = minimal_acme.run(flaky.directory_url, flaky.ca_bundle, port, names("fl", n), best)
+        flaky_ours, flaky_issues = run_certctl(work / "certctl-flaky", flaky, port, names("fc", n), c)
     finally:
         pool.stop_all()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     rows = [
-        (f"certctl apply (one run, concurrency {args.concurrency})", ours),
-        ("certbot certonly --standalone (one after another)", theirs),
+        (f"limit: minimal client, {best} threads, polling without pause", n, limit.seconds, limit.median),
+        (f"certctl apply, concurrency {c}", n, ours, statistics.median(issues)),
+        ("limit: minimal client, one at a time", peers, limit_one.seconds, limit_one.median),
+        ("certctl apply, concurrency 1", peers, one_by_one, statistics.median(one_issues)),
+        ("certbot certonly --standalone, one after another", peers, certbot, None),
+        ("lego run, one after another", peers, lego_seq, None),
+        (f"lego run, {LEGO_PROCESSES} processes at once", peers, lego_par, None),
+        (f"limit, 30% of nonces refused, {best} threads", n, flaky_limit.seconds, flaky_limit.median),
+        (f"certctl apply, 30% of nonces refused, concurrency {c}", n, flaky_ours, statistics.median(flaky_issues)),
     ]
     print()
-    print(f"ACME issuance, {args.certs} certificates x 2 domains, local Pebble, http-01")
-    print(f"{'tool':<54} {'wall s':>8} {'certs/s':>8}")
-    for label, seconds in rows:
-        print(f"{label:<54} {seconds:>8.2f} {args.certs / seconds:>8.2f}")
-    ratio = theirs / ours
-    print(f"\ncertctl is {ratio:.1f}x certbot's throughput (goal: >= 10x)")
+    print("ACME issuance, 2 domains per certificate, local Pebble without validation sleeps, http-01")
+    print(f"{'client':<58} {'certs':>6} {'wall s':>8} {'certs/s':>8} {'median s':>9}")
+    for label, count, seconds, median in rows:
+        med = f"{median:>9.3f}" if median is not None else f"{'':>9}"
+        print(f"{label:<58} {count:>6} {seconds:>8.2f} {rate(count, seconds):>8.2f} {med}")
+    ours_rate = rate(n, ours)
+    print()
+    print(f"certctl at concurrency {c} / the limit: {ours_rate / rate(n, limit.seconds):.2f} (goal: >= 0.90)")
+    print(f"certctl / limit with 30% of nonces refused: {rate(n, flaky_ours) / rate(n, flaky_limit.seconds):.2f}")
+    print(f"certctl's median issue action, one at a time: {statistics.median(one_issues):.3f} s (goal: <= 0.15 s)")
+    print(f"certctl / certbot: {ours_rate / rate(peers, certbot):.1f}x; certctl / lego: {ours_rate / rate(peers, lego_seq):.1f}x; "
+          f"certctl / {LEGO_PROCESSES} lego processes: {ours_rate / rate(peers, lego_par):.1f}x")
     return 0
 
 

@@ -108,7 +108,9 @@ class Executor:
         running: dict[Future[Outcome], str] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="certctl-apply") as pool:
             while ready or running:
-                while ready:
+                # At most one action per worker in flight: waiting on every queued future at each
+                # completion would cost O(actions) per completion, O(actions²) per apply.
+                while ready and len(running) < self.concurrency:
                     action = actions[ready.popleft()]
                     if self.stop_requested.is_set():
                         settle(Outcome(action, "skipped", "skipped: certctl is stopping"))

@@ -93,8 +93,9 @@ def remove_temporaries(root: Path, pattern: re.Pattern[str], *, recursive: bool)
     return removed
 
 
-def atomic_symlink(target: str, link: Path) -> None:
-    """Point ``link`` at ``target`` atomically (make a new link beside it, rename over)."""
+def atomic_symlink(target: str, link: Path, *, sync: bool = True) -> None:
+    """Point ``link`` at ``target`` atomically (make a new link beside it, rename over); ``sync=False``
+    leaves the folder's fsync to the caller (several links in one folder, one fsync)."""
     tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")  # a WRITE_TEMP name: swept after a crash
     os.symlink(target, tmp)
     try:
@@ -103,7 +104,8 @@ def atomic_symlink(target: str, link: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    fsync_dir(link.parent)
+    if sync:
+        fsync_dir(link.parent)
 
 
 def discard(target: Path) -> None:
@@ -155,12 +157,16 @@ def switch_links(folder: Path, current: str, version: str, names: tuple[str, ...
     plain = [n for n in names if os.path.lexists(folder / n) and not (folder / n).is_symlink()]
     if plain and not os.path.lexists(link):
         atomic_symlink(version, link)
+    changed = False
     for name in names:
         path = folder / name
         if not (path.is_symlink() and os.readlink(path) == f"{current}/{name}"):
             if path.is_dir() and not path.is_symlink():
                 discard(path)
-            atomic_symlink(f"{current}/{name}", path)
+            atomic_symlink(f"{current}/{name}", path, sync=False)
+            changed = True
+    if changed:
+        fsync_dir(folder)  # every name on disk (one fsync for all of them) before ``current`` flips
     atomic_symlink(version, link)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,3 +38,23 @@ def map_batch(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], threshol
     context.set_forkserver_preload(_PRELOAD)
     with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
         return [r for part in pool.map(fn, chunks) for r in part]
+
+
+
+def at_once(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None = None) -> list[R]:
+    """``fn`` over ``items``, all at the same time in threads (I/O-bound work: requests to one server), in order.
+
+    ``pool`` is a long-lived thread pool to run them in (starting threads for every batch costs more than
+    the requests on a busy machine); without one, a pool is made for the batch. ``fn`` must not itself
+    wait for work of the same pool. One item runs in the calling thread. The first failure is raised
+    once every call has finished, so nothing is left running behind the caller's back.
+    """
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    if pool is None:
+        with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="certctl-io") as own:
+            futures = [own.submit(fn, item) for item in items]
+    else:
+        futures = [pool.submit(fn, item) for item in items]
+        wait(futures)
+    return [f.result() for f in futures]

@@ -139,3 +139,34 @@ def test_standalone_port_taken_is_a_clear_error(pebble: Pebble, state_dir: Path)
             issuer.issue(IssueRequest("p", ("port.example.com",), "ecdsa-p256"))
     assert not caught.value.transient
     assert LISTENERS.active() == {}
+
+
+def test_later_orders_reuse_the_connection_and_the_nonces_of_earlier_ones(
+        pebble: Pebble, va_http_port: int, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib3.connectionpool
+
+    from reconciler.adapters.issuers.acme.transport import Network
+
+    heads: list[str] = []
+    connections: list[str] = []
+    real_head, real_new_conn = Network.head, urllib3.connectionpool.HTTPSConnectionPool._new_conn
+
+    def head(self: Network, *args: object, **kwargs: object) -> object:
+        heads.append(str(args[0]))
+        return real_head(self, *args, **kwargs)
+
+    def new_conn(self: urllib3.connectionpool.HTTPSConnectionPool) -> object:
+        connections.append(f"{self.host}:{self.port}")
+        return real_new_conn(self)
+
+    monkeypatch.setattr(Network, "head", head)
+    monkeypatch.setattr(urllib3.connectionpool.HTTPSConnectionPool, "_new_conn", new_conn)
+    issuer = _issuer(pebble, state_dir, [standalone(va_http_port)])
+    issuer.issue(IssueRequest("first", ("first.example.com", "www.first.example.com"), "ecdsa-p256"))
+    assert heads and connections  # the first order had to open a connection and fetch a nonce
+    heads.clear()
+    connections.clear()
+    for name in ("second", "third"):
+        issuer.issue(IssueRequest(name, (f"{name}.example.com", f"www.{name}.example.com"), "ecdsa-p256"))
+    assert heads == []  # every request used a nonce an earlier answer brought
+    assert connections == []  # over the connection the first order opened (kept alive)

@@ -1,9 +1,10 @@
 """The ACME issuer of one ``Issuer``: the IssuerBackend and RenewalInfoSource the executor and planner use.
 
 One ``AcmeIssuer`` serves every certificate of one ``Issuer`` and is shared by the executor's
-threads. Each order gets its own HTTP session (``transport``) and runs as one ``order.Order``; the
-account is registered once (``account.Registration``) and kept in ``<state_dir>/acme/<issuer>/``;
-two orders for one certificate never run at once; every challenge is journaled (``challenges``).
+threads. Each order runs as one ``order.Order``; every order shares the issuer's kept-alive HTTP
+connections and its pool of unused nonces (``transport.Connection``); the account is registered once
+(``account.Registration``) and kept in ``<state_dir>/acme/<issuer>/``; two orders for one
+certificate never run at once; every challenge is journaled (``challenges``).
 
 Every request to the CA is retried on transient failures (``retry.RetryPolicy``); what cannot be
 fixed by retrying becomes ``IssueError(transient=False)`` carrying the CA's problem document.
@@ -15,6 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +38,7 @@ from reconciler.adapters.issuers.acme.chains import make_csr
 from reconciler.adapters.issuers.acme.challenges import ChallengeJournal
 from reconciler.adapters.issuers.acme.order import Order
 from reconciler.adapters.issuers.acme.retry import RetryPolicy
-from reconciler.adapters.issuers.acme.transport import Network, Session, directory_entry, utc
+from reconciler.adapters.issuers.acme.transport import Connection, Network, Session, directory_entry, utc
 from reconciler.core import spec as specs
 from reconciler.core.planner import profile_problem
 from reconciler.ports import (
@@ -103,6 +105,10 @@ class AcmeIssuer:
         self._directory: tuple[float, messages.Directory] | None = None
         self._crls: dict[str, tuple[float, x509.CertificateRevocationList]] = {}
         self._profiles_written: list[str] | None = None
+        # Kept-alive HTTP connections and unused nonces, shared by every order of this issuer.
+        self._connection = Connection()
+        # Threads for the requests of one order made at once (its authorizations), started once.
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix=f"certctl-acme-{name}")
 
     # --- IssuerBackend -------------------------------------------------------------------------
 
@@ -149,7 +155,7 @@ class AcmeIssuer:
             log.warning("acme.ari.failed", issuer=self.name, certificate_id=ident, error=retry.describe(exc))
             return None
         finally:
-            net.session.close()
+            net.close()
         self.ari.remember(cert)
         window = info.suggested_window
         start, end = utc(window.start), utc(window.end)
@@ -308,7 +314,8 @@ class AcmeIssuer:
             try:
                 self._check_profile(session.directory)
                 order = Order(session, self.spec.solvers, self._solvers, self._solver_index, self.challenges, self.ari,
-                              self.order_timeout, self.spec.preferredChain, bound, self._delegate, self.spec.profile)
+                              self.order_timeout, self.spec.preferredChain, bound, self._delegate, self.spec.profile,
+                              pool=self._pool)
                 return order.run(request, plan, key, csr)
             except IssueError:
                 raise
@@ -323,7 +330,7 @@ class AcmeIssuer:
             except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
                 raise retry.to_issue_error(exc, context) from None
             finally:
-                session.net.session.close()
+                session.net.close()
         raise AssertionError("unreachable")
 
     # --- solvers, keys ---------------------------------------------------------------------------
@@ -431,16 +438,17 @@ class AcmeIssuer:
             alg = self.accounts.alg()
         except (OSError, ValueError) as exc:
             raise IssueError(f"Issuer {self.name}: {exc}", transient=False) from None
-        net = Network(self.retry_policy, key=key, alg=alg, verify=self._verify, timeout=self._timeout)
+        net = Network(self.retry_policy, key=key, alg=alg, verify=self._verify, timeout=self._timeout,
+                      connection=self._connection)
         try:
             directory = self._get_directory(net)
             client = ClientV2(directory, net)
             self.registration.ensure(client, directory, key)
         except IssueError:
-            net.session.close()
+            net.close()
             raise
         except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
-            net.session.close()
+            net.close()
             raise retry.to_issue_error(exc, context) from None
         return Session(net, client, directory, key)
 

@@ -1,12 +1,19 @@
 """One ACME order (RFC 8555 §7.4): create it, make its challenges answerable and answer them, wait for
-validation, finalize, download the chain. ``AcmeIssuer`` runs one ``Order`` per issuance."""
+validation, finalize, download the chain. ``AcmeIssuer`` runs one ``Order`` per issuance.
+
+Steps that do not depend on each other run at once: the authorizations of an order are fetched and
+their challenges answered in parallel. While the CA validates, the order itself is polled (one request
+per round whatever the number of names: it turns ``ready`` once every authorization is valid, and
+``invalid`` when one fails). Polling follows ``poll.Backoff``: the CA's ``Retry-After`` when it sends
+one, else 50 ms growing to at most 3 s.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Any
 
 from acme import challenges, messages
@@ -16,10 +23,12 @@ from reconciler.adapters.issuers.acme import retry
 from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id
 from reconciler.adapters.issuers.acme.chains import choose_chain, chosen_top_issuer, material_from
 from reconciler.adapters.issuers.acme.challenges import ChallengeJournal
+from reconciler.adapters.issuers.acme.poll import Backoff
 from reconciler.adapters.issuers.acme.transport import NewOrder, Session, directory_entry, links, status_name
 from reconciler.core import spec as specs
 from reconciler.ports import ChallengeTask, IssueError, IssueRequest, Material, Solver
 from reconciler.support import pki
+from reconciler.support.parallel import at_once
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,8 @@ class Order:
     # dns-01: (domain, solver index) -> (index of the solver that writes the record, record name or "")
     delegate: Callable[[str, int], tuple[int, str]] | None = None
     profile: str | None = None  # the certificate profile to order (draft-aaron-acme-profiles)
+    sleep: Callable[[float], None] = field(default=time.sleep)  # the pause between polls (tests record it)
+    pool: Executor | None = None  # the issuer's threads for requests made at once (authorizations)
 
     def run(self, request: IssueRequest, plan: dict[str, int], key: pki.PrivateKey,
             csr: x509.CertificateSigningRequest) -> Material:
@@ -61,9 +72,9 @@ class Order:
 
         pending = self._pending_challenges(session, order, plan)
         if pending:
-            self._solve(session, pending, deadline, bound)
-
-        order = self._wait_order(session, order_url, {"ready", "valid"}, deadline)
+            order = self._solve(session, order_url, pending, deadline, bound)
+        if order.status not in (messages.STATUS_READY, messages.STATUS_VALID):
+            order = self._wait_order(session, order_url, {"ready", "valid"}, deadline)
         if order.status == messages.STATUS_READY:
             order = self._finalize(session, order, order_url, csr, deadline, bound)
         if not order.certificate:
@@ -127,8 +138,9 @@ class Order:
 
     def _pending_challenges(self, session: Session, order: messages.Order, plan: dict[str, int]) -> list[_Pending]:
         out: list[_Pending] = []
-        for url in order.authorizations:
-            authz = messages.Authorization.from_json(session.get_as_post(url).json())
+        fetched = at_once(lambda url: messages.Authorization.from_json(session.get_as_post(url).json()),
+                          list(order.authorizations), self.pool)
+        for url, authz in zip(order.authorizations, fetched, strict=True):
             ident = authz.identifier.value
             domain = f"*.{ident}" if authz.wildcard else ident
             if authz.status == messages.STATUS_VALID:
@@ -162,7 +174,7 @@ class Order:
             out.append(_Pending(url, domain, challb, response, task, index))
         return out
 
-    def _solve(self, session: Session, pending: list[_Pending], deadline: float, bound: Any) -> None:
+    def _solve(self, session: Session, url: str, pending: list[_Pending], deadline: float, bound: Any) -> messages.Order:
         groups: dict[int, list[ChallengeTask]] = {}
         for item in pending:
             groups.setdefault(item.solver, []).append(item.task)
@@ -174,10 +186,12 @@ class Order:
                 self.journal.remember(self.solver_specs[index], tasks)
                 bound.info("acme.challenge.preparing", solver=repr(solver), domains=[t.domain for t in tasks])
                 solver.prepare(tasks)
-            for item in pending:
+            def answer(item: _Pending) -> None:
                 session.client.answer_challenge(item.challenge, item.response)
                 bound.info("acme.challenge.answered", domain=item.domain, kind=item.task.kind)
-            self._wait_authorizations(session, pending, deadline)
+
+            at_once(answer, pending, self.pool)
+            return self._wait_validation(session, url, pending, deadline)
         finally:
             for solver, tasks in reversed(prepared):
                 try:
@@ -188,30 +202,36 @@ class Order:
                 else:
                     self.journal.forget(tasks)
 
-    def _wait_authorizations(self, session: Session, pending: list[_Pending], deadline: float) -> None:
-        waiting = {item.url: item for item in pending}
-        done: dict[str, messages.Authorization] = {}
-        interval = 0.1
-        while waiting:
-            for url in list(waiting):
-                authz = messages.Authorization.from_json(session.get_as_post(url).json())
-                if authz.status not in (messages.STATUS_PENDING, messages.STATUS_PROCESSING):
-                    done[url] = authz
-                    del waiting[url]
-            if not waiting:
+    def _wait_validation(self, session: Session, url: str, pending: list[_Pending], deadline: float) -> messages.Order:
+        """Poll the order (one request per round, however many authorizations it has) until the CA has
+        finished validating: the order leaves ``pending`` once every authorization is valid (``ready``) or
+        one has failed (``invalid``; then the authorizations are fetched, at once, to say which and why)."""
+        names = ", ".join(item.domain for item in pending)
+        backoff = Backoff(deadline, f"the validation of {names}", self.timeout, self.sleep)
+        while True:
+            response = session.get_as_post(url)
+            order: messages.Order = messages.Order.from_json(response.json())
+            if order.status != messages.STATUS_PENDING:
                 break
-            if time.monotonic() + interval > deadline:
-                names = ", ".join(item.domain for item in waiting.values())
-                raise IssueError(f"the CA did not finish validating {names} within {self.timeout:g}s", transient=True)
-            time.sleep(interval)
-            interval = min(interval * 1.5, 2.0)
+            backoff.wait(response.headers.get("Retry-After"), "pending")
+        if order.status == messages.STATUS_INVALID:
+            self._validation_failures(session, pending)
+            if order.error is not None:
+                raise retry.to_issue_error(order.error, "the CA refused the order")
+            raise IssueError(f"the CA marked the order invalid while validating {names}, without saying why",
+                             transient=False)
+        return order
+
+    def _validation_failures(self, session: Session, pending: list[_Pending]) -> None:
+        """Raise IssueError naming every authorization that failed, with the CA's problem documents."""
+        fetched = at_once(lambda item: messages.Authorization.from_json(session.get_as_post(item.url).json()),
+                          pending, self.pool)
         failures: list[str] = []
         problem: dict[str, object] = {}
         subproblems: list[dict[str, object]] = []
-        for url, authz in done.items():
-            if authz.status == messages.STATUS_VALID:
+        for item, authz in zip(pending, fetched, strict=True):
+            if authz.status in (messages.STATUS_VALID, messages.STATUS_PENDING, messages.STATUS_PROCESSING):
                 continue
-            item = next(p for p in pending if p.url == url)
             error = next((c.error for c in authz.challenges if c.error is not None), None)
             if error is not None:
                 doc = retry.problem_of(error)
@@ -246,7 +266,7 @@ class Order:
         return order
 
     def _wait_order(self, session: Session, url: str, wanted: set[str], deadline: float) -> messages.Order:
-        interval = 0.1
+        backoff = Backoff(deadline, f"the order {url}", self.timeout, self.sleep)
         while True:
             response = session.get_as_post(url)
             order: messages.Order = messages.Order.from_json(response.json())
@@ -257,15 +277,7 @@ class Order:
                 if order.error is not None:
                     raise retry.to_issue_error(order.error, "the CA refused the order")
                 raise IssueError("the CA marked the order invalid without saying why", transient=False)
-            pause = interval
-            if order.status == messages.STATUS_PROCESSING:
-                after = retry.parse_retry_after(response.headers.get("Retry-After"))
-                if after is not None:
-                    pause = max(0.05, min((after - datetime.now(UTC)).total_seconds(), 10.0))
-            if time.monotonic() + pause > deadline:
-                raise IssueError(f"the order {url} is still {status} after {self.timeout:g}s", transient=True)
-            time.sleep(pause)
-            interval = min(interval * 1.5, 2.0)
+            backoff.wait(response.headers.get("Retry-After"), status)
 
     def _download(self, session: Session, url: str) -> list[str]:
         response = session.get_as_post(url)
