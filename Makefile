@@ -46,6 +46,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
+	$(BIN)/ruff format --check reconciler tests bench
 	$(BIN)/mypy reconciler
 	$(BIN)/lint-imports
 

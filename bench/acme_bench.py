@@ -57,15 +57,25 @@ def certbot_binary() -> Path:
     if not binary.exists():
         print(f"installing certbot into {CERTBOT_VENV} (pip) ...", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(CERTBOT_VENV)], check=True)
-        subprocess.run([str(CERTBOT_VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", "certbot"],
-                       check=True)
+        subprocess.run(
+            [
+                str(CERTBOT_VENV / "bin" / "pip"),
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "certbot",
+            ],
+            check=True,
+        )
     return binary
 
 
 def lego_binary() -> str:
     found = shutil.which("lego")
     if found is None:
-        sys.exit("lego is not installed: `make bench` installs it (Debian package lego), or: apt-get install lego")
+        sys.exit(
+            "lego is not installed: `make bench` installs it (Debian package lego), or: apt-get install lego"
+        )
     return found
 
 
@@ -81,7 +91,8 @@ def names(prefix: str, n: int) -> list[list[str]]:
 def write_desired(root: Path, pebble: Pebble, port: int, domains: list[list[str]], concurrency: int) -> Path:
     desired = root / "desired"
     desired.mkdir(parents=True)
-    docs = [f"""\
+    docs = [
+        f"""\
 apiVersion: certctl/v1
 kind: Settings
 metadata: {{name: settings}}
@@ -106,15 +117,20 @@ kind: Store
 metadata: {{name: pem}}
 spec:
   pemDirectory: {{path: ../pem}}
-"""]
+"""
+    ]
     for i, pair in enumerate(domains):
-        docs.append(f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: site{i:03d}}}\nspec:\n"
-                    f"  issuer: pebble\n  domains: [{pair[0]}, {pair[1]}]\n  stores: [pem]\n")
+        docs.append(
+            f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: site{i:03d}}}\nspec:\n"
+            f"  issuer: pebble\n  domains: [{pair[0]}, {pair[1]}]\n  stores: [pem]\n"
+        )
     (desired / "bench.yaml").write_text("---\n".join(docs))
     return desired
 
 
-def run_certctl(root: Path, pebble: Pebble, port: int, domains: list[list[str]], concurrency: int) -> tuple[float, list[float]]:
+def run_certctl(
+    root: Path, pebble: Pebble, port: int, domains: list[list[str]], concurrency: int
+) -> tuple[float, list[float]]:
     """Wall time of one `certctl apply`, and the seconds of each of its issue actions."""
     n = len(domains)
     desired = write_desired(root, pebble, port, domains, concurrency)
@@ -122,29 +138,63 @@ def run_certctl(root: Path, pebble: Pebble, port: int, domains: list[list[str]],
     log = root / "certctl.log"
     started = time.perf_counter()
     with log.open("w") as err:
-        result = subprocess.run([*certctl_binary(), "apply", "-d", str(desired), "--log-format", "json"],
-                                stdout=subprocess.PIPE, stderr=err, text=True, env=env, check=False)
+        result = subprocess.run(
+            [*certctl_binary(), "apply", "-d", str(desired), "--log-format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+            check=False,
+        )
     seconds = time.perf_counter() - started
     issued = sum(1 for _ in (root / "pem").glob("site*/cert.pem"))
     if result.returncode != 0 or issued != n:
-        sys.exit(f"certctl apply failed (exit {result.returncode}, {issued}/{n} issued):\n{result.stdout}\n"
-                 f"see {log}")
+        sys.exit(
+            f"certctl apply failed (exit {result.returncode}, {issued}/{n} issued):\n{result.stdout}\n"
+            f"see {log}"
+        )
     events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     orders = [e for e in events if e.get("event") == "acme.order.created"]
     assert len(orders) == n, f"{len(orders)} orders for {n} certificates"
-    issues = [float(e["seconds"]) for e in events if e.get("event") == "action.applied" and e.get("kind") == "issue"]
+    issues = [
+        float(e["seconds"]) for e in events if e.get("event") == "action.applied" and e.get("kind") == "issue"
+    ]
     return seconds, issues
 
 
 def run_certbot(root: Path, pebble: Pebble, port: int, domains: list[list[str]]) -> float:
     certbot = certbot_binary()
     env = {**os.environ, "REQUESTS_CA_BUNDLE": pebble.ca_bundle}
-    dirs = ["--config-dir", str(root / "config"), "--work-dir", str(root / "work"), "--logs-dir", str(root / "logs")]
+    dirs = [
+        "--config-dir",
+        str(root / "config"),
+        "--work-dir",
+        str(root / "work"),
+        "--logs-dir",
+        str(root / "logs"),
+    ]
     started = time.perf_counter()
     for pair in domains:
-        argv = [str(certbot), "certonly", "--standalone", "--http-01-port", str(port), "--http-01-address", "127.0.0.1",
-                "--server", pebble.directory_url, *dirs, "--agree-tos", "-m", "bench@example.com", "--non-interactive",
-                "-d", pair[0], "-d", pair[1]]
+        argv = [
+            str(certbot),
+            "certonly",
+            "--standalone",
+            "--http-01-port",
+            str(port),
+            "--http-01-address",
+            "127.0.0.1",
+            "--server",
+            pebble.directory_url,
+            *dirs,
+            "--agree-tos",
+            "-m",
+            "bench@example.com",
+            "--non-interactive",
+            "-d",
+            pair[0],
+            "-d",
+            pair[1],
+        ]
         result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             sys.exit(f"certbot failed for {pair[0]}:\n{result.stdout}\n{result.stderr}")
@@ -175,15 +225,32 @@ def run_lego(root: Path, pebble: Pebble, port: int, domains: list[list[str]], pr
     webroot = Webroot(root / "webroot", port)
 
     def one(pair: list[str]) -> None:
-        argv = [lego, "--server", pebble.directory_url, "--accept-tos", "--email", "bench@example.com",
-                "--path", str(root / "lego"), "--http", "--http.webroot", str(root / "webroot"),
-                "--domains", pair[0], "--domains", pair[1], "run"]
+        argv = [
+            lego,
+            "--server",
+            pebble.directory_url,
+            "--accept-tos",
+            "--email",
+            "bench@example.com",
+            "--path",
+            str(root / "lego"),
+            "--http",
+            "--http.webroot",
+            str(root / "webroot"),
+            "--domains",
+            pair[0],
+            "--domains",
+            pair[1],
+            "run",
+        ]
         result = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"lego failed for {pair[0]}:\n{result.stdout}\n{result.stderr}")
 
     try:
-        one(["account-warmup.example.com", "www.account-warmup.example.com"])  # the account, registered untimed
+        one(
+            ["account-warmup.example.com", "www.account-warmup.example.com"]
+        )  # the account, registered untimed
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=processes) as pool:
             list(pool.map(one, domains))
@@ -202,10 +269,21 @@ def rate(n: int, seconds: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--certs", type=int, default=200, help="certificates for certctl and the limit (default 200)")
-    parser.add_argument("--concurrency", type=int, default=16, help="certctl's Settings.concurrency and the limit's threads")
-    parser.add_argument("--peer-certs", type=int, default=20, help="certificates for certbot, lego, and certctl at concurrency 1")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--certs", type=int, default=200, help="certificates for certctl and the limit (default 200)"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=16, help="certctl's Settings.concurrency and the limit's threads"
+    )
+    parser.add_argument(
+        "--peer-certs",
+        type=int,
+        default=20,
+        help="certificates for certbot, lego, and certctl at concurrency 1",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folder (bench/out/acme-*)")
     args = parser.parse_args()
     n, c, peers = args.certs, args.concurrency, args.peer_certs
@@ -215,13 +293,19 @@ def main() -> int:
     lego_binary()
     work = Path(tempfile.mkdtemp(prefix="acme-", dir=OUT))
     pool = ServerPool(work / "servers")
-    rows: list[tuple[str, int, float, float | None]] = []  # (label, certificates, wall seconds, median issue seconds)
+    rows: list[
+        tuple[str, int, float, float | None]
+    ] = []  # (label, certificates, wall seconds, median issue seconds)
     try:
         pebble = pool.pebble()  # PEBBLE_VA_NOSLEEP=1; DNS: pebble-challtestsrv, every name 127.0.0.1
         port = pool.http_port
-        print(f"Pebble at {pebble.directory_url}; its VA connects to 127.0.0.1:{port} for http-01", flush=True)
-        tried = {t: minimal_acme.run(pebble.directory_url, pebble.ca_bundle, port, names(f"lim{t}x", n), t)
-                 for t in sorted({1, 2, 4, 8, c})}
+        print(
+            f"Pebble at {pebble.directory_url}; its VA connects to 127.0.0.1:{port} for http-01", flush=True
+        )
+        tried = {
+            t: minimal_acme.run(pebble.directory_url, pebble.ca_bundle, port, names(f"lim{t}x", n), t)
+            for t in sorted({1, 2, 4, 8, c})
+        }
         for t, result in tried.items():
             print(f"limit, {t} threads: {n} certificates in {result.seconds:.2f} s", flush=True)
         best = min(tried, key=lambda t: tried[t].seconds)
@@ -256,7 +340,12 @@ def main() -> int:
         ("lego run, one after another", peers, lego_seq, None),
         (f"lego run, {LEGO_PROCESSES} processes at once", peers, lego_par, None),
         (f"limit, 30% of nonces refused, {best} threads", n, flaky_limit.seconds, flaky_limit.median),
-        (f"certctl apply, 30% of nonces refused, concurrency {c}", n, flaky_ours, statistics.median(flaky_issues)),
+        (
+            f"certctl apply, 30% of nonces refused, concurrency {c}",
+            n,
+            flaky_ours,
+            statistics.median(flaky_issues),
+        ),
     ]
     print()
     print("ACME issuance, 2 domains per certificate, local Pebble without validation sleeps, http-01")
@@ -267,10 +356,16 @@ def main() -> int:
     ours_rate = rate(n, ours)
     print()
     print(f"certctl at concurrency {c} / the limit: {ours_rate / rate(n, limit.seconds):.2f} (goal: >= 0.90)")
-    print(f"certctl / limit with 30% of nonces refused: {rate(n, flaky_ours) / rate(n, flaky_limit.seconds):.2f}")
-    print(f"certctl's median issue action, one at a time: {statistics.median(one_issues):.3f} s (goal: <= 0.15 s)")
-    print(f"certctl / certbot: {ours_rate / rate(peers, certbot):.1f}x; certctl / lego: {ours_rate / rate(peers, lego_seq):.1f}x; "
-          f"certctl / {LEGO_PROCESSES} lego processes: {ours_rate / rate(peers, lego_par):.1f}x")
+    print(
+        f"certctl / limit with 30% of nonces refused: {rate(n, flaky_ours) / rate(n, flaky_limit.seconds):.2f}"
+    )
+    print(
+        f"certctl's median issue action, one at a time: {statistics.median(one_issues):.3f} s (goal: <= 0.15 s)"
+    )
+    print(
+        f"certctl / certbot: {ours_rate / rate(peers, certbot):.1f}x; certctl / lego: {ours_rate / rate(peers, lego_seq):.1f}x; "
+        f"certctl / {LEGO_PROCESSES} lego processes: {ours_rate / rate(peers, lego_par):.1f}x"
+    )
     return 0
 
 

@@ -76,10 +76,27 @@ class Daemon:
         self.log = open(root / "daemon.log", "wb")  # noqa: SIM115
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "daemon", "-d", str(root / "desired"), "--state-dir",
-             str(root / "state"), "--metrics-address", f"127.0.0.1:{self.port}", "--log-format", "json",
-             "--log-level", "warning"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=root)
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "daemon",
+                "-d",
+                str(root / "desired"),
+                "--state-dir",
+                str(root / "state"),
+                "--metrics-address",
+                f"127.0.0.1:{self.port}",
+                "--log-format",
+                "json",
+                "--log-level",
+                "warning",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+        )
 
     def status(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=10) as r:
@@ -151,7 +168,8 @@ def idle_cpu(certs: int, idle: float) -> tuple[float, float, float, float]:
         (root / "desired").mkdir()
         (root / "desired" / "base.yaml").write_text(BASE)
         (root / "desired" / "certificates.yaml").write_text(
-            "---\n".join(cert_doc(f"c{i:04d}", f"c{i:04d}.example.test") for i in range(certs)))
+            "---\n".join(cert_doc(f"c{i:04d}", f"c{i:04d}.example.test") for i in range(certs))
+        )
         started = time.monotonic()
         daemon = Daemon(root)
         try:
@@ -173,7 +191,9 @@ def idle_cpu(certs: int, idle: float) -> tuple[float, float, float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--certs", type=int, default=1000)
     parser.add_argument("--idle", type=float, default=60.0)
@@ -184,10 +204,24 @@ def main() -> int:
     median, worst = statistics.median(times), max(times)
     rows = [
         ("measure", "value", "goal", ""),
-        (f"save -> applied, median of {args.edits} edits", f"{median * 1000:.0f} ms", "< 1 s", "ok" if median < 1 else "MISSED"),
-        (f"save -> applied, worst of {args.edits} edits", f"{worst * 1000:.0f} ms", "< 1 s", "ok" if worst < 1 else "MISSED"),
-        (f"idle daemon, {args.certs} certificates, CPU over {wall:.0f} s", f"{share:.2f}% of one core ({used:.2f} s)",
-         "< 1%", "ok" if share < 1 else "MISSED"),
+        (
+            f"save -> applied, median of {args.edits} edits",
+            f"{median * 1000:.0f} ms",
+            "< 1 s",
+            "ok" if median < 1 else "MISSED",
+        ),
+        (
+            f"save -> applied, worst of {args.edits} edits",
+            f"{worst * 1000:.0f} ms",
+            "< 1 s",
+            "ok" if worst < 1 else "MISSED",
+        ),
+        (
+            f"idle daemon, {args.certs} certificates, CPU over {wall:.0f} s",
+            f"{share:.2f}% of one core ({used:.2f} s)",
+            "< 1%",
+            "ok" if share < 1 else "MISSED",
+        ),
         (f"first start: issue and install {args.certs} certificates", f"{converge:.1f} s", "", ""),
         (f"one full pass over {args.certs} converged certificates (SIGHUP)", f"{full_pass:.2f} s", "", ""),
     ]

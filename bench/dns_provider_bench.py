@@ -32,14 +32,16 @@ ZONE = "certctl-bench.net"
 def write_desired(root: Path, pebble: Pebble, pdns: PowerDns, n: int, concurrency: int) -> Path:
     desired = root / "desired"
     desired.mkdir(parents=True)
-    docs = [f"""\
+    docs = [
+        f"""\
 apiVersion: certctl/v1
 kind: Settings
 metadata: {{name: settings}}
 spec:
   stateDir: ../state
   concurrency: {concurrency}
-""", f"""\
+""",
+        f"""\
 apiVersion: certctl/v1
 kind: Issuer
 metadata: {{name: pebble}}
@@ -59,22 +61,28 @@ spec:
             propagationTimeout: 60s
             nameservers: ["{pdns.address}"]
             resolvers: ["{pdns.address}"]
-""", """\
+""",
+        """\
 apiVersion: certctl/v1
 kind: Store
 metadata: {name: pem}
 spec:
   pemDirectory: {path: ../pem}
-"""]
+""",
+    ]
     for i in range(n):
-        docs.append(f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: w{i:02d}}}\nspec:\n  issuer: pebble\n"
-                    f"  domains: ['*.w{i:02d}.{ZONE}', 'w{i:02d}.{ZONE}']\n  stores: [pem]\n")
+        docs.append(
+            f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: w{i:02d}}}\nspec:\n  issuer: pebble\n"
+            f"  domains: ['*.w{i:02d}.{ZONE}', 'w{i:02d}.{ZONE}']\n  stores: [pem]\n"
+        )
     (desired / "bench.yaml").write_text("---\n".join(docs))
     return desired
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--certs", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--keep", action="store_true", help="keep the work folder (bench/out/dns-*)")
@@ -93,14 +101,21 @@ def main() -> int:
         log = work / "certctl.log"
         started = time.perf_counter()
         with log.open("w") as err:
-            result = subprocess.run([sys.executable, "-m", "reconciler", "apply", "-d", str(desired),
-                                     "--log-format", "json"], stdout=subprocess.PIPE, stderr=err, text=True,
-                                    env=env, check=False)
+            result = subprocess.run(
+                [sys.executable, "-m", "reconciler", "apply", "-d", str(desired), "--log-format", "json"],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+                check=False,
+            )
         seconds = time.perf_counter() - started
         issued = sum(1 for _ in (work / "pem").glob("w*/cert.pem"))
         if result.returncode != 0 or issued != args.certs:
-            sys.exit(f"certctl apply failed (exit {result.returncode}, {issued}/{args.certs} issued):\n"
-                     f"{result.stdout}\nsee {log}")
+            sys.exit(
+                f"certctl apply failed (exit {result.returncode}, {issued}/{args.certs} issued):\n"
+                f"{result.stdout}\nsee {log}"
+            )
         records = sum(1 for line in log.read_text().splitlines() if '"dns01.record.added"' in line)
     finally:
         if pebble is not None:
@@ -109,12 +124,21 @@ def main() -> int:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print()
-    print(f"dns-01 through the PowerDNS API (dns-lexicon), {args.certs} certificates x (wildcard + apex), "
-          f"concurrency {args.concurrency}; {records} TXT values written")
+    print(
+        f"dns-01 through the PowerDNS API (dns-lexicon), {args.certs} certificates x (wildcard + apex), "
+        f"concurrency {args.concurrency}; {records} TXT values written"
+    )
     print(f"{'wall s':>8} {'certs/s':>8}")
     print(f"{seconds:>8.2f} {args.certs / seconds:>8.2f}")
-    print(json.dumps({"certificates": args.certs, "seconds": round(seconds, 2),
-                      "certs_per_second": round(args.certs / seconds, 2)}))
+    print(
+        json.dumps(
+            {
+                "certificates": args.certs,
+                "seconds": round(seconds, 2),
+                "certs_per_second": round(args.certs / seconds, 2),
+            }
+        )
+    )
     return 0
 
 

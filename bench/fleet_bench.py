@@ -59,7 +59,9 @@ def statements_per_converged_pass(fleet: Fleet, node: str) -> int:
     fingerprint = desired_fingerprint(desired)
     reconcile_once(world, clock=SYSTEM, maintenance=False, stopping=stop, desired_fingerprint_now=fingerprint)
     before = state.db.queries  # type: ignore[attr-defined]
-    result = reconcile_once(world, clock=SYSTEM, maintenance=False, stopping=stop, desired_fingerprint_now=fingerprint)
+    result = reconcile_once(
+        world, clock=SYSTEM, maintenance=False, stopping=stop, desired_fingerprint_now=fingerprint
+    )
     assert result.applied is None and not result.plan.actions, "the fleet is not converged"
     spent = state.db.queries - before  # type: ignore[attr-defined]
     state.db.close()  # type: ignore[attr-defined]
@@ -68,8 +70,9 @@ def statements_per_converged_pass(fleet: Fleet, node: str) -> int:
 
 def commits(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -111,11 +114,15 @@ def main(count: int) -> int:
                 newest = fleet.versions()["c00000"][-1]
                 t0 = time.monotonic()
                 reached = None
-                while time.monotonic() - t0 < 30:  # from the commit of the new version to web03's report of it
+                while (
+                    time.monotonic() - t0 < 30
+                ):  # from the commit of the new version to web03's report of it
                     rows = fleet.query(
                         "SELECT extract(epoch FROM n.last_seen - v.created_at) FROM certctl_nodes n, certctl_versions v "
                         "WHERE n.node = 'web03' AND v.certificate = 'c00000' AND v.thumbprint = %s "
-                        "AND n.report->'certificates'->'c00000'->>'thumbprint' = %s", (newest, newest))
+                        "AND n.report->'certificates'->'c00000'->>'thumbprint' = %s",
+                        (newest, newest),
+                    )
                     if rows:
                         reached = float(rows[0][0])
                         break
@@ -132,8 +139,10 @@ def main(count: int) -> int:
     print(f"{f'statements per converged pass per node, {small} certs':<52}{at_small:>12}")
     print(f"{f'statements per converged pass per node, {count} certs':<52}{at_full:>12}")
     print(f"{'idle load of 3 daemons, transactions/s':<52}{idle:>12.2f}")
-    print(f"{'new version committed -> installed on web03, s':<52}"
-          f"{(f'{reached:.2f}' if reached is not None else 'not within 30s'):>12}")
+    print(
+        f"{'new version committed -> installed on web03, s':<52}"
+        f"{(f'{reached:.2f}' if reached is not None else 'not within 30s'):>12}"
+    )
     return 0
 
 

@@ -36,11 +36,14 @@ def write_desired(root: Path, n: int, concurrency: int) -> Path:
     (desired / "base.yaml").write_text(
         f"apiVersion: certctl/v1\nkind: Settings\nmetadata: {{name: s}}\nspec: {{stateDir: ../state, concurrency: {concurrency}}}\n"
         "---\napiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: local}\nspec:\n  localCA: {validity: 90d}\n"
-        "---\napiVersion: certctl/v1\nkind: Store\nmetadata: {name: pem}\nspec:\n  pemDirectory: {path: ../pem}\n")
+        "---\napiVersion: certctl/v1\nkind: Store\nmetadata: {name: pem}\nspec:\n  pemDirectory: {path: ../pem}\n"
+    )
     docs: list[str] = []
     for i in range(n):
-        docs.append(f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: cert-{i:05d}}}\nspec:\n"
-                    f"  issuer: local\n  domains: [www.site{i}.example.com, site{i}.example.com]\n  stores: [pem]\n")
+        docs.append(
+            f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: cert-{i:05d}}}\nspec:\n"
+            f"  issuer: local\n  domains: [www.site{i}.example.com, site{i}.example.com]\n  stores: [pem]\n"
+        )
         if len(docs) == PER_FILE or i == n - 1:
             (desired / f"certs-{i // PER_FILE:05d}.yaml").write_text("---\n".join(docs))
             docs = []
@@ -55,13 +58,21 @@ def first_apply(n: int, concurrency: int, keep: bool) -> tuple[float, float]:
         env = {**os.environ, "CERTCTL_CACHE_DIR": str(work / "cache")}
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         started = time.perf_counter()
-        result = subprocess.run([*certctl(), "apply", "-d", str(desired), "--log-format", "json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, check=False)
+        result = subprocess.run(
+            [*certctl(), "apply", "-d", str(desired), "--log-format", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+            check=False,
+        )
         seconds = time.perf_counter() - started
         rss = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
         installed = sum(1 for _ in (work / "pem").glob("cert-*/cert.pem"))
         if result.returncode != 0 or installed != n:
-            sys.exit(f"certctl apply failed (exit {result.returncode}, {installed}/{n} installed):\n{result.stdout[-2000:]}")
+            sys.exit(
+                f"certctl apply failed (exit {result.returncode}, {installed}/{n} installed):\n{result.stdout[-2000:]}"
+            )
         return seconds, rss
     finally:
         if not keep:
@@ -69,9 +80,13 @@ def first_apply(n: int, concurrency: int, keep: bool) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sizes", nargs="*", type=int, default=[1000, 10000])
-    parser.add_argument("--concurrency", type=int, default=8, help="Settings.concurrency (default 8, certctl's default)")
+    parser.add_argument(
+        "--concurrency", type=int, default=8, help="Settings.concurrency (default 8, certctl's default)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work folders (bench/out/localca-*)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)

@@ -82,7 +82,9 @@ class MinimalClient:
         self.directory = messages.Directory.from_json(first.get(directory_url).json())
         reg = messages.NewRegistration.from_data(email="limit@example.com", terms_of_service_agreed=True)
         response = first.post(self.directory["newAccount"], reg, new_nonce_url=self.directory["newNonce"])
-        self.account = messages.RegistrationResource(uri=response.headers["Location"], body=messages.Registration())
+        self.account = messages.RegistrationResource(
+            uri=response.headers["Location"], body=messages.Registration()
+        )
         self._local = threading.local()
 
     def _network(self) -> ClientNetwork:
@@ -118,10 +120,12 @@ class MinimalClient:
             self._post(challb.uri, answer)
             self._poll(url, lambda doc: doc["status"] not in ("pending", "processing"))
         key = ec.generate_private_key(ec.SECP256R1())
-        csr = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
-               .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
-               .sign(key, hashes.SHA256()))
+        csr = (
+            x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
         self._post(order.finalize, messages.CertificateRequest(csr=csr))
         done = self._poll(order_url, lambda doc: doc["status"] in ("valid", "invalid"))
         if done["status"] != "valid":

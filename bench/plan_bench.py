@@ -59,9 +59,13 @@ def generate(root: Path, n: int) -> None:
             (desired / f"certs-{i // PER_FILE:05d}.yaml").write_text("---\n".join(docs))
             docs = []
         cert = (
-            x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
-            .issuer_name(ca_name).public_key(leaf_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=89))
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])]))
+            .issuer_name(ca_name)
+            .public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(days=1))
+            .not_valid_after(now + timedelta(days=89))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
             .sign(ca_key, hashes.SHA256())
         )
@@ -70,15 +74,32 @@ def generate(root: Path, n: int) -> None:
         version = f"{now.strftime('%Y%m%dT%H%M%SZ')}-{info.thumbprint[:8]}"
         folder = pem / name / "versions" / version
         folder.mkdir(parents=True)
-        for fname, data in (("cert.pem", cert_pem), ("chain.pem", b""), ("fullchain.pem", cert_pem), ("privkey.pem", key_pem)):
+        for fname, data in (
+            ("cert.pem", cert_pem),
+            ("chain.pem", b""),
+            ("fullchain.pem", cert_pem),
+            ("privkey.pem", key_pem),
+        ):
             (folder / fname).write_bytes(data)
-        (folder / "meta.json").write_text(json.dumps({"managed_by": f"certctl:{name}", "installed_at": now.isoformat(),
-                                                      "thumbprint": info.thumbprint}))
+        (folder / "meta.json").write_text(
+            json.dumps(
+                {
+                    "managed_by": f"certctl:{name}",
+                    "installed_at": now.isoformat(),
+                    "thumbprint": info.thumbprint,
+                }
+            )
+        )
         os.symlink(f"versions/{version}", pem / name / "current")
         for fname in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"):
             os.symlink(f"current/{fname}", pem / name / fname)
-        meta = {"info": info_to_json(info), "issuer_id": "localca:local", "issued_at": now.isoformat(),
-                "domains": domains, "replaced": None}
+        meta = {
+            "info": info_to_json(info),
+            "issuer_id": "localca:local",
+            "issued_at": now.isoformat(),
+            "domains": domains,
+            "replaced": None,
+        }
         lines.append(json.dumps({"k": name, "v": {info.thumbprint: meta}}, separators=(",", ":")))
     index.path.parent.mkdir(parents=True, exist_ok=True)
     index.path.write_text("\n".join(lines) + "\n")
@@ -120,8 +141,21 @@ def run_plan(root: Path) -> tuple[float, float, str]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "reconciler", "plan", "-d", str(root / "desired"), "--state-dir", str(root / "state")],
-        capture_output=True, text=True, check=False, cwd=ROOT, env={**os.environ, "CERTCTL_CACHE_DIR": str(root / "cache")},
+        [
+            sys.executable,
+            "-m",
+            "reconciler",
+            "plan",
+            "-d",
+            str(root / "desired"),
+            "--state-dir",
+            str(root / "state"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "CERTCTL_CACHE_DIR": str(root / "cache")},
     )
     wall = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
@@ -158,21 +192,33 @@ def main() -> None:
             warm, _, _ = run_plan(root)  # warm page cache, no certctl caches
             seconds = sorted(run_plan(root)[:2] for _ in range(3))  # caches filled: the median of three
             second, rss2 = seconds[1]
-            phases = json.loads(subprocess.run(
-                [sys.executable, "-c", PHASES, str(root / "desired"), str(root / "state")],
-                capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "CERTCTL_NO_CACHE": "1"},
-            ).stdout)
+            phases = json.loads(
+                subprocess.run(
+                    [sys.executable, "-c", PHASES, str(root / "desired"), str(root / "state")],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                    cwd=ROOT,
+                    env={**os.environ, "CERTCTL_NO_CACHE": "1"},
+                ).stdout
+            )
             rows.append((n, gen, first, warm, second, max(rss1, rss2), phases, cold))
-    print("\nfirst run: no certctl caches (cold: the OS page cache dropped too); second run: caches filled "
-          "(median of 3)")
+    print(
+        "\nfirst run: no certctl caches (cold: the OS page cache dropped too); second run: caches filled "
+        "(median of 3)"
+    )
     print("phases: one uncached run in one process, warm page cache\n")
-    print(f"{'N':>6} | {'first (cold)':>12} | {'first (warm)':>12} | {'second run':>10} | {'peak RSS':>8} | "
-          f"{'imports':>7} | {'read YAML':>9} | {'validate':>8} | {'observe':>7} | {'plan':>6}")
+    print(
+        f"{'N':>6} | {'first (cold)':>12} | {'first (warm)':>12} | {'second run':>10} | {'peak RSS':>8} | "
+        f"{'imports':>7} | {'read YAML':>9} | {'validate':>8} | {'observe':>7} | {'plan':>6}"
+    )
     print("-" * 112)
     for n, _gen, first, warm, second, rss, ph, cold in rows:
-        print(f"{n:>6} | {first:>11.2f}s{'' if cold else '*'} | {warm:>11.2f}s | {second:>9.2f}s | {rss:>6.0f}MB | "
-              f"{ph['import']:>6.2f}s | {ph['yaml']:>8.2f}s | {ph['validate']:>7.2f}s | {ph['observe']:>6.2f}s | "
-              f"{ph['plan']:>5.2f}s")
+        print(
+            f"{n:>6} | {first:>11.2f}s{'' if cold else '*'} | {warm:>11.2f}s | {second:>9.2f}s | {rss:>6.0f}MB | "
+            f"{ph['import']:>6.2f}s | {ph['yaml']:>8.2f}s | {ph['validate']:>7.2f}s | {ph['observe']:>6.2f}s | "
+            f"{ph['plan']:>5.2f}s"
+        )
     if not all(r[-1] for r in rows):
         print("* the page cache could not be dropped (not root): 'cold' is warm")
 

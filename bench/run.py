@@ -10,9 +10,15 @@ HERE = Path(__file__).parent
 BENCHES = [
     ("plan: 1,000 and 10,000 certificates", ["plan_bench.py", "1000", "10000"]),
     ("local CA: first apply of 1,000 and 10,000 certificates", ["localca_bench.py", "1000", "10000"]),
-    ("ACME issuance: certctl beside certbot, lego and a minimal client (the limit) on local Pebble", ["acme_bench.py"]),
+    (
+        "ACME issuance: certctl beside certbot, lego and a minimal client (the limit) on local Pebble",
+        ["acme_bench.py"],
+    ),
     ("daemon: edit-to-applied latency, idle CPU", ["daemon_latency.py"]),
-    ("dns-01 through a DNS provider's API: 20 wildcard+apex certificates via PowerDNS", ["dns_provider_bench.py"]),
+    (
+        "dns-01 through a DNS provider's API: 20 wildcard+apex certificates via PowerDNS",
+        ["dns_provider_bench.py"],
+    ),
     ("fleet: 3 nodes x 1,000 certificates sharing PostgreSQL", ["fleet_bench.py", "1000"]),
 ]
 

@@ -58,8 +58,15 @@ class IssueError(Exception):
     It defaults to ``transient``; a refused name, a failed challenge or CAA is never an outage.
     """
 
-    def __init__(self, message: str, *, transient: bool = False, problem: dict[str, object] | None = None,
-                 retry_after: datetime | None = None, outage: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        transient: bool = False,
+        problem: dict[str, object] | None = None,
+        retry_after: datetime | None = None,
+        outage: bool | None = None,
+    ) -> None:
         super().__init__(message)
         self.transient = transient
         self.problem = problem or {}
@@ -81,7 +88,11 @@ class IssuerBackend(Protocol):
 
 
 REVOCATION_REASONS = {  # RFC 5280 §5.3.1 CRLReason codes an ACME client may ask for (RFC 8555 §7.6)
-    "unspecified": 0, "keyCompromise": 1, "affiliationChanged": 3, "superseded": 4, "cessationOfOperation": 5,
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
     "privilegeWithdrawn": 9,
 }
 
@@ -306,9 +317,18 @@ class StateBackend(Protocol):
 
     def material(self, name: str, thumbprint: str) -> Material: ...
 
-    def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
-                     at: datetime, replaced: str | None, *, issuer: str | None = None,
-                     issuer_note: str | None = None) -> IssuedVersion: ...
+    def store_issued(
+        self,
+        name: str,
+        material: Material,
+        issuer_id: str,
+        domains: tuple[str, ...],
+        at: datetime,
+        replaced: str | None,
+        *,
+        issuer: str | None = None,
+        issuer_note: str | None = None,
+    ) -> IssuedVersion: ...
 
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool: ...
 
@@ -343,8 +363,9 @@ class StateBackend(Protocol):
 
     def applied(self) -> dict[str, Any] | None: ...
 
-    def record_applied(self, revision: str | None, directory: str, desired_fingerprint: str, ok: bool,
-                       actions: int) -> None: ...
+    def record_applied(
+        self, revision: str | None, directory: str, desired_fingerprint: str, ok: bool, actions: int
+    ) -> None: ...
 
     def made_bindings(self) -> tuple[tuple[str, str, str], ...]: ...
 

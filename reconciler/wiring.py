@@ -24,7 +24,9 @@ def state_dir_for(desired_dir: Path, desired: DesiredState | None, override: str
     if override:
         return Path(override)
     if desired is not None and desired.settings.stateDir:
-        return Path(os.path.abspath(desired.settings.stateDir))  # messages name it absolute, never ds/../state
+        return Path(
+            os.path.abspath(desired.settings.stateDir)
+        )  # messages name it absolute, never ds/../state
     resolved = Path(desired_dir).resolve()
     return resolved.parent / ".certctl-state"
 
@@ -36,8 +38,10 @@ def node_name(option: str | None) -> str:
     """--node, else $CERTCTL_NODE (the CLI's default), else the host name (its first label, lower case)."""
     name = option or socket.gethostname().split(".")[0].lower() or "localhost"
     if len(name) > 63 or not NODE.match(name):
-        raise UsageError(f"the node name {name!r} is not valid: letters, digits, '-', '_' and '.', "
-                                 "at most 63 characters (set --node or CERTCTL_NODE)")
+        raise UsageError(
+            f"the node name {name!r} is not valid: letters, digits, '-', '_' and '.', "
+            "at most 63 characters (set --node or CERTCTL_NODE)"
+        )
     return name
 
 
@@ -59,8 +63,13 @@ def open_state(desired: DesiredState | None, path: Path, node: str) -> StateBack
         key = parse_key(resolve(postgres.encryptionKey))
     except (SecretError, KeyProblem) as exc:
         raise BackendUnavailable(f"Settings: backend.postgres.encryptionKey: {exc}") from None
-    return FleetState(path, node=node, db=Database(dsn, postgres.connectTimeout.total_seconds()), sealer=Sealer(key),
-                      lease_timeout=postgres.leaseTimeout.total_seconds())
+    return FleetState(
+        path,
+        node=node,
+        db=Database(dsn, postgres.connectTimeout.total_seconds()),
+        sealer=Sealer(key),
+        lease_timeout=postgres.leaseTimeout.total_seconds(),
+    )
 
 
 def build(desired: DesiredState, state: StateBackend) -> World:
@@ -97,7 +106,9 @@ def _host(name: str, spec: Any) -> BindingHost:
 class _LazyIssuer:
     """Builds the real backend on first use, so `plan` never opens an ACME account."""
 
-    def __init__(self, name: str, spec: Any, state: StateBackend, hosts: Mapping[str, BindingHost] | None = None) -> None:
+    def __init__(
+        self, name: str, spec: Any, state: StateBackend, hosts: Mapping[str, BindingHost] | None = None
+    ) -> None:
         self.name = name
         self.spec = spec
         self.state = state
@@ -116,12 +127,21 @@ class _LazyIssuer:
             if self.spec.localCA is not None:
                 from reconciler.adapters.issuers.localca import LocalCAIssuer
 
-                self._backend = LocalCAIssuer(self.name, self.spec.localCA, self.state_path,
-                                              blobs=self.state.blobs(f"localca/{self.name}"))
+                self._backend = LocalCAIssuer(
+                    self.name,
+                    self.spec.localCA,
+                    self.state_path,
+                    blobs=self.state.blobs(f"localca/{self.name}"),
+                )
             else:
-                self._backend = build_acme_issuer(self.name, self.spec.acme, self.state_path, hosts=self.hosts,
-                                                  blobs=self.state.blobs(f"acme/{self.name}"),
-                                                  challenge_log=self.state.record_log(f"acme/{self.name}/challenges"))
+                self._backend = build_acme_issuer(
+                    self.name,
+                    self.spec.acme,
+                    self.state_path,
+                    hosts=self.hosts,
+                    blobs=self.state.blobs(f"acme/{self.name}"),
+                    challenge_log=self.state.record_log(f"acme/{self.name}/challenges"),
+                )
         return self._backend
 
     def identity(self) -> str:
@@ -181,8 +201,9 @@ class _LazyIssuer:
         return int(self.backend.recover_challenges())
 
 
-def build_acme_issuer(name: str, spec: Any, state_path: Path, *, hosts: Mapping[str, BindingHost] | None = None,
-                      **options: Any) -> Any:
+def build_acme_issuer(
+    name: str, spec: Any, state_path: Path, *, hosts: Mapping[str, BindingHost] | None = None, **options: Any
+) -> Any:
     """An ACME issuer with the real challenge solvers (``hosts``: the IIS hosts http01.iis writes to;
     ``options``: environ, retry_policy, order_timeout, blobs, challenge_log)."""
     from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
@@ -194,4 +215,6 @@ def build_acme_issuer(name: str, spec: Any, state_path: Path, *, hosts: Mapping[
         host = known.get(name)
         return host if isinstance(host, SiteFolders) else None
 
-    return AcmeIssuer(name, spec, state_path, solvers=functools.partial(build_solver, hosts=site_folders), **options)
+    return AcmeIssuer(
+        name, spec, state_path, solvers=functools.partial(build_solver, hosts=site_folders), **options
+    )

@@ -50,8 +50,15 @@ class Workspace:
     def base(self) -> None:
         self.write("base.yaml", BASE)
 
-    def certificate(self, name: str, domains: list[str], *, extra: str = "", file: str | None = None,
-                    algorithm: str = "ecdsa-p256") -> Path:
+    def certificate(
+        self,
+        name: str,
+        domains: list[str],
+        *,
+        extra: str = "",
+        file: str | None = None,
+        algorithm: str = "ecdsa-p256",
+    ) -> Path:
         body = (
             "apiVersion: certctl/v1\nkind: Certificate\n"
             f"metadata: {{name: {name}}}\nspec:\n  issuer: local\n  domains: [{', '.join(domains)}]\n"

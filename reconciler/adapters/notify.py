@@ -78,8 +78,12 @@ def _retryable(exc: BaseException) -> bool:
 
 
 def _retrying(attempts: int) -> Callable[[Callable[[], None]], Callable[[], None]]:
-    return retry(stop=stop_after_attempt(attempts), wait=wait_exponential(multiplier=0.5, max=5),
-                 retry=retry_if_exception(_retryable), reraise=True)
+    return retry(
+        stop=stop_after_attempt(attempts),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        retry=retry_if_exception(_retryable),
+        reraise=True,
+    )
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -128,15 +132,21 @@ def send_webhook(webhook: Webhook, body: dict[str, Any], *, timeout: float = 10.
     try:
         post()
     except urllib.error.HTTPError as exc:
-        hint = "; redirects are not followed, so set url to the final address" if 300 <= exc.code < 400 else ""
+        hint = (
+            "; redirects are not followed, so set url to the final address" if 300 <= exc.code < 400 else ""
+        )
         raise DeliveryError(f"webhook {where} answered {exc.code} {exc.reason}{hint}") from None
     except urllib.error.URLError as exc:
         raise DeliveryError(f"webhook {where} could not be reached: {exc.reason}") from None
     except OSError as exc:
-        raise DeliveryError(f"webhook {where} could not be reached: {exc.strerror or type(exc).__name__}") from None
+        raise DeliveryError(
+            f"webhook {where} could not be reached: {exc.strerror or type(exc).__name__}"
+        ) from None
 
 
-def send_email(email: Email, subject_line: str, text: str, *, timeout: float = 30.0, attempts: int = 3) -> None:
+def send_email(
+    email: Email, subject_line: str, text: str, *, timeout: float = 30.0, attempts: int = 3
+) -> None:
     """Send a plain-text mail over TLS verified against the system CAs (or $SSL_CERT_FILE): implicit TLS on
     port 465, STARTTLS elsewhere. A password is never sent without TLS (a server without STARTTLS fails)."""
     message = EmailMessage()
@@ -153,12 +163,16 @@ def send_email(email: Email, subject_line: str, text: str, *, timeout: float = 3
 
     implicit = email.smtpPort == IMPLICIT_TLS_PORT
     if (username is not None or password is not None) and not implicit and not email.starttls:
-        raise DeliveryError(f"email via {email.smtpHost}:{email.smtpPort}: refusing to send credentials without TLS")
+        raise DeliveryError(
+            f"email via {email.smtpHost}:{email.smtpPort}: refusing to send credentials without TLS"
+        )
 
     @_retrying(attempts)
     def deliver() -> None:
         if implicit:
-            smtp: smtplib.SMTP = smtplib.SMTP_SSL(email.smtpHost, email.smtpPort, timeout=timeout, context=context)
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                email.smtpHost, email.smtpPort, timeout=timeout, context=context
+            )
         else:
             smtp = smtplib.SMTP(email.smtpHost, email.smtpPort, timeout=timeout)
         with smtp:
@@ -180,8 +194,13 @@ def email_text(notice: Notice, body: dict[str, Any]) -> str:
     lines = [f"Certificate {notice.certificate}: {notice.message}", ""]
     for key in ("state", "not_after", "renew_at", "thumbprint", "consecutive_failures", "last_error"):
         lines.append(f"{key.replace('_', ' ')}: {body.get(key)}")
-    lines += ["", f"host: {body['host']}", f"desired state: {body['source'].get('dir')} "
-              f"(revision {body['source'].get('revision') or 'none'})", "", "-- certctl daemon"]
+    lines += [
+        "",
+        f"host: {body['host']}",
+        f"desired state: {body['source'].get('dir')} (revision {body['source'].get('revision') or 'none'})",
+        "",
+        "-- certctl daemon",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -202,11 +221,14 @@ class Notifier:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def process(self, settings: Notify, rows: list[StatusRow], source: dict[str, Any],
-                now: datetime | None = None) -> list[tuple[str, Notice]]:
+    def process(
+        self, settings: Notify, rows: list[StatusRow], source: dict[str, Any], now: datetime | None = None
+    ) -> list[tuple[str, Notice]]:
         """Send what is due; return what was sent."""
         now = now or datetime.now(UTC)
-        channels = [c for c, on in (("webhook", settings.webhook), ("email", settings.email)) if on is not None]
+        channels = [
+            c for c, on in (("webhook", settings.webhook), ("email", settings.email)) if on is not None
+        ]
         previous = self._load()
         sends, state = decide(previous, rows, settings, channels, now)
         sent: list[tuple[str, Notice]] = []
@@ -220,12 +242,23 @@ class Notifier:
                     assert settings.email is not None
                     send_email(settings.email, subject(notice), email_text(notice, body))
             except Exception as exc:  # noqa: BLE001 - a channel that fails is retried on the next reconcile
-                log.error("notify.failed", channel=channel, certificate=notice.certificate, notice=notice.event,
-                          error=str(exc))
+                log.error(
+                    "notify.failed",
+                    channel=channel,
+                    certificate=notice.certificate,
+                    notice=notice.event,
+                    error=str(exc),
+                )
                 self._count(channel, notice.event, "failed")
                 continue
-            log.info("notify.sent", channel=channel, certificate=notice.certificate, notice=notice.event,
-                     condition=notice.condition, message=notice.message)
+            log.info(
+                "notify.sent",
+                channel=channel,
+                certificate=notice.certificate,
+                notice=notice.event,
+                condition=notice.condition,
+                message=notice.message,
+            )
             record_sent(state, channel, notice, now)
             self._count(channel, notice.event, "sent")
             sent.append((channel, notice))

@@ -52,7 +52,9 @@ class TlsProber:
         except ConnectionRefusedError:
             raise ProbeError(f"{endpoint}: connection refused (nothing listens there)") from None
         except ssl.SSLError as exc:
-            raise ProbeError(f"{endpoint}: TLS handshake failed for SNI {server_name or '(none)'}: {exc.reason or exc}") from None
+            raise ProbeError(
+                f"{endpoint}: TLS handshake failed for SNI {server_name or '(none)'}: {exc.reason or exc}"
+            ) from None
         except socket.gaierror as exc:
             raise ProbeError(f"{endpoint}: cannot resolve {host}: {exc.strerror}") from None
         except OSError as exc:

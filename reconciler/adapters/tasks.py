@@ -27,7 +27,9 @@ def ccs_file_name(domain: str) -> str:
     return ("_" + domain[1:] if domain.startswith("*.") else domain) + ".pfx"
 
 
-def observe(certificate: str, index: int, task: Task, spec: CertificateSpec, deployments: dict[str, str]) -> TaskState:
+def observe(
+    certificate: str, index: int, task: Task, spec: CertificateSpec, deployments: dict[str, str]
+) -> TaskState:
     try:
         thumbprint = _observe(certificate, index, task, spec, deployments)
     except TaskError as exc:
@@ -35,11 +37,15 @@ def observe(certificate: str, index: int, task: Task, spec: CertificateSpec, dep
     reload = (task.files.reload if task.files else None) or (task.pfx.reload if task.pfx else None)
     if reload and thumbprint and deployments.get(f"{certificate}/{index}") != thumbprint:
         # The files are there, but their reload never succeeded: the server may still serve the old ones.
-        return TaskState(certificate, index, None, f"the reload after writing {thumbprint[:8]} has not succeeded yet")
+        return TaskState(
+            certificate, index, None, f"the reload after writing {thumbprint[:8]} has not succeeded yet"
+        )
     return TaskState(certificate, index, thumbprint)
 
 
-def _observe(certificate: str, index: int, task: Task, spec: CertificateSpec, deployments: dict[str, str]) -> str | None:
+def _observe(
+    certificate: str, index: int, task: Task, spec: CertificateSpec, deployments: dict[str, str]
+) -> str | None:
     if task.files is not None:
         folder = Path(task.files.path)
         thumbs = set()
@@ -62,7 +68,9 @@ def _observe(certificate: str, index: int, task: Task, spec: CertificateSpec, de
     if task.script is not None:
         return deployments.get(f"{certificate}/{index}")
     if task.ccs is not None:
-        thumbs = {_pfx_thumbprint(Path(task.ccs.path) / ccs_file_name(d), task.ccs.password) for d in spec.domains}
+        thumbs = {
+            _pfx_thumbprint(Path(task.ccs.path) / ccs_file_name(d), task.ccs.password) for d in spec.domains
+        }
         return thumbs.pop() if len(thumbs) == 1 else None
     raise TaskError("unknown task")
 
@@ -95,8 +103,15 @@ def _pfx_thumbprint(path: Path, password_ref: object) -> str:
     return pki.info_from_pem(cert_pem).thumbprint
 
 
-def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, material: Material, vault_folder: Path,
-           hidden_env: frozenset[str] = frozenset()) -> None:
+def deploy(
+    certificate: str,
+    index: int,
+    task: Task,
+    spec: CertificateSpec,
+    material: Material,
+    vault_folder: Path,
+    hidden_env: frozenset[str] = frozenset(),
+) -> None:
     """Write the task's output for ``material`` and run its reload/script; raise TaskError on failure.
 
     ``hidden_env``: environment variables that hold secrets (TSIG, EAB, PFX passwords, …); commands never see them.
@@ -108,22 +123,47 @@ def deploy(certificate: str, index: int, task: Task, spec: CertificateSpec, mate
     if task.files is not None:
         write_files(Path(task.files.path), material, int(task.files.keyMode, 8))
         if task.files.reload:
-            _run(task.files.reload, _env(certificate, material, vault_folder, hidden_env),
-                 task.files.reloadTimeout.total_seconds(), "reload")
+            _run(
+                task.files.reload,
+                _env(certificate, material, vault_folder, hidden_env),
+                task.files.reloadTimeout.total_seconds(),
+                "reload",
+            )
     elif task.pfx is not None:
         password = _secret(task.pfx.password)
-        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password, f"certctl:{certificate}",
-                          legacy=task.pfx.encryption == "3des")
+        data = pki.to_pfx(
+            material.cert_pem,
+            material.chain_pem,
+            material.key_pem,
+            password,
+            f"certctl:{certificate}",
+            legacy=task.pfx.encryption == "3des",
+        )
         atomic_write(Path(task.pfx.path), data, 0o600)
         if task.pfx.reload:
-            _run(task.pfx.reload, _env(certificate, material, vault_folder, hidden_env),
-                 task.pfx.reloadTimeout.total_seconds(), "reload")
+            _run(
+                task.pfx.reload,
+                _env(certificate, material, vault_folder, hidden_env),
+                task.pfx.reloadTimeout.total_seconds(),
+                "reload",
+            )
     elif task.script is not None:
-        _run(task.script.command, _env(certificate, material, vault_folder, hidden_env), task.script.timeout.total_seconds(), "script")
+        _run(
+            task.script.command,
+            _env(certificate, material, vault_folder, hidden_env),
+            task.script.timeout.total_seconds(),
+            "script",
+        )
     elif task.ccs is not None:
         ccs_password = _secret(task.ccs.password) if task.ccs.password else None
-        data = pki.to_pfx(material.cert_pem, material.chain_pem, material.key_pem, ccs_password, f"certctl:{certificate}",
-                          legacy=True)  # IIS of every version reads the CCS share
+        data = pki.to_pfx(
+            material.cert_pem,
+            material.chain_pem,
+            material.key_pem,
+            ccs_password,
+            f"certctl:{certificate}",
+            legacy=True,
+        )  # IIS of every version reads the CCS share
         for domain in spec.domains:
             atomic_write(Path(task.ccs.path) / ccs_file_name(domain), data, 0o600)
 
@@ -156,10 +196,17 @@ def write_files(folder: Path, material: Material, key_mode: int) -> None:
         raise TaskError(f"cannot write {folder}: {exc.strerror}") from None
     try:
         mode = os.stat(folder).st_mode & 0o777 | 0o700
-        write_folder(versions / thumbprint, {
-            "privkey.pem": (material.key_pem, key_mode), "cert.pem": (material.cert_pem, 0o644),
-            "chain.pem": (material.chain_pem, 0o644), "fullchain.pem": (material.fullchain_pem, 0o644),
-        }, staging=folder, mode=mode)
+        write_folder(
+            versions / thumbprint,
+            {
+                "privkey.pem": (material.key_pem, key_mode),
+                "cert.pem": (material.cert_pem, 0o644),
+                "chain.pem": (material.chain_pem, 0o644),
+                "fullchain.pem": (material.fullchain_pem, 0o644),
+            },
+            staging=folder,
+            mode=mode,
+        )
         switch_links(folder, CURRENT, f"{VERSIONS}/{thumbprint}", FILES)
     except OSError as exc:
         raise TaskError(str(exc)) from None
@@ -180,16 +227,18 @@ def _secret(ref: object) -> bytes:
 
 def _env(certificate: str, material: Material, vault_folder: Path, hidden: frozenset[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in hidden}
-    env.update({
-        "CERTCTL_CERTIFICATE": certificate,
-        "CERTCTL_THUMBPRINT": material.info.thumbprint,
-        "CERTCTL_DOMAINS": " ".join(material.info.sans),
-        "CERTCTL_NOT_AFTER": material.info.not_after.isoformat(),
-        "CERTCTL_CERT_FILE": str(vault_folder / "cert.pem"),
-        "CERTCTL_CHAIN_FILE": str(vault_folder / "chain.pem"),
-        "CERTCTL_FULLCHAIN_FILE": str(vault_folder / "fullchain.pem"),
-        "CERTCTL_KEY_FILE": str(vault_folder / "key.pem"),
-    })
+    env.update(
+        {
+            "CERTCTL_CERTIFICATE": certificate,
+            "CERTCTL_THUMBPRINT": material.info.thumbprint,
+            "CERTCTL_DOMAINS": " ".join(material.info.sans),
+            "CERTCTL_NOT_AFTER": material.info.not_after.isoformat(),
+            "CERTCTL_CERT_FILE": str(vault_folder / "cert.pem"),
+            "CERTCTL_CHAIN_FILE": str(vault_folder / "chain.pem"),
+            "CERTCTL_FULLCHAIN_FILE": str(vault_folder / "fullchain.pem"),
+            "CERTCTL_KEY_FILE": str(vault_folder / "key.pem"),
+        }
+    )
     return env
 
 

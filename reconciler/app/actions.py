@@ -73,7 +73,9 @@ class ActionRunner:
             return self._cleanup(detail)
         if isinstance(detail, BindingDetail):
             return self._bind(action, detail)
-        raise RuntimeError(f"action {action.id} ({action.kind.value}) carries no detail certctl can carry out")
+        raise RuntimeError(
+            f"action {action.id} ({action.kind.value}) carries no detail certctl can carry out"
+        )
 
     # --- actions ------------------------------------------------------------------------------------------
 
@@ -87,7 +89,9 @@ class ActionRunner:
         (a refused name, a failed challenge, CAA) stops at once. One backoff when every CA failed."""
         name = action.certificate
         state = self.world.state
-        with self._cert_lock(name):  # never two orders for one certificate (in a fleet: a lease in the database)
+        with self._cert_lock(
+            name
+        ):  # never two orders for one certificate (in a fleet: a lease in the database)
             if isinstance(action.detail, IssueDetail):
                 planned = action.detail.replaces
             else:
@@ -96,7 +100,9 @@ class ActionRunner:
             with state.issuance(name, planned) as grant:
                 if grant.adopt is not None:  # another node issued it meanwhile: install that one
                     return {"thumbprint": grant.adopt, "adopted": "true"}
-                if grant.taken_from is not None:  # its holder died mid-order: clean up what it left answerable
+                if (
+                    grant.taken_from is not None
+                ):  # its holder died mid-order: clean up what it left answerable
                     for issuer_name in self.world.desired.certificates[name].spec.issuers:
                         recover = getattr(self.world.issuers.get(issuer_name), "recover_challenges", None)
                         if recover is not None:
@@ -109,10 +115,17 @@ class ActionRunner:
         spec = desired.certificates[name].spec
         state = self.world.state
         current = current_version(state.issued_for(name))
-        compromised = current is not None and current.revocation is not None and current.revocation.key_compromised
+        compromised = (
+            current is not None and current.revocation is not None and current.revocation.key_compromised
+        )
         key_pem = None
-        if (spec.key.reuse and not compromised and current is not None and current.lost is None
-                and current.info.key_algorithm == spec.key.algorithm.value):
+        if (
+            spec.key.reuse
+            and not compromised
+            and current is not None
+            and current.lost is None
+            and current.info.key_algorithm == spec.key.algorithm.value
+        ):
             key_pem = state.material(name, current.info.thumbprint).key_pem
         now = self.clock.now()
         state.update_attempts(name, last_attempt=now)
@@ -125,21 +138,37 @@ class ActionRunner:
                 with contextlib.suppress(OSError, ValueError):
                     replaces_pem = state.material(name, current.info.thumbprint).cert_pem
             request = IssueRequest(
-                certificate=name, domains=tuple(spec.domains), key_algorithm=spec.key.algorithm.value,
-                key_pem=key_pem, replaces=current.info if current else None, at=now, replaces_pem=replaces_pem,
+                certificate=name,
+                domains=tuple(spec.domains),
+                key_algorithm=spec.key.algorithm.value,
+                key_pem=key_pem,
+                replaces=current.info if current else None,
+                at=now,
+                replaces_pem=replaces_pem,
             )
             try:
                 material = self.world.issuers[issuer_name].issue(request)
             except IssueError as exc:
                 if exc.outage and position + 1 < len(names):
-                    log.warning("issue.fallback", certificate=name, issuer=issuer_name, error=str(exc),
-                                next=names[position + 1])
+                    log.warning(
+                        "issue.fallback",
+                        certificate=name,
+                        issuer=issuer_name,
+                        error=str(exc),
+                        next=names[position + 1],
+                    )
                     outages.append((issuer_name, exc))
                     continue
-                self._record_failure(name, _failure_text(outages, issuer_name, str(exc)),
-                                     _latest_retry(exc, outages))
-                raise IssueError(_failure_text(outages, issuer_name, str(exc)), transient=exc.transient,
-                                 problem=exc.problem, retry_after=exc.retry_after, outage=exc.outage) from None
+                self._record_failure(
+                    name, _failure_text(outages, issuer_name, str(exc)), _latest_retry(exc, outages)
+                )
+                raise IssueError(
+                    _failure_text(outages, issuer_name, str(exc)),
+                    transient=exc.transient,
+                    problem=exc.problem,
+                    retry_after=exc.retry_after,
+                    outage=exc.outage,
+                ) from None
             except OSError as exc:
                 if exc.errno not in LOCAL_DISK_ERRORS:
                     self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
@@ -148,13 +177,32 @@ class ActionRunner:
                 self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
                 raise
             note = "; ".join(f"{n} could not serve: {e}" for n, e in outages) or None
-            version = state.store_issued(name, material, ident, tuple(spec.domains), self.clock.now(),
-                                         current.info.thumbprint if current else None, issuer=issuer_name,
-                                         issuer_note=note)
-            state.update_attempts(name, consecutive_failures=0, last_success=self.clock.now(), last_error=None,
-                                  spec_digest=None, next_retry=None, ari_window_start=None, ari_window_end=None, ari_for=None)
-            return {"thumbprint": version.info.thumbprint, "not_after": version.info.not_after.isoformat(),
-                    "issuer": issuer_name}
+            version = state.store_issued(
+                name,
+                material,
+                ident,
+                tuple(spec.domains),
+                self.clock.now(),
+                current.info.thumbprint if current else None,
+                issuer=issuer_name,
+                issuer_note=note,
+            )
+            state.update_attempts(
+                name,
+                consecutive_failures=0,
+                last_success=self.clock.now(),
+                last_error=None,
+                spec_digest=None,
+                next_retry=None,
+                ari_window_start=None,
+                ari_window_end=None,
+                ari_for=None,
+            )
+            return {
+                "thumbprint": version.info.thumbprint,
+                "not_after": version.info.not_after.isoformat(),
+                "issuer": issuer_name,
+            }
         raise RuntimeError(f"certificate {name} has no Issuer certctl can use")
 
     def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:
@@ -168,8 +216,9 @@ class ActionRunner:
         next_retry = self.clock.now() + backoff(count)
         if retry_after is not None and retry_after > next_retry:
             next_retry = retry_after
-        state.update_attempts(name, consecutive_failures=count, last_error=message, next_retry=next_retry,
-                              spec_digest=digest)
+        state.update_attempts(
+            name, consecutive_failures=count, last_error=message, next_retry=next_retry, spec_digest=digest
+        )
 
     def _material(self, action: Action, thumbprint: str | None) -> Material:
         """The certificate an action installs: the one the plan named, or the newest issued (after issuance)."""
@@ -217,7 +266,9 @@ class ActionRunner:
         )
         with self._host_locks.setdefault(host_name, threading.Lock()):
             if change.op == "add":  # recorded first: a crash after the commit must not make it look foreign
-                self.world.state.record_binding(host_name, change.site, change.information, action.certificate)
+                self.world.state.record_binding(
+                    host_name, change.site, change.information, action.certificate
+                )
             try:
                 self.world.hosts[host_name].apply([change])
             except Exception:
@@ -233,5 +284,9 @@ class ActionRunner:
             host = self.world.hosts[host_name].observe()
         except Exception:  # noqa: BLE001 - cannot tell: keep the record (it only allows a later prune)
             return True
-        return any(b.information == change.information and b.protocol == change.protocol
-                   for s in host.sites if s.name == change.site for b in s.bindings)
+        return any(
+            b.information == change.information and b.protocol == change.protocol
+            for s in host.sites
+            if s.name == change.site
+            for b in s.bindings
+        )

@@ -31,7 +31,6 @@ from reconciler.support.clock import SYSTEM
 log = structlog.get_logger()
 
 
-
 def recover_challenges(world: World) -> int:
     """Remove ACME challenge files and DNS records that an interrupted order left answerable."""
     removed = 0
@@ -65,8 +64,14 @@ class ApplyResult:
 
 
 class Executor:
-    def __init__(self, world: World, *, concurrency: int = 8, clock: Clock = SYSTEM,
-                 on_outcome: Callable[[Outcome], None] | None = None) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        concurrency: int = 8,
+        clock: Clock = SYSTEM,
+        on_outcome: Callable[[Outcome], None] | None = None,
+    ) -> None:
         self.world = world
         self.concurrency = max(1, concurrency)
         self.clock = clock
@@ -99,7 +104,11 @@ class Executor:
                 if child in outcomes:
                     continue
                 if outcome.status != "done":
-                    settle(Outcome(actions[child], "skipped", f"skipped because {outcome.action.id} did not succeed"))
+                    settle(
+                        Outcome(
+                            actions[child], "skipped", f"skipped because {outcome.action.id} did not succeed"
+                        )
+                    )
                 else:
                     waiting[child] -= 1
                     if waiting[child] == 0:
@@ -122,8 +131,11 @@ class Executor:
                         running.pop(future)
                         settle(future.result())
         result = ApplyResult([outcomes[a.id] for a in plan.actions])
-        result.verify_failures = verify(self.world, [o.action.certificate for o in result.outcomes if o.status == "done"],
-                                        [o.action.certificate for o in result.outcomes if o.status != "done"])
+        result.verify_failures = verify(
+            self.world,
+            [o.action.certificate for o in result.outcomes if o.status == "done"],
+            [o.action.certificate for o in result.outcomes if o.status != "done"],
+        )
         self._record_action_health(result)
         return result
 
@@ -148,8 +160,9 @@ class Executor:
             known = state.attempts()
             for name, error in sorted(failed.items()):
                 seen = known.get(name)
-                state.update_attempts(name, action_failures=(seen.action_failures if seen else 0) + 1,
-                                      action_error=error)
+                state.update_attempts(
+                    name, action_failures=(seen.action_failures if seen else 0) + 1, action_error=error
+                )
             for name in sorted(succeeded - set(failed)):
                 seen = known.get(name)
                 if seen is not None and seen.action_failures:
@@ -161,7 +174,9 @@ class Executor:
         outcomes[outcome.action.id] = outcome
         if outcome.status == "skipped":
             try:
-                self.world.state.journal("skipped", run=self.run_id, action=outcome.action.id, error=outcome.error)
+                self.world.state.journal(
+                    "skipped", run=self.run_id, action=outcome.action.id, error=outcome.error
+                )
             except OSError as exc:  # nothing was started, so nothing is left open
                 log.error("journal.write.failed", action=outcome.action.id, error=str(exc))
             log.warning("action.skipped", action=outcome.action.id, reason=outcome.error)
@@ -174,8 +189,13 @@ class Executor:
         state = self.world.state
         started = time.monotonic()
         try:  # the intent is the write-ahead record: without it, the action must not start
-            state.journal("intent", run=self.run_id, action=action.id, kind=action.kind.value,
-                          certificate=action.certificate)
+            state.journal(
+                "intent",
+                run=self.run_id,
+                action=action.id,
+                kind=action.kind.value,
+                certificate=action.certificate,
+            )
         except OSError as exc:
             return self._failed(action, started, f"not started: the journal could not record it ({exc})")
         log.info("action.started", action=action.id, kind=action.kind.value, certificate=action.certificate)
@@ -190,19 +210,38 @@ class Executor:
             return self._failed(action, started, message)
         seconds = time.monotonic() - started
         try:
-            state.journal("done", run=self.run_id, action=action.id,
-                          **{k: v for k, v in result.items() if isinstance(v, str)})
+            state.journal(
+                "done",
+                run=self.run_id,
+                action=action.id,
+                **{k: v for k, v in result.items() if isinstance(v, str)},
+            )
         except OSError as exc:  # left open: the next run observes what it did and redoes what is missing
-            return self._failed(action, started, f"carried out, but the journal could not record it ({exc}); "
-                                "the next run checks its result")
-        log.info("action.applied", action=action.id, kind=action.kind.value, certificate=action.certificate,
-                 seconds=round(seconds, 3), **{k: v for k, v in result.items() if isinstance(v, str)})
+            return self._failed(
+                action,
+                started,
+                f"carried out, but the journal could not record it ({exc}); the next run checks its result",
+            )
+        log.info(
+            "action.applied",
+            action=action.id,
+            kind=action.kind.value,
+            certificate=action.certificate,
+            seconds=round(seconds, 3),
+            **{k: v for k, v in result.items() if isinstance(v, str)},
+        )
         return Outcome(action, "done", None, seconds, result)
 
     def _failed(self, action: Action, started: float, message: str) -> Outcome:
         seconds = time.monotonic() - started
-        log.error("action.failed", action=action.id, kind=action.kind.value, certificate=action.certificate,
-                  error=message, seconds=round(seconds, 3))
+        log.error(
+            "action.failed",
+            action=action.id,
+            kind=action.kind.value,
+            certificate=action.certificate,
+            error=message,
+            seconds=round(seconds, 3),
+        )
         return Outcome(action, "failed", message, seconds)
 
     def _dispatch(self, action: Action) -> dict[str, object] | None:

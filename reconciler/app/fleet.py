@@ -65,7 +65,10 @@ def import_state_dir(source: StateDir, target: Any, issuers: Iterable[str]) -> d
     counts = {"versions": 0, "already": 0, "attempts": 0, "blobs": 0, "kept": 0}
     target.ready()
     for issuer in sorted(issuers):
-        for scope, files in ((f"localca/{issuer}", ("ca.key", "ca.pem")), (f"acme/{issuer}", ("account.key", "account.json"))):
+        for scope, files in (
+            (f"localca/{issuer}", ("ca.key", "ca.pem")),
+            (f"acme/{issuer}", ("account.key", "account.json")),
+        ):
             local = source.blobs(scope)
             shared = target.blobs(scope)
             for key in files:
@@ -76,17 +79,26 @@ def import_state_dir(source: StateDir, target: Any, issuers: Iterable[str]) -> d
                     counts["blobs"] += 1
                 else:
                     counts["kept"] += 1
-                    log.warning("backend.import.kept", what=f"{scope}/{key}",
-                                note="the database already holds another one (imported from another node); "
-                                     "it is kept and this one is not imported")
+                    log.warning(
+                        "backend.import.kept",
+                        what=f"{scope}/{key}",
+                        note="the database already holds another one (imported from another node); "
+                        "it is kept and this one is not imported",
+                    )
     for name, versions in sorted(source.issued().items()):
         for version in versions:
             if version.lost is not None:
-                log.warning("backend.import.skipped", certificate=name, thumbprint=version.info.thumbprint,
-                            note=f"its vault files are gone ({version.lost}); not imported")
+                log.warning(
+                    "backend.import.skipped",
+                    certificate=name,
+                    thumbprint=version.info.thumbprint,
+                    note=f"its vault files are gone ({version.lost}); not imported",
+                )
                 continue
             material = source.material(name, version.info.thumbprint)
-            meta = version_meta(material, version.issuer_id, version.domains, version.issued_at, version.replaced)
+            meta = version_meta(
+                material, version.issuer_id, version.domains, version.issued_at, version.replaced
+            )
             if target.import_version(name, material, meta):
                 counts["versions"] += 1
             else:

@@ -94,7 +94,9 @@ def _used(host: HostState, site_name: str | None = None) -> list[Found]:
             found.uses.append((site.name, b.label))
             found.hosts.append((site.name, b.host))
         if site.ftp_cert_hash and any(b.protocol.lower() == "ftp" for b in site.bindings):
-            found = out.setdefault(site.ftp_cert_hash.upper(), Found(site.ftp_cert_hash.upper(), site.ftp_cert_store))
+            found = out.setdefault(
+                site.ftp_cert_hash.upper(), Found(site.ftp_cert_hash.upper(), site.ftp_cert_store)
+            )
             found.uses.append((site.name, "ftp ssl"))
             found.hosts.extend((site.name, b.host) for b in site.bindings if b.protocol.lower() == "ftp")
     return list(out.values())
@@ -143,19 +145,42 @@ def _render(host: str, issuer: str, certs: list[Planned], stores: dict[str, str]
     """The imported documents as YAML (dumped by ruamel, so every value is quoted as YAML needs)."""
     docs: list[CommentedMap] = []
     for name, windows in sorted(stores.items()):
-        docs.append(CommentedMap([
-            ("apiVersion", "certctl/v1"), ("kind", "Store"), ("metadata", CommentedMap([("name", name)])),
-            ("spec", CommentedMap([("windows", CommentedMap([
-                ("host", host), ("location", "LocalMachine"), ("name", windows)]))])),
-        ]))
+        docs.append(
+            CommentedMap(
+                [
+                    ("apiVersion", "certctl/v1"),
+                    ("kind", "Store"),
+                    ("metadata", CommentedMap([("name", name)])),
+                    (
+                        "spec",
+                        CommentedMap(
+                            [
+                                (
+                                    "windows",
+                                    CommentedMap(
+                                        [("host", host), ("location", "LocalMachine"), ("name", windows)]
+                                    ),
+                                )
+                            ]
+                        ),
+                    ),
+                ]
+            )
+        )
     for p in certs:
         spec = CommentedMap([("issuer", issuer), ("domains", _flow(list(p.domains)))])
         if p.algorithm:
             spec["key"] = CommentedMap([("algorithm", p.algorithm)])
         spec["stores"] = _flow([p.store])
         spec["iis"] = CommentedSeq([CommentedMap(entry.items()) for entry in p.iis])
-        doc = CommentedMap([("apiVersion", "certctl/v1"), ("kind", "Certificate"),
-                            ("metadata", CommentedMap([("name", p.name)])), ("spec", spec)])
+        doc = CommentedMap(
+            [
+                ("apiVersion", "certctl/v1"),
+                ("kind", "Certificate"),
+                ("metadata", CommentedMap([("name", p.name)])),
+                ("spec", spec),
+            ]
+        )
         doc.yaml_set_start_comment("\n".join([p.comment] + [f"note: {r}" for r in p.remarks]))
         docs.append(doc)
     yaml = YAML()
@@ -164,8 +189,10 @@ def _render(host: str, issuer: str, certs: list[Planned], stores: dict[str, str]
     yaml.explicit_start = False
     stream = io.StringIO()
     yaml.dump_all(docs, stream)
-    header = (f"# yaml-language-server: $schema={schema}\n"
-              f"# Written by `certctl import --iis-host {host}`: the certificates IIS host {host} serves today.\n")
+    header = (
+        f"# yaml-language-server: $schema={schema}\n"
+        f"# Written by `certctl import --iis-host {host}`: the certificates IIS host {host} serves today.\n"
+    )
     return header + stream.getvalue()
 
 
@@ -182,13 +209,20 @@ def _iis_major(version: str) -> int:
     return int(head) if head.isdigit() else 10
 
 
-def _covered_by(desired: DesiredState, host: str, domains: list[str], thumbprint: str,
-                issued: dict[str, tuple[IssuedVersion, ...]]) -> str | None:
+def _covered_by(
+    desired: DesiredState,
+    host: str,
+    domains: list[str],
+    thumbprint: str,
+    issued: dict[str, tuple[IssuedVersion, ...]],
+) -> str | None:
     for name, cert in sorted(desired.certificates.items()):
         if any(v.info.thumbprint == thumbprint for v in issued.get(name, ())):
             return name
         on_host = any(t.host == host and t.mode.value != "none" for t in cert.spec.iis)
-        if on_host and all(any(domain_rules.covers(d, want) or d == want for d in cert.spec.domains) for want in domains):
+        if on_host and all(
+            any(domain_rules.covers(d, want) or d == want for d in cert.spec.domains) for want in domains
+        ):
             return name
     return None
 
@@ -214,11 +248,15 @@ def _issuer(desired: DesiredState, wanted: str | None) -> str:
         return next(iter(desired.issuers))
     if not desired.issuers:
         raise UsageError("there is no Issuer in the desired state; add one (or give --issuer)")
-    raise UsageError(f"there are {len(desired.issuers)} Issuers ({known}); say which one the imported "
-                     "certificates use with --issuer NAME")
+    raise UsageError(
+        f"there are {len(desired.issuers)} Issuers ({known}); say which one the imported "
+        "certificates use with --issuer NAME"
+    )
 
 
-def _http_only(observed: HostState, site_name: str | None, acme: bool) -> tuple[list[tuple[str, list[str]]], list[str]]:
+def _http_only(
+    observed: HostState, site_name: str | None, acme: bool
+) -> tuple[list[tuple[str, list[str]]], list[str]]:
     """Sites with http bindings and no https one: (site, its host names) and what was left out, and why."""
     proposals: list[tuple[str, list[str]]] = []
     skipped: list[str] = []
@@ -233,12 +271,16 @@ def _http_only(observed: HostState, site_name: str | None, acme: bool) -> tuple[
             if b.protocol.lower() != "http" or b.parse_error:
                 continue
             if not b.host or b.host == "*":
-                skipped.append(f"site {site.name}: http binding {b.information} has no host name (a catch-all); "
-                               "add the names it answers to to a Certificate by hand")
+                skipped.append(
+                    f"site {site.name}: http binding {b.information} has no host name (a catch-all); "
+                    "add the names it answers to to a Certificate by hand"
+                )
                 continue
             if b.host.startswith("*."):
-                skipped.append(f"site {site.name}: wildcard host {b.host} left out (a wildcard needs a dns01 solver; "
-                               "add it to a Certificate by hand)")
+                skipped.append(
+                    f"site {site.name}: wildcard host {b.host} left out (a wildcard needs a dns01 solver; "
+                    "add it to a Certificate by hand)"
+                )
                 continue
             try:
                 name = domain_rules.normalize(b.host)
@@ -253,8 +295,10 @@ def _http_only(observed: HostState, site_name: str | None, acme: bool) -> tuple[
         if names:
             proposals.append((site.name, names))
         else:
-            skipped.append(f"site {site.name} has only http bindings, but none with a host name certctl can use; "
-                           "not imported")
+            skipped.append(
+                f"site {site.name} has only http bindings, but none with a host name certctl can use; "
+                "not imported"
+            )
     return proposals, skipped
 
 
@@ -272,15 +316,22 @@ def run_import(opts: ImportOptions, world: World) -> int:
     world_host = world.hosts[host_name]
     observed = world_host.observe()
     if not observed.reachable:
-        raise UsageError(f"IIS host {host_name} cannot be read: {'; '.join(observed.problems) or 'unknown error'}")
+        raise UsageError(
+            f"IIS host {host_name} cannot be read: {'; '.join(observed.problems) or 'unknown error'}"
+        )
     if opts.site is not None and opts.site not in {s.name for s in observed.sites}:
-        raise UsageError(f"IIS host {host_name} has no site {opts.site!r} (sites: "
-                         f"{', '.join(sorted(s.name for s in observed.sites)) or 'none'})")
+        raise UsageError(
+            f"IIS host {host_name} has no site {opts.site!r} (sites: "
+            f"{', '.join(sorted(s.name for s in observed.sites)) or 'none'})"
+        )
 
     issued = state.issued()
     taken = set(desired.certificates)
-    windows_stores = {s.spec.windows.name.value.lower(): n for n, s in sorted(desired.stores.items())
-                      if s.spec.windows is not None and s.spec.windows.host == host_name}
+    windows_stores = {
+        s.spec.windows.name.value.lower(): n
+        for n, s in sorted(desired.stores.items())
+        if s.spec.windows is not None and s.spec.windows.host == host_name
+    }
     new_stores: dict[str, str] = {}
     planned: list[Planned] = []
     skipped: list[str] = []
@@ -288,7 +339,9 @@ def run_import(opts: ImportOptions, world: World) -> int:
         located = _locate(world_host, observed, found)
         where = "; ".join(f"{s}: {label}" for s, label in found.uses)
         if located is None:
-            skipped.append(f"{found.thumbprint[:8]} ({where}): in no certificate store on {host_name}; not imported")
+            skipped.append(
+                f"{found.thumbprint[:8]} ({where}): in no certificate store on {host_name}; not imported"
+            )
             continue
         windows_store, stored = located
         info = stored.info
@@ -305,27 +358,39 @@ def run_import(opts: ImportOptions, world: World) -> int:
             continue
         owner = _covered_by(desired, host_name, names, info.thumbprint, issued)
         if owner is not None:
-            skipped.append(f"{found.thumbprint[:8]} ({', '.join(names)}): already covered by Certificate {owner}")
+            skipped.append(
+                f"{found.thumbprint[:8]} ({', '.join(names)}): already covered by Certificate {owner}"
+            )
             continue
         store = windows_stores.get(windows_store.lower())
         if store is None:
-            store = _spec_name(f"{host_name}-{windows_store.lower()}", set(desired.stores) | set(new_stores), host_name)
+            store = _spec_name(
+                f"{host_name}-{windows_store.lower()}", set(desired.stores) | set(new_stores), host_name
+            )
             new_stores[store] = windows_store
             windows_stores[windows_store.lower()] = store
         remarks: list[str] = []
         algorithm = info.key_algorithm if info.key_algorithm in {k.value for k in KeyAlgorithm} else None
         if algorithm is None:
-            remarks.append(f"its key is {info.key_algorithm}, which certctl does not issue; the next plan reissues "
-                           f"it as {KeyAlgorithm.ecdsa_p256.value}")
+            remarks.append(
+                f"its key is {info.key_algorithm}, which certctl does not issue; the next plan reissues "
+                f"it as {KeyAlgorithm.ecdsa_p256.value}"
+            )
         iis = _iis_entries(host_name, names, found)
         if iis[0]["mode"] == "site":
-            remarks.append("some bindings that use it have a blank host or one it does not cover, which auto mode "
-                           "leaves alone: mode: site for each site that uses it, so they all follow a renewal")
+            remarks.append(
+                "some bindings that use it have a blank host or one it does not cover, which auto mode "
+                "leaves alone: mode: site for each site that uses it, so they all follow a renewal"
+            )
         preferred = stored.managed_by if stored.managed_by and stored.managed_by not in taken else None
         spec_name = preferred or _spec_name(names[0], taken, host_name)
         taken.add(spec_name)
-        comment = f"{found.thumbprint} in {windows_store}, used by " + "; ".join(f"{s}: {label}" for s, label in found.uses)
-        planned.append(Planned(spec_name, names, algorithm, store, iis, stored, windows_store, found, remarks, comment))
+        comment = f"{found.thumbprint} in {windows_store}, used by " + "; ".join(
+            f"{s}: {label}" for s, label in found.uses
+        )
+        planned.append(
+            Planned(spec_name, names, algorithm, store, iis, stored, windows_store, found, remarks, comment)
+        )
 
     acme = desired.issuers[issuer].spec.acme is not None
     proposals, left_out = _http_only(observed, opts.site, acme)
@@ -335,48 +400,78 @@ def run_import(opts: ImportOptions, world: World) -> int:
         owner = _covered_by(desired, host_name, names, "", issued)
         fresh = [n for n in names if n not in claimed]
         if owner is not None or not fresh:
-            skipped.append(f"site {site} ({', '.join(names)}): already covered by "
-                           + (f"Certificate {owner}" if owner else "another imported certificate"))
+            skipped.append(
+                f"site {site} ({', '.join(names)}): already covered by "
+                + (f"Certificate {owner}" if owner else "another imported certificate")
+            )
             continue
         windows = "WebHosting" if _iis_major(observed.iis_version) >= 8 else "My"
         store = windows_stores.get(windows.lower()) or next(iter(windows_stores.values()), None)
         if store is None:
-            store = _spec_name(f"{host_name}-{windows.lower()}", set(desired.stores) | set(new_stores), host_name)
+            store = _spec_name(
+                f"{host_name}-{windows.lower()}", set(desired.stores) | set(new_stores), host_name
+            )
             new_stores[store] = windows
             windows_stores[windows.lower()] = store
         spec_name = _spec_name(fresh[0], taken, host_name)
         taken.add(spec_name)
-        comment = (f"site {site} has only http bindings: a new certificate for its host names; once issued, "
-                   f"auto mode adds https *:443:<host> with SNI beside each http binding")
-        planned.append(Planned(spec_name, fresh, None, store, [{"host": host_name, "mode": "auto"}], None,
-                               new_stores.get(store, windows), None, [], comment))
+        comment = (
+            f"site {site} has only http bindings: a new certificate for its host names; once issued, "
+            f"auto mode adds https *:443:<host> with SNI beside each http binding"
+        )
+        planned.append(
+            Planned(
+                spec_name,
+                fresh,
+                None,
+                store,
+                [{"host": host_name, "mode": "auto"}],
+                None,
+                new_stores.get(store, windows),
+                None,
+                [],
+                comment,
+            )
+        )
 
     for line in skipped:
         print(f"skipped {line}")
     if not planned:
-        print(f"Nothing to import from IIS host {host_name}: every certificate it uses is covered or unusable, "
-              "and no site with only http bindings is left.")
+        print(
+            f"Nothing to import from IIS host {host_name}: every certificate it uses is covered or unusable, "
+            "and no site with only http bindings is left."
+        )
         return 0
 
     _check(desired, planned, new_stores, host_name, issuer, out)
     text = _render(host_name, issuer, planned, new_stores, _schema_ref(directory, out))
     if out.exists():
         if out.read_text() != text:
-            raise UsageError(f"{out} exists with other content; it is never overwritten (choose another --out)")
+            raise UsageError(
+                f"{out} exists with other content; it is never overwritten (choose another --out)"
+            )
         print(f"{out} already holds these specs; unchanged.")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(out, text.encode(), 0o644)
 
     adopted = _adopt(desired, state, world_host, issuer, planned)
-    print(f"Wrote {len(planned)} Certificate spec(s)" + (f" and {len(new_stores)} Store(s)" if new_stores else "")
-          + f" for IIS host {host_name} to {out}:")
+    print(
+        f"Wrote {len(planned)} Certificate spec(s)"
+        + (f" and {len(new_stores)} Store(s)" if new_stores else "")
+        + f" for IIS host {host_name} to {out}:"
+    )
     for p in planned:
         if p.found is None:
-            print(f"  {p.name}: {', '.join(p.domains)} (new, for an http-only site; the next plan issues it and binds https)")
+            print(
+                f"  {p.name}: {', '.join(p.domains)} (new, for an http-only site; the next plan issues it and binds https)"
+            )
             continue
-        how = ("adopted as its current certificate" if p.name in adopted
-               else "its key cannot be read back, so the next plan issues a new one")
+        how = (
+            "adopted as its current certificate"
+            if p.name in adopted
+            else "its key cannot be read back, so the next plan issues a new one"
+        )
         print(f"  {p.name}: {', '.join(p.domains)} ({p.found.thumbprint[:8]} in {p.store}; {how})")
         for r in p.remarks:
             print(f"    note: {r}")
@@ -384,13 +479,21 @@ def run_import(opts: ImportOptions, world: World) -> int:
     return 0
 
 
-def _check(desired: DesiredState, planned: list[Planned], new_stores: dict[str, str], host: str, issuer: str,
-           out: Path) -> None:
+def _check(
+    desired: DesiredState,
+    planned: list[Planned],
+    new_stores: dict[str, str],
+    host: str,
+    issuer: str,
+    out: Path,
+) -> None:
     """The specs must validate together with the existing ones before anything is written."""
     src = Source(str(out))
     stores = dict(desired.stores)
     for name, windows in new_stores.items():
-        stores[name] = Named(name, StoreSpec.model_validate({"windows": {"host": host, "name": windows}}), src)
+        stores[name] = Named(
+            name, StoreSpec.model_validate({"windows": {"host": host, "name": windows}}), src
+        )
     certificates = dict(desired.certificates)
     for p in planned:
         body: dict[str, object] = {"issuer": issuer, "domains": p.domains, "stores": [p.store], "iis": p.iis}
@@ -403,11 +506,14 @@ def _check(desired: DesiredState, planned: list[Planned], new_stores: dict[str, 
     problems = validate.check(replace(desired, stores=stores, certificates=certificates))
     if problems:
         text = "; ".join(p.message for p in problems)
-        raise UsageError(f"the imported specs would not validate with the existing ones ({text}); nothing was written")
+        raise UsageError(
+            f"the imported specs would not validate with the existing ones ({text}); nothing was written"
+        )
 
 
-def _adopt(desired: DesiredState, state: StateBackend, world_host: BindingHost, issuer: str,
-           planned: list[Planned]) -> set[str]:
+def _adopt(
+    desired: DesiredState, state: StateBackend, world_host: BindingHost, issuer: str, planned: list[Planned]
+) -> set[str]:
     """Keep each imported certificate (with its key, read back from the store) as the spec's current one."""
     adopted: set[str] = set()
     ident = issuer_id(issuer, desired.issuers[issuer].spec)

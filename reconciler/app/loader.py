@@ -47,7 +47,9 @@ def find_files(directory: Path) -> list[Path]:
     out: list[Path] = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out.extend(Path(root) / f for f in sorted(files) if f.endswith((".yaml", ".yml")) and not f.startswith("."))
+        out.extend(
+            Path(root) / f for f in sorted(files) if f.endswith((".yaml", ".yml")) and not f.startswith(".")
+        )
     return out
 
 
@@ -64,7 +66,9 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     fresh: dict[str, dict[str, Any]] = {}
     diagnostics: list[Diagnostic] = []
     if not directory.is_dir():
-        raise InvalidDesiredState([Diagnostic(str(directory), 1, 1, "", "the desired-state directory does not exist")])
+        raise InvalidDesiredState(
+            [Diagnostic(str(directory), 1, 1, "", "the desired-state directory does not exist")]
+        )
     docs: list[_Doc] = []
     file_docs: dict[str, list[_Doc]] = {}
     keys: dict[str, Any] = {}
@@ -75,8 +79,15 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
         display = _display(path)
         real = os.path.realpath(path)
         if os.path.commonpath([real, top]) != top:
-            diagnostics.append(Diagnostic(display, 1, 1, "", f"the file is a link to {real}, outside the "
-                                          "desired-state directory; it is not read"))
+            diagnostics.append(
+                Diagnostic(
+                    display,
+                    1,
+                    1,
+                    "",
+                    f"the file is a link to {real}, outside the desired-state directory; it is not read",
+                )
+            )
             continue
         try:
             key = file_key(path.stat())
@@ -103,8 +114,15 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     for display, these in file_docs.items():
         before = len(problems)
         parsed.extend(p for p in (_validate_document(doc, problems) for doc in these) if p is not None)
-        if len(problems) == before and keys.get(display) is not None and all(_json_data(d.data, 0) for d in these):
-            fresh[display] = {"key": list(keys[display]), "docs": [[d.source.document, d.data] for d in these]}
+        if (
+            len(problems) == before
+            and keys.get(display) is not None
+            and all(_json_data(d.data, 0) for d in these)
+        ):
+            fresh[display] = {
+                "key": list(keys[display]),
+                "docs": [[d.source.document, d.data] for d in these],
+            }
     parsed.sort(key=lambda kn: (kn[1].source.file, kn[1].source.document))
 
     settings: Named[SettingsSpec] | None = None
@@ -112,14 +130,24 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     for kind, named in parsed:
         table = tables[kind]
         if kind == "Settings" and settings is not None:
-            problems.append(Problem(named.source, ("kind",),
-                                    f"only one Settings document is allowed; another is in {settings.source.file}"))
+            problems.append(
+                Problem(
+                    named.source,
+                    ("kind",),
+                    f"only one Settings document is allowed; another is in {settings.source.file}",
+                )
+            )
             continue
         if named.name in table:
             first = table[named.name].source
-            problems.append(Problem(named.source, ("metadata", "name"),
-                                    f"duplicate {kind} name {named.name!r}; it is also defined in {first.file} "
-                                    f"(document {first.document + 1})"))
+            problems.append(
+                Problem(
+                    named.source,
+                    ("metadata", "name"),
+                    f"duplicate {kind} name {named.name!r}; it is also defined in {first.file} "
+                    f"(document {first.document + 1})",
+                )
+            )
             continue
         table[named.name] = named
         if kind == "Settings":
@@ -161,7 +189,9 @@ def _cached_docs(entry: Any, key: Any) -> list[tuple[int, Any]] | None:
     if key is None or not isinstance(entry, dict) or as_file_key(entry.get("key")) != key:
         return None
     docs = entry.get("docs")
-    if not isinstance(docs, list) or not all(isinstance(d, list) and len(d) == 2 and type(d[0]) is int for d in docs):
+    if not isinstance(docs, list) or not all(
+        isinstance(d, list) and len(d) == 2 and type(d[0]) is int for d in docs
+    ):
         return None
     return [(d[0], d[1]) for d in docs]
 
@@ -181,8 +211,13 @@ def _json_data(value: Any, depth: int) -> bool:
 
 def _provider_problems(desired: DesiredState) -> list[Problem]:
     """dns01.provider entries checked against dns-lexicon's own metadata (read only when one is used)."""
-    names = {s.dns01.provider.name for i in desired.issuers.values() if i.spec.acme is not None
-             for s in i.spec.acme.solvers if s.dns01 is not None and s.dns01.provider is not None}
+    names = {
+        s.dns01.provider.name
+        for i in desired.issuers.values()
+        if i.spec.acme is not None
+        for s in i.spec.acme.solvers
+        if s.dns01 is not None and s.dns01.provider is not None
+    }
     if not names:
         return []
     from reconciler.adapters.solvers.provider import catalog
@@ -205,8 +240,14 @@ def _parse_files(batch: Sequence[tuple[str, str]]) -> list[tuple[str, list[tuple
         except YAMLError as exc:
             out.append((display, _yaml_error(display, exc)))
             continue
-        except (RecursionError, MemoryError, ValueError) as exc:  # bounded above; kept as a last line of defence
-            out.append((display, Diagnostic(display, 1, 1, "", f"the file cannot be loaded: {type(exc).__name__}")))
+        except (
+            RecursionError,
+            MemoryError,
+            ValueError,
+        ) as exc:  # bounded above; kept as a last line of defence
+            out.append(
+                (display, Diagnostic(display, 1, 1, "", f"the file cannot be loaded: {type(exc).__name__}"))
+            )
             continue
         out.append((display, [(i, d) for i, d in enumerate(loaded) if d is not None]))  # None: a stray '---'
     return out
@@ -226,7 +267,9 @@ def read_spec_file(path: Path) -> str:
         data = read_regular(path, MAX_FILE_BYTES)
     except NotRegular as exc:
         text = str(exc)
-        raise SpecFileError(f"{text}; only regular files are read" if text.startswith("not a") else f"the file {text}") from None
+        raise SpecFileError(
+            f"{text}; only regular files are read" if text.startswith("not a") else f"the file {text}"
+        ) from None
     except OSError as exc:
         raise SpecFileError(f"cannot read the file: {exc.strerror}") from None
     try:
@@ -234,7 +277,9 @@ def read_spec_file(path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise SpecFileError(f"the file is not UTF-8 (byte {exc.start})") from None
     if "\x00" in text:
-        raise SpecFileError(f"the file holds a NUL character (offset {text.index(chr(0))}); YAML does not allow it")
+        raise SpecFileError(
+            f"the file holds a NUL character (offset {text.index(chr(0))}); YAML does not allow it"
+        )
     return text
 
 
@@ -259,23 +304,38 @@ def _yaml_error(display: str, exc: YAMLError) -> Diagnostic:
 def _validate_document(doc: _Doc, problems: list[Problem]) -> tuple[str, Named[Any]] | None:
     data = doc.data
     if not isinstance(data, dict):
-        problems.append(Problem(doc.source, (), "a document must be a mapping with apiVersion, kind, metadata and spec"))
+        problems.append(
+            Problem(doc.source, (), "a document must be a mapping with apiVersion, kind, metadata and spec")
+        )
         return None
     ok = True
     if data.get("apiVersion") != API_VERSION:
-        problems.append(Problem(doc.source, ("apiVersion",) if "apiVersion" in data else (),
-                                f"apiVersion must be {API_VERSION}" + ("" if "apiVersion" in data else " (missing)")))
+        problems.append(
+            Problem(
+                doc.source,
+                ("apiVersion",) if "apiVersion" in data else (),
+                f"apiVersion must be {API_VERSION}" + ("" if "apiVersion" in data else " (missing)"),
+            )
+        )
         ok = False
     kind = data.get("kind")
     if not isinstance(kind, str) or kind not in KIND_SPECS:
         if kind is None:
             problems.append(Problem(doc.source, (), "kind is missing"))
         elif not isinstance(kind, str):
-            problems.append(Problem(doc.source, ("kind",), f"kind must be a string, one of: {', '.join(KIND_SPECS)}"))
+            problems.append(
+                Problem(doc.source, ("kind",), f"kind must be a string, one of: {', '.join(KIND_SPECS)}")
+            )
         else:
             hint = difflib.get_close_matches(str(kind), KIND_SPECS, n=1)
-            problems.append(Problem(doc.source, ("kind",), f"unknown kind {kind!r}"
-                                    + (f"; did you mean {hint[0]}?" if hint else f"; known kinds: {', '.join(KIND_SPECS)}")))
+            problems.append(
+                Problem(
+                    doc.source,
+                    ("kind",),
+                    f"unknown kind {kind!r}"
+                    + (f"; did you mean {hint[0]}?" if hint else f"; known kinds: {', '.join(KIND_SPECS)}"),
+                )
+            )
         return None
     nul = [path for path in _nul_strings(data, ()) if path]
     if nul:
@@ -301,7 +361,9 @@ def _nul_strings(value: Any, path: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     out: list[tuple[Any, ...]] = []
     if isinstance(value, dict):
         for key, item in value.items():
-            out += [(*path, key)] if isinstance(key, str) and "\x00" in key else _nul_strings(item, (*path, key))
+            out += (
+                [(*path, key)] if isinstance(key, str) and "\x00" in key else _nul_strings(item, (*path, key))
+            )
     elif isinstance(value, list):
         for index, item in enumerate(value):
             out += _nul_strings(item, (*path, index))
@@ -312,7 +374,7 @@ def _message(err: Any, model: Any, data: Any) -> str:
     kind = err["type"]
     msg = str(err["msg"])
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind == "extra_forbidden":
         loc = tuple(err["loc"])
         known = _known_fields(model, loc[:-1])
@@ -410,7 +472,7 @@ def _position(root: Any, path: tuple[Any, ...], at_key: bool = False) -> tuple[i
     for depth, part in enumerate(path):
         if isinstance(node, dict) and not isinstance(part, int) and part in node:
             pos = node.lc.key(part) if hasattr(node, "lc") else None
-            last = all(not isinstance(p, str) or not _is_field_name(p) for p in path[depth + 1:])
+            last = all(not isinstance(p, str) or not _is_field_name(p) for p in path[depth + 1 :])
             if last and not at_key and hasattr(node, "lc") and not isinstance(node[part], dict | list):
                 pos = node.lc.value(part)  # a wrong value: point at the value itself
             if pos:

@@ -22,14 +22,18 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
             stores[name] = store.observe()
         except Exception as exc:  # noqa: BLE001 - an unreadable store is reported, never fatal to the plan
             log.warning("observe.store.failed", store=name, error=str(exc))
-            stores[name] = StoreState(name, problems=(f"cannot observe store {name}: {exc}",), reachable=False)
+            stores[name] = StoreState(
+                name, problems=(f"cannot observe store {name}: {exc}",), reachable=False
+            )
     hosts: dict[str, HostState] = {}
     for name, host in sorted(world.hosts.items()):
         try:
             hosts[name] = host.observe()
         except Exception as exc:  # noqa: BLE001
             log.warning("observe.host.failed", host=name, error=str(exc))
-            hosts[name] = HostState(name, problems=(f"cannot observe IIS host {name}: {exc}",), reachable=False)
+            hosts[name] = HostState(
+                name, problems=(f"cannot observe IIS host {name}: {exc}",), reachable=False
+            )
     deployments = world.state.deployments()
     task_states = {}
     for name, cert in desired.certificates.items():
@@ -78,7 +82,9 @@ def refresh_directories(world: World) -> None:
             fetch()
 
 
-def observe_current(world: World, now: datetime, *, locked: bool = False, probe: bool = True) -> ObservedState:
+def observe_current(
+    world: World, now: datetime, *, locked: bool = False, probe: bool = True
+) -> ObservedState:
     """Observe after bringing the ACME renewal windows (ARI) up to date: what plan, apply, status and
     the daemon do before planning."""
     from reconciler.app.renewalinfo import refresh_renewal_info

@@ -15,7 +15,9 @@ from reconciler.core.secret_needs import secret_needs
 from reconciler.support.secrets import SecretError, resolve
 
 
-def unreadable_secrets(desired: DesiredState, plan: Plan, environ: dict[str, str] | None = None) -> list[Diagnostic]:
+def unreadable_secrets(
+    desired: DesiredState, plan: Plan, environ: dict[str, str] | None = None
+) -> list[Diagnostic]:
     problems: list[Problem] = []
     for need in secret_needs(desired, plan):
         try:

@@ -44,10 +44,18 @@ def sync_accounts(world: World) -> None:
             log.warning("acme.account.contact_not_updated", issuer=name, error=str(exc) or repr(exc))
 
 
-def apply_plan(world: World, plan: Plan, *, clock: Clock, on_outcome: Callable[[Outcome], None] | None = None,
-               on_executor: Callable[[Executor | None], None] | None = None) -> ApplyResult:
+def apply_plan(
+    world: World,
+    plan: Plan,
+    *,
+    clock: Clock,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    on_executor: Callable[[Executor | None], None] | None = None,
+) -> ApplyResult:
     """Carry out ``plan`` and record it as the last apply (a record that cannot be written fails the apply)."""
-    executor = Executor(world, concurrency=world.desired.settings.concurrency, clock=clock, on_outcome=on_outcome)
+    executor = Executor(
+        world, concurrency=world.desired.settings.concurrency, clock=clock, on_outcome=on_outcome
+    )
     if on_executor is not None:
         on_executor(executor)
     try:
@@ -56,9 +64,13 @@ def apply_plan(world: World, plan: Plan, *, clock: Clock, on_outcome: Callable[[
         if on_executor is not None:
             on_executor(None)
     try:
-        world.state.record_applied(world.desired.revision, world.desired.directory,
-                                   plan.desired_fingerprint or desired_fingerprint(world.desired), result.ok,
-                                   len(plan.actions))
+        world.state.record_applied(
+            world.desired.revision,
+            world.desired.directory,
+            plan.desired_fingerprint or desired_fingerprint(world.desired),
+            result.ok,
+            len(plan.actions),
+        )
     except OSError as exc:
         result.verify_failures.append(f"the record of this apply could not be written: {exc}")
     return result
@@ -77,14 +89,23 @@ class PassResult:
         return len(self.applied.outcomes) if self.applied is not None else 0
 
 
-def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: threading.Event,
-                   desired_fingerprint_now: str, on_outcome: Callable[[Outcome], None] | None = None,
-                   on_executor: Callable[[Executor | None], None] | None = None) -> PassResult:
+def reconcile_once(
+    world: World,
+    *,
+    clock: Clock,
+    maintenance: bool,
+    stopping: threading.Event,
+    desired_fingerprint_now: str,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    on_executor: Callable[[Executor | None], None] | None = None,
+) -> PassResult:
     """The daemon's pass. Call it holding the apply lock."""
     desired = world.desired
     if maintenance:
         recover(world)
-        check_revocations(world, clock.now())  # daily: a certificate its CA has revoked is renewed in this pass
+        check_revocations(
+            world, clock.now()
+        )  # daily: a certificate its CA has revoked is renewed in this pass
     sync_accounts(world)
     observed = observe_current(world, clock.now(), locked=True)
     at = clock.now()
@@ -92,11 +113,16 @@ def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: t
     todo = plan if maintenance else without_cleanup(plan)
     previous = world.state.applied() or {}
     if not todo.actions or stopping.is_set():
-        if previous.get("revision") != desired.revision or previous.get("desired_fingerprint") != desired_fingerprint_now:
+        if (
+            previous.get("revision") != desired.revision
+            or previous.get("desired_fingerprint") != desired_fingerprint_now
+        ):
             world.state.record_applied(desired.revision, desired.directory, desired_fingerprint_now, True, 0)
         report_pass(world, plan, observed, at)
         return PassResult(plan, observed, at, None, 0)
-    log.info("apply.started", actions=len(todo.actions), summary={k: v for k, v in todo.summary().items() if v})
+    log.info(
+        "apply.started", actions=len(todo.actions), summary={k: v for k, v in todo.summary().items() if v}
+    )
 
     def stop_aware(executor: Executor | None) -> None:
         if executor is not None and stopping.is_set():
@@ -107,8 +133,13 @@ def reconcile_once(world: World, *, clock: Clock, maintenance: bool, stopping: t
     todo = replace(todo, desired_fingerprint=desired_fingerprint_now)
     result = apply_plan(world, todo, clock=clock, on_outcome=on_outcome, on_executor=stop_aware)
     failed = result.count("failed") + result.count("skipped") + len(result.verify_failures)
-    log.info("apply.finished", done=result.count("done"), failed=result.count("failed"),
-             skipped=result.count("skipped"), verify_failures=len(result.verify_failures))
+    log.info(
+        "apply.finished",
+        done=result.count("done"),
+        failed=result.count("failed"),
+        skipped=result.count("skipped"),
+        verify_failures=len(result.verify_failures),
+    )
     observed = observe(world)
     at = clock.now()
     after = make_plan(desired, observed, at)

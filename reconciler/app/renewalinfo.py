@@ -74,7 +74,12 @@ def due_jobs(world: World, now: datetime) -> list[_Job]:
             continue
         thumbprint = current.info.thumbprint
         seen = attempts.get(name)
-        if seen is not None and seen.ari_for == thumbprint and seen.ari_next_fetch is not None and seen.ari_next_fetch > now:
+        if (
+            seen is not None
+            and seen.ari_for == thumbprint
+            and seen.ari_next_fetch is not None
+            and seen.ari_next_fetch > now
+        ):
             continue  # the CA asked us not to ask again before then
         try:
             cert_pem = (Path(state.vault) / name / thumbprint / "cert.pem").read_bytes()
@@ -98,14 +103,27 @@ def fetch_all(jobs: list[_Job], now: datetime, workers: int = WORKERS) -> list[F
         try:
             window = job.fetch(job.cert_pem)
         except Exception as exc:  # noqa: BLE001 - renewal information is advice; never fatal
-            log.warning("ari.fetch_failed", certificate=job.certificate, issuer=job.issuer, error=str(exc) or repr(exc))
+            log.warning(
+                "ari.fetch_failed",
+                certificate=job.certificate,
+                issuer=job.issuer,
+                error=str(exc) or repr(exc),
+            )
             window = None
         if window is not None:
-            log.info("ari.window", certificate=job.certificate, issuer=job.issuer, thumbprint=job.thumbprint,
-                     start=window.start.isoformat(), end=window.end.isoformat())
+            log.info(
+                "ari.window",
+                certificate=job.certificate,
+                issuer=job.issuer,
+                thumbprint=job.thumbprint,
+                start=window.start.isoformat(),
+                end=window.end.isoformat(),
+            )
         return Fetched(job.certificate, job.thumbprint, window, next_fetch(window, now))
 
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs))), thread_name_prefix="certctl-ari") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, min(workers, len(jobs))), thread_name_prefix="certctl-ari"
+    ) as pool:
         return list(pool.map(one, jobs))
 
 
@@ -113,7 +131,11 @@ def store(world: World, results: list[Fetched], now: datetime) -> None:
     state = world.state
     known = state.attempts()  # read once: one lookup per result below
     for r in results:
-        changes: dict[str, object] = {"ari_for": r.thumbprint, "ari_fetched_at": now, "ari_next_fetch": r.next_fetch}
+        changes: dict[str, object] = {
+            "ari_for": r.thumbprint,
+            "ari_fetched_at": now,
+            "ari_next_fetch": r.next_fetch,
+        }
         if r.window is not None:
             changes.update(ari_window_start=r.window.start, ari_window_end=r.window.end)
         else:
@@ -123,7 +145,9 @@ def store(world: World, results: list[Fetched], now: datetime) -> None:
         state.update_attempts(r.certificate, **changes)
 
 
-def refresh_renewal_info(world: World, now: datetime, *, locked: bool = False, workers: int = WORKERS) -> list[Fetched]:
+def refresh_renewal_info(
+    world: World, now: datetime, *, locked: bool = False, workers: int = WORKERS
+) -> list[Fetched]:
     """Fetch and keep the CA's renewal window of every certificate that is due for a look.
 
     ``locked``: the caller holds the state dir's lock (apply, the daemon); otherwise (plan, status) the

@@ -30,8 +30,10 @@ def _issuer(world: World, name: str, current: IssuedVersion) -> tuple[str, Revok
     found = issuer_of(current, specs, listed) or issuer_of(current, specs, sorted(desired.issuers))
     backend = world.issuers.get(found) if found is not None else None
     if found is None or not isinstance(backend, Revoker):
-        raise UsageError(f"certificate {name}: its current version {current.info.thumbprint[:8]} was issued by "
-                         f"{current.issuer_id}, which no Issuer of the desired state is any more; it cannot be revoked")
+        raise UsageError(
+            f"certificate {name}: its current version {current.info.thumbprint[:8]} was issued by "
+            f"{current.issuer_id}, which no Issuer of the desired state is any more; it cannot be revoked"
+        )
     return found, backend
 
 
@@ -55,8 +57,13 @@ def revoke_certificate(world: World, name: str, reason: str, now: datetime) -> t
     material: Material = world.state.material(name, current.info.thumbprint)
     backend.revoke(material, reason)
     world.state.mark_revoked(name, current.info.thumbprint, Revocation(reason, now, "certctl revoke"))
-    log.info("certificate.revoked", certificate=name, thumbprint=current.info.thumbprint, issuer=issuer_name,
-             reason=reason)
+    log.info(
+        "certificate.revoked",
+        certificate=name,
+        thumbprint=current.info.thumbprint,
+        issuer=issuer_name,
+        reason=reason,
+    )
     return current, issuer_name
 
 
@@ -85,8 +92,16 @@ def check_revocations(world: World, now: datetime) -> int:
             continue
         if status is None:
             continue
-        world.state.mark_revoked(name, current.info.thumbprint, Revocation(status.reason, status.at, status.source))
-        log.warning("certificate.found_revoked", certificate=name, thumbprint=current.info.thumbprint,
-                    reason=status.reason, source=status.source, note="it is renewed in this pass")
+        world.state.mark_revoked(
+            name, current.info.thumbprint, Revocation(status.reason, status.at, status.source)
+        )
+        log.warning(
+            "certificate.found_revoked",
+            certificate=name,
+            thumbprint=current.info.thumbprint,
+            reason=status.reason,
+            source=status.source,
+            note="it is renewed in this pass",
+        )
         found += 1
     return found

@@ -28,12 +28,16 @@ def _kind_schema(kind: str) -> dict[str, Any]:
 
 def _any_kind() -> dict[str, Any]:
     mode: Literal["validation"] = "validation"
-    models: list[tuple[type[BaseModel], Literal["validation"]]] = [(document_model(kind), mode) for kind in KIND_SPECS]
+    models: list[tuple[type[BaseModel], Literal["validation"]]] = [
+        (document_model(kind), mode) for kind in KIND_SPECS
+    ]
     refs, combined = models_json_schema(models, by_alias=True, ref_template="#/$defs/{model}")
     branches = []
     for kind in KIND_SPECS:
         ref = refs[(document_model(kind), "validation")]["$ref"]
-        branches.append({"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": {"$ref": ref}})
+        branches.append(
+            {"if": {"properties": {"kind": {"const": kind}}, "required": ["kind"]}, "then": {"$ref": ref}}
+        )
     return {
         "$schema": DRAFT,
         "title": "certctl desired-state document (any kind)",

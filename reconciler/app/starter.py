@@ -17,7 +17,11 @@ from reconciler.support.fs import atomic_write
 
 def templates() -> dict[str, str]:
     folder = resources.files("reconciler") / "templates" / "init"
-    return {entry.name: entry.read_text(encoding="utf-8") for entry in folder.iterdir() if entry.name.endswith(".yaml")}
+    return {
+        entry.name: entry.read_text(encoding="utf-8")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
 
 
 def write_starter(folder: Path) -> list[Path]:
@@ -27,7 +31,9 @@ def write_starter(folder: Path) -> list[Path]:
     specs = [p for p in folder.glob("*.y*ml")] if folder.is_dir() else []
     if existing or specs:
         found = existing or sorted(str(p) for p in specs)
-        raise UsageError(f"{folder} already holds a desired state ({', '.join(found[:3])}); nothing was written")
+        raise UsageError(
+            f"{folder} already holds a desired state ({', '.join(found[:3])}); nothing was written"
+        )
     written = []
     for rel, text in files.items():
         path = folder / rel

@@ -45,8 +45,10 @@ def verify(world: World, succeeded: Iterable[str], failed: Iterable[str]) -> lis
                 failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) could not be probed: {problem}")
                 continue
             if served != current.info.thumbprint:
-                failures.append(f"verify/{name}: {v.endpoint} (SNI {sni}) serves {served[:8]}, "
-                                f"expected the new certificate {current.info.thumbprint[:8]}")
+                failures.append(
+                    f"verify/{name}: {v.endpoint} (SNI {sni}) serves {served[:8]}, "
+                    f"expected the new certificate {current.info.thumbprint[:8]}"
+                )
             else:
                 log.info("verify.ok", certificate=name, endpoint=v.endpoint, sni=sni, thumbprint=served)
     for f in failures:

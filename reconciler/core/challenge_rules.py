@@ -21,7 +21,9 @@ from reconciler.core.plan import ISSUANCE, Note, Plan
 from reconciler.core.spec import Acme
 
 HTTP_PORT = 80
-CREDENTIAL_PREFIX = "auth_"  # lexicon's credential options: auth_token, auth_username, auth_client_secret, ...
+CREDENTIAL_PREFIX = (
+    "auth_"  # lexicon's credential options: auth_token, auth_username, auth_client_secret, ...
+)
 NOT_PROVIDERS = {"auto": "it guesses the provider by asking public DNS servers; name the provider instead"}
 
 
@@ -55,7 +57,9 @@ class Delegation:
         return len(self.chain) > 1
 
 
-def provider_problems(desired: DesiredState, catalog: Mapping[str, ProviderInfo], known: Sequence[str]) -> list[Problem]:
+def provider_problems(
+    desired: DesiredState, catalog: Mapping[str, ProviderInfo], known: Sequence[str]
+) -> list[Problem]:
     """Every unknown provider, unknown option, credential outside ``secrets`` and missing credential."""
     problems: list[Problem] = []
     for _, issuer in sorted(desired.issuers.items()):
@@ -69,15 +73,25 @@ def provider_problems(desired: DesiredState, catalog: Mapping[str, ProviderInfo]
             at = ("spec", "acme", "solvers", i, "dns01", "provider")
             info = catalog.get(provider.name)
             if provider.name in NOT_PROVIDERS:
-                problems.append(Problem(issuer.source, (*at, "name"),
-                                        f"provider {provider.name} is not supported: {NOT_PROVIDERS[provider.name]}"))
+                problems.append(
+                    Problem(
+                        issuer.source,
+                        (*at, "name"),
+                        f"provider {provider.name} is not supported: {NOT_PROVIDERS[provider.name]}",
+                    )
+                )
                 continue
             if info is None:
                 near = _nearest(provider.name, known)
                 hint = f" (did you mean {near}?)" if near else ""
-                problems.append(Problem(issuer.source, (*at, "name"),
-                                        f"unknown DNS provider {provider.name!r}{hint}; dns-lexicon providers: "
-                                        + ", ".join(p for p in known if p not in NOT_PROVIDERS)))
+                problems.append(
+                    Problem(
+                        issuer.source,
+                        (*at, "name"),
+                        f"unknown DNS provider {provider.name!r}{hint}; dns-lexicon providers: "
+                        + ", ".join(p for p in known if p not in NOT_PROVIDERS),
+                    )
+                )
                 continue
             accepted = _accepted(info)
             for section in ("options", "secrets"):
@@ -85,17 +99,32 @@ def provider_problems(desired: DesiredState, catalog: Mapping[str, ProviderInfo]
                     if key not in info.names:
                         near = _nearest(key, info.names)
                         hint = f" (did you mean {near}?)" if near else ""
-                        problems.append(Problem(issuer.source, (*at, section, key),
-                                                f"provider {info.name} has no option {key!r}{hint}; it accepts: {accepted}"))
+                        problems.append(
+                            Problem(
+                                issuer.source,
+                                (*at, section, key),
+                                f"provider {info.name} has no option {key!r}{hint}; it accepts: {accepted}",
+                            )
+                        )
                     elif section == "options" and key.startswith(CREDENTIAL_PREFIX):
-                        problems.append(Problem(issuer.source, (*at, section, key),
-                                                f"{key} is a credential of provider {info.name}: move it to secrets, as "
-                                                f"{key}: {{fromEnv: NAME}} or {{fromFile: PATH}}"))
+                        problems.append(
+                            Problem(
+                                issuer.source,
+                                (*at, section, key),
+                                f"{key} is a credential of provider {info.name}: move it to secrets, as "
+                                f"{key}: {{fromEnv: NAME}} or {{fromFile: PATH}}",
+                            )
+                        )
             given = set(provider.options) | set(provider.secrets)
             if info.credentials and not given & set(info.credentials):
-                problems.append(Problem(issuer.source, (*at, "secrets"),
-                                        f"provider {info.name} needs credentials: give "
-                                        f"{' or '.join(info.credentials)} under secrets; it accepts: {accepted}"))
+                problems.append(
+                    Problem(
+                        issuer.source,
+                        (*at, "secrets"),
+                        f"provider {info.name} needs credentials: give "
+                        f"{' or '.join(info.credentials)} under secrets; it accepts: {accepted}",
+                    )
+                )
     return problems
 
 
@@ -107,8 +136,13 @@ def reference_problems(desired: DesiredState) -> list[Problem]:
             iis = solver.http01.iis if solver.http01 is not None else None
             if iis is not None and iis.host not in desired.iis_hosts:
                 known = ", ".join(sorted(desired.iis_hosts)) or "none is defined"
-                problems.append(Problem(issuer.source, ("spec", "acme", "solvers", i, "http01", "iis", "host"),
-                                        f"IisHost {iis.host!r} does not exist (known: {known})"))
+                problems.append(
+                    Problem(
+                        issuer.source,
+                        ("spec", "acme", "solvers", i, "http01", "iis", "host"),
+                        f"IisHost {iis.host!r} does not exist (known: {known})",
+                    )
+                )
     return problems
 
 
@@ -136,8 +170,12 @@ def iis_site_for(host: HostState, name: str) -> Site | None:
             bound = binding.host.lower()
             if bound == name:
                 rank = 0
-            elif bound.startswith("*.") and domains.is_wildcard(bound) and name.count(".") == bound.count(".") \
-                    and name.endswith(bound[1:]):
+            elif (
+                bound.startswith("*.")
+                and domains.is_wildcard(bound)
+                and name.count(".") == bound.count(".")
+                and name.endswith(bound[1:])
+            ):
                 rank = 1
             elif not bound:
                 rank = 2 if binding.ip == "*" else 3
@@ -166,7 +204,9 @@ def issued_challenges(desired: DesiredState, plan: Plan) -> Iterator[tuple[str, 
     every certificate the plan issues from an ACME issuer."""
     for name in sorted({a.certificate for a in plan.actions if a.kind in ISSUANCE}):
         cert = desired.certificates.get(name)
-        issuer = desired.issuers.get(cert.spec.issuers[0]) if cert else None  # the first: fallbacks only on an outage
+        issuer = (
+            desired.issuers.get(cert.spec.issuers[0]) if cert else None
+        )  # the first: fallbacks only on an outage
         if cert is None or issuer is None or issuer.spec.acme is None:
             continue
         acme = issuer.spec.acme
@@ -176,8 +216,9 @@ def issued_challenges(desired: DesiredState, plan: Plan) -> Iterator[tuple[str, 
                 yield name, issuer.name, acme, domain, acme.solvers.index(solver)
 
 
-def solver_notes(desired: DesiredState, observed: ObservedState, plan: Plan,
-                 delegations: Mapping[str, Delegation]) -> list[Note]:
+def solver_notes(
+    desired: DesiredState, observed: ObservedState, plan: Plan, delegations: Mapping[str, Delegation]
+) -> list[Note]:
     """Notes on the challenges of every certificate the plan issues: ``ChallengeSite`` (the IIS site
     that serves an http-01 token), ``ChallengeDelegated`` (a CNAME moves a dns-01 record elsewhere) and
     ``ChallengeUnsolvable`` (the issuance would fail: no site serves the name, a CNAME loop, ...)."""
@@ -193,22 +234,35 @@ def solver_notes(desired: DesiredState, observed: ObservedState, plan: Plan,
             else:
                 site = iis_site_for(observed.hosts[host_name], domain)
                 assert site is not None
-                notes.append(Note(name, target, f"http-01 for {domain}: the token goes under the physical path "
-                                  f"of site {site.name} on IIS host {host_name} ({site.physical_path})",
-                                  code="ChallengeSite"))
+                notes.append(
+                    Note(
+                        name,
+                        target,
+                        f"http-01 for {domain}: the token goes under the physical path "
+                        f"of site {site.name} on IIS host {host_name} ({site.physical_path})",
+                        code="ChallengeSite",
+                    )
+                )
             continue
         found = delegations.get(domain)
         if found is None:
             continue
         if found.error:
-            notes.append(Note(name, target, f"dns-01 for {domain}: {found.error}", code="ChallengeUnsolvable"))
+            notes.append(
+                Note(name, target, f"dns-01 for {domain}: {found.error}", code="ChallengeUnsolvable")
+            )
         elif found.delegated:
             by = f"solver {found.solver}" if found.solver is not None else "no solver"
             what = _describe(acme.solvers[found.solver]) if found.solver is not None else ""
-            notes.append(Note(name, target,
-                              f"dns-01 for {domain} is delegated: {' -> '.join(found.chain)} (CNAME); the TXT "
-                              f"record is written at {found.chain[-1]} by {by}{what}",
-                              code="ChallengeDelegated"))
+            notes.append(
+                Note(
+                    name,
+                    target,
+                    f"dns-01 for {domain} is delegated: {' -> '.join(found.chain)} (CNAME); the TXT "
+                    f"record is written at {found.chain[-1]} by {by}{what}",
+                    code="ChallengeDelegated",
+                )
+            )
     return notes
 
 

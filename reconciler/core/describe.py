@@ -48,8 +48,14 @@ def _task_target(task: Task) -> str:
     return command if isinstance(command, str) else " ".join(command)
 
 
-def describe(desired: DesiredState, observed: ObservedState, plan: Plan, name: str, at: datetime,
-             task_runs: Mapping[int, TaskRun]) -> dict[str, Any]:
+def describe(
+    desired: DesiredState,
+    observed: ObservedState,
+    plan: Plan,
+    name: str,
+    at: datetime,
+    task_runs: Mapping[int, TaskRun],
+) -> dict[str, Any]:
     """Everything about one certificate, as JSON data (rendered by ``core.render.describe_lines``)."""
     named = desired.certificates[name]
     spec = named.spec
@@ -64,13 +70,26 @@ def describe(desired: DesiredState, observed: ObservedState, plan: Plan, name: s
     stores = []
     for store_name in spec.stores:
         store = desired.stores[store_name].spec
-        where = (f"{store.pemDirectory.path}/{name}" if store.pemDirectory is not None
-                 else f"{store.windows.host}: Cert:\\LocalMachine\\{store.windows.name.value}" if store.windows else "")
+        where = (
+            f"{store.pemDirectory.path}/{name}"
+            if store.pemDirectory is not None
+            else f"{store.windows.host}: Cert:\\LocalMachine\\{store.windows.name.value}"
+            if store.windows
+            else ""
+        )
         observed_store = observed.stores.get(store_name)
-        found = [c for c in observed_store.certs if c.info.thumbprint == thumbprint] \
-            if observed_store is not None and thumbprint else []
-        holds = "current" if any(c.current and not c.drift for c in found) else \
-            (found[0].drift or "holds it, not as the live version") if found else "lacks the current certificate"
+        found = (
+            [c for c in observed_store.certs if c.info.thumbprint == thumbprint]
+            if observed_store is not None and thumbprint
+            else []
+        )
+        holds = (
+            "current"
+            if any(c.current and not c.drift for c in found)
+            else (found[0].drift or "holds it, not as the live version")
+            if found
+            else "lacks the current certificate"
+        )
         stores.append({"name": store_name, "where": where, "holds": holds})
     bindings = []
     for target in spec.iis:
@@ -86,30 +105,52 @@ def describe(desired: DesiredState, observed: ObservedState, plan: Plan, name: s
                             served.append({"site": site.name, "binding": b.label})
                 if site.ftp_cert_hash and site.ftp_cert_hash.upper() == thumbprint:
                     served.append({"site": site.name, "binding": "ftp ssl"})
-        bindings.append({"host": target.host, "mode": target.mode.value, "site": target.site,
-                         "reachable": host.reachable if host is not None else False, "serving": served})
+        bindings.append(
+            {
+                "host": target.host,
+                "mode": target.mode.value,
+                "site": target.site,
+                "reachable": host.reachable if host is not None else False,
+                "serving": served,
+            }
+        )
     tasks = []
     for index, task in enumerate(spec.tasks):
         state = observed.tasks.get((name, index))
         run = task_runs.get(index)
-        tasks.append({
-            "index": index, "kind": task.kind, "target": _task_target(task),
-            "deployed": state.thumbprint if state else None, "problem": state.problem if state else None,
-            "last_run": {"at": run.at, "result": run.result, "error": run.error} if run else None,
-        })
-    next_attempt = summary.deferred_until or (summary.renew_at if summary.renew_at and summary.renew_at > at else None)
+        tasks.append(
+            {
+                "index": index,
+                "kind": task.kind,
+                "target": _task_target(task),
+                "deployed": state.thumbprint if state else None,
+                "problem": state.problem if state else None,
+                "last_run": {"at": run.at, "result": run.result, "error": run.error} if run else None,
+            }
+        )
+    next_attempt = summary.deferred_until or (
+        summary.renew_at if summary.renew_at and summary.renew_at > at else None
+    )
     return {
         "name": name,
         "file": named.source.file,
         "state": summary.state.value,
         "reason": summary.reason,
         "domains": list(spec.domains),
-        "issuer": {"name": first, "fallbacks": list(spec.issuers[1:]),
-                   "kind": "acme" if issuer.acme is not None else "localCA",
-                   "directory": issuer.acme.directoryUrl if issuer.acme is not None else None},
+        "issuer": {
+            "name": first,
+            "fallbacks": list(spec.issuers[1:]),
+            "kind": "acme" if issuer.acme is not None else "localCA",
+            "directory": issuer.acme.directoryUrl if issuer.acme is not None else None,
+        },
         "key": {"algorithm": spec.key.algorithm.value, "reuse": spec.key.reuse},
-        "renewal": (f"{renewal.lifetimePercent}% of lifetime" if renewal.lifetimePercent is not None
-                    else f"{format_duration(renewal.beforeExpiry)} before expiry" if renewal.beforeExpiry else ""),
+        "renewal": (
+            f"{renewal.lifetimePercent}% of lifetime"
+            if renewal.lifetimePercent is not None
+            else f"{format_duration(renewal.beforeExpiry)} before expiry"
+            if renewal.beforeExpiry
+            else ""
+        ),
         "thumbprint": thumbprint,
         "serial": current.info.serial if current else None,
         "not_before": iso(current.info.not_before) if current else None,
@@ -131,7 +172,9 @@ def describe(desired: DesiredState, observed: ObservedState, plan: Plan, name: s
     }
 
 
-def check(rows: Sequence[StatusRow], at: datetime, warning_window: timedelta) -> tuple[int, list[tuple[int, str]]]:
+def check(
+    rows: Sequence[StatusRow], at: datetime, warning_window: timedelta
+) -> tuple[int, list[tuple[int, str]]]:
     """Nagios-style: (exit code, one (severity, line) per problem), worst first.
 
     CRITICAL: expired; no certificate while issuance fails; expiring within ``warning_window``.
@@ -143,19 +186,38 @@ def check(rows: Sequence[StatusRow], at: datetime, warning_window: timedelta) ->
         if r.state is CertState.expired or (r.not_after is not None and r.not_after <= at):
             problems.append((CRITICAL, f"{r.name}: expired {iso(r.not_after)}"))
         elif r.not_after is not None and r.not_after - at <= warning_window:
-            problems.append((CRITICAL, f"{r.name}: expires {iso(r.not_after)} ({left}), within the warning window "
-                                       f"of {format_duration(warning_window)}"
-                             + (f"; last error: {r.last_error}" if r.last_error else "")))
+            problems.append(
+                (
+                    CRITICAL,
+                    f"{r.name}: expires {iso(r.not_after)} ({left}), within the warning window "
+                    f"of {format_duration(warning_window)}"
+                    + (f"; last error: {r.last_error}" if r.last_error else ""),
+                )
+            )
         elif r.thumbprint is None and r.consecutive_failures:
-            problems.append((CRITICAL, f"{r.name}: no certificate, issuance failing ({r.consecutive_failures} "
-                                       f"failure(s)): {r.last_error}"))
+            problems.append(
+                (
+                    CRITICAL,
+                    f"{r.name}: no certificate, issuance failing ({r.consecutive_failures} "
+                    f"failure(s)): {r.last_error}",
+                )
+            )
         elif r.state is CertState.deferred:
-            problems.append((WARNING, f"{r.name}: renewal deferred until {iso(r.deferred_until)} after "
-                                      f"{r.consecutive_failures} failure(s) ({left}): {r.last_error}"))
+            problems.append(
+                (
+                    WARNING,
+                    f"{r.name}: renewal deferred until {iso(r.deferred_until)} after "
+                    f"{r.consecutive_failures} failure(s) ({left}): {r.last_error}",
+                )
+            )
         elif r.state is CertState.due:
-            problems.append((WARNING, f"{r.name}: renewal overdue since {iso(r.renew_at)} ({r.reason}; {left})"))
+            problems.append(
+                (WARNING, f"{r.name}: renewal overdue since {iso(r.renew_at)} ({r.reason}; {left})")
+            )
         elif r.state is CertState.outdated:
-            problems.append((WARNING, f"{r.name}: no longer matches its spec, reissue pending ({r.reason}; {left})"))
+            problems.append(
+                (WARNING, f"{r.name}: no longer matches its spec, reissue pending ({r.reason}; {left})")
+            )
         elif r.state is CertState.missing:
             problems.append((WARNING, f"{r.name}: not issued yet"))
     problems.sort(key=lambda p: -p[0])

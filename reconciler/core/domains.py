@@ -13,8 +13,21 @@ _LDH = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 # Suffixes no public CA can validate (RFC 6761, RFC 6762, RFC 8375, ICANN's .internal, common LAN habits).
 RESERVED_SUFFIXES = (
-    "local", "localhost", "internal", "lan", "home", "corp", "intranet", "private",
-    "home.arpa", "test", "example", "invalid", "localdomain", "onion", "alt",
+    "local",
+    "localhost",
+    "internal",
+    "lan",
+    "home",
+    "corp",
+    "intranet",
+    "private",
+    "home.arpa",
+    "test",
+    "example",
+    "invalid",
+    "localdomain",
+    "onion",
+    "alt",
 )
 
 
@@ -36,23 +49,31 @@ def normalize(name: str) -> str:
             raise ValueError(f"{name!r} has an empty label")
         if label == "*":
             if index != 0:
-                raise ValueError(f"{name!r}: a wildcard may only be the whole leftmost label (like *.example.com)")
+                raise ValueError(
+                    f"{name!r}: a wildcard may only be the whole leftmost label (like *.example.com)"
+                )
             out.append(label)
             continue
         if "*" in label:
-            raise ValueError(f"{name!r}: a wildcard may only be the whole leftmost label (like *.example.com)")
+            raise ValueError(
+                f"{name!r}: a wildcard may only be the whole leftmost label (like *.example.com)"
+            )
         if not label.isascii():
             try:
                 label = idna.encode(label, uts46=True).decode("ascii")
             except idna.IDNAError as exc:
-                raise ValueError(f"{name!r}: label {label!r} is not a valid internationalised name ({exc})") from None
+                raise ValueError(
+                    f"{name!r}: label {label!r} is not a valid internationalised name ({exc})"
+                ) from None
         elif label.startswith("xn--"):
             try:
                 idna.decode(label)
             except (idna.IDNAError, UnicodeError) as exc:
                 raise ValueError(f"{name!r}: label {label!r} is not valid punycode ({exc})") from None
         if len(label) > MAX_LABEL:
-            raise ValueError(f"{name!r}: label {label[:20]}… is {len(label)} characters; at most {MAX_LABEL} are allowed")
+            raise ValueError(
+                f"{name!r}: label {label[:20]}… is {len(label)} characters; at most {MAX_LABEL} are allowed"
+            )
         if label.startswith("-") or label.endswith("-"):
             raise ValueError(f"{name!r}: label {label!r} starts or ends with a hyphen")
         if not _LDH.match(label):
@@ -62,7 +83,9 @@ def normalize(name: str) -> str:
         raise ValueError(f"{name!r}: a wildcard needs a domain below it (like *.example.com)")
     result = ".".join(out)
     if len(result) > MAX_NAME:
-        raise ValueError(f"{name[:30]}… is {len(result)} characters; a domain name may have at most {MAX_NAME}")
+        raise ValueError(
+            f"{name[:30]}… is {len(result)} characters; a domain name may have at most {MAX_NAME}"
+        )
     return result
 
 

@@ -16,11 +16,15 @@ def parse_duration(text: str) -> timedelta:
     """Parse ``<number><s|m|h|d>``; raise ValueError with a sentence a user can act on."""
     match = _DURATION.match(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"{text!r} is not a duration; write a whole number and a unit, like 90s, 15m, 12h or 30d")
+        raise ValueError(
+            f"{text!r} is not a duration; write a whole number and a unit, like 90s, 15m, 12h or 30d"
+        )
     digits = match.group(1).lstrip("0") or "0"
     seconds = int(digits) * _UNITS[match.group(2)] if len(digits) <= 15 else None
     if seconds is None or seconds > MAX_DURATION.total_seconds():
-        raise ValueError(f"{text.strip()[:40]!r} is longer than {MAX_DURATION.days}d, the longest duration allowed")
+        raise ValueError(
+            f"{text.strip()[:40]!r} is longer than {MAX_DURATION.days}d, the longest duration allowed"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -57,7 +61,9 @@ def parse_time(text: str, now: datetime) -> datetime:
                 value = value.replace(tzinfo=UTC)
             value = value.astimezone(UTC)
         except (ValueError, OverflowError):
-            raise ValueError(f"{text!r} is not a time; write a date (2027-01-15), a date-time, +30d or -5d") from None
+            raise ValueError(
+                f"{text!r} is not a time; write a date (2027-01-15), a date-time, +30d or -5d"
+            ) from None
     if value >= LATEST:
         raise ValueError(f"{text!r} is too far in the future; plan at a time before {LATEST.year}")
     return value

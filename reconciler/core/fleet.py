@@ -23,11 +23,19 @@ NODE_PLACEHOLDER = "{node}"
 ISSUING_ELSEWHERE = "IssuingElsewhere"
 
 # The path fields of the spec models: the only strings where {node} is replaced.
-PATH_FIELDS: frozenset[tuple[type[BaseModel], str]] = frozenset({
-    (specs.SettingsSpec, "stateDir"), (specs.Webroot, "path"), (specs.Acme, "caBundle"),
-    (specs.PemDirectory, "path"), (specs.IisHostSpec, "root"), (specs.FilesTask, "path"),
-    (specs.PfxTask, "path"), (specs.CcsTask, "path"), (specs.SecretRef, "fromFile"),
-})
+PATH_FIELDS: frozenset[tuple[type[BaseModel], str]] = frozenset(
+    {
+        (specs.SettingsSpec, "stateDir"),
+        (specs.Webroot, "path"),
+        (specs.Acme, "caBundle"),
+        (specs.PemDirectory, "path"),
+        (specs.IisHostSpec, "root"),
+        (specs.FilesTask, "path"),
+        (specs.PfxTask, "path"),
+        (specs.CcsTask, "path"),
+        (specs.SecretRef, "fromFile"),
+    }
+)
 
 
 def with_node_paths(value: Any, node: str) -> Any:
@@ -82,14 +90,26 @@ def node_view(desired: DesiredState, node: str) -> DesiredState:
         nothing_anywhere = not (spec.stores or spec.iis or spec.tasks)
         if not (kept_stores or kept_iis or kept_tasks or nothing_anywhere):
             continue
-        changed = (len(kept_stores), len(kept_iis), len(kept_tasks)) != (len(spec.stores), len(spec.iis), len(spec.tasks))
+        changed = (len(kept_stores), len(kept_iis), len(kept_tasks)) != (
+            len(spec.stores),
+            len(spec.iis),
+            len(spec.tasks),
+        )
         if changed:
-            spec = spec.model_copy(update={"stores": kept_stores, "iis": kept_iis, "tasks": kept_tasks,
-                                           "verify": spec.verify if installed_here else []})
+            spec = spec.model_copy(
+                update={
+                    "stores": kept_stores,
+                    "iis": kept_iis,
+                    "tasks": kept_tasks,
+                    "verify": spec.verify if installed_here else [],
+                }
+            )
         certificates[name] = _named(replace(cert, spec=spec) if changed else cert, node)
     settings = with_node_paths(desired.settings, node)
     issuers = {n: _named(i, node) for n, i in desired.issuers.items()}
-    return replace(desired, settings=settings, issuers=issuers, stores=stores, iis_hosts=hosts, certificates=certificates)
+    return replace(
+        desired, settings=settings, issuers=issuers, stores=stores, iis_hosts=hosts, certificates=certificates
+    )
 
 
 def _named(named: Named[Any], node: str) -> Named[Any]:
@@ -106,9 +126,15 @@ def issuing_elsewhere(plan: Plan, issuing: dict[str, Issuing]) -> Plan:
         held = issuing.get(action.certificate)
         if action.kind in ISSUANCE and held is not None:
             dropped.add(action.id)
-            notes.append(Note(action.certificate, f"certificate/{action.certificate}",
-                              f"issuing on {held.node} since {iso(held.since)}; this node installs the new version "
-                              "when it lands", code=ISSUING_ELSEWHERE))
+            notes.append(
+                Note(
+                    action.certificate,
+                    f"certificate/{action.certificate}",
+                    f"issuing on {held.node} since {iso(held.since)}; this node installs the new version "
+                    "when it lands",
+                    code=ISSUING_ELSEWHERE,
+                )
+            )
     if not dropped:
         return plan
     grew = True
@@ -117,12 +143,16 @@ def issuing_elsewhere(plan: Plan, issuing: dict[str, Issuing]) -> Plan:
         dropped.update(a.id for a in plan.actions if dropped.intersection(a.depends_on))
         grew = len(dropped) != before
     kept = [a for a in plan.actions if a.id not in dropped]
-    return replace(plan, actions=tuple(kept),
-                   notes=tuple(sorted((*plan.notes, *notes), key=lambda n: (n.certificate or "", n.target, n.message))))
+    return replace(
+        plan,
+        actions=tuple(kept),
+        notes=tuple(sorted((*plan.notes, *notes), key=lambda n: (n.certificate or "", n.target, n.message))),
+    )
 
 
-def node_report(desired: DesiredState, observed: ObservedState, plan: Plan, at: datetime,
-                applied: dict[str, Any] | None) -> dict[str, Any]:
+def node_report(
+    desired: DesiredState, observed: ObservedState, plan: Plan, at: datetime, applied: dict[str, Any] | None
+) -> dict[str, Any]:
     """What a node reports after a pass: revision, last apply, converged or not, and for each of its
     certificates the thumbprint it serves (what its stores hold; the current version once nothing is left to do)."""
     pending: dict[str, int] = {}
@@ -136,20 +166,27 @@ def node_report(desired: DesiredState, observed: ObservedState, plan: Plan, at: 
     serving: dict[str, Any] = {}
     for summary in plan.certificates:
         thumbprint = summary.thumbprint if not pending.get(summary.name) else held.get(summary.name)
-        serving[summary.name] = {"thumbprint": thumbprint, "converged": not pending.get(summary.name),
-                                 "state": summary.state.value}
+        serving[summary.name] = {
+            "thumbprint": thumbprint,
+            "converged": not pending.get(summary.name),
+            "state": summary.state.value,
+        }
     issuing = sorted(n.certificate for n in plan.notes if n.code == ISSUING_ELSEWHERE and n.certificate)
     return {
-        "at": iso(at), "revision": desired.revision, "converged": not plan.actions and not issuing,
-        "pending_actions": len(plan.actions), "waiting_for": issuing,
+        "at": iso(at),
+        "revision": desired.revision,
+        "converged": not plan.actions and not issuing,
+        "pending_actions": len(plan.actions),
+        "waiting_for": issuing,
         "reconcile_interval_seconds": desired.settings.reconcileInterval.total_seconds(),
         "last_apply": {k: applied.get(k) for k in ("at", "ok", "revision", "actions")} if applied else None,
         "certificates": serving,
     }
 
 
-def fleet_document(now: datetime, nodes: list[tuple[str, datetime, datetime, dict[str, Any]]],
-                   newest: dict[str, str]) -> dict[str, Any]:
+def fleet_document(
+    now: datetime, nodes: list[tuple[str, datetime, datetime, dict[str, Any]]], newest: dict[str, str]
+) -> dict[str, Any]:
     """`certctl status --fleet`: every node (stale once silent for 3 × its reconcileInterval) and, per
     certificate, which nodes serve which version."""
     rows = []
@@ -158,10 +195,19 @@ def fleet_document(now: datetime, nodes: list[tuple[str, datetime, datetime, dic
         interval = float(report.get("reconcile_interval_seconds") or 300.0)
         silent = (now - last_seen).total_seconds()
         stale = silent > 3 * interval
-        rows.append({"node": name, "first_seen": iso(first_seen), "last_seen": iso(last_seen), "stale": stale,
-                     "revision": report.get("revision"), "converged": bool(report.get("converged")) and not stale,
-                     "pending_actions": report.get("pending_actions"), "last_apply": report.get("last_apply"),
-                     "waiting_for": report.get("waiting_for") or []})
+        rows.append(
+            {
+                "node": name,
+                "first_seen": iso(first_seen),
+                "last_seen": iso(last_seen),
+                "stale": stale,
+                "revision": report.get("revision"),
+                "converged": bool(report.get("converged")) and not stale,
+                "pending_actions": report.get("pending_actions"),
+                "last_apply": report.get("last_apply"),
+                "waiting_for": report.get("waiting_for") or [],
+            }
+        )
         for cert, serving in sorted((report.get("certificates") or {}).items()):
             thumbprint = (serving or {}).get("thumbprint") or "none"
             certificates.setdefault(cert, {}).setdefault(thumbprint, []).append(name)
@@ -169,9 +215,14 @@ def fleet_document(now: datetime, nodes: list[tuple[str, datetime, datetime, dic
         "at": iso(now),
         "nodes": rows,
         "certificates": [
-            {"name": cert, "newest": newest.get(cert),
-             "serving": [{"thumbprint": t if t != "none" else None, "current": t == newest.get(cert), "nodes": ns}
-                         for t, ns in sorted(by.items())]}
+            {
+                "name": cert,
+                "newest": newest.get(cert),
+                "serving": [
+                    {"thumbprint": t if t != "none" else None, "current": t == newest.get(cert), "nodes": ns}
+                    for t, ns in sorted(by.items())
+                ],
+            }
             for cert, by in sorted(certificates.items())
         ],
     }

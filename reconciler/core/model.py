@@ -86,9 +86,13 @@ class IssuedVersion:
     issued_at: datetime
     domains: tuple[str, ...]  # the spec's domains at issuance, in order
     replaced: str | None = None  # thumbprint of the certificate it replaced
-    lost: str | None = None  # vault files of this version that are gone (e.g. "key.pem"): it cannot be deployed
+    lost: str | None = (
+        None  # vault files of this version that are gone (e.g. "key.pem"): it cannot be deployed
+    )
     issuer: str | None = None  # the Issuer (name) that issued it
-    issuer_note: str | None = None  # why that one: the earlier issuers of the list that could not serve, and why
+    issuer_note: str | None = (
+        None  # why that one: the earlier issuers of the list that could not serve, and why
+    )
     revocation: Revocation | None = None  # revoked (certctl revoke, or found in its issuer's CRL)
 
 
@@ -118,7 +122,9 @@ class StoredCert:
     superseded_at: datetime | None = None  # PEM: when a newer version became live
     has_key: bool = True
     friendly_name: str = ""
-    drift: str | None = None  # PEM, live version: what a consumer reads differs (a file gone, a key that does not match)
+    drift: str | None = (
+        None  # PEM, live version: what a consumer reads differs (a file gone, a key that does not match)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +166,11 @@ class Binding:
 
     @property
     def label(self) -> str:
-        return f"{self.protocol} {self.information}" + (" (SNI)" if self.sni else "") + (" (CCS)" if self.ccs else "")
+        return (
+            f"{self.protocol} {self.information}"
+            + (" (SNI)" if self.sni else "")
+            + (" (CCS)" if self.ccs else "")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +290,10 @@ def to_plain(value: Any) -> Any:
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
-        return {("|".join(map(str, k)) if isinstance(k, tuple) else str(k)): to_plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {
+            ("|".join(map(str, k)) if isinstance(k, tuple) else str(k)): to_plain(v)
+            for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+        }
     if isinstance(value, list | tuple):
         return [to_plain(v) for v in value]
     if isinstance(value, datetime):
@@ -294,4 +307,3 @@ def to_plain(value: Any) -> Any:
 
 def canonical_json(value: Any) -> str:
     return json.dumps(to_plain(value), sort_keys=True, separators=(",", ":"))
-

@@ -52,21 +52,33 @@ def condition(row: StatusRow, settings: Notify, now: datetime) -> tuple[str, str
     """The trouble a certificate is in, as (condition, sentence), or None."""
     failures = row.consecutive_failures
     if failures >= settings.afterFailures:
-        return "failing", (f"{failures} consecutive failed attempt(s) to issue or renew; "
-                           f"last error: {row.last_error or 'unknown'}")
+        return "failing", (
+            f"{failures} consecutive failed attempt(s) to issue or renew; "
+            f"last error: {row.last_error or 'unknown'}"
+        )
     if row.action_failures >= settings.afterFailures:
-        return "failing", (f"{row.action_failures} consecutive apply(s) failed to install, bind, deploy or verify it; "
-                           f"last error: {row.action_error or 'unknown'}")
+        return "failing", (
+            f"{row.action_failures} consecutive apply(s) failed to install, bind, deploy or verify it; "
+            f"last error: {row.action_error or 'unknown'}"
+        )
     not_after, renew_at = row.not_after, row.renew_at
-    if not_after is not None and not_after - now <= settings.expiryWarning and (renew_at is None or now >= renew_at):
+    if (
+        not_after is not None
+        and not_after - now <= settings.expiryWarning
+        and (renew_at is None or now >= renew_at)
+    ):
         if not_after <= now:
             return "expiring", f"expired {iso(not_after)} and has not been renewed"
-        return "expiring", f"expires {iso(not_after)} (in {humanize(not_after - now)}) and has not been renewed"
+        return (
+            "expiring",
+            f"expires {iso(not_after)} (in {humanize(not_after - now)}) and has not been renewed",
+        )
     return None
 
 
-def decide(state: dict[str, Any], rows: Iterable[StatusRow], settings: Notify, channels: Iterable[str],
-           now: datetime) -> tuple[list[tuple[str, Notice]], dict[str, Any]]:
+def decide(
+    state: dict[str, Any], rows: Iterable[StatusRow], settings: Notify, channels: Iterable[str], now: datetime
+) -> tuple[list[tuple[str, Notice]], dict[str, Any]]:
     """What to send on which channel, and the notify state without the certificates no longer in the spec."""
     channels = tuple(channels)
     sends: list[tuple[str, Notice]] = []
@@ -85,7 +97,9 @@ def decide(state: dict[str, Any], rows: Iterable[StatusRow], settings: Notify, c
                     sends.append((channel, Notice(name, ALERT, found[0], found[1], row)))
             elif found is None and alerting:
                 cleared = str(record.get("condition") or "failing")
-                sends.append((channel, Notice(name, RECOVERED, cleared, _recovered_sentence(cleared, row), row)))
+                sends.append(
+                    (channel, Notice(name, RECOVERED, cleared, _recovered_sentence(cleared, row), row))
+                )
         entry["condition"] = found[0] if found else None
         new_state[name] = entry
     return sends, new_state

@@ -42,7 +42,9 @@ class Reason(StrEnum):
     """Why an action is planned (a closed set, as cert-manager's policy chain)."""
 
     DoesNotExist = "DoesNotExist"
-    VaultIncomplete = "VaultIncomplete"  # the current version's key (or certificate) is gone from the state dir
+    VaultIncomplete = (
+        "VaultIncomplete"  # the current version's key (or certificate) is gone from the state dir
+    )
     DomainsChanged = "DomainsChanged"
     KeyAlgorithmChanged = "KeyAlgorithmChanged"
     IssuerChanged = "IssuerChanged"
@@ -50,7 +52,9 @@ class Reason(StrEnum):
     Forced = "Forced"
     RenewalDue = "RenewalDue"
     RenewalWindow = "RenewalWindow"  # the CA's ARI window starts before the planned renewal
-    RenewalWindowPassed = "RenewalWindowPassed"  # the CA's ARI window has ended: it wants the certificate replaced now
+    RenewalWindowPassed = (
+        "RenewalWindowPassed"  # the CA's ARI window has ended: it wants the certificate replaced now
+    )
     Revoked = "Revoked"  # the current certificate was revoked (certctl revoke, or its issuer's CRL lists it)
     Renewed = "Renewed"  # follow-up of an issuance in the same plan
     NotInStore = "NotInStore"
@@ -92,7 +96,11 @@ class IssueDetail:
     new_key: bool = False  # a new key whatever key.reuse says (the current key was compromised)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"domains": list(self.domains), "issuer": self.issuer, "key_algorithm": self.key_algorithm}
+        out: dict[str, Any] = {
+            "domains": list(self.domains),
+            "issuer": self.issuer,
+            "key_algorithm": self.key_algorithm,
+        }
         if self.not_after is not None:
             out["not_after"] = self.not_after
         if self.replaces is not None:
@@ -157,8 +165,14 @@ class BindingDetail:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "binding": self.binding, "host": self.host, "old_thumbprint": self.old_thumbprint, "op": self.op,
-            "protocol": self.protocol, "site": self.site, "ssl_flags": self.ssl_flags, "store": self.store,
+            "binding": self.binding,
+            "host": self.host,
+            "old_thumbprint": self.old_thumbprint,
+            "op": self.op,
+            "protocol": self.protocol,
+            "site": self.site,
+            "ssl_flags": self.ssl_flags,
+            "store": self.store,
             "thumbprint": self.thumbprint,
         }
         if self.keeps_settings is not None:
@@ -233,7 +247,12 @@ class Note:
     code: str = "LeftAlone"
 
     def to_json(self) -> dict[str, Any]:
-        return {"certificate": self.certificate, "target": self.target, "code": self.code, "message": self.message}
+        return {
+            "certificate": self.certificate,
+            "target": self.target,
+            "code": self.code,
+            "message": self.message,
+        }
 
 
 @dataclass(frozen=True)
@@ -261,7 +280,9 @@ class Plan:
     def failing(self) -> tuple[CertSummary, ...]:
         """Certificates whose last issuance failed and that are not deferred (their retry is an action of this plan,
         or nothing needs it now, e.g. after a failed forced renewal): pending work until an issuance succeeds."""
-        return tuple(c for c in self.certificates if c.consecutive_failures and c.state is not CertState.deferred)
+        return tuple(
+            c for c in self.certificates if c.consecutive_failures and c.state is not CertState.deferred
+        )
 
     @property
     def pending(self) -> bool:
@@ -283,11 +304,24 @@ class Plan:
             "summary": self.summary(),
             "actions": [a.to_json() for a in self.actions],
             "certificates": [c.to_json() for c in self.certificates],
-            "deferred": [{"certificate": c.name, "until": iso(c.deferred_until),
-                          "consecutive_failures": c.consecutive_failures, "last_error": c.last_error,
-                          "retry": f"certctl renew {c.name}"} for c in self.deferred],
-            "failing": [{"certificate": c.name, "consecutive_failures": c.consecutive_failures,
-                         "last_error": c.last_error} for c in self.failing],
+            "deferred": [
+                {
+                    "certificate": c.name,
+                    "until": iso(c.deferred_until),
+                    "consecutive_failures": c.consecutive_failures,
+                    "last_error": c.last_error,
+                    "retry": f"certctl renew {c.name}",
+                }
+                for c in self.deferred
+            ],
+            "failing": [
+                {
+                    "certificate": c.name,
+                    "consecutive_failures": c.consecutive_failures,
+                    "last_error": c.last_error,
+                }
+                for c in self.failing
+            ],
             "notes": [n.to_json() for n in self.notes],
             "fingerprints": {"observed": self.observed_fingerprint, "desired": self.desired_fingerprint},
             "forced": list(self.forced),
@@ -319,9 +353,16 @@ def detail_from_json(kind: ActionKind, target: str, d: dict[str, Any]) -> Action
     action's ``target`` (``store/<name>``, ``task/<index>-<kind>``) rather than in ``detail``, as plan files
     of format_version 1 have always written them."""
     if kind in ISSUANCE:
-        return IssueDetail(tuple(d.get("domains", ())), str(d.get("key_algorithm", "")), str(d.get("issuer", "")),
-                           d.get("replaces"), d.get("not_after"), tuple(str(f) for f in d.get("fallbacks", ())),
-                           d.get("profile"), bool(d.get("new_key", False)))
+        return IssueDetail(
+            tuple(d.get("domains", ())),
+            str(d.get("key_algorithm", "")),
+            str(d.get("issuer", "")),
+            d.get("replaces"),
+            d.get("not_after"),
+            tuple(str(f) for f in d.get("fallbacks", ())),
+            d.get("profile"),
+            bool(d.get("new_key", False)),
+        )
     if kind is ActionKind.install:
         return InstallDetail(target.removeprefix("store/"), d.get("thumbprint"))
     if kind is ActionKind.deploy:
@@ -332,7 +373,14 @@ def detail_from_json(kind: ActionKind, target: str, d: dict[str, Any]) -> Action
     if kind is ActionKind.cleanup:
         return CleanupDetail(str(d["store"]), str(d["ref"]), str(d["thumbprint"]))
     return BindingDetail(
-        host=str(d["host"]), site=str(d["site"]), protocol=str(d.get("protocol", "https")), binding=str(d["binding"]),
-        op=str(d["op"]), ssl_flags=int(d.get("ssl_flags", 0)), store=str(d.get("store", "WebHosting")),
-        thumbprint=d.get("thumbprint"), old_thumbprint=d.get("old_thumbprint"), keeps_settings=d.get("keeps_settings"),
+        host=str(d["host"]),
+        site=str(d["site"]),
+        protocol=str(d.get("protocol", "https")),
+        binding=str(d["binding"]),
+        op=str(d["op"]),
+        ssl_flags=int(d.get("ssl_flags", 0)),
+        store=str(d.get("store", "WebHosting")),
+        thumbprint=d.get("thumbprint"),
+        old_thumbprint=d.get("old_thumbprint"),
+        keeps_settings=d.get("keeps_settings"),
     )

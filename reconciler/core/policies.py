@@ -29,8 +29,10 @@ def issuer_id(name: str, spec: IssuerSpec) -> str:
 def spec_digest(spec: CertificateSpec, issuers: Mapping[str, IssuerSpec]) -> str:
     """A digest of what an issuance is made from: the Certificate's spec and the specs of its Issuers. A
     failure is recorded with it, and its backoff no longer applies once any of them is edited."""
-    data = {"certificate": spec.model_dump(mode="json"),
-            "issuers": [issuers[n].model_dump(mode="json") if n in issuers else None for n in spec.issuers]}
+    data = {
+        "certificate": spec.model_dump(mode="json"),
+        "issuers": [issuers[n].model_dump(mode="json") if n in issuers else None for n in spec.issuers],
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
@@ -46,8 +48,12 @@ def issuer_of(version: IssuedVersion, issuers: Mapping[str, IssuerSpec], names: 
     """The Issuer of ``names`` (a certificate's list) that issued ``version``: the one recorded with it while it
     still has the same identity, else the first whose identity matches; None when none of them did."""
     recorded = version.issuer
-    if recorded is not None and recorded in names and recorded in issuers \
-            and issuer_id(recorded, issuers[recorded]) == version.issuer_id:
+    if (
+        recorded is not None
+        and recorded in names
+        and recorded in issuers
+        and issuer_id(recorded, issuers[recorded]) == version.issuer_id
+    ):
         return recorded
     return next((n for n in names if n in issuers and issuer_id(n, issuers[n]) == version.issuer_id), None)
 
@@ -120,9 +126,12 @@ def does_not_exist(i: Input) -> tuple[ActionKind, Reason, str] | None:
 def material_lost(i: Input) -> tuple[ActionKind, Reason, str] | None:
     assert i.current is not None
     if i.current.lost:
-        return (ActionKind.issue, Reason.VaultIncomplete,
-                f"the state dir's copy of {i.current.info.thumbprint[:8]} lacks {i.current.lost}, so it cannot be "
-                "deployed any more; a new certificate is issued")
+        return (
+            ActionKind.issue,
+            Reason.VaultIncomplete,
+            f"the state dir's copy of {i.current.info.thumbprint[:8]} lacks {i.current.lost}, so it cannot be "
+            "deployed any more; a new certificate is issued",
+        )
     return None
 
 
@@ -132,7 +141,11 @@ def domains_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
     if want != have or (i.current.info.subject and i.current.info.subject != i.spec.domains[0]):
         added, removed = sorted(want - have), sorted(have - want)
         parts = [f"+{n}" for n in added] + [f"-{n}" for n in removed]
-        text = ", ".join(parts) if parts else f"subject is {i.current.info.subject}, the spec's first domain is {i.spec.domains[0]}"
+        text = (
+            ", ".join(parts)
+            if parts
+            else f"subject is {i.current.info.subject}, the spec's first domain is {i.spec.domains[0]}"
+        )
         return ActionKind.reissue, Reason.DomainsChanged, f"domains changed ({text})"
     return None
 
@@ -153,7 +166,11 @@ def issuer_changed(i: Input) -> tuple[ActionKind, Reason, str] | None:
     adding a fallback, reissues nothing (the first Issuer is tried again at the next renewal)."""
     assert i.current is not None
     if i.current.issuer_id not in i.issuer_ids:
-        return ActionKind.reissue, Reason.IssuerChanged, f"issuer changed ({i.current.issuer_id} -> {i.issuer_ids[0]})"
+        return (
+            ActionKind.reissue,
+            Reason.IssuerChanged,
+            f"issuer changed ({i.current.issuer_id} -> {i.issuer_ids[0]})",
+        )
     return None
 
 
@@ -162,7 +179,11 @@ def revoked(i: Input) -> tuple[ActionKind, Reason, str] | None:
     r = i.current.revocation
     if r is None:
         return None
-    key = "; a new certificate with a new key is issued" if r.key_compromised else "; a new certificate is issued"
+    key = (
+        "; a new certificate with a new key is issued"
+        if r.key_compromised
+        else "; a new certificate is issued"
+    )
     return ActionKind.renew, Reason.Revoked, f"revoked ({r.reason}) {iso(r.at)}, learnt from {r.source}{key}"
 
 
@@ -171,10 +192,18 @@ def renewal_window_passed(i: Input) -> tuple[ActionKind, Reason, str] | None:
     revocation), whatever the renewal policy says."""
     assert i.current is not None
     a = i.attempts
-    if a is None or a.ari_for != i.current.info.thumbprint or a.ari_window_end is None or i.at < a.ari_window_end:
+    if (
+        a is None
+        or a.ari_for != i.current.info.thumbprint
+        or a.ari_window_end is None
+        or i.at < a.ari_window_end
+    ):
         return None
-    return (ActionKind.renew, Reason.RenewalWindowPassed,
-            f"the CA's renewal window (ARI) ended {iso(a.ari_window_end)}: the CA wants this certificate replaced now")
+    return (
+        ActionKind.renew,
+        Reason.RenewalWindowPassed,
+        f"the CA's renewal window (ARI) ended {iso(a.ari_window_end)}: the CA wants this certificate replaced now",
+    )
 
 
 def expired(i: Input) -> tuple[ActionKind, Reason, str] | None:
@@ -214,7 +243,9 @@ CHAIN: tuple[Check, ...] = (
 )
 
 
-DECISIVE = frozenset({does_not_exist, material_lost})  # nothing else can be said about a certificate they fire for
+DECISIVE = frozenset(
+    {does_not_exist, material_lost}
+)  # nothing else can be said about a certificate they fire for
 
 
 def evaluate(i: Input) -> tuple[ActionKind, Reason, str] | None:
@@ -228,7 +259,8 @@ def evaluate(i: Input) -> tuple[ActionKind, Reason, str] | None:
         if check in DECISIVE:
             return result
         if result[1] in (Reason.RenewalDue, Reason.RenewalWindow) and any(
-                r in (Reason.Expired, Reason.RenewalWindowPassed) for _k, r, _m in fired):
+            r in (Reason.Expired, Reason.RenewalWindowPassed) for _k, r, _m in fired
+        ):
             continue  # "expired", or "the CA's window has ended", already says it, and more
         fired.append(result)
     if not fired:

@@ -24,7 +24,9 @@ def backoff(failures: int) -> timedelta:
     return min(BACKOFF_CAP, delay)
 
 
-def next_due(plan: Plan, observed: ObservedState, now: datetime, expiry_warning: timedelta | None) -> datetime | None:
+def next_due(
+    plan: Plan, observed: ObservedState, now: datetime, expiry_warning: timedelta | None
+) -> datetime | None:
     """The earliest moment after ``now`` at which some certificate needs a pass of its own."""
     times: list[datetime] = []
     names = {s.name for s in plan.certificates}

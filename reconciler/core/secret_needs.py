@@ -47,7 +47,9 @@ def _needs(desired: DesiredState, plan: Plan) -> Iterator[SecretNeed]:
         source = desired.issuers[issuer_name].source
         issued_by = issuance[name]
         if acme.eab is not None:
-            yield SecretNeed(source, _at(("spec", "acme", "eab", "hmacKey"), acme.eab.hmacKey), acme.eab.hmacKey, issued_by)
+            yield SecretNeed(
+                source, _at(("spec", "acme", "eab", "hmacKey"), acme.eab.hmacKey), acme.eab.hmacKey, issued_by
+            )
         dns01 = acme.solvers[index].dns01
         base: Path = ("spec", "acme", "solvers", index, "dns01")
         if dns01 is not None and dns01.rfc2136 is not None and dns01.rfc2136.tsigSecret is not None:
@@ -58,12 +60,22 @@ def _needs(desired: DesiredState, plan: Plan) -> Iterator[SecretNeed]:
                 yield SecretNeed(source, _at((*base, "provider", "secrets", key), secret), secret, issued_by)
     for action in plan.actions:
         cert = desired.certificates.get(action.certificate)
-        if not isinstance(action.detail, DeployDetail) or cert is None or action.detail.task >= len(cert.spec.tasks):
+        if (
+            not isinstance(action.detail, DeployDetail)
+            or cert is None
+            or action.detail.task >= len(cert.spec.tasks)
+        ):
             continue
         index = action.detail.task
         task = cert.spec.tasks[index]
-        for kind, password in (("pfx", task.pfx.password if task.pfx else None),
-                               ("ccs", task.ccs.password if task.ccs else None)):
+        for kind, password in (
+            ("pfx", task.pfx.password if task.pfx else None),
+            ("ccs", task.ccs.password if task.ccs else None),
+        ):
             if password is not None:
-                yield SecretNeed(cert.source, _at(("spec", "tasks", index, kind, "password"), password), password,
-                                 action.id)
+                yield SecretNeed(
+                    cert.source,
+                    _at(("spec", "tasks", index, kind, "password"), password),
+                    password,
+                    action.id,
+                )

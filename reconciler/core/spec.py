@@ -61,7 +61,12 @@ def _resolve(value: str, info: ValidationInfo) -> str:
     if "\x00" in value:
         raise ValueError("a path must not contain a NUL character")
     base = (info.context or {}).get("base") if info.context else None
-    if base and not PurePath(value).is_absolute() and not PurePosixPath(value).is_absolute() and not _is_windows_abs(value):
+    if (
+        base
+        and not PurePath(value).is_absolute()
+        and not PurePosixPath(value).is_absolute()
+        and not _is_windows_abs(value)
+    ):
         return os.path.normpath(PurePath(base) / value)  # ds/../state is shown as state
     return value
 
@@ -77,7 +82,9 @@ def _domain(value: Any) -> str:
     return domains.normalize(value)
 
 
-Domain = Annotated[str, BeforeValidator(_domain), WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253})]
+Domain = Annotated[
+    str, BeforeValidator(_domain), WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 253})
+]
 
 
 class SecretRef(Model):
@@ -128,15 +135,19 @@ DEFAULT_RENEWAL = Renewal(lifetimePercent=75)
 
 
 class Webhook(Model):
-    url: str | SecretRef = Field(description="https?:// URL, or a secret reference when the URL holds a token")
+    url: str | SecretRef = Field(
+        description="https?:// URL, or a secret reference when the URL holds a token"
+    )
     headers: dict[str, SecretRef] = Field(default_factory=dict, description="header values, from secrets")
 
     @field_validator("url", mode="before")
     @classmethod
     def _url(cls, value: Any) -> Any:
         if isinstance(value, str) and not WEBHOOK_URL.match(value):
-            raise ValueError("the webhook url must start with https:// (or http://); "
-                             "a URL holding a token can be a secret: {fromEnv: NAME} or {fromFile: PATH}")
+            raise ValueError(
+                "the webhook url must start with https:// (or http://); "
+                "a URL holding a token can be a secret: {fromEnv: NAME} or {fromFile: PATH}"
+            )
         return value
 
 
@@ -156,19 +167,31 @@ class Email(Model):
 
     @model_validator(mode="after")
     def _no_clear_text_credentials(self) -> Email:
-        if (self.username is not None or self.password is not None) and self.smtpPort != IMPLICIT_TLS_PORT \
-                and not self.starttls:
-            raise ValueError(f"starttls: false on port {self.smtpPort} would send the SMTP password in clear text; "
-                             f"use starttls: true, or port {IMPLICIT_TLS_PORT} (implicit TLS)")
+        if (
+            (self.username is not None or self.password is not None)
+            and self.smtpPort != IMPLICIT_TLS_PORT
+            and not self.starttls
+        ):
+            raise ValueError(
+                f"starttls: false on port {self.smtpPort} would send the SMTP password in clear text; "
+                f"use starttls: true, or port {IMPLICIT_TLS_PORT} (implicit TLS)"
+            )
         return self
 
 
-IMPLICIT_TLS_PORT = 465  # SMTP submission over TLS from the first byte (RFC 8314); any other port uses STARTTLS
+IMPLICIT_TLS_PORT = (
+    465  # SMTP submission over TLS from the first byte (RFC 8314); any other port uses STARTTLS
+)
 
 
 def _host_port(value: str, what: str, example: str, check_host: bool = True) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or (check_host and host and not _HOST.match(host)):
+    if (
+        not sep
+        or not port.isdigit()
+        or not 1 <= int(port) <= 65535
+        or (check_host and host and not _HOST.match(host))
+    ):
         raise ValueError(f"{what} {value!r} must be host:port with a port from 1 to 65535, e.g. {example}")
     return value
 
@@ -180,12 +203,16 @@ class Notify(Model):
     webhook: Webhook | None = None
     email: Email | None = None
     afterFailures: int = Field(default=3, ge=1, description="alert after this many consecutive failures")
-    expiryWarning: Duration = Field(default=timedelta(days=7), description="alert when this close to expiry without a renewal")
+    expiryWarning: Duration = Field(
+        default=timedelta(days=7), description="alert when this close to expiry without a renewal"
+    )
 
 
 class Metrics(Model):
     enabled: bool = True
-    address: str = Field(default="127.0.0.1:9464", description="host:port, [v6]:port or :port (all interfaces)")
+    address: str = Field(
+        default="127.0.0.1:9464", description="host:port, [v6]:port or :port (all interfaces)"
+    )
 
     @field_validator("address")
     @classmethod
@@ -194,17 +221,29 @@ class Metrics(Model):
 
 
 NODE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
-Node = Annotated[str, Field(max_length=63, pattern=NODE_PATTERN,
-                            description="the node (certctl process, --node) that acts on this; default: every node")]
+Node = Annotated[
+    str,
+    Field(
+        max_length=63,
+        pattern=NODE_PATTERN,
+        description="the node (certctl process, --node) that acts on this; default: every node",
+    ),
+]
 
 
 class Postgres(Model):
     """Fleet mode: issuance (versions, encrypted keys, ACME accounts, local CAs, leases) lives in PostgreSQL."""
 
-    dsn: SecretRef = Field(description="libpq connection string or postgresql:// URL (a secret: it may hold a password)")
-    encryptionKey: SecretRef = Field(description="32 bytes, base64: private keys are stored AES-256-GCM encrypted with it")
-    leaseTimeout: Duration = Field(default=timedelta(seconds=60),
-                                   description="a node that stops renewing its issuance lease loses it after this long")
+    dsn: SecretRef = Field(
+        description="libpq connection string or postgresql:// URL (a secret: it may hold a password)"
+    )
+    encryptionKey: SecretRef = Field(
+        description="32 bytes, base64: private keys are stored AES-256-GCM encrypted with it"
+    )
+    leaseTimeout: Duration = Field(
+        default=timedelta(seconds=60),
+        description="a node that stops renewing its issuance lease loses it after this long",
+    )
     connectTimeout: Duration = Field(default=timedelta(seconds=10), description="per connection attempt")
 
     @field_validator("leaseTimeout")
@@ -221,8 +260,10 @@ class Backend(Model):
 
 class SettingsSpec(Model):
     stateDir: RelPath | None = None
-    backend: Backend = Field(default_factory=Backend,
-                             description="where issuance state lives: the state dir (default) or postgres (a fleet)")
+    backend: Backend = Field(
+        default_factory=Backend,
+        description="where issuance state lives: the state dir (default) or postgres (a fleet)",
+    )
     renewal: Renewal = DEFAULT_RENEWAL
     reconcileInterval: Duration = timedelta(minutes=5)
     maintenanceInterval: Duration = timedelta(hours=24)
@@ -243,9 +284,12 @@ class SettingsSpec(Model):
 class LocalCA(Model):
     validity: Duration = Field(default=timedelta(days=90), description="lifetime of issued certificates")
     caValidity: Duration = Field(default=timedelta(days=3650), description="lifetime of the CA certificate")
-    commonName: str | None = Field(default=None, description="subject of the CA (default: certctl local CA <issuer>)")
+    commonName: str | None = Field(
+        default=None, description="subject of the CA (default: certctl local CA <issuer>)"
+    )
     crlPath: RelPath | None = Field(
-        default=None, description="also publish the CA's certificate revocation list (PEM) at this path")
+        default=None, description="also publish the CA's certificate revocation list (PEM) at this path"
+    )
 
 
 class Standalone(Model):
@@ -290,8 +334,12 @@ class Rfc2136(Model):
     tsigAlgorithm: TsigAlgorithm = TsigAlgorithm.hmac_sha256
     tsigSecret: SecretRef | None = None
     ttl: int = Field(default=60, ge=1)
-    propagationTimeout: Duration = Field(default=timedelta(minutes=2), description="bounded wait for the TXT record")
-    nameservers: list[str] = Field(default_factory=list, description="authoritative servers to check (default: the zone's NS)")
+    propagationTimeout: Duration = Field(
+        default=timedelta(minutes=2), description="bounded wait for the TXT record"
+    )
+    nameservers: list[str] = Field(
+        default_factory=list, description="authoritative servers to check (default: the zone's NS)"
+    )
 
     @model_validator(mode="after")
     def _tsig(self) -> Rfc2136:
@@ -307,19 +355,28 @@ PROVIDER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_]*$"
 class DnsRecordCheck(Model):
     """Where the records go and how their propagation is checked (shared by provider and script)."""
 
-    zone: Domain | None = Field(default=None, description="the zone of the records (default: found by SOA lookup)")
-    propagationTimeout: Duration = Field(default=timedelta(minutes=2), description="bounded wait for the TXT record")
-    nameservers: list[str] = Field(default_factory=list, description="authoritative servers to check (default: the zone's NS)")
+    zone: Domain | None = Field(
+        default=None, description="the zone of the records (default: found by SOA lookup)"
+    )
+    propagationTimeout: Duration = Field(
+        default=timedelta(minutes=2), description="bounded wait for the TXT record"
+    )
+    nameservers: list[str] = Field(
+        default_factory=list, description="authoritative servers to check (default: the zone's NS)"
+    )
     resolvers: list[str] = Field(
         default_factory=list,
-        description="DNS servers asked for the zone (SOA) and _acme-challenge CNAMEs (default: the system's)")
+        description="DNS servers asked for the zone (SOA) and _acme-challenge CNAMEs (default: the system's)",
+    )
 
 
 class DnsProvider(DnsRecordCheck):
     """A DNS provider's API, through dns-lexicon (``name`` is a lexicon provider: cloudflare, route53, ...)."""
 
     name: str = Field(pattern=PROVIDER_NAME_PATTERN, description="a dns-lexicon provider name")
-    options: dict[str, ProviderOption] = Field(default_factory=dict, description="the provider's plain settings")
+    options: dict[str, ProviderOption] = Field(
+        default_factory=dict, description="the provider's plain settings"
+    )
     secrets: dict[str, SecretRef] = Field(default_factory=dict, description="the provider's credentials")
     ttl: int = Field(default=60, ge=1)
 
@@ -331,7 +388,9 @@ def _argv(value: list[str]) -> list[str]:
     for part in value:
         for brace in re.findall(r"{[^}]*}", part):
             if brace not in PLACEHOLDERS:
-                raise ValueError(f"unknown placeholder {brace} in {part!r}; the placeholders are {', '.join(PLACEHOLDERS)}")
+                raise ValueError(
+                    f"unknown placeholder {brace} in {part!r}; the placeholders are {', '.join(PLACEHOLDERS)}"
+                )
     return value
 
 
@@ -363,7 +422,9 @@ DNS01 = "dns-01"
 
 
 class Solver(Model):
-    domains: list[Domain] | None = Field(default=None, description="selector: these names and every name below them")
+    domains: list[Domain] | None = Field(
+        default=None, description="selector: these names and every name below them"
+    )
     http01: Http01 | None = None
     dns01: Dns01 | None = None
 
@@ -403,9 +464,11 @@ class Acme(Model):
     solvers: list[Solver] = Field(min_length=1)
     timeout: Duration = Field(default=timedelta(seconds=30), description="per HTTP request to the CA")
     profile: str | None = Field(
-        default=None, pattern=PROFILE_PATTERN,
+        default=None,
+        pattern=PROFILE_PATTERN,
         description="certificate profile to order (one the CA's directory lists in meta.profiles: classic, "
-                    "tlsserver, shortlived, ...)")
+        "tlsserver, shortlived, ...)",
+    )
 
     def solver_for(self, name: str) -> Solver | None:
         return next((s for s in self.solvers if s.matches(name)), None)
@@ -460,15 +523,19 @@ class IisBackend(StrEnum):
 class IisHostSpec(Model):
     backend: IisBackend
     root: RelPath | None = Field(default=None, description="emulated: the folder that stands for the machine")
-    computerName: str | None = Field(default=None, description="not supported: certctl manages the machine it runs on")
+    computerName: str | None = Field(
+        default=None, description="not supported: certctl manages the machine it runs on"
+    )
     node: Node | None = None
 
     @field_validator("computerName")
     @classmethod
     def _local_only(cls, value: str | None) -> str | None:
         if value is not None:
-            raise ValueError(f"managing a remote machine (computerName: {value}) is not supported; "
-                             "run certctl on the IIS server itself and leave computerName out")
+            raise ValueError(
+                f"managing a remote machine (computerName: {value}) is not supported; "
+                "run certctl on the IIS server itself and leave computerName out"
+            )
         return value
 
     @model_validator(mode="after")
@@ -504,8 +571,12 @@ class IisTarget(Model):
     host: str
     mode: IisMode = IisMode.auto
     site: str | None = None
-    store: str | None = Field(default=None, description="windows Store to bind from (default: the first of stores on that host)")
-    ftp: bool = Field(default=True, description="also set FTP sites' ssl certificate where a host name matches")
+    store: str | None = Field(
+        default=None, description="windows Store to bind from (default: the first of stores on that host)"
+    )
+    ftp: bool = Field(
+        default=True, description="also set FTP sites' ssl certificate where a host name matches"
+    )
 
     @model_validator(mode="after")
     def _site(self) -> IisTarget:
@@ -521,28 +592,40 @@ Command = str | list[str]
 
 def _key_mode(value: str) -> str:
     if int(value, 8) & 0o007:
-        raise ValueError(f"keyMode {value} gives every user access to the private key; "
-                         "use owner and group bits only (0600, 0640)")
+        raise ValueError(
+            f"keyMode {value} gives every user access to the private key; "
+            "use owner and group bits only (0600, 0640)"
+        )
     return value
 
 
 class FilesTask(Model):
     path: RelPath = Field(description="folder that receives cert.pem, chain.pem, fullchain.pem, privkey.pem")
     reload: Command | None = Field(default=None, description="command run after the files changed")
-    reloadTimeout: Duration = Field(default=timedelta(minutes=5), description="the reload command is killed after this")
+    reloadTimeout: Duration = Field(
+        default=timedelta(minutes=5), description="the reload command is killed after this"
+    )
     keyMode: Annotated[str, AfterValidator(_key_mode)] = Field(
-        default="0600", pattern=r"^0?[0-7]{3}$", description="no world bits: 0600 or 0640")
-    folderMode: str = Field(default="0700", pattern=r"^0?[0-7]{3}$",
-                            description="mode of the folder when certctl creates it (it holds the key)")
+        default="0600", pattern=r"^0?[0-7]{3}$", description="no world bits: 0600 or 0640"
+    )
+    folderMode: str = Field(
+        default="0700",
+        pattern=r"^0?[0-7]{3}$",
+        description="mode of the folder when certctl creates it (it holds the key)",
+    )
 
 
 class PfxTask(Model):
     path: RelPath = Field(description="the .pfx file to write")
     password: SecretRef
     encryption: Literal["aes256", "3des"] = Field(
-        default="aes256", description="3des for consumers that cannot read AES-256 PKCS#12 (Windows before Server 2019)")
+        default="aes256",
+        description="3des for consumers that cannot read AES-256 PKCS#12 (Windows before Server 2019)",
+    )
     reload: Command | None = None
-    reloadTimeout: Duration = Field(default=timedelta(minutes=5), description="the reload command is killed after this")
+    reloadTimeout: Duration = Field(
+        default=timedelta(minutes=5), description="the reload command is killed after this"
+    )
 
 
 class ScriptTask(Model):
@@ -599,10 +682,20 @@ def _issuers(value: Any) -> Any:
 IssuerRef = Annotated[
     str | list[str],
     AfterValidator(_issuers),
-    WithJsonSchema({"oneOf": [
-        {"type": "string", "minLength": 1},
-        {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1, "uniqueItems": True},
-    ], "description": "an Issuer's name, or an ordered list: the first is used, the next when a CA cannot serve"}),
+    WithJsonSchema(
+        {
+            "oneOf": [
+                {"type": "string", "minLength": 1},
+                {
+                    "type": "array",
+                    "items": {"type": "string", "minLength": 1},
+                    "minItems": 1,
+                    "uniqueItems": True,
+                },
+            ],
+            "description": "an Issuer's name, or an ordered list: the first is used, the next when a CA cannot serve",
+        }
+    ),
 ]
 
 
@@ -655,7 +748,9 @@ def _make_document(kind: str, spec: type[Model]) -> type[BaseModel]:
         "metadata": (Metadata, ...),
         "spec": (spec, spec() if kind == "Settings" else ...),
     }
-    model: type[BaseModel] = create_model(kind, __config__=ConfigDict(extra="forbid", frozen=True, title=kind), **fields)
+    model: type[BaseModel] = create_model(
+        kind, __config__=ConfigDict(extra="forbid", frozen=True, title=kind), **fields
+    )
     return model
 
 

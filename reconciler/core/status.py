@@ -56,7 +56,9 @@ class StatusRow:
         }
 
 
-def status_rows(desired: DesiredState, observed: ObservedState, at: datetime, plan: Plan | None = None) -> list[StatusRow]:
+def status_rows(
+    desired: DesiredState, observed: ObservedState, at: datetime, plan: Plan | None = None
+) -> list[StatusRow]:
     """Every certificate of ``plan`` (planned now when not given), in the plan's order."""
     plan = plan or make_plan(desired, observed, at)
     pending: dict[str, list[str]] = {}
@@ -65,30 +67,47 @@ def status_rows(desired: DesiredState, observed: ObservedState, at: datetime, pl
     rows = []
     for s in plan.certificates:
         attempts = observed.attempts.get(s.name)
-        rows.append(StatusRow(
-            name=s.name, state=s.state, not_after=s.not_after, renew_at=s.renew_at, thumbprint=s.thumbprint,
-            reason=s.reason, deferred_until=s.deferred_until, last_error=s.last_error,
-            consecutive_failures=s.consecutive_failures,
-            last_attempt=attempts.last_attempt if attempts else None,
-            last_success=attempts.last_success if attempts else None,
-            pending_actions=tuple(pending.get(s.name, ())),
-            issuer=s.issuer, issuer_note=s.issuer_note,
-            action_failures=attempts.action_failures if attempts else 0,
-            action_error=attempts.action_error if attempts else None,
-        ))
+        rows.append(
+            StatusRow(
+                name=s.name,
+                state=s.state,
+                not_after=s.not_after,
+                renew_at=s.renew_at,
+                thumbprint=s.thumbprint,
+                reason=s.reason,
+                deferred_until=s.deferred_until,
+                last_error=s.last_error,
+                consecutive_failures=s.consecutive_failures,
+                last_attempt=attempts.last_attempt if attempts else None,
+                last_success=attempts.last_success if attempts else None,
+                pending_actions=tuple(pending.get(s.name, ())),
+                issuer=s.issuer,
+                issuer_note=s.issuer_note,
+                action_failures=attempts.action_failures if attempts else 0,
+                action_error=attempts.action_error if attempts else None,
+            )
+        )
     return rows
 
 
-def status_document(desired: DesiredState, rows: list[StatusRow], applied: dict[str, Any] | None,
-                    at: datetime) -> dict[str, Any]:
+def status_document(
+    desired: DesiredState, rows: list[StatusRow], applied: dict[str, Any] | None, at: datetime
+) -> dict[str, Any]:
     """What `certctl status --json` prints and the daemon's /status serves."""
-    return {"at": iso(at), "source": {"dir": desired.directory, "revision": desired.revision},
-            "applied": applied, "certificates": [r.to_json() for r in rows]}
+    return {
+        "at": iso(at),
+        "source": {"dir": desired.directory, "revision": desired.revision},
+        "applied": applied,
+        "certificates": [r.to_json() for r in rows],
+    }
 
 
 def ready_condition(row: StatusRow, now: datetime) -> str:
     """cert-manager's Ready condition: True while a valid certificate matching the spec is in place."""
-    if row.state in (CertState.missing, CertState.expired, CertState.outdated, CertState.revoked) or not row.thumbprint:
+    if (
+        row.state in (CertState.missing, CertState.expired, CertState.outdated, CertState.revoked)
+        or not row.thumbprint
+    ):
         return "False"
     if row.not_after is None:
         return "False"

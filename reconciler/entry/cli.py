@@ -84,8 +84,10 @@ def _observe(world: Any, now: datetime | None = None, *, locked: bool = False) -
 
 def cmd_validate(args: argparse.Namespace) -> int:
     desired = _load(args)
-    print(f"Valid: {len(desired.certificates)} certificate(s), {len(desired.issuers)} issuer(s), "
-          f"{len(desired.stores)} store(s), {len(desired.iis_hosts)} IIS host(s) in {desired.directory}.")
+    print(
+        f"Valid: {len(desired.certificates)} certificate(s), {len(desired.issuers)} issuer(s), "
+        f"{len(desired.stores)} store(s), {len(desired.iis_hosts)} IIS host(s) in {desired.directory}."
+    )
     return EXIT_OK
 
 
@@ -117,8 +119,10 @@ def _secret_problems(args: argparse.Namespace, desired: DesiredState, plan: Plan
     for d in problems:
         sys.stderr.write(f"{d}\n")
     if problems:
-        sys.stderr.write(f"certctl: {len(problems)} secret(s) that the planned actions need cannot be read; "
-                         "nothing was changed.\n")
+        sys.stderr.write(
+            f"certctl: {len(problems)} secret(s) that the planned actions need cannot be read; "
+            "nothing was changed.\n"
+        )
     return bool(problems)
 
 
@@ -189,7 +193,9 @@ FOLLOW_ROUNDS = 10  # apply waits for, then installs, at most this many rounds o
 FOLLOW_WAIT = 1800.0  # seconds apply waits for another node's issuance (its lease expires long before)
 
 
-def _follow_fleet(args: argparse.Namespace, world: Any, forced: frozenset[str], code: int, out: Output) -> int:
+def _follow_fleet(
+    args: argparse.Namespace, world: Any, forced: frozenset[str], code: int, out: Output
+) -> int:
     """Fleet: wait for the issuances other nodes hold, install what they issued, then report this node."""
     from reconciler.app.fleet import report_pass, wait_for_others, waiting_for
 
@@ -205,7 +211,9 @@ def _follow_fleet(args: argparse.Namespace, world: Any, forced: frozenset[str], 
                     sys.stdout.write(f"Waiting: {note.certificate}: {note.message}\n")
             sys.stdout.flush()
             if not wait_for_others(world.state, waiting, FOLLOW_WAIT):
-                sys.stderr.write(f"certctl: still issuing elsewhere after {FOLLOW_WAIT:g}s: {', '.join(waiting)}\n")
+                sys.stderr.write(
+                    f"certctl: still issuing elsewhere after {FOLLOW_WAIT:g}s: {', '.join(waiting)}\n"
+                )
                 code = EXIT_ERROR
                 break
             waited = True
@@ -229,11 +237,15 @@ def _saved_plan(path: Path, desired: DesiredState, observed: Any) -> Plan:
         raise UsageError(f"{path} is not a certctl plan (format_version 1)")
     saved = data.get("fingerprints", {})
     if saved.get("desired") != desired_fingerprint(desired):
-        raise UsageError(f"stale plan: the desired state in {desired.directory} changed since {path} was made; "
-                       "run certctl plan again")
+        raise UsageError(
+            f"stale plan: the desired state in {desired.directory} changed since {path} was made; "
+            "run certctl plan again"
+        )
     if saved.get("observed") != observed.fingerprint():
-        raise UsageError(f"stale plan: what certctl observes (stores, hosts, task outputs, state) changed since {path} "
-                       "was made; run certctl plan again")
+        raise UsageError(
+            f"stale plan: what certctl observes (stores, hosts, task outputs, state) changed since {path} "
+            "was made; run certctl plan again"
+        )
     return Plan(
         at=datetime.fromisoformat(data["at"].replace("Z", "+00:00")),
         directory=data["source"]["dir"],
@@ -259,21 +271,33 @@ def _execute(args: argparse.Namespace, world: Any, plan: Plan, out: Output) -> i
         finished += 1
         if progress:
             mark, style = marks[outcome.status]
-            out.line((f"  {finished:>{len(str(total))}}/{total} ", "dim"), (f"{mark:<7}", style),
-                     (f" {outcome.action.id}", ""), (f" ({outcome.seconds:.1f}s)", "dim"),
-                     (f": {outcome.error}" if outcome.error else "", style))
+            out.line(
+                (f"  {finished:>{len(str(total))}}/{total} ", "dim"),
+                (f"{mark:<7}", style),
+                (f" {outcome.action.id}", ""),
+                (f" ({outcome.seconds:.1f}s)", "dim"),
+                (f": {outcome.error}" if outcome.error else "", style),
+            )
 
     result = apply_plan(world, plan, clock=SYSTEM, on_outcome=show)
     failed = [o for o in result.outcomes if o.status != "done"]
     if failed or result.verify_failures:
         lines: list[render.Line] = [(), (("Not done:", "heading"),)]
-        lines += [((f"  {o.status}: ", "error" if o.status == "failed" else "warning"),
-                   (f"{o.action.id}: {o.error}", "")) for o in failed]
+        lines += [
+            (
+                (f"  {o.status}: ", "error" if o.status == "failed" else "warning"),
+                (f"{o.action.id}: {o.error}", ""),
+            )
+            for o in failed
+        ]
         lines += [(("  failed: ", "error"), (v, "")) for v in result.verify_failures]
         out.lines(lines)
-    summary = (f"Apply complete: {result.count('done')} done, {result.count('failed')} failed, "
-               f"{result.count('skipped')} skipped"
-               + (f", {len(result.verify_failures)} verification(s) failed" if result.verify_failures else "") + ".")
+    summary = (
+        f"Apply complete: {result.count('done')} done, {result.count('failed')} failed, "
+        f"{result.count('skipped')} skipped"
+        + (f", {len(result.verify_failures)} verification(s) failed" if result.verify_failures else "")
+        + "."
+    )
     out.lines([(), ((summary, "ok" if result.ok else "error"),)])
     return EXIT_OK if result.ok else EXIT_ERROR
 
@@ -281,12 +305,16 @@ def _execute(args: argparse.Namespace, world: Any, plan: Plan, out: Output) -> i
 def cmd_renew(args: argparse.Namespace) -> int:
     desired = _load(args)
     if args.all == bool(args.names):
-        raise UsageError("name the certificates to renew, or give --all (e.g. certctl renew www-example-com, "
-                         "certctl renew --all)")
+        raise UsageError(
+            "name the certificates to renew, or give --all (e.g. certctl renew www-example-com, "
+            "certctl renew --all)"
+        )
     unknown = [n for n in args.names if n not in desired.certificates]
     if unknown:
-        raise UsageError(f"no Certificate named {', '.join(repr(n) for n in unknown)} "
-                         f"(known: {', '.join(sorted(desired.certificates)) or 'none'})")
+        raise UsageError(
+            f"no Certificate named {', '.join(repr(n) for n in unknown)} "
+            f"(known: {', '.join(sorted(desired.certificates)) or 'none'})"
+        )
     args.planfile = None
     return cmd_apply(args, forced=frozenset(desired.certificates if args.all else args.names))
 
@@ -302,8 +330,11 @@ def _task_runs(state: StateDir, name: str) -> dict[int, Any]:
         index = action.removeprefix(prefix).partition("-")[0] if action.startswith(prefix) else ""
         if entry.get("event") in ("done", "failed") and index.isdigit():
             error = entry.get("error")
-            runs[int(index)] = TaskRun(str(entry.get("at", ""))[:19] + "Z", str(entry["event"]),
-                                       error if isinstance(error, str) else None)
+            runs[int(index)] = TaskRun(
+                str(entry.get("at", ""))[:19] + "Z",
+                str(entry["event"]),
+                error if isinstance(error, str) else None,
+            )
     return runs
 
 
@@ -314,9 +345,11 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     desired = _load(args)
     world = _world(args, desired)
     current = current_or_fail(world, args.name)
-    question = (f"Revoke certificate {args.name} ({current.info.thumbprint}, expires "
-                f"{current.info.not_after:%Y-%m-%d}) with reason {args.reason}? Every server that uses it must get "
-                "its replacement from the next apply.")
+    question = (
+        f"Revoke certificate {args.name} ({current.info.thumbprint}, expires "
+        f"{current.info.not_after:%Y-%m-%d}) with reason {args.reason}? Every server that uses it must get "
+        "its replacement from the next apply."
+    )
     out = _output(args)
     # asked before the lock, so a waiting question never holds up the daemon; without a terminal (scripts, CI)
     # the command goes ahead, as apply does
@@ -331,8 +364,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
         except RevokeError as exc:
             raise UsageError(f"certificate {args.name} was not revoked: {exc}") from None
     key = " with a new key" if args.reason == "keyCompromise" else ""
-    sys.stdout.write(f"Revoked {args.name} ({version.info.thumbprint}) through Issuer {issuer}, reason {args.reason}.\n"
-                     f"The next `certctl apply` (or the daemon's next pass) issues its replacement{key}.\n")
+    sys.stdout.write(
+        f"Revoked {args.name} ({version.info.thumbprint}) through Issuer {issuer}, reason {args.reason}.\n"
+        f"The next `certctl apply` (or the daemon's next pass) issues its replacement{key}.\n"
+    )
     return EXIT_OK
 
 
@@ -342,7 +377,9 @@ def cmd_account_rollover(args: argparse.Namespace) -> int:
     desired = _load(args)
     issuer = desired.issuers.get(args.issuer)
     if issuer is None:
-        raise UsageError(f"no Issuer named {args.issuer!r} (known: {', '.join(sorted(desired.issuers)) or 'none'})")
+        raise UsageError(
+            f"no Issuer named {args.issuer!r} (known: {', '.join(sorted(desired.issuers)) or 'none'})"
+        )
     if issuer.spec.acme is None:
         raise UsageError(f"Issuer {args.issuer} is a local CA: it has no ACME account")
     world = _world(args, desired)
@@ -351,8 +388,10 @@ def cmd_account_rollover(args: argparse.Namespace) -> int:
             account = world.issuers[args.issuer].rollover_key()
         except IssueError as exc:
             raise UsageError(f"the account key of Issuer {args.issuer} was not replaced: {exc}") from None
-    sys.stdout.write(f"Issuer {args.issuer}: the account {account} now signs with a new key "
-                     f"(kept in the state dir, mode 0600); the old key no longer works.\n")
+    sys.stdout.write(
+        f"Issuer {args.issuer}: the account {account} now signs with a new key "
+        f"(kept in the state dir, mode 0600); the old key no longer works.\n"
+    )
     return EXIT_OK
 
 
@@ -374,8 +413,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     names = getattr(args, "names", None) or []
     unknown = [n for n in names if n not in desired.certificates]
     if unknown:
-        raise UsageError(f"no Certificate named {', '.join(repr(n) for n in unknown)} "
-                         f"(known: {', '.join(sorted(desired.certificates)) or 'none'})")
+        raise UsageError(
+            f"no Certificate named {', '.join(repr(n) for n in unknown)} "
+            f"(known: {', '.join(sorted(desired.certificates)) or 'none'})"
+        )
     rows = [r for r in status_rows(desired, observed, now, plan) if not names or r.name in names]
     if getattr(args, "check", False):
         from reconciler.core.describe import check
@@ -426,10 +467,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from reconciler.entry.daemon import DaemonOptions, run_daemon
 
-    return run_daemon(DaemonOptions(
-        directory=_dir(args), state_dir=args.state_dir, git_pull=args.git_pull, metrics_address=args.metrics_address,
-        no_metrics=args.no_metrics, stop_grace=DaemonOptions.stop_grace_from_env(), node=args.node,
-    ))
+    return run_daemon(
+        DaemonOptions(
+            directory=_dir(args),
+            state_dir=args.state_dir,
+            git_pull=args.git_pull,
+            metrics_address=args.metrics_address,
+            no_metrics=args.no_metrics,
+            stop_grace=DaemonOptions.stop_grace_from_env(),
+            node=args.node,
+        )
+    )
 
 
 def cmd_backend_migrate(args: argparse.Namespace) -> int:
@@ -439,7 +487,9 @@ def cmd_backend_migrate(args: argparse.Namespace) -> int:
     desired = _load(args)
     state = _state(args, desired)
     if not is_fleet(state):
-        raise UsageError("no backend to migrate: Settings.backend.postgres is not set (the state dir needs no migration)")
+        raise UsageError(
+            "no backend to migrate: Settings.backend.postgres is not set (the state dir needs no migration)"
+        )
     before, after = migrate(state.db, state.sealer)  # type: ignore[attr-defined]
     print(f"Schema version {after}" + (f" (was {before})." if before != after else ": up to date."))
     return EXIT_OK
@@ -459,9 +509,12 @@ def cmd_backend_import(args: argparse.Namespace) -> int:
     source = StateDir(source_path)
     with source.lock(wait=args.lock_timeout, purpose="backend import"):
         counts = import_state_dir(source, state, desired.issuers)
-    print(f"Imported from {source_path}: {counts['versions']} version(s) ({counts['already']} already there), "
-          f"{counts['attempts']} attempt record(s), {counts['blobs']} CA/account file(s)"
-          + (f"; {counts['kept']} kept as the database had them" if counts["kept"] else "") + ".")
+    print(
+        f"Imported from {source_path}: {counts['versions']} version(s) ({counts['already']} already there), "
+        f"{counts['attempts']} attempt record(s), {counts['blobs']} CA/account file(s)"
+        + (f"; {counts['kept']} kept as the database had them" if counts["kept"] else "")
+        + "."
+    )
     return EXIT_OK
 
 
@@ -469,8 +522,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     from reconciler.app.importer import ImportOptions, run_import
 
     desired = _load(args)
-    opts = ImportOptions(directory=_dir(args), iis_host=args.iis_host, issuer=args.issuer,
-                         out=Path(args.out) if args.out else None, site=args.site)
+    opts = ImportOptions(
+        directory=_dir(args),
+        iis_host=args.iis_host,
+        issuer=args.issuer,
+        out=Path(args.out) if args.out else None,
+        site=args.site,
+    )
     return run_import(opts, _world(args, desired))
 
 
@@ -502,27 +560,74 @@ def _add(p: Any, *flags: str, example: str, **kwargs: Any) -> None:
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    _add(common, "-d", "--dir", help="desired-state directory (default: ./desired-state or $CERTCTL_DIR)",
-         example="-d desired-state", metavar="DIR")
-    _add(common, "--state-dir", help="state directory (overrides Settings.stateDir)",
-         example="--state-dir /var/lib/certctl", metavar="DIR")
-    _add(common, "--node", default=os.environ.get("CERTCTL_NODE"),
-         help="this node's name in a fleet (default: $CERTCTL_NODE, else the host name)", example="--node web01")
-    _add(common, "--log-format", choices=["console", "json"], default=os.environ.get("CERTCTL_LOG_FORMAT", "console"),
-         help="log events on stderr as text or JSON lines ($CERTCTL_LOG_FORMAT)", example="--log-format json")
-    _add(common, "--log-level", default=os.environ.get("CERTCTL_LOG_LEVEL"), choices=["debug", "info", "warning", "error"],
-         help="log level ($CERTCTL_LOG_LEVEL; default: warning on a terminal, info otherwise)",
-         example="--log-level debug")
-    _add(common, "-v", "--verbose", action="count", default=0,
-         help="more log events on stderr: -v info, -vv debug", example="-v")
-    _add(common, "--no-color", action="store_true", help="no colour on a terminal (also: NO_COLOR=1)",
-         example="--no-color")
+    _add(
+        common,
+        "-d",
+        "--dir",
+        help="desired-state directory (default: ./desired-state or $CERTCTL_DIR)",
+        example="-d desired-state",
+        metavar="DIR",
+    )
+    _add(
+        common,
+        "--state-dir",
+        help="state directory (overrides Settings.stateDir)",
+        example="--state-dir /var/lib/certctl",
+        metavar="DIR",
+    )
+    _add(
+        common,
+        "--node",
+        default=os.environ.get("CERTCTL_NODE"),
+        help="this node's name in a fleet (default: $CERTCTL_NODE, else the host name)",
+        example="--node web01",
+    )
+    _add(
+        common,
+        "--log-format",
+        choices=["console", "json"],
+        default=os.environ.get("CERTCTL_LOG_FORMAT", "console"),
+        help="log events on stderr as text or JSON lines ($CERTCTL_LOG_FORMAT)",
+        example="--log-format json",
+    )
+    _add(
+        common,
+        "--log-level",
+        default=os.environ.get("CERTCTL_LOG_LEVEL"),
+        choices=["debug", "info", "warning", "error"],
+        help="log level ($CERTCTL_LOG_LEVEL; default: warning on a terminal, info otherwise)",
+        example="--log-level debug",
+    )
+    _add(
+        common,
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log events on stderr: -v info, -vv debug",
+        example="-v",
+    )
+    _add(
+        common,
+        "--no-color",
+        action="store_true",
+        help="no colour on a terminal (also: NO_COLOR=1)",
+        example="--no-color",
+    )
     p = argparse.ArgumentParser(
-        prog="certctl", description="Declarative TLS certificates: plan, then apply.",
+        prog="certctl",
+        description="Declarative TLS certificates: plan, then apply.",
         epilog="Start with `certctl init`, then `certctl plan` and `certctl apply`. "
-               "Documentation: docs/README.md in the source repository.")
-    _add(p, "--version", action="version", version=f"certctl {__version__}", help="print the version and exit",
-         example="certctl --version")
+        "Documentation: docs/README.md in the source repository.",
+    )
+    _add(
+        p,
+        "--version",
+        action="version",
+        version=f"certctl {__version__}",
+        help="print the version and exit",
+        example="certctl --version",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("validate", parents=[common], help="load and check the specs")
@@ -531,39 +636,100 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("plan", parents=[common], help="show what apply would do; change nothing")
     fmt = s.add_mutually_exclusive_group()
     _add(fmt, "--json", action="store_true", help="the machine format", example="--json | jq .summary")
-    _add(fmt, "--markdown", action="store_true", help="for a pull-request comment", example="--markdown > plan.md")
-    _add(s, "--out", help="also save the plan (JSON) to FILE, for `certctl apply FILE`", example="--out plan.json",
-         metavar="FILE")
-    _add(s, "--at", help="plan as of another time: a date, a date-time, or an offset from now",
-         example="--at 2027-01-15, --at +30d, --at=-5d", metavar="TIME")
-    _add(s, "--detailed-exitcode", action="store_true",
-         help="exit 2 while anything is pending (changes, deferred or failing certificates), 0 when nothing is",
-         example="--detailed-exitcode || echo pending")
-    _add(s, "--no-secret-check", action="store_true",
-         help="do not check that the secrets the planned actions need can be read (a pull-request runner "
-              "that must not hold them)", example="--no-secret-check")
+    _add(
+        fmt,
+        "--markdown",
+        action="store_true",
+        help="for a pull-request comment",
+        example="--markdown > plan.md",
+    )
+    _add(
+        s,
+        "--out",
+        help="also save the plan (JSON) to FILE, for `certctl apply FILE`",
+        example="--out plan.json",
+        metavar="FILE",
+    )
+    _add(
+        s,
+        "--at",
+        help="plan as of another time: a date, a date-time, or an offset from now",
+        example="--at 2027-01-15, --at +30d, --at=-5d",
+        metavar="TIME",
+    )
+    _add(
+        s,
+        "--detailed-exitcode",
+        action="store_true",
+        help="exit 2 while anything is pending (changes, deferred or failing certificates), 0 when nothing is",
+        example="--detailed-exitcode || echo pending",
+    )
+    _add(
+        s,
+        "--no-secret-check",
+        action="store_true",
+        help="do not check that the secrets the planned actions need can be read (a pull-request runner "
+        "that must not hold them)",
+        example="--no-secret-check",
+    )
     s.set_defaults(fn=cmd_plan)
 
     s = sub.add_parser("apply", parents=[common], help="plan and carry it out (asks first on a terminal)")
-    _add(s, "planfile", nargs="?", help="a plan saved by `certctl plan --out`, applied without asking; refused if stale",
-         example="certctl apply plan.json")
-    _add(s, "-y", "--auto-approve", action="store_true", help="do not ask for confirmation on a terminal",
-         example="-y")
-    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
-         example="--lock-timeout 60", metavar="SECONDS")
+    _add(
+        s,
+        "planfile",
+        nargs="?",
+        help="a plan saved by `certctl plan --out`, applied without asking; refused if stale",
+        example="certctl apply plan.json",
+    )
+    _add(
+        s,
+        "-y",
+        "--auto-approve",
+        action="store_true",
+        help="do not ask for confirmation on a terminal",
+        example="-y",
+    )
+    _add(
+        s,
+        "--lock-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for another certctl (default 10)",
+        example="--lock-timeout 60",
+        metavar="SECONDS",
+    )
     s.set_defaults(fn=cmd_apply)
 
-    s = sub.add_parser("status", parents=[common],
-                       help="every certificate: state, expiry, renewal, last error; or one in full")
-    _add(s, "names", nargs="*", help="show these certificates in full", example="certctl status www-example-com",
-         metavar="NAME")
+    s = sub.add_parser(
+        "status",
+        parents=[common],
+        help="every certificate: state, expiry, renewal, last error; or one in full",
+    )
+    _add(
+        s,
+        "names",
+        nargs="*",
+        help="show these certificates in full",
+        example="certctl status www-example-com",
+        metavar="NAME",
+    )
     _add(s, "--json", action="store_true", help="the machine format", example="--json")
-    _add(s, "--check", action="store_true",
-         help="monitoring (Nagios): exit 0 OK, 1 warning (renewal overdue or deferred), 2 critical (expired, "
-              "failing, or expiring within notify.expiryWarning), 3 unknown; one line per problem",
-         example="--check")
-    _add(s, "--fleet", action="store_true", help="every node of the fleet, and which versions they serve",
-         example="--fleet")
+    _add(
+        s,
+        "--check",
+        action="store_true",
+        help="monitoring (Nagios): exit 0 OK, 1 warning (renewal overdue or deferred), 2 critical (expired, "
+        "failing, or expiring within notify.expiryWarning), 3 unknown; one line per problem",
+        example="--check",
+    )
+    _add(
+        s,
+        "--fleet",
+        action="store_true",
+        help="every node of the fleet, and which versions they serve",
+        example="--fleet",
+    )
     s.set_defaults(fn=cmd_status)
 
     s = sub.add_parser("describe", parents=[common], help="everything about one certificate")
@@ -572,72 +738,158 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_describe)
 
     s = sub.add_parser("renew", parents=[common], help="force a renewal now (overrides backoff)")
-    _add(s, "names", nargs="*", help="the certificates to renew", example="certctl renew www api", metavar="NAME")
+    _add(
+        s,
+        "names",
+        nargs="*",
+        help="the certificates to renew",
+        example="certctl renew www api",
+        metavar="NAME",
+    )
     _add(s, "--all", action="store_true", help="renew every certificate", example="certctl renew --all")
-    _add(s, "-y", "--auto-approve", action="store_true", help="do not ask for confirmation on a terminal",
-         example="-y")
-    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
-         example="--lock-timeout 60", metavar="SECONDS")
+    _add(
+        s,
+        "-y",
+        "--auto-approve",
+        action="store_true",
+        help="do not ask for confirmation on a terminal",
+        example="-y",
+    )
+    _add(
+        s,
+        "--lock-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for another certctl (default 10)",
+        example="--lock-timeout 60",
+        metavar="SECONDS",
+    )
     s.set_defaults(fn=cmd_renew)
 
     from reconciler.ports import REVOCATION_REASONS
 
-    s = sub.add_parser("revoke", parents=[common], help="revoke a certificate's current version (the next apply replaces it)")
+    s = sub.add_parser(
+        "revoke", parents=[common], help="revoke a certificate's current version (the next apply replaces it)"
+    )
     _add(s, "name", help="the Certificate to revoke", example="www-example-com")
-    _add(s, "--reason", default="unspecified", choices=list(REVOCATION_REASONS),
-         help="RFC 5280 reason (default unspecified; keyCompromise also forces a new key)", example="--reason superseded")
-    _add(s, "--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal", example="-y")
-    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
-         example="--lock-timeout 60")
+    _add(
+        s,
+        "--reason",
+        default="unspecified",
+        choices=list(REVOCATION_REASONS),
+        help="RFC 5280 reason (default unspecified; keyCompromise also forces a new key)",
+        example="--reason superseded",
+    )
+    _add(
+        s, "--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal", example="-y"
+    )
+    _add(
+        s,
+        "--lock-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for another certctl (default 10)",
+        example="--lock-timeout 60",
+    )
     s.set_defaults(fn=cmd_revoke)
 
     s = sub.add_parser("account", help="ACME accounts")
     account = s.add_subparsers(dest="account_command", required=True, metavar="SUBCOMMAND")
-    s = account.add_parser("rollover", parents=[common], help="replace an ACME Issuer's account key (RFC 8555 key change)")
+    s = account.add_parser(
+        "rollover", parents=[common], help="replace an ACME Issuer's account key (RFC 8555 key change)"
+    )
     _add(s, "issuer", help="the ACME Issuer whose account key is replaced", example="letsencrypt")
-    _add(s, "--lock-timeout", type=float, default=10.0, help="seconds to wait for another certctl (default 10)",
-         example="--lock-timeout 60")
+    _add(
+        s,
+        "--lock-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for another certctl (default 10)",
+        example="--lock-timeout 60",
+    )
     s.set_defaults(fn=cmd_account_rollover)
 
     s = sub.add_parser("daemon", parents=[common], help="reconcile continuously")
-    _add(s, "--git-pull", action="store_true", help="fast-forward the desired-state repository each interval",
-         example="--git-pull")
-    _add(s, "--metrics-address", help="host:port for /healthz, /metrics, /status (default 127.0.0.1:9464)",
-         example="--metrics-address 0.0.0.0:9464", metavar="HOST:PORT")
+    _add(
+        s,
+        "--git-pull",
+        action="store_true",
+        help="fast-forward the desired-state repository each interval",
+        example="--git-pull",
+    )
+    _add(
+        s,
+        "--metrics-address",
+        help="host:port for /healthz, /metrics, /status (default 127.0.0.1:9464)",
+        example="--metrics-address 0.0.0.0:9464",
+        metavar="HOST:PORT",
+    )
     _add(s, "--no-metrics", action="store_true", help="serve no HTTP endpoint", example="--no-metrics")
     s.set_defaults(fn=cmd_daemon)
 
     s = sub.add_parser("schema", parents=[common], help="print (or write) the JSON Schemas of every kind")
-    _add(s, "--out", help="write one schema per kind and certctl.json into FOLDER (default: print certctl.json)",
-         example="--out schemas", metavar="FOLDER")
+    _add(
+        s,
+        "--out",
+        help="write one schema per kind and certctl.json into FOLDER (default: print certctl.json)",
+        example="--out schemas",
+        metavar="FOLDER",
+    )
     s.set_defaults(fn=cmd_schema)
 
     s = sub.add_parser("backend", help="the shared state backend (Settings.backend.postgres)")
     backend = s.add_subparsers(dest="backend_command", required=True, metavar="SUBCOMMAND")
     b = backend.add_parser("migrate", parents=[common], help="create or upgrade the database schema")
     b.set_defaults(fn=cmd_backend_migrate)
-    b = backend.add_parser("import", parents=[common], help="copy a state dir (CAs, accounts, versions, keys, attempts) in")
+    b = backend.add_parser(
+        "import", parents=[common], help="copy a state dir (CAs, accounts, versions, keys, attempts) in"
+    )
     b.add_argument("--from", dest="source", help="the state dir to copy (default: this node's)")
     b.add_argument("--lock-timeout", type=float, default=10.0)
     b.set_defaults(fn=cmd_backend_import)
 
-    s = sub.add_parser("import", parents=[common], help="write Certificate specs for what an IIS host serves today")
-    _add(s, "--iis-host", required=True, help="the IisHost to read", example="--iis-host web01", metavar="NAME")
-    _add(s, "--issuer", help="Issuer for the new specs (required when more than one is defined)",
-         example="--issuer letsencrypt", metavar="NAME")
+    s = sub.add_parser(
+        "import", parents=[common], help="write Certificate specs for what an IIS host serves today"
+    )
+    _add(
+        s, "--iis-host", required=True, help="the IisHost to read", example="--iis-host web01", metavar="NAME"
+    )
+    _add(
+        s,
+        "--issuer",
+        help="Issuer for the new specs (required when more than one is defined)",
+        example="--issuer letsencrypt",
+        metavar="NAME",
+    )
     _add(s, "--site", help="only this IIS site", example='--site "Default Web Site"', metavar="NAME")
-    _add(s, "--out", help="file to write (default: <dir>/imported-<host>.yaml)", example="--out imported.yaml",
-         metavar="FILE")
+    _add(
+        s,
+        "--out",
+        help="file to write (default: <dir>/imported-<host>.yaml)",
+        example="--out imported.yaml",
+        metavar="FILE",
+    )
     s.set_defaults(fn=cmd_import)
 
     s = sub.add_parser("init", parents=[common], help="write a commented starter desired state")
-    _add(s, "folder", nargs="?", help="where (default: -d DIR, $CERTCTL_DIR or ./desired-state)",
-         example="certctl init desired-state", metavar="DIR")
+    _add(
+        s,
+        "folder",
+        nargs="?",
+        help="where (default: -d DIR, $CERTCTL_DIR or ./desired-state)",
+        example="certctl init desired-state",
+        metavar="DIR",
+    )
     s.set_defaults(fn=cmd_init)
 
     s = sub.add_parser("completion", help="print a shell completion script")
-    _add(s, "shell", choices=["bash", "zsh", "powershell"], help="the shell",
-         example='eval "$(certctl completion bash)"')
+    _add(
+        s,
+        "shell",
+        choices=["bash", "zsh", "powershell"],
+        help="the shell",
+        example='eval "$(certctl completion bash)"',
+    )
     s.set_defaults(fn=cmd_completion, log_format="console", log_level=None, verbose=0)
     return p
 
@@ -647,7 +899,12 @@ def _join_dash_values(argv: list[str]) -> list[str]:
     out: list[str] = []
     i = 0
     while i < len(argv):
-        if argv[i] == "--at" and i + 1 < len(argv) and argv[i + 1].startswith("-") and argv[i + 1][1:2].isdigit():
+        if (
+            argv[i] == "--at"
+            and i + 1 < len(argv)
+            and argv[i + 1].startswith("-")
+            and argv[i + 1][1:2].isdigit()
+        ):
             out.append(f"--at={argv[i + 1]}")
             i += 2
             continue

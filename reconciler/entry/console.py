@@ -38,8 +38,18 @@ class Output:
     def __init__(self, stream: TextIO | None = None, *, color: bool = True) -> None:
         self.stream = stream or sys.stdout
         self.terminal = _isatty(self.stream)
-        self.console = Console(file=self.stream, no_color=not color or "NO_COLOR" in os.environ,
-                               highlight=False, markup=False, emoji=False, soft_wrap=True) if self.terminal else None
+        self.console = (
+            Console(
+                file=self.stream,
+                no_color=not color or "NO_COLOR" in os.environ,
+                highlight=False,
+                markup=False,
+                emoji=False,
+                soft_wrap=True,
+            )
+            if self.terminal
+            else None
+        )
 
     def lines(self, lines: Sequence[Line]) -> None:
         if self.console is None:
@@ -68,7 +78,6 @@ class Output:
         except EOFError:
             return False
         return answer.strip().lower() in ("y", "yes")
-
 
     def confirm_irreversible(self, question: str) -> bool:
         """Ask before something that cannot be undone (a revocation): only the word "yes" agrees."""

@@ -44,12 +44,16 @@ def default_dir() -> Path | None:
         return None
     if os.environ.get("CERTCTL_CACHE_DIR"):
         return Path(os.environ["CERTCTL_CACHE_DIR"])
-    return Path(platformdirs.user_cache_dir("certctl", appauthor=False))  # XDG on Linux, %LOCALAPPDATA% on Windows
+    return Path(
+        platformdirs.user_cache_dir("certctl", appauthor=False)
+    )  # XDG on Linux, %LOCALAPPDATA% on Windows
 
 
 _PACKAGE = Path(__file__).resolve().parents[1]
-STAMPED_SOURCES = tuple(_PACKAGE / rel for rel in (
-    "core/spec.py", "core/domains.py", "core/model.py", "support/pki.py", "support/yamlfast.py"))
+STAMPED_SOURCES = tuple(
+    _PACKAGE / rel
+    for rel in ("core/spec.py", "core/domains.py", "core/model.py", "support/pki.py", "support/yamlfast.py")
+)
 
 
 def _code_stamp() -> str:
@@ -142,7 +146,9 @@ class JsonCache:
             if problem is not None:
                 log.warning("cache.not_written", folder=str(self.path.parent), reason=problem)
                 return
-            body = json.dumps({"stamp": self.stamp, "entries": entries}, separators=(",", ":"), allow_nan=False)
+            body = json.dumps(
+                {"stamp": self.stamp, "entries": entries}, separators=(",", ":"), allow_nan=False
+            )
             atomic_write(self.path, body, 0o600)
         except (OSError, ValueError, TypeError) as exc:
             log.debug("cache.unwritable", path=str(self.path), error=str(exc))

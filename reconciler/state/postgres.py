@@ -96,22 +96,29 @@ class Database:
         try:
             info = psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
-            raise BackendUnavailable("the PostgreSQL connection string (backend.postgres.dsn) cannot be parsed") from None
+            raise BackendUnavailable(
+                "the PostgreSQL connection string (backend.postgres.dsn) cannot be parsed"
+            ) from None
         self._secrets = (dsn, str(info.get("password") or ""))
-        self.where = f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+        self.where = (
+            f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+        )
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         self.queries = 0  # statements sent (the benchmark counts them per pass)
 
     def connect(self, **extra: Any) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self._dsn, autocommit=True, connect_timeout=self._timeout,
-                                   application_name="certctl", **extra)
+            return psycopg.connect(
+                self._dsn, autocommit=True, connect_timeout=self._timeout, application_name="certctl", **extra
+            )
         except psycopg.Error as exc:
             raise self.unavailable(exc) from None
 
     def unavailable(self, exc: BaseException) -> BackendUnavailable:
-        text = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__, self._secrets)
+        text = scrub(
+            str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__, self._secrets
+        )
         return BackendUnavailable(f"the PostgreSQL database at {self.where} is unavailable: {text}")
 
     @contextlib.contextmanager
@@ -123,6 +130,7 @@ class Database:
                     self._conn = self.connect()
                 conn = self._conn
                 with conn.transaction(), conn.cursor() as cur:
+
                     def q(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
                         self.queries += 1
                         cur.execute(sql, params)
@@ -130,8 +138,9 @@ class Database:
 
                     yield q
             except psycopg.errors.UndefinedTable:
-                raise BackendUnavailable(f"the database at {self.where} has no certctl tables: "
-                                         "run `certctl backend migrate` first") from None
+                raise BackendUnavailable(
+                    f"the database at {self.where} has no certctl tables: run `certctl backend migrate` first"
+                ) from None
             except psycopg.OperationalError as exc:
                 self.close()
                 raise self.unavailable(exc) from None
@@ -159,8 +168,10 @@ def migrate(db: Database, sealer: Sealer) -> tuple[int, int]:
         q("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
         before = schema_version(q)
         if before > LATEST:
-            raise BackendUnavailable(f"the database at {db.where} has certctl schema version {before}, newer than "
-                                     f"this certctl knows ({LATEST}); upgrade certctl instead")
+            raise BackendUnavailable(
+                f"the database at {db.where} has certctl schema version {before}, newer than "
+                f"this certctl knows ({LATEST}); upgrade certctl instead"
+            )
         if before == 0:
             q("CREATE TABLE IF NOT EXISTS certctl_schema (version integer NOT NULL)")
             q("INSERT INTO certctl_schema (version) VALUES (0)")
@@ -175,15 +186,18 @@ def migrate(db: Database, sealer: Sealer) -> tuple[int, int]:
 def check_key(db: Database, sealer: Sealer) -> None:
     """The sealed check value opens with this key (stored with the first key used)."""
     with db.transaction() as q:
-        q("INSERT INTO certctl_meta (k, v) VALUES ('key_check', %s) ON CONFLICT (k) DO NOTHING",
-          (sealer.seal(KEY_CHECK, "key-check"),))
+        q(
+            "INSERT INTO certctl_meta (k, v) VALUES ('key_check', %s) ON CONFLICT (k) DO NOTHING",
+            (sealer.seal(KEY_CHECK, "key-check"),),
+        )
         stored = bytes(q("SELECT v FROM certctl_meta WHERE k = 'key_check'")[0][0])
     try:
         sealer.open(stored, "key-check")
     except KeyProblem:
         raise EncryptionKeyMismatch(
             f"the encryption key (backend.postgres.encryptionKey) is not the one the private keys in {db.where} are "
-            "sealed with; nothing was changed. Use the original key") from None
+            "sealed with; nothing was changed. Use the original key"
+        ) from None
 
 
 class DbBlobs:
@@ -201,17 +215,21 @@ class DbBlobs:
 
     def create(self, key: str, value: bytes) -> bytes:
         with self.state.db.transaction() as q:
-            q("INSERT INTO certctl_blobs (scope, key, value) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-              (self.scope, key, self.state.sealer.seal(value, self._context(key))))
+            q(
+                "INSERT INTO certctl_blobs (scope, key, value) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (self.scope, key, self.state.sealer.seal(value, self._context(key))),
+            )
         stored = self.get(key)
         assert stored is not None
         return stored
 
     def put(self, key: str, value: bytes) -> None:
         with self.state.db.transaction() as q:
-            q("INSERT INTO certctl_blobs (scope, key, value) VALUES (%s, %s, %s) "
-              "ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value",
-              (self.scope, key, self.state.sealer.seal(value, self._context(key))))
+            q(
+                "INSERT INTO certctl_blobs (scope, key, value) VALUES (%s, %s, %s) "
+                "ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value",
+                (self.scope, key, self.state.sealer.seal(value, self._context(key))),
+            )
 
     def delete(self, key: str) -> None:
         with self.state.db.transaction() as q:
@@ -229,16 +247,20 @@ class DbRecords:
 
     def read(self) -> dict[str, Any]:
         with self.state.db.transaction() as q:
-            rows = q("SELECT r.key, r.value FROM certctl_records r LEFT JOIN certctl_leases l ON l.token = r.lease "
-                     "WHERE r.scope = %s AND l.token IS NULL AND (r.lease IS NOT NULL OR r.node = %s)",
-                     (self.scope, self.state.node))
+            rows = q(
+                "SELECT r.key, r.value FROM certctl_records r LEFT JOIN certctl_leases l ON l.token = r.lease "
+                "WHERE r.scope = %s AND l.token IS NULL AND (r.lease IS NOT NULL OR r.node = %s)",
+                (self.scope, self.state.node),
+            )
         return {key: value for key, value in rows}
 
     def set(self, key: str, value: Any) -> None:
         with self.state.db.transaction() as q:
-            q("INSERT INTO certctl_records (scope, key, value, node, lease) VALUES (%s, %s, %s, %s, %s) "
-              "ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value, node = EXCLUDED.node, lease = EXCLUDED.lease",
-              (self.scope, key, Jsonb(value), self.state.node, _LEASE.get()))
+            q(
+                "INSERT INTO certctl_records (scope, key, value, node, lease) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value, node = EXCLUDED.node, lease = EXCLUDED.lease",
+                (self.scope, key, Jsonb(value), self.state.node, _LEASE.get()),
+            )
 
     def delete(self, key: str) -> None:
         with self.state.db.transaction() as q:
@@ -248,7 +270,9 @@ class DbRecords:
 class FleetState(StateDir):
     """The StateBackend of a fleet node: issuance in PostgreSQL, the rest in the node's state dir."""
 
-    def __init__(self, path: Path | str, *, node: str, db: Database, sealer: Sealer, lease_timeout: float) -> None:
+    def __init__(
+        self, path: Path | str, *, node: str, db: Database, sealer: Sealer, lease_timeout: float
+    ) -> None:
         super().__init__(path)
         self.node = node
         self.db = db
@@ -268,8 +292,11 @@ class FleetState(StateDir):
         with self.db.transaction() as q:
             version = schema_version(q)
         if version != LATEST:
-            what = "has no certctl tables yet" if version == 0 else (
-                f"has certctl schema version {version}, this certctl needs {LATEST}")
+            what = (
+                "has no certctl tables yet"
+                if version == 0
+                else (f"has certctl schema version {version}, this certctl needs {LATEST}")
+            )
             hint = "upgrade certctl" if version > LATEST else "run `certctl backend migrate`"
             raise BackendUnavailable(f"the database at {self.db.where} {what}: {hint}")
         check_key(self.db, self.sealer)
@@ -279,8 +306,10 @@ class FleetState(StateDir):
         try:
             return self.sealer.open(sealed, context)
         except KeyProblem as exc:
-            raise EncryptionKeyMismatch(f"{exc}: the encryption key is not the one it was sealed with; "
-                                        "nothing is reissued because of this. Use the original key") from None
+            raise EncryptionKeyMismatch(
+                f"{exc}: the encryption key is not the one it was sealed with; "
+                "nothing is reissued because of this. Use the original key"
+            ) from None
 
     # --- versions --------------------------------------------------------------------------------
 
@@ -303,8 +332,11 @@ class FleetState(StateDir):
         """The version from the database, also written to this node's vault copy (tasks read it there)."""
         self.ready()
         with self.db.transaction() as q:
-            rows = q("SELECT cert_pem, chain_pem, key_sealed FROM certctl_versions "
-                     "WHERE certificate = %s AND thumbprint = %s", (name, thumbprint))
+            rows = q(
+                "SELECT cert_pem, chain_pem, key_sealed FROM certctl_versions "
+                "WHERE certificate = %s AND thumbprint = %s",
+                (name, thumbprint),
+            )
         if not rows:
             raise FileNotFoundError(f"version {thumbprint} of {name} is not in the database")
         cert, chain, sealed = (bytes(v) for v in rows[0])
@@ -315,29 +347,58 @@ class FleetState(StateDir):
             self.write_vault_files(name, material)
         return material
 
-    def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
-                     at: datetime, replaced: str | None, *, issuer: str | None = None,
-                     issuer_note: str | None = None) -> IssuedVersion:
+    def store_issued(
+        self,
+        name: str,
+        material: Material,
+        issuer_id: str,
+        domains: tuple[str, ...],
+        at: datetime,
+        replaced: str | None,
+        *,
+        issuer: str | None = None,
+        issuer_note: str | None = None,
+    ) -> IssuedVersion:
         self.ready()
         thumbprint = material.info.thumbprint
-        meta = version_meta(material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note)
+        meta = version_meta(
+            material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note
+        )
         with self.db.transaction() as q:  # the commit point; NOTIFY is delivered with the commit
-            q("INSERT INTO certctl_versions (certificate, thumbprint, meta, cert_pem, chain_pem, key_sealed) "
-              "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-              (name, thumbprint, Jsonb(meta), material.cert_pem, material.chain_pem,
-               self.sealer.seal(material.key_pem, f"version:{name}:{thumbprint}")))
+            q(
+                "INSERT INTO certctl_versions (certificate, thumbprint, meta, cert_pem, chain_pem, key_sealed) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (
+                    name,
+                    thumbprint,
+                    Jsonb(meta),
+                    material.cert_pem,
+                    material.chain_pem,
+                    self.sealer.seal(material.key_pem, f"version:{name}:{thumbprint}"),
+                ),
+            )
             q("SELECT pg_notify(%s, %s)", (CHANNEL, f"version:{name}"))
         self.write_vault_files(name, material)
-        return IssuedVersion(name, material.info, issuer_id, at, domains, replaced, issuer=issuer,
-                             issuer_note=issuer_note)
+        return IssuedVersion(
+            name, material.info, issuer_id, at, domains, replaced, issuer=issuer, issuer_note=issuer_note
+        )
 
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:
         """Record the revocation on the version in the database (every node's next plan replaces it)."""
         self.ready()
-        record = {"revoked": {"reason": revocation.reason, "at": revocation.at.isoformat(), "source": revocation.source}}
+        record = {
+            "revoked": {
+                "reason": revocation.reason,
+                "at": revocation.at.isoformat(),
+                "source": revocation.source,
+            }
+        }
         with self.db.transaction() as q:
-            rows = q("UPDATE certctl_versions SET meta = meta || %s WHERE certificate = %s AND thumbprint = %s "
-                     "RETURNING thumbprint", (Jsonb(record), name, thumbprint))
+            rows = q(
+                "UPDATE certctl_versions SET meta = meta || %s WHERE certificate = %s AND thumbprint = %s "
+                "RETURNING thumbprint",
+                (Jsonb(record), name, thumbprint),
+            )
             if rows:
                 q("SELECT pg_notify(%s, %s)", (CHANNEL, f"version:{name}"))
         return bool(rows)
@@ -354,10 +415,18 @@ class FleetState(StateDir):
         """Copy one version of a state dir (``certctl backend import``); False when it was there already."""
         thumbprint = material.info.thumbprint
         with self.db.transaction() as q:
-            rows = q("INSERT INTO certctl_versions (certificate, thumbprint, meta, cert_pem, chain_pem, key_sealed) "
-                     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING thumbprint",
-                     (name, thumbprint, Jsonb(dict(meta)), material.cert_pem, material.chain_pem,
-                      self.sealer.seal(material.key_pem, f"version:{name}:{thumbprint}")))
+            rows = q(
+                "INSERT INTO certctl_versions (certificate, thumbprint, meta, cert_pem, chain_pem, key_sealed) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING thumbprint",
+                (
+                    name,
+                    thumbprint,
+                    Jsonb(dict(meta)),
+                    material.cert_pem,
+                    material.chain_pem,
+                    self.sealer.seal(material.key_pem, f"version:{name}:{thumbprint}"),
+                ),
+            )
         return bool(rows)
 
     # --- attempts ----------------------------------------------------------------------------------
@@ -370,9 +439,11 @@ class FleetState(StateDir):
 
     def save_attempts(self, attempts: Attempts) -> None:
         with self.db.transaction() as q:
-            q("INSERT INTO certctl_attempts (certificate, data) VALUES (%s, %s) "
-              "ON CONFLICT (certificate) DO UPDATE SET data = EXCLUDED.data",
-              (attempts.certificate, Jsonb(attempts_to_json(attempts))))
+            q(
+                "INSERT INTO certctl_attempts (certificate, data) VALUES (%s, %s) "
+                "ON CONFLICT (certificate) DO UPDATE SET data = EXCLUDED.data",
+                (attempts.certificate, Jsonb(attempts_to_json(attempts))),
+            )
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts:
         self.ready()
@@ -380,8 +451,11 @@ class FleetState(StateDir):
             rows = q("SELECT data FROM certctl_attempts WHERE certificate = %s FOR UPDATE", (name,))
             current = attempts_from_json(name, rows[0][0]) if rows else Attempts(certificate=name)
             updated = replace(current, **changes)
-            q("INSERT INTO certctl_attempts (certificate, data) VALUES (%s, %s) "
-              "ON CONFLICT (certificate) DO UPDATE SET data = EXCLUDED.data", (name, Jsonb(attempts_to_json(updated))))
+            q(
+                "INSERT INTO certctl_attempts (certificate, data) VALUES (%s, %s) "
+                "ON CONFLICT (certificate) DO UPDATE SET data = EXCLUDED.data",
+                (name, Jsonb(attempts_to_json(updated))),
+            )
         return updated
 
     # --- leases ------------------------------------------------------------------------------------
@@ -400,20 +474,36 @@ class FleetState(StateDir):
                 taken_from = outcome
                 break
             if reported != outcome:
-                log.info("fleet.issuance.waiting", certificate=name, holder=outcome[0], since=outcome[1].isoformat())
+                log.info(
+                    "fleet.issuance.waiting",
+                    certificate=name,
+                    holder=outcome[0],
+                    since=outcome[1].isoformat(),
+                )
                 reported = outcome
             if time.monotonic() > deadline:
-                raise IssueError(f"{name} is still being issued on {outcome[0]} (since {outcome[1].isoformat()}); "
-                                 "not ordering a second one", transient=True)
+                raise IssueError(
+                    f"{name} is still being issued on {outcome[0]} (since {outcome[1].isoformat()}); "
+                    "not ordering a second one",
+                    transient=True,
+                )
             time.sleep(POLL)
         if taken_from is not None:
-            log.warning("fleet.lease.taken_over", certificate=name, previous_holder=taken_from,
-                        note="its holder stopped renewing the lease; its challenges are cleaned up and the order redone")
+            log.warning(
+                "fleet.lease.taken_over",
+                certificate=name,
+                previous_holder=taken_from,
+                note="its holder stopped renewing the lease; its challenges are cleaned up and the order redone",
+            )
         try:
             newest = current_version(self.issued_for(name))
             if newest is not None and newest.info.thumbprint != replaces:
-                log.info("fleet.issuance.adopted", certificate=name, thumbprint=newest.info.thumbprint,
-                         note="another node issued it meanwhile; this node installs that version")
+                log.info(
+                    "fleet.issuance.adopted",
+                    certificate=name,
+                    thumbprint=newest.info.thumbprint,
+                    note="another node issued it meanwhile; this node installs that version",
+                )
                 yield IssuanceGrant(adopt=newest.info.thumbprint, taken_from=taken_from)
                 return
             self._hold(token)
@@ -424,24 +514,35 @@ class FleetState(StateDir):
                 _LEASE.reset(bound)
                 self._release_hold(token)
         finally:
-            with contextlib.suppress(BackendUnavailable), self.db.transaction() as q:  # else it expires by itself
+            with (
+                contextlib.suppress(BackendUnavailable),
+                self.db.transaction() as q,
+            ):  # else it expires by itself
                 q("DELETE FROM certctl_leases WHERE certificate = %s AND token = %s", (name, token))
 
     def _try_lease(self, name: str, token: str, replaces: str | None) -> str | tuple[str, datetime] | None:
         """None: acquired fresh; a node name: taken over from it; (node, since): held live by that node."""
         with self.db.transaction() as q:
-            rows = q("SELECT node, acquired_at, heartbeat_at < now() - make_interval(secs => %s) "
-                     "FROM certctl_leases WHERE certificate = %s FOR UPDATE", (self.lease_timeout, name))
+            rows = q(
+                "SELECT node, acquired_at, heartbeat_at < now() - make_interval(secs => %s) "
+                "FROM certctl_leases WHERE certificate = %s FOR UPDATE",
+                (self.lease_timeout, name),
+            )
             if not rows:
-                got = q("INSERT INTO certctl_leases (certificate, node, token, replaces, acquired_at, heartbeat_at) "
-                        "VALUES (%s, %s, %s, %s, now(), now()) ON CONFLICT DO NOTHING RETURNING token",
-                        (name, self.node, token, replaces))
+                got = q(
+                    "INSERT INTO certctl_leases (certificate, node, token, replaces, acquired_at, heartbeat_at) "
+                    "VALUES (%s, %s, %s, %s, now(), now()) ON CONFLICT DO NOTHING RETURNING token",
+                    (name, self.node, token, replaces),
+                )
                 return None if got else ("another node", datetime.now().astimezone())
             holder, since, expired = rows[0]
             if not expired and holder != self.node:
                 return holder, since
-            q("UPDATE certctl_leases SET node = %s, token = %s, replaces = %s, acquired_at = now(), heartbeat_at = now() "
-              "WHERE certificate = %s", (self.node, token, replaces, name))
+            q(
+                "UPDATE certctl_leases SET node = %s, token = %s, replaces = %s, acquired_at = now(), heartbeat_at = now() "
+                "WHERE certificate = %s",
+                (self.node, token, replaces, name),
+            )
             return str(holder)
 
     def _hold(self, token: str) -> None:
@@ -468,14 +569,18 @@ class FleetState(StateDir):
                 with self.db.transaction() as q:
                     q("UPDATE certctl_leases SET heartbeat_at = now() WHERE token = ANY(%s)", (tokens,))
             except BackendUnavailable as exc:
-                log.warning("fleet.lease.renew_failed", error=str(exc), note="the leases expire if this goes on")
+                log.warning(
+                    "fleet.lease.renew_failed", error=str(exc), note="the leases expire if this goes on"
+                )
 
     def issuing(self) -> dict[str, Issuing]:
         self.ready()
         with self.db.transaction() as q:
-            rows = q("SELECT certificate, node, acquired_at FROM certctl_leases "
-                     "WHERE node <> %s AND heartbeat_at >= now() - make_interval(secs => %s)",
-                     (self.node, self.lease_timeout))
+            rows = q(
+                "SELECT certificate, node, acquired_at FROM certctl_leases "
+                "WHERE node <> %s AND heartbeat_at >= now() - make_interval(secs => %s)",
+                (self.node, self.lease_timeout),
+            )
         return {certificate: Issuing(node, since) for certificate, node, since in rows}
 
     # --- what issuers keep, and what nodes report ------------------------------------------------------
@@ -488,9 +593,11 @@ class FleetState(StateDir):
 
     def report(self, summary: Mapping[str, Any]) -> None:
         with self.db.transaction() as q:
-            q("INSERT INTO certctl_nodes (node, first_seen, last_seen, report) VALUES (%s, now(), now(), %s) "
-              "ON CONFLICT (node) DO UPDATE SET last_seen = now(), report = EXCLUDED.report",
-              (self.node, Jsonb(dict(summary))))
+            q(
+                "INSERT INTO certctl_nodes (node, first_seen, last_seen, report) VALUES (%s, now(), now(), %s) "
+                "ON CONFLICT (node) DO UPDATE SET last_seen = now(), report = EXCLUDED.report",
+                (self.node, Jsonb(dict(summary))),
+            )
 
     def fleet(self) -> tuple[datetime, list[tuple[str, datetime, datetime, dict[str, Any]]], dict[str, str]]:
         """(the database's now, every node's (name, first seen, last seen, report), newest thumbprint per
@@ -499,8 +606,10 @@ class FleetState(StateDir):
         with self.db.transaction() as q:
             now = q("SELECT now()")[0][0]
             nodes = q("SELECT node, first_seen, last_seen, report FROM certctl_nodes ORDER BY node")
-            versions = q("SELECT DISTINCT ON (certificate) certificate, thumbprint FROM certctl_versions "
-                         "ORDER BY certificate, (meta->>'issued_at') DESC")
+            versions = q(
+                "SELECT DISTINCT ON (certificate) certificate, thumbprint FROM certctl_versions "
+                "ORDER BY certificate, (meta->>'issued_at') DESC"
+            )
         return now, [(n, f, s, r) for n, f, s, r in nodes], {c: t for c, t in versions}
 
     # --- propagation -----------------------------------------------------------------------------------
@@ -533,7 +642,9 @@ class FleetState(StateDir):
                             on_change(notice.payload)
                 except psycopg.Error as exc:
                     lost = True
-                    log.warning("fleet.listen.lost", error=str(self.db.unavailable(exc)), note="retrying with backoff")
+                    log.warning(
+                        "fleet.listen.lost", error=str(self.db.unavailable(exc)), note="retrying with backoff"
+                    )
                 finally:
                     with contextlib.suppress(Exception):
                         conn.close()

@@ -141,7 +141,7 @@ def write_line(path: Path, line: bytes) -> PendingAppend:
             try:
                 view = memoryview(line)
                 while view:
-                    view = view[os.write(fd, view):]
+                    view = view[os.write(fd, view) :]
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
@@ -184,14 +184,21 @@ def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def damaged(path: Path, line: int, problem: str) -> None:
-    log.warning("state.line.skipped", file=str(path), line=line, problem=problem,
-                note="a damaged line of a state log (torn by a crash or a full disk, or edited); skipped")
+    log.warning(
+        "state.line.skipped",
+        file=str(path),
+        line=line,
+        problem=problem,
+        note="a damaged line of a state log (torn by a crash or a full disk, or edited); skipped",
+    )
 
 
 def _revocation(value: Any) -> Revocation | None:
     if value is None:
         return None
-    return Revocation(reason=str(value["reason"]), at=datetime.fromisoformat(value["at"]), source=str(value["source"]))
+    return Revocation(
+        reason=str(value["reason"]), at=datetime.fromisoformat(value["at"]), source=str(value["source"])
+    )
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -202,11 +209,26 @@ def _iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat() if value else None
 
 
-def version_meta(material: Material, issuer_id: str, domains: tuple[str, ...], at: datetime,
-                 replaced: str | None, *, issuer: str | None = None, issuer_note: str | None = None) -> dict[str, Any]:
+def version_meta(
+    material: Material,
+    issuer_id: str,
+    domains: tuple[str, ...],
+    at: datetime,
+    replaced: str | None,
+    *,
+    issuer: str | None = None,
+    issuer_note: str | None = None,
+) -> dict[str, Any]:
     """The metadata of an issued version, as the vault index keeps it."""
-    return {"info": info_to_json(material.info), "issuer_id": issuer_id, "issued_at": _iso(at),
-            "domains": list(domains), "replaced": replaced, "issuer": issuer, "issuer_note": issuer_note}
+    return {
+        "info": info_to_json(material.info),
+        "issuer_id": issuer_id,
+        "issued_at": _iso(at),
+        "domains": list(domains),
+        "replaced": replaced,
+        "issuer": issuer,
+        "issuer_note": issuer_note,
+    }
 
 
 class KeyedLog:
@@ -221,7 +243,9 @@ class KeyedLog:
 
     def __init__(self, path: Path, check: Callable[[str, Any], object] | None = None) -> None:
         self.path = path
-        self._check = check  # raises (KeyError, TypeError, ValueError, AttributeError) on a value of the wrong shape
+        self._check = (
+            check  # raises (KeyError, TypeError, ValueError, AttributeError) on a value of the wrong shape
+        )
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
         self._lines = 0
@@ -322,7 +346,9 @@ class FileBlobs:
 
     def get(self, key: str) -> bytes | None:
         try:
-            return read_regular(self._path(key), MAX_BLOB_BYTES)  # a regular file of bounded size: never a FIFO
+            return read_regular(
+                self._path(key), MAX_BLOB_BYTES
+            )  # a regular file of bounded size: never a FIFO
         except FileNotFoundError:
             return None
 
@@ -377,8 +403,10 @@ class StateDir:
         if hasattr(os, "geteuid") and st.st_uid not in (0, os.geteuid()):
             return f"the state dir {self.path} is owned by uid {st.st_uid}, not by the running user"
         if st.st_mode & 0o077:
-            return (f"the state dir {self.path} can be read or entered by group or others "
-                    f"(mode {st.st_mode & 0o7777:04o}); it holds private keys: chmod 700 it")
+            return (
+                f"the state dir {self.path} can be read or entered by group or others "
+                f"(mode {st.st_mode & 0o7777:04o}); it holds private keys: chmod 700 it"
+            )
         return None
 
     def report_access(self) -> None:
@@ -409,8 +437,11 @@ class StateDir:
     @contextlib.contextmanager
     def lock(self, wait: float = 10.0, purpose: str = "apply") -> Iterator[None]:
         """Hold the state dir's lock; wait up to ``wait`` seconds, then raise LockBusy naming the holder."""
-        fd, holder = acquire(self.path / "lock", wait,
-                             f"pid {os.getpid()}, {purpose} since {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        fd, holder = acquire(
+            self.path / "lock",
+            wait,
+            f"pid {os.getpid()}, {purpose} since {datetime.now(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}",
+        )
         if holder is not None:
             raise LockBusy(
                 f"another certctl holds the lock on {self.path} ({holder}); waited {wait:g}s. "
@@ -434,8 +465,12 @@ class StateDir:
         except FileNotFoundError:
             return default
         except (OSError, ValueError) as exc:
-            log.warning("state.file.unreadable", file=str(self.path / name), error=str(exc),
-                        note="ignored; it is written afresh by the next apply")
+            log.warning(
+                "state.file.unreadable",
+                file=str(self.path / name),
+                error=str(exc),
+                note="ignored; it is written afresh by the next apply",
+            )
             return default
 
     def _write_json(self, name: str, data: Any, mode: int = 0o600) -> None:
@@ -450,7 +485,10 @@ class StateDir:
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
         """Every issued version, from the index log (plain JSON lines; no other cache of it is kept).
         The newest version of each certificate says which of its vault files are gone (``lost``)."""
-        return {name: self._mark_lost(self._versions(name, versions)) for name, versions in self._vault_index.read().items()}
+        return {
+            name: self._mark_lost(self._versions(name, versions))
+            for name, versions in self._vault_index.read().items()
+        }
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
         return self._mark_lost(self._versions(name, self._vault_index.get(name) or {}))
@@ -473,22 +511,39 @@ class StateDir:
     def _versions(name: str, versions: dict[str, Any]) -> tuple[IssuedVersion, ...]:
         out = [
             IssuedVersion(
-                certificate=name, info=info_from_json(v["info"]), issuer_id=v["issuer_id"],
-                issued_at=datetime.fromisoformat(v["issued_at"]), domains=tuple(v["domains"]),
-                replaced=v.get("replaced"), issuer=v.get("issuer"), issuer_note=v.get("issuer_note"),
+                certificate=name,
+                info=info_from_json(v["info"]),
+                issuer_id=v["issuer_id"],
+                issued_at=datetime.fromisoformat(v["issued_at"]),
+                domains=tuple(v["domains"]),
+                replaced=v.get("replaced"),
+                issuer=v.get("issuer"),
+                issuer_note=v.get("issuer_note"),
                 revocation=_revocation(v.get("revoked")),
             )
             for v in versions.values()
         ]
         return tuple(sorted(out, key=lambda v: (v.issued_at, v.info.not_before)))
 
-    def store_issued(self, name: str, material: Material, issuer_id: str, domains: tuple[str, ...],
-                     at: datetime, replaced: str | None, *, issuer: str | None = None,
-                     issuer_note: str | None = None) -> IssuedVersion:
+    def store_issued(
+        self,
+        name: str,
+        material: Material,
+        issuer_id: str,
+        domains: tuple[str, ...],
+        at: datetime,
+        replaced: str | None,
+        *,
+        issuer: str | None = None,
+        issuer_note: str | None = None,
+    ) -> IssuedVersion:
         """Keep a newly issued certificate with its key; the index is updated last (the commit point)."""
-        version = IssuedVersion(name, material.info, issuer_id, at, domains, replaced, issuer=issuer,
-                                issuer_note=issuer_note)
-        meta = version_meta(material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note)
+        version = IssuedVersion(
+            name, material.info, issuer_id, at, domains, replaced, issuer=issuer, issuer_note=issuer_note
+        )
+        meta = version_meta(
+            material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note
+        )
         self.write_vault_files(name, material, meta)
         self._vault_index.update(name, _adding(material.info.thumbprint, meta))  # the commit point
         return version
@@ -500,8 +555,12 @@ class StateDir:
         problem = write_path_problem(folder)
         if problem is not None:
             raise UnsafePath(f"refusing to keep the key of {name} in the vault: {problem}")
-        files = {"key.pem": (material.key_pem, 0o600), "cert.pem": (material.cert_pem, 0o644),
-                 "chain.pem": (material.chain_pem, 0o644), "fullchain.pem": (material.fullchain_pem, 0o644)}
+        files = {
+            "key.pem": (material.key_pem, 0o600),
+            "cert.pem": (material.cert_pem, 0o644),
+            "chain.pem": (material.chain_pem, 0o644),
+            "fullchain.pem": (material.fullchain_pem, 0o644),
+        }
         if meta is not None:
             files["meta.json"] = (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o600)
         # The version folder appears at once, complete (every file fsync'ed, then one rename): five files cost
@@ -544,13 +603,19 @@ class StateDir:
                     if meta is not None:
                         self._vault_index.update(cert_dir.name, _adding(version.name, meta))
                         reindexed += 1
-                        log.warning("recovery.reindexed", path=str(version),
-                                    note="an issued version missing from the vault index was put back")
+                        log.warning(
+                            "recovery.reindexed",
+                            path=str(version),
+                            note="an issued version missing from the vault index was put back",
+                        )
                     else:
                         shutil.rmtree(version, ignore_errors=True)
                         removed += 1
-                        log.info("recovery.removed", path=str(version),
-                                 note="an issuance that never completed in the vault; it is redone")
+                        log.info(
+                            "recovery.removed",
+                            path=str(version),
+                            note="an issuance that never completed in the vault; it is redone",
+                        )
                 with contextlib.suppress(OSError):
                     cert_dir.rmdir()  # only if empty
         return reindexed, removed
@@ -574,8 +639,12 @@ class StateDir:
     def material(self, name: str, thumbprint: str) -> Material:
         folder = contained(self.vault, f"{name}/{thumbprint}", "vault version")
         cert = (folder / "cert.pem").read_bytes()
-        return Material(cert, (folder / "chain.pem").read_bytes(), (folder / "key.pem").read_bytes(),
-                        pki.info_from_pem(cert))
+        return Material(
+            cert,
+            (folder / "chain.pem").read_bytes(),
+            (folder / "key.pem").read_bytes(),
+            pki.info_from_pem(cert),
+        )
 
     def forget_issued(self, name: str, thumbprint: str) -> None:
         def without(versions: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -609,11 +678,21 @@ class StateDir:
 
     # --- applied revision ------------------------------------------------------------------------------------
 
-    def record_applied(self, revision: str | None, directory: str, desired_fingerprint: str, ok: bool,
-                       actions: int) -> None:
+    def record_applied(
+        self, revision: str | None, directory: str, desired_fingerprint: str, ok: bool, actions: int
+    ) -> None:
         """What the last apply carried out: the desired state's git commit (or None) and whether all went well."""
-        self._write_json("applied.json", {"at": _iso(datetime.now(UTC)), "revision": revision, "dir": directory,
-                                          "desired_fingerprint": desired_fingerprint, "ok": ok, "actions": actions})
+        self._write_json(
+            "applied.json",
+            {
+                "at": _iso(datetime.now(UTC)),
+                "revision": revision,
+                "dir": directory,
+                "desired_fingerprint": desired_fingerprint,
+                "ok": ok,
+                "actions": actions,
+            },
+        )
 
     def applied(self) -> dict[str, Any] | None:
         data = self._read_json("applied.json", None)
@@ -625,8 +704,9 @@ class StateDir:
         return tuple(sorted(tuple(k.split("|", 2)) for k in self._bindings.read()))  # type: ignore[misc]
 
     def record_binding(self, host: str, site: str, information: str, certificate: str) -> None:
-        self._bindings.set(f"{host}|{site}|{information}", {"certificate": certificate,
-                                                              "at": _iso(datetime.now(UTC))})
+        self._bindings.set(
+            f"{host}|{site}|{information}", {"certificate": certificate, "at": _iso(datetime.now(UTC))}
+        )
 
     def forget_binding(self, host: str, site: str, information: str) -> None:
         self._bindings.delete(f"{host}|{site}|{information}")
@@ -655,8 +735,12 @@ class StateDir:
         rotate a large journal (all its entries are closed by then). Returns the entries closed."""
         entries = self.unfinished()
         for entry in entries:
-            log.warning("journal.recovered", action=entry.get("action"), run=entry.get("run"),
-                        note="a previous apply stopped during this action; what it left is observed afresh and redone")
+            log.warning(
+                "journal.recovered",
+                action=entry.get("action"),
+                run=entry.get("run"),
+                note="a previous apply stopped during this action; what it left is observed afresh and redone",
+            )
             self.journal("recovered", run=entry.get("run"), action=entry.get("action"), by=by)
         journal = self.path / "journal.jsonl"
         with contextlib.suppress(FileNotFoundError):

@@ -117,7 +117,9 @@ def discard(target: Path) -> None:
     fsync_dir(target.parent)
 
 
-def write_folder(target: Path, files: dict[str, tuple[bytes, int]], *, staging: Path, mode: int = 0o755) -> None:
+def write_folder(
+    target: Path, files: dict[str, tuple[bytes, int]], *, staging: Path, mode: int = 0o755
+) -> None:
     """Make the folder ``target`` appear at once holding ``files`` (name -> (data, mode)), replacing a folder
     of that name. Written in a temporary folder ``.<name>.XXXXXXXX.tmp`` under ``staging`` (same file system;
     swept by recovery if a crash leaves it), every file 0600 until it is complete and fsync'ed."""
@@ -225,7 +227,9 @@ def acquire(path: Path, wait: float, holder: str) -> tuple[int, str | None]:
     except OSError:
         os.close(fd)
         raise
-    with contextlib.suppress(OSError):  # who holds it is only for messages: a full disk must not lose the lock
+    with contextlib.suppress(
+        OSError
+    ):  # who holds it is only for messages: a full disk must not lose the lock
         os.ftruncate(fd, 0)
         os.write(fd, holder.encode())
     return fd, None
@@ -244,7 +248,13 @@ def contained(root: Path | str, relative: str, what: str = "path") -> Path:
     """
     text = str(relative)
     parts = text.replace("\\", "/").split("/")
-    if not text or "\x00" in text or os.path.isabs(text) or ":" in parts[0] or any(p in ("", ".", "..") for p in parts):
+    if (
+        not text
+        or "\x00" in text
+        or os.path.isabs(text)
+        or ":" in parts[0]
+        or any(p in ("", ".", "..") for p in parts)
+    ):
         raise UnsafePath(f"{what} {text!r} is not a plain relative path inside {root}; refused")
     base = os.path.realpath(root)
     real = os.path.realpath(os.path.join(base, *parts))

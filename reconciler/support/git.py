@@ -79,5 +79,12 @@ def pull(directory: Path, *, timeout: float = 120.0) -> PullResult:
             detail = f"the local branch has diverged from its upstream; certctl only fast-forwards ({detail})"
         elif "Cannot fast-forward your working tree" in output or "would be overwritten" in output:
             detail = f"the checkout has uncommitted changes in the way; commit or discard them ({detail})"
-        return PullResult(False, before, after, f"git pull --ff-only failed: {detail or f'exit {result.returncode}'}")
-    return PullResult(True, before, after, "up to date" if before == after else f"fast-forwarded {before[:12]}..{(after or '')[:12]}")
+        return PullResult(
+            False, before, after, f"git pull --ff-only failed: {detail or f'exit {result.returncode}'}"
+        )
+    return PullResult(
+        True,
+        before,
+        after,
+        "up to date" if before == after else f"fast-forwarded {before[:12]}..{(after or '')[:12]}",
+    )

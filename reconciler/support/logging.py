@@ -32,7 +32,10 @@ def configure(fmt: str = "console", level: str = "info") -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if fmt == "json":
-        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer(sort_keys=True)]
+        processors += [
+            structlog.processors.dict_tracebacks,
+            structlog.processors.JSONRenderer(sort_keys=True),
+        ]
     else:
         processors += [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(

@@ -20,10 +20,14 @@ _PRELOAD = ["reconciler.support.yamlfast", "reconciler.support.pki", "reconciler
 
 
 def workers() -> int:
-    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)))
+    return max(
+        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    )
 
 
-def map_batch(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], threshold: int = THRESHOLD) -> list[R]:
+def map_batch(
+    fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], threshold: int = THRESHOLD
+) -> list[R]:
     """``fn`` over ``items`` in chunks, in order; in worker processes when the batch is large enough.
 
     ``fn`` must be a module-level function taking a chunk and returning one result per item.
@@ -33,12 +37,11 @@ def map_batch(fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], threshol
     if len(items) < max(1, threshold) or count < 2 or os.environ.get("CERTCTL_NO_PARALLEL"):
         return fn(items)
     size = -(-len(items) // (count * 4))
-    chunks = [items[i:i + size] for i in range(0, len(items), size)]
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(_PRELOAD)
     with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
         return [r for part in pool.map(fn, chunks) for r in part]
-
 
 
 def at_once(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None = None) -> list[R]:

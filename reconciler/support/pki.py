@@ -29,7 +29,9 @@ def generate_key(algorithm: str) -> PrivateKey:
 
 
 def key_to_pem(key: PrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def load_key(pem: bytes) -> PrivateKey:
@@ -78,8 +80,7 @@ def cert_info(cert: x509.Certificate) -> CertInfo:
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         sans = tuple(  # in certificate order: DNS names and IP addresses (the local CA issues both)
-            str(entry.value).lower() for entry in san
-            if isinstance(entry, x509.DNSName | x509.IPAddress)
+            str(entry.value).lower() for entry in san if isinstance(entry, x509.DNSName | x509.IPAddress)
         )
     except x509.ExtensionNotFound:
         sans = ()
@@ -108,8 +109,15 @@ def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
     return cert.public_key().public_bytes(*fmt) == key.public_key().public_bytes(*fmt)
 
 
-def to_pfx(cert_pem: bytes, chain_pem: bytes, key_pem: bytes, password: bytes | None, friendly_name: str | None,
-           *, legacy: bool = False) -> bytes:
+def to_pfx(
+    cert_pem: bytes,
+    chain_pem: bytes,
+    key_pem: bytes,
+    password: bytes | None,
+    friendly_name: str | None,
+    *,
+    legacy: bool = False,
+) -> bytes:
     """PKCS#12 as Windows imports it: with a password, AES-256 (Windows Server 2019 and later), or with
     ``legacy`` 3DES/SHA-1, which every Windows and IIS version reads; unencrypted without a password."""
     cert = x509.load_pem_x509_certificate(cert_pem)
@@ -144,7 +152,9 @@ def from_pfx(data: bytes, password: bytes | None) -> tuple[bytes, bytes, bytes |
         raise ValueError("the PFX holds no certificate")
     cert_pem = pfx.cert.certificate.public_bytes(serialization.Encoding.PEM)
     chain = b"".join(c.certificate.public_bytes(serialization.Encoding.PEM) for c in pfx.additional_certs)
-    key_pem = key_to_pem(pfx.key) if isinstance(pfx.key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+    key_pem = (
+        key_to_pem(pfx.key) if isinstance(pfx.key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+    )
     name = pfx.cert.friendly_name.decode() if pfx.cert.friendly_name else None
     return cert_pem, chain, key_pem, name
 
@@ -171,8 +181,9 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
     return x509.load_der_x509_crl(data)
 
 
-def crl_entry(crl: x509.CertificateRevocationList, issuer: x509.Certificate,
-              serial: int) -> tuple[str, datetime] | None:
+def crl_entry(
+    crl: x509.CertificateRevocationList, issuer: x509.Certificate, serial: int
+) -> tuple[str, datetime] | None:
     """(reason name, revocation time) when ``crl`` lists ``serial``, else None. ValueError when the CRL was
     not signed by ``issuer`` (or names another issuer): an unverified CRL never counts."""
     if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
@@ -196,8 +207,12 @@ def crl_urls(cert: x509.Certificate) -> list[str]:
         points = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
     except x509.ExtensionNotFound:
         return []
-    return [name.value for point in points for name in (point.full_name or ())
-            if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(("http://", "https://"))]
+    return [
+        name.value
+        for point in points
+        for name in (point.full_name or ())
+        if isinstance(name, x509.UniformResourceIdentifier) and name.value.startswith(("http://", "https://"))
+    ]
 
 
 def issuer_of_cert(cert: x509.Certificate, chain_pem: bytes) -> x509.Certificate | None:

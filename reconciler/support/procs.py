@@ -14,19 +14,24 @@ class CommandError(Exception):
     """The command could not start, timed out, or exited non-zero; the message says which, with its output's tail."""
 
 
-def run(argv: Sequence[str], env: Mapping[str, str], timeout: float, what: str, shown: str | None = None) -> str:
+def run(
+    argv: Sequence[str], env: Mapping[str, str], timeout: float, what: str, shown: str | None = None
+) -> str:
     """Run ``argv`` (``run_command``); its standard output, or CommandError naming it as ``shown``."""
     shown = shown if shown is not None else shlex.join(argv)
     try:
         result = run_command(list(argv), dict(env), timeout)
     except subprocess.TimeoutExpired:
-        raise CommandError(f"{what} command timed out after {timeout:g}s and was killed with its child processes: "
-                           f"{shown}") from None
+        raise CommandError(
+            f"{what} command timed out after {timeout:g}s and was killed with its child processes: {shown}"
+        ) from None
     except OSError as exc:
         raise CommandError(f"{what} command could not start: {shown}: {exc.strerror}") from None
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise CommandError(f"{what} command exited {result.returncode}: {shown}" + (f": {' / '.join(tail)}" if tail else ""))
+        raise CommandError(
+            f"{what} command exited {result.returncode}: {shown}" + (f": {' / '.join(tail)}" if tail else "")
+        )
     return result.stdout
 
 
@@ -38,8 +43,16 @@ def run_command(argv: list[str], env: dict[str, str], timeout: float) -> subproc
     """
     posix = os.name == "posix"
     flags = 0 if posix else getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)
-    with subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, start_new_session=posix, creationflags=flags) as proc:
+    with subprocess.Popen(
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=posix,
+        creationflags=flags,
+    ) as proc:
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

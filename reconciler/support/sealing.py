@@ -29,7 +29,9 @@ def parse_key(raw: bytes) -> bytes:
     except (binascii.Error, ValueError):
         key = b""
     if len(key) != 32:
-        raise KeyProblem("the encryption key must be 32 bytes, base64-encoded (make one with: openssl rand -base64 32)")
+        raise KeyProblem(
+            "the encryption key must be 32 bytes, base64-encoded (make one with: openssl rand -base64 32)"
+        )
     return key
 
 
@@ -47,6 +49,6 @@ class Sealer:
         if not sealed.startswith(FORMAT) or len(sealed) < 1 + NONCE + 16:
             raise KeyProblem(f"{context}: not a sealed value")
         try:
-            return self._aead.decrypt(sealed[1:1 + NONCE], sealed[1 + NONCE:], context.encode())
+            return self._aead.decrypt(sealed[1 : 1 + NONCE], sealed[1 + NONCE :], context.encode())
         except InvalidTag:
             raise KeyProblem(f"{context}: cannot be decrypted with this encryption key") from None

@@ -30,8 +30,10 @@ def resolve(ref: SecretRef, environ: dict[str, str] | None = None) -> bytes:
     try:
         data = read_regular(ref.fromFile, MAX_SECRET_BYTES)  # a FIFO or /dev/zero named there must not hang
     except NotRegular as exc:
-        raise SecretError(f"cannot read the secret file {ref.fromFile}: it {'is ' if str(exc).startswith('not') else ''}"
-                          f"{exc}") from None
+        raise SecretError(
+            f"cannot read the secret file {ref.fromFile}: it {'is ' if str(exc).startswith('not') else ''}"
+            f"{exc}"
+        ) from None
     except OSError as exc:
         raise SecretError(f"cannot read the secret file {ref.fromFile}: {exc.strerror}") from None
     return data.rstrip(b"\r\n")

@@ -25,7 +25,9 @@ STR, INT, FLOAT, BOOL, NULL = (f"tag:yaml.org,2002:{t}" for t in ("str", "int", 
 MAP, SEQ, MERGE = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:merge"
 
 _INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
-_FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
 MAX_DEPTH = 64  # collections inside collections; desired-state documents use fewer than 10
 MAX_ALIAS_NODES = 100_000  # nodes a document may hold once its aliases are expanded
 # Text that cannot nest deeper than MAX_DEPTH and has no anchors needs no scan (the common case, kept fast):
@@ -99,15 +101,19 @@ def check_bounds(text: str) -> None:
     """
     parser = CParser(text)
     try:
-        open_: list[tuple[str | None, int]] = []  # per open collection: its anchor, nodes so far (aliases expanded)
+        open_: list[
+            tuple[str | None, int]
+        ] = []  # per open collection: its anchor, nodes so far (aliases expanded)
         anchors: dict[str, int] = {}  # anchor -> nodes it expands to
         total = 0
         while parser.check_event():
             event = parser.get_event()
             if isinstance(event, CollectionStartEvent):
                 if len(open_) >= MAX_DEPTH:
-                    raise ConstructorError(problem=f"nesting deeper than {MAX_DEPTH} levels is not allowed",
-                                           problem_mark=event.start_mark)
+                    raise ConstructorError(
+                        problem=f"nesting deeper than {MAX_DEPTH} levels is not allowed",
+                        problem_mark=event.start_mark,
+                    )
                 open_.append((event.anchor, 1))
                 continue
             if isinstance(event, CollectionEndEvent):
@@ -127,8 +133,10 @@ def check_bounds(text: str) -> None:
             else:
                 total += size
             if total + sum(n for _, n in open_) > MAX_ALIAS_NODES:
-                raise ConstructorError(problem=f"aliases expand this document to more than {MAX_ALIAS_NODES:,} nodes",
-                                       problem_mark=event.start_mark)
+                raise ConstructorError(
+                    problem=f"aliases expand this document to more than {MAX_ALIAS_NODES:,} nodes",
+                    problem_mark=event.start_mark,
+                )
     finally:
         parser.dispose()
 

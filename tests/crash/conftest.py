@@ -35,7 +35,9 @@ def converged_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("crash-template") / "world"
     make(root)
-    with pytest.MonkeyPatch.context() as env:  # session-scoped: never leave the secret in this worker's environment
+    with (
+        pytest.MonkeyPatch.context() as env
+    ):  # session-scoped: never leave the secret in this worker's environment
         env.setenv("CRASH_PFX_PASSWORD", PFX_PASSWORD)
         assert main(["apply", "-d", str(root / "desired")]) == 0
     return root

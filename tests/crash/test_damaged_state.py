@@ -35,7 +35,9 @@ def test_damaged_line(log: str, kind: str, converged_template, tmp_path, run_cli
     assert code == 0, out + err
     code, out, err = run_cli("apply", "-d", str(root / "desired"))
     assert code == 0, out + err
-    assert f"file={path}" in out + err and "line=" in out + err, "the damaged line is reported with file and line"
+    assert f"file={path}" in out + err and "line=" in out + err, (
+        "the damaged line is reported with file and line"
+    )
     assert versions(root) == before, "a damaged line lost an issued version"
     code, out, err = run_cli("renew", "www", "-d", str(root / "desired"))
     assert code == 0, out + err

@@ -21,8 +21,12 @@ MARGINS = (0, 1024, 4096, 16384, 49152)  # bytes left free: each stops the apply
 def disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "world" / "disk"
     mount.mkdir(parents=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0755", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"mounting tmpfs not permitted: {done.stderr.strip() or done.returncode}")
     try:

@@ -43,11 +43,14 @@ def test_kill_during_first_apply(seed: int, first_apply_steps: int, tmp_path: Pa
     code, out, err = run_cli("apply", "-d", str(root / "desired"))
     assert code == 0, f"recovery apply after a kill at step {at} failed:\n{out}{err}"
     check_invariants(root, run_cli)
-    assert all(len(v) == 1 for v in versions(root).values()), f"issued twice (kill at step {at}): {versions(root)}"
+    assert all(len(v) == 1 for v in versions(root).values()), (
+        f"issued twice (kill at step {at}): {versions(root)}"
+    )
 
 
-def test_kill_during_renewal(seed: int, renewal_steps: int, converged_template: Path, tmp_path: Path,
-                             run_cli) -> None:
+def test_kill_during_renewal(
+    seed: int, renewal_steps: int, converged_template: Path, tmp_path: Path, run_cli
+) -> None:
     root = copy_world(converged_template, tmp_path / "world")
     before = versions(root)
     at = random.Random(f"renew/{seed}").randint(1, renewal_steps)

@@ -92,18 +92,29 @@ def make(root: Path, state: str = "state", pem: str = "pem") -> Path:
     return desired
 
 
-def certctl_killed(root: Path, at: int, *args: str, count_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+def certctl_killed(
+    root: Path, at: int, *args: str, count_file: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run certctl in a child process that kills itself (SIGKILL) at its ``at``-th file-system step."""
     env = {**os.environ, "CRASH_AT": str(at), "CRASH_PFX_PASSWORD": PFX_PASSWORD, "PYTHONPATH": str(REPO)}
     if count_file is not None:
         env["CRASH_COUNT_FILE"] = str(count_file)
-    return subprocess.run([sys.executable, str(KILLER), *args, "-d", str(root / "desired")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    return subprocess.run(
+        [sys.executable, str(KILLER), *args, "-d", str(root / "desired")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def versions(root: Path, state: str = "state") -> dict[str, list[str]]:
-    return {name: [v.info.thumbprint for v in StateDir(root / state).issued_for(name)]
-            for name in ("www", "api", "shop")}
+    return {
+        name: [v.info.thumbprint for v in StateDir(root / state).issued_for(name)]
+        for name in ("www", "api", "shop")
+    }
 
 
 def check_invariants(root: Path, run_cli, state_dir: str = "state", pem: str = "pem") -> None:
@@ -126,7 +137,9 @@ def check_invariants(root: Path, run_cli, state_dir: str = "state", pem: str = "
     host = EmulatedHost("web01", root / "iis")
     for entry in host.observe().httpsys:
         if entry.certhash:
-            assert host.has_cert(entry.certstorename or "My", entry.certhash), f"HTTP.sys {entry.key}: certificate gone"
+            assert host.has_cert(entry.certstorename or "My", entry.certhash), (
+                f"HTTP.sys {entry.key}: certificate gone"
+            )
     served = {e.certhash for e in host.observe().httpsys}
     assert current["www"] in served and current["api"] in served
     assert not (root / "iis" / INTENT_FILE).exists()

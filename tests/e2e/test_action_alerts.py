@@ -23,7 +23,9 @@ def _rows(ws: Workspace, now: datetime) -> list:  # type: ignore[type-arg]
 
 def test_a_failing_deployment_alerts_once_and_then_recovers(ws: Workspace, run_cli) -> None:
     ws.base()
-    ws.certificate("www", ["www.example.com"], extra="  tasks:\n    - files: {path: ../out/www, reload: 'exit 3'}\n")
+    ws.certificate(
+        "www", ["www.example.com"], extra="  tasks:\n    - files: {path: ../out/www, reload: 'exit 3'}\n"
+    )
     settings = Notify(afterFailures=3)
     state: dict = {}  # type: ignore[type-arg]
     now = datetime.now(UTC)
@@ -39,10 +41,14 @@ def test_a_failing_deployment_alerts_once_and_then_recovers(ws: Workspace, run_c
             record_sent(state, channel, notice, now)
         sent.extend(sends)
         now += timedelta(minutes=5)
-    assert [(n.event, n.condition) for _, n in sent] == [("alert", "failing")], "one alert, after the third failure"
+    assert [(n.event, n.condition) for _, n in sent] == [("alert", "failing")], (
+        "one alert, after the third failure"
+    )
     assert "3 consecutive apply(s) failed to install, bind, deploy or verify it" in sent[0][1].message
 
-    ws.certificate("www", ["www.example.com"], extra="  tasks:\n    - files: {path: ../out/www, reload: 'true'}\n")
+    ws.certificate(
+        "www", ["www.example.com"], extra="  tasks:\n    - files: {path: ../out/www, reload: 'true'}\n"
+    )
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     row = _rows(ws, now)[0]
     assert (row.action_failures, row.action_error) == (0, None)

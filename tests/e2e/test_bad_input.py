@@ -57,7 +57,10 @@ def test_wrong_type(ws: Workspace, run_cli) -> None:
 
 
 def test_bad_duration(ws: Workspace, run_cli) -> None:
-    ws.write("base.yaml", "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: local}\nspec:\n  localCA: {validity: 3 months}\n")
+    ws.write(
+        "base.yaml",
+        "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: local}\nspec:\n  localCA: {validity: 3 months}\n",
+    )
     check(ws, run_cli, [r"base\.yaml:5:23: spec\.localCA\.validity: '3 months' is not a duration"])
 
 
@@ -65,12 +68,18 @@ def test_duplicate_names_across_files(ws: Workspace, run_cli) -> None:
     ws.base()
     ws.certificate("web", ["www.example.com"], file="a.yaml")
     ws.certificate("web", ["shop.example.com"], file="b.yaml")
-    check(ws, run_cli, [r"b\.yaml:3:18: metadata\.name: duplicate Certificate name 'web'; it is also defined in .*a\.yaml"])
+    check(
+        ws,
+        run_cli,
+        [r"b\.yaml:3:18: metadata\.name: duplicate Certificate name 'web'; it is also defined in .*a\.yaml"],
+    )
 
 
 def test_missing_issuer_and_store(ws: Workspace, run_cli) -> None:
     ws.base()
-    ws.write("web.yaml", """\
+    ws.write(
+        "web.yaml",
+        """\
         apiVersion: certctl/v1
         kind: Certificate
         metadata: {name: web}
@@ -78,11 +87,16 @@ def test_missing_issuer_and_store(ws: Workspace, run_cli) -> None:
           issuer: letsencrypt
           domains: [www.example.com]
           stores: [pem, iis-store]
-        """)
-    check(ws, run_cli, [
-        r"web\.yaml:5:11: spec\.issuer: Issuer 'letsencrypt' does not exist \(known: local\)",
-        r"web\.yaml:7:\d+: spec\.stores\[1\]: Store 'iis-store' does not exist \(known: pem\)",
-    ])
+        """,
+    )
+    check(
+        ws,
+        run_cli,
+        [
+            r"web\.yaml:5:11: spec\.issuer: Issuer 'letsencrypt' does not exist \(known: local\)",
+            r"web\.yaml:7:\d+: spec\.stores\[1\]: Store 'iis-store' does not exist \(known: pem\)",
+        ],
+    )
 
 
 @pytest.mark.parametrize(
@@ -109,7 +123,15 @@ def test_all_errors_at_once(ws: Workspace, run_cli) -> None:
     ws.base()
     ws.certificate("web", ["www..example.com"], file="a.yaml", extra="  color: blue\n")
     ws.certificate("api", ["-api.example.com"], file="b.yaml")
-    err = check(ws, run_cli, [r"a\.yaml:6:\d+: spec\.domains\[0\]", r"a\.yaml:9:3: spec\.color", r"b\.yaml:6:\d+: spec\.domains\[0\]"])
+    err = check(
+        ws,
+        run_cli,
+        [
+            r"a\.yaml:6:\d+: spec\.domains\[0\]",
+            r"a\.yaml:9:3: spec\.color",
+            r"b\.yaml:6:\d+: spec\.domains\[0\]",
+        ],
+    )
     assert "3 problem(s) found; nothing was changed" in err
 
 
@@ -122,8 +144,11 @@ def test_wildcard_and_a_name_it_covers(ws: Workspace, run_cli) -> None:
 def test_wildcard_without_dns01(ws: Workspace, run_cli) -> None:
     ws.base()
     ws.write("le.yaml", ACME)
-    ws.write("web.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\nspec:\n"
-                         "  issuer: le\n  domains: ['*.example.com', example.com]\n")
+    ws.write(
+        "web.yaml",
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\nspec:\n"
+        "  issuer: le\n  domains: ['*.example.com', example.com]\n",
+    )
     check(ws, run_cli, [r"web\.yaml:6:\d+: spec\.domains\[0\]: Wildcard certificates require DNS validation"])
 
 
@@ -140,10 +165,22 @@ def test_wildcard_without_dns01(ws: Workspace, run_cli) -> None:
 )
 def test_intranet_names_with_acme(ws: Workspace, run_cli, domain: str, message: str) -> None:
     ws.base()
-    ws.write("le.yaml", ACME.replace("- http01: {standalone: {port: 80}}", "- dns01: {rfc2136: {server: 127.0.0.1, zone: example.com}}"))
-    ws.write("web.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\nspec:\n"
-                         f"  issuer: le\n  domains: [www.example.com, {domain}]\n")
-    check(ws, run_cli, [r"web\.yaml:6:\d+: spec\.domains\[1\]: .*" + re.escape(message) + ".*use a localCA issuer"])
+    ws.write(
+        "le.yaml",
+        ACME.replace(
+            "- http01: {standalone: {port: 80}}", "- dns01: {rfc2136: {server: 127.0.0.1, zone: example.com}}"
+        ),
+    )
+    ws.write(
+        "web.yaml",
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\nspec:\n"
+        f"  issuer: le\n  domains: [www.example.com, {domain}]\n",
+    )
+    check(
+        ws,
+        run_cli,
+        [r"web\.yaml:6:\d+: spec\.domains\[1\]: .*" + re.escape(message) + ".*use a localCA issuer"],
+    )
 
 
 def test_intranet_names_are_fine_for_the_local_ca(ws: Workspace, run_cli) -> None:
@@ -156,9 +193,18 @@ def test_intranet_names_are_fine_for_the_local_ca(ws: Workspace, run_cli) -> Non
 
 def test_literal_secret(ws: Workspace, run_cli) -> None:
     ws.base()
-    ws.write("le.yaml", ACME.replace("    solvers:", "    eab:\n      keyId: kid-1\n      hmacKey: c2VjcmV0\n    solvers:"))
-    check(ws, run_cli, [r"le\.yaml:11:16: spec\.acme\.eab\.hmacKey: secrets must not be written in the files; "
-                        r"use \{fromEnv: NAME\} or \{fromFile: PATH\}"])
+    ws.write(
+        "le.yaml",
+        ACME.replace("    solvers:", "    eab:\n      keyId: kid-1\n      hmacKey: c2VjcmV0\n    solvers:"),
+    )
+    check(
+        ws,
+        run_cli,
+        [
+            r"le\.yaml:11:16: spec\.acme\.eab\.hmacKey: secrets must not be written in the files; "
+            r"use \{fromEnv: NAME\} or \{fromFile: PATH\}"
+        ],
+    )
 
 
 def test_missing_directory(ws: Workspace, run_cli) -> None:
@@ -168,8 +214,11 @@ def test_missing_directory(ws: Workspace, run_cli) -> None:
 
 
 def test_exactly_one_of(ws: Workspace, run_cli) -> None:
-    ws.write("s.yaml", "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: s}\nspec:\n"
-                       "  pemDirectory: {path: /x}\n  windows: {host: web01}\n")
+    ws.write(
+        "s.yaml",
+        "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: s}\nspec:\n"
+        "  pemDirectory: {path: /x}\n  windows: {host: web01}\n",
+    )
     check(ws, run_cli, [r"s\.yaml:4:1: spec: give exactly one of pemDirectory or windows"])
 
 
@@ -182,17 +231,33 @@ def test_bad_metadata_name(ws: Workspace, run_cli) -> None:
 def test_lists_of_issuers_are_checked_item_by_item(ws: Workspace, run_cli) -> None:
     ws.base()
     ws.write("le.yaml", ACME)
-    ws.write("web.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\nspec:\n"
-                         "  issuer: [local, zerossl]\n  domains: [intranet.local]\n")
-    ws.write("twice.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: twice}\nspec:\n"
-                           "  issuer: [local, local]\n  domains: [twice.example.com]\n")
-    ws.write("none.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: none}\nspec:\n"
-                          "  issuer: []\n  domains: [none.example.com]\n")
-    ws.write("fallback.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: fallback}\nspec:\n"
-                              "  issuer: [local, le]\n  domains: [SRVAPP01]\n")
-    check(ws, run_cli, [
-        r"web\.yaml:5:\d+: spec\.issuer\[1\]: Issuer 'zerossl' does not exist \(known: le, local\)",
-        r"twice\.yaml:5:\d+: spec\.issuer: .*Issuer local is listed twice",
-        r"none\.yaml:5:\d+: spec\.issuer: .*give at least one Issuer",
-        r"fallback\.yaml:6:\d+: spec\.domains\[0\]: .*issuer le is ACME",  # every Issuer of the list must serve it
-    ])
+    ws.write(
+        "web.yaml",
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\nspec:\n"
+        "  issuer: [local, zerossl]\n  domains: [intranet.local]\n",
+    )
+    ws.write(
+        "twice.yaml",
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: twice}\nspec:\n"
+        "  issuer: [local, local]\n  domains: [twice.example.com]\n",
+    )
+    ws.write(
+        "none.yaml",
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: none}\nspec:\n"
+        "  issuer: []\n  domains: [none.example.com]\n",
+    )
+    ws.write(
+        "fallback.yaml",
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: fallback}\nspec:\n"
+        "  issuer: [local, le]\n  domains: [SRVAPP01]\n",
+    )
+    check(
+        ws,
+        run_cli,
+        [
+            r"web\.yaml:5:\d+: spec\.issuer\[1\]: Issuer 'zerossl' does not exist \(known: le, local\)",
+            r"twice\.yaml:5:\d+: spec\.issuer: .*Issuer local is listed twice",
+            r"none\.yaml:5:\d+: spec\.issuer: .*give at least one Issuer",
+            r"fallback\.yaml:6:\d+: spec\.domains\[0\]: .*issuer le is ACME",  # every Issuer of the list must serve it
+        ],
+    )

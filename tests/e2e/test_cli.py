@@ -18,11 +18,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def three(ws: Workspace, reload: str = "true") -> None:
     ws.base()
-    ws.certificate("www", ["www.example.com", "example.com"],
-                   extra=f"  tasks:\n    - files: {{path: ../out/www, reload: '{reload}'}}\n")
+    ws.certificate(
+        "www",
+        ["www.example.com", "example.com"],
+        extra=f"  tasks:\n    - files: {{path: ../out/www, reload: '{reload}'}}\n",
+    )
     ws.certificate("api", ["api.example.com"], algorithm="ecdsa-p384")
-    ws.certificate("legacy", ["legacy.example.net"], algorithm="rsa-3072",
-                   extra="  renewal: {beforeExpiry: 30d}\n")
+    ws.certificate(
+        "legacy", ["legacy.example.net"], algorithm="rsa-3072", extra="  renewal: {beforeExpiry: 30d}\n"
+    )
 
 
 def test_apply_converges_and_second_plan_is_empty(ws: Workspace, run_cli) -> None:
@@ -36,7 +40,9 @@ def test_apply_converges_and_second_plan_is_empty(ws: Workspace, run_cli) -> Non
     for name, alg in (("www", "ecdsa-p256"), ("api", "ecdsa-p384"), ("legacy", "rsa-3072")):
         folder = ws.pem / name
         assert StateDir(ws.state).issued_for(name)[-1].info.key_algorithm == alg
-        assert (folder / "fullchain.pem").read_bytes() == (folder / "cert.pem").read_bytes() + (folder / "chain.pem").read_bytes()
+        assert (folder / "fullchain.pem").read_bytes() == (folder / "cert.pem").read_bytes() + (
+            folder / "chain.pem"
+        ).read_bytes()
         assert oct((folder / "current" / "privkey.pem").stat().st_mode & 0o777) == "0o600"
     assert (ws.root / "out/www/privkey.pem").stat().st_mode & 0o777 == 0o600
     key_files = [p for p in ws.state.rglob("*.key")] + [p for p in ws.state.rglob("key.pem")]
@@ -50,13 +56,26 @@ def test_plan_json_follows_the_contract(ws: Workspace, run_cli) -> None:
     plan = json.loads(out)
     assert plan["format_version"] == 1
     assert plan["changes"] is True
-    assert plan["summary"] == {"issue": 3, "renew": 0, "reissue": 0, "install": 3, "bind": 0, "rebind": 0,
-                               "deploy": 1, "cleanup": 0, "unbind": 0}
+    assert plan["summary"] == {
+        "issue": 3,
+        "renew": 0,
+        "reissue": 0,
+        "install": 3,
+        "bind": 0,
+        "rebind": 0,
+        "deploy": 1,
+        "cleanup": 0,
+        "unbind": 0,
+    }
     issue = next(a for a in plan["actions"] if a["id"] == "issue/www")
     assert issue["kind"] == "issue" and issue["reason"] == "no certificate yet" and issue["depends_on"] == []
     install = next(a for a in plan["actions"] if a["id"] == "install/www/store/pem")
     assert install["depends_on"] == ["issue/www"]
-    assert {c["name"]: c["state"] for c in plan["certificates"]} == {"api": "missing", "legacy": "missing", "www": "missing"}
+    assert {c["name"]: c["state"] for c in plan["certificates"]} == {
+        "api": "missing",
+        "legacy": "missing",
+        "www": "missing",
+    }
     assert ws.files_written() == [], "plan must change nothing"
 
 
@@ -115,7 +134,9 @@ def test_a_failing_task_fails_only_itself(ws: Workspace, run_cli) -> None:
 def test_a_failing_issuance_skips_its_dependents_and_backs_off(ws: Workspace, run_cli) -> None:
     three(ws)
     # make the local CA unusable for one certificate: its key algorithm cannot be reused from a foreign key file
-    ws.write("bad.yaml", """\
+    ws.write(
+        "bad.yaml",
+        """\
         apiVersion: certctl/v1
         kind: Issuer
         metadata: {name: broken}
@@ -129,7 +150,8 @@ def test_a_failing_issuance_skips_its_dependents_and_backs_off(ws: Workspace, ru
           issuer: broken
           domains: [bad.example.com]
           stores: [pem]
-        """)
+        """,
+    )
     (ws.state / "localca" / "broken").mkdir(parents=True)
     (ws.state / "localca" / "broken" / "ca.pem").write_text("not a certificate")
     (ws.state / "localca" / "broken" / "ca.key").write_text("not a key")
@@ -200,12 +222,24 @@ def test_a_second_apply_waits_then_gives_up_clearly(ws: Workspace, run_cli) -> N
 def test_python_dash_m_and_console_script(ws: Workspace) -> None:
     three(ws)
     env = {**os.environ, "CERTCTL_DIR": str(ws.desired)}
-    result = subprocess.run([sys.executable, "-m", "reconciler", "validate"], capture_output=True, text=True, env=env,
-                            check=False, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "validate"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stderr
     assert "Valid: 3 certificate(s)" in result.stdout
-    result = subprocess.run([sys.executable, "-m", "reconciler", "plan", "--log-format", "json", "--json"],
-                            capture_output=True, text=True, env=env, check=False, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "reconciler", "plan", "--log-format", "json", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd=ROOT,
+    )
     assert json.loads(result.stdout)["summary"]["issue"] == 3
 
 
@@ -218,7 +252,9 @@ def test_the_desired_state_cache_notices_every_edit(ws: Workspace, run_cli) -> N
     assert code == 1 and "bad..name" in err and "api.yaml" in err
     ws.certificate("api", ["api2.example.com"], algorithm="ecdsa-p384")
     _, out, _ = run_cli("plan", "-d", str(ws.desired), "--json")
-    assert next(a for a in json.loads(out)["actions"] if a["id"] == "issue/api")["detail"]["domains"] == ["api2.example.com"]
+    assert next(a for a in json.loads(out)["actions"] if a["id"] == "issue/api")["detail"]["domains"] == [
+        "api2.example.com"
+    ]
     path.unlink()
     _, out, _ = run_cli("plan", "-d", str(ws.desired), "--json")
     assert "issue/api" not in {a["id"] for a in json.loads(out)["actions"]}
@@ -227,12 +263,17 @@ def test_the_desired_state_cache_notices_every_edit(ws: Workspace, run_cli) -> N
 def test_key_reuse_keeps_the_key_across_renewals(ws: Workspace, run_cli) -> None:
     ws.base()
     ws.certificate("pinned", ["pinned.example.com"], extra="  tasks: []\n")
-    (ws.desired / "pinned.yaml").write_text((ws.desired / "pinned.yaml").read_text().replace(
-        "key: {algorithm: ecdsa-p256}", "key: {algorithm: ecdsa-p256, reuse: true}"))
+    (ws.desired / "pinned.yaml").write_text(
+        (ws.desired / "pinned.yaml")
+        .read_text()
+        .replace("key: {algorithm: ecdsa-p256}", "key: {algorithm: ecdsa-p256, reuse: true}")
+    )
     ws.certificate("fresh", ["fresh.example.com"])
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     state = StateDir(ws.state)
-    keys = {n: state.material(n, state.issued_for(n)[-1].info.thumbprint).key_pem for n in ("pinned", "fresh")}
+    keys = {
+        n: state.material(n, state.issued_for(n)[-1].info.thumbprint).key_pem for n in ("pinned", "fresh")
+    }
     assert run_cli("renew", "pinned", "-d", str(ws.desired))[0] == 0
     assert run_cli("renew", "fresh", "-d", str(ws.desired))[0] == 0
     for name, same in (("pinned", True), ("fresh", False)):
@@ -247,8 +288,13 @@ def _apply_on_a_terminal(ws: Workspace, *extra: str) -> str:
 
     controller, terminal = pty.openpty()
     env = {**os.environ, "CERTCTL_DIR": str(ws.desired)}
-    process = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", *extra], stdout=terminal,
-                               stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", *extra],
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        cwd=ROOT,
+    )
     os.close(terminal)
     chunks = []
     while True:

@@ -24,16 +24,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_status_name_and_describe_show_everything_about_one_certificate(ws: Workspace, run_cli) -> None:
     ws.base()
-    ws.certificate("www", ["www.example.com", "example.com"], extra="  tasks:\n    - files: {path: ../out/www}\n")
+    ws.certificate(
+        "www", ["www.example.com", "example.com"], extra="  tasks:\n    - files: {path: ../out/www}\n"
+    )
     ws.certificate("api", ["api.example.com"])
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     code, out, _ = run_cli("status", "www", "-d", str(ws.desired))
     assert code == 0
     thumbprint = StateDir(ws.state).issued_for("www")[-1].info.thumbprint
-    for expected in ("certificate www", "state          ready", "domains        www.example.com, example.com",
-                     "issuer         local (localCA)", "key            ecdsa-p256", "renewal        75% of lifetime",
-                     f"thumbprint     {thumbprint}", "days left      90", f"pem: {ws.root / 'pem'}/www: current",
-                     f"[0] files {ws.root / 'out' / 'www'}: holds {thumbprint[:8]}; last run 20"):
+    for expected in (
+        "certificate www",
+        "state          ready",
+        "domains        www.example.com, example.com",
+        "issuer         local (localCA)",
+        "key            ecdsa-p256",
+        "renewal        75% of lifetime",
+        f"thumbprint     {thumbprint}",
+        "days left      90",
+        f"pem: {ws.root / 'pem'}/www: current",
+        f"[0] files {ws.root / 'out' / 'www'}: holds {thumbprint[:8]}; last run 20",
+    ):
         assert expected in out, (expected, out)
     assert "api" not in out
     code, described, _ = run_cli("describe", "www", "-d", str(ws.desired))
@@ -81,8 +91,11 @@ def test_status_check_follows_the_nagios_convention(ws: Workspace, run_cli) -> N
     lines = out.splitlines()
     assert code == 2 and lines[0] == "CERTCTL CRITICAL - 1 critical", out
     assert lines[1].startswith("CRITICAL: bad: no certificate, issuance failing (1 failure(s))")
-    ws.write("settings.yaml", "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: s}\n"
-             "spec: {stateDir: ../state, notify: {expiryWarning: 100d}}\n")
+    ws.write(
+        "settings.yaml",
+        "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: s}\n"
+        "spec: {stateDir: ../state, notify: {expiryWarning: 100d}}\n",
+    )
     base = (ws.desired / "base.yaml").read_text()
     ws.write("base.yaml", base.split("---", 1)[1])  # one Settings only
     code, out, _ = run_cli("status", "--check", "-d", str(ws.desired))
@@ -93,8 +106,13 @@ def test_status_check_follows_the_nagios_convention(ws: Workspace, run_cli) -> N
 
 
 def _git(folder: Path, *args: str) -> None:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@example.com",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@example.com",
+    }
     subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, env=env)
 
 
@@ -164,9 +182,12 @@ def _all_actions() -> list[tuple[str, argparse.Action]]:
 
 
 def test_every_argument_has_help_with_an_example() -> None:
-    missing = [f"{cmd} {a.option_strings or a.dest}" for cmd, a in _all_actions()
-               if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
-               and "(e.g. " not in (a.help or "")]
+    missing = [
+        f"{cmd} {a.option_strings or a.dest}"
+        for cmd, a in _all_actions()
+        if not isinstance(a, argparse._HelpAction | argparse._SubParsersAction)
+        and "(e.g. " not in (a.help or "")
+    ]
     assert not missing, missing
 
 
@@ -178,10 +199,13 @@ def test_bash_completion_completes_commands_options_and_choices(run_cli) -> None
 
     def complete(*words: str) -> list[str]:
         line = " ".join(f"'{w}'" for w in words)
-        probe = (f"{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _certctl; "
-                 'printf "%s\\n" "${COMPREPLY[@]}"')
-        result = subprocess.run(["bash", "--noprofile", "--norc", "-c", probe], capture_output=True, text=True,
-                                check=True)
+        probe = (
+            f"{script}\nCOMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _certctl; "
+            'printf "%s\\n" "${COMPREPLY[@]}"'
+        )
+        result = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-c", probe], capture_output=True, text=True, check=True
+        )
         return result.stdout.split()
 
     assert {"plan", "apply", "status", "describe", "init", "completion"} <= set(complete("certctl", ""))
@@ -195,7 +219,18 @@ def test_bash_completion_completes_commands_options_and_choices(run_cli) -> None
 def test_zsh_and_powershell_completion_name_every_command(run_cli, shell: str) -> None:
     code, script, _ = run_cli("completion", shell)
     assert code == 0
-    for command in ("validate", "plan", "apply", "status", "describe", "renew", "daemon", "schema", "import", "init"):
+    for command in (
+        "validate",
+        "plan",
+        "apply",
+        "status",
+        "describe",
+        "renew",
+        "daemon",
+        "schema",
+        "import",
+        "init",
+    ):
         assert f"{command}" in script
     assert ("Register-ArgumentCompleter" in script) == (shell == "powershell")
     assert ("bashcompinit" in script) == (shell == "zsh")
@@ -204,14 +239,20 @@ def test_zsh_and_powershell_completion_name_every_command(run_cli, shell: str) -
 def test_secrets_the_plan_needs_are_checked_before_anything(ws: Workspace, run_cli, monkeypatch) -> None:
     monkeypatch.delenv("CERTCTL_TEST_PFX_PASSWORD", raising=False)
     ws.base()
-    path = ws.certificate("www", ["www.example.com"],
-                          extra="  tasks:\n    - pfx:\n        path: ../out/www.pfx\n"
-                                "        password: {fromEnv: CERTCTL_TEST_PFX_PASSWORD}\n")
+    path = ws.certificate(
+        "www",
+        ["www.example.com"],
+        extra="  tasks:\n    - pfx:\n        path: ../out/www.pfx\n"
+        "        password: {fromEnv: CERTCTL_TEST_PFX_PASSWORD}\n",
+    )
     line = next(i for i, text in enumerate(path.read_text().splitlines(), 1) if "fromEnv" in text)
     code, out, err = run_cli("plan", "-d", str(ws.desired))
     assert code == 1 and "deploy" in out
-    assert (f"{path}:{line}:" in err and "spec.tasks[0].pfx.password.fromEnv: the environment variable "
-            "CERTCTL_TEST_PFX_PASSWORD is not set; deploy/www/task/0-pfx needs it") in err, err
+    assert (
+        f"{path}:{line}:" in err
+        and "spec.tasks[0].pfx.password.fromEnv: the environment variable "
+        "CERTCTL_TEST_PFX_PASSWORD is not set; deploy/www/task/0-pfx needs it"
+    ) in err, err
     code, _, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 1 and "CERTCTL_TEST_PFX_PASSWORD is not set" in err and "nothing was changed" in err
     assert not ws.pem.exists() and not (ws.state / "vault").exists(), "apply must not start"
@@ -223,7 +264,9 @@ def test_secrets_the_plan_needs_are_checked_before_anything(ws: Workspace, run_c
 def test_an_acme_account_secret_is_checked_for_an_issuance(ws: Workspace, run_cli, monkeypatch) -> None:
     monkeypatch.delenv("CERTCTL_TEST_EAB", raising=False)
     ws.base()
-    issuer = ws.write("acme.yaml", """\
+    issuer = ws.write(
+        "acme.yaml",
+        """\
         apiVersion: certctl/v1
         kind: Issuer
         metadata: {name: ca}
@@ -233,11 +276,20 @@ def test_an_acme_account_secret_is_checked_for_an_issuance(ws: Workspace, run_cl
             agreeToS: true
             eab: {keyId: kid-1, hmacKey: {fromEnv: CERTCTL_TEST_EAB}}
             solvers: [{http01: {standalone: {port: 8080}}}]
-        """)
-    ws.write("www.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: www}\n"
-             "spec: {issuer: ca, domains: [www.example.com], stores: [pem]}\n")
+        """,
+    )
+    ws.write(
+        "www.yaml",
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: www}\n"
+        "spec: {issuer: ca, domains: [www.example.com], stores: [pem]}\n",
+    )
     code, _, err = run_cli("plan", "-d", str(ws.desired))
-    assert code == 1 and f"{issuer}:8:" in err and "spec.acme.eab.hmacKey.fromEnv" in err and "issue/www needs it" in err
+    assert (
+        code == 1
+        and f"{issuer}:8:" in err
+        and "spec.acme.eab.hmacKey.fromEnv" in err
+        and "issue/www needs it" in err
+    )
 
 
 def test_init_writes_a_starter_that_plan_accepts(tmp_path: Path, run_cli) -> None:
@@ -251,11 +303,16 @@ def test_init_writes_a_starter_that_plan_accepts(tmp_path: Path, run_cli) -> Non
         first = text.splitlines()[0]
         assert first.startswith("# yaml-language-server: $schema=.schemas/"), path
         assert (folder / first.split("=", 1)[1]).is_file(), path
-        assert sum(1 for line in text.splitlines() if line.lstrip().startswith("#")) >= 3, f"{path} is not commented"
+        assert sum(1 for line in text.splitlines() if line.lstrip().startswith("#")) >= 3, (
+            f"{path} is not commented"
+        )
     assert run_cli("validate", "-d", str(folder))[0] == 0
     code, out, _ = run_cli("plan", "-d", str(folder), "--json")
     plan = json.loads(out)
-    assert code == 0 and [a["id"] for a in plan["actions"]] == ["issue/www-example-com", "install/www-example-com/store/pem"]
+    assert code == 0 and [a["id"] for a in plan["actions"]] == [
+        "issue/www-example-com",
+        "install/www-example-com/store/pem",
+    ]
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     code, _, err = run_cli("init", str(folder))
     assert code == 1 and "already holds a desired state" in err
@@ -263,8 +320,24 @@ def test_init_writes_a_starter_that_plan_accepts(tmp_path: Path, run_cli) -> Non
 
 
 def test_help_runs_for_every_command() -> None:
-    for command in ("validate", "plan", "apply", "status", "describe", "renew", "daemon", "schema", "import", "init",
-                    "completion"):
-        result = subprocess.run([sys.executable, "-m", "reconciler", command, "--help"], capture_output=True,
-                                text=True, check=False, cwd=ROOT)
+    for command in (
+        "validate",
+        "plan",
+        "apply",
+        "status",
+        "describe",
+        "renew",
+        "daemon",
+        "schema",
+        "import",
+        "init",
+        "completion",
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "reconciler", command, "--help"],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
         assert result.returncode == 0 and "e.g." in result.stdout, (command, result.stderr)

@@ -47,19 +47,28 @@ def test_a_timed_out_command_is_killed_with_its_children(tmp_path: Path) -> None
 
 def test_a_command_that_finishes_takes_its_leftovers_with_it(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
-    result = run_command(["/bin/sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; echo done"],
-                         dict(os.environ), 30.0)
+    result = run_command(
+        ["/bin/sh", "-c", f"sleep 300 >/dev/null 2>&1 & echo $! > {pidfile}; echo done"],
+        dict(os.environ),
+        30.0,
+    )
     assert result.returncode == 0 and result.stdout == "done\n"
     assert _ends(int(pidfile.read_text()))
 
 
-@pytest.mark.parametrize(("task", "message"), [
-    ("    - files:\n        path: ../out\n        reload: '{command}'\n        reloadTimeout: 1s\n",
-     "reload command timed out after 1s and was killed with its child processes"),
-    ("    - script: {{command: '{command}', timeout: 1s}}\n", "script command timed out after 1s"),
-])
-def test_a_timed_out_reload_or_script_leaves_no_process_behind(ws: Workspace, run_cli, tmp_path: Path,
-                                                               task: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        (
+            "    - files:\n        path: ../out\n        reload: '{command}'\n        reloadTimeout: 1s\n",
+            "reload command timed out after 1s and was killed with its child processes",
+        ),
+        ("    - script: {{command: '{command}', timeout: 1s}}\n", "script command timed out after 1s"),
+    ],
+)
+def test_a_timed_out_reload_or_script_leaves_no_process_behind(
+    ws: Workspace, run_cli, tmp_path: Path, task: str, message: str
+) -> None:
     """reloadTimeout comes from the spec; the child is detached from the pipes, so only a group kill ends it."""
     pidfile = tmp_path / "child.pid"
     ws.base()

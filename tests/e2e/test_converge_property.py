@@ -15,12 +15,14 @@ from reconciler.state.statedir import StateDir
 from tests.conftest import BASE
 
 label = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)
-cert = st.fixed_dictionaries({
-    "domains": st.lists(label, min_size=1, max_size=3, unique=True),
-    "algorithm": st.sampled_from(["ecdsa-p256", "ecdsa-p384"]),
-    "files": st.booleans(),
-    "reuse": st.booleans(),
-})
+cert = st.fixed_dictionaries(
+    {
+        "domains": st.lists(label, min_size=1, max_size=3, unique=True),
+        "algorithm": st.sampled_from(["ecdsa-p256", "ecdsa-p384"]),
+        "files": st.booleans(),
+        "reuse": st.booleans(),
+    }
+)
 
 
 def write(root: Path, certs: list[dict[str, object]]) -> None:
@@ -29,9 +31,11 @@ def write(root: Path, certs: list[dict[str, object]]) -> None:
     docs = []
     for i, c in enumerate(certs):
         domains = ", ".join(f"{d}.example.com" for d in c["domains"])  # type: ignore[attr-defined]
-        body = (f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: c{i}}}\nspec:\n  issuer: local\n"
-                f"  domains: [{domains}]\n  key: {{algorithm: {c['algorithm']}, reuse: {str(c['reuse']).lower()}}}\n"
-                "  stores: [pem]\n")
+        body = (
+            f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: c{i}}}\nspec:\n  issuer: local\n"
+            f"  domains: [{domains}]\n  key: {{algorithm: {c['algorithm']}, reuse: {str(c['reuse']).lower()}}}\n"
+            "  stores: [pem]\n"
+        )
         if c["files"]:
             body += f"  tasks:\n    - files: {{path: ../out/c{i}}}\n"
         docs.append(body)
@@ -61,7 +65,11 @@ def test_apply_then_plan_is_empty_even_after_the_specs_change(capsys, first, sec
         for i, c in enumerate(second):
             name = f"c{i}"
             assert after[name].info.sans == tuple(f"{d}.example.com" for d in c["domains"])  # type: ignore[attr-defined]
-            unchanged = i < len(first) and first[i]["domains"] == c["domains"] and first[i]["algorithm"] == c["algorithm"]
+            unchanged = (
+                i < len(first)
+                and first[i]["domains"] == c["domains"]
+                and first[i]["algorithm"] == c["algorithm"]
+            )
             assert (after[name] == before.get(name)) is unchanged, "only changed specs are reissued"
     finally:
         shutil.rmtree(root)

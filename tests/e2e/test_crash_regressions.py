@@ -54,8 +54,13 @@ def test_a_deleted_store_file_is_seen_and_repaired_with_one_install(ws: Workspac
     assert code == 2
     actions = plan_json(ws, run_cli)["actions"]
     assert [(a["id"], a["reason"]) for a in actions] == [
-        ("install/www/store/pem", "store pem serves " + StateDir(ws.state).issued_for("www")[-1].info.thumbprint[:8]
-         + ", but privkey.pem is missing")]
+        (
+            "install/www/store/pem",
+            "store pem serves "
+            + StateDir(ws.state).issued_for("www")[-1].info.thumbprint[:8]
+            + ", but privkey.pem is missing",
+        )
+    ]
     repaired(ws, run_cli, ws.pem / "www")
 
 
@@ -99,7 +104,9 @@ def test_files_task_switches_what_a_consumer_reads_in_one_link(ws: Workspace, ru
     assert second != first and os.readlink(out / ".certctl-current") == f".certctl-versions/{second}"
     run_cli("renew", "www", "-d", str(ws.desired))
     third = consumer_thumbprint(out)
-    assert sorted(os.listdir(out / ".certctl-versions")) == sorted([second, third]), "the previous one is kept"
+    assert sorted(os.listdir(out / ".certctl-versions")) == sorted([second, third]), (
+        "the previous one is kept"
+    )
     converged(ws, run_cli)
 
 
@@ -188,7 +195,9 @@ def test_an_index_line_lost_or_torn_never_forgets_an_issued_version(ws: Workspac
     assert [v.info.thumbprint for v in after] == [v.info.thumbprint for v in versions], "nothing rolled back"
     index.write_bytes(b"")  # every line lost
     applied(ws, run_cli)
-    assert [v.info.thumbprint for v in StateDir(ws.state).issued_for("www")] == [v.info.thumbprint for v in versions]
+    assert [v.info.thumbprint for v in StateDir(ws.state).issued_for("www")] == [
+        v.info.thumbprint for v in versions
+    ]
     assert len(os.listdir(ws.state / "vault" / "www")) == 2, "nothing issued again"
     converged(ws, run_cli)
 
@@ -199,9 +208,22 @@ def test_an_index_line_lost_or_torn_never_forgets_an_issued_version(ws: Workspac
 def test_damaged_lines_of_every_kind_are_skipped_with_file_and_line(ws: Workspace, run_cli) -> None:
     one(ws)
     applied(ws, run_cli)
-    damage = [b"[]", b"\xff\xfe not utf-8 \x80", b"garbage", b'{"k": 1, "v": 2}', b'{"k": "www", "v": []}',
-              b'"a string"', b"{\"k\": \"www\"}"]
-    for name in ("journal.jsonl", "attempts.jsonl", "deployments.jsonl", "bindings.jsonl", "vault/index.jsonl"):
+    damage = [
+        b"[]",
+        b"\xff\xfe not utf-8 \x80",
+        b"garbage",
+        b'{"k": 1, "v": 2}',
+        b'{"k": "www", "v": []}',
+        b'"a string"',
+        b'{"k": "www"}',
+    ]
+    for name in (
+        "journal.jsonl",
+        "attempts.jsonl",
+        "deployments.jsonl",
+        "bindings.jsonl",
+        "vault/index.jsonl",
+    ):
         with open(ws.state / name, "ab") as fh:
             fh.write(b"\n".join(damage) + b"\n")
     code, out, err = run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")

@@ -49,8 +49,13 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.05,
-             context: Callable[[], str] | None = None) -> T:
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    interval: float = 0.05,
+    context: Callable[[], str] | None = None,
+) -> T:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -60,8 +65,10 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
         if value:
             return value
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                                 + (f"\n--- daemon log (tail) ---\n{context()}" if context else ""))
+            raise AssertionError(
+                f"timed out after {timeout:g}s waiting for {what}"
+                + (f"\n--- daemon log (tail) ---\n{context()}" if context else "")
+            )
         time.sleep(interval)
 
 
@@ -75,7 +82,9 @@ class Site:
         self.pem = root / "pem"
         self.desired.mkdir(parents=True)
         self.validity = validity
-        self.write("base.yaml", f"""\
+        self.write(
+            "base.yaml",
+            f"""\
             apiVersion: certctl/v1
             kind: Issuer
             metadata: {{name: local}}
@@ -87,10 +96,14 @@ class Site:
             metadata: {{name: pem}}
             spec:
               pemDirectory: {{path: ../pem}}
-            """)
+            """,
+        )
         if settings:
-            self.write("settings.yaml", "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: settings}\nspec:\n"
-                       + textwrap.indent(textwrap.dedent(settings), "  "))
+            self.write(
+                "settings.yaml",
+                "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: settings}\nspec:\n"
+                + textwrap.indent(textwrap.dedent(settings), "  "),
+            )
 
     def write(self, name: str, text: str) -> Path:
         path = self.desired / name
@@ -101,7 +114,9 @@ class Site:
 
     def certificate(self, name: str, domains: list[str], extra: str = "", issuer: str = "local") -> Path:
         """A Certificate spec; ``extra`` holds more ``spec`` fields (any indentation)."""
-        return self.write(f"{name}.yaml", textwrap.dedent(f"""\
+        return self.write(
+            f"{name}.yaml",
+            textwrap.dedent(f"""\
             apiVersion: certctl/v1
             kind: Certificate
             metadata: {{name: {name}}}
@@ -109,7 +124,9 @@ class Site:
               issuer: {issuer}
               domains: [{", ".join(domains)}]
               stores: [pem]
-            """) + textwrap.indent(textwrap.dedent(extra), "  "))
+            """)
+            + textwrap.indent(textwrap.dedent(extra), "  "),
+        )
 
     def live(self, name: str) -> CertInfo | None:
         path = self.pem / name / "cert.pem"
@@ -119,13 +136,32 @@ class Site:
         folder = self.pem / name / "versions"
         if not folder.is_dir():
             return []
-        infos = [pki.info_from_pem((v / "cert.pem").read_bytes()) for v in folder.iterdir() if not v.name.startswith(".")]
+        infos = [
+            pki.info_from_pem((v / "cert.pem").read_bytes())
+            for v in folder.iterdir()
+            if not v.name.startswith(".")
+        ]
         return sorted(infos, key=lambda i: i.not_before)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "reconciler", *args, "-d", str(self.desired),
-                               "--state-dir", str(self.state)], capture_output=True, text=True, env=env(),
-                              timeout=timeout, cwd=self.root, check=False)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                *args,
+                "-d",
+                str(self.desired),
+                "--state-dir",
+                str(self.state),
+            ],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=timeout,
+            cwd=self.root,
+            check=False,
+        )
 
     def leftovers(self) -> list[str]:
         """Temporary files or folders of interrupted writes, anywhere below the site."""
@@ -138,16 +174,38 @@ class Site:
 
 
 class Daemon:
-    def __init__(self, site: Site, *, port: int | None = None, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        site: Site,
+        *,
+        port: int | None = None,
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.site = site
         self.port = port or free_port()
         self.log_path = site.root / f"daemon-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "daemon", "-d", str(site.desired), "--state-dir", str(site.state),
-             "--metrics-address", f"127.0.0.1:{self.port}", "--log-format", "json", *args],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env(extra_env), cwd=site.root,
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "daemon",
+                "-d",
+                str(site.desired),
+                "--state-dir",
+                str(site.state),
+                "--metrics-address",
+                f"127.0.0.1:{self.port}",
+                "--log-format",
+                "json",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env(extra_env),
+            cwd=site.root,
         )
 
     # logs
@@ -198,18 +256,26 @@ class Daemon:
     def wait(self, what: str, probe: Callable[[], T | None], timeout: float = 15) -> T:
         def checked() -> T | None:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the daemon exited ({self.proc.returncode}) while waiting for {what}:\n{self.tail()}")
+                raise AssertionError(
+                    f"the daemon exited ({self.proc.returncode}) while waiting for {what}:\n{self.tail()}"
+                )
             return probe()
 
         return wait_for(what, checked, timeout, context=self.tail)
 
     def wait_healthy(self, timeout: float = 15) -> dict[str, Any]:
-        return self.wait("/healthz 200", lambda: self.json("/healthz")[1] if self.get("/healthz")[0] == 200 else None,
-                         timeout)
+        return self.wait(
+            "/healthz 200",
+            lambda: self.json("/healthz")[1] if self.get("/healthz")[0] == 200 else None,
+            timeout,
+        )
 
     def wait_pass(self, after: int, timeout: float = 10) -> None:
-        self.wait(f"a reconcile pass after #{after}",
-                  lambda: self.passes() > after and self.status()["daemon"]["last_reconcile"].get("at"), timeout)
+        self.wait(
+            f"a reconcile pass after #{after}",
+            lambda: self.passes() > after and self.status()["daemon"]["last_reconcile"].get("at"),
+            timeout,
+        )
 
     def hup(self) -> None:
         before = self.passes()
@@ -257,28 +323,43 @@ def test_edits_are_applied_and_a_broken_edit_changes_nothing(tmp_path: Path) -> 
 
         # a changed spec is applied (domains added: reissue)
         site.certificate("alpha", ["alpha.example.test", "www.alpha.example.test"])
-        alpha = daemon.wait("alpha reissued with two names",
-                            lambda: (i := site.live("alpha")) and len(i.sans) == 2 and i)
+        alpha = daemon.wait(
+            "alpha reissued with two names", lambda: (i := site.live("alpha")) and len(i.sans) == 2 and i
+        )
         assert alpha.thumbprint != first.thumbprint
 
         # /status says what `certctl status --json` says
-        daemon.wait("status ready", lambda: all(c["state"] == "ready" for c in daemon.status()["certificates"]))
+        daemon.wait(
+            "status ready", lambda: all(c["state"] == "ready" for c in daemon.status()["certificates"])
+        )
         cli = site.cli("status", "--json")
         assert cli.returncode == 0, cli.stderr
-        from_cli = {c["name"]: (c["state"], c["thumbprint"], c["not_after"], c["renew_at"])
-                    for c in json.loads(cli.stdout)["certificates"]}
+        from_cli = {
+            c["name"]: (c["state"], c["thumbprint"], c["not_after"], c["renew_at"])
+            for c in json.loads(cli.stdout)["certificates"]
+        }
         status = daemon.status()
-        assert {c["name"]: (c["state"], c["thumbprint"], c["not_after"], c["renew_at"])
-                for c in status["certificates"]} == from_cli
+        assert {
+            c["name"]: (c["state"], c["thumbprint"], c["not_after"], c["renew_at"])
+            for c in status["certificates"]
+        } == from_cli
         assert set(json.loads(cli.stdout)) <= set(status)
         assert status["applied"]["revision"] is None and status["applied"]["ok"] is True
 
         # a broken edit: reported (log, /healthz, /status, metric); nothing removed or changed
         passes = daemon.passes()
-        site.write("beta.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: beta\nspec: {}\n")
+        site.write(
+            "beta.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: beta\nspec: {}\n"
+        )
         site.certificate("alpha", ["alpha.example.test"], extra="  colour: blue\n")  # an unknown field
-        code, health = daemon.wait("/healthz 503", lambda: (r := daemon.json("/healthz"))[0] == 503
-                                   and len(r[1]["desired_state"].get("errors", [])) == 2 and r)
+        code, health = daemon.wait(
+            "/healthz 503",
+            lambda: (
+                (r := daemon.json("/healthz"))[0] == 503
+                and len(r[1]["desired_state"].get("errors", [])) == 2
+                and r
+            ),
+        )
         errors = "\n".join(health["desired_state"]["errors"])
         assert re.search(r"beta\.yaml:\d+:\d+: YAML syntax error", errors), errors
         assert "alpha.yaml:" in errors and "colour" in errors, errors
@@ -296,7 +377,9 @@ def test_edits_are_applied_and_a_broken_edit_changes_nothing(tmp_path: Path) -> 
         site.certificate("alpha", ["alpha.example.test", "www.alpha.example.test"])
         daemon.wait_healthy()
         assert daemon.metrics()[("certctl_desired_state_valid", ())] == 1
-        assert site.live("alpha").thumbprint == alpha.thumbprint, "re-validating the same spec reissues nothing"
+        assert site.live("alpha").thumbprint == alpha.thumbprint, (
+            "re-validating the same spec reissues nothing"
+        )
     finally:
         code = daemon.stop()
     assert code == 0, daemon.tail()
@@ -310,14 +393,20 @@ def test_short_lived_certificates_renew_on_time_and_metrics_say_so(tmp_path: Pat
     daemon = Daemon(site)
     try:
         daemon.wait_healthy()
-        daemon.wait("three versions of quick (two renewals)", lambda: len(site.versions("quick")) >= 3, timeout=45)
+        daemon.wait(
+            "three versions of quick (two renewals)", lambda: len(site.versions("quick")) >= 3, timeout=45
+        )
         for name, period in (("quick", 15), ("half", 10)):
             versions = site.versions(name)
             assert len(versions) >= 3, (name, versions)
             for older, newer in itertools.pairwise(versions):
                 gap = (newer.not_before - older.not_before).total_seconds()
-                assert period - 1 <= gap <= period + 2, f"{name}: renewed {gap:.0f}s after the previous, expected {period}s"
-                assert newer.not_before < older.not_after, f"{name}: the previous certificate expired before renewal"
+                assert period - 1 <= gap <= period + 2, (
+                    f"{name}: renewed {gap:.0f}s after the previous, expected {period}s"
+                )
+                assert newer.not_before < older.not_after, (
+                    f"{name}: the previous certificate expired before renewal"
+                )
 
         # no polling: a pass per due time (and the start), not one a second
         passes = daemon.passes()
@@ -332,14 +421,19 @@ def test_short_lived_certificates_renew_on_time_and_metrics_say_so(tmp_path: Pat
 
         metrics = daemon.wait("metrics of the live quick certificate", settled)
         live = site.live("quick")
-        assert metrics[("certctl_certificate_renewal_timestamp_seconds", (("name", "quick"),))] == \
-            live.not_before.timestamp() + 15
+        assert (
+            metrics[("certctl_certificate_renewal_timestamp_seconds", (("name", "quick"),))]
+            == live.not_before.timestamp() + 15
+        )
         assert metrics[("certctl_certificate_ready_status", (("condition", "True"), ("name", "quick")))] == 1
         assert metrics[("certctl_certificate_ready_status", (("condition", "False"), ("name", "quick")))] == 0
         assert metrics[("certctl_actions_total", (("kind", "renew"), ("result", "done")))] >= 4
         assert metrics[("certctl_actions_total", (("kind", "issue"), ("result", "done")))] == 2
         assert metrics[("certctl_reconcile_total", ())] >= 4
-        assert metrics[("certctl_reconcile_duration_seconds_count", ())] == metrics[("certctl_reconcile_total", ())]
+        assert (
+            metrics[("certctl_reconcile_duration_seconds_count", ())]
+            == metrics[("certctl_reconcile_total", ())]
+        )
         assert metrics[("certctl_reconcile_errors_total", ())] == 0
         status = daemon.status()
         quick = next(c for c in status["certificates"] if c["name"] == "quick")
@@ -356,9 +450,25 @@ def test_one_daemon_per_state_dir_and_sigterm_exits_cleanly(tmp_path: Path) -> N
         first.wait_healthy()
         started = time.monotonic()
         second = subprocess.run(
-            [sys.executable, "-m", "reconciler", "daemon", "-d", str(site.desired), "--state-dir", str(site.state),
-             "--metrics-address", f"127.0.0.1:{free_port()}"],
-            capture_output=True, text=True, env=env(), timeout=20, cwd=site.root, check=False)
+            [
+                sys.executable,
+                "-m",
+                "reconciler",
+                "daemon",
+                "-d",
+                str(site.desired),
+                "--state-dir",
+                str(site.state),
+                "--metrics-address",
+                f"127.0.0.1:{free_port()}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env(),
+            timeout=20,
+            cwd=site.root,
+            check=False,
+        )
         assert second.returncode == 1
         assert time.monotonic() - started < 5, "the second daemon must give up at once"
         assert "another certctl daemon is already running" in second.stderr
@@ -409,13 +519,17 @@ def test_kill_9_in_the_middle_of_applies_then_restart_converges(tmp_path: Path) 
 
     def specs(algorithm: str) -> None:
         for name in names:
-            site.certificate(name, [f"{name}.example.test"], extra=f"""\
+            site.certificate(
+                name,
+                [f"{name}.example.test"],
+                extra=f"""\
               key: {{algorithm: {algorithm}}}
               tasks:
                 - files: {{path: {out}/{name}}}
                 - script:
                     command: 'touch {marks}/$CERTCTL_CERTIFICATE.started; sleep 1'
-            """)
+            """,
+            )
 
     # 1. killed while a slow deployment runs
     specs("ecdsa-p256")
@@ -435,8 +549,15 @@ def test_kill_9_in_the_middle_of_applies_then_restart_converges(tmp_path: Path) 
     # 3. a restart converges, and leaves nothing behind
     daemon = Daemon(site)
     try:
-        daemon.wait("every certificate ready", lambda: (s := daemon.status()["certificates"]) and len(s) == len(names)
-                    and all(c["state"] == "ready" and not c["pending_actions"] for c in s), timeout=60)
+        daemon.wait(
+            "every certificate ready",
+            lambda: (
+                (s := daemon.status()["certificates"])
+                and len(s) == len(names)
+                and all(c["state"] == "ready" and not c["pending_actions"] for c in s)
+            ),
+            timeout=60,
+        )
         assert daemon.logged("journal.recovered") or daemon.logged("recovery.done")
     finally:
         assert daemon.stop() == 0, daemon.tail()
@@ -447,11 +568,17 @@ def test_kill_9_in_the_middle_of_applies_then_restart_converges(tmp_path: Path) 
     for name in names:
         live = site.live(name)
         assert live is not None and live.key_algorithm == "rsa-2048"
-        assert pki.key_matches((site.pem / name / "cert.pem").read_bytes(), (site.pem / name / "privkey.pem").read_bytes())
-        assert pki.key_matches((out / name / "cert.pem").read_bytes(), (out / name / "privkey.pem").read_bytes())
+        assert pki.key_matches(
+            (site.pem / name / "cert.pem").read_bytes(), (site.pem / name / "privkey.pem").read_bytes()
+        )
+        assert pki.key_matches(
+            (out / name / "cert.pem").read_bytes(), (out / name / "privkey.pem").read_bytes()
+        )
         assert pki.info_from_pem((out / name / "fullchain.pem").read_bytes()).thumbprint == live.thumbprint
     vault = site.state / "vault"
-    index = {json.loads(line)["k"] for line in (vault / "index.jsonl").read_text().splitlines() if line.strip()}
+    index = {
+        json.loads(line)["k"] for line in (vault / "index.jsonl").read_text().splitlines() if line.strip()
+    }
     for cert_dir in vault.iterdir():
         if cert_dir.is_dir():
             assert cert_dir.name in index
@@ -461,12 +588,16 @@ def test_a_hanging_action_cannot_hold_up_a_stop_and_the_restart_recovers(tmp_pat
     site = Site(tmp_path)
     marks = tmp_path / "marks"
     marks.mkdir()
-    site.certificate("stuck", ["stuck.example.test"], extra=f"""\
+    site.certificate(
+        "stuck",
+        ["stuck.example.test"],
+        extra=f"""\
         tasks:
           - script:
               command: 'touch {marks}/started; sleep 30'
               timeout: 1m
-        """)
+        """,
+    )
     daemon = Daemon(site, extra_env={"CERTCTL_STOP_TIMEOUT": "1"})
     daemon.wait("the hanging script", lambda: (marks / "started").exists(), timeout=20)
     started = time.monotonic()
@@ -477,16 +608,30 @@ def test_a_hanging_action_cannot_hold_up_a_stop_and_the_restart_recovers(tmp_pat
     site.certificate("stuck", ["stuck.example.test"], extra="tasks: [{script: {command: 'true'}}]\n")
     again = Daemon(site)
     try:
-        again.wait("converged", lambda: (c := again.cert("stuck")) and c["state"] == "ready" and not c["pending_actions"])
+        again.wait(
+            "converged",
+            lambda: (c := again.cert("stuck")) and c["state"] == "ready" and not c["pending_actions"],
+        )
         assert any(e.get("action") == "deploy/stuck/task/0-script" for e in again.logged("journal.recovered"))
     finally:
         assert again.stop() == 0, again.tail()
 
 
 def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True,
-                          env=env({"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
-                                   "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test"})).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env(
+            {
+                "GIT_AUTHOR_NAME": "t",
+                "GIT_AUTHOR_EMAIL": "t@example.test",
+                "GIT_COMMITTER_NAME": "t",
+                "GIT_COMMITTER_EMAIL": "t@example.test",
+            }
+        ),
+    ).stdout.strip()
 
 
 def test_git_pull_applies_new_commits_and_records_the_revision(tmp_path: Path) -> None:
@@ -496,7 +641,12 @@ def test_git_pull_applies_new_commits_and_records_the_revision(tmp_path: Path) -
     _git(origin.desired, "add", ".")
     _git(origin.desired, "commit", "-qm", "alpha")
     site = Site.__new__(Site)
-    site.root, site.desired, site.state, site.pem = tmp_path, tmp_path / "desired", tmp_path / "state", tmp_path / "pem"
+    site.root, site.desired, site.state, site.pem = (
+        tmp_path,
+        tmp_path / "desired",
+        tmp_path / "state",
+        tmp_path / "pem",
+    )
     subprocess.run(["git", "clone", "-q", str(origin.desired), str(site.desired)], check=True)
     daemon = Daemon(site, args=("--git-pull",))
     try:
@@ -524,8 +674,12 @@ def test_git_pull_applies_new_commits_and_records_the_revision(tmp_path: Path) -
         origin.certificate("gamma", ["gamma.example.test"])
         _git(origin.desired, "add", ".")
         _git(origin.desired, "commit", "-qm", "gamma")
-        git = daemon.wait("the pull error reported", lambda: (g := daemon.status()["daemon"]["git"]) and not g["ok"]
-                          and "diverged" in g["message"] and g)
+        git = daemon.wait(
+            "the pull error reported",
+            lambda: (
+                (g := daemon.status()["daemon"]["git"]) and not g["ok"] and "diverged" in g["message"] and g
+            ),
+        )
         assert "certctl only fast-forwards" in git["message"]
         assert daemon.metrics()[("certctl_git_pull_errors_total", ())] >= 1
         assert _git(site.desired, "rev-parse", "HEAD") == local

@@ -71,19 +71,30 @@ def tls_certificate(folder: Path) -> tuple[Path, Path]:
     import ipaddress
 
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                    x509.DNSName("localhost")]), critical=False)
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = folder / "smtp.pem", folder / "smtp.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_path, key_path
 
 
@@ -101,12 +112,22 @@ def test_alert_after_failures_and_once_on_recovery_by_webhook_and_email(tmp_path
 
     mailbox = Mailbox()
     smtp_port = free_port()
-    smtp = Controller(mailbox, hostname="127.0.0.1", port=smtp_port, tls_context=context, require_starttls=True,
-                      auth_required=True, auth_require_tls=True, authenticator=authenticator)
+    smtp = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=smtp_port,
+        tls_context=context,
+        require_starttls=True,
+        auth_required=True,
+        auth_require_tls=True,
+        authenticator=authenticator,
+    )
     smtp.start()
     hook = Hook()
     (tmp_path / "smtp-password").write_text("mail-secret\n")
-    site = Site(tmp_path, settings=f"""\
+    site = Site(
+        tmp_path,
+        settings=f"""\
         notify:
           afterFailures: 2
           webhook:
@@ -120,28 +141,38 @@ def test_alert_after_failures_and_once_on_recovery_by_webhook_and_email(tmp_path
             to: [ops@example.test]
             username: {{fromEnv: SMTP_USER}}
             password: {{fromFile: ../smtp-password}}
-        """)
-    site.write("broken.yaml", """\
+        """,
+    )
+    site.write(
+        "broken.yaml",
+        """\
         apiVersion: certctl/v1
         kind: Issuer
         metadata: {name: broken}
         spec:
           localCA: {validity: 1h}
-        """)
+        """,
+    )
     site.certificate("web", ["web.example.test"], issuer="broken")
     site.certificate("fine", ["fine.example.test"])
     ca = site.state / "localca" / "broken"
     ca.mkdir(parents=True)
     (ca / "ca.pem").write_text("not a certificate\n")
     (ca / "ca.key").write_text("not a key\n")
-    environment = {"HOOK_TOKEN": "Bearer hook-secret", "SMTP_USER": "certctl", "SSL_CERT_FILE": str(cert_path)}
+    environment = {
+        "HOOK_TOKEN": "Bearer hook-secret",
+        "SMTP_USER": "certctl",
+        "SSL_CERT_FILE": str(cert_path),
+    }
 
     daemon = Daemon(site, extra_env=environment)
     try:
         daemon.wait_healthy()
         # isolation: the failing certificate holds nothing up
         assert site.live("fine") is not None
-        web = daemon.wait("web failed once", lambda: (c := daemon.cert("web")) and c["consecutive_failures"] == 1 and c)
+        web = daemon.wait(
+            "web failed once", lambda: (c := daemon.cert("web")) and c["consecutive_failures"] == 1 and c
+        )
         assert web["state"] == "deferred" and web["last_error"]
         assert hook.requests == [] and mailbox.messages == [], "one failure is below afterFailures: 2"
 
@@ -179,8 +210,15 @@ def test_alert_after_failures_and_once_on_recovery_by_webhook_and_email(tmp_path
         daemon.wait("the mail recovery", lambda: len(mailbox.messages) == 2, timeout=20)
         assert hook.delivered()[1]["event"] == "recovered" and hook.delivered()[1]["certificate"] == "web"
         assert message_from_bytes(mailbox.messages[1][1])["Subject"] == "[certctl] web recovered"
-        assert daemon.metrics()[("certctl_notifications_total", (("channel", "email"), ("event", "recovered"),
-                                                                 ("result", "sent")))] == 1
+        assert (
+            daemon.metrics()[
+                (
+                    "certctl_notifications_total",
+                    (("channel", "email"), ("event", "recovered"), ("result", "sent")),
+                )
+            ]
+            == 1
+        )
     finally:
         assert daemon.stop(signal.SIGTERM) == 0, daemon.tail()
 

@@ -20,8 +20,9 @@ from tests.conftest import BASE, Workspace
 
 
 def _openssl_crl(path: Path) -> str:
-    result = subprocess.run(["openssl", "crl", "-in", str(path), "-noout", "-text"], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        ["openssl", "crl", "-in", str(path), "-noout", "-text"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -40,11 +41,19 @@ def _key(ws: Workspace, name: str) -> bytes:
 
 
 def test_revoke_publishes_a_crl_and_the_next_apply_replaces_the_certificate_with_a_new_key(
-        ws: Workspace, run_cli) -> None:
-    ws.write("base.yaml", BASE.replace("localCA: {validity: 90d}", "localCA: {validity: 90d, crlPath: ../public/ca.crl.pem}"))
+    ws: Workspace, run_cli
+) -> None:
+    ws.write(
+        "base.yaml",
+        BASE.replace("localCA: {validity: 90d}", "localCA: {validity: 90d, crlPath: ../public/ca.crl.pem}"),
+    )
     ws.certificate("www", ["www.example.com"])
-    ws.write("www.yaml", (ws.desired / "www.yaml").read_text().replace("key: {algorithm: ecdsa-p256}",
-                                                                      "key: {algorithm: ecdsa-p256, reuse: true}"))
+    ws.write(
+        "www.yaml",
+        (ws.desired / "www.yaml")
+        .read_text()
+        .replace("key: {algorithm: ecdsa-p256}", "key: {algorithm: ecdsa-p256, reuse: true}"),
+    )
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     serial, old_key = _serial(ws, "www"), _key(ws, "www")
 
@@ -55,9 +64,20 @@ def test_revoke_publishes_a_crl_and_the_next_apply_replaces_the_certificate_with
         text = _openssl_crl(crl)
         assert f"Serial Number: {serial}" in text
         assert "Key Compromise" in text
-    verify = subprocess.run(["openssl", "crl", "-in", str(ws.root / "public" / "ca.crl.pem"), "-noout",
-                             "-CAfile", str(ws.state / "localca" / "local" / "ca.pem")],
-                            capture_output=True, text=True, check=False)
+    verify = subprocess.run(
+        [
+            "openssl",
+            "crl",
+            "-in",
+            str(ws.root / "public" / "ca.crl.pem"),
+            "-noout",
+            "-CAfile",
+            str(ws.state / "localca" / "local" / "ca.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert verify.returncode == 0 and "verify OK" in (verify.stdout + verify.stderr)
 
     code, out, _ = run_cli("plan", "-d", str(ws.desired), "--json")
@@ -75,8 +95,12 @@ def test_revoke_publishes_a_crl_and_the_next_apply_replaces_the_certificate_with
 def test_revoke_superseded_keeps_a_reused_key(ws: Workspace, run_cli) -> None:
     ws.base()
     ws.certificate("www", ["www.example.com"])
-    ws.write("www.yaml", (ws.desired / "www.yaml").read_text().replace("key: {algorithm: ecdsa-p256}",
-                                                                      "key: {algorithm: ecdsa-p256, reuse: true}"))
+    ws.write(
+        "www.yaml",
+        (ws.desired / "www.yaml")
+        .read_text()
+        .replace("key: {algorithm: ecdsa-p256}", "key: {algorithm: ecdsa-p256, reuse: true}"),
+    )
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     old_key = _key(ws, "www")
     assert run_cli("revoke", "www", "-d", str(ws.desired), "--reason", "superseded", "--yes")[0] == 0
@@ -120,7 +144,9 @@ def test_the_maintenance_check_finds_a_serial_in_the_crl(ws: Workspace, run_cli)
     assert make_plan(desired, observe(world), now).actions == ()  # not known yet
     assert check_revocations(world, now) == 1
     plan = make_plan(desired, observe(world), now)
-    assert [(a.id, a.reason.value) for a in plan.actions if a.kind.value == "renew"] == [("renew/www", "Revoked")]
+    assert [(a.id, a.reason.value) for a in plan.actions if a.kind.value == "renew"] == [
+        ("renew/www", "Revoked")
+    ]
     assert "cessationOfOperation" in plan.actions[0].message and "CRL" in plan.actions[0].message
     assert check_revocations(world, now) == 0  # already known: not looked up again
 
@@ -141,9 +167,13 @@ def test_a_daemon_maintenance_pass_renews_a_certificate_found_in_the_crl(ws: Wor
     from reconciler.support.clock import SYSTEM
 
     _, world, before = _revoked_behind_the_records(ws, run_cli, "superseded")
-    quiet = reconcile_once(world, clock=SYSTEM, maintenance=False, stopping=threading.Event(), desired_fingerprint_now="x")
+    quiet = reconcile_once(
+        world, clock=SYSTEM, maintenance=False, stopping=threading.Event(), desired_fingerprint_now="x"
+    )
     assert quiet.applied is None, "an ordinary pass does not read CRLs"
-    result = reconcile_once(world, clock=SYSTEM, maintenance=True, stopping=threading.Event(), desired_fingerprint_now="x")
+    result = reconcile_once(
+        world, clock=SYSTEM, maintenance=True, stopping=threading.Event(), desired_fingerprint_now="x"
+    )
     assert result.applied is not None and result.applied.ok
     assert [o.action.id for o in result.applied.outcomes][:1] == ["renew/www"]
     after = current_version(world.state.issued_for("www"))
@@ -160,8 +190,12 @@ def test_on_a_terminal_revoke_asks_and_only_yes_goes_ahead(ws: Workspace, run_cl
 
     def answer(text: str) -> tuple[int, str]:
         main, child = os.openpty()
-        proc = subprocess.Popen([sys.executable, "-m", "reconciler", "revoke", "www", "-d", str(ws.desired)],
-                                stdin=child, stdout=child, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "revoke", "www", "-d", str(ws.desired)],
+            stdin=child,
+            stdout=child,
+            stderr=subprocess.PIPE,
+        )
         os.close(child)
         output = b""
         while b"will be accepted" not in output:

@@ -21,11 +21,16 @@ def plan_ids(ws: Workspace, run_cli) -> list[str]:
     return [a["id"] for a in json.loads(out)["actions"]]
 
 
-def test_pfx_task_with_a_password_from_the_environment(ws: Workspace, run_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pfx_task_with_a_password_from_the_environment(
+    ws: Workspace, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PFX_PASSWORD", "correct horse")
     ws.base()
-    ws.certificate("app", ["app.example.com"], extra=(
-        "  tasks:\n    - pfx: {path: ../out/app.pfx, password: {fromEnv: PFX_PASSWORD}}\n"))
+    ws.certificate(
+        "app",
+        ["app.example.com"],
+        extra=("  tasks:\n    - pfx: {path: ../out/app.pfx, password: {fromEnv: PFX_PASSWORD}}\n"),
+    )
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
     pfx = ws.root / "out" / "app.pfx"
@@ -45,9 +50,14 @@ def test_pfx_task_with_a_password_from_the_environment(ws: Workspace, run_cli, m
 def test_script_task_gets_the_paths_and_runs_again_only_after_a_change(ws: Workspace, run_cli) -> None:
     record = ws.root / "script-runs.txt"
     ws.base()
-    ws.certificate("svc", ["svc.example.com"], extra=(
-        "  tasks:\n    - script:\n        command: >-\n"
-        f"          echo \"$CERTCTL_CERTIFICATE $CERTCTL_THUMBPRINT $CERTCTL_DOMAINS $CERTCTL_CERT_FILE $CERTCTL_KEY_FILE\" >> {record}\n"))
+    ws.certificate(
+        "svc",
+        ["svc.example.com"],
+        extra=(
+            "  tasks:\n    - script:\n        command: >-\n"
+            f'          echo "$CERTCTL_CERTIFICATE $CERTCTL_THUMBPRINT $CERTCTL_DOMAINS $CERTCTL_CERT_FILE $CERTCTL_KEY_FILE" >> {record}\n'
+        ),
+    )
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     [line] = record.read_text().splitlines()
     name, thumb, domains, cert_file, key_file = line.split()
@@ -63,8 +73,9 @@ def test_script_task_gets_the_paths_and_runs_again_only_after_a_change(ws: Works
 def test_a_failing_script_is_retried_on_the_next_run(ws: Workspace, run_cli) -> None:
     flag = ws.root / "allow"
     ws.base()
-    ws.certificate("svc", ["svc.example.com"], extra=(
-        f"  tasks:\n    - script: {{command: 'test -e {flag}'}}\n"))
+    ws.certificate(
+        "svc", ["svc.example.com"], extra=(f"  tasks:\n    - script: {{command: 'test -e {flag}'}}\n")
+    )
     code, out, _ = run_cli("apply", "-d", str(ws.desired))
     assert code == 1 and "script command exited 1" in out
     assert plan_ids(ws, run_cli) == ["deploy/svc/task/0-script"]
@@ -75,8 +86,11 @@ def test_a_failing_script_is_retried_on_the_next_run(ws: Workspace, run_cli) -> 
 
 def test_ccs_task_writes_one_pfx_per_host_name(ws: Workspace, run_cli) -> None:
     ws.base()
-    ws.certificate("shared", ["www.example.com", "'*.apps.example.com'"], extra=(
-        "  tasks:\n    - ccs: {path: ../ccs-share}\n"))
+    ws.certificate(
+        "shared",
+        ["www.example.com", "'*.apps.example.com'"],
+        extra=("  tasks:\n    - ccs: {path: ../ccs-share}\n"),
+    )
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     share = ws.root / "ccs-share"
     assert sorted(p.name for p in share.iterdir()) == ["_.apps.example.com.pfx", "www.example.com.pfx"]
@@ -87,15 +101,21 @@ def test_ccs_task_writes_one_pfx_per_host_name(ws: Workspace, run_cli) -> None:
     assert plan_ids(ws, run_cli) == ["deploy/shared/task/0-ccs"]
 
 
-def test_commands_never_see_the_secrets_the_specs_reference(ws: Workspace, run_cli,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_commands_never_see_the_secrets_the_specs_reference(
+    ws: Workspace, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PFX_PASSWORD", "correct horse")
     monkeypatch.setenv("HARMLESS", "visible")
     seen = ws.root / "env.txt"
     ws.base()
-    ws.certificate("app", ["app.example.com"], extra=(
-        "  tasks:\n    - pfx: {path: ../out/app.pfx, password: {fromEnv: PFX_PASSWORD}}\n"
-        f"    - script: {{command: 'env > {seen}'}}\n"))
+    ws.certificate(
+        "app",
+        ["app.example.com"],
+        extra=(
+            "  tasks:\n    - pfx: {path: ../out/app.pfx, password: {fromEnv: PFX_PASSWORD}}\n"
+            f"    - script: {{command: 'env > {seen}'}}\n"
+        ),
+    )
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     env = seen.read_text()
     assert "HARMLESS=visible" in env and "PFX_PASSWORD" not in env and "correct horse" not in env

@@ -23,7 +23,9 @@ from tests.conftest import Workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 ESC = re.compile(r"\x1b\[[0-9;:]*m")
-COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|9[0-7]|38)[;m]")  # a foreground colour (not bold, not "default")
+COLOUR = re.compile(
+    r"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|9[0-7]|38)[;m]"
+)  # a foreground colour (not bold, not "default")
 
 
 class Pane:
@@ -37,8 +39,14 @@ class Pane:
         self._tmux("send-keys", "-t", "t", "PS1='READY$ '", "Enter")
 
     def _tmux(self, *args: str) -> str:
-        result = subprocess.run(["tmux", "-S", self.socket, *args], capture_output=True, text=True, env=self.env,
-                                check=True, timeout=30)
+        result = subprocess.run(
+            ["tmux", "-S", self.socket, *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=True,
+            timeout=30,
+        )
         return result.stdout
 
     def run(self, command: str) -> None:
@@ -66,15 +74,22 @@ class Pane:
         self.wait_for(r"^READY\$ ?$")
 
     def close(self) -> None:
-        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, check=False, timeout=30)
+        subprocess.run(
+            ["tmux", "-S", self.socket, "kill-server"], capture_output=True, check=False, timeout=30
+        )
 
 
 @pytest.fixture
 def pane(tmp_path: Path) -> Iterator[Pane]:
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: run scripts/install-system-deps (make test does)")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
-           "PS1": "READY$ ", "TERM": "xterm-256color", "HISTFILE": "/dev/null"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        "PS1": "READY$ ",
+        "TERM": "xterm-256color",
+        "HISTFILE": "/dev/null",
+    }
     env.pop("NO_COLOR", None)
     env.pop("TMUX", None)
     p = Pane(tmp_path, env)
@@ -98,13 +113,20 @@ def test_apply_asks_then_shows_progress_in_colour_without_log_lines(ws: Workspac
     assert "+ issue    issuer/local" in shown and "+ install  store/pem" in shown
     assert not ws.pem.exists(), "nothing changes before the answer"
     coloured = pane.screen(colours=True)
-    issue_line = next(line for line in coloured.splitlines() if "issue" in ESC.sub("", line) and "issuer/local" in line)
+    issue_line = next(
+        line for line in coloured.splitlines() if "issue" in ESC.sub("", line) and "issuer/local" in line
+    )
     assert COLOUR.search(issue_line.split("issue")[0]), f"the plan symbol is not coloured: {issue_line!r}"
     pane.keys("y", "Enter")
     shown = pane.wait_for(r"^EXIT=\d+")
     assert "EXIT=0" in shown, shown
     steps = re.findall(r"^\s+(\d)/4 ok\s+(\S+) \(\d+\.\ds\)$", shown, re.M)
-    assert sorted(a for _, a in steps) == ["install/api/store/pem", "install/www/store/pem", "issue/api", "issue/www"]
+    assert sorted(a for _, a in steps) == [
+        "install/api/store/pem",
+        "install/www/store/pem",
+        "issue/api",
+        "issue/www",
+    ]
     assert sorted(n for n, _ in steps) == ["1", "2", "3", "4"]
     assert "Apply complete: 4 done, 0 failed, 0 skipped." in shown
     assert "action.started" not in shown and "action.applied" not in shown and "[info" not in shown
@@ -126,7 +148,9 @@ def test_apply_does_nothing_unless_the_answer_is_yes(ws: Workspace, pane: Pane) 
 def test_auto_approve_and_a_saved_plan_do_not_ask(ws: Workspace, pane: Pane, tmp_path: Path) -> None:
     two(ws)
     plan = tmp_path / "plan.json"
-    pane.run(f"certctl plan -d {ws.desired} --out {plan} >/dev/null && certctl apply -d {ws.desired} {plan}; echo EXIT=$?")
+    pane.run(
+        f"certctl plan -d {ws.desired} --out {plan} >/dev/null && certctl apply -d {ws.desired} {plan}; echo EXIT=$?"
+    )
     shown = pane.wait_for(r"^EXIT=\d+")
     assert "EXIT=0" in shown and "[y/N]" not in shown
     ws.certificate("extra", ["extra.example.com"])
@@ -141,5 +165,7 @@ def test_no_color(ws: Workspace, pane: Pane, how: str) -> None:
     pane.run(f"{how} -d {ws.desired}; echo EXIT=$?")
     pane.wait_for(r"^EXIT=\d+")
     coloured = pane.screen(colours=True)
-    plan_lines = [line for line in coloured.splitlines() if "issuer/local" in line or line.startswith("Plan:")]
+    plan_lines = [
+        line for line in coloured.splitlines() if "issuer/local" in line or line.startswith("Plan:")
+    ]
     assert plan_lines and not any(COLOUR.search(line) for line in plan_lines), plan_lines

@@ -184,8 +184,12 @@ def public_bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
 
 
 @pytest.fixture(scope="module")
-def pebble_public_bind(tmp_path_factory: pytest.TempPathFactory, public_bind: Bind, va_http_port: int) -> Iterator[Pebble]:
-    server = Pebble(tmp_path_factory.mktemp("pebble-e2e"), PebbleOptions(dns="bind"), public_bind.address, va_http_port)
+def pebble_public_bind(
+    tmp_path_factory: pytest.TempPathFactory, public_bind: Bind, va_http_port: int
+) -> Iterator[Pebble]:
+    server = Pebble(
+        tmp_path_factory.mktemp("pebble-e2e"), PebbleOptions(dns="bind"), public_bind.address, va_http_port
+    )
     server.start()
     yield server
     server.stop()

@@ -63,7 +63,9 @@ spec:
   pemDirectory:
     path: ../pem/{node}
 """
-LOCAL = ISSUER_LOCAL + """---
+LOCAL = (
+    ISSUER_LOCAL
+    + """---
 apiVersion: certctl/v1
 kind: IisHost
 metadata: {name: iis}
@@ -75,7 +77,9 @@ apiVersion: certctl/v1
 kind: Store
 metadata: {name: webhosting}
 spec: {windows: {host: iis, name: WebHosting}}
-""" + PEM_STORE
+"""
+    + PEM_STORE
+)
 
 CERTIFICATE = """---
 apiVersion: certctl/v1
@@ -96,8 +100,13 @@ class Fleet:
         self.dir.mkdir(parents=True)
         self.dsn = dsn
         self.key = base64.b64encode(os.urandom(32)).decode()
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "CERTCTL_DATABASE_URL": dsn,
-                    "CERTCTL_ENCRYPTION_KEY": self.key, "CERTCTL_LOG_FORMAT": "json"}
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "CERTCTL_DATABASE_URL": dsn,
+            "CERTCTL_ENCRYPTION_KEY": self.key,
+            "CERTCTL_LOG_FORMAT": "json",
+        }
         self.env.pop("CERTCTL_DIR", None)
         self.env.pop("CERTCTL_NODE", None)
         (self.dir / "settings.yaml").write_text(SETTINGS.format(interval=interval, lease=lease))
@@ -108,28 +117,39 @@ class Fleet:
             (machine / "applicationHost.config").write_text(APPLICATION_HOST.format(sites=sites))
 
     def local_ca(self, names: dict[str, str] = SITES) -> None:
-        (self.dir / "local.yaml").write_text(LOCAL + "".join(
-            CERTIFICATE.format(name=n, host=h, issuer="local") for n, h in names.items()))
+        (self.dir / "local.yaml").write_text(
+            LOCAL + "".join(CERTIFICATE.format(name=n, host=h, issuer="local") for n, h in names.items())
+        )
 
     def argv(self, node: str, *args: str) -> list[str]:
         return [sys.executable, "-m", "reconciler", *args, "-d", str(self.dir), "--node", node]
 
     def certctl(self, node: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(node, *args), env=self.env, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        return subprocess.run(
+            self.argv(node, *args), env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
 
     def start(self, node: str, *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
         out = open(log or (self.root / f"{node}-{args[0]}.log"), "ab")  # noqa: SIM115 - closed with the process
-        return subprocess.Popen(self.argv(node, *args), env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            self.argv(node, *args),
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
     def bound(self, node: str) -> dict[str, str]:
         """host name -> thumbprint HTTP.sys serves for it on that node's emulated machine."""
         path = self.root / "machines" / node / "httpsys.json"
         if not path.exists():
             return {}
-        return {e["key"].rsplit(":", 1)[0]: e["certhash"].upper() for e in json.loads(path.read_text())
-                if e.get("kind") == "hostnameport"}
+        return {
+            e["key"].rsplit(":", 1)[0]: e["certhash"].upper()
+            for e in json.loads(path.read_text())
+            if e.get("kind") == "hostnameport"
+        }
 
     def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
@@ -139,6 +159,7 @@ class Fleet:
     def versions(self) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         for certificate, thumbprint in self.query(
-                "SELECT certificate, thumbprint FROM certctl_versions ORDER BY certificate, seq"):
+            "SELECT certificate, thumbprint FROM certctl_versions ORDER BY certificate, seq"
+        ):
             out.setdefault(certificate, []).append(thumbprint)
         return out

@@ -102,16 +102,28 @@ def _die_with_parent() -> None:
 class Process:
     """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.argv = argv
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the life of the process
         self.proc = subprocess.Popen(
-            argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent,
+            argv,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
 
     def alive(self) -> bool:
@@ -156,19 +168,28 @@ def self_signed_ca(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.C
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=2))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=2))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     return key, cert
 
 
-def leaf_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, names: list[str],
-              lifetime: dt.timedelta = dt.timedelta(days=2)) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def leaf_cert(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    names: list[str],
+    lifetime: dt.timedelta = dt.timedelta(days=2),
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = []
     for n in names:
@@ -180,13 +201,17 @@ def leaf_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, nam
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + lifetime)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + lifetime)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+        )  # type: ignore[arg-type]
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
@@ -195,10 +220,14 @@ def leaf_cert(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, nam
 def pem(obj: Any) -> bytes:
     if isinstance(obj, x509.Certificate):
         return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return obj.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
-def loopback_tls(folder: Path, names: list[str] | None = None, ca_name: str = "certctl test servers CA") -> TlsFiles:
+def loopback_tls(
+    folder: Path, names: list[str] | None = None, ca_name: str = "certctl test servers CA"
+) -> TlsFiles:
     """A CA and a server certificate for 127.0.0.1 and localhost (and ``names``), as PEM files."""
     folder.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = self_signed_ca(ca_name)
@@ -230,13 +259,27 @@ class ChallTestSrv:
 
     def start(self) -> ChallTestSrv:
         binary = require("pebble-challtestsrv")
-        self.process = Process("pebble-challtestsrv", [
-            binary,
-            "-dns01", self.dns_address,
-            "-http01", "", "-https01", "", "-tlsalpn01", "",
-            "-management", f"{LOOPBACK}:{self.management_port}",
-            "-defaultIPv4", LOOPBACK, "-defaultIPv6", "",
-        ], self.folder / "challtestsrv.log")
+        self.process = Process(
+            "pebble-challtestsrv",
+            [
+                binary,
+                "-dns01",
+                self.dns_address,
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-management",
+                f"{LOOPBACK}:{self.management_port}",
+                "-defaultIPv4",
+                LOOPBACK,
+                "-defaultIPv6",
+                "",
+            ],
+            self.folder / "challtestsrv.log",
+        )
 
         def answers() -> bool:
             q = dns.message.make_query("ready.example.com", dns.rdatatype.A)
@@ -260,8 +303,13 @@ class Bind:
     only DNS server for http-01 and dns-01 alike.
     """
 
-    def __init__(self, folder: Path, zone: str = "certctl.test", key_name: str = "certctl-test-key",
-                 algorithm: str = "hmac-sha256") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        zone: str = "certctl.test",
+        key_name: str = "certctl-test-key",
+        algorithm: str = "hmac-sha256",
+    ) -> None:
         self.folder = folder
         self.zone = zone
         self.key_name = key_name
@@ -320,7 +368,9 @@ zone "{self.zone}" {{
         if Path(checkconf).exists():
             result = subprocess.run([checkconf, str(conf)], capture_output=True, text=True, check=False)
             if result.returncode != 0:
-                raise ServerError(f"named-checkconf rejected the test config:\n{result.stdout}{result.stderr}")
+                raise ServerError(
+                    f"named-checkconf rejected the test config:\n{result.stdout}{result.stderr}"
+                )
         argv = [binary, "-g", "-c", str(conf), "-n", "1"]
         self.process = Process("named", argv, self.folder / "named.log", cwd=self.folder)
 
@@ -336,7 +386,12 @@ zone "{self.zone}" {{
         """The TXT values BIND serves now for ``name`` (asked directly)."""
         q = dns.message.make_query(name, dns.rdatatype.TXT)
         r = dns.query.udp(q, LOOPBACK, port=self.port, timeout=2)
-        return {b"".join(rr.strings).decode() for rrset in r.answer if rrset.rdtype == dns.rdatatype.TXT for rr in rrset}
+        return {
+            b"".join(rr.strings).decode()
+            for rrset in r.answer
+            if rrset.rdtype == dns.rdatatype.TXT
+            for rr in rrset
+        }
 
     def stop(self) -> None:
         if self.process is not None:
@@ -423,8 +478,13 @@ class Pebble:
         }
         if o.chain_length:
             env["PEBBLE_CHAIN_LENGTH"] = str(o.chain_length)
-        self.process = Process("pebble", [binary, "-config", str(config), "-dnsserver", self.dns_server],
-                               self.folder / "pebble.log", env=env, cwd=self.folder)
+        self.process = Process(
+            "pebble",
+            [binary, "-config", str(config), "-dnsserver", self.dns_server],
+            self.folder / "pebble.log",
+            env=env,
+            cwd=self.folder,
+        )
 
         def ready() -> bool:
             r = requests.get(self.directory_url, verify=self.ca_bundle, timeout=1)
@@ -485,7 +545,9 @@ class Nginx:
     def config(self) -> str:
         d = self.folder
         user = "user root root;\n" if os.geteuid() == 0 else ""
-        temp = "\n".join(f"    {k}_temp_path {d}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        temp = "\n".join(
+            f"    {k}_temp_path {d}/tmp/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
         http_server = ""
         if self.http_port is not None:
             http_server = f"""
@@ -514,7 +576,16 @@ http {{
 """
 
     def _argv(self, *extra: str) -> list[str]:
-        return [require("nginx"), "-p", str(self.folder), "-c", str(self.conf), "-e", str(self.folder / "error.log"), *extra]
+        return [
+            require("nginx"),
+            "-p",
+            str(self.folder),
+            "-c",
+            str(self.conf),
+            "-e",
+            str(self.folder / "error.log"),
+            *extra,
+        ]
 
     def start(self) -> Nginx:
         require("nginx")
@@ -545,8 +616,10 @@ http {{
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        with socket.create_connection((LOOPBACK, self.tls_port), timeout=2) as raw, \
-                context.wrap_socket(raw, server_hostname=sni) as tls:
+        with (
+            socket.create_connection((LOOPBACK, self.tls_port), timeout=2) as raw,
+            context.wrap_socket(raw, server_hostname=sni) as tls,
+        ):
             der = tls.getpeercert(binary_form=True)
         assert der is not None
         return x509.load_der_x509_certificate(der).fingerprint(hashes.SHA256()).hex()
@@ -558,8 +631,12 @@ http {{
             raise ServerError(f"nginx -s reload failed:\n{result.stderr}")
         if expect_sha256 is not None:
             # the new workers serve the new certificate; wait until the old ones are gone too
-            wait_until(lambda: self.served_sha256() == expect_sha256 and len(self._workers()) == 1, timeout,
-                       "nginx reload", self.process)
+            wait_until(
+                lambda: self.served_sha256() == expect_sha256 and len(self._workers()) == 1,
+                timeout,
+                "nginx reload",
+                self.process,
+            )
 
     def _workers(self) -> list[int]:
         """Worker processes of the master (old ones linger briefly after a reload)."""
@@ -679,8 +756,13 @@ class AriProxy:
     keeps the Host header, so Pebble builds every URL (and checks every JWS ``url``) for the proxy.
     """
 
-    def __init__(self, pebble: Pebble, offer_ari: bool = True, profiles: dict[str, str] | None = None,
-                 fail_orders: tuple[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        pebble: Pebble,
+        offer_ari: bool = True,
+        profiles: dict[str, str] | None = None,
+        fail_orders: tuple[int, str] | None = None,
+    ) -> None:
         self.pebble = pebble
         self.offer_ari = offer_ari
         self.profiles = profiles  # added to the directory's meta.profiles (Pebble 2.4 offers none)
@@ -721,9 +803,15 @@ class AriProxy:
                 self.wfile.write(body)
 
             def _forward(self, body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes]:
-                conn = http.client.HTTPSConnection(LOOPBACK, proxy.pebble.port, context=upstream_ctx, timeout=10)
+                conn = http.client.HTTPSConnection(
+                    LOOPBACK, proxy.pebble.port, context=upstream_ctx, timeout=10
+                )
                 try:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "accept-encoding")}
+                    headers = {
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() not in ("connection", "accept-encoding")
+                    }
                     conn.request(self.command, self.path, body=body, headers=headers)
                     resp = conn.getresponse()
                     return resp.status, resp.getheaders(), resp.read()
@@ -734,13 +822,20 @@ class AriProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 if self.path.startswith("/renewal-info/") and self.command == "GET":
-                    ident = self.path[len("/renewal-info/"):]
+                    ident = self.path[len("/renewal-info/") :]
                     proxy.renewal_info_requests.append(ident)
                     start, end = proxy.window
-                    doc = {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"),
-                                               "end": end.isoformat().replace("+00:00", "Z")}}
-                    self._reply(200, [("Content-Type", "application/json"), ("Retry-After", "21600")],
-                                json.dumps(doc).encode())
+                    doc = {
+                        "suggestedWindow": {
+                            "start": start.isoformat().replace("+00:00", "Z"),
+                            "end": end.isoformat().replace("+00:00", "Z"),
+                        }
+                    }
+                    self._reply(
+                        200,
+                        [("Content-Type", "application/json"), ("Retry-After", "21600")],
+                        json.dumps(doc).encode(),
+                    )
                     return
                 if self.path == "/order-plz" and body:
                     jws = json.loads(body)
@@ -749,9 +844,15 @@ class AriProxy:
                     proxy.orders.append(json.loads(base64.urlsafe_b64decode(padded)))
                     if proxy.fail_orders is not None:
                         code, kind = proxy.fail_orders
-                        problem = {"type": f"urn:ietf:params:acme:error:{kind}", "detail": f"test proxy: {kind}"}
-                        self._reply(code, [("Content-Type", "application/problem+json"), ("Retry-After", "1")],
-                                    json.dumps(problem).encode())
+                        problem = {
+                            "type": f"urn:ietf:params:acme:error:{kind}",
+                            "detail": f"test proxy: {kind}",
+                        }
+                        self._reply(
+                            code,
+                            [("Content-Type", "application/problem+json"), ("Retry-After", "1")],
+                            json.dumps(problem).encode(),
+                        )
                         return
                 status, headers, data = self._forward(body)
                 if self.path == "/dir" and status == 200 and (proxy.offer_ari or proxy.profiles is not None):
@@ -809,67 +910,116 @@ class PowerDns:
         import sqlite3
 
         binary = require("pdns_server")
-        schema = next((p for p in (Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"),
-                                   Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")) if p.exists()), None)
+        schema = next(
+            (
+                p
+                for p in (
+                    Path("/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql"),
+                    Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql"),
+                )
+                if p.exists()
+            ),
+            None,
+        )
         if schema is None:
             raise ServerError(f"the PowerDNS SQLite schema is missing: {INSTALL_HINT} (pdns-backend-sqlite3)")
         self.folder.mkdir(parents=True, exist_ok=True)
         database = self.folder / "pdns.sqlite3"
         with contextlib.closing(sqlite3.connect(database)) as db:
             db.executescript(schema.read_text())
-        (self.folder / "pdns.conf").write_text("\n".join([
-            "launch=gsqlite3",
-            f"gsqlite3-database={database}",
-            f"local-address={LOOPBACK}",
-            f"local-port={self.port}",
-            "api=yes",
-            f"api-key={self.api_key}",
-            "webserver=yes",
-            f"webserver-address={LOOPBACK}",
-            f"webserver-port={self.api_port}",
-            "webserver-allow-from=127.0.0.0/8",
-            f"socket-dir={self.folder}",
-            "guardian=no",
-            "daemon=no",
-            "disable-syslog=yes",
-            "zone-cache-refresh-interval=0",
-            "cache-ttl=0",
-            "negquery-cache-ttl=0",
-            "query-cache-ttl=0",
-            "consistent-backends=yes",
-            "security-poll-suffix=",
-            "",
-        ]))
-        self.process = Process("pdns_server", [binary, f"--config-dir={self.folder}"], self.folder / "pdns.log",
-                               cwd=self.folder)
-        wait_until(lambda: self._api("GET", "/servers/localhost").status_code == 200, 20, "pdns_server", self.process)
+        (self.folder / "pdns.conf").write_text(
+            "\n".join(
+                [
+                    "launch=gsqlite3",
+                    f"gsqlite3-database={database}",
+                    f"local-address={LOOPBACK}",
+                    f"local-port={self.port}",
+                    "api=yes",
+                    f"api-key={self.api_key}",
+                    "webserver=yes",
+                    f"webserver-address={LOOPBACK}",
+                    f"webserver-port={self.api_port}",
+                    "webserver-allow-from=127.0.0.0/8",
+                    f"socket-dir={self.folder}",
+                    "guardian=no",
+                    "daemon=no",
+                    "disable-syslog=yes",
+                    "zone-cache-refresh-interval=0",
+                    "cache-ttl=0",
+                    "negquery-cache-ttl=0",
+                    "query-cache-ttl=0",
+                    "consistent-backends=yes",
+                    "security-poll-suffix=",
+                    "",
+                ]
+            )
+        )
+        self.process = Process(
+            "pdns_server", [binary, f"--config-dir={self.folder}"], self.folder / "pdns.log", cwd=self.folder
+        )
+        wait_until(
+            lambda: self._api("GET", "/servers/localhost").status_code == 200, 20, "pdns_server", self.process
+        )
         return self
 
     def _api(self, method: str, path: str, body: Any = None) -> requests.Response:
-        return requests.request(method, f"{self.api_url}/api/v1{path}", json=body,
-                                headers={"X-API-Key": self.api_key}, timeout=5)
+        return requests.request(
+            method, f"{self.api_url}/api/v1{path}", json=body, headers={"X-API-Key": self.api_key}, timeout=5
+        )
 
     def add_zone(self, zone: str, records: list[tuple[str, str, str]] = ()) -> None:  # type: ignore[assignment]
         """A zone with NS ns.<zone> (here), ``* A 127.0.0.1``, the apex A, and ``records`` (name, type, content)."""
         rrsets = [
-            {"name": f"ns.{zone}.", "type": "A", "ttl": 60, "records": [{"content": LOOPBACK, "disabled": False}]},
-            {"name": f"{zone}.", "type": "A", "ttl": 60, "records": [{"content": LOOPBACK, "disabled": False}]},
-            {"name": f"*.{zone}.", "type": "A", "ttl": 60, "records": [{"content": LOOPBACK, "disabled": False}]},
+            {
+                "name": f"ns.{zone}.",
+                "type": "A",
+                "ttl": 60,
+                "records": [{"content": LOOPBACK, "disabled": False}],
+            },
+            {
+                "name": f"{zone}.",
+                "type": "A",
+                "ttl": 60,
+                "records": [{"content": LOOPBACK, "disabled": False}],
+            },
+            {
+                "name": f"*.{zone}.",
+                "type": "A",
+                "ttl": 60,
+                "records": [{"content": LOOPBACK, "disabled": False}],
+            },
         ]
         for name, rtype, content in records:
-            rrsets.append({"name": name if name.endswith(".") else f"{name}.", "type": rtype, "ttl": 60,
-                           "records": [{"content": content, "disabled": False}]})
-        response = self._api("POST", "/servers/localhost/zones", {
-            "name": f"{zone}.", "kind": "Native", "nameservers": [f"ns.{zone}."], "rrsets": rrsets,
-        })
+            rrsets.append(
+                {
+                    "name": name if name.endswith(".") else f"{name}.",
+                    "type": rtype,
+                    "ttl": 60,
+                    "records": [{"content": content, "disabled": False}],
+                }
+            )
+        response = self._api(
+            "POST",
+            "/servers/localhost/zones",
+            {
+                "name": f"{zone}.",
+                "kind": "Native",
+                "nameservers": [f"ns.{zone}."],
+                "rrsets": rrsets,
+            },
+        )
         if response.status_code not in (201, 204):
             raise ServerError(f"PowerDNS refused zone {zone}: {response.status_code} {response.text}")
 
     def txt(self, name: str) -> set[str]:
         q = dns.message.make_query(name, dns.rdatatype.TXT)
         r = dns.query.udp(q, LOOPBACK, port=self.port, timeout=2)
-        return {b"".join(rr.strings).decode() for rrset in r.answer
-                if rrset.rdtype == dns.rdatatype.TXT and rrset.name.to_text(omit_final_dot=True) == name for rr in rrset}
+        return {
+            b"".join(rr.strings).decode()
+            for rrset in r.answer
+            if rrset.rdtype == dns.rdatatype.TXT and rrset.name.to_text(omit_final_dot=True) == name
+            for rr in rrset
+        }
 
     def stop(self) -> None:
         if self.process is not None:
@@ -886,7 +1036,9 @@ def _pg_binary(name: str) -> str:
         return found
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/" + name), key=lambda p: int(p.parts[-3]))
     if not versions:
-        raise ServerError(f"{name} is not installed: run scripts/install-system-deps (Debian package: postgresql)")
+        raise ServerError(
+            f"{name} is not installed: run scripts/install-system-deps (Debian package: postgresql)"
+        )
     return str(versions[-1])
 
 
@@ -913,7 +1065,9 @@ class Postgres:
             try:
                 pw = pwd.getpwnam("postgres")
             except KeyError:
-                raise ServerError("running as root needs the postgres system user (Debian package: postgresql)") from None
+                raise ServerError(
+                    "running as root needs the postgres system user (Debian package: postgresql)"
+                ) from None
             os.chown(self.base, pw.pw_uid, pw.pw_gid)
             self.as_user = ["runuser", "-u", "postgres", "--"]
         self.server_log = self.base / "server.log"
@@ -923,8 +1077,14 @@ class Postgres:
         return f"postgresql://postgres:{self.password}@{LOOPBACK}:{self.port}/postgres"
 
     def _run(self, argv: list[str], timeout: float = 60.0) -> None:
-        result = subprocess.run([*self.as_user, *argv], capture_output=True, text=True, timeout=timeout, check=False,
-                                cwd=self.base)
+        result = subprocess.run(
+            [*self.as_user, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=self.base,
+        )
         with open(self.log, "a") as fh:
             fh.write(f"$ {' '.join(argv)}\n{result.stdout}{result.stderr}")
         if result.returncode != 0:
@@ -940,18 +1100,45 @@ class Postgres:
                 pw = pwd.getpwnam("postgres")
                 os.chown(pwfile, pw.pw_uid, pw.pw_gid)
             pwfile.chmod(0o600)
-            self._run([_pg_binary("initdb"), "-D", str(self.data), "-U", "postgres", "--auth=scram-sha-256",
-                       f"--pwfile={pwfile}", "--no-sync", "-E", "UTF8"])
+            self._run(
+                [
+                    _pg_binary("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    f"--pwfile={pwfile}",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            )
             pwfile.unlink()
         self.resume()
         return self
 
     def resume(self) -> None:
         """Start the server (again) on the same port and data."""
-        options = (f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.base} -c fsync=off "
-                   "-c max_connections=200")
-        self._run([_pg_binary("pg_ctl"), "-D", str(self.data), "-l", str(self.server_log), "-o", options, "-w",
-                   "-t", "60", "start"])
+        options = (
+            f"-c listen_addresses={LOOPBACK} -p {self.port} -k {self.base} -c fsync=off "
+            "-c max_connections=200"
+        )
+        self._run(
+            [
+                _pg_binary("pg_ctl"),
+                "-D",
+                str(self.data),
+                "-l",
+                str(self.server_log),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         wait_until(lambda: tcp_open(self.port), 30, "postgres")
 
     def pause(self) -> None:
@@ -966,8 +1153,9 @@ class Postgres:
     def dump(self, database: str = "postgres") -> bytes:
         """Everything in a database as pg_dump writes it (data included)."""
         dsn = self.dsn.rsplit("/", 1)[0] + "/" + database
-        result = subprocess.run(["pg_dump", "--data-only", "--inserts", dsn], capture_output=True, timeout=60,
-                                check=False)
+        result = subprocess.run(
+            ["pg_dump", "--data-only", "--inserts", dsn], capture_output=True, timeout=60, check=False
+        )
         if result.returncode != 0:
             raise ServerError(f"pg_dump failed: {result.stderr.decode(errors='replace')[-2000:]}")
         return result.stdout

@@ -28,7 +28,9 @@ def _ari_id(cert_pem: bytes) -> str:
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
     assert aki is not None
     serial = cert.serial_number
-    der = serial.to_bytes((serial.bit_length() + 8) // 8, "big")  # DER INTEGER content: a leading 0 if the top bit is set
+    der = serial.to_bytes(
+        (serial.bit_length() + 8) // 8, "big"
+    )  # DER INTEGER content: a leading 0 if the top bit is set
 
     def enc(b: bytes) -> str:
         return base64.urlsafe_b64encode(b).decode().rstrip("=")
@@ -54,7 +56,9 @@ def test_plain_pebble_offers_no_renewal_info(pebble: Pebble, va_http_port: int, 
     assert issuer.renewal_window(material.cert_pem) is None
 
 
-def test_renewal_window_from_the_ca(ari_proxy: AriProxy, pebble: Pebble, va_http_port: int, state_dir: Path) -> None:
+def test_renewal_window_from_the_ca(
+    ari_proxy: AriProxy, pebble: Pebble, va_http_port: int, state_dir: Path
+) -> None:
     issuer = _issuer(ari_proxy.directory_url, pebble, va_http_port, state_dir)
     material = issuer.issue(IssueRequest("w", ("window.example.com",), "ecdsa-p256"))
     window = issuer.renewal_window(material.cert_pem)

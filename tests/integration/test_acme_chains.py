@@ -22,8 +22,9 @@ def _top_issuer(material: Material) -> str:
     return str(top.issuer.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value)
 
 
-def test_preferred_chain_picks_the_alternate(pebble_factory: Callable[..., Pebble], va_http_port: int,
-                                             state_dir: Path) -> None:
+def test_preferred_chain_picks_the_alternate(
+    pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path
+) -> None:
     pebble = pebble_factory(alternate_roots=1)
     default_root, alternate_root = pebble.root_name(0), pebble.root_name(1)
     assert default_root != alternate_root
@@ -39,11 +40,15 @@ def test_preferred_chain_picks_the_alternate(pebble_factory: Callable[..., Pebbl
     assert leaf.issuer == x509.load_pem_x509_certificate(pki.split_pem_chain(material.chain_pem)[0]).subject
 
     missing = acme_spec(pebble, [standalone(va_http_port)], preferredChain="No Such Root")
-    fallback = build_acme_issuer("chains", missing, state_dir).issue(IssueRequest("c", ("chain.example.com",), "ecdsa-p256"))
+    fallback = build_acme_issuer("chains", missing, state_dir).issue(
+        IssueRequest("c", ("chain.example.com",), "ecdsa-p256")
+    )
     assert _top_issuer(fallback) == default_root
 
 
-def test_short_lived_certificates(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path) -> None:
+def test_short_lived_certificates(
+    pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path
+) -> None:
     pebble = pebble_factory(validity_seconds=30)
     issuer = build_acme_issuer("short", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     first = issuer.issue(IssueRequest("s", ("short.example.com",), "ecdsa-p256"))

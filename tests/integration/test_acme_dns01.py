@@ -17,8 +17,12 @@ pytestmark = pytest.mark.integration
 ENV = "CERTCTL_TEST_TSIG"
 
 
-def _issuer(pebble: Pebble, bind: Bind, state_dir: Path, solvers: list[dict], secret: str | None = None) -> AcmeIssuer:
-    return build_acme_issuer("bind", acme_spec(pebble, solvers), state_dir, environ={ENV: secret or bind.secret})
+def _issuer(
+    pebble: Pebble, bind: Bind, state_dir: Path, solvers: list[dict], secret: str | None = None
+) -> AcmeIssuer:
+    return build_acme_issuer(
+        "bind", acme_spec(pebble, solvers), state_dir, environ={ENV: secret or bind.secret}
+    )
 
 
 def test_wildcard_with_its_apex(pebble_bind: Pebble, bind: Bind, state_dir: Path) -> None:
@@ -30,7 +34,9 @@ def test_wildcard_with_its_apex(pebble_bind: Pebble, bind: Bind, state_dir: Path
     assert bind.txt(f"_acme-challenge.w1.{zone}") == set()
 
 
-def test_dns01_and_http01_in_one_certificate(pebble_bind: Pebble, bind: Bind, va_http_port: int, state_dir: Path) -> None:
+def test_dns01_and_http01_in_one_certificate(
+    pebble_bind: Pebble, bind: Bind, va_http_port: int, state_dir: Path
+) -> None:
     zone = bind.zone
     solvers = [{"domains": [f"dns.{zone}"], **rfc2136(bind, ENV)}, standalone(va_http_port)]
     issuer = _issuer(pebble_bind, bind, state_dir, solvers)
@@ -39,7 +45,9 @@ def test_dns01_and_http01_in_one_certificate(pebble_bind: Pebble, bind: Bind, va
     assert bind.txt(f"_acme-challenge.dns.{zone}") == set()
 
 
-def test_wrong_tsig_secret_is_a_clear_permanent_error(pebble_bind: Pebble, bind: Bind, state_dir: Path) -> None:
+def test_wrong_tsig_secret_is_a_clear_permanent_error(
+    pebble_bind: Pebble, bind: Bind, state_dir: Path
+) -> None:
     wrong = "c2VjcmV0LXRoYXQtaXMtbm90LXRoZS1rZXk="
     issuer = _issuer(pebble_bind, bind, state_dir, [rfc2136(bind, ENV)], secret=wrong)
     with pytest.raises(IssueError, match=r"rejected the TSIG signature of key certctl-test-key") as caught:

@@ -31,11 +31,17 @@ def _attempt(issuer: AcmeIssuer, request: IssueRequest) -> Material | IssueError
         return exc
 
 
-def test_nonce_rejections_are_retried(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path,
-                                      log_events: list[dict[str, Any]]) -> None:
+def test_nonce_rejections_are_retried(
+    pebble_factory: Callable[..., Pebble],
+    va_http_port: int,
+    state_dir: Path,
+    log_events: list[dict[str, Any]],
+) -> None:
     pebble = pebble_factory(nonce_reject=50)
     issuer = build_acme_issuer("flaky", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
-    requests = [IssueRequest(f"n{i}", (f"n{i}.example.com", f"www.n{i}.example.com"), "ecdsa-p256") for i in range(4)]
+    requests = [
+        IssueRequest(f"n{i}", (f"n{i}.example.com", f"www.n{i}.example.com"), "ecdsa-p256") for i in range(4)
+    ]
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(lambda r: _attempt(issuer, r), requests))
     assert all(isinstance(r, Material) for r in results), results
@@ -68,31 +74,46 @@ def _eab_pebble(pebble_factory: Callable[..., Pebble]) -> Pebble:
     return pebble_factory(eab_required=True, eab_keys=((EAB_KID, EAB_KEY),))
 
 
-def test_external_account_binding(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path) -> None:
+def test_external_account_binding(
+    pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path
+) -> None:
     pebble = _eab_pebble(pebble_factory)
     assert pebble.directory()["meta"]["externalAccountRequired"] is True
-    spec = acme_spec(pebble, [standalone(va_http_port)], eab={"keyId": EAB_KID, "hmacKey": {"fromEnv": "EAB_HMAC"}})
+    spec = acme_spec(
+        pebble, [standalone(va_http_port)], eab={"keyId": EAB_KID, "hmacKey": {"fromEnv": "EAB_HMAC"}}
+    )
     issuer = build_acme_issuer("eab", spec, state_dir, environ={"EAB_HMAC": EAB_KEY})
-    assert issuer.issue(IssueRequest("e", ("eab.example.com",), "ecdsa-p256")).info.sans == ("eab.example.com",)
+    assert issuer.issue(IssueRequest("e", ("eab.example.com",), "ecdsa-p256")).info.sans == (
+        "eab.example.com",
+    )
     assert json.loads((state_dir / "acme" / "eab" / "account.json").read_text())["uri"]
 
 
-def test_wrong_eab_key_is_refused_clearly(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path,
-                                          tmp_path: Path) -> None:
+def test_wrong_eab_key_is_refused_clearly(
+    pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path, tmp_path: Path
+) -> None:
     pebble = _eab_pebble(pebble_factory)
     secret_file = tmp_path / "hmac"
     secret_file.write_text(base64.urlsafe_b64encode(secrets.token_bytes(48)).decode().rstrip("=") + "\n")
-    spec = acme_spec(pebble, [standalone(va_http_port)], eab={"keyId": EAB_KID, "hmacKey": {"fromFile": str(secret_file)}})
+    spec = acme_spec(
+        pebble, [standalone(va_http_port)], eab={"keyId": EAB_KID, "hmacKey": {"fromFile": str(secret_file)}}
+    )
     issuer = build_acme_issuer("eab", spec, state_dir)
-    with pytest.raises(IssueError, match=r"refused the External Account Binding: unauthorized: .*verification error") as caught:
+    with pytest.raises(
+        IssueError, match=r"refused the External Account Binding: unauthorized: .*verification error"
+    ) as caught:
         issuer.issue(IssueRequest("e", ("eab.example.com",), "ecdsa-p256"))
     assert not caught.value.transient
     assert caught.value.problem["type"] == "urn:ietf:params:acme:error:unauthorized"
     assert not (state_dir / "acme" / "eab" / "account.json").exists()
 
 
-def test_eab_required_but_not_configured(pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path) -> None:
-    issuer = build_acme_issuer("eab", acme_spec(_eab_pebble(pebble_factory), [standalone(va_http_port)]), state_dir)
+def test_eab_required_but_not_configured(
+    pebble_factory: Callable[..., Pebble], va_http_port: int, state_dir: Path
+) -> None:
+    issuer = build_acme_issuer(
+        "eab", acme_spec(_eab_pebble(pebble_factory), [standalone(va_http_port)]), state_dir
+    )
     with pytest.raises(IssueError, match=r"requires External Account Binding; set eab"):
         issuer.issue(IssueRequest("e", ("eab.example.com",), "ecdsa-p256"))
 
@@ -100,7 +121,9 @@ def test_eab_required_but_not_configured(pebble_factory: Callable[..., Pebble], 
 def test_ca_down_is_a_clear_transient_error(va_http_port: int, state_dir: Path, pebble: Pebble) -> None:
     port = free_port()
     spec = acme_spec(pebble, [standalone(va_http_port)], directoryUrl=f"https://127.0.0.1:{port}/dir")
-    issuer = build_acme_issuer("down", spec, state_dir, retry_policy=RetryPolicy(attempts=3, budget=3.0, initial=0.1))
+    issuer = build_acme_issuer(
+        "down", spec, state_dir, retry_policy=RetryPolicy(attempts=3, budget=3.0, initial=0.1)
+    )
     started = time.monotonic()
     with pytest.raises(IssueError) as caught:
         issuer.issue(IssueRequest("d", ("down.example.com",), "ecdsa-p256"))
@@ -118,7 +141,9 @@ def test_untrusted_ca_certificate_is_permanent(pebble: Pebble, va_http_port: int
     assert not caught.value.transient
 
 
-def test_account_unknown_to_the_ca_is_registered_again(pebble: Pebble, va_http_port: int, state_dir: Path) -> None:
+def test_account_unknown_to_the_ca_is_registered_again(
+    pebble: Pebble, va_http_port: int, state_dir: Path
+) -> None:
     issuer = build_acme_issuer("forgot", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     issuer.issue(IssueRequest("f", ("f.example.com",), "ecdsa-p256"))
     record = state_dir / "acme" / "forgot" / "account.json"

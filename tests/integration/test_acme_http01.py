@@ -75,7 +75,9 @@ def test_rsa_key_and_reused_key(pebble: Pebble, va_http_port: int, state_dir: Pa
 
 def test_concurrent_orders_share_the_listener(pebble: Pebble, va_http_port: int, state_dir: Path) -> None:
     issuer = _issuer(pebble, state_dir, [standalone(va_http_port)])
-    requests = [IssueRequest(f"c{i}", (f"c{i}.example.com", f"www.c{i}.example.com"), "ecdsa-p256") for i in range(6)]
+    requests = [
+        IssueRequest(f"c{i}", (f"c{i}.example.com", f"www.c{i}.example.com"), "ecdsa-p256") for i in range(6)
+    ]
     with ThreadPoolExecutor(max_workers=6) as pool:
         results = list(pool.map(issuer.issue, requests))
     assert [m.info.sans[0] for m in results] == [r.domains[0] for r in requests]
@@ -93,7 +95,9 @@ def test_webroot_served_by_nginx(pebble: Pebble, webroot_nginx: Nginx, state_dir
     assert list(webroot_nginx.webroot.rglob("*")) == []
 
 
-def test_webroot_files_are_removed_when_validation_fails(pebble: Pebble, state_dir: Path, tmp_path: Path) -> None:
+def test_webroot_files_are_removed_when_validation_fails(
+    pebble: Pebble, state_dir: Path, tmp_path: Path
+) -> None:
     webroot = tmp_path / "not-served"
     webroot.mkdir()
     issuer = _issuer(pebble, state_dir, [{"http01": {"webroot": {"path": str(webroot)}}}])
@@ -107,9 +111,14 @@ def test_webroot_files_are_removed_when_validation_fails(pebble: Pebble, state_d
 
 def test_solver_chosen_per_domain(pebble: Pebble, va_http_port: int, state_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "missing"
-    solvers = [{"domains": ["other.test"], "http01": {"webroot": {"path": str(missing)}}}, standalone(va_http_port)]
+    solvers = [
+        {"domains": ["other.test"], "http01": {"webroot": {"path": str(missing)}}},
+        standalone(va_http_port),
+    ]
     issuer = _issuer(pebble, state_dir, solvers)
-    assert issuer.issue(IssueRequest("s", ("pick.example.com",), "ecdsa-p256")).info.sans == ("pick.example.com",)
+    assert issuer.issue(IssueRequest("s", ("pick.example.com",), "ecdsa-p256")).info.sans == (
+        "pick.example.com",
+    )
     with pytest.raises(IssueError, match=r"does not exist"):
         issuer.issue(IssueRequest("o", ("www.other.test",), "ecdsa-p256"))
 
@@ -135,14 +144,17 @@ def test_standalone_port_taken_is_a_clear_error(pebble: Pebble, state_dir: Path)
         squatter.bind((LOOPBACK, port))
         squatter.listen()
         issuer = _issuer(pebble, state_dir, [standalone(port)])
-        with pytest.raises(IssueError, match=rf"cannot listen on {LOOPBACK}:{port}.*another program") as caught:
+        with pytest.raises(
+            IssueError, match=rf"cannot listen on {LOOPBACK}:{port}.*another program"
+        ) as caught:
             issuer.issue(IssueRequest("p", ("port.example.com",), "ecdsa-p256"))
     assert not caught.value.transient
     assert LISTENERS.active() == {}
 
 
 def test_later_orders_reuse_the_connection_and_the_nonces_of_earlier_ones(
-        pebble: Pebble, va_http_port: int, state_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pebble: Pebble, va_http_port: int, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import urllib3.connectionpool
 
     from reconciler.adapters.issuers.acme.transport import Network

@@ -56,8 +56,12 @@ def dns01(bind: Bind, nameserver: str, propagation: str) -> str:
 """
 
 
-def write_base(ws: Workspace, directory_url: str, ca_bundle: str, solvers: str, *, concurrency: int = 8) -> None:
-    ws.write("base.yaml", f"""\
+def write_base(
+    ws: Workspace, directory_url: str, ca_bundle: str, solvers: str, *, concurrency: int = 8
+) -> None:
+    ws.write(
+        "base.yaml",
+        f"""\
 apiVersion: certctl/v1
 kind: Settings
 metadata: {{name: settings}}
@@ -81,13 +85,16 @@ kind: Store
 metadata: {{name: pem}}
 spec:
   pemDirectory: {{path: ../pem}}
-""")
+""",
+    )
 
 
 def add_cert(ws: Workspace, name: str, domains: list[str], file: str | None = None) -> None:
     quoted = ", ".join(f'"{d}"' for d in domains)
-    body = (f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: {name}}}\nspec:\n  issuer: pebble\n"
-            f"  domains: [{quoted}]\n  stores: [pem]\n")
+    body = (
+        f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: {name}}}\nspec:\n  issuer: pebble\n"
+        f"  domains: [{quoted}]\n  stores: [pem]\n"
+    )
     if file is None:
         ws.write(f"{name}.yaml", body)
     else:
@@ -127,8 +134,9 @@ def parse_time(text: str) -> datetime:
 # --- tests -------------------------------------------------------------------------------------------------------
 
 
-def test_apply_issues_and_the_second_plan_is_empty(ws: Workspace, run_cli: RunCli, pebble: Pebble,
-                                                   va_http_port: int) -> None:
+def test_apply_issues_and_the_second_plan_is_empty(
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int
+) -> None:
     write_base(ws, pebble.directory_url, pebble.ca_bundle, http01(va_http_port))
     add_cert(ws, "www", ["www.example.com", "example.com"])
     add_cert(ws, "api", ["api.example.com"])
@@ -142,9 +150,11 @@ def test_apply_issues_and_the_second_plan_is_empty(ws: Workspace, run_cli: RunCl
     served = x509.load_pem_x509_certificate((ws.pem / "www" / "cert.pem").read_bytes())
     assert served.issuer.rfc4514_string().startswith("CN=Pebble Intermediate CA")
     assert served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName) == ["www.example.com", "example.com"]
+        x509.DNSName
+    ) == ["www.example.com", "example.com"]
     assert json.loads((ws.state / "acme" / "pebble" / "account.json").read_text())["uri"].startswith(
-        pebble.directory_url.rsplit("/", 1)[0])
+        pebble.directory_url.rsplit("/", 1)[0]
+    )
 
 
 @pytest.fixture
@@ -180,7 +190,11 @@ def test_ari_window_moves_the_renewal_and_the_order_names_the_old_certificate(
     assert attempts.ari_for == thumbprint
     assert (attempts.ari_window_start, attempts.ari_window_end) == ari_proxy.window
     assert attempts.ari_fetched_at is not None and attempts.ari_next_fetch is not None
-    assert timedelta(hours=6) <= attempts.ari_next_fetch - attempts.ari_fetched_at <= timedelta(hours=6, seconds=5)
+    assert (
+        timedelta(hours=6)
+        <= attempts.ari_next_fetch - attempts.ari_fetched_at
+        <= timedelta(hours=6, seconds=5)
+    )
 
     _, text, _ = run_cli("plan", "-d", str(ws.desired))
     assert "the CA wants this certificate replaced now" in text
@@ -225,7 +239,9 @@ def test_a_blocked_name_fails_only_its_certificate_and_renew_overrides_the_backo
     assert bad["state"] == "deferred"
     assert "rejectedIdentifier" in bad["last_error"] and "www.blocked.example.org" in bad["last_error"]
     deferred_until = parse_time(bad["deferred_until"])
-    assert started + timedelta(minutes=59) <= deferred_until <= datetime.now(UTC) + timedelta(hours=1, seconds=5)
+    assert (
+        started + timedelta(minutes=59) <= deferred_until <= datetime.now(UTC) + timedelta(hours=1, seconds=5)
+    )
     code, out, _ = run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")
     # no action until then, but pending work: the plan says why, when, and how to retry now (exit 2)
     assert code == 2 and "deferred until" in out and "1 certificate deferred (bad until" in out
@@ -233,12 +249,17 @@ def test_a_blocked_name_fails_only_its_certificate_and_renew_overrides_the_backo
     code, out, _ = run_cli("renew", "bad", "-d", str(ws.desired))
     assert code == 1
     assert "failed: issue/bad:" in out and "rejectedIdentifier" in out
-    issue_runs = {e["run"] for e in StateDir(ws.state).journal_entries()
-                  if e["event"] == "intent" and e["action"] == "issue/bad"}
+    issue_runs = {
+        e["run"]
+        for e in StateDir(ws.state).journal_entries()
+        if e["event"] == "intent" and e["action"] == "issue/bad"
+    }
     assert len(issue_runs) == 2  # attempted again despite the backoff
     attempts = StateDir(ws.state).attempts()["bad"]
     assert attempts.consecutive_failures == 2
-    assert attempts.next_retry is not None and attempts.next_retry - (attempts.last_attempt or started) >= timedelta(hours=2)
+    assert attempts.next_retry is not None and attempts.next_retry - (
+        attempts.last_attempt or started
+    ) >= timedelta(hours=2)
 
 
 def test_a_ca_that_is_down_backs_off_and_the_run_after_the_backoff_succeeds(
@@ -250,7 +271,9 @@ def test_a_ca_that_is_down_backs_off_and_the_run_after_the_backoff_succeeds(
     desired = load(ws.desired)
     world = build(desired, StateDir(ws.state))
     quick = RetryPolicy(attempts=3, budget=2.0, initial=0.1)
-    world.issuers["pebble"] = build_acme_issuer("pebble", desired.issuers["pebble"].spec.acme, ws.state, retry_policy=quick)
+    world.issuers["pebble"] = build_acme_issuer(
+        "pebble", desired.issuers["pebble"].spec.acme, ws.state, retry_policy=quick
+    )
 
     t0 = datetime.now(UTC).replace(microsecond=0)
     result = Executor(world, clock=FixedClock(t0)).run(make_plan(desired, observe(world), t0))
@@ -278,8 +301,9 @@ def test_a_ca_that_is_down_backs_off_and_the_run_after_the_backoff_succeeds(
     assert make_plan(desired, observe(world), t1).actions == ()
 
 
-def test_renewal_at_75_percent_in_real_time(ws: Workspace, run_cli: RunCli, pebble_factory: Callable[..., Pebble],
-                                           va_http_port: int) -> None:
+def test_renewal_at_75_percent_in_real_time(
+    ws: Workspace, run_cli: RunCli, pebble_factory: Callable[..., Pebble], va_http_port: int
+) -> None:
     pebble = pebble_factory(validity_seconds=12)
     write_base(ws, pebble.directory_url, pebble.ca_bundle, http01(va_http_port))
     add_cert(ws, "short", ["short.example.com"])
@@ -311,21 +335,38 @@ def test_renewal_at_75_percent_in_real_time(ws: Workspace, run_cli: RunCli, pebb
     assert [first.thumbprint[:8].lower() in v.name.lower() for v in versions].count(True) == 1, versions
     assert len(versions) == 2
     old_version = next(v for v in versions if first.thumbprint[:8].lower() in v.name.lower())
-    assert x509.load_pem_x509_certificate((old_version / "cert.pem").read_bytes()).serial_number == int(first.serial, 16)
-    assert x509.load_pem_x509_certificate((ws.pem / "short" / "cert.pem").read_bytes()).serial_number == int(second.serial, 16)
+    assert x509.load_pem_x509_certificate((old_version / "cert.pem").read_bytes()).serial_number == int(
+        first.serial, 16
+    )
+    assert x509.load_pem_x509_certificate((ws.pem / "short" / "cert.pem").read_bytes()).serial_number == int(
+        second.serial, 16
+    )
     entries = [e for e in StateDir(ws.state).journal_entries() if e.get("event") in ("intent", "done")]
     order = [(e["event"], e["action"]) for e in entries[-4:]]
-    assert order == [("intent", "renew/short"), ("done", "renew/short"),
-                     ("intent", "install/short/store/pem"), ("done", "install/short/store/pem")]
+    assert order == [
+        ("intent", "renew/short"),
+        ("done", "renew/short"),
+        ("intent", "install/short/store/pem"),
+        ("done", "install/short/store/pem"),
+    ]
     assert run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")[0] == 0
 
 
-def test_wildcard_and_apex_through_bind(ws: Workspace, run_cli: RunCli, public_bind: Bind, pebble_public_bind: Pebble,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wildcard_and_apex_through_bind(
+    ws: Workspace,
+    run_cli: RunCli,
+    public_bind: Bind,
+    pebble_public_bind: Pebble,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     zone = public_bind.zone
     monkeypatch.setenv(TSIG_ENV, public_bind.secret)
-    write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
-               dns01(public_bind, public_bind.address, "10s"))
+    write_base(
+        ws,
+        pebble_public_bind.directory_url,
+        pebble_public_bind.ca_bundle,
+        dns01(public_bind, public_bind.address, "10s"),
+    )
     add_cert(ws, "wild", [f"*.{zone}", zone])
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
@@ -335,8 +376,9 @@ def test_wildcard_and_apex_through_bind(ws: Workspace, run_cli: RunCli, public_b
     assert run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")[0] == 0
 
 
-def test_twenty_certificates_in_parallel_one_order_each(ws: Workspace, run_cli: RunCli, pebble: Pebble,
-                                                        va_http_port: int) -> None:
+def test_twenty_certificates_in_parallel_one_order_each(
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int
+) -> None:
     write_base(ws, pebble.directory_url, pebble.ca_bundle, http01(va_http_port), concurrency=8)
     names = [f"par{i:02d}" for i in range(20)]
     for name in names:
@@ -349,7 +391,9 @@ def test_twenty_certificates_in_parallel_one_order_each(ws: Workspace, run_cli: 
     orders = [e["certificate"] for e in events if e.get("event") == "acme.order.created"]
     assert sorted(orders) == names  # every certificate had exactly one order
     assert [e["event"] for e in events if e.get("event", "").startswith("acme.account.")] == [
-        "acme.account.key_created", "acme.account.registered"]  # one account for all the parallel orders
+        "acme.account.key_created",
+        "acme.account.registered",
+    ]  # one account for all the parallel orders
 
     # From the journal: the issuances overlapped, never more than the configured 8 at once.
     spans: dict[str, list[datetime]] = {}
@@ -357,8 +401,9 @@ def test_twenty_certificates_in_parallel_one_order_each(ws: Workspace, run_cli: 
         if str(e.get("action", "")).startswith("issue/") and e["event"] in ("intent", "done"):
             spans.setdefault(e["action"], []).append(parse_time(e["at"]))
     assert len(spans) == 20 and all(len(s) == 2 for s in spans.values())
-    edges = sorted([(s[0], 1) for s in spans.values()] + [(s[1], -1) for s in spans.values()],
-                   key=lambda x: (x[0], x[1]))
+    edges = sorted(
+        [(s[0], 1) for s in spans.values()] + [(s[1], -1) for s in spans.values()], key=lambda x: (x[0], x[1])
+    )
     running, most = 0, 0
     for _, step in edges:
         running += step
@@ -367,8 +412,13 @@ def test_twenty_certificates_in_parallel_one_order_each(ws: Workspace, run_cli: 
 
 
 def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
-        ws: Workspace, run_cli: RunCli, public_bind: Bind, pebble_public_bind: Pebble, challtestsrv: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    ws: Workspace,
+    run_cli: RunCli,
+    public_bind: Bind,
+    pebble_public_bind: Pebble,
+    challtestsrv: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A crash mid-order must not leave a challenge record behind: the next apply removes it, then issues."""
     import os
     import signal
@@ -378,12 +428,20 @@ def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
     zone = public_bind.zone
     monkeypatch.setenv(TSIG_ENV, public_bind.secret)
     # first: a name server that never shows the record, so the order waits for propagation ...
-    write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
-               dns01(public_bind, challtestsrv.dns_address, "120s"))
+    write_base(
+        ws,
+        pebble_public_bind.directory_url,
+        pebble_public_bind.ca_bundle,
+        dns01(public_bind, challtestsrv.dns_address, "120s"),
+    )
     add_cert(ws, "crashy", [f"crashy.{zone}"])
     record = f"_acme-challenge.crashy.{zone}"
-    process = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-d", str(ws.desired)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", "-d", str(ws.desired)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
     try:
         wait_until(lambda: public_bind.txt(record) != set(), timeout=30, what="the challenge record in BIND")
     finally:
@@ -394,11 +452,21 @@ def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
     assert record.removeprefix("_acme-challenge.") in pending
 
     # the next apply (with a name server that does show it) first removes the leftover, then issues
-    write_base(ws, pebble_public_bind.directory_url, pebble_public_bind.ca_bundle,
-               dns01(public_bind, public_bind.address, "10s"))
+    write_base(
+        ws,
+        pebble_public_bind.directory_url,
+        pebble_public_bind.ca_bundle,
+        dns01(public_bind, public_bind.address, "10s"),
+    )
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
     assert public_bind.txt(record) == set()
-    assert build_acme_issuer("pebble", load(ws.desired, revision=False).issuers["pebble"].spec.acme,  # type: ignore[arg-type]
-                      ws.state).challenges.pending() == {}
+    assert (
+        build_acme_issuer(
+            "pebble",
+            load(ws.desired, revision=False).issuers["pebble"].spec.acme,  # type: ignore[arg-type]
+            ws.state,
+        ).challenges.pending()
+        == {}
+    )
     assert StateDir(ws.state).issued_for("crashy")

@@ -33,16 +33,29 @@ def site(tmp_path: Path) -> Iterator[Nginx]:
 
 def write_spec(ws: Workspace, site: Nginx, reload: list[str] | str) -> None:
     ws.base()  # local CA issuer `local`, PEM store `pem`
-    ws.certificate("www", ["www.example.com", "example.com"], extra=(
-        "  tasks:\n"
-        f"    - files: {{path: {json.dumps(str(site.cert_path.parent))}, reload: {json.dumps(reload)}}}\n"
-        f"  verify:\n    - {{endpoint: \"{site.endpoint}\", sni: www.example.com}}\n"
-    ))
+    ws.certificate(
+        "www",
+        ["www.example.com", "example.com"],
+        extra=(
+            "  tasks:\n"
+            f"    - files: {{path: {json.dumps(str(site.cert_path.parent))}, reload: {json.dumps(reload)}}}\n"
+            f'  verify:\n    - {{endpoint: "{site.endpoint}", sni: www.example.com}}\n'
+        ),
+    )
 
 
 def reload_command(site: Nginx) -> list[str]:
-    return [require("nginx"), "-p", str(site.folder), "-c", str(site.conf), "-e", str(site.folder / "error.log"),
-            "-s", "reload"]
+    return [
+        require("nginx"),
+        "-p",
+        str(site.folder),
+        "-c",
+        str(site.conf),
+        "-e",
+        str(site.folder / "error.log"),
+        "-s",
+        "reload",
+    ]
 
 
 def current_sha256(ws: Workspace) -> str:
@@ -59,7 +72,9 @@ def test_verify_passes_then_a_reload_that_does_nothing_is_caught_and_planned_as_
     assert "verification" not in out
     first = current_sha256(ws)
     assert first != placeholder
-    wait_until(lambda: site.served_sha256("www.example.com") == first, timeout=10, what="nginx serving the first one")
+    wait_until(
+        lambda: site.served_sha256("www.example.com") == first, timeout=10, what="nginx serving the first one"
+    )
 
     # The reload no longer reloads: a forced renewal deploys the files, but nginx keeps the old certificate.
     write_spec(ws, site, "true")
@@ -83,7 +98,12 @@ def test_verify_passes_then_a_reload_that_does_nothing_is_caught_and_planned_as_
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 0, out + err
     # nginx reloads gracefully: old workers may still answer a connection or two with the old certificate
-    wait_until(lambda: site.served_sha256("www.example.com") == second, timeout=10, what="nginx serving the new one")
+    wait_until(
+        lambda: site.served_sha256("www.example.com") == second, timeout=10, what="nginx serving the new one"
+    )
     # (and so may a probe made while old workers finish: the plan converges once they are gone)
-    wait_until(lambda: run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")[0] == 0, timeout=10,
-               what="an empty plan")
+    wait_until(
+        lambda: run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")[0] == 0,
+        timeout=10,
+        what="an empty plan",
+    )

@@ -37,11 +37,14 @@ def pdns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PowerDns]:
     server = PowerDns(tmp_path_factory.mktemp("pdns"))
     try:
         server.start()
-        server.add_zone(ZONE, [
-            (f"_acme-challenge.deleg.{ZONE}", "CNAME", f"_acme-challenge.deleg.{ALIAS_ZONE}."),
-            (f"_acme-challenge.loop1.{ZONE}", "CNAME", f"_acme-challenge.loop2.{ZONE}."),
-            (f"_acme-challenge.loop2.{ZONE}", "CNAME", f"_acme-challenge.loop1.{ZONE}."),
-        ])
+        server.add_zone(
+            ZONE,
+            [
+                (f"_acme-challenge.deleg.{ZONE}", "CNAME", f"_acme-challenge.deleg.{ALIAS_ZONE}."),
+                (f"_acme-challenge.loop1.{ZONE}", "CNAME", f"_acme-challenge.loop2.{ZONE}."),
+                (f"_acme-challenge.loop2.{ZONE}", "CNAME", f"_acme-challenge.loop1.{ZONE}."),
+            ],
+        )
         server.add_zone(ALIAS_ZONE)
     except ServerError as exc:
         server.stop()
@@ -51,8 +54,12 @@ def pdns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PowerDns]:
 
 
 @pytest.fixture(scope="module")
-def pebble_pdns(tmp_path_factory: pytest.TempPathFactory, pdns: PowerDns, va_http_port: int) -> Iterator[Pebble]:
-    server = Pebble(tmp_path_factory.mktemp("pebble-pdns"), PebbleOptions(dns="bind"), pdns.address, va_http_port)
+def pebble_pdns(
+    tmp_path_factory: pytest.TempPathFactory, pdns: PowerDns, va_http_port: int
+) -> Iterator[Pebble]:
+    server = Pebble(
+        tmp_path_factory.mktemp("pebble-pdns"), PebbleOptions(dns="bind"), pdns.address, va_http_port
+    )
     try:
         server.start()
     except ServerError as exc:
@@ -62,12 +69,20 @@ def pebble_pdns(tmp_path_factory: pytest.TempPathFactory, pdns: PowerDns, va_htt
     server.stop()
 
 
-def provider_solver(pdns: PowerDns, *, domains: list[str] | None = None, key_env: str = KEY_ENV,
-                    zone: str | None = None, nameservers: list[str] | None = None, propagation: str = "20s") -> str:
+def provider_solver(
+    pdns: PowerDns,
+    *,
+    domains: list[str] | None = None,
+    key_env: str = KEY_ENV,
+    zone: str | None = None,
+    nameservers: list[str] | None = None,
+    propagation: str = "20s",
+) -> str:
     lines = ["      - "]
     if domains is not None:
         lines.append(f"domains: [{', '.join(domains)}]\n        ")
-    lines.append(textwrap.dedent(f"""\
+    lines.append(
+        textwrap.dedent(f"""\
         dns01:
           provider:
             name: powerdns
@@ -77,7 +92,11 @@ def provider_solver(pdns: PowerDns, *, domains: list[str] | None = None, key_env
             propagationTimeout: {propagation}
             nameservers: {json.dumps(nameservers or [pdns.address])}
             resolvers: ["{pdns.address}"]
-        """).replace("\n", "\n        ").rstrip() + "\n")
+        """)
+        .replace("\n", "\n        ")
+        .rstrip()
+        + "\n"
+    )
     if zone:
         lines.append(f"            zone: {zone}\n")
     return "".join(lines)
@@ -87,8 +106,9 @@ def write_base(ws: Workspace, pebble: Pebble, solvers: str) -> None:
     acme.write_base(ws, pebble.directory_url, pebble.ca_bundle, "    solvers:\n" + solvers)
 
 
-def test_wildcard_and_apex_through_the_powerdns_provider(ws: Workspace, run_cli: RunCli, pdns: PowerDns,
-                                                         pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wildcard_and_apex_through_the_powerdns_provider(
+    ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(KEY_ENV, pdns.api_key)
     write_base(ws, pebble_pdns, provider_solver(pdns))  # no zone: found by SOA lookup
     add_cert(ws, "wild", [f"*.{ZONE}", ZONE])
@@ -104,12 +124,14 @@ def test_wildcard_and_apex_through_the_powerdns_provider(ws: Workspace, run_cli:
     assert run_cli("plan", "-d", str(ws.desired), "--detailed-exitcode")[0] == 0
 
 
-def test_a_cname_delegated_name_gets_its_txt_in_the_other_zone(ws: Workspace, run_cli: RunCli, pdns: PowerDns,
-                                                               pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cname_delegated_name_gets_its_txt_in_the_other_zone(
+    ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(KEY_ENV, pdns.api_key)
     monkeypatch.setenv("CERTCTL_TEST_ALIAS_KEY", pdns.api_key)
-    solvers = (provider_solver(pdns, domains=[ZONE], zone=ZONE)
-               + provider_solver(pdns, domains=[ALIAS_ZONE], key_env="CERTCTL_TEST_ALIAS_KEY", zone=ALIAS_ZONE))
+    solvers = provider_solver(pdns, domains=[ZONE], zone=ZONE) + provider_solver(
+        pdns, domains=[ALIAS_ZONE], key_env="CERTCTL_TEST_ALIAS_KEY", zone=ALIAS_ZONE
+    )
     write_base(ws, pebble_pdns, solvers)
     add_cert(ws, "deleg", [f"deleg.{ZONE}"])
 
@@ -124,7 +146,11 @@ def test_a_cname_delegated_name_gets_its_txt_in_the_other_zone(ws: Workspace, ru
     assert code == 0, out + err
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     delegated = [e for e in events if e.get("event") == "acme.challenge.delegated"]
-    assert delegated and delegated[0]["record"] == f"_acme-challenge.deleg.{ALIAS_ZONE}" and delegated[0]["solver"] == 1
+    assert (
+        delegated
+        and delegated[0]["record"] == f"_acme-challenge.deleg.{ALIAS_ZONE}"
+        and delegated[0]["solver"] == 1
+    )
     added = [e for e in events if e.get("event") == "dns01.record.added"]
     assert [(e["name"], e["zone"]) for e in added] == [(f"_acme-challenge.deleg.{ALIAS_ZONE}", ALIAS_ZONE)]
     assert pdns.txt(f"_acme-challenge.deleg.{ALIAS_ZONE}") == set()
@@ -132,7 +158,8 @@ def test_a_cname_delegated_name_gets_its_txt_in_the_other_zone(ws: Workspace, ru
 
 
 def test_a_cname_loop_is_a_plan_error_and_fails_only_that_certificate(
-        ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(KEY_ENV, pdns.api_key)
     write_base(ws, pebble_pdns, provider_solver(pdns, zone=ZONE))
     add_cert(ws, "loop", [f"loop1.{ZONE}"])
@@ -149,10 +176,13 @@ def test_a_cname_loop_is_a_plan_error_and_fails_only_that_certificate(
 
 
 def test_a_wrong_api_key_fails_only_that_certificate_with_the_providers_message(
-        ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch) -> None:
+    ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(KEY_ENV, pdns.api_key)
     monkeypatch.setenv("CERTCTL_TEST_BAD_KEY", "not-the-key")
-    solvers = provider_solver(pdns, domains=[f"bad.{ZONE}"], key_env="CERTCTL_TEST_BAD_KEY") + provider_solver(pdns)
+    solvers = provider_solver(
+        pdns, domains=[f"bad.{ZONE}"], key_env="CERTCTL_TEST_BAD_KEY"
+    ) + provider_solver(pdns)
     write_base(ws, pebble_pdns, solvers)
     add_cert(ws, "bad", [f"bad.{ZONE}"])
     add_cert(ws, "good", [f"good.{ZONE}"])
@@ -167,16 +197,28 @@ def test_a_wrong_api_key_fails_only_that_certificate_with_the_providers_message(
 
 
 def test_kill_9_during_propagation_then_apply_removes_the_leftover_record(
-        ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble, challtestsrv: Any,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    ws: Workspace,
+    run_cli: RunCli,
+    pdns: PowerDns,
+    pebble_pdns: Pebble,
+    challtestsrv: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv(KEY_ENV, pdns.api_key)
     # a name server that never shows the record: the order waits for propagation ...
-    write_base(ws, pebble_pdns, provider_solver(pdns, zone=ZONE, nameservers=[challtestsrv.dns_address],
-                                                propagation="120s"))
+    write_base(
+        ws,
+        pebble_pdns,
+        provider_solver(pdns, zone=ZONE, nameservers=[challtestsrv.dns_address], propagation="120s"),
+    )
     add_cert(ws, "crashy", [f"crashy.{ZONE}"])
     record = f"_acme-challenge.crashy.{ZONE}"
-    process = subprocess.Popen([sys.executable, "-m", "reconciler", "apply", "-d", str(ws.desired)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", "-d", str(ws.desired)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ.copy(),
+    )
     try:
         wait_until(lambda: pdns.txt(record) != set(), timeout=30, what="the challenge record in PowerDNS")
     finally:
@@ -193,7 +235,7 @@ def test_kill_9_during_propagation_then_apply_removes_the_leftover_record(
     assert StateDir(ws.state).issued_for("crashy")
 
 
-SCRIPT = '''\
+SCRIPT = """\
 import json, os, sys, urllib.request
 action, name, value = sys.argv[1], os.environ["CERTCTL_DNS_NAME"], sys.argv[2]
 zone = os.environ["CERTCTL_DNS_ZONE"]
@@ -212,11 +254,17 @@ rrset = {"name": name + ".", "type": "TXT", "ttl": 60, "changetype": "REPLACE" i
 call("PATCH", {"rrsets": [rrset]})
 with open(os.environ["SCRIPT_LOG"], "a") as log:
     log.write(f"{action} {name} {zone}\\n")
-'''
+"""
 
 
-def test_the_script_solver_against_powerdns(ws: Workspace, run_cli: RunCli, pdns: PowerDns, pebble_pdns: Pebble,
-                                            tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_script_solver_against_powerdns(
+    ws: Workspace,
+    run_cli: RunCli,
+    pdns: PowerDns,
+    pebble_pdns: Pebble,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     script = tmp_path / "pdns-txt.py"
     script.write_text(SCRIPT)
     calls = tmp_path / "calls.log"

@@ -37,7 +37,9 @@ RunCli = Callable[..., tuple[int, str, str]]
 QUICK = RetryPolicy(attempts=2, budget=1.0, initial=0.05, maximum=0.1)
 
 
-def issuer_doc(name: str, url: str, ca_bundle: str, port: int, extra: str = "", email: str = "ops@example.com") -> str:
+def issuer_doc(
+    name: str, url: str, ca_bundle: str, port: int, extra: str = "", email: str = "ops@example.com"
+) -> str:
     return f"""\
 apiVersion: certctl/v1
 kind: Issuer
@@ -58,8 +60,11 @@ spec:
 def write(ws: Workspace, issuers: str, cert_issuer: str, domains: list[str]) -> None:
     ws.write("base.yaml", issuers + BASE)  # with the tests' Settings, local Issuer and PEM store
     quoted = ", ".join(f'"{d}"' for d in domains)
-    ws.write("www.yaml", f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: www}}\nspec:\n"
-                         f"  issuer: {cert_issuer}\n  domains: [{quoted}]\n  stores: [pem]\n")
+    ws.write(
+        "www.yaml",
+        f"apiVersion: certctl/v1\nkind: Certificate\nmetadata: {{name: www}}\nspec:\n"
+        f"  issuer: {cert_issuer}\n  domains: [{quoted}]\n  stores: [pem]\n",
+    )
 
 
 def quick_world(ws: Workspace) -> Any:
@@ -95,22 +100,33 @@ def current(ws: Workspace) -> Any:
 
 
 def test_a_stopped_ca_falls_back_to_the_second_and_the_first_serves_again_at_the_next_renewal(
-        ws: Workspace, pebble: Pebble, pebble_factory: Callable[..., Pebble], va_http_port: int) -> None:
+    ws: Workspace, pebble: Pebble, pebble_factory: Callable[..., Pebble], va_http_port: int
+) -> None:
     second = pebble_factory(name="second-ca")
     primary = AriProxy(pebble, offer_ari=False)  # the first CA's address: stopped, nothing listens there yet
-    write(ws, issuer_doc("first", primary.directory_url, pebble.ca_bundle, va_http_port)
-          + issuer_doc("second", second.directory_url, second.ca_bundle, va_http_port),
-          "[first, second]", ["fallback.example.com"])
+    write(
+        ws,
+        issuer_doc("first", primary.directory_url, pebble.ca_bundle, va_http_port)
+        + issuer_doc("second", second.directory_url, second.ca_bundle, va_http_port),
+        "[first, second]",
+        ["fallback.example.com"],
+    )
     desired, world = quick_world(ws)
     plan = make_plan(desired, observe(world), datetime.now(UTC))
     issue = next(a for a in plan.actions if a.id == "issue/www")
-    assert issue.to_json()["detail"]["issuer"] == "first" and issue.to_json()["detail"]["fallbacks"] == ["second"]
+    assert issue.to_json()["detail"]["issuer"] == "first" and issue.to_json()["detail"]["fallbacks"] == [
+        "second"
+    ]
 
     result = apply(desired, world)
     assert result.ok, [o.error for o in result.outcomes]
     version = current(ws)
-    assert version.issuer == "second" and version.issuer_id.startswith(f"acme:{second.directory_url}".lower()[:20])
-    assert "first could not serve" in (version.issuer_note or "") and "connection refused" in (version.issuer_note or "")
+    assert version.issuer == "second" and version.issuer_id.startswith(
+        f"acme:{second.directory_url}".lower()[:20]
+    )
+    assert "first could not serve" in (version.issuer_note or "") and "connection refused" in (
+        version.issuer_note or ""
+    )
     assert world.state.attempts()["www"].consecutive_failures == 0  # a fallback that served is no failure
 
     now = datetime.now(UTC)
@@ -136,14 +152,24 @@ def test_a_stopped_ca_falls_back_to_the_second_and_the_first_serves_again_at_the
 
 
 @pytest.mark.parametrize(("status", "problem"), [(500, "serverInternal"), (429, "rateLimited")])
-def test_a_ca_refusing_every_order_falls_back(ws: Workspace, pebble: Pebble, pebble_factory: Callable[..., Pebble],
-                                             va_http_port: int, status: int, problem: str) -> None:
+def test_a_ca_refusing_every_order_falls_back(
+    ws: Workspace,
+    pebble: Pebble,
+    pebble_factory: Callable[..., Pebble],
+    va_http_port: int,
+    status: int,
+    problem: str,
+) -> None:
     second = pebble_factory(name="second-ca")
     refusing = AriProxy(pebble, offer_ari=False, fail_orders=(status, problem)).start()
     try:
-        write(ws, issuer_doc("first", refusing.directory_url, pebble.ca_bundle, va_http_port)
-              + issuer_doc("second", second.directory_url, second.ca_bundle, va_http_port),
-              "[first, second]", [f"refused-{status}.example.com"])
+        write(
+            ws,
+            issuer_doc("first", refusing.directory_url, pebble.ca_bundle, va_http_port)
+            + issuer_doc("second", second.directory_url, second.ca_bundle, va_http_port),
+            "[first, second]",
+            [f"refused-{status}.example.com"],
+        )
         desired, world = quick_world(ws)
         result = apply(desired, world)
     finally:
@@ -155,14 +181,19 @@ def test_a_ca_refusing_every_order_falls_back(ws: Workspace, pebble: Pebble, peb
 
 
 def test_a_failure_that_is_the_certificates_own_does_not_fall_through(
-        ws: Workspace, pebble_factory: Callable[..., Pebble], va_http_port: int) -> None:
+    ws: Workspace, pebble_factory: Callable[..., Pebble], va_http_port: int
+) -> None:
     strict = pebble_factory(name="strict-ca", blocklist=("blocked.example.com",))
     second = pebble_factory(name="second-ca")
     watched = AriProxy(second, offer_ari=False).start()
     try:
-        write(ws, issuer_doc("first", strict.directory_url, strict.ca_bundle, va_http_port)
-              + issuer_doc("second", watched.directory_url, second.ca_bundle, va_http_port),
-              "[first, second]", ["blocked.example.com"])
+        write(
+            ws,
+            issuer_doc("first", strict.directory_url, strict.ca_bundle, va_http_port)
+            + issuer_doc("second", watched.directory_url, second.ca_bundle, va_http_port),
+            "[first, second]",
+            ["blocked.example.com"],
+        )
         desired, world = quick_world(ws)
         result = apply(desired, world)
     finally:
@@ -175,9 +206,13 @@ def test_a_failure_that_is_the_certificates_own_does_not_fall_through(
 
 def test_every_ca_down_is_one_failure_naming_each(ws: Workspace, pebble: Pebble, va_http_port: int) -> None:
     one, two = AriProxy(pebble, offer_ari=False), AriProxy(pebble, offer_ari=False)  # neither listens
-    write(ws, issuer_doc("first", one.directory_url, pebble.ca_bundle, va_http_port)
-          + issuer_doc("second", two.directory_url, pebble.ca_bundle, va_http_port),
-          "[first, second]", ["down.example.com"])
+    write(
+        ws,
+        issuer_doc("first", one.directory_url, pebble.ca_bundle, va_http_port)
+        + issuer_doc("second", two.directory_url, pebble.ca_bundle, va_http_port),
+        "[first, second]",
+        ["down.example.com"],
+    )
     desired, world = quick_world(ws)
     result = apply(desired, world)
     error = next(o for o in result.outcomes if o.action.id == "issue/www").error or ""
@@ -190,14 +225,16 @@ def test_every_ca_down_is_one_failure_naming_each(ws: Workspace, pebble: Pebble,
 
 
 def pebble_status(pebble: Pebble, serial_hex: str) -> str:
-    response = requests.get(f"{pebble.management_url}/cert-status-by-serial/{serial_hex}", verify=pebble.ca_bundle,
-                            timeout=5)
+    response = requests.get(
+        f"{pebble.management_url}/cert-status-by-serial/{serial_hex}", verify=pebble.ca_bundle, timeout=5
+    )
     response.raise_for_status()
     return str(response.json()["Status"])
 
 
 def test_revoke_through_pebble_then_the_next_apply_replaces_it(
-        ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int
+) -> None:
     first = issued_by_pebble(ws, run_cli, pebble, va_http_port, "revoke.example.com")
     assert pebble_status(pebble, first.info.serial) == "Valid"
     code, out, err = run_cli("revoke", "www", "-d", str(ws.desired), "--reason", "keyCompromise", "--yes")
@@ -214,7 +251,8 @@ def test_revoke_through_pebble_then_the_next_apply_replaces_it(
 
 
 def test_revoke_with_the_certificate_key_when_the_account_is_not_the_one_that_issued_it(
-        ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int
+) -> None:
     first = issued_by_pebble(ws, run_cli, pebble, va_http_port, "revoke-by-key.example.com")
     for name in ("account.key", "account.json"):  # the account is lost: the next one is another account
         (ws.state / "acme" / "pebble" / name).unlink()
@@ -230,34 +268,54 @@ PROFILES = {"classic": "the usual 90 days", "shortlived": "about six days"}
 
 
 def test_the_order_carries_the_profile_and_renewal_follows_the_short_lifetime(
-        ws: Workspace, run_cli: RunCli, pebble_factory: Callable[..., Pebble], va_http_port: int) -> None:
+    ws: Workspace, run_cli: RunCli, pebble_factory: Callable[..., Pebble], va_http_port: int
+) -> None:
     six_days = pebble_factory(name="short-lived", validity_seconds=6 * 86400)
     proxy = AriProxy(six_days, offer_ari=False, profiles=PROFILES).start()
     try:
-        write(ws, issuer_doc("pebble", proxy.directory_url, six_days.ca_bundle, va_http_port, "    profile: shortlived\n"),
-              "pebble", ["short.example.com"])
+        write(
+            ws,
+            issuer_doc(
+                "pebble", proxy.directory_url, six_days.ca_bundle, va_http_port, "    profile: shortlived\n"
+            ),
+            "pebble",
+            ["short.example.com"],
+        )
         ws.write("www.yaml", (ws.desired / "www.yaml").read_text() + "  renewal: {beforeExpiry: 30d}\n")
         code, out, err = run_cli("plan", "-d", str(ws.desired), "--json")
         assert code == 0, err
-        assert next(a for a in json.loads(out)["actions"] if a["id"] == "issue/www")["detail"]["profile"] == "shortlived"
+        assert (
+            next(a for a in json.loads(out)["actions"] if a["id"] == "issue/www")["detail"]["profile"]
+            == "shortlived"
+        )
         assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     finally:
         proxy.stop()
     assert [o.get("profile") for o in proxy.orders] == ["shortlived"]
     info = current(ws).info
-    assert abs(info.not_after - info.not_before - timedelta(days=6)) <= timedelta(seconds=1)  # Pebble: 6 d - 1 s
+    assert abs(info.not_after - info.not_before - timedelta(days=6)) <= timedelta(
+        seconds=1
+    )  # Pebble: 6 d - 1 s
     _, out, _ = run_cli("status", "-d", str(ws.desired), "--json")
     renew_at = datetime.fromisoformat(json.loads(out)["certificates"][0]["renew_at"].replace("Z", "+00:00"))
-    assert abs(renew_at - info.not_before - timedelta(days=4, hours=12)) <= timedelta(seconds=1), \
+    assert abs(renew_at - info.not_before - timedelta(days=4, hours=12)) <= timedelta(seconds=1), (
         "75% of six days, not 30 days before expiry"
+    )
 
 
 def test_an_unknown_profile_is_a_plan_error_then_a_validation_error(
-        ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int
+) -> None:
     proxy = AriProxy(pebble, offer_ari=False, profiles=PROFILES).start()
     try:
-        write(ws, issuer_doc("pebble", proxy.directory_url, pebble.ca_bundle, va_http_port, "    profile: tlsclient\n"),
-              "pebble", ["profile.example.com"])
+        write(
+            ws,
+            issuer_doc(
+                "pebble", proxy.directory_url, pebble.ca_bundle, va_http_port, "    profile: tlsclient\n"
+            ),
+            "pebble",
+            ["profile.example.com"],
+        )
         code, _, err = run_cli("validate", "-d", str(ws.desired))
         assert code == 0, "the directory has not been fetched yet: nothing to check offline"
         code, _, err = run_cli("plan", "-d", str(ws.desired))
@@ -272,11 +330,14 @@ def test_an_unknown_profile_is_a_plan_error_then_a_validation_error(
 
 
 def test_a_profile_at_a_ca_without_profiles_fails_the_order_clearly(
-        ws: Workspace, pebble: Pebble, va_http_port: int, state_dir: Path) -> None:
+    ws: Workspace, pebble: Pebble, va_http_port: int, state_dir: Path
+) -> None:
     from reconciler.ports import IssueError, IssueRequest
     from tests.integration.servers import acme_spec, standalone
 
-    issuer = build_acme_issuer("plain", acme_spec(pebble, [standalone(va_http_port)], profile="shortlived"), state_dir)
+    issuer = build_acme_issuer(
+        "plain", acme_spec(pebble, [standalone(va_http_port)], profile="shortlived"), state_dir
+    )
     with pytest.raises(IssueError) as caught:
         issuer.issue(IssueRequest("p", ("plain-profile.example.com",), "ecdsa-p256"))
     assert "offers no profiles" in str(caught.value) and not caught.value.outage
@@ -294,7 +355,8 @@ def account_contact(ws: Workspace, pebble: Pebble, issuer: str = "pebble") -> tu
 
 
 def test_a_changed_email_updates_the_account_contact(
-        ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int
+) -> None:
     issued_by_pebble(ws, run_cli, pebble, va_http_port, "contact.example.com")
     account = json.loads((ws.state / "acme" / "pebble" / "account.json").read_text())
     assert account_contact(ws, pebble) == ("mailto:ops@example.com",)
@@ -303,7 +365,11 @@ def test_a_changed_email_updates_the_account_contact(
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0  # nothing to issue: the contact is updated anyway
     assert account_contact(ws, pebble) == ("mailto:pki@example.org",)
     after = json.loads((ws.state / "acme" / "pebble" / "account.json").read_text())
-    assert (after["uri"], after["email"], after["created"]) == (account["uri"], "pki@example.org", account["created"])
+    assert (after["uri"], after["email"], after["created"]) == (
+        account["uri"],
+        "pki@example.org",
+        account["created"],
+    )
 
 
 def test_account_key_rollover(ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
@@ -317,7 +383,9 @@ def test_account_key_rollover(ws: Workspace, run_cli: RunCli, pebble: Pebble, va
     new_key = (folder / "account.key").read_bytes()
     assert new_key != old_key and not (folder / "account.key.new").exists()
     assert (folder / "account.key").stat().st_mode & 0o777 == 0o600
-    assert run_cli("renew", "www", "-d", str(ws.desired))[0] == 0  # orders go on with the new key, same account
+    assert (
+        run_cli("renew", "www", "-d", str(ws.desired))[0] == 0
+    )  # orders go on with the new key, same account
     assert json.loads((folder / "account.json").read_text())["uri"] == uri
     (folder / "account.key").write_bytes(old_key)  # the old key no longer opens the account
     store = AccountStore(folder)
@@ -328,7 +396,9 @@ def test_account_key_rollover(ws: Workspace, run_cli: RunCli, pebble: Pebble, va
     assert "accountDoesNotExist" in str(caught.value.typ)
 
 
-def test_an_interrupted_rollover_is_settled(ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int) -> None:
+def test_an_interrupted_rollover_is_settled(
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, va_http_port: int
+) -> None:
     issued_by_pebble(ws, run_cli, pebble, va_http_port, "staged.example.com")
     folder = ws.state / "acme" / "pebble"
     old_key = (folder / "account.key").read_bytes()
@@ -340,7 +410,9 @@ def test_an_interrupted_rollover_is_settled(ws: Workspace, run_cli: RunCli, pebb
 # --- the CRL an ACME CA publishes (Pebble 2.4 publishes none: a CA and its CRL made here, served over HTTP) -----
 
 
-def _crl_world(tmp_path: Path, revoked_serials: list[int], sign_with_other_key: bool = False) -> tuple[Any, Any, Any]:
+def _crl_world(
+    tmp_path: Path, revoked_serials: list[int], sign_with_other_key: bool = False
+) -> tuple[Any, Any, Any]:
     import http.server
     import threading
 
@@ -357,19 +429,37 @@ def _crl_world(tmp_path: Path, revoked_serials: list[int], sign_with_other_key: 
     url = f"http://{LOOPBACK}:{port}/ca.crl"
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC)
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "crl.example.com")]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(revoked_serials[0] if revoked_serials else 4242)
-            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=2))
-            .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-                [x509.UniformResourceIdentifier(url)], None, None, None)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "crl.example.com")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(revoked_serials[0] if revoked_serials else 4242)
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=2))
+        .add_extension(
+            x509.CRLDistributionPoints(
+                [x509.DistributionPoint([x509.UniformResourceIdentifier(url)], None, None, None)]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     signer = ec.generate_private_key(ec.SECP256R1()) if sign_with_other_key else ca_key
-    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
-               .next_update(now + timedelta(days=1)))
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + timedelta(days=1))
+    )
     for serial in revoked_serials:
         builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now - timedelta(minutes=5))
-            .add_extension(x509.CRLReason(x509.ReasonFlags.superseded), critical=False).build())
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(now - timedelta(minutes=5))
+            .add_extension(x509.CRLReason(x509.ReasonFlags.superseded), critical=False)
+            .build()
+        )
     body = builder.sign(signer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -387,7 +477,9 @@ def _crl_world(tmp_path: Path, revoked_serials: list[int], sign_with_other_key: 
     material = Material(pem(leaf), pem(ca_cert), pem(key), pki.cert_info(leaf))
     from reconciler.core.spec import Acme
 
-    spec = Acme.model_validate({"directoryUrl": "https://127.0.0.1:9/dir", "solvers": [{"http01": {"standalone": {}}}]})
+    spec = Acme.model_validate(
+        {"directoryUrl": "https://127.0.0.1:9/dir", "solvers": [{"http01": {"standalone": {}}}]}
+    )
     return build_acme_issuer("crl", spec, tmp_path / "state"), material, server
 
 
@@ -397,7 +489,11 @@ def test_an_acme_certificate_listed_in_its_crl_is_found_revoked(tmp_path: Path) 
         status = issuer.revocation_status(material)
     finally:
         server.shutdown()
-    assert status is not None and status.reason == "superseded" and status.source.startswith("CRL http://127.0.0.1:")
+    assert (
+        status is not None
+        and status.reason == "superseded"
+        and status.source.startswith("CRL http://127.0.0.1:")
+    )
 
 
 def test_an_acme_certificate_absent_from_its_crl_is_not_revoked(tmp_path: Path) -> None:

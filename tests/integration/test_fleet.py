@@ -68,10 +68,14 @@ def test_three_applies_at_once_issue_each_certificate_once_and_bind_it_everywher
     assert [n["node"] for n in doc["nodes"]] == list(NODES)
     assert all(n["converged"] and not n["stale"] for n in doc["nodes"])
     for cert in doc["certificates"]:
-        assert cert["serving"] == [{"thumbprint": versions[cert["name"]][0], "current": True, "nodes": list(NODES)}]
+        assert cert["serving"] == [
+            {"thumbprint": versions[cert["name"]][0], "current": True, "nodes": list(NODES)}
+        ]
 
 
-def test_private_keys_never_stand_in_the_database_in_clear_text(fleet: Fleet, postgres_cluster: Postgres) -> None:
+def test_private_keys_never_stand_in_the_database_in_clear_text(
+    fleet: Fleet, postgres_cluster: Postgres
+) -> None:
     assert apply_all_at_once(fleet) == [0, 0, 0]
     dump = postgres_cluster.dump(fleet.dsn.rsplit("/", 1)[1])
     assert b"INSERT INTO public.certctl_versions" in dump  # the versions are in it (bytea as hex)
@@ -86,8 +90,9 @@ def test_private_keys_never_stand_in_the_database_in_clear_text(fleet: Fleet, po
             assert not path.exists()
             continue
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+        der = key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
         scalar = der[-48:]  # the tail of the DER holds the key material
         assert der not in dump and der.hex().encode() not in dump
         assert scalar.hex().encode() not in dump and base64.b64encode(der) not in dump
@@ -114,7 +119,9 @@ def test_a_wrong_encryption_key_is_a_clear_error_never_a_reissue(fleet: Fleet) -
 
 def test_an_unreachable_database_is_exit_1_with_a_clear_message_and_no_secret(fleet: Fleet) -> None:
     password = fleet.dsn.split(":")[2].split("@")[0]
-    fleet.env["CERTCTL_DATABASE_URL"] = fleet.dsn.replace(fleet.dsn.split("@")[1].split("/")[0], "127.0.0.1:9")
+    fleet.env["CERTCTL_DATABASE_URL"] = fleet.dsn.replace(
+        fleet.dsn.split("@")[1].split("/")[0], "127.0.0.1:9"
+    )
     for command in (("plan",), ("apply",), ("status",), ("status", "--fleet"), ("backend", "migrate")):
         result = fleet.certctl("web01", *command, "--log-level", "debug")
         assert result.returncode == 1, command
@@ -152,20 +159,35 @@ def test_a_forced_renewal_on_one_node_is_only_installed_by_the_others(fleet: Fle
 
     # the daemons of the other nodes hear of the next renewal from the database (their interval is an hour)
     fleet.dir.joinpath("settings.yaml").write_text(
-        fleet.dir.joinpath("settings.yaml").read_text().replace("reconcileInterval: 5m", "reconcileInterval: 1h"))
+        fleet.dir.joinpath("settings.yaml")
+        .read_text()
+        .replace("reconcileInterval: 5m", "reconcileInterval: 1h")
+    )
     daemons = {node: fleet.start(node, "daemon", "--no-metrics") for node in ("web02", "web03")}
     try:
-        wait_for(lambda: all(fleet.bound(n).get(SITES["shop"]) == new for n in daemons), 120, "the first passes")
-        wait_for(lambda: all('"reconcile.finished"' in log_of(fleet, n, "daemon") for n in daemons), 60, "first pass")
+        wait_for(
+            lambda: all(fleet.bound(n).get(SITES["shop"]) == new for n in daemons), 120, "the first passes"
+        )
+        wait_for(
+            lambda: all('"reconcile.finished"' in log_of(fleet, n, "daemon") for n in daemons),
+            60,
+            "first pass",
+        )
         renewed = fleet.certctl("web01", "renew", "shop")
         assert renewed.returncode == 0, renewed.stdout + renewed.stderr
         newest = fleet.versions()["shop"][-1]
         assert newest not in (old, new)
-        wait_for(lambda: all(fleet.bound(n).get(SITES["shop"]) == newest for n in daemons), 60,
-                 "the daemons install the new version")
+        wait_for(
+            lambda: all(fleet.bound(n).get(SITES["shop"]) == newest for n in daemons),
+            60,
+            "the daemons install the new version",
+        )
         for node in daemons:
-            passes = [json.loads(line) for line in log_of(fleet, node, "daemon").splitlines()
-                      if '"reconcile.started"' in line]
+            passes = [
+                json.loads(line)
+                for line in log_of(fleet, node, "daemon").splitlines()
+                if '"reconcile.started"' in line
+            ]
             assert any(p["reasons"] == ["fleet"] for p in passes), passes
             assert daemons[node].poll() is None
     finally:
@@ -194,7 +216,10 @@ def test_backend_import_moves_a_state_dir_in_without_reissuing(tmp_path: Path, f
     assert {v[0] for v in fleet.versions().values()} == set(bound.values())
     plan = fleet.certctl("web01", "plan", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert fleet.certctl("web01", "backend", "import").stdout.count(f"0 version(s) ({len(SITES)} already there)") == 1
+    assert (
+        fleet.certctl("web01", "backend", "import").stdout.count(f"0 version(s) ({len(SITES)} already there)")
+        == 1
+    )
 
     # the other servers install those very versions: nothing is issued
     for node in ("web02", "web03"):

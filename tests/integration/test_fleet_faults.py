@@ -83,18 +83,38 @@ def test_a_node_killed_mid_order_loses_its_lease_and_another_completes_the_order
     slow.write_text("300")
     calls = tmp_path / "calls"
     script = tmp_path / "record.py"
-    script.write_text(RECORD_SCRIPT.format(python=sys.executable, slow=slow, calls=calls, address=LOOPBACK,
-                                           port=bind.port, zone=bind.zone, key_name=bind.key_name,
-                                           secret=bind.secret, algorithm=bind.algorithm))
+    script.write_text(
+        RECORD_SCRIPT.format(
+            python=sys.executable,
+            slow=slow,
+            calls=calls,
+            address=LOOPBACK,
+            port=bind.port,
+            zone=bind.zone,
+            key_name=bind.key_name,
+            secret=bind.secret,
+            algorithm=bind.algorithm,
+        )
+    )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    (fleet.dir / "acme.yaml").write_text(ACME.format(
-        directory=pebble.directory_url, bundle=pebble.ca_bundle, script=script, zone=bind.zone,
-        nameserver=bind.address))
+    (fleet.dir / "acme.yaml").write_text(
+        ACME.format(
+            directory=pebble.directory_url,
+            bundle=pebble.ca_bundle,
+            script=script,
+            zone=bind.zone,
+            nameserver=bind.address,
+        )
+    )
     assert fleet.certctl("web01", "backend", "migrate").returncode == 0
     record = f"_acme-challenge.shop.{bind.zone}"
 
     doomed = fleet.start("web01", "apply")
-    wait_for(lambda: calls.exists() and "add " in calls.read_text(), 120, "web01 starts making the challenge answerable")
+    wait_for(
+        lambda: calls.exists() and "add " in calls.read_text(),
+        120,
+        "web01 starts making the challenge answerable",
+    )
     assert fleet.query("SELECT node FROM certctl_leases WHERE certificate = 'shop'") == [("web01",)]
     assert fleet.query("SELECT count(*) FROM certctl_records WHERE lease IS NOT NULL") == [(1,)]
     os.killpg(doomed.pid, signal.SIGKILL)  # the node and its slow DNS call, as a machine that dies
@@ -158,7 +178,9 @@ def test_daemons_ride_out_a_database_outage_and_converge_when_it_returns(tmp_pat
             assert '"reconcile.backend_unavailable"' in log and "Traceback" not in log
 
         server.resume()
-        wait_for(lambda: all(len(fleet.bound(n)) == len(SITES) for n in NODES), 120, "the fleet converges again")
+        wait_for(
+            lambda: all(len(fleet.bound(n)) == len(SITES) for n in NODES), 120, "the fleet converges again"
+        )
         after = fleet.versions()
         assert all(len(v) == 1 for v in after.values()), after  # each certificate issued once, nothing lost
         assert {k: after[k] for k in before} == before

@@ -74,7 +74,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 class World:
-    def __init__(self, tmp: Path, template: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
+    def __init__(
+        self, tmp: Path, template: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+    ) -> None:
         self.tmp = tmp
         self.machine = tmp / "web01"
         shutil.copytree(template[0], self.machine)
@@ -120,8 +122,11 @@ def world(tmp_path: Path, template: tuple[Path, dict[str, str]], capsys: pytest.
 def test_apply_binds_rebinds_and_leaves_the_shared_endpoint_alone(world: World) -> None:
     world.write(["www", "shop", "legacy", "api"])
     plan = world.plan()
-    kinds = {(a["kind"], a["detail"].get("site"), a["detail"].get("binding")) for a in plan["actions"]
-             if a["kind"] in ("bind", "rebind")}
+    kinds = {
+        (a["kind"], a["detail"].get("site"), a["detail"].get("binding"))
+        for a in plan["actions"]
+        if a["kind"] in ("bind", "rebind")
+    }
     assert kinds == {
         ("bind", "example.com", "*:443:example.com"),
         ("rebind", "example.com", "*:443:www.example.com"),
@@ -159,8 +164,10 @@ def test_renewal_rebinds_exactly_the_bindings_that_served_the_old_certificate(wo
     later = world.plan("--at", "+70d")
     www = [a for a in later["actions"] if a["certificate"] == "www"]
     assert [a["kind"] for a in www] == ["renew", "install", "rebind", "rebind"]
-    assert {a["detail"]["binding"] for a in www if a["kind"] == "rebind"} == {"*:443:www.example.com",
-                                                                          "*:443:example.com"}
+    assert {a["detail"]["binding"] for a in www if a["kind"] == "rebind"} == {
+        "*:443:www.example.com",
+        "*:443:example.com",
+    }
     assert all(a["detail"]["old_thumbprint"] == old for a in www if a["kind"] == "rebind")
 
     rc, out = world.cli("renew", "www")
@@ -184,7 +191,8 @@ def test_one_binding_changed_by_hand_gives_one_rebind_and_no_issuance(world: Wor
 
     plan = world.plan()
     assert [(a["kind"], a["reason_code"], a["detail"]["binding"]) for a in plan["actions"]] == [
-        ("rebind", "BindingDrift", "*:443:example.com")]
+        ("rebind", "BindingDrift", "*:443:example.com")
+    ]
     assert world.cli("apply")[0] == 0
     world.converged()
     assert world.table()[("hostnameport", "example.com:443")]["certhash"] == world.current("www")
@@ -201,7 +209,9 @@ def test_a_deleted_spec_is_kept_without_prune_and_removed_with_it(world: World) 
     kept = world.plan()
     assert kept["actions"] == []
     assert {n["target"] for n in kept["notes"] if n["certificate"] == "www" and n["code"] == "Orphaned"} >= {
-        "iis/web01/example.com/https *:443:www.example.com", "iis/web01/example.com/https *:443:example.com"}
+        "iis/web01/example.com/https *:443:www.example.com",
+        "iis/web01/example.com/https *:443:example.com",
+    }
     world.converged()
 
     world.write(["shop"], prune=True)
@@ -209,10 +219,17 @@ def test_a_deleted_spec_is_kept_without_prune_and_removed_with_it(world: World) 
     unbinds = {a["id"] for a in pruned["actions"] if a["kind"] == "unbind"}
     # only the binding certctl added is removed; www.example.com's https binding existed before certctl
     # (certctl only set its certificate), so it stays, and so does the certificate it serves
-    assert {a["detail"]["binding"] for a in pruned["actions"] if a["kind"] == "unbind"} == {"*:443:example.com"}
-    assert unbinds and not [a for a in pruned["actions"] if a["kind"] == "cleanup" and a["detail"]["thumbprint"] == www]
-    assert any(n["target"] == "iis/web01/example.com/https *:443:www.example.com" and "did not create" in n["message"]
-               for n in pruned["notes"])
+    assert {a["detail"]["binding"] for a in pruned["actions"] if a["kind"] == "unbind"} == {
+        "*:443:example.com"
+    }
+    assert unbinds and not [
+        a for a in pruned["actions"] if a["kind"] == "cleanup" and a["detail"]["thumbprint"] == www
+    ]
+    assert any(
+        n["target"] == "iis/web01/example.com/https *:443:www.example.com"
+        and "did not create" in n["message"]
+        for n in pruned["notes"]
+    )
     rc, out = world.cli("apply")
     assert rc == 0, out
     world.converged()

@@ -25,7 +25,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 REPO = Path(__file__).resolve().parents[2]
 
 
-
 @pytest.fixture(scope="session")
 def sample_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("template") / "web01"
@@ -33,7 +32,9 @@ def sample_template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dic
 
 
 @pytest.fixture
-def machine(sample_template: tuple[Path, dict[str, str]], tmp_path: Path) -> tuple[EmulatedHost, dict[str, str]]:
+def machine(
+    sample_template: tuple[Path, dict[str, str]], tmp_path: Path
+) -> tuple[EmulatedHost, dict[str, str]]:
     template, thumbprints = sample_template
     root = tmp_path / "web01"
     shutil.copytree(template, root)
@@ -55,7 +56,9 @@ def binding_cert(state: HostState, site: str, info: str) -> str | None:
 def install_new(host: EmulatedHost, names: list[str], certificate: str, seed: str) -> str:
     _root, inter = make_sample._ca()
     issued = make_sample.issue(inter, names, seed=seed)
-    stored = host.store("WebHosting").install(certificate, make_sample.material(issued, inter), make_sample.NOT_BEFORE)
+    stored = host.store("WebHosting").install(
+        certificate, make_sample.material(issued, inter), make_sample.NOT_BEFORE
+    )
     return stored.ref
 
 
@@ -70,7 +73,15 @@ def test_observe_the_sample_machine(machine: tuple[EmulatedHost, dict[str, str]]
     host, tps = machine
     state = host.observe()
     assert state.reachable and state.problems == () and state.iis_version == "10.0"
-    assert [s.name for s in state.sites] == ["Default Web Site", "example.com", "shop", "apps", "legacy", "staging", "FTP"]
+    assert [s.name for s in state.sites] == [
+        "Default Web Site",
+        "example.com",
+        "shop",
+        "apps",
+        "legacy",
+        "staging",
+        "FTP",
+    ]
     assert next(s for s in state.sites if s.name == "staging").state is SiteState.stopped
     assert binding_cert(state, "example.com", "*:443:www.example.com") == tps["www"]
     assert binding_cert(state, "Default Web Site", "*:443:") == tps["default"]
@@ -90,8 +101,14 @@ def test_the_committed_example_folder_is_consistent() -> None:
         if e.certhash and e.appid == IIS_APPID:
             assert host.has_cert(e.certstorename or "My", e.certhash), e
     kinds = {(b.protocol, b.sni, b.ip != "*") for s in state.sites for b in s.bindings}
-    assert {("http", False, False), ("https", True, False), ("https", False, False), ("https", False, True),
-            ("net.tcp", False, False), ("ftp", False, False)} <= kinds
+    assert {
+        ("http", False, False),
+        ("https", True, False),
+        ("https", False, False),
+        ("https", False, True),
+        ("net.tcp", False, False),
+        ("ftp", False, False),
+    } <= kinds
 
 
 def test_missing_folder_is_unreachable_and_apply_raises(tmp_path: Path) -> None:
@@ -103,13 +120,19 @@ def test_missing_folder_is_unreachable_and_apply_raises(tmp_path: Path) -> None:
     assert not host.store("WebHosting").observe().reachable
 
 
-def test_malformed_config_is_reported_with_host_file_and_line(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+def test_malformed_config_is_reported_with_host_file_and_line(
+    machine: tuple[EmulatedHost, dict[str, str]],
+) -> None:
     host, _ = machine
     path = host.root / "applicationHost.config"
     path.write_bytes(path.read_bytes().replace(b"</sites>", b"</site>", 1))
     state = host.observe()
     assert not state.reachable
-    assert "web01" in state.problems[0] and f"{path}:" in state.problems[0] and "not well-formed" in state.problems[0]
+    assert (
+        "web01" in state.problems[0]
+        and f"{path}:" in state.problems[0]
+        and "not well-formed" in state.problems[0]
+    )
     with pytest.raises(IisHostError, match=r"applicationHost\.config:[0-9]+"):
         host.apply([])
 
@@ -138,7 +161,13 @@ def test_empty_apply_and_noop_writes_nothing(machine: tuple[EmulatedHost, dict[s
     before = snapshot(host.root)
     mtime = (host.root / "applicationHost.config").stat().st_mtime_ns
     host.apply([])
-    host.apply([BindingChange("ftp", "FTP", "ftp", "*:21:ftp.example.com", thumbprint=tps["ftp"], store="WebHosting")])
+    host.apply(
+        [
+            BindingChange(
+                "ftp", "FTP", "ftp", "*:21:ftp.example.com", thumbprint=tps["ftp"], store="WebHosting"
+            )
+        ]
+    )
     assert snapshot(host.root) == before
     assert (host.root / "applicationHost.config").stat().st_mtime_ns == mtime
 
@@ -156,15 +185,28 @@ def test_add_sni_binding(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
     assert config == config_before.replace(
         b'                    <binding protocol="https" bindingInformation="*:443:www.example.com" sslFlags="1" />\n',
         b'                    <binding protocol="https" bindingInformation="*:443:www.example.com" sslFlags="1" />\n'
-        b'                    <binding protocol="https" bindingInformation="*:443:example.com" sslFlags="1" />\n')
+        b'                    <binding protocol="https" bindingInformation="*:443:example.com" sslFlags="1" />\n',
+    )
 
 
 def test_update_sni_binding_changes_only_its_entry(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
     host, tps = machine
     tp = install_new(host, ["www.example.com", "example.com"], "www-example-com", "www2")
     config_before = (host.root / "applicationHost.config").read_bytes()
-    host.apply([BindingChange("update", "example.com", "https", "*:443:www.example.com", 1, tp, "WebHosting",
-                              old_thumbprint=tps["www"])])
+    host.apply(
+        [
+            BindingChange(
+                "update",
+                "example.com",
+                "https",
+                "*:443:www.example.com",
+                1,
+                tp,
+                "WebHosting",
+                old_thumbprint=tps["www"],
+            )
+        ]
+    )
     state = host.observe()
     assert binding_cert(state, "example.com", "*:443:www.example.com") == tp
     assert binding_cert(state, "apps", "*:443:*.apps.example.org") == tps["apps"]
@@ -182,7 +224,9 @@ def test_update_keeps_flags_and_http_sys_settings(machine: tuple[EmulatedHost, d
     assert next(e for e in raw if e["key"] == "api.example.org:8443")["flags"] == {"Disable HTTP2": "Set"}
 
 
-def test_shared_endpoint_overwrite_behaves_like_a_real_server(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+def test_shared_endpoint_overwrite_behaves_like_a_real_server(
+    machine: tuple[EmulatedHost, dict[str, str]],
+) -> None:
     """Updating the certificate of one non-SNI binding on 0.0.0.0:443 changes it for every binding there."""
     host, tps = machine
     tp = install_new(host, ["legacy.example.net"], "legacy-example-net", "legacy")
@@ -194,7 +238,9 @@ def test_shared_endpoint_overwrite_behaves_like_a_real_server(machine: tuple[Emu
     assert wmsvc.certhash == tps["default"]  # another application's entry is untouched
 
 
-def test_removing_a_binding_on_a_shared_endpoint_is_config_only(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+def test_removing_a_binding_on_a_shared_endpoint_is_config_only(
+    machine: tuple[EmulatedHost, dict[str, str]],
+) -> None:
     host, tps = machine
     host.apply([BindingChange("remove", "legacy", "https", "*:443:legacy.example.net")])
     state = host.observe()
@@ -210,26 +256,38 @@ def test_remove_sni_binding_deletes_its_entry_and_line(machine: tuple[EmulatedHo
     assert all(e.key != "staging.example.com:443" for e in state.httpsys)
     config = (host.root / "applicationHost.config").read_text()
     assert "*:443:staging.example.com" not in config
-    assert '<binding protocol="http" bindingInformation="*:80:staging.example.com" />\n                </bindings>' in config
+    assert (
+        '<binding protocol="http" bindingInformation="*:80:staging.example.com" />\n                </bindings>'
+        in config
+    )
 
 
 def test_ftp_change_writes_the_xml(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
     host, _ = machine
     tp = install_new(host, ["ftp.example.com"], "ftp-example-com", "ftp2")
-    host.apply([BindingChange("ftp", "FTP", "ftp", "*:21:ftp.example.com", thumbprint=tp, store="WebHosting")])
+    host.apply(
+        [BindingChange("ftp", "FTP", "ftp", "*:21:ftp.example.com", thumbprint=tp, store="WebHosting")]
+    )
     assert next(s for s in host.observe().sites if s.name == "FTP").ftp_cert_hash == tp
-    assert f'serverCertHash="{tp}" serverCertStoreName="WebHosting" ssl128="false"' in (
-        host.root / "applicationHost.config").read_text()
+    assert (
+        f'serverCertHash="{tp}" serverCertStoreName="WebHosting" ssl128="false"'
+        in (host.root / "applicationHost.config").read_text()
+    )
 
 
 def test_several_changes_are_one_commit_and_a_bad_one_changes_nothing(
-        machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+    machine: tuple[EmulatedHost, dict[str, str]],
+) -> None:
     host, _ = machine
     tp = install_new(host, ["example.com"], "example-com", "apex")
     before = snapshot(host.root)
     with pytest.raises(ChangeError, match="no site named"):
-        host.apply([BindingChange("add", "example.com", "https", "*:443:example.com", 1, tp),
-                    BindingChange("add", "missing", "https", "*:443:x.example.com", 1, tp)])
+        host.apply(
+            [
+                BindingChange("add", "example.com", "https", "*:443:example.com", 1, tp),
+                BindingChange("add", "missing", "https", "*:443:x.example.com", 1, tp),
+            ]
+        )
     assert snapshot(host.root) == before
     with pytest.raises(ChangeError, match="not in store"):
         host.apply([BindingChange("add", "example.com", "https", "*:443:example.com", 1, "D" * 40)])
@@ -244,10 +302,19 @@ def _two_file_change(host: EmulatedHost) -> list[BindingChange]:
     return [BindingChange("add", "example.com", "https", "*:443:example.com", 1, tp, "WebHosting")]
 
 
-@pytest.mark.parametrize("step", ["staged", "before-rename:applicationHost.config", "after-rename:applicationHost.config",
-                                  "before-rename:httpsys.json", "after-rename:httpsys.json"])
-def test_injected_failure_leaves_the_host_exactly_as_it_was(machine: tuple[EmulatedHost, dict[str, str]],
-                                                           step: str) -> None:
+@pytest.mark.parametrize(
+    "step",
+    [
+        "staged",
+        "before-rename:applicationHost.config",
+        "after-rename:applicationHost.config",
+        "before-rename:httpsys.json",
+        "after-rename:httpsys.json",
+    ],
+)
+def test_injected_failure_leaves_the_host_exactly_as_it_was(
+    machine: tuple[EmulatedHost, dict[str, str]], step: str
+) -> None:
     host, _ = machine
     changes = _two_file_change(host)
     before = snapshot(host.root)
@@ -265,7 +332,8 @@ def test_injected_failure_leaves_the_host_exactly_as_it_was(machine: tuple[Emula
 
 
 def test_a_crash_between_the_renames_is_rolled_back_by_the_next_apply(
-        machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+    machine: tuple[EmulatedHost, dict[str, str]],
+) -> None:
     host, _ = machine
     changes = _two_file_change(host)
     before = snapshot(host.root)
@@ -290,13 +358,17 @@ def test_a_crash_between_the_renames_is_rolled_back_by_the_next_apply(
     assert snapshot(host.root) == before
 
 
-def test_an_intent_whose_backup_is_gone_reads_the_file_itself(machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+def test_an_intent_whose_backup_is_gone_reads_the_file_itself(
+    machine: tuple[EmulatedHost, dict[str, str]],
+) -> None:
     """A crash while a finished commit was being discarded must not make the HTTP.sys table look empty
     (cleanup would then think a bound certificate unused)."""
     host, _ = machine
     table = host.observe().httpsys
     assert table
-    (host.root / INTENT_FILE).write_text(json.dumps([{"file": "httpsys.json", "backup": ".httpsys.json.certctl-bak"}]))
+    (host.root / INTENT_FILE).write_text(
+        json.dumps([{"file": "httpsys.json", "backup": ".httpsys.json.certctl-bak"}])
+    )
     assert host.observe().httpsys == table
 
 
@@ -326,7 +398,9 @@ def without_root() -> Iterator[None]:
         os.setegid(0)
 
 
-def test_read_only_folder_fails_cleanly(sample_template: tuple[Path, dict[str, str]], readonly_root: Path) -> None:
+def test_read_only_folder_fails_cleanly(
+    sample_template: tuple[Path, dict[str, str]], readonly_root: Path
+) -> None:
     template, _ = sample_template
     root = readonly_root / "web01"
     shutil.copytree(template, root)
@@ -340,7 +414,8 @@ def test_read_only_folder_fails_cleanly(sample_template: tuple[Path, dict[str, s
 
 
 def test_read_only_files_in_a_writable_folder_are_replaced_atomically(
-        machine: tuple[EmulatedHost, dict[str, str]]) -> None:
+    machine: tuple[EmulatedHost, dict[str, str]],
+) -> None:
     """Like a real server, a read-only attribute on the file does not stop a rename-based commit."""
     host, _ = machine
     changes = _two_file_change(host)

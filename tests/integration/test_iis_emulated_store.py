@@ -20,7 +20,6 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-
 @pytest.fixture(scope="session")
 def template(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     root = tmp_path_factory.mktemp("store-template") / "web01"
@@ -36,7 +35,9 @@ def host(template: tuple[Path, dict[str, str]], tmp_path: Path) -> EmulatedHost:
 @pytest.fixture
 def fresh() -> Material:
     _root, inter = make_sample._ca()
-    return make_sample.material(make_sample.issue(inter, ["new.example.com", "alt.example.com"], seed="fresh"), inter)
+    return make_sample.material(
+        make_sample.issue(inter, ["new.example.com", "alt.example.com"], seed="fresh"), inter
+    )
 
 
 def test_is_a_store(host: EmulatedHost) -> None:
@@ -56,7 +57,12 @@ def test_install_then_observe_read_and_remove(host: EmulatedHost, fresh: Materia
     store = host.store("WebHosting", name="web01-webhosting")
     stored = store.install("new-example-com", fresh, AT)
     tp = fresh.info.thumbprint
-    assert (stored.ref, stored.managed_by, stored.store, stored.has_key) == (tp, "new-example-com", "web01-webhosting", True)
+    assert (stored.ref, stored.managed_by, stored.store, stored.has_key) == (
+        tp,
+        "new-example-com",
+        "web01-webhosting",
+        True,
+    )
     pfx = host.root / "certstore" / "WebHosting" / f"{tp}.pfx"
     meta = json.loads(pfx.with_suffix(".json").read_text())
     assert meta["friendly_name"] == "certctl:new-example-com 2026-01-01–2026-12-31"
@@ -65,10 +71,14 @@ def test_install_then_observe_read_and_remove(host: EmulatedHost, fresh: Materia
     assert host.has_cert("CA", info_from_pem(fresh.chain_pem).thumbprint)
     seen = {c.ref: c for c in store.observe().certs}
     assert seen[tp].managed_by == "new-example-com" and seen[tp].installed_at == AT
-    assert seen[tp].info.sans == ("new.example.com", "alt.example.com") and seen[tp].store == "web01-webhosting"
+    assert (
+        seen[tp].info.sans == ("new.example.com", "alt.example.com") and seen[tp].store == "web01-webhosting"
+    )
     material = store.read(tp.lower())
     assert material is not None and material.key_pem == fresh.key_pem and material.cert_pem == fresh.cert_pem
-    assert info_from_pem(material.chain_pem).subject == "certctl example intermediate"  # rebuilt from the CA store
+    assert (
+        info_from_pem(material.chain_pem).subject == "certctl example intermediate"
+    )  # rebuilt from the CA store
     store.remove(tp.lower())
     assert tp not in {c.ref for c in store.observe().certs}
     assert not pfx.exists() and not pfx.with_suffix(".json").exists()
@@ -78,12 +88,14 @@ def test_install_then_observe_read_and_remove(host: EmulatedHost, fresh: Materia
 
 def test_store_names_are_case_insensitive(host: EmulatedHost) -> None:
     assert {c.ref for c in host.store("webhosting").observe().certs} == {
-        c.ref for c in host.store("WebHosting").observe().certs}
+        c.ref for c in host.store("WebHosting").observe().certs
+    }
     assert host.store("MY").observe().certs[0].friendly_name == "web01 2026"
 
 
-def test_unmanaged_and_referenced_certificates_are_never_removed(host: EmulatedHost,
-                                                                   template: tuple[Path, dict[str, str]]) -> None:
+def test_unmanaged_and_referenced_certificates_are_never_removed(
+    host: EmulatedHost, template: tuple[Path, dict[str, str]]
+) -> None:
     tps = template[1]
     with pytest.raises(StoreError, match="not installed by certctl"):
         host.store("WebHosting").remove(tps["shop"])
@@ -103,7 +115,9 @@ def test_a_certificate_used_by_ftp_is_not_removed(host: EmulatedHost, fresh: Mat
 def test_a_key_that_does_not_match_is_refused_and_undone(host: EmulatedHost, fresh: Material) -> None:
     _root, inter = make_sample._ca()
     other = make_sample.issue(inter, ["other.example.com"], seed="other")
-    broken = Material(cert_pem=fresh.cert_pem, chain_pem=b"", key_pem=make_sample.key_to_pem(other.key), info=fresh.info)
+    broken = Material(
+        cert_pem=fresh.cert_pem, chain_pem=b"", key_pem=make_sample.key_to_pem(other.key), info=fresh.info
+    )
     with pytest.raises(StoreError):
         host.store("WebHosting").install("new-example-com", broken, AT)
     assert not host.has_cert("WebHosting", fresh.info.thumbprint)
@@ -126,7 +140,9 @@ def test_new_store_folder_is_created_on_install(host: EmulatedHost, fresh: Mater
 def test_ccs_files_are_observed_with_thumbprints(host: EmulatedHost, fresh: Material) -> None:
     from reconciler.support.pki import to_pfx
 
-    (host.root / "ccs" / "new.example.com.pfx").write_bytes(to_pfx(fresh.cert_pem, b"", fresh.key_pem, b"s3cret", None))
+    (host.root / "ccs" / "new.example.com.pfx").write_bytes(
+        to_pfx(fresh.cert_pem, b"", fresh.key_pem, b"s3cret", None)
+    )
     (host.root / "ccs" / "broken.example.com.pfx").write_bytes(b"junk")
     state = host.observe()
     assert ("broken.example.com.pfx", "") in state.ccs_files
@@ -135,16 +151,22 @@ def test_ccs_files_are_observed_with_thumbprints(host: EmulatedHost, fresh: Mate
     assert ("new.example.com.pfx", fresh.info.thumbprint) in state.ccs_files
 
 
-def test_sweep_removes_the_temporaries_of_every_folder_of_the_machine(host: EmulatedHost, fresh: Material) -> None:
+def test_sweep_removes_the_temporaries_of_every_folder_of_the_machine(
+    host: EmulatedHost, fresh: Material
+) -> None:
     """An install killed mid-write leaves ``certstore/<Store>/.<TP>.pfx.XXXXXXXX.tmp`` (a key) and a ``.json``
     one; a commit killed before its intent leaves a staged copy. The maintenance sweep removes them all."""
     store = host.store("WebHosting")
     store.install("www", fresh, AT)
     folder = host.store_dir("WebHosting")
     tp = fresh.info.thumbprint
-    left = [folder / f".{tp}.pfx.k3y5x9q1.tmp", folder / f".{tp}.json.ab12cd34.tmp",
-            host.root / ".applicationHost.config.certctl-new", host.root / ".httpsys.json.certctl-bak",
-            host.root / ".httpsys.json.zz99aa11.tmp"]
+    left = [
+        folder / f".{tp}.pfx.k3y5x9q1.tmp",
+        folder / f".{tp}.json.ab12cd34.tmp",
+        host.root / ".applicationHost.config.certctl-new",
+        host.root / ".httpsys.json.certctl-bak",
+        host.root / ".httpsys.json.zz99aa11.tmp",
+    ]
     for path in left:
         path.write_bytes(b"half written")
     keep = [folder / f"{tp}.pfx", folder / f"{tp}.json", host.root / ".keep.tmp", folder / ".notes"]

@@ -37,9 +37,18 @@ class SiteServer:
             def do_GET(self) -> None:
                 target = server.folder / self.path.lstrip("/").split("?")[0]
                 config = target.parent / "web.config"
-                body = target.read_bytes() if target.is_file() and target.parent.is_relative_to(server.folder) else None
-                server.seen.append((self.path, 200 if body is not None else 404,
-                                    config.read_text() if config.exists() else None))
+                body = (
+                    target.read_bytes()
+                    if target.is_file() and target.parent.is_relative_to(server.folder)
+                    else None
+                )
+                server.seen.append(
+                    (
+                        self.path,
+                        200 if body is not None else 404,
+                        config.read_text() if config.exists() else None,
+                    )
+                )
                 self.send_response(200 if body is not None else 404)
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(body or b"")))
@@ -73,7 +82,9 @@ def site_server(machine: Path, va_http_port: int) -> Iterator[SiteServer]:
 
 
 def write_desired(ws: Workspace, pebble: Pebble, machine: Path, domains: list[str]) -> None:
-    ws.write("all.yaml", f"""\
+    ws.write(
+        "all.yaml",
+        f"""\
 apiVersion: certctl/v1
 kind: Settings
 metadata: {{name: settings}}
@@ -113,11 +124,13 @@ spec:
   issuer: pebble
   domains: [{", ".join(domains)}]
   stores: [pem]
-""")
+""",
+    )
 
 
 def test_http01_through_the_site_folder_with_a_web_config_iis_serves(
-        ws: Workspace, run_cli: RunCli, pebble: Pebble, machine: Path, site_server: SiteServer) -> None:
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, machine: Path, site_server: SiteServer
+) -> None:
     write_desired(ws, pebble, machine, ["www.example.com", "example.com"])
     code, out, err = run_cli("plan", "-d", str(ws.desired))
     assert code == 0, err
@@ -135,20 +148,27 @@ def test_http01_through_the_site_folder_with_a_web_config_iis_serves(
     static = root.find("system.webServer/staticContent")
     assert static is not None
     assert [(e.tag, e.get("fileExtension"), e.get("mimeType")) for e in static] == [
-        ("remove", ".", None), ("mimeMap", ".", "text/plain")]  # extensionless files as text/plain
+        ("remove", ".", None),
+        ("mimeMap", ".", "text/plain"),
+    ]  # extensionless files as text/plain
     handlers = root.find("system.webServer/handlers")
     assert handlers is not None
     assert [e.tag for e in handlers] == ["clear", "add"]
     add = handlers[1]
     assert (add.get("path"), add.get("verb"), add.get("modules"), add.get("requireAccess")) == (
-        "*", "*", "StaticFileModule", "Read")
+        "*",
+        "*",
+        "StaticFileModule",
+        "Read",
+    )
 
     # afterwards: token, web.config and the folders certctl made are gone; the site's own file stays
     assert sorted(p.name for p in site_server.folder.iterdir()) == ["index.html"]
 
 
-def test_a_web_config_that_was_there_before_is_kept(ws: Workspace, run_cli: RunCli, pebble: Pebble, machine: Path,
-                                                   site_server: SiteServer) -> None:
+def test_a_web_config_that_was_there_before_is_kept(
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, machine: Path, site_server: SiteServer
+) -> None:
     folder = site_server.folder / ".well-known" / "acme-challenge"
     folder.mkdir(parents=True)
     own = '<?xml version="1.0"?>\n<configuration><!-- the admin\'s own --></configuration>\n'
@@ -160,8 +180,9 @@ def test_a_web_config_that_was_there_before_is_kept(ws: Workspace, run_cli: RunC
     assert (folder / "web.config").read_text() == own
 
 
-def test_a_name_no_started_site_serves_on_port_80_is_a_plan_error(ws: Workspace, run_cli: RunCli, pebble: Pebble,
-                                                                   machine: Path) -> None:
+def test_a_name_no_started_site_serves_on_port_80_is_a_plan_error(
+    ws: Workspace, run_cli: RunCli, pebble: Pebble, machine: Path
+) -> None:
     # With "Default Web Site"'s blank-host catch-all, every name has a site on port 80 ...
     write_desired(ws, pebble, machine, ["staging.example.com"])
     code, out, err = run_cli("plan", "-d", str(ws.desired))
@@ -169,7 +190,9 @@ def test_a_name_no_started_site_serves_on_port_80_is_a_plan_error(ws: Workspace,
     assert "site Default Web Site on IIS host web01" in out
     # ... without it, staging.example.com has only its own site, which is stopped.
     config = machine / "applicationHost.config"
-    config.write_text(config.read_text().replace('<binding protocol="http" bindingInformation="*:80:" />', ""))
+    config.write_text(
+        config.read_text().replace('<binding protocol="http" bindingInformation="*:80:" />', "")
+    )
     code, out, err = run_cli("plan", "-d", str(ws.desired))
     assert code == 1
     assert "no started site on IIS host web01 serves staging.example.com over http on port 80" in err

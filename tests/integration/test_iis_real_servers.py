@@ -57,16 +57,25 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 def served(state: HostState) -> dict[tuple[str, str], str | None]:
     """(site, bindingInformation) -> the thumbprint HTTP.sys serves for every https binding."""
     table = {(e.kind, e.key.lower()): e.certhash for e in state.httpsys}
-    return {(b.site, b.information): table.get(entry_for(b)) for s in state.sites for b in s.bindings
-            if b.protocol == "https" and not b.parse_error}
+    return {
+        (b.site, b.information): table.get(entry_for(b))
+        for s in state.sites
+        for b in s.bindings
+        if b.protocol == "https" and not b.parse_error
+    }
 
 
 def plan_json(capsys: pytest.CaptureFixture[str], desired: Path, *extra: str) -> dict[str, Any]:
     return json.loads(cli(capsys, "plan", "-d", str(desired), "--json", *extra)[1])
 
 
-def renewed_everything(capsys: pytest.CaptureFixture[str], desired: Path, host: EmulatedHost,
-                       before: dict[tuple[str, str], str | None], store: str) -> None:
+def renewed_everything(
+    capsys: pytest.CaptureFixture[str],
+    desired: Path,
+    host: EmulatedHost,
+    before: dict[tuple[str, str], str | None],
+    store: str,
+) -> None:
     """Force a renewal of every imported Certificate, then check every binding follows its certificate."""
     names = sorted(load(desired, revision=False).certificates)
     assert names
@@ -87,14 +96,19 @@ def renewed_everything(capsys: pytest.CaptureFixture[str], desired: Path, host: 
 
 
 def test_iis75_wildcard_on_ip_specific_blank_hosts_is_imported_in_site_mode_and_renewed(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tp = real_servers.iis75(tmp_path / "web01")
     desired = world(tmp_path)
     config_before = (tmp_path / "web01" / "applicationHost.config").read_bytes()
     _rc, out = cli(capsys, "import", "--iis-host", "web01", "-d", str(desired))
     assert "auto mode leaves those bindings alone" not in out
     spec = load(desired, revision=False).certificates["wildcard-corp-example-com"].spec
-    assert [(t.mode.value, t.site) for t in spec.iis] == [("site", "Extranet"), ("site", "Portal"), ("site", "Services")]
+    assert [(t.mode.value, t.site) for t in spec.iis] == [
+        ("site", "Extranet"),
+        ("site", "Portal"),
+        ("site", "Services"),
+    ]
     plan = plan_json(capsys, desired, "--at", AT)
     assert plan["actions"] == [], "an import changes nothing until a renewal"
     host = EmulatedHost("web01", tmp_path / "web01")
@@ -136,7 +150,8 @@ def layouts(draw: st.DrawFn) -> list[tuple[str, str, int, str]]:
             host = draw(st.sampled_from(["", "*", *HOSTS[cert]]))
             info = f"{ip}:{port}:{host}"
             if info.rsplit(":", 1)[0] + ":" + ("" if host == "*" else host) in {
-                    t.rsplit(":", 1)[0] + ":" + t.rsplit(":", 1)[1].replace("*", "") for t in taken}:
+                t.rsplit(":", 1)[0] + ":" + t.rsplit(":", 1)[1].replace("*", "") for t in taken
+            }:
                 continue
             taken.add(info)
             bindings.append((draw(st.sampled_from(["Portal", "Extranet", "Api"])), info, 0, cert))
@@ -145,17 +160,27 @@ def layouts(draw: st.DrawFn) -> list[tuple[str, str, int, str]]:
 
 def build_layout(root: Path, layout: list[tuple[str, str, int, str]]) -> dict[str, str]:
     _ca_root, inter = make_sample._ca()
-    certs = {"corp": make_sample.issue(inter, CORP, seed="layout-corp"),
-             "legacy": make_sample.issue(inter, LEGACY, seed="layout-legacy")}
+    certs = {
+        "corp": make_sample.issue(inter, CORP, seed="layout-corp"),
+        "legacy": make_sample.issue(inter, LEGACY, seed="layout-legacy"),
+    }
     tps = {k: real_servers.install_by_hand(root, c, "My", f"{k} by hand") for k, c in certs.items()}
     sites = []
     for i, name in enumerate(["Portal", "Extranet", "Api"], start=2):
-        lines = "".join(f'<binding protocol="https" bindingInformation="{info}"{f" sslFlags={chr(34)}{flags}{chr(34)}" if flags else ""} />'
-                        for site, info, flags, _c in layout if site == name)
-        sites.append(f'<site name="{name}" id="{i}"><application path="/"><virtualDirectory path="/" '
-                     f'physicalPath="E:\\{name}" /></application><bindings>{lines}</bindings></site>')
+        lines = "".join(
+            f'<binding protocol="https" bindingInformation="{info}"{f" sslFlags={chr(34)}{flags}{chr(34)}" if flags else ""} />'
+            for site, info, flags, _c in layout
+            if site == name
+        )
+        sites.append(
+            f'<site name="{name}" id="{i}"><application path="/"><virtualDirectory path="/" '
+            f'physicalPath="E:\\{name}" /></application><bindings>{lines}</bindings></site>'
+        )
     (root / "applicationHost.config").write_text(
-        "<configuration><system.applicationHost><sites>" + "".join(sites) + "</sites></system.applicationHost></configuration>")
+        "<configuration><system.applicationHost><sites>"
+        + "".join(sites)
+        + "</sites></system.applicationHost></configuration>"
+    )
     table: dict[tuple[str, str], SslRecord] = {}
     for site, info, flags, cert in layout:
         kind, key = entry_for(make_binding(site, "https", info, flags))
@@ -165,11 +190,15 @@ def build_layout(root: Path, layout: list[tuple[str, str, int, str]]) -> dict[st
     return tps
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                HealthCheck.too_slow])
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(layout=layouts())
 def test_import_then_forced_renewal_moves_every_binding_to_the_new_certificate(
-        layout: list[tuple[str, str, int, str]], capsys: pytest.CaptureFixture[str]) -> None:
+    layout: list[tuple[str, str, int, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         build_layout(base / "web01", layout)
@@ -185,7 +214,8 @@ def test_import_then_forced_renewal_moves_every_binding_to_the_new_certificate(
 
 
 def test_iis_express_star_host_is_imported_in_site_mode_reported_and_renewed(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     tp = real_servers.iisexpress(tmp_path / "web01")
     desired = world(tmp_path)
     config = tmp_path / "web01" / "applicationHost.config"
@@ -198,8 +228,9 @@ def test_iis_express_star_host_is_imported_in_site_mode_reported_and_renewed(
     # the same certificate in auto mode: the plan reports the '*' binding instead of saying nothing
     auto = tmp_path / "auto"
     shutil.copytree(desired, auto)
-    (auto / "imported-web01.yaml").write_text((auto / "imported-web01.yaml").read_text()
-                                              .replace("mode: site\n      site: Shop.Web", "mode: auto"))
+    (auto / "imported-web01.yaml").write_text(
+        (auto / "imported-web01.yaml").read_text().replace("mode: site\n      site: Shop.Web", "mode: auto")
+    )
     notes = plan_json(capsys, auto, "--at", AT)["notes"]
     assert any(n["code"] == "BlankHost" and n["target"] == "iis/web01/Shop.Web/https :44300:*" for n in notes)
     host = EmulatedHost("web01", tmp_path / "web01")
@@ -211,11 +242,14 @@ def test_iis_express_star_host_is_imported_in_site_mode_reported_and_renewed(
     assert b'password="[enc:IISCngProvider:ZGVwbG95LXBhc3N3b3JkLWZha2UtY2lwaGVydGV4dA==:enc]"' in after
     # WebSite1 has only an http binding (localhost:8080): import proposed a certificate for it, and the plan
     # added https beside it; apart from that binding, only certificate hashes changed
-    added = re.search(rb'\s*<binding protocol="https" bindingInformation="\*:443:localhost" sslFlags="1" />', after)
+    added = re.search(
+        rb'\s*<binding protocol="https" bindingInformation="\*:443:localhost" sslFlags="1" />', after
+    )
     assert added is not None, after.decode()
-    after = after[:added.start()] + after[added.end():]
-    assert after.replace(tp["ftp"].encode(), b"").replace(site.ftp_cert_hash.encode(), b"") == \
-        before_bytes.replace(tp["ftp"].encode(), b"")
+    after = after[: added.start()] + after[added.end() :]
+    assert after.replace(tp["ftp"].encode(), b"").replace(
+        site.ftp_cert_hash.encode(), b""
+    ) == before_bytes.replace(tp["ftp"].encode(), b"")
 
 
 # --- item 4: HTTP.sys settings kept on rebind -----------------------------------------------------
@@ -229,11 +263,16 @@ def test_emulated_rebind_recreates_the_entry_like_iis_and_puts_its_settings_back
     stored = host.store("My").install("corp", make_sample.material(new, inter), make_sample.NOT_BEFORE)
     table = load_json((tmp_path / "web01" / "httpsys.json").read_bytes())
     sites = AppHostConfig.parse((tmp_path / "web01" / "applicationHost.config").read_bytes()).sites()
-    change = BindingChange("update", "Services", "https", "10.20.0.13:8443:", 0, stored.ref, "My", tp["wildcard"])
+    change = BindingChange(
+        "update", "Services", "https", "10.20.0.13:8443:", 0, stored.ref, "My", tp["wildcard"]
+    )
     resolution = resolve("web01", sites, table, [change], has_cert=host.has_cert)
     assert [s.op for s in resolution.steps] == ["replace", "settings"]
-    assert resolution.steps[1].settings == (("Ctl Store Name", "ClientAuthIssuer"), ("DS Mapper Usage", "Enabled"),
-                                            ("Negotiate Client Certificate", "Enabled"))
+    assert resolution.steps[1].settings == (
+        ("Ctl Store Name", "ClientAuthIssuer"),
+        ("DS Mapper Usage", "Enabled"),
+        ("Negotiate Client Certificate", "Enabled"),
+    )
     host.apply([change])
     entry = next(e for e in host.observe().httpsys if e.key == "10.20.0.13:8443")
     assert entry.certhash == stored.ref
@@ -243,8 +282,9 @@ def test_emulated_rebind_recreates_the_entry_like_iis_and_puts_its_settings_back
 # --- item 5: <sites configSource> ---------------------------------------------------------------------
 
 
-def test_sites_in_a_config_source_file_are_read_and_bound_there(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_sites_in_a_config_source_file_are_read_and_bound_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     real_servers.configsource(tmp_path / "web01")
     host = EmulatedHost("web01", tmp_path / "web01")
     state = host.observe()
@@ -253,18 +293,34 @@ def test_sites_in_a_config_source_file_are_read_and_bound_there(tmp_path: Path,
     desired = world(tmp_path)
     (desired / "blog.yaml").write_text(
         "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: blog}\nspec:\n  issuer: local\n"
-        "  domains: [blog.example.com]\n  stores: [web01-webhosting]\n  iis: [{host: web01}]\n")
+        "  domains: [blog.example.com]\n  stores: [web01-webhosting]\n  iis: [{host: web01}]\n"
+    )
     cli(capsys, "apply", "-d", str(desired))
     assert (tmp_path / "web01" / "applicationHost.config").read_bytes() == main_config
     sites_file = (tmp_path / "web01" / "sites.config").read_text()
-    assert '<binding protocol="https" bindingInformation="*:443:blog.example.com" sslFlags="1" />' in sites_file
-    assert sites_file.startswith('<?xml version="1.0" encoding="UTF-8"?>\n<!-- moved out of applicationHost.config')
+    assert (
+        '<binding protocol="https" bindingInformation="*:443:blog.example.com" sslFlags="1" />' in sites_file
+    )
+    assert sites_file.startswith(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<!-- moved out of applicationHost.config'
+    )
     assert plan_json(capsys, desired)["actions"] == []
 
 
-@pytest.mark.parametrize("source", ["../sites.config", "/etc/sites.config", "sub\\sites.config", "httpsys.json",
-                                    "missing.config", "linked.config"])
-def test_a_config_source_outside_the_folder_or_missing_is_a_clear_problem(tmp_path: Path, source: str) -> None:
+@pytest.mark.parametrize(
+    "source",
+    [
+        "../sites.config",
+        "/etc/sites.config",
+        "sub\\sites.config",
+        "httpsys.json",
+        "missing.config",
+        "linked.config",
+    ],
+)
+def test_a_config_source_outside_the_folder_or_missing_is_a_clear_problem(
+    tmp_path: Path, source: str
+) -> None:
     real_servers.configsource(tmp_path / "web01")
     (tmp_path / "sites.config").write_bytes((tmp_path / "web01" / "sites.config").read_bytes())
     (tmp_path / "web01" / "linked.config").symlink_to(tmp_path / "sites.config")
@@ -280,7 +336,8 @@ def test_a_config_source_outside_the_folder_or_missing_is_a_clear_problem(tmp_pa
 
 
 def test_server_auto_start_false_means_stopped_unless_the_running_server_started_it(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     real_servers.panel(tmp_path / "web01")
     host = EmulatedHost("web01", tmp_path / "web01")
     states = {s.name: s.state for s in host.observe().sites}
@@ -290,13 +347,17 @@ def test_server_auto_start_false_means_stopped_unless_the_running_server_started
     (desired / "certs.yaml").write_text(
         "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: juwelier}\nspec:\n  issuer: local\n"
         "  domains: [juwelier-stern.example, www.juwelier-stern.example]\n  stores: [web01-webhosting]\n"
-        "  iis: [{host: web01}]\n")
+        "  iis: [{host: web01}]\n"
+    )
     plan = plan_json(capsys, desired)
     assert not [a for a in plan["actions"] if a["kind"] == "bind"]
     assert any("site juwelier-stern.example is stopped" in n["message"] for n in plan["notes"])
     # started by hand since the server came up: what runs now is the server's state
-    (tmp_path / "web01" / "server.json").write_text(json.dumps({"iis_version": "10.0",
-                                                                "started_sites": ["juwelier-stern.example"]}))
+    (tmp_path / "web01" / "server.json").write_text(
+        json.dumps({"iis_version": "10.0", "started_sites": ["juwelier-stern.example"]})
+    )
     plan = plan_json(capsys, desired)
     assert sorted(a["detail"]["binding"] for a in plan["actions"] if a["kind"] == "bind") == [
-        "*:443:juwelier-stern.example", "*:443:www.juwelier-stern.example"]
+        "*:443:juwelier-stern.example",
+        "*:443:www.juwelier-stern.example",
+    ]

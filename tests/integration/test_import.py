@@ -53,8 +53,9 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return rc, out.out, out.err
 
 
-def test_import_then_plan_shows_only_what_really_differs(setup: tuple[Path, dict[str, str]],
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_then_plan_shows_only_what_really_differs(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, tp = setup
     rc, out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired))
     assert rc == 0, err
@@ -65,8 +66,15 @@ def test_import_then_plan_shows_only_what_really_differs(setup: tuple[Path, dict
     state = load(desired, revision=False)
     certs = {n: c.spec for n, c in state.certificates.items()}
     # one spec per certificate in use; the certctl marker's name is kept when it has one
-    assert set(certs) == {"web01-example-com", "www-example-com", "shop-example-net", "apps-example-org",
-                          "api-example-org", "staging-example-com", "ftp-example-com"}
+    assert set(certs) == {
+        "web01-example-com",
+        "www-example-com",
+        "shop-example-net",
+        "apps-example-org",
+        "api-example-org",
+        "staging-example-com",
+        "ftp-example-com",
+    }
     www = certs["www-example-com"]
     assert www.domains == ["www.example.com", "example.com"]
     assert www.key.algorithm.value == "ecdsa-p256"
@@ -82,14 +90,16 @@ def test_import_then_plan_shows_only_what_really_differs(setup: tuple[Path, dict
     assert rc == 0, err
     plan: dict[str, Any] = json.loads(out)
     assert [(a["kind"], a["certificate"], a["detail"].get("binding")) for a in plan["actions"]] == [
-        ("bind", "www-example-com", "*:443:example.com")]
+        ("bind", "www-example-com", "*:443:example.com")
+    ]
     assert plan["actions"][0]["detail"]["thumbprint"] == tp["www"]  # the adopted certificate, not a new one
     states = {c["name"]: c["state"] for c in plan["certificates"]}
     assert states["www-example-com"] == "pending" and states["shop-example-net"] == "ready"
 
 
-def test_import_twice_writes_nothing_new(setup: tuple[Path, dict[str, str]],
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_import_twice_writes_nothing_new(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, _tp = setup
     assert run(capsys, "import", "--iis-host", "web01", "-d", str(desired))[0] == 0
     before = (desired / "imported-web01.yaml").read_bytes()
@@ -99,12 +109,14 @@ def test_import_twice_writes_nothing_new(setup: tuple[Path, dict[str, str]],
     assert (desired / "imported-web01.yaml").read_bytes() == before
 
 
-def test_certificates_an_existing_spec_covers_are_skipped(setup: tuple[Path, dict[str, str]],
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_certificates_an_existing_spec_covers_are_skipped(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, _tp = setup
     (desired / "shop.yaml").write_text(
         "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: shop}\nspec:\n  issuer: local\n"
-        "  domains: [shop.example.net]\n  stores: [web01-webhosting]\n  iis: [{host: web01}]\n")
+        "  domains: [shop.example.net]\n  stores: [web01-webhosting]\n  iis: [{host: web01}]\n"
+    )
     out_file = desired.parent / "out.yaml"
     rc, out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--out", str(out_file))
     assert rc == 0, err
@@ -113,8 +125,9 @@ def test_certificates_an_existing_spec_covers_are_skipped(setup: tuple[Path, dic
     assert "name: www-example-com" in out_file.read_text()
 
 
-def test_an_existing_file_with_other_content_is_never_overwritten(setup: tuple[Path, dict[str, str]],
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_existing_file_with_other_content_is_never_overwritten(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, _tp = setup
     target = desired.parent / "mine.yaml"
     target.write_text("# my notes\n")
@@ -124,8 +137,9 @@ def test_an_existing_file_with_other_content_is_never_overwritten(setup: tuple[P
     assert target.read_text() == "# my notes\n"
 
 
-def test_an_unknown_host_or_issuer_is_a_clear_error(setup: tuple[Path, dict[str, str]],
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_host_or_issuer_is_a_clear_error(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, _tp = setup
     rc, _out, err = run(capsys, "import", "--iis-host", "web02", "-d", str(desired))
     assert rc == 1 and "IisHost 'web02' does not exist" in err and "known: web01" in err
@@ -154,8 +168,9 @@ def _with_http_only_site(root: Path) -> None:
     config.write_text(config.read_text().replace("            <siteDefaults>", BLOG, 1))
 
 
-def test_a_site_with_only_http_bindings_gets_a_certificate(setup: tuple[Path, dict[str, str]],
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_site_with_only_http_bindings_gets_a_certificate(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, _tp = setup
     _with_http_only_site(desired.parent / "web01")
     rc, out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--site", "blog")
@@ -166,28 +181,41 @@ def test_a_site_with_only_http_bindings_gets_a_certificate(setup: tuple[Path, di
     assert set(certs) == {"blog-example-com"}, "--site limits the import to that site"
     blog = certs["blog-example-com"]
     assert blog.domains == ["blog.example.com", "www.blog.example.com"]
-    assert blog.stores == ["web01-webhosting"] and [(t.host, t.mode.value) for t in blog.iis] == [("web01", "auto")]
+    assert blog.stores == ["web01-webhosting"] and [(t.host, t.mode.value) for t in blog.iis] == [
+        ("web01", "auto")
+    ]
     assert "site blog has only http bindings" in (desired / "imported-web01.yaml").read_text()
     # the plan issues it and adds https beside each named http binding (SNI)
     rc, out, err = run(capsys, "plan", "-d", str(desired), "--json", "--at", AT)
     assert rc == 0, err
-    actions = [(a["kind"], a["detail"].get("binding")) for a in json.loads(out)["actions"]
-               if a["certificate"] == "blog-example-com"]
-    assert actions == [("issue", None), ("install", None), ("bind", "*:443:blog.example.com"),
-                       ("bind", "*:443:www.blog.example.com")]
+    actions = [
+        (a["kind"], a["detail"].get("binding"))
+        for a in json.loads(out)["actions"]
+        if a["certificate"] == "blog-example-com"
+    ]
+    assert actions == [
+        ("issue", None),
+        ("install", None),
+        ("bind", "*:443:blog.example.com"),
+        ("bind", "*:443:www.blog.example.com"),
+    ]
 
 
-def test_an_unknown_site_is_a_clear_error(setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_site_is_a_clear_error(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, _tp = setup
     rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired), "--site", "nope")
     assert rc == 1 and "has no site 'nope'" in err and "Default Web Site" in err
 
 
-def test_with_several_issuers_import_asks_which(setup: tuple[Path, dict[str, str]],
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_with_several_issuers_import_asks_which(
+    setup: tuple[Path, dict[str, str]], capsys: pytest.CaptureFixture[str]
+) -> None:
     desired, _tp = setup
-    (desired / "second.yaml").write_text("apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: other}\n"
-                                         "spec: {localCA: {}}\n")
+    (desired / "second.yaml").write_text(
+        "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: other}\nspec: {localCA: {}}\n"
+    )
     rc, _out, err = run(capsys, "import", "--iis-host", "web01", "-d", str(desired))
     assert rc == 1 and "there are 2 Issuers (local, other)" in err and "--issuer NAME" in err
     assert not (desired / "imported-web01.yaml").exists()

@@ -22,8 +22,11 @@ def _world(ws: Workspace) -> None:
     issuer = LocalCAIssuer("local", LocalCA(), ws.state)
     store = PemDirectoryStore("pem", ws.pem)
     for i in range(6):
-        store.install(f"c{i}", issuer.issue(IssueRequest(f"c{i}", (f"c{i}.example.com",), "ecdsa-p256")),
-                      datetime.now(UTC))
+        store.install(
+            f"c{i}",
+            issuer.issue(IssueRequest(f"c{i}", (f"c{i}.example.com",), "ecdsa-p256")),
+            datetime.now(UTC),
+        )
     (ws.pem / "c0" / "versions" / "broken").mkdir()
     (ws.pem / "c0" / "versions" / "broken" / "cert.pem").write_text("garbage")
 
@@ -31,13 +34,21 @@ def _world(ws: Workspace) -> None:
 def test_pool_and_in_process_agree(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
     _world(ws)
     monkeypatch.setenv("CERTCTL_NO_PARALLEL", "1")
-    serial_desired, serial_store = load(ws.desired, revision=False), PemDirectoryStore("pem", ws.pem).observe()
+    serial_desired, serial_store = (
+        load(ws.desired, revision=False),
+        PemDirectoryStore("pem", ws.pem).observe(),
+    )
     monkeypatch.delenv("CERTCTL_NO_PARALLEL")
     monkeypatch.setenv("CERTCTL_PARALLEL_MIN", "1")
-    pooled_desired, pooled_store = load(ws.desired, revision=False), PemDirectoryStore("pem", ws.pem).observe()
+    pooled_desired, pooled_store = (
+        load(ws.desired, revision=False),
+        PemDirectoryStore("pem", ws.pem).observe(),
+    )
     assert pooled_desired == serial_desired
     assert pooled_store == serial_store
-    assert len(pooled_store.certs) == 6 and any("broken/cert.pem is not a valid PEM" in p for p in pooled_store.problems)
+    assert len(pooled_store.certs) == 6 and any(
+        "broken/cert.pem is not a valid PEM" in p for p in pooled_store.problems
+    )
 
 
 def test_pool_reports_yaml_errors_with_positions(ws: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:

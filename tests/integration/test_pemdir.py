@@ -28,7 +28,9 @@ def issue(issuer: LocalCAIssuer, alg: str = "ecdsa-p256"):
     return issuer.issue(IssueRequest("web", ("www.example.com", "example.com"), alg))
 
 
-def test_install_keeps_earlier_versions_and_switches_atomically(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+def test_install_keeps_earlier_versions_and_switches_atomically(
+    tmp_path: Path, issuer: LocalCAIssuer
+) -> None:
     store = PemDirectoryStore("pem", tmp_path / "pem")
     first, second = issue(issuer), issue(issuer)
     store.install("web", first, datetime(2026, 1, 1, tzinfo=UTC))
@@ -60,7 +62,9 @@ def test_observes_every_certificate_with_its_facts(tmp_path: Path, issuer: Local
     foreign.write_bytes(issue(issuer).cert_pem)
     state = store.observe()
     managed = next(c for c in state.certs if c.managed_by == "web")
-    assert managed.info.sans == ("www.example.com", "example.com") and managed.info.subject == "www.example.com"
+    assert (
+        managed.info.sans == ("www.example.com", "example.com") and managed.info.subject == "www.example.com"
+    )
     assert managed.info.key_algorithm == "rsa-2048" and len(managed.info.thumbprint) == 40
     assert len(managed.info.sha256) == 64 and "certctl local CA local" in managed.info.issuer
     unmanaged = next(c for c in state.certs if c.ref == "other-tool.pem")
@@ -70,7 +74,9 @@ def test_observes_every_certificate_with_its_facts(tmp_path: Path, issuer: Local
 def test_corrupt_pem_is_reported_and_never_crashes(tmp_path: Path, issuer: LocalCAIssuer) -> None:
     store = PemDirectoryStore("pem", tmp_path / "pem")
     store.install("web", issue(issuer), datetime.now(UTC))
-    (tmp_path / "pem" / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    (tmp_path / "pem" / "broken.pem").write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"
+    )
     version = next((tmp_path / "pem" / "web" / "versions").iterdir())
     (version / "cert.pem").write_text("garbage")
     state = store.observe()
@@ -97,8 +103,14 @@ def test_unreadable_store_folder_is_reported(tmp_path: Path, issuer: LocalCAIssu
         f"s = S('pem', {str(pem)!r}).observe(); print(s.reachable, s.problems)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                            capture_output=True, text=True, env=env, check=False, cwd="/")
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd="/",
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("False") and "Permission denied" in result.stdout
 
@@ -117,7 +129,10 @@ def test_the_observation_cache_notices_changed_files(tmp_path: Path, issuer: Loc
     assert not PemDirectoryStore("pem", tmp_path / "pem", cache).observe().certs[0].has_key
     other = issue(issuer)
     (version / "cert.pem").write_bytes(other.cert_pem)  # replaced by hand: must be read again
-    assert PemDirectoryStore("pem", tmp_path / "pem", cache).observe().certs[0].info.thumbprint == other.info.thumbprint
+    assert (
+        PemDirectoryStore("pem", tmp_path / "pem", cache).observe().certs[0].info.thumbprint
+        == other.info.thumbprint
+    )
     (version / "cert.pem").write_text("garbage")
     state = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
     assert state.certs == () and "not a valid PEM certificate" in state.problems[0]

@@ -18,8 +18,9 @@ from tests.integration.servers import LOOPBACK, Nginx, Pebble, acme_spec, free_p
 pytestmark = pytest.mark.integration
 
 
-def test_probe_sees_what_nginx_serves_after_reload(nginx: Nginx, pebble: Pebble, va_http_port: int,
-                                                    state_dir: Path) -> None:
+def test_probe_sees_what_nginx_serves_after_reload(
+    nginx: Nginx, pebble: Pebble, va_http_port: int, state_dir: Path
+) -> None:
     issuer = build_acme_issuer("pebble", acme_spec(pebble, [standalone(va_http_port)]), state_dir)
     prober = TlsProber()
     before = prober.probe(nginx.endpoint, "www.example.com", 5)

@@ -45,7 +45,9 @@ def test_a_planted_pickle_in_the_state_dir_is_never_executed(ws: Workspace, run_
     assert run_cli("apply", "-d", str(ws.desired))[0] == 0
     marker = ws.root / "pwned"
     (ws.state / "cache").mkdir(exist_ok=True)
-    (ws.state / "cache" / "vault-index.pickle").write_bytes(pickle.dumps({"stamp": 0, "entries": _Payload(marker)}))
+    (ws.state / "cache" / "vault-index.pickle").write_bytes(
+        pickle.dumps({"stamp": 0, "entries": _Payload(marker)})
+    )
     code, _, err = run_cli(command, "-d", str(ws.desired))
     assert code == 0, err
     assert not marker.exists(), "a pickle from the state dir was executed"
@@ -60,7 +62,9 @@ def test_a_planted_pickle_in_the_user_cache_is_never_executed(ws: Workspace, run
     (cache / f"{name}.pickle").write_bytes(pickle.dumps(_Payload(marker)))
     assert run_cli("validate", "-d", str(ws.desired))[0] == 0
     assert not marker.exists(), "a pickle from the cache folder was executed"
-    assert not list(cache.glob("*.pickle*")) or all(p.name == f"{name}.pickle" for p in cache.glob("*.pickle*"))
+    assert not list(cache.glob("*.pickle*")) or all(
+        p.name == f"{name}.pickle" for p in cache.glob("*.pickle*")
+    )
     assert list(cache.glob("desired-*.json")), "the cache is JSON"
 
 
@@ -94,7 +98,9 @@ def test_a_cache_folder_of_another_user_is_ignored_with_a_warning(ws: Workspace,
 def test_a_cache_of_our_own_is_used_and_a_corrupt_one_is_ignored(ws: Workspace, run_cli) -> None:
     _, path = _planted_cache(ws, run_cli)
     code, out, _ = run_cli("plan", "-d", str(ws.desired), "--json")
-    assert code == 0 and "planted" in out  # proof the cache is read at all (so the test above means something)
+    assert (
+        code == 0 and "planted" in out
+    )  # proof the cache is read at all (so the test above means something)
     path.write_text("[" * 100_000)  # deeper than json can parse: RecursionError inside the reader
     code, out, err = run_cli("plan", "-d", str(ws.desired), "--json")
     assert code == 0 and "planted" not in out and "cache.ignored" in err
@@ -110,14 +116,18 @@ def machine(tmp_path: Path) -> EmulatedHost:
     return EmulatedHost("web01", root)
 
 
-@pytest.mark.parametrize("intent", [
-    [{"file": "../victim/secret.txt", "backup": None}],  # "the file did not exist before": delete it
-    [{"file": "applicationHost.config", "backup": "../victim/secret.txt"}],  # restore from elsewhere
-    [{"file": "/tmp/certctl-should-never-exist", "backup": None}],
-    [{"file": "sub/applicationHost.config", "backup": None}],
-])
-def test_a_planted_commit_intent_is_refused_and_touches_nothing(machine: EmulatedHost, tmp_path: Path,
-                                                               intent: list[dict[str, object]]) -> None:
+@pytest.mark.parametrize(
+    "intent",
+    [
+        [{"file": "../victim/secret.txt", "backup": None}],  # "the file did not exist before": delete it
+        [{"file": "applicationHost.config", "backup": "../victim/secret.txt"}],  # restore from elsewhere
+        [{"file": "/tmp/certctl-should-never-exist", "backup": None}],
+        [{"file": "sub/applicationHost.config", "backup": None}],
+    ],
+)
+def test_a_planted_commit_intent_is_refused_and_touches_nothing(
+    machine: EmulatedHost, tmp_path: Path, intent: list[dict[str, object]]
+) -> None:
     victim = tmp_path / "victim"
     victim.mkdir()
     (victim / "secret.txt").write_text("keep me")
@@ -231,7 +241,9 @@ def test_stores_and_webroots_in_a_folder_others_can_write_are_refused(ws: Worksp
         from reconciler.ports import SolverError
 
         with pytest.raises(SolverError, match="refusing to write challenges"):
-            WebrootHttp01(shared).prepare([ChallengeTask("www.example.com", "http-01", "tok_en-123", "tok_en-123.ka")])
+            WebrootHttp01(shared).prepare(
+                [ChallengeTask("www.example.com", "http-01", "tok_en-123", "tok_en-123.ka")]
+            )
         assert not (shared / ".well-known").exists()
 
 
@@ -245,8 +257,12 @@ def test_folder_modes_do_not_depend_on_the_umask(tmp_path: Path, umask: int) -> 
         safe_folder(tmp_path / "web" / "deeper", 0o755)
     finally:
         os.umask(old)
-    for folder, mode in ((tmp_path / "keys", 0o700), (tmp_path / "keys" / "deeper", 0o700),
-                         (tmp_path / "web", 0o755), (tmp_path / "web" / "deeper", 0o755)):
+    for folder, mode in (
+        (tmp_path / "keys", 0o700),
+        (tmp_path / "keys" / "deeper", 0o700),
+        (tmp_path / "web", 0o755),
+        (tmp_path / "web" / "deeper", 0o755),
+    ):
         assert os.stat(folder).st_mode & 0o7777 == mode, folder
 
 

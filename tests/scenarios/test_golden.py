@@ -16,7 +16,9 @@ def test_golden_plan(folder: Path) -> None:
     expected_path = folder / "expected.json"
     if os.environ.get("UPDATE_GOLDEN") == "1":
         expected_path.write_text(json.dumps(actual, indent=2, sort_keys=True) + "\n")
-    assert expected_path.exists(), f"{expected_path} is missing; run UPDATE_GOLDEN=1 pytest {folder} and review it"
+    assert expected_path.exists(), (
+        f"{expected_path} is missing; run UPDATE_GOLDEN=1 pytest {folder} and review it"
+    )
     assert actual == json.loads(expected_path.read_text())
 
 

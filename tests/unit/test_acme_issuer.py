@@ -34,7 +34,8 @@ class ScriptedCA:
         self.account_reply: tuple[int, dict[str, str], dict[str, Any]] | None = None
         self.directory_calls = 0
         self.order_reply: tuple[int, dict[str, str], dict[str, Any]] = (
-            429, {"Retry-After": "120"},
+            429,
+            {"Retry-After": "120"},
             {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new orders recently"},
         )
         ca = self
@@ -43,8 +44,13 @@ class ScriptedCA:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _send(self, status: int, body: dict[str, Any] | None, headers: dict[str, str] | None = None,
-                      ctype: str = "application/json") -> None:
+            def _send(
+                self,
+                status: int,
+                body: dict[str, Any] | None,
+                headers: dict[str, str] | None = None,
+                ctype: str = "application/json",
+            ) -> None:
                 data = json.dumps(body).encode() if body is not None else b""
                 self.send_response(status)
                 self.send_header("Replay-Nonce", secrets.token_urlsafe(16))
@@ -61,8 +67,15 @@ class ScriptedCA:
                     if ca.directory_calls <= ca.directory_failures:
                         self._send(503, None, ctype="text/plain")
                         return
-                    self._send(200, {"newNonce": ca.url("/nonce"), "newAccount": ca.url("/acct"),
-                                     "newOrder": ca.url("/order"), "meta": {}})
+                    self._send(
+                        200,
+                        {
+                            "newNonce": ca.url("/nonce"),
+                            "newAccount": ca.url("/acct"),
+                            "newOrder": ca.url("/order"),
+                            "meta": {},
+                        },
+                    )
                     return
                 self._send(404, None)
 
@@ -102,7 +115,9 @@ def ca() -> Iterator[ScriptedCA]:
 
 
 def spec(url: str, **fields: Any) -> Acme:
-    return Acme.model_validate({"directoryUrl": url, "solvers": [{"http01": {"standalone": {"port": 1}}}], **fields})
+    return Acme.model_validate(
+        {"directoryUrl": url, "solvers": [{"http01": {"standalone": {"port": 1}}}], **fields}
+    )
 
 
 QUICK = RetryPolicy(attempts=4, budget=5, initial=0.01, maximum=0.05)
@@ -120,8 +135,11 @@ def test_rate_limited_order_carries_retry_after(ca: ScriptedCA, tmp_path: Path) 
 
 
 def test_rate_limited_new_account_carries_retry_after(ca: ScriptedCA, tmp_path: Path) -> None:
-    ca.account_reply = (429, {"Retry-After": "60"},
-                        {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new accounts"})
+    ca.account_reply = (
+        429,
+        {"Retry-After": "60"},
+        {"type": "urn:ietf:params:acme:error:rateLimited", "detail": "too many new accounts"},
+    )
     issuer = build_acme_issuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
     with pytest.raises(IssueError, match="too many new accounts") as caught:
         issuer.issue(IssueRequest("www", ("www.example.com",), "ecdsa-p256"))
@@ -131,7 +149,11 @@ def test_rate_limited_new_account_carries_retry_after(ca: ScriptedCA, tmp_path: 
 
 def test_5xx_is_retried_then_a_permanent_problem_is_not(ca: ScriptedCA, tmp_path: Path) -> None:
     ca.directory_failures = 2
-    ca.order_reply = (400, {}, {"type": "urn:ietf:params:acme:error:caa", "detail": "CAA record forbids issuance"})
+    ca.order_reply = (
+        400,
+        {},
+        {"type": "urn:ietf:params:acme:error:caa", "detail": "CAA record forbids issuance"},
+    )
     issuer = build_acme_issuer("scripted", spec(ca.url("/dir")), tmp_path, retry_policy=QUICK)
     with pytest.raises(IssueError, match="caa: CAA record forbids issuance") as caught:
         issuer.issue(IssueRequest("www", ("www.example.com",), "ecdsa-p256"))
@@ -158,7 +180,9 @@ def test_never_two_orders_for_one_certificate(tmp_path: Path, monkeypatch: pytes
         return request.certificate
 
     monkeypatch.setattr(issuer, "_issue", slow)
-    first = threading.Thread(target=issuer.issue, args=(IssueRequest("www", ("www.example.com",), "ecdsa-p256"),))
+    first = threading.Thread(
+        target=issuer.issue, args=(IssueRequest("www", ("www.example.com",), "ecdsa-p256"),)
+    )
     first.start()
     assert entered.wait(5)
     with pytest.raises(IssueError, match="already running") as caught:
@@ -171,10 +195,12 @@ def test_never_two_orders_for_one_certificate(tmp_path: Path, monkeypatch: pytes
 
 
 def test_no_matching_solver_fails_before_any_request(tmp_path: Path) -> None:
-    acme = Acme.model_validate({
-        "directoryUrl": "https://ca.invalid/dir",
-        "solvers": [{"domains": ["example.com"], "http01": {"standalone": {"port": 1}}}],
-    })
+    acme = Acme.model_validate(
+        {
+            "directoryUrl": "https://ca.invalid/dir",
+            "solvers": [{"domains": ["example.com"], "http01": {"standalone": {"port": 1}}}],
+        }
+    )
     with pytest.raises(IssueError, match=r"no solver of Issuer x matches www\.example\.org") as caught:
         build_acme_issuer("x", acme, tmp_path).issue(IssueRequest("o", ("www.example.org",), "ecdsa-p256"))
     assert not caught.value.transient
@@ -182,7 +208,9 @@ def test_no_matching_solver_fails_before_any_request(tmp_path: Path) -> None:
 
 def test_unknown_key_algorithm(tmp_path: Path) -> None:
     with pytest.raises(IssueError, match="cannot use the certificate key"):
-        build_acme_issuer("x", spec("https://ca.invalid/dir"), tmp_path).issue(IssueRequest("o", ("a.example.com",), "dsa-1024"))
+        build_acme_issuer("x", spec("https://ca.invalid/dir"), tmp_path).issue(
+            IssueRequest("o", ("a.example.com",), "dsa-1024")
+        )
 
 
 def test_identity_is_stable() -> None:
@@ -195,7 +223,9 @@ def test_identity_is_stable() -> None:
 def test_csr_names_every_domain() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = make_csr(key, ("www.example.com", "*.example.org", "example.com"))
-    sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    sans = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.DNSName
+    )
     assert sans == ["www.example.com", "*.example.org", "example.com"]
     assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "www.example.com"
     long_name = "a" * 63 + ".example.com"
@@ -216,8 +246,10 @@ def _chain(*names: tuple[str, str]) -> str:
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1))
             .sign(key, hashes.SHA256())
         )
         out += cert.public_bytes(serialization.Encoding.PEM).decode()
@@ -253,17 +285,24 @@ class _LostFinalize:
         raise IssueError("POST /finalize: timed out", transient=True)
 
     def get_as_post(self, url: str) -> _Reply:
-        doc: dict[str, Any] = {"status": self.status, "identifiers": [], "authorizations": [],
-                               "finalize": "https://ca/finalize/1"}
+        doc: dict[str, Any] = {
+            "status": self.status,
+            "identifiers": [],
+            "authorizations": [],
+            "finalize": "https://ca/finalize/1",
+        }
         if self.status == "valid":
             doc["certificate"] = "https://ca/cert/1"
         return _Reply(doc)
 
 
-@pytest.mark.parametrize(("status", "outcome"), [("valid", "certificate"), ("processing", "certificate"),
-                                                  ("ready", "error"), ("invalid", "error")])
-def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(tmp_path: Path, status: str,
-                                                                        outcome: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [("valid", "certificate"), ("processing", "certificate"), ("ready", "error"), ("invalid", "error")],
+)
+def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(
+    tmp_path: Path, status: str, outcome: str
+) -> None:
     import structlog
     from acme import messages
 
@@ -279,12 +318,31 @@ def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(tmp_pat
             return real(url)
 
         session.get_as_post = later  # type: ignore[method-assign]
-    order = messages.Order.from_json({"status": "ready", "identifiers": [], "authorizations": [],
-                                      "finalize": "https://ca/finalize/1"})
-    flow = Order(session, issuer.spec.solvers, [], issuer._solver_index, issuer.challenges,  # type: ignore[arg-type]
-                 issuer.ari, 5.0, None, structlog.get_logger())
-    run = lambda: flow._finalize(session, order, "https://ca/order/1", None,  # type: ignore[arg-type]  # noqa: E731
-                                 time.monotonic() + 5, structlog.get_logger())
+    order = messages.Order.from_json(
+        {"status": "ready", "identifiers": [], "authorizations": [], "finalize": "https://ca/finalize/1"}
+    )
+    flow = Order(
+        session,
+        issuer.spec.solvers,
+        [],
+        issuer._solver_index,
+        issuer.challenges,  # type: ignore[arg-type]
+        issuer.ari,
+        5.0,
+        None,
+        structlog.get_logger(),
+    )
+
+    def run() -> messages.Order:
+        return flow._finalize(
+            session,
+            order,
+            "https://ca/order/1",
+            None,
+            time.monotonic() + 5,  # type: ignore[arg-type]
+            structlog.get_logger(),
+        )
+
     if outcome == "certificate":
         assert run().certificate == "https://ca/cert/1"
     else:

@@ -46,7 +46,9 @@ def test_backoff_starts_short_grows_to_a_ceiling_and_yields_to_retry_after() -> 
 
 def test_a_retry_after_past_the_deadline_fails_the_order_as_transient() -> None:
     slept: list[float] = []
-    backoff = poll.Backoff(deadline=time.monotonic() + 5, what="the order https://ca/o/1", timeout=5, sleep=slept.append)
+    backoff = poll.Backoff(
+        deadline=time.monotonic() + 5, what="the order https://ca/o/1", timeout=5, sleep=slept.append
+    )
     with pytest.raises(IssueError, match="asks to ask again in 60s") as caught:
         backoff.wait("60", "processing")
     assert caught.value.transient and caught.value.retry_after is not None
@@ -74,8 +76,12 @@ class _Reply:
 
 
 def _authz(domain: str, status: str) -> dict[str, Any]:
-    challenge: dict[str, Any] = {"type": "http-01", "url": f"https://ca/chall/{domain}", "token": "t" * 43,
-                                 "status": status}
+    challenge: dict[str, Any] = {
+        "type": "http-01",
+        "url": f"https://ca/chall/{domain}",
+        "token": "t" * 43,
+        "status": status,
+    }
     if status == "invalid":
         challenge["error"] = {"type": "urn:ietf:params:acme:error:connection", "detail": f"{domain}: refused"}
     return {"identifier": {"type": "dns", "value": domain}, "status": status, "challenges": [challenge]}
@@ -85,8 +91,13 @@ class _ValidatingCA:
     """An order that stays pending for ``rounds`` polls (answered with ``headers``), then becomes ``outcome``;
     its authorizations end ``outcome`` too. Records every URL asked for."""
 
-    def __init__(self, rounds: int, outcome: str = "ready", headers: dict[str, str] | None = None,
-                 barrier: threading.Barrier | None = None) -> None:
+    def __init__(
+        self,
+        rounds: int,
+        outcome: str = "ready",
+        headers: dict[str, str] | None = None,
+        barrier: threading.Barrier | None = None,
+    ) -> None:
         self.rounds, self.outcome, self.headers, self.barrier = rounds, outcome, headers or {}, barrier
         self.asked: list[str] = []
         self.lock = threading.Lock()
@@ -105,17 +116,42 @@ class _ValidatingCA:
 
 
 def _order(tmp_path: Path, slept: list[float]) -> Order:
-    issuer = build_acme_issuer("ca", Acme.model_validate(
-        {"directoryUrl": "https://ca/dir", "solvers": [{"http01": {"standalone": {"port": 1}}}]}), tmp_path)
-    return Order(None, issuer.spec.solvers, [], issuer._solver_index, issuer.challenges,  # type: ignore[arg-type]
-                 issuer.ari, 30.0, None, structlog.get_logger(), sleep=slept.append, pool=issuer._pool)
+    issuer = build_acme_issuer(
+        "ca",
+        Acme.model_validate(
+            {"directoryUrl": "https://ca/dir", "solvers": [{"http01": {"standalone": {"port": 1}}}]}
+        ),
+        tmp_path,
+    )
+    return Order(
+        None,
+        issuer.spec.solvers,
+        [],
+        issuer._solver_index,
+        issuer.challenges,  # type: ignore[arg-type]
+        issuer.ari,
+        30.0,
+        None,
+        structlog.get_logger(),
+        sleep=slept.append,
+        pool=issuer._pool,
+    )
 
 
 def _pending(*domains: str) -> list[_Pending]:
     from reconciler.ports import ChallengeTask
 
-    return [_Pending(f"https://ca/authz/{d}", d, None, None,  # type: ignore[arg-type]
-                     ChallengeTask(domain=d, kind="http-01", token="t", key_authorization="k"), 0) for d in domains]
+    return [
+        _Pending(
+            f"https://ca/authz/{d}",
+            d,
+            None,
+            None,  # type: ignore[arg-type]
+            ChallengeTask(domain=d, kind="http-01", token="t", key_authorization="k"),
+            0,
+        )
+        for d in domains
+    ]
 
 
 ORDER = "https://ca/order/1"
@@ -124,8 +160,12 @@ ORDER = "https://ca/order/1"
 def test_validation_polls_the_order_no_sooner_than_retry_after_asks(tmp_path: Path) -> None:
     slept: list[float] = []
     ca = _ValidatingCA(rounds=3, headers={"Retry-After": "2"})
-    order = _order(tmp_path, slept)._wait_validation(ca, ORDER, _pending("a.example", "b.example"),  # type: ignore[arg-type]
-                                                     time.monotonic() + 30)
+    order = _order(tmp_path, slept)._wait_validation(
+        ca,
+        ORDER,
+        _pending("a.example", "b.example"),  # type: ignore[arg-type]
+        time.monotonic() + 30,
+    )
     assert order.status == messages.STATUS_READY
     assert slept == [2.0, 2.0, 2.0]
     assert ca.asked == [ORDER] * 4  # one request per round for both names, not one per authorization
@@ -133,21 +173,36 @@ def test_validation_polls_the_order_no_sooner_than_retry_after_asks(tmp_path: Pa
 
 def test_without_retry_after_the_first_poll_comes_after_50_ms_and_pauses_grow(tmp_path: Path) -> None:
     slept: list[float] = []
-    _order(tmp_path, slept)._wait_validation(_ValidatingCA(rounds=3), ORDER, _pending("a.example"),  # type: ignore[arg-type]
-                                             time.monotonic() + 30)
+    _order(tmp_path, slept)._wait_validation(
+        _ValidatingCA(rounds=3),
+        ORDER,
+        _pending("a.example"),  # type: ignore[arg-type]
+        time.monotonic() + 30,
+    )
     assert slept == pytest.approx([0.05, 0.08, 0.128])
 
 
-def test_a_failed_validation_names_every_failed_name_from_authorizations_fetched_at_once(tmp_path: Path) -> None:
+def test_a_failed_validation_names_every_failed_name_from_authorizations_fetched_at_once(
+    tmp_path: Path,
+) -> None:
     # Each authorization request waits for the other: fetched one after the other, the barrier breaks.
     ca = _ValidatingCA(rounds=1, outcome="invalid", barrier=threading.Barrier(2, timeout=10))
-    with pytest.raises(IssueError, match=r"validation failed: a\.example: connection: a\.example: refused; "
-                                         r"b\.example: connection: b\.example: refused") as caught:
-        _order(tmp_path, [])._wait_validation(ca, ORDER, _pending("a.example", "b.example"),  # type: ignore[arg-type]
-                                              time.monotonic() + 30)
+    with pytest.raises(
+        IssueError,
+        match=r"validation failed: a\.example: connection: a\.example: refused; "
+        r"b\.example: connection: b\.example: refused",
+    ) as caught:
+        _order(tmp_path, [])._wait_validation(
+            ca,
+            ORDER,
+            _pending("a.example", "b.example"),  # type: ignore[arg-type]
+            time.monotonic() + 30,
+        )
     assert not caught.value.transient
     assert [p["identifier"] for p in caught.value.problem["subproblems"]] == [  # type: ignore[union-attr]
-        {"type": "dns", "value": "a.example"}, {"type": "dns", "value": "b.example"}]
+        {"type": "dns", "value": "a.example"},
+        {"type": "dns", "value": "b.example"},
+    ]
 
 
 def test_the_order_is_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> None:
@@ -157,17 +212,28 @@ def test_the_order_is_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> 
     class CA:
         def get_as_post(self, url: str) -> _Reply:
             status, after = next(answers)
-            doc = {"status": status, "identifiers": [], "authorizations": [], "finalize": "https://ca/f/1",
-                   "certificate": "https://ca/cert/1"}
+            doc = {
+                "status": status,
+                "identifiers": [],
+                "authorizations": [],
+                "finalize": "https://ca/f/1",
+                "certificate": "https://ca/cert/1",
+            }
             return _Reply(doc, {"Retry-After": after} if after else {})
 
-    order = _order(tmp_path, slept)._wait_order(CA(), "https://ca/order/1", {"valid"},  # type: ignore[arg-type]
-                                                time.monotonic() + 30)
+    order = _order(tmp_path, slept)._wait_order(
+        CA(),
+        "https://ca/order/1",
+        {"valid"},  # type: ignore[arg-type]
+        time.monotonic() + 30,
+    )
     assert order.status == messages.STATUS_VALID
     assert slept == [3.0, 1.0, pytest.approx(poll.FIRST * poll.FACTOR**2)]
 
 
-def test_the_shared_session_still_honours_proxy_and_ca_bundle_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_shared_session_still_honours_proxy_and_ca_bundle_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from reconciler.adapters.issuers.acme import transport
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.corp:3128")
@@ -176,7 +242,9 @@ def test_the_shared_session_still_honours_proxy_and_ca_bundle_settings(monkeypat
     session = transport.Connection().session
     far = session.merge_environment_settings("https://acme.example/dir", {}, None, True, None)
     assert far["proxies"]["https"] == "http://proxy.corp:3128" and far["verify"] == "/etc/corp-ca.pem"
-    near = session.merge_environment_settings("https://ca.internal/acme/order/1", {}, None, "/my/ca.pem", None)
+    near = session.merge_environment_settings(
+        "https://ca.internal/acme/order/1", {}, None, "/my/ca.pem", None
+    )
     assert "https" not in near["proxies"] and near["verify"] == "/my/ca.pem"  # NO_PROXY, and caBundle wins
     calls: list[str] = []
     monkeypatch.setattr(transport, "get_environ_proxies", lambda url, no_proxy=None: calls.append(url) or {})

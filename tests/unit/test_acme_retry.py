@@ -16,7 +16,9 @@ from reconciler.adapters.issuers.acme.retry import RetryPolicy
 P = "urn:ietf:params:acme:error:"
 
 
-def problem(code: str, detail: str = "details", status: int | None = None, retry_after: str | None = None) -> messages.Error:
+def problem(
+    code: str, detail: str = "details", status: int | None = None, retry_after: str | None = None
+) -> messages.Error:
     exc = messages.Error(typ=P + code, detail=detail)
     if status is not None:
         exc.http_status = status
@@ -59,13 +61,17 @@ def test_classification(exc: BaseException, transient: bool) -> None:
 def test_retry_after_forms() -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     assert retry.parse_retry_after("120", now) == now + timedelta(seconds=120)
-    assert retry.parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT", now) == datetime(2026, 10, 21, 7, 28, tzinfo=UTC)
+    assert retry.parse_retry_after("Wed, 21 Oct 2026 07:28:00 GMT", now) == datetime(
+        2026, 10, 21, 7, 28, tzinfo=UTC
+    )
     assert retry.parse_retry_after("soon", now) is None
     assert retry.parse_retry_after(None, now) is None
 
 
 def test_rate_limited_becomes_a_backoff_with_the_cas_time() -> None:
-    err = retry.to_issue_error(problem("rateLimited", "too many certificates for example.com", 429, "3600"), "order for www")
+    err = retry.to_issue_error(
+        problem("rateLimited", "too many certificates for example.com", 429, "3600"), "order for www"
+    )
     assert not err.transient
     assert err.retry_after is not None
     assert timedelta(minutes=59) < err.retry_after - datetime.now(UTC) <= timedelta(hours=1)

@@ -31,7 +31,9 @@ def free_port() -> int:
 
 def get(port: int, token: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/.well-known/acme-challenge/{token}", timeout=2) as r:
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/.well-known/acme-challenge/{token}", timeout=2
+        ) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, ""
@@ -40,7 +42,10 @@ def get(port: int, token: str) -> tuple[int, str]:
 def test_standalone_listener_is_shared_and_stopped_when_unused() -> None:
     port = free_port()
     a, b = StandaloneHttp01("127.0.0.1", port), StandaloneHttp01("127.0.0.1", port)
-    first, second = [http_task("a.example", "tokA1"), http_task("b.example", "tokB1")], [http_task("c.example", "tokC1")]
+    first, second = (
+        [http_task("a.example", "tokA1"), http_task("b.example", "tokB1")],
+        [http_task("c.example", "tokC1")],
+    )
     a.prepare(first)
     b.prepare(second)  # a second order on the same address:port shares the listener
     assert LISTENERS.active() == {("127.0.0.1", port): 3}
@@ -116,13 +121,21 @@ def test_dns01_refuses_names_outside_its_zone() -> None:
 
 
 def test_build_solver_kinds(tmp_path: Path) -> None:
-    assert isinstance(build_solver(Solver.model_validate({"http01": {"standalone": {"port": 8080}}})), StandaloneHttp01)
-    assert isinstance(build_solver(Solver.model_validate({"http01": {"webroot": {"path": str(tmp_path)}}})), WebrootHttp01)
-    dns_solver = Solver.model_validate({"dns01": {"rfc2136": {"server": "ns1.example.com", "zone": "example.com"}}})
+    assert isinstance(
+        build_solver(Solver.model_validate({"http01": {"standalone": {"port": 8080}}})), StandaloneHttp01
+    )
+    assert isinstance(
+        build_solver(Solver.model_validate({"http01": {"webroot": {"path": str(tmp_path)}}})), WebrootHttp01
+    )
+    dns_solver = Solver.model_validate(
+        {"dns01": {"rfc2136": {"server": "ns1.example.com", "zone": "example.com"}}}
+    )
     assert isinstance(build_solver(dns_solver), Rfc2136Solver)
 
 
-def test_webroot_orders_in_parallel_leave_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webroot_orders_in_parallel_leave_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Order B cleans up while order A is between making the folder and writing its token."""
     import threading
 

@@ -31,11 +31,16 @@ def _logs_to_this_tests_stderr() -> None:
     configure("console", "warning")
 
 
-def summary(name: str, renew_in: float | None = None, expires_in: float | None = None,
-            deferred_in: float | None = None) -> CertSummary:
+def summary(
+    name: str,
+    renew_in: float | None = None,
+    expires_in: float | None = None,
+    deferred_in: float | None = None,
+) -> CertSummary:
     at = lambda s: NOW + timedelta(seconds=s) if s is not None else None  # noqa: E731
-    return CertSummary(name, CertState.ready, not_after=at(expires_in), renew_at=at(renew_in),
-                       deferred_until=at(deferred_in))
+    return CertSummary(
+        name, CertState.ready, not_after=at(expires_in), renew_at=at(renew_in), deferred_until=at(deferred_in)
+    )
 
 
 def plan_of(*summaries: CertSummary, actions: tuple[Action, ...] = ()) -> Plan:
@@ -43,14 +48,22 @@ def plan_of(*summaries: CertSummary, actions: tuple[Action, ...] = ()) -> Plan:
 
 
 def test_next_due_is_the_earliest_future_renewal_retry_or_expiry() -> None:
-    plan = plan_of(summary("a", renew_in=30, expires_in=40), summary("b", renew_in=-5, expires_in=9, deferred_in=20))
+    plan = plan_of(
+        summary("a", renew_in=30, expires_in=40), summary("b", renew_in=-5, expires_in=9, deferred_in=20)
+    )
     assert next_due(plan, ObservedState(), NOW, None) == NOW + timedelta(seconds=9)
     plan = plan_of(summary("a", renew_in=30, expires_in=4000))
-    attempts = {"a": Attempts("a", next_retry=NOW + timedelta(seconds=12)),
-                "gone": Attempts("gone", next_retry=NOW + timedelta(seconds=1))}
+    attempts = {
+        "a": Attempts("a", next_retry=NOW + timedelta(seconds=12)),
+        "gone": Attempts("gone", next_retry=NOW + timedelta(seconds=1)),
+    }
     assert next_due(plan, ObservedState(attempts=attempts), NOW, None) == NOW + timedelta(seconds=12)
-    assert next_due(plan_of(summary("a", expires_in=86400 * 10, renew_in=86400 * 5)), ObservedState(), NOW,
-                    timedelta(days=7)) == NOW + timedelta(days=3)
+    assert next_due(
+        plan_of(summary("a", expires_in=86400 * 10, renew_in=86400 * 5)),
+        ObservedState(),
+        NOW,
+        timedelta(days=7),
+    ) == NOW + timedelta(days=3)
     assert next_due(plan_of(), ObservedState(), NOW, None) is None
 
 
@@ -58,8 +71,13 @@ def test_cleanup_waits_for_a_maintenance_pass() -> None:
     def act(kind: ActionKind, target: str) -> Action:
         return Action(f"{kind.value}/a/{target}", kind, "a", target, Reason.Superseded, "m")
 
-    plan = plan_of(actions=(act(ActionKind.install, "store/pem"), act(ActionKind.cleanup, "store/pem/a/v1"),
-                            act(ActionKind.unbind, "host/x")))
+    plan = plan_of(
+        actions=(
+            act(ActionKind.install, "store/pem"),
+            act(ActionKind.cleanup, "store/pem/a/v1"),
+            act(ActionKind.unbind, "host/x"),
+        )
+    )
     assert [a.kind for a in without_cleanup(plan).actions] == [ActionKind.install, ActionKind.unbind]
 
 
@@ -80,7 +98,10 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
     (out / ".keep-me.tmp").write_text("not certctl's")  # another tool's file in a task folder
     task = SimpleNamespace(files=SimpleNamespace(path=str(out)), pfx=None, ccs=None)
     world = SimpleNamespace(
-        state=state, stores={"pem": SimpleNamespace(path=store)}, hosts={}, issuers={},
+        state=state,
+        stores={"pem": SimpleNamespace(path=store)},
+        hosts={},
+        issuers={},
         desired=SimpleNamespace(certificates={"a": SimpleNamespace(spec=SimpleNamespace(tasks=[task]))}),
     )
     counts = recover(world)
@@ -92,18 +113,34 @@ def test_recover_sweeps_interrupted_writes_orphaned_vault_folders_and_torn_log_l
     assert (state.path / "attempts.jsonl").read_text().endswith("\n")
     state.update_attempts("c", consecutive_failures=2)
     assert state.attempts()["c"].consecutive_failures == 2, "the append after a torn line is not lost"
-    assert recover(world) == {"unfinished": 0, "temp": 0, "vault": 0, "reindexed": 0, "torn": 0, "challenges": 0}
+    assert recover(world) == {
+        "unfinished": 0,
+        "temp": 0,
+        "vault": 0,
+        "reindexed": 0,
+        "torn": 0,
+        "challenges": 0,
+    }
 
 
 def test_metrics_gauges_follow_status_rows() -> None:
     metrics = Metrics()
-    rows = [StatusRow("a", CertState.ready, thumbprint="AA", not_after=datetime(2026, 12, 1, tzinfo=UTC),
-                      renew_at=datetime(2026, 11, 28, tzinfo=UTC)),
-            StatusRow("b", CertState.missing, consecutive_failures=2)]
+    rows = [
+        StatusRow(
+            "a",
+            CertState.ready,
+            thumbprint="AA",
+            not_after=datetime(2026, 12, 1, tzinfo=UTC),
+            renew_at=datetime(2026, 11, 28, tzinfo=UTC),
+        ),
+        StatusRow("b", CertState.missing, consecutive_failures=2),
+    ]
     metrics.certificates(rows, NOW)
     samples = _samples(metrics)
-    assert samples[("certctl_certificate_expiration_timestamp_seconds", (("name", "a"),))] == \
-        datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    assert (
+        samples[("certctl_certificate_expiration_timestamp_seconds", (("name", "a"),))]
+        == datetime(2026, 12, 1, tzinfo=UTC).timestamp()
+    )
     assert samples[("certctl_certificate_ready_status", (("condition", "True"), ("name", "a")))] == 1
     assert samples[("certctl_certificate_ready_status", (("condition", "False"), ("name", "b")))] == 1
     assert ("certctl_certificate_expiration_timestamp_seconds", (("name", "b"),)) not in samples
@@ -112,21 +149,33 @@ def test_metrics_gauges_follow_status_rows() -> None:
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(metrics.render().decode()) for s in f.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(metrics.render().decode())
+        for s in f.samples
+    }
 
 
 def test_ready_condition() -> None:
     dec1 = datetime(2026, 12, 1, tzinfo=UTC)
     assert ready_condition(StatusRow("a", CertState.pending, thumbprint="AA", not_after=dec1), NOW) == "True"
-    assert ready_condition(StatusRow("a", CertState.outdated, thumbprint="AA", not_after=dec1), NOW) == "False"
-    assert ready_condition(StatusRow("a", CertState.deferred, thumbprint="AA",
-                                     not_after=datetime(2026, 11, 1, tzinfo=UTC)), NOW) == "False"
+    assert (
+        ready_condition(StatusRow("a", CertState.outdated, thumbprint="AA", not_after=dec1), NOW) == "False"
+    )
+    assert (
+        ready_condition(
+            StatusRow("a", CertState.deferred, thumbprint="AA", not_after=datetime(2026, 11, 1, tzinfo=UTC)),
+            NOW,
+        )
+        == "False"
+    )
     assert ready_condition(StatusRow("a", CertState.ready, thumbprint=None, not_after=dec1), NOW) == "False"
 
 
-@pytest.mark.parametrize(("text", "expected"), [("127.0.0.1:9464", ("127.0.0.1", 9464)), (":80", ("0.0.0.0", 80)),
-                                                 ("[::1]:9464", ("::1", 9464))])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("127.0.0.1:9464", ("127.0.0.1", 9464)), (":80", ("0.0.0.0", 80)), ("[::1]:9464", ("::1", 9464))],
+)
 def test_parse_address(text: str, expected: tuple[str, int]) -> None:
     assert parse_address(text) == expected
 
@@ -137,9 +186,19 @@ def test_parse_address_rejects_garbage() -> None:
 
 
 def _git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True,
-                          env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.test",
-                               "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.test"}).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.test",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.test",
+        },
+    ).stdout.strip()
 
 
 def test_git_pull_fast_forwards_and_refuses_to_merge(tmp_path: Path) -> None:
@@ -201,7 +260,9 @@ def test_only_spec_files_outside_the_state_dir_and_hidden_folders_wake_the_daemo
     assert relevant_change(root, state, False, str(root / "certs.yaml"))
     assert relevant_change(root, state, False, str(root / "team" / "api.yml"))
     assert not relevant_change(root, state, False, str(root / "README.md"))
-    assert relevant_change(root, state, True, str(root / "old-folder")), "a deleted folder may have held specs"
+    assert relevant_change(root, state, True, str(root / "old-folder")), (
+        "a deleted folder may have held specs"
+    )
     assert not relevant_change(root, state, False, str(state / "x.yaml"))
     assert not relevant_change(root, state, False, str(root / ".git" / "config.yaml"))
     assert not relevant_change(root, state, False, str(root / ".swap.yaml"))

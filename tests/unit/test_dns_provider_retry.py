@@ -33,11 +33,16 @@ class Api:
                 if length:
                     self.rfile.read(length)
                 status = api.failures.pop(0) if api.failures else 200
-                body = json.dumps({"name": "example.com.", "kind": "Native", "rrsets": []} if status == 200
-                                  else {"error": f"status {status}"}).encode()
+                body = json.dumps(
+                    {"name": "example.com.", "kind": "Native", "rrsets": []}
+                    if status == 200
+                    else {"error": f"status {status}"}
+                ).encode()
                 self.send_response(status if status != 200 or self.command == "GET" else 204)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body) if self.command == "GET" or status != 200 else 0))
+                self.send_header(
+                    "Content-Length", str(len(body) if self.command == "GET" or status != 200 else 0)
+                )
                 self.end_headers()
                 if self.command == "GET" or status != 200:
                     self.wfile.write(body)
@@ -61,11 +66,14 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
 
 
 def solver(api: Api) -> LexiconSolver:
-    spec = DnsProvider.model_validate({
-        "name": "powerdns", "zone": "example.com",
-        "options": {"pdns_server": api.url, "pdns_server_id": "localhost", "pdns_disable_notify": True},
-        "secrets": {"auth_token": {"fromEnv": "K"}},
-    })
+    spec = DnsProvider.model_validate(
+        {
+            "name": "powerdns",
+            "zone": "example.com",
+            "options": {"pdns_server": api.url, "pdns_server_id": "localhost", "pdns_disable_notify": True},
+            "secrets": {"auth_token": {"fromEnv": "K"}},
+        }
+    )
     return LexiconSolver(spec, environ={"K": "sekrit-token"})
 
 

@@ -46,7 +46,7 @@ def _documented() -> dict[str, list[str]]:
     matches = list(SECTION.finditer(text))
     for i, match in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = text[match.end():end].split("\n## ", 1)[0]
+        body = text[match.end() : end].split("\n## ", 1)[0]
         assert match.group(1) not in out, f"{match.group(1)} is documented twice"
         out[match.group(1)] = ROW.findall(body)
     return out
@@ -54,10 +54,14 @@ def _documented() -> dict[str, list[str]]:
 
 def test_every_model_field_is_documented_and_every_documented_field_exists() -> None:
     models, documented = _models(), _documented()
-    assert sorted(documented) == sorted(models), "a section per model: <!-- model: Name --> in docs/reference.md"
+    assert sorted(documented) == sorted(models), (
+        "a section per model: <!-- model: Name --> in docs/reference.md"
+    )
     for name, model in models.items():
         fields = [f.alias or n for n, f in model.model_fields.items()]
-        assert documented[name] == fields, f"docs/reference.md, {name}: documents {documented[name]}, the model has {fields}"
+        assert documented[name] == fields, (
+            f"docs/reference.md, {name}: documents {documented[name]}, the model has {fields}"
+        )
 
 
 def test_links_between_pages_resolve() -> None:
@@ -66,19 +70,34 @@ def test_links_between_pages_resolve() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            assert (page.parent / target).exists(), f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+            assert (page.parent / target).exists(), (
+                f"{page.relative_to(ROOT)} links to {target}, which does not exist"
+            )
 
 
 def test_nothing_points_outside_the_repository() -> None:
     outside = re.compile(r"\.\./shared|DESIGN\.md|IIS\.md")
     for path in ROOT.rglob("*"):
-        if any(part in {".git", ".venv", "build", "dist", "__pycache__"} or part.endswith(".egg-info")
-               for part in path.relative_to(ROOT).parts):
+        if any(
+            part in {".git", ".venv", "build", "dist", "__pycache__"} or part.endswith(".egg-info")
+            for part in path.relative_to(ROOT).parts
+        ):
             continue
-        if path.is_file() and path.suffix in {".md", ".py", ".yaml", ".yml", ".ps1", ".xml", ".toml", ".service"}:
+        if path.is_file() and path.suffix in {
+            ".md",
+            ".py",
+            ".yaml",
+            ".yml",
+            ".ps1",
+            ".xml",
+            ".toml",
+            ".service",
+        }:
             if path == Path(__file__):
                 continue
-            assert not outside.search(path.read_text(errors="replace")), f"{path.relative_to(ROOT)} points outside the repository"
+            assert not outside.search(path.read_text(errors="replace")), (
+                f"{path.relative_to(ROOT)} points outside the repository"
+            )
 
 
 def test_the_docs_index_lists_every_page() -> None:

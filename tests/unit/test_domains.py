@@ -9,7 +9,11 @@ from reconciler.core import domains
 
 @pytest.mark.parametrize(
     ("raw", "normal"),
-    [("WWW.Example.COM", "www.example.com"), ("bücher.de", "xn--bcher-kva.de"), ("*.Example.com", "*.example.com")],
+    [
+        ("WWW.Example.COM", "www.example.com"),
+        ("bücher.de", "xn--bcher-kva.de"),
+        ("*.Example.com", "*.example.com"),
+    ],
 )
 def test_normalize(raw: str, normal: str) -> None:
     assert domains.normalize(raw) == normal
@@ -34,8 +38,20 @@ def test_exact_match_beats_wildcard() -> None:
     assert domains.match_precision(("*.example.com",), "example.com") == 0
 
 
-@pytest.mark.parametrize("name", ["srvdevapp01", "localhost", "a.local", "*.corp.local", "x.internal", "nas.home.arpa",
-                                  "192.0.2.1", "2001:db8::1", "db.lan"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "srvdevapp01",
+        "localhost",
+        "a.local",
+        "*.corp.local",
+        "x.internal",
+        "nas.home.arpa",
+        "192.0.2.1",
+        "2001:db8::1",
+        "db.lan",
+    ],
+)
 def test_names_a_public_ca_cannot_validate(name: str) -> None:
     assert domains.public_name_problem(name)
 

@@ -45,10 +45,16 @@ def test_example_issuer_validates_with_a_certificate_using_it(file: str, tmp_pat
         STORE + "---\napiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: site}\n"
         f"spec:\n  issuer: {name}\n  domains: {domains}\n  stores: [pem]\n"
     )
-    with pytest.raises(InvalidDesiredState) as refused:  # as shipped: the user has not agreed to the terms yet
+    with pytest.raises(
+        InvalidDesiredState
+    ) as refused:  # as shipped: the user has not agreed to the terms yet
         load(desired)
     [problem] = refused.value.diagnostics
-    line = next(i for i, text in enumerate((desired / file).read_text().splitlines(), 1) if text.strip().startswith("agreeToS:"))
+    line = next(
+        i
+        for i, text in enumerate((desired / file).read_text().splitlines(), 1)
+        if text.strip().startswith("agreeToS:")
+    )
     assert (problem.file, problem.line, problem.field) == (str(desired / file), line, "spec.acme.agreeToS")
     assert "certificate site uses issuer" in problem.message and "set agreeToS: true" in problem.message
     (desired / file).write_text((desired / file).read_text().replace("agreeToS: false", "agreeToS: true"))

@@ -18,8 +18,9 @@ def act(action_id: str, *deps: str) -> Action:
 
 
 def executor(tmp_path: Path, behaviour, concurrency: int = 4) -> Executor:
-    world = SimpleNamespace(state=StateDir(tmp_path), hosts={}, issuers={}, prober=None,
-                            desired=SimpleNamespace(certificates={}))
+    world = SimpleNamespace(
+        state=StateDir(tmp_path), hosts={}, issuers={}, prober=None, desired=SimpleNamespace(certificates={})
+    )
     ex = Executor(world, concurrency=concurrency)  # type: ignore[arg-type]
     ex._dispatch = behaviour  # type: ignore[method-assign]
     return ex
@@ -38,10 +39,15 @@ def test_a_failure_skips_its_dependents_and_theirs_and_nothing_else(tmp_path: Pa
             raise RuntimeError("CA down")
         return {}
 
-    result = executor(tmp_path, behaviour).run(plan(
-        act("a/issue"), act("a/install", "a/issue"), act("a/bind", "a/install", "b/install"),
-        act("b/issue"), act("b/install", "b/issue"),
-    ))
+    result = executor(tmp_path, behaviour).run(
+        plan(
+            act("a/issue"),
+            act("a/install", "a/issue"),
+            act("a/bind", "a/install", "b/install"),
+            act("b/issue"),
+            act("b/install", "b/issue"),
+        )
+    )
     status = {o.action.id: (o.status, o.error) for o in result.outcomes}
     assert status["a/issue"] == ("failed", "CA down")
     assert status["a/install"] == ("skipped", "skipped because a/issue did not succeed")
@@ -49,7 +55,13 @@ def test_a_failure_skips_its_dependents_and_theirs_and_nothing_else(tmp_path: Pa
     assert status["b/issue"][0] == status["b/install"][0] == "done"
     assert "a/install" not in ran and "a/bind" not in ran
     assert ran.index("b/issue") < ran.index("b/install")
-    assert [o.action.id for o in result.outcomes] == ["a/issue", "a/install", "a/bind", "b/issue", "b/install"]
+    assert [o.action.id for o in result.outcomes] == [
+        "a/issue",
+        "a/install",
+        "a/bind",
+        "b/issue",
+        "b/install",
+    ]
 
 
 def test_independent_actions_run_in_parallel_up_to_the_bound(tmp_path: Path) -> None:

@@ -137,7 +137,11 @@ def test_an_issuance_another_node_holds_is_a_note_and_what_depends_on_it_waits(d
     assert [a.certificate for a in made.actions] == []  # no issue, no install on this node for now
     notes = [n for n in made.notes if n.code == ISSUING_ELSEWHERE]
     assert [(n.certificate, n.message) for n in notes] == [
-        ("everywhere", "issuing on web02 since 2026-10-31T23:59:40Z; this node installs the new version when it lands")]
+        (
+            "everywhere",
+            "issuing on web02 since 2026-10-31T23:59:40Z; this node installs the new version when it lands",
+        )
+    ]
     alone = plan(desired, ObservedState(), AT)
     assert {a.kind.value for a in alone.actions} == {"issue", "install"}
     assert issuing_elsewhere(alone, {}) is alone
@@ -145,18 +149,41 @@ def test_an_issuance_another_node_holds_is_a_note_and_what_depends_on_it_waits(d
 
 def test_fleet_status_flags_a_node_silent_for_three_intervals() -> None:
     now = AT
-    report = {"reconcile_interval_seconds": 60.0, "converged": True, "revision": "abc",
-              "certificates": {"farm": {"thumbprint": "AA"}}}
-    doc = fleet_document(now, [
-        ("web01", now - timedelta(hours=1), now - timedelta(seconds=179), report),
-        ("web02", now - timedelta(hours=1), now - timedelta(seconds=181), report),
-        ("web03", now - timedelta(hours=1), now, {**report, "certificates": {"farm": {"thumbprint": "BB"}}}),
-    ], {"farm": "BB"})
+    report = {
+        "reconcile_interval_seconds": 60.0,
+        "converged": True,
+        "revision": "abc",
+        "certificates": {"farm": {"thumbprint": "AA"}},
+    }
+    doc = fleet_document(
+        now,
+        [
+            ("web01", now - timedelta(hours=1), now - timedelta(seconds=179), report),
+            ("web02", now - timedelta(hours=1), now - timedelta(seconds=181), report),
+            (
+                "web03",
+                now - timedelta(hours=1),
+                now,
+                {**report, "certificates": {"farm": {"thumbprint": "BB"}}},
+            ),
+        ],
+        {"farm": "BB"},
+    )
     assert [(n["node"], n["stale"], n["converged"]) for n in doc["nodes"]] == [
-        ("web01", False, True), ("web02", True, False), ("web03", False, True)]
-    assert doc["certificates"] == [{"name": "farm", "newest": "BB", "serving": [
-        {"thumbprint": "AA", "current": False, "nodes": ["web01", "web02"]},
-        {"thumbprint": "BB", "current": True, "nodes": ["web03"]}]}]
+        ("web01", False, True),
+        ("web02", True, False),
+        ("web03", False, True),
+    ]
+    assert doc["certificates"] == [
+        {
+            "name": "farm",
+            "newest": "BB",
+            "serving": [
+                {"thumbprint": "AA", "current": False, "nodes": ["web01", "web02"]},
+                {"thumbprint": "BB", "current": True, "nodes": ["web03"]},
+            ],
+        }
+    ]
 
 
 def test_sealed_keys_open_only_with_their_key_and_their_context() -> None:

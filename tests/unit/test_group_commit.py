@@ -18,8 +18,9 @@ from reconciler.state.statedir import KeyedLog, StateDir, append_line
 WRITERS = 8
 
 
-def _hold_first_fsync_until(path: Path, lines: int, monkeypatch: pytest.MonkeyPatch,
-                            fail: bool = False) -> list[int]:
+def _hold_first_fsync_until(
+    path: Path, lines: int, monkeypatch: pytest.MonkeyPatch, fail: bool = False
+) -> list[int]:
     """Patch os.fsync: the first call waits until ``path`` holds ``lines`` lines (every writer has written),
     then succeeds (or fails with ENOSPC when ``fail``); returns the list of fsync'ed fds (one per call)."""
     calls: list[int] = []
@@ -39,18 +40,24 @@ def _hold_first_fsync_until(path: Path, lines: int, monkeypatch: pytest.MonkeyPa
     return calls
 
 
-def test_appends_written_while_an_fsync_runs_share_the_next_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_appends_written_while_an_fsync_runs_share_the_next_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "journal.jsonl"
     log.write_bytes(b'{"k":"before","v":1}\n')
     calls = _hold_first_fsync_until(log, 1 + WRITERS, monkeypatch)
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
         list(pool.map(lambda i: append_line(log, f'{{"k":"w{i}","v":{i}}}\n'.encode()), range(WRITERS)))
-    assert sorted(log.read_text().splitlines()[1:]) == sorted(f'{{"k":"w{i}","v":{i}}}' for i in range(WRITERS))
+    assert sorted(log.read_text().splitlines()[1:]) == sorted(
+        f'{{"k":"w{i}","v":{i}}}' for i in range(WRITERS)
+    )
     # the first writer's fsync ran while the seven others wrote; one more fsync made all seven durable
     assert len(calls) == 2
 
 
-def test_a_failed_group_fsync_cuts_every_line_it_covered_back_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_group_fsync_cuts_every_line_it_covered_back_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     log = tmp_path / "index.jsonl"
     before = b'{"k":"kept","v":1}\n'
     log.write_bytes(before)

@@ -72,8 +72,18 @@ def test_binding_information_splits_on_the_last_two_colons(info: str, expected: 
 
 @pytest.mark.parametrize(
     "info",
-    ["443", "*:443", "*:http:x", "*:0:x", "*:70000:x", "2001:db8::10:443:x", "[2001:db8::10:443:x", "300.1.1.1:443:x",
-     "*:443:bad host", "[zz::1]:443:x"],
+    [
+        "443",
+        "*:443",
+        "*:http:x",
+        "*:0:x",
+        "*:70000:x",
+        "2001:db8::10:443:x",
+        "[2001:db8::10:443:x",
+        "300.1.1.1:443:x",
+        "*:443:bad host",
+        "[zz::1]:443:x",
+    ],
 )
 def test_unparsable_binding_information_is_an_error(info: str) -> None:
     with pytest.raises(ValueError, match="bindingInformation"):
@@ -110,11 +120,16 @@ def test_parses_the_iis_md_example() -> None:
 
 
 def test_ftp_sites_inherit_the_site_defaults_certificate() -> None:
-    data = IIS_MD.replace(b' serverCertHash="7C3D1E5F9A2B4C6D8E0F1A3B5C7D9E1F2A4B6C8D" serverCertStoreName="WebHosting"', b"")
-    data = data.replace(b"        </sites>", b"""            <siteDefaults>
+    data = IIS_MD.replace(
+        b' serverCertHash="7C3D1E5F9A2B4C6D8E0F1A3B5C7D9E1F2A4B6C8D" serverCertStoreName="WebHosting"', b""
+    )
+    data = data.replace(
+        b"        </sites>",
+        b"""            <siteDefaults>
                 <ftpServer><security><ssl serverCertHash="aa00aa00aa00aa00aa00aa00aa00aa00aa00aa00" /></security></ftpServer>
             </siteDefaults>
-        </sites>""")
+        </sites>""",
+    )
     cfg = AppHostConfig.parse(data)
     ftp = next(s for s in cfg.sites() if s.name == "FTP")
     assert (ftp.ftp_cert_hash, ftp.ftp_cert_store) == ("AA00" * 10, "MY")
@@ -131,9 +146,11 @@ def test_rich_file_parses_entities_quotes_and_unknowns() -> None:
 
 
 def test_problems_report_unparsable_and_duplicate_bindings() -> None:
-    data = IIS_MD.replace(b'bindingInformation="*:80:example.com" />',
-                          b'bindingInformation="*:80:example.com" />\n<binding protocol="https" bindingInformation="junk" />'
-                          b'\n<binding protocol="HTTP" bindingInformation="*:80:EXAMPLE.com" />')
+    data = IIS_MD.replace(
+        b'bindingInformation="*:80:example.com" />',
+        b'bindingInformation="*:80:example.com" />\n<binding protocol="https" bindingInformation="junk" />'
+        b'\n<binding protocol="HTTP" bindingInformation="*:80:EXAMPLE.com" />',
+    )
     problems = AppHostConfig.parse(data, file="/m/applicationHost.config").problems()
     assert any("junk" in p and "left alone" in p for p in problems)
     assert any("written twice" in p for p in problems)
@@ -142,7 +159,11 @@ def test_problems_report_unparsable_and_duplicate_bindings() -> None:
 
 @pytest.mark.parametrize(
     ("data", "line"),
-    [(b"<configuration>\n  <system.applicationHost>\n</configuration>\n", 3), (b"", 1), (b"<a>\n<b x='1' x='2'/></a>", 2)],
+    [
+        (b"<configuration>\n  <system.applicationHost>\n</configuration>\n", 3),
+        (b"", 1),
+        (b"<a>\n<b x='1' x='2'/></a>", 2),
+    ],
 )
 def test_malformed_xml_names_host_file_and_line(data: bytes, line: int) -> None:
     with pytest.raises(ConfigError) as err:
@@ -182,7 +203,8 @@ def test_add_binding_takes_the_indentation_of_its_siblings() -> None:
     expected = IIS_MD.replace(
         b'<binding protocol="https" bindingInformation="*:443:www.example.com" sslFlags="1" />\n',
         b'<binding protocol="https" bindingInformation="*:443:www.example.com" sslFlags="1" />\n'
-        b'                    <binding protocol="https" bindingInformation="*:443:example.com" sslFlags="1" />\n')
+        b'                    <binding protocol="https" bindingInformation="*:443:example.com" sslFlags="1" />\n',
+    )
     assert cfg.to_bytes() == expected
 
 
@@ -195,16 +217,27 @@ def test_add_remove_and_flags_keep_comments_unknowns_tabs_bom_and_crlf() -> None
     out = cfg.to_bytes()
     assert out.startswith(b"\xef\xbb\xbf<?xml")
     assert b"\n" not in out.replace(b"\r\n", b"")  # every line ending is still CRLF
-    for kept in (b"<!-- top comment -->", b"<!-- binding comment -->", b'x:owner="ops"', b"<![CDATA[ raw ]]>",
-                 b"<child>text &lt; here</child>", b"bindingInformation='*:443:q.example.com' sslFlags=\"3\"",
-                 b'<binding protocol="net.pipe" bindingInformation="*" />'):
+    for kept in (
+        b"<!-- top comment -->",
+        b"<!-- binding comment -->",
+        b'x:owner="ops"',
+        b"<![CDATA[ raw ]]>",
+        b"<child>text &lt; here</child>",
+        b"bindingInformation='*:443:q.example.com' sslFlags=\"3\"",
+        b'<binding protocol="net.pipe" bindingInformation="*" />',
+    ):
         assert kept in out
     assert b"*:80:q.example.com" not in out and b"keep me" not in out  # the removed line went entirely
-    assert (b'\t\t\t\t\t<binding protocol="net.pipe" bindingInformation="*" />\r\n'
-            b'\t\t\t\t\t<binding protocol="https" bindingInformation="*:8443:q.example.com" sslFlags="5" />\r\n'
-            b"\t\t\t\t</bindings>") in out
+    assert (
+        b'\t\t\t\t\t<binding protocol="net.pipe" bindingInformation="*" />\r\n'
+        b'\t\t\t\t\t<binding protocol="https" bindingInformation="*:8443:q.example.com" sslFlags="5" />\r\n'
+        b"\t\t\t\t</bindings>"
+    ) in out
     assert [(b.information, b.ssl_flags) for b in AppHostConfig.parse(out).sites()[0].bindings] == [
-        ("*:443:q.example.com", 3), ("*", 0), ("*:8443:q.example.com", 5)]
+        ("*:443:q.example.com", 3),
+        ("*", 0),
+        ("*:8443:q.example.com", 5),
+    ]
 
 
 def test_removing_ssl_flags_when_zero_and_restoring() -> None:
@@ -219,13 +252,18 @@ def test_add_binding_to_a_site_without_bindings_element_and_to_a_self_closing_si
     cfg = AppHostConfig.parse(RICH)
     cfg.add_binding("bare", "https", "*:443:bare.example.com", 1)
     out = cfg.to_bytes()
-    assert (b'\t\t\t<site name="bare" id="10">\n\t\t\t\t<bindings>\n'
-            b'\t\t\t\t\t<binding protocol="https" bindingInformation="*:443:bare.example.com" sslFlags="1" />\n'
-            b"\t\t\t\t</bindings>\n\t\t\t</site>\n") in out
-    data = IIS_MD.replace(b"""                <bindings>
+    assert (
+        b'\t\t\t<site name="bare" id="10">\n\t\t\t\t<bindings>\n'
+        b'\t\t\t\t\t<binding protocol="https" bindingInformation="*:443:bare.example.com" sslFlags="1" />\n'
+        b"\t\t\t\t</bindings>\n\t\t\t</site>\n"
+    ) in out
+    data = IIS_MD.replace(
+        b"""                <bindings>
                     <binding protocol="ftp" bindingInformation="*:21:ftp.example.com" />
                 </bindings>
-""", b"")
+""",
+        b"",
+    )
     cfg = AppHostConfig.parse(data)
     cfg.add_binding("FTP", "https", "*:443:ftp.example.com", 1)
     site = next(s for s in cfg.sites() if s.name == "FTP")
@@ -239,14 +277,19 @@ def test_add_binding_to_a_site_without_bindings_element_and_to_a_self_closing_si
 
 def test_add_binding_into_empty_bindings_elements() -> None:
     for empty in (b"<bindings />", b"<bindings></bindings>", b"<bindings>\n                </bindings>"):
-        data = IIS_MD.replace(b"""<bindings>
+        data = IIS_MD.replace(
+            b"""<bindings>
                     <binding protocol="ftp" bindingInformation="*:21:ftp.example.com" />
-                </bindings>""", empty)
+                </bindings>""",
+            empty,
+        )
         cfg = AppHostConfig.parse(data)
         cfg.add_binding("FTP", "https", "*:990:ftp.example.com", 0)
-        assert (b"""                <bindings>
+        assert (
+            b"""                <bindings>
                     <binding protocol="https" bindingInformation="*:990:ftp.example.com" />
-                </bindings>""") in cfg.to_bytes(), empty
+                </bindings>"""
+        ) in cfg.to_bytes(), empty
 
 
 def test_set_ftp_ssl_creates_the_elements_and_keeps_unknown_attributes() -> None:
@@ -259,10 +302,15 @@ def test_set_ftp_ssl_creates_the_elements_and_keeps_unknown_attributes() -> None
                     </security>
                 </ftpServer>
             </site>""" in cfg.to_bytes()
-    data = IIS_MD.replace(b'serverCertStoreName="WebHosting" />', b'serverCertStoreName="WebHosting" ssl128="false" />')
+    data = IIS_MD.replace(
+        b'serverCertStoreName="WebHosting" />', b'serverCertStoreName="WebHosting" ssl128="false" />'
+    )
     cfg = AppHostConfig.parse(data)
     cfg.set_ftp_ssl("FTP", "CD" * 20, "My")
-    assert b'<ssl serverCertHash="CDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCD" serverCertStoreName="My" ssl128="false" />' in cfg.to_bytes()
+    assert (
+        b'<ssl serverCertHash="CDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCDCD" serverCertStoreName="My" ssl128="false" />'
+        in cfg.to_bytes()
+    )
     cfg.set_ftp_ssl("FTP", None, None)
     assert b'<ssl ssl128="false" />' in cfg.to_bytes()
     assert next(s for s in cfg.sites() if s.name == "FTP").ftp_cert_hash is None
@@ -297,11 +345,16 @@ def test_server_auto_start_false_is_stopped_unless_the_running_server_started_it
     data = (FIXTURES / "applicationHost.hosting-panel.config").read_bytes()
     cfg = AppHostConfig.parse(data)
     states = {s.name: s.state for s in cfg.sites()}
-    assert states["juwelier-stern.example"] is SiteState.stopped and states["alpha-bakery.example"] is SiteState.started
-    assert {s.name: s.state for s in cfg.sites(started=["Juwelier-Stern.example"])}["juwelier-stern.example"] \
-        is SiteState.started
-    assert {s.name: s.state for s in cfg.sites(stopped=["alpha-bakery.example"])}["alpha-bakery.example"] \
-        is SiteState.stopped
+    assert (
+        states["juwelier-stern.example"] is SiteState.stopped
+        and states["alpha-bakery.example"] is SiteState.started
+    )
+    assert {s.name: s.state for s in cfg.sites(started=["Juwelier-Stern.example"])}[
+        "juwelier-stern.example"
+    ] is SiteState.started
+    assert {s.name: s.state for s in cfg.sites(stopped=["alpha-bakery.example"])}[
+        "alpha-bakery.example"
+    ] is SiteState.stopped
 
 
 def test_config_source_is_reported_and_a_sites_file_is_read() -> None:
@@ -311,4 +364,7 @@ def test_config_source_is_reported_and_a_sites_file_is_read() -> None:
     assert sites.is_sites_file() and not main.is_sites_file()
     assert [s.name for s in sites.sites()] == ["www", "blog"]
     sites.add_binding("blog", "https", "*:443:blog.example.com", 1)
-    assert b'<binding protocol="https" bindingInformation="*:443:blog.example.com" sslFlags="1" />' in sites.to_bytes()
+    assert (
+        b'<binding protocol="https" bindingInformation="*:443:blog.example.com" sslFlags="1" />'
+        in sites.to_bytes()
+    )

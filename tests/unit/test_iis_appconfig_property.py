@@ -19,7 +19,9 @@ from reconciler.adapters.iis.httpsys import (
 )
 from tests.fixtures.iis import regexport
 
-IIS_MD = (Path(__file__).resolve().parents[1] / "fixtures" / "iis" / "applicationHost.iis-md.config").read_bytes()
+IIS_MD = (
+    Path(__file__).resolve().parents[1] / "fixtures" / "iis" / "applicationHost.iis-md.config"
+).read_bytes()
 VARIANTS = {
     "lf": IIS_MD,
     "crlf": IIS_MD.replace(b"\n", b"\r\n"),
@@ -28,7 +30,9 @@ VARIANTS = {
 SITES = [c.name for c in AppHostConfig.parse(IIS_MD).site_configs()]
 
 ips = st.sampled_from(["*", "", "203.0.113.10", "198.51.100.7", "[2001:db8::10]", "[::1]"])
-hosts = st.sampled_from(["", "example.com", "www.example.com", "*.apps.example.org", "a-b.example.net", "x.y.example.org"])
+hosts = st.sampled_from(
+    ["", "example.com", "www.example.com", "*.apps.example.org", "a-b.example.net", "x.y.example.org"]
+)
 ports = st.sampled_from([80, 443, 8443, 21, 65535])
 infos = st.builds(lambda ip, port, host: f"{ip}:{port}:{host}", ips, ports, hosts)
 flags = st.integers(min_value=0, max_value=127)
@@ -48,7 +52,9 @@ def non_binding_lines(data: bytes) -> list[bytes]:
 def test_random_binding_edits_round_trip(variant: str, edits: list[tuple]) -> None:  # type: ignore[type-arg]
     original = VARIANTS[variant]
     cfg = AppHostConfig.parse(original)
-    expected = {c.name: [(b.protocol, b.information, b.ssl_flags) for b in c.bindings] for c in cfg.site_configs()}
+    expected = {
+        c.name: [(b.protocol, b.information, b.ssl_flags) for b in c.bindings] for c in cfg.site_configs()
+    }
 
     def everything() -> list[tuple[str, int]]:
         return [(site, i) for site in SITES for i in range(len(expected[site]))]
@@ -76,14 +82,18 @@ def test_random_binding_edits_round_trip(variant: str, edits: list[tuple]) -> No
 
     written = cfg.to_bytes()
     reparsed = AppHostConfig.parse(written)
-    assert {c.name: [(b.protocol, b.information, b.ssl_flags) for b in c.bindings]
-            for c in reparsed.site_configs()} == expected
+    assert {
+        c.name: [(b.protocol, b.information, b.ssl_flags) for b in c.bindings]
+        for c in reparsed.site_configs()
+    } == expected
     # nothing but binding lines changed, line endings and indentation included
     assert non_binding_lines(written) == non_binding_lines(original)
     newline = b"\r\n" if variant == "crlf" else b"\n"
     assert written.count(newline) == written.count(b"\n")
     indent = b"\t\t\t\t\t" if variant == "tabs" else b" " * 20
-    assert all(line.startswith(indent + b"<binding ") for line in written.splitlines() if b"<binding " in line)
+    assert all(
+        line.startswith(indent + b"<binding ") for line in written.splitlines() if b"<binding " in line
+    )
     # parsing what was written and writing again without edits changes nothing
     assert reparsed.to_bytes() == written
 
@@ -102,15 +112,31 @@ def test_add_then_remove_restores_the_exact_bytes(site: str, protocol: str, info
 hexes = st.text(alphabet="0123456789ABCDEF", min_size=40, max_size=40)
 records = st.lists(
     st.one_of(
-        st.builds(lambda ip, port, h, s: SslRecord("ipport", f"{ip}:{port}", h, s, "{4dc3e181-e14b-4a21-b022-59fc669b0914}",
-                                                   {}),
-                  st.sampled_from(["0.0.0.0", "203.0.113.10", "[2001:db8::10]"]), ports, st.none() | hexes,
-                  st.sampled_from([None, "My", "WebHosting"])),
-        st.builds(lambda host, port, h: SslRecord("hostnameport", f"{host}:{port}", h, "WebHosting",
-                                                  "{d7d72267-fcf9-4424-9eec-7e1d8dcec9a9}", {"Disable HTTP2": "Set"}),
-                  st.sampled_from(["www.example.com", "*.apps.example.org"]), ports, hexes),
+        st.builds(
+            lambda ip, port, h, s: SslRecord(
+                "ipport", f"{ip}:{port}", h, s, "{4dc3e181-e14b-4a21-b022-59fc669b0914}", {}
+            ),
+            st.sampled_from(["0.0.0.0", "203.0.113.10", "[2001:db8::10]"]),
+            ports,
+            st.none() | hexes,
+            st.sampled_from([None, "My", "WebHosting"]),
+        ),
+        st.builds(
+            lambda host, port, h: SslRecord(
+                "hostnameport",
+                f"{host}:{port}",
+                h,
+                "WebHosting",
+                "{d7d72267-fcf9-4424-9eec-7e1d8dcec9a9}",
+                {"Disable HTTP2": "Set"},
+            ),
+            st.sampled_from(["www.example.com", "*.apps.example.org"]),
+            ports,
+            hexes,
+        ),
     ),
-    max_size=6, unique_by=lambda r: (r.kind, r.key),
+    max_size=6,
+    unique_by=lambda r: (r.kind, r.key),
 )
 
 
@@ -127,21 +153,27 @@ def test_httpsys_table_round_trips_through_json_and_netsh(table: list[SslRecord]
     assert all("is not 40 hex digits" in p for p in problems)
 
 
-settings_values = st.fixed_dictionaries({}, optional={
-    "Negotiate Client Certificate": st.sampled_from(["Enabled", "Disabled"]),
-    "DS Mapper Usage": st.sampled_from(["Enabled", "Disabled"]),
-    "Ctl Store Name": st.sampled_from(["(null)", "ClientAuthIssuer"]),
-    "Revocation Freshness Time": st.sampled_from(["0", "600"]),
-    "Usage Check": st.sampled_from(["Enabled", "Disabled"]),
-})
+settings_values = st.fixed_dictionaries(
+    {},
+    optional={
+        "Negotiate Client Certificate": st.sampled_from(["Enabled", "Disabled"]),
+        "DS Mapper Usage": st.sampled_from(["Enabled", "Disabled"]),
+        "Ctl Store Name": st.sampled_from(["(null)", "ClientAuthIssuer"]),
+        "Revocation Freshness Time": st.sampled_from(["0", "600"]),
+        "Usage Check": st.sampled_from(["Enabled", "Disabled"]),
+    },
+)
 
 
 @settings(max_examples=100, deadline=None)
 @given(table=records, extra=st.lists(settings_values, min_size=6, max_size=6))
-def test_httpsys_table_round_trips_through_a_registry_export(table: list[SslRecord],
-                                                            extra: list[dict[str, str]]) -> None:
+def test_httpsys_table_round_trips_through_a_registry_export(
+    table: list[SslRecord], extra: list[dict[str, str]]
+) -> None:
     table = [replace(r, flags={**r.flags, **more}) for r, more in zip(table, extra, strict=False)]
     parsed, problems = read_registry_export(regexport.render(table))
     hashed = [r for r in table if r.certhash]
-    assert [r.to_entry() for r in parsed] == [r.to_entry() for r in sorted(hashed, key=lambda r: r.kind != "ipport")]
+    assert [r.to_entry() for r in parsed] == [
+        r.to_entry() for r in sorted(hashed, key=lambda r: r.kind != "ipport")
+    ]
     assert len(problems) == len(table) - len(hashed)

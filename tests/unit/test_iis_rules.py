@@ -19,27 +19,38 @@ from reconciler.core.planner import plan
 from tests.scenarios.harness import ROOT, run_scenario
 
 
-@pytest.mark.parametrize(("information", "flags", "expected"), [
-    ("*:443:www.example.com", 1, ("hostnameport", "www.example.com:443")),
-    ("*:443:", 0, ("ipport", "0.0.0.0:443")),
-    (":443:legacy.example.net", 0, ("ipport", "0.0.0.0:443")),
-    ("203.0.113.10:443:shop.example.net", 0, ("ipport", "203.0.113.10:443")),
-    ("[2001:0db8:0000::10]:443:shop.example.net", 0, ("ipport", "[2001:db8::10]:443")),
-    ("*:443:www.example.com", 3, ("ccs", "443")),
-    ("*:8443:API.example.org", 5, ("hostnameport", "api.example.org:8443")),
-])
-def test_entry_key_is_the_http_sys_entry_the_adapter_uses(information: str, flags: int,
-                                                          expected: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("information", "flags", "expected"),
+    [
+        ("*:443:www.example.com", 1, ("hostnameport", "www.example.com:443")),
+        ("*:443:", 0, ("ipport", "0.0.0.0:443")),
+        (":443:legacy.example.net", 0, ("ipport", "0.0.0.0:443")),
+        ("203.0.113.10:443:shop.example.net", 0, ("ipport", "203.0.113.10:443")),
+        ("[2001:0db8:0000::10]:443:shop.example.net", 0, ("ipport", "[2001:db8::10]:443")),
+        ("*:443:www.example.com", 3, ("ccs", "443")),
+        ("*:8443:API.example.org", 5, ("hostnameport", "api.example.org:8443")),
+    ],
+)
+def test_entry_key_is_the_http_sys_entry_the_adapter_uses(
+    information: str, flags: int, expected: tuple[str, str]
+) -> None:
     binding = make_binding("s", "https", information, flags)
     assert iis_rules.entry_key(binding) == expected
     assert iis_rules.entry_key(binding) == entry_for(binding)
 
 
 def test_referenced_thumbprints_cover_http_sys_ftp_and_ccs() -> None:
-    host = HostState("h", sites=(Site("FTP", 1, "", SiteState.started, (), ftp_cert_hash="B" * 40),),
-                     httpsys=(HttpSysEntry("ipport", "0.0.0.0:8172", "a" * 40, "My", "{other}"),),
-                     ccs_files=(("www.example.com.pfx", "C" * 40),))
-    assert iis_rules.referenced_thumbprints(ObservedState(hosts={"h": host})) == {"A" * 40, "B" * 40, "C" * 40}
+    host = HostState(
+        "h",
+        sites=(Site("FTP", 1, "", SiteState.started, (), ftp_cert_hash="B" * 40),),
+        httpsys=(HttpSysEntry("ipport", "0.0.0.0:8172", "a" * 40, "My", "{other}"),),
+        ccs_files=(("www.example.com.pfx", "C" * 40),),
+    )
+    assert iis_rules.referenced_thumbprints(ObservedState(hosts={"h": host})) == {
+        "A" * 40,
+        "B" * 40,
+        "C" * 40,
+    }
 
 
 def test_every_iis_scenario_plans_unique_actions_whose_dependencies_exist() -> None:
@@ -52,8 +63,17 @@ def test_every_iis_scenario_plans_unique_actions_whose_dependencies_exist() -> N
         for a in p.actions:
             assert set(a.depends_on) <= set(ids), (input_json.parent.name, a.id)
             if a.kind in (ActionKind.bind, ActionKind.rebind, ActionKind.unbind):
-                required = {"host", "site", "binding", "protocol", "op", "ssl_flags", "thumbprint", "store",
-                            "old_thumbprint"}
+                required = {
+                    "host",
+                    "site",
+                    "binding",
+                    "protocol",
+                    "op",
+                    "ssl_flags",
+                    "thumbprint",
+                    "store",
+                    "old_thumbprint",
+                }
                 # keeps_settings: a rebind of an HTTP.sys entry with its own settings says which ones are re-applied
                 assert isinstance(a.detail, BindingDetail), a.id
                 assert required <= set(a.detail.to_json()) <= required | {"keeps_settings"}, a.id
@@ -106,17 +126,32 @@ spec: {issuer: local, domains: [%s], stores: [wh], iis: [%s]}
 """
 
 
-@pytest.mark.parametrize(("a", "a_iis", "b", "b_iis", "conflict"), [
-    ("www.example.com", "{host: web01}", "www.example.com", "{host: web01}", True),
-    ("www.example.com", "{host: web01}", "www.example.com", "{host: web01, mode: site, site: x}", True),
-    ("www.example.com", "{host: web01, mode: site, site: x}", "www.example.com", "{host: web01, mode: site, site: y}",
-     False),
-    ("www.example.com", "{host: web01}", "'*.example.com'", "{host: web01}", False),  # exact beats wildcard
-    ("'*.example.com'", "{host: web01}", "'*.example.com'", "{host: web01}", True),
-    ("www.example.com", "{host: web01}", "www.example.com", "{host: web01, mode: none}", False),
-])
+@pytest.mark.parametrize(
+    ("a", "a_iis", "b", "b_iis", "conflict"),
+    [
+        ("www.example.com", "{host: web01}", "www.example.com", "{host: web01}", True),
+        ("www.example.com", "{host: web01}", "www.example.com", "{host: web01, mode: site, site: x}", True),
+        (
+            "www.example.com",
+            "{host: web01, mode: site, site: x}",
+            "www.example.com",
+            "{host: web01, mode: site, site: y}",
+            False,
+        ),
+        (
+            "www.example.com",
+            "{host: web01}",
+            "'*.example.com'",
+            "{host: web01}",
+            False,
+        ),  # exact beats wildcard
+        ("'*.example.com'", "{host: web01}", "'*.example.com'", "{host: web01}", True),
+        ("www.example.com", "{host: web01}", "www.example.com", "{host: web01, mode: none}", False),
+    ],
+)
 def test_two_certificates_claiming_one_binding_with_the_same_precision_is_an_error(
-        tmp_path: Path, a: str, a_iis: str, b: str, b_iis: str, conflict: bool) -> None:
+    tmp_path: Path, a: str, a_iis: str, b: str, b_iis: str, conflict: bool
+) -> None:
     (tmp_path / "all.yaml").write_text(CLAIMS % (a, a_iis, b, b_iis))
     desired = load(tmp_path, revision=False) if not conflict else None
     if desired is not None:

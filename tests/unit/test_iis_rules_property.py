@@ -53,8 +53,18 @@ DOMAIN_SETS = {
     "apps": ("*.apps.example.com",),
     "shop": ("shop.example.net",),
 }
-HOSTS = ["www.example.com", "example.com", "a.example.com", "b.example.com", "x.a.example.com",
-         "*.apps.example.com", "q.apps.example.com", "shop.example.net", "other.example.org", ""]
+HOSTS = [
+    "www.example.com",
+    "example.com",
+    "a.example.com",
+    "b.example.com",
+    "x.a.example.com",
+    "*.apps.example.com",
+    "q.apps.example.com",
+    "shop.example.net",
+    "other.example.org",
+    "",
+]
 IPS = ["*", "*", "10.0.0.1", "[2001:db8::1]"]
 FLAGS = [0, 1, 1, 1, 5, 65, 3]
 
@@ -64,8 +74,17 @@ def thumb(seed: str) -> str:
 
 
 def info(seed: str, sans: tuple[str, ...]) -> CertInfo:
-    return CertInfo(thumb(seed), hashlib.sha256(seed.encode()).hexdigest(), sans[0], sans, "ecdsa-p256", T0,
-                    T0 + timedelta(days=90), "CN=test", "01")
+    return CertInfo(
+        thumb(seed),
+        hashlib.sha256(seed.encode()).hexdigest(),
+        sans[0],
+        sans,
+        "ecdsa-p256",
+        T0,
+        T0 + timedelta(days=90),
+        "CN=test",
+        "01",
+    )
 
 
 CURRENT = {name: info(name, sans) for name, sans in DOMAIN_SETS.items()}
@@ -98,8 +117,17 @@ def hosts(draw: Any) -> tuple[list[Site], list[HttpSysEntry]]:
             bindings.append(make_binding(name, "net.tcp", "808:*"))
         stopped = draw(st.integers(0, 5)) == 0
         ftp = draw(st.sampled_from(THUMBS)) if any(b.protocol == "ftp" for b in bindings) else None
-        sites.append(Site(name, index + 1, "D:\\", SiteState.stopped if stopped else SiteState.started,
-                          tuple(bindings), ftp, "WebHosting" if ftp else None))
+        sites.append(
+            Site(
+                name,
+                index + 1,
+                "D:\\",
+                SiteState.stopped if stopped else SiteState.started,
+                tuple(bindings),
+                ftp,
+                "WebHosting" if ftp else None,
+            )
+        )
     entries: dict[tuple[str, str], HttpSysEntry] = {}
     all_https = [b for s in sites for b in s.bindings if b.protocol == "https"]
     # two https bindings on one IP:port:host never coexist (IIS would not start both)
@@ -107,7 +135,10 @@ def hosts(draw: Any) -> tuple[list[Site], list[HttpSysEntry]]:
     for b in all_https:
         unique.setdefault((b.ip, b.port, b.host), b)
     keep = set(map(id, unique.values()))
-    sites = [replace(s, bindings=tuple(b for b in s.bindings if b.protocol != "https" or id(b) in keep)) for s in sites]
+    sites = [
+        replace(s, bindings=tuple(b for b in s.bindings if b.protocol != "https" or id(b) in keep))
+        for s in sites
+    ]
     for b in unique.values():
         kind, key = iis_rules.entry_key(b)
         if kind == "ccs" or (kind, key) in entries or draw(st.integers(0, 9)) == 0:
@@ -133,23 +164,46 @@ def specs(draw: Any, site_names: list[str]) -> dict[str, tuple[tuple[str, ...], 
 def desired_state(certs: dict[str, tuple[tuple[str, ...], dict[str, Any]]], prune: bool) -> DesiredState:
     src = Source("x.yaml")
     return DesiredState(
-        directory="d", settings=SettingsSpec(prune=prune), settings_source=None,
+        directory="d",
+        settings=SettingsSpec(prune=prune),
+        settings_source=None,
         issuers={"local": Named("local", IssuerSpec.model_validate({"localCA": {}}), src)},
-        stores={STORE: Named(STORE, StoreSpec.model_validate({"windows": {"host": HOST, "name": "WebHosting"}}), src)},
-        iis_hosts={HOST: Named(HOST, IisHostSpec.model_validate({"backend": "emulated", "root": "/srv/h"}), src)},
-        certificates={n: Named(n, CertificateSpec.model_validate(
-            {"issuer": "local", "domains": list(d), "stores": [STORE], "iis": [iis]}), src)
-            for n, (d, iis) in certs.items()},
+        stores={
+            STORE: Named(
+                STORE, StoreSpec.model_validate({"windows": {"host": HOST, "name": "WebHosting"}}), src
+            )
+        },
+        iis_hosts={
+            HOST: Named(HOST, IisHostSpec.model_validate({"backend": "emulated", "root": "/srv/h"}), src)
+        },
+        certificates={
+            n: Named(
+                n,
+                CertificateSpec.model_validate(
+                    {"issuer": "local", "domains": list(d), "stores": [STORE], "iis": [iis]}
+                ),
+                src,
+            )
+            for n, (d, iis) in certs.items()
+        },
     )
 
 
 def observed_state(sites: list[Site], entries: list[HttpSysEntry], certs: list[str]) -> ObservedState:
     stored = [StoredCert(STORE, CURRENT[n], CURRENT[n].thumbprint, n) for n in certs]
     stored += [StoredCert(STORE, OLD[n], OLD[n].thumbprint, n) for n in certs]
-    stored += [StoredCert(STORE, FOREIGN, FOREIGN.thumbprint, None), StoredCert(STORE, GONE, GONE.thumbprint, "gone")]
+    stored += [
+        StoredCert(STORE, FOREIGN, FOREIGN.thumbprint, None),
+        StoredCert(STORE, GONE, GONE.thumbprint, "gone"),
+    ]
     return ObservedState(
-        issued={n: (IssuedVersion(n, OLD[n], "localca:local", T0 - timedelta(days=1), OLD[n].sans),
-                    IssuedVersion(n, CURRENT[n], "localca:local", T0, CURRENT[n].sans)) for n in certs},
+        issued={
+            n: (
+                IssuedVersion(n, OLD[n], "localca:local", T0 - timedelta(days=1), OLD[n].sans),
+                IssuedVersion(n, CURRENT[n], "localca:local", T0, CURRENT[n].sans),
+            )
+            for n in certs
+        },
         stores={STORE: StoreState(STORE, tuple(stored))},
         hosts={HOST: HostState(HOST, "10.0", tuple(sites), tuple(entries), ("WebHosting",))},
     )
@@ -162,9 +216,18 @@ def host_changes(p: Plan) -> list[BindingChange]:
             continue
         d = a.detail
         assert isinstance(d, BindingDetail)
-        out.append(BindingChange(op=d.op, site=d.site, protocol=d.protocol, information=d.binding,
-                                 ssl_flags=d.ssl_flags, thumbprint=d.thumbprint, store=d.store,
-                                 old_thumbprint=d.old_thumbprint))
+        out.append(
+            BindingChange(
+                op=d.op,
+                site=d.site,
+                protocol=d.protocol,
+                information=d.binding,
+                ssl_flags=d.ssl_flags,
+                thumbprint=d.thumbprint,
+                store=d.store,
+                old_thumbprint=d.old_thumbprint,
+            )
+        )
     return out
 
 
@@ -179,11 +242,17 @@ def apply(observed: ObservedState, changes: list[BindingChange]) -> ObservedStat
 def served(host: HostState) -> dict[tuple[str, str], str | None]:
     """(site, information) of every https binding -> the thumbprint its HTTP.sys entry holds."""
     table = {(e.kind, iis_rules.normalize_key(e.kind, e.key)): e.certhash for e in host.httpsys}
-    return {(b.site, b.information): table.get(iis_rules.entry_key(b)) for s in host.sites for b in s.bindings
-            if b.protocol == "https" and b.parse_error is None and not b.ccs}
+    return {
+        (b.site, b.information): table.get(iis_rules.entry_key(b))
+        for s in host.sites
+        for b in s.bindings
+        if b.protocol == "https" and b.parse_error is None and not b.ccs
+    }
 
 
-def covering(certs: dict[str, tuple[tuple[str, ...], dict[str, Any]]], site: str, host: str) -> dict[str, int]:
+def covering(
+    certs: dict[str, tuple[tuple[str, ...], dict[str, Any]]], site: str, host: str
+) -> dict[str, int]:
     """certificate -> how well a claim in scope covers the host (2 exact, 1 wildcard or site-mode blank)."""
     out = {}
     for name, (names, iis) in certs.items():
@@ -205,7 +274,8 @@ def worlds(draw: Any) -> tuple[list[Site], list[HttpSysEntry], dict[str, Any], b
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_applying_the_plan_converges_and_touches_only_covered_bindings(
-        world: tuple[list[Site], list[HttpSysEntry], dict[str, Any], bool]) -> None:
+    world: tuple[list[Site], list[HttpSysEntry], dict[str, Any], bool],
+) -> None:
     sites, entries, certs, prune = world
     desired = desired_state(certs, prune)
     before = observed_state(sites, entries, list(certs))
@@ -230,19 +300,34 @@ def test_applying_the_plan_converges_and_touches_only_covered_bindings(
         cover = covering(certs, site, host)
         assert owner is not None and owner in cover, (
             f"{site} {information}: its certificate changed from {tp} to {new[(site, information)]}, "
-            f"which no certificate covering {host!r} owns")
+            f"which no certificate covering {host!r} owns"
+        )
         assert cover[owner] == max(cover.values()), f"{site} {information}: {owner} is not the best match"
-        key = iis_rules.entry_key(next(b for s in sites for b in s.bindings
-                                       if b.site == site and b.information == information and b.protocol == "https"))
-        follows = any(b.site not in stopped and iis_rules.entry_key(b) == key
-                      for s in sites for b in s.bindings if b.protocol == "https" and b.parse_error is None)
+        key = iis_rules.entry_key(
+            next(
+                b
+                for s in sites
+                for b in s.bindings
+                if b.site == site and b.information == information and b.protocol == "https"
+            )
+        )
+        follows = any(
+            b.site not in stopped and iis_rules.entry_key(b) == key
+            for s in sites
+            for b in s.bindings
+            if b.protocol == "https" and b.parse_error is None
+        )
         assert site not in stopped or follows, f"{site} is stopped but its binding {information} changed"
 
     # bindings that no spec covers are never changed or removed (only pruned ones may go)
-    pruned = {(a.detail.site, a.detail.binding) for a in first.actions
-              if a.kind is ActionKind.unbind and isinstance(a.detail, BindingDetail)}
-    after_bindings = {(b.site, b.protocol, b.information, b.ssl_flags)
-                      for s in after.hosts[HOST].sites for b in s.bindings}
+    pruned = {
+        (a.detail.site, a.detail.binding)
+        for a in first.actions
+        if a.kind is ActionKind.unbind and isinstance(a.detail, BindingDetail)
+    }
+    after_bindings = {
+        (b.site, b.protocol, b.information, b.ssl_flags) for s in after.hosts[HOST].sites for b in s.bindings
+    }
     for s in sites:
         for b in s.bindings:
             if (b.site, b.information) in pruned:
@@ -253,7 +338,8 @@ def test_applying_the_plan_converges_and_touches_only_covered_bindings(
 @settings(max_examples=300, deadline=None)
 @given(worlds())
 def test_no_planned_change_moves_a_binding_its_certificate_does_not_cover(
-        world: tuple[list[Site], list[HttpSysEntry], dict[str, Any], bool]) -> None:
+    world: tuple[list[Site], list[HttpSysEntry], dict[str, Any], bool],
+) -> None:
     """Checked on the plan itself, before anything is applied: every change of an existing https binding, and
     every other binding sharing its HTTP.sys entry, has a host the planned certificate covers best."""
     sites, entries, certs, prune = world
@@ -262,7 +348,11 @@ def test_no_planned_change_moves_a_binding_its_certificate_does_not_cover(
     p = plan(desired, before, AT)
     everything = [b for s in sites for b in s.bindings if b.protocol == "https" and b.parse_error is None]
     for a in p.actions:
-        if a.kind is not ActionKind.rebind or not isinstance(a.detail, BindingDetail) or a.detail.protocol != "https":
+        if (
+            a.kind is not ActionKind.rebind
+            or not isinstance(a.detail, BindingDetail)
+            or a.detail.protocol != "https"
+        ):
             continue
         target = next(b for b in everything if b.site == a.detail.site and b.information == a.detail.binding)
         key = iis_rules.entry_key(target)
@@ -271,4 +361,5 @@ def test_no_planned_change_moves_a_binding_its_certificate_does_not_cover(
                 continue
             cover = covering(certs, b.site, b.host)
             assert a.certificate in cover and cover[a.certificate] == max(cover.values()), (
-                f"{a.id} would change {b.site} {b.information} (shares {key}) to {a.certificate}")
+                f"{a.id} would change {b.site} {b.information} (shares {key}) to {a.certificate}"
+            )

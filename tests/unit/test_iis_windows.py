@@ -101,7 +101,9 @@ def script_input(script: str) -> Any:
 def test_ps_quote_doubles_every_quote_character() -> None:
     assert ps_quote("plain") == "'plain'"
     assert ps_quote("it's") == "'it''s'"
-    assert ps_quote("a\u2019b\u2018c\u201ad\u201be") == "'a\u2019\u2019b\u2018\u2018c\u201a\u201ad\u201b\u201be'"
+    assert (
+        ps_quote("a\u2019b\u2018c\u201ad\u201be") == "'a\u2019\u2019b\u2018\u2018c\u201a\u201ad\u201b\u201be'"
+    )
     for value in (EVIL, "", "'", "''", "\u2019'", "$env:X `$(x)"):
         assert ps_single_quoted_literal(ps_quote(value) + ";", 0) == (value, len(ps_quote(value)))
 
@@ -120,10 +122,21 @@ def test_read_script_is_one_call_reading_everything() -> None:
     host = WindowsHost("web01", runner=Recorder(READ), stores=("My", "WebHosting"))
     host.observe()
     [(script, env)] = host.runner.calls  # type: ignore[attr-defined]
-    for needle in ("Microsoft.Web.Administration.dll", "$sm.Sites", "GetAttributeValue('sslFlags')", "CertificateHash",
-                   "netsh.exe http show sslcert", "'Cert:\\LocalMachine\\'", "FriendlyName", "HasPrivateKey",
-                   "GetChildElement('ftpServer').GetChildElement('security').GetChildElement('ssl')",
-                   "HKLM:\\SOFTWARE\\Microsoft\\InetStp", "$site.State", "CentralCertProvider", "ConvertTo-Json"):
+    for needle in (
+        "Microsoft.Web.Administration.dll",
+        "$sm.Sites",
+        "GetAttributeValue('sslFlags')",
+        "CertificateHash",
+        "netsh.exe http show sslcert",
+        "'Cert:\\LocalMachine\\'",
+        "FriendlyName",
+        "HasPrivateKey",
+        "GetChildElement('ftpServer').GetChildElement('security').GetChildElement('ssl')",
+        "HKLM:\\SOFTWARE\\Microsoft\\InetStp",
+        "$site.State",
+        "CentralCertProvider",
+        "ConvertTo-Json",
+    ):
         assert needle in script, needle
     assert script_input(script) == {"stores": ["My", "WebHosting"]}
     assert env == {}
@@ -138,12 +151,13 @@ def test_stdin_payload_is_one_line_carrying_the_whole_script() -> None:
 
 
 def test_default_runner_puts_the_script_on_stdin_and_secrets_in_the_environment(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     seen: dict[str, Any] = {}
 
     def fake_run(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
         seen.update(args=args, **kwargs)
-        return subprocess.CompletedProcess(args, 0, stdout=f"{BEGIN}\n{{\"ok\": true}}\n{END}\n", stderr="")
+        return subprocess.CompletedProcess(args, 0, stdout=f'{BEGIN}\n{{"ok": true}}\n{END}\n', stderr="")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
     runner = PowerShellRunner()
@@ -155,8 +169,16 @@ def test_default_runner_puts_the_script_on_stdin_and_secrets_in_the_environment(
 
 
 def test_default_runner_reports_failures(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subprocess, "run", lambda args, **kw: subprocess.CompletedProcess(
-        args, 1, stdout="", stderr="Add-Type : Cannot find path 'C:\\Windows\\System32\\inetsrv\\Microsoft.Web.Administration.dll'"))
+    monkeypatch.setattr(
+        subprocess,
+        "run",
+        lambda args, **kw: subprocess.CompletedProcess(
+            args,
+            1,
+            stdout="",
+            stderr="Add-Type : Cannot find path 'C:\\Windows\\System32\\inetsrv\\Microsoft.Web.Administration.dll'",
+        ),
+    )
     with pytest.raises(WindowsHostError, match=r"exit 1.*Microsoft\.Web\.Administration"):
         PowerShellRunner()("x", {})
 
@@ -168,7 +190,9 @@ def test_default_runner_reports_failures(monkeypatch: pytest.MonkeyPatch) -> Non
         PowerShellRunner()("x", {})
 
 
-@pytest.mark.parametrize("stdout", ["", "WARNING: nothing\n", f"{BEGIN}\nnot json\n{END}\n", f"{BEGIN}\n{{}}\n"])
+@pytest.mark.parametrize(
+    "stdout", ["", "WARNING: nothing\n", f"{BEGIN}\nnot json\n{END}\n", f"{BEGIN}\n{{}}\n"]
+)
 def test_output_without_a_readable_result_is_an_error(stdout: str) -> None:
     with pytest.raises(WindowsHostError):
         extract_json(stdout)
@@ -241,18 +265,32 @@ def test_implements_the_protocols() -> None:
 
 def test_apply_resolves_against_a_fresh_read_and_commits_once() -> None:
     snap = parse_read_output("web01", READ)
-    www_tp = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-"))
+    www_tp = next(
+        c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-")
+    )
     default_entry = next(e for e in snap.host.httpsys if e.key == "0.0.0.0:443")
     runner = Recorder(READ, (FIXTURES / "windows-apply.stdout").read_text())
     host = WindowsHost("web01", runner=runner, commit_attempts=5, backoff_ms=250)
-    host.apply([
-        BindingChange("add", "example.com", "https", "*:443:example.com", 1, www_tp.lower(), "WebHosting"),
-        BindingChange("update", "legacy", "https", "*:443:legacy.example.net", 0, www_tp, "WebHosting",
-                      old_thumbprint=default_entry.certhash),
-        BindingChange("remove", "Default Web Site", "https", "*:443:"),
-        BindingChange("remove", "staging", "https", "*:443:staging.example.com"),
-        BindingChange("ftp", "FTP", "ftp", "", thumbprint=www_tp, store="WebHosting"),
-    ])
+    host.apply(
+        [
+            BindingChange(
+                "add", "example.com", "https", "*:443:example.com", 1, www_tp.lower(), "WebHosting"
+            ),
+            BindingChange(
+                "update",
+                "legacy",
+                "https",
+                "*:443:legacy.example.net",
+                0,
+                www_tp,
+                "WebHosting",
+                old_thumbprint=default_entry.certhash,
+            ),
+            BindingChange("remove", "Default Web Site", "https", "*:443:"),
+            BindingChange("remove", "staging", "https", "*:443:staging.example.com"),
+            BindingChange("ftp", "FTP", "ftp", "", thumbprint=www_tp, store="WebHosting"),
+        ]
+    )
     assert len(runner.calls) == 2
     script, env = runner.calls[1]
     assert env == {}
@@ -266,11 +304,17 @@ def test_apply_resolves_against_a_fresh_read_and_commits_once() -> None:
         ("ftp", "FTP", "", False),
     ]
     assert data["steps"][0]["thumbprint"] == www_tp and data["steps"][0]["ssl_flags"] == 1
-    for needle in ("$site.Bindings.Add($step.information, (ConvertTo-HashBytes $step.thumbprint), $step.store,",
-                   "$site.Bindings.Remove($old, $true)", "$site.Bindings.Remove($old, [bool]$step.config_only)",
-                   "$sm.CommitChanges()", "Start-Sleep -Milliseconds", "[math]::Pow(2, $attempt - 1)",
-                   "$ssl['serverCertHash'] = $step.thumbprint", "$sm.Dispose()",
-                   "$flags = [int]$old.GetAttributeValue('sslFlags')"):
+    for needle in (
+        "$site.Bindings.Add($step.information, (ConvertTo-HashBytes $step.thumbprint), $step.store,",
+        "$site.Bindings.Remove($old, $true)",
+        "$site.Bindings.Remove($old, [bool]$step.config_only)",
+        "$sm.CommitChanges()",
+        "Start-Sleep -Milliseconds",
+        "[math]::Pow(2, $attempt - 1)",
+        "$ssl['serverCertHash'] = $step.thumbprint",
+        "$sm.Dispose()",
+        "$flags = [int]$old.GetAttributeValue('sslFlags')",
+    ):
         assert needle in script, needle
     assert "SetAttributeValue('certificateHash'" not in script  # never edits a hash in place
 
@@ -282,28 +326,33 @@ def test_a_site_name_with_quotes_cannot_break_out_of_the_script() -> None:
     snap = parse_read_output("web01", read_output(rename))
     tp = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-"))
     runner = Recorder(read_output(rename), (FIXTURES / "windows-apply.stdout").read_text())
-    WindowsHost("web01", runner=runner).apply([BindingChange("add", EVIL, "https", "*:443:example.com", 1, tp)])
+    WindowsHost("web01", runner=runner).apply(
+        [BindingChange("add", EVIL, "https", "*:443:example.com", 1, tp)]
+    )
     script = runner.calls[1][0]
     assert script_input(script)["steps"][0]["site"] == EVIL
-    assert "$(Remove-Item" not in script.replace(ps_quote(json.dumps(script_input(script), ensure_ascii=False,
-                                                                     separators=(",", ":"))), "")
+    assert "$(Remove-Item" not in script.replace(
+        ps_quote(json.dumps(script_input(script), ensure_ascii=False, separators=(",", ":"))), ""
+    )
 
 
 def test_invalid_changes_fail_before_any_write() -> None:
     runner = Recorder(READ)
     with pytest.raises(ChangeError, match="not in store"):
         WindowsHost("web01", runner=runner).apply(
-            [BindingChange("add", "example.com", "https", "*:443:example.com", 1, "E" * 40)])
+            [BindingChange("add", "example.com", "https", "*:443:example.com", 1, "E" * 40)]
+        )
     assert len(runner.calls) == 1  # the read only
 
 
 def test_commit_failure_is_raised() -> None:
     snap = parse_read_output("web01", READ)
     tp = snap.certs["webhosting"][0].thumbprint
-    runner = Recorder(READ, f"{BEGIN}\n{{\"ok\": false}}\n{END}\n")
+    runner = Recorder(READ, f'{BEGIN}\n{{"ok": false}}\n{END}\n')
     with pytest.raises(WindowsHostError, match="did not report success"):
-        WindowsHost("web01", runner=runner).apply([BindingChange("update", "example.com", "https",
-                                                                 "*:443:www.example.com", 0, tp)])
+        WindowsHost("web01", runner=runner).apply(
+            [BindingChange("update", "example.com", "https", "*:443:www.example.com", 0, tp)]
+        )
 
 
 # --- the store -----------------------------------------------------------------------------------------------
@@ -326,8 +375,11 @@ def test_install_imports_with_machine_key_and_checks_the_key(material: Material)
 
     tp = material.info.thumbprint
     runner = Recorder((FIXTURES / "windows-install-ok.stdout").read_text().replace("__TP__", tp))
-    stored = WindowsHost("web01", runner=runner).store("WebHosting").install("new-example-com", material,
-                                                                            datetime(2026, 3, 1, tzinfo=UTC))
+    stored = (
+        WindowsHost("web01", runner=runner)
+        .store("WebHosting")
+        .install("new-example-com", material, datetime(2026, 3, 1, tzinfo=UTC))
+    )
     assert (stored.ref, stored.managed_by) == (tp, "new-example-com")
     [(script, env)] = runner.calls
     password = env["CERTCTL_PFX_PASSWORD"]
@@ -339,9 +391,16 @@ def test_install_imports_with_machine_key_and_checks_the_key(material: Material)
     assert cert_pem == material.cert_pem and chain_pem == material.chain_pem and key_pem == material.key_pem
     with pytest.raises(ValueError):
         from_pfx(base64.b64decode(data["pfx"]), None)  # the PFX in the script is encrypted
-    for needle in ("X509KeyStorageFlags]'MachineKeySet, PersistKeySet'", "$env:CERTCTL_PFX_PASSWORD",
-                   "$c.FriendlyName = $in.friendly_name", "'CA', 'LocalMachine'", "$check.Open(",
-                   "FindByThumbprint", "GetRSAPrivateKey", "GetECDsaPrivateKey"):
+    for needle in (
+        "X509KeyStorageFlags]'MachineKeySet, PersistKeySet'",
+        "$env:CERTCTL_PFX_PASSWORD",
+        "$c.FriendlyName = $in.friendly_name",
+        "'CA', 'LocalMachine'",
+        "$check.Open(",
+        "FindByThumbprint",
+        "GetRSAPrivateKey",
+        "GetECDsaPrivateKey",
+    ):
         assert needle in script, needle
     code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
     assert "Exportable" not in code  # the key is not exportable
@@ -352,7 +411,9 @@ def test_install_without_private_key_fails(material: Material) -> None:
 
     runner = Recorder((FIXTURES / "windows-install-nokey.stdout").read_text())
     with pytest.raises(StoreError, match="private key is not there"):
-        WindowsHost("web01", runner=runner).store("WebHosting").install("x", material, datetime(2026, 3, 1, tzinfo=UTC))
+        WindowsHost("web01", runner=runner).store("WebHosting").install(
+            "x", material, datetime(2026, 3, 1, tzinfo=UTC)
+        )
 
 
 def test_store_observe_and_read() -> None:
@@ -371,8 +432,12 @@ def test_remove_refuses_certificates_in_use_and_unmanaged_ones() -> None:
         WindowsHost("web01", runner=runner).store("WebHosting").remove(in_use.lower())  # type: ignore[union-attr]
     assert len(runner.calls) == 1
 
-    def drop_staging(data: dict[str, Any]) -> None:  # the staging binding lost its entry: its certificate is unused
-        data["sslcert"] = render_netsh(tuple(r for r in parse_netsh(data["sslcert"]) if "staging" not in r.key))
+    def drop_staging(
+        data: dict[str, Any],
+    ) -> None:  # the staging binding lost its entry: its certificate is unused
+        data["sslcert"] = render_netsh(
+            tuple(r for r in parse_netsh(data["sslcert"]) if "staging" not in r.key)
+        )
 
     unused = next(e.certhash for e in snap.host.httpsys if e.key == "staging.example.com:443")
     read = read_output(drop_staging)
@@ -384,7 +449,6 @@ def test_remove_refuses_certificates_in_use_and_unmanaged_ones() -> None:
     script = runner.calls[1][0]
     assert script_input(script) == {"store": "WebHosting", "thumbprint": unused}
     assert "$c.FriendlyName.StartsWith('certctl:')" in script and "$store.Remove($c)" in script
-
 
 
 # --- HTTP.sys read from the registry; unreadable HTTP.sys blocks removal (issue 16) --------------------
@@ -399,7 +463,9 @@ def with_registry(data: dict[str, Any]) -> None:
 
 def test_read_script_exports_the_http_sys_registry_keys_and_keeps_netsh_as_fallback() -> None:
     script = WindowsHost("web01", runner=Recorder()).read_script()
-    assert "reg.exe export 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\HTTP\\Parameters' $regFile /y" in script
+    assert (
+        "reg.exe export 'HKLM\\SYSTEM\\CurrentControlSet\\Services\\HTTP\\Parameters' $regFile /y" in script
+    )
     assert "-Encoding Unicode" in script and "Remove-Item -LiteralPath $regFile" in script
     assert "netsh.exe http show sslcert" in script
 
@@ -418,7 +484,9 @@ def test_unreadable_netsh_without_registry_blocks_store_removal() -> None:
     read = read_output(german_only)
     snap = parse_read_output("web01", read)
     assert snap.host.httpsys == ()
-    assert len(snap.host.blocking) == 2 and all("no certificate hash certctl can read" in b for b in snap.host.blocking)
+    assert len(snap.host.blocking) == 2 and all(
+        "no certificate hash certctl can read" in b for b in snap.host.blocking
+    )
     assert set(snap.host.blocking) <= set(snap.host.problems)
     unused = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:"))
     runner = Recorder(read)
@@ -427,14 +495,20 @@ def test_unreadable_netsh_without_registry_blocks_store_removal() -> None:
     assert len(runner.calls) == 1  # nothing was asked to remove it
 
 
-SETTINGS = {"Negotiate Client Certificate": "Enabled", "Ctl Store Name": "ClientAuthIssuer",
-            "Revocation Freshness Time": "600", "Disable HTTP2": "Set"}
+SETTINGS = {
+    "Negotiate Client Certificate": "Enabled",
+    "Ctl Store Name": "ClientAuthIssuer",
+    "Revocation Freshness Time": "600",
+    "Disable HTTP2": "Set",
+}
 
 
 def adfs_like(data: dict[str, Any]) -> None:
     """The entry 0.0.0.0:443 carries client-certificate settings (as ADFS endpoints do)."""
-    table = [replace(r, flags={**r.flags, **SETTINGS}) if r.key == "0.0.0.0:443" else r
-             for r in parse_netsh(data["sslcert"])]
+    table = [
+        replace(r, flags={**r.flags, **SETTINGS}) if r.key == "0.0.0.0:443" else r
+        for r in parse_netsh(data["sslcert"])
+    ]
     data["sslcert"] = render_netsh(tuple(table))
 
 
@@ -442,24 +516,39 @@ def test_rebind_re_applies_the_http_sys_entry_settings_iis_resets() -> None:
     read = read_output(adfs_like)
     snap = parse_read_output("web01", read)
     entry = next(e for e in snap.host.httpsys if e.key == "0.0.0.0:443")
-    assert entry.settings == (("Revocation Freshness Time", "600"), ("Ctl Store Name", "ClientAuthIssuer"),
-                              ("Negotiate Client Certificate", "Enabled"))
-    www_tp = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-"))
+    assert entry.settings == (
+        ("Revocation Freshness Time", "600"),
+        ("Ctl Store Name", "ClientAuthIssuer"),
+        ("Negotiate Client Certificate", "Enabled"),
+    )
+    www_tp = next(
+        c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-")
+    )
     runner = Recorder(read, (FIXTURES / "windows-apply.stdout").read_text())
-    WindowsHost("web01", runner=runner).apply([
-        BindingChange("update", "legacy", "https", "*:443:legacy.example.net", 0, www_tp, "WebHosting")])
+    WindowsHost("web01", runner=runner).apply(
+        [BindingChange("update", "legacy", "https", "*:443:legacy.example.net", 0, www_tp, "WebHosting")]
+    )
     script = runner.calls[1][0]
     steps = script_input(script)["steps"]
-    assert [(s["op"], s["information"]) for s in steps] == [("replace", "*:443:legacy.example.net"),
-                                                             ("settings", "*:443:legacy.example.net")]
+    assert [(s["op"], s["information"]) for s in steps] == [
+        ("replace", "*:443:legacy.example.net"),
+        ("settings", "*:443:legacy.example.net"),
+    ]
     assert steps[1]["entry"] == "ipport=0.0.0.0:443" and steps[1]["thumbprint"] == www_tp
     assert steps[1]["store"] == "WebHosting"
     # Disable HTTP2 is not re-applied here: IIS writes it from the binding's sslFlags, which the replace keeps
-    assert steps[1]["netsh"] == ["revocationfreshnesstime=600", "sslctlstorename=ClientAuthIssuer",
-                                 "clientcertnegotiation=enable"]
-    for needle in ("$netshArgs = @('http', 'update', 'sslcert', [string]$step.entry,",
-                   "'appid={4dc3e181-e14b-4a21-b022-59fc669b0914}'", "+ @($step.netsh)", "& netsh.exe @netshArgs",
-                   "settings_failed = $settingsFailed"):
+    assert steps[1]["netsh"] == [
+        "revocationfreshnesstime=600",
+        "sslctlstorename=ClientAuthIssuer",
+        "clientcertnegotiation=enable",
+    ]
+    for needle in (
+        "$netshArgs = @('http', 'update', 'sslcert', [string]$step.entry,",
+        "'appid={4dc3e181-e14b-4a21-b022-59fc669b0914}'",
+        "+ @($step.netsh)",
+        "& netsh.exe @netshArgs",
+        "settings_failed = $settingsFailed",
+    ):
         assert needle in script, needle
     # after the commit, not inside the retried ServerManager transaction
     assert script.index("& netsh.exe @netshArgs") > script.index("$sm.CommitChanges()")
@@ -468,8 +557,13 @@ def test_rebind_re_applies_the_http_sys_entry_settings_iis_resets() -> None:
 def test_settings_that_could_not_be_re_applied_are_an_error() -> None:
     read = read_output(adfs_like)
     snap = parse_read_output("web01", read)
-    www_tp = next(c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-"))
+    www_tp = next(
+        c.thumbprint for c in snap.certs["webhosting"] if c.friendly_name.startswith("certctl:www-")
+    )
     failed = f'{BEGIN}\n{{"ok": true, "attempts": 1, "settings_failed": "ipport=0.0.0.0:443: The parameter is incorrect."}}\n{END}\n'
-    with pytest.raises(WindowsHostError, match=r"could not be re-applied to ipport=0\.0\.0\.0:443: The parameter"):
-        WindowsHost("web01", runner=Recorder(read, failed)).apply([
-            BindingChange("update", "legacy", "https", "*:443:legacy.example.net", 0, www_tp, "WebHosting")])
+    with pytest.raises(
+        WindowsHostError, match=r"could not be re-applied to ipport=0\.0\.0\.0:443: The parameter"
+    ):
+        WindowsHost("web01", runner=Recorder(read, failed)).apply(
+            [BindingChange("update", "legacy", "https", "*:443:legacy.example.net", 0, www_tp, "WebHosting")]
+        )

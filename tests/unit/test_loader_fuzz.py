@@ -15,7 +15,9 @@ from reconciler.app.loader import InvalidDesiredState, load
 from reconciler.core.model import DesiredState
 from tests.conftest import BASE
 
-VALID = BASE + """\
+VALID = (
+    BASE
+    + """\
 ---
 apiVersion: certctl/v1
 kind: Certificate
@@ -30,18 +32,75 @@ spec: &spec
     - script: {command: "echo hi", timeout: 30s}
   verify: [{endpoint: "www.example.com:443", sni: www.example.com}]
 """
+)
 
 # Characters that matter to YAML and to the specs (structure, quoting, anchors, tags, escapes, NUL, unicode).
-YAML_BITS = st.sampled_from([
-    "[", "]", "{", "}", ":", ": ", "-", "- ", ",", "\n", "  ", "#", "&a ", "*a", "&b ", "*b", "<<: *a\n", "!!str ",
-    "!!binary ", "!x ", "'", '"', "\\", "\\0", "\\x00", "\x00", "|", ">", "?", "---\n", "...\n", "%YAML 1.1\n",
-    "9" * 30, "99999999999999d", "xn--zz", "é", "\u202e", "\t", "\r", "\ufeff", "null", "true", "1e999", ".nan",
-    "kind", "Certificate", "spec", "domains", "apiVersion: certctl/v1\n",
-])
+YAML_BITS = st.sampled_from(
+    [
+        "[",
+        "]",
+        "{",
+        "}",
+        ":",
+        ": ",
+        "-",
+        "- ",
+        ",",
+        "\n",
+        "  ",
+        "#",
+        "&a ",
+        "*a",
+        "&b ",
+        "*b",
+        "<<: *a\n",
+        "!!str ",
+        "!!binary ",
+        "!x ",
+        "'",
+        '"',
+        "\\",
+        "\\0",
+        "\\x00",
+        "\x00",
+        "|",
+        ">",
+        "?",
+        "---\n",
+        "...\n",
+        "%YAML 1.1\n",
+        "9" * 30,
+        "99999999999999d",
+        "xn--zz",
+        "é",
+        "\u202e",
+        "\t",
+        "\r",
+        "\ufeff",
+        "null",
+        "true",
+        "1e999",
+        ".nan",
+        "kind",
+        "Certificate",
+        "spec",
+        "domains",
+        "apiVersion: certctl/v1\n",
+    ]
+)
 # Deep nesting in the forms YAML allows (flow, block compact, mapping chains): up to a few thousand levels.
-NESTING = st.integers(30, 3000).flatmap(lambda n: st.sampled_from([
-    "[" * n, "[" * n + "]" * n, "{a: " * n + "1" + "}" * n, "- " * n + "x\n", "? " * n,
-    "".join(f"{' ' * i}k:\n" for i in range(n)) + " " * n + "v\n"]))
+NESTING = st.integers(30, 3000).flatmap(
+    lambda n: st.sampled_from(
+        [
+            "[" * n,
+            "[" * n + "]" * n,
+            "{a: " * n + "1" + "}" * n,
+            "- " * n + "x\n",
+            "? " * n,
+            "".join(f"{' ' * i}k:\n" for i in range(n)) + " " * n + "v\n",
+        ]
+    )
+)
 PIECES = YAML_BITS | NESTING | st.text(max_size=8)
 
 
@@ -79,9 +138,9 @@ def mutated(draw: st.DrawFn) -> str:
         if op == "insert":
             text = text[:at] + piece + text[at:]
         elif op == "delete":
-            text = text[:at] + text[at + draw(st.integers(1, 40)):]
+            text = text[:at] + text[at + draw(st.integers(1, 40)) :]
         elif op == "replace":
-            text = text[:at] + piece + text[at + len(piece):]
+            text = text[:at] + piece + text[at + len(piece) :]
         else:  # repeat a slice many times: deep nesting, long lines, alias fan-out
             end = min(len(text), at + draw(st.integers(1, 12)))
             text = text[:at] + text[at:end] * draw(st.integers(2, 400)) + text[end:]

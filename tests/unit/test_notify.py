@@ -24,17 +24,35 @@ NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 def _logs_to_this_tests_stderr() -> None:
     """Another test may have bound structlog to a stream pytest has closed since (cli.main configures it)."""
     configure("console", "warning")
+
+
 SETTINGS = Notify(afterFailures=3, expiryWarning=timedelta(days=7))
 
 
-def row(name: str = "web", failures: int = 0, not_after: datetime | None = NOW + timedelta(days=60),
-        renew_at: datetime | None = NOW + timedelta(days=30), error: str | None = None) -> StatusRow:
-    return StatusRow(name, CertState.ready, not_after=not_after, renew_at=renew_at, thumbprint="AB" * 20,
-                     consecutive_failures=failures, last_error=error)
+def row(
+    name: str = "web",
+    failures: int = 0,
+    not_after: datetime | None = NOW + timedelta(days=60),
+    renew_at: datetime | None = NOW + timedelta(days=30),
+    error: str | None = None,
+) -> StatusRow:
+    return StatusRow(
+        name,
+        CertState.ready,
+        not_after=not_after,
+        renew_at=renew_at,
+        thumbprint="AB" * 20,
+        consecutive_failures=failures,
+        last_error=error,
+    )
 
 
-def run(state: dict[str, Any], rows: list[StatusRow], at: datetime = NOW,
-        channels: tuple[str, ...] = ("webhook", "email")) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
+def run(
+    state: dict[str, Any],
+    rows: list[StatusRow],
+    at: datetime = NOW,
+    channels: tuple[str, ...] = ("webhook", "email"),
+) -> tuple[list[tuple[str, str, str]], dict[str, Any]]:
     sends, new = decide(state, rows, SETTINGS, channels, at)
     for channel, notice in sends:
         record_sent(new, channel, notice, at)
@@ -51,12 +69,22 @@ def test_failures_threshold(failures: int, expected: str | None) -> None:
 
 def test_expiring_only_once_the_renewal_point_has_passed() -> None:
     # a 6-day certificate is always within 7 days of expiry: not an alert while it waits for its renewal point
-    assert condition(row(not_after=NOW + timedelta(days=5), renew_at=NOW + timedelta(days=1)), SETTINGS, NOW) is None
-    found = condition(row(not_after=NOW + timedelta(days=5), renew_at=NOW - timedelta(hours=1)), SETTINGS, NOW)
+    assert (
+        condition(row(not_after=NOW + timedelta(days=5), renew_at=NOW + timedelta(days=1)), SETTINGS, NOW)
+        is None
+    )
+    found = condition(
+        row(not_after=NOW + timedelta(days=5), renew_at=NOW - timedelta(hours=1)), SETTINGS, NOW
+    )
     assert found is not None and found[0] == "expiring" and "has not been renewed" in found[1]
     # far from expiry, even past the renewal point: the renewal is simply happening
-    assert condition(row(not_after=NOW + timedelta(days=20), renew_at=NOW - timedelta(hours=1)), SETTINGS, NOW) is None
-    found = condition(row(not_after=NOW - timedelta(hours=1), renew_at=NOW - timedelta(days=2)), SETTINGS, NOW)
+    assert (
+        condition(row(not_after=NOW + timedelta(days=20), renew_at=NOW - timedelta(hours=1)), SETTINGS, NOW)
+        is None
+    )
+    found = condition(
+        row(not_after=NOW - timedelta(hours=1), renew_at=NOW - timedelta(days=2)), SETTINGS, NOW
+    )
     assert found is not None and "expired" in found[1]
 
 
@@ -111,7 +139,9 @@ class _Server:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                outer.seen.append((dict(self.headers), json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+                outer.seen.append(
+                    (dict(self.headers), json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                )
                 code = outer.codes.pop(0) if outer.codes else 200
                 self.send_response(code)
                 if location:
@@ -156,13 +186,17 @@ def test_webhook_client_errors_are_not_retried() -> None:
 
 
 @pytest.mark.parametrize("code", [301, 302, 307, 308])
-def test_a_redirect_is_not_followed_and_carries_no_credentials(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+def test_a_redirect_is_not_followed_and_carries_no_credentials(
+    monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
     monkeypatch.setenv("TOKEN", "Bearer t0")
     elsewhere = _Server([])  # "localhost" is another origin than 127.0.0.1
     redirector = _Server([code], location=elsewhere.url.replace("127.0.0.1", "localhost"))
     try:
         with pytest.raises(DeliveryError, match=f"answered {code}.*redirects are not followed"):
-            send_webhook(Webhook(url=redirector.url, headers={"Authorization": SecretRef(fromEnv="TOKEN")}), {"a": 1})
+            send_webhook(
+                Webhook(url=redirector.url, headers={"Authorization": SecretRef(fromEnv="TOKEN")}), {"a": 1}
+            )
     finally:
         redirector.close()
         elsewhere.close()

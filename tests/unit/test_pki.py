@@ -14,15 +14,23 @@ from reconciler.ports import IssueRequest
 from reconciler.support import pki
 
 
-@pytest.mark.parametrize(("legacy", "algorithm"), [(False, "AES-256-CBC"), (True, "pbeWithSHA1And3-KeyTripleDES-CBC")])
+@pytest.mark.parametrize(
+    ("legacy", "algorithm"), [(False, "AES-256-CBC"), (True, "pbeWithSHA1And3-KeyTripleDES-CBC")]
+)
 def test_pfx_encryption_as_openssl_sees_it(tmp_path: Path, legacy: bool, algorithm: str) -> None:
     openssl = shutil.which("openssl")
     assert openssl, "openssl is installed by scripts/install-system-deps"
     m = LocalCAIssuer("ca", LocalCA(), tmp_path).issue(IssueRequest("a", ("a.example.com",), "ecdsa-p256"))
     pfx = tmp_path / "a.pfx"
     pfx.write_bytes(pki.to_pfx(m.cert_pem, m.chain_pem, m.key_pem, b"s3cret", "certctl:a", legacy=legacy))
-    info = subprocess.run([openssl, "pkcs12", "-in", str(pfx), "-info", "-noout", "-passin", "pass:s3cret"],
-                          capture_output=True, text=True, check=True)
-    shrouded = next(line for line in (info.stdout + info.stderr).splitlines() if line.startswith("Shrouded Keybag"))
+    info = subprocess.run(
+        [openssl, "pkcs12", "-in", str(pfx), "-info", "-noout", "-passin", "pass:s3cret"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    shrouded = next(
+        line for line in (info.stdout + info.stderr).splitlines() if line.startswith("Shrouded Keybag")
+    )
     assert algorithm in shrouded
     assert pki.from_pfx(pfx.read_bytes(), b"s3cret")[0] == m.cert_pem

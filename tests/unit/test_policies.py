@@ -15,7 +15,9 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def version(days: float, serial: str = "1f") -> IssuedVersion:
-    info = CertInfo("A" * 40, "b" * 64, "x", ("x",), "ecdsa-p256", T0, T0 + timedelta(days=days), "CN=ca", serial)
+    info = CertInfo(
+        "A" * 40, "b" * 64, "x", ("x",), "ecdsa-p256", T0, T0 + timedelta(days=days), "CN=ca", serial
+    )
     return IssuedVersion("x", info, "localca:local", T0, ("x",))
 
 
@@ -40,13 +42,28 @@ def test_six_day_certificate_renews_after_four_and_a_half_days() -> None:
 
 def test_ari_only_moves_renewal_earlier_and_is_deterministic() -> None:
     v = version(90)
-    late = Attempts("x", ari_window_start=T0 + timedelta(days=80), ari_window_end=T0 + timedelta(days=81), ari_for="A" * 40)
+    late = Attempts(
+        "x",
+        ari_window_start=T0 + timedelta(days=80),
+        ari_window_end=T0 + timedelta(days=81),
+        ari_for="A" * 40,
+    )
     assert renewal_point(v, Renewal(lifetimePercent=75), late).at == T0 + timedelta(days=67, hours=12)
-    early = Attempts("x", ari_window_start=T0 + timedelta(days=30), ari_window_end=T0 + timedelta(days=32), ari_for="A" * 40)
+    early = Attempts(
+        "x",
+        ari_window_start=T0 + timedelta(days=30),
+        ari_window_end=T0 + timedelta(days=32),
+        ari_for="A" * 40,
+    )
     first = renewal_point(v, Renewal(lifetimePercent=75), early)
     assert T0 + timedelta(days=30) <= first.at <= T0 + timedelta(days=32)
     assert renewal_point(v, Renewal(lifetimePercent=75), early) == first
-    other = Attempts("x", ari_window_start=T0 + timedelta(days=30), ari_window_end=T0 + timedelta(days=32), ari_for="B" * 40)
+    other = Attempts(
+        "x",
+        ari_window_start=T0 + timedelta(days=30),
+        ari_window_end=T0 + timedelta(days=32),
+        ari_for="B" * 40,
+    )
     assert renewal_point(v, Renewal(lifetimePercent=75), other).at == T0 + timedelta(days=67, hours=12)
 
 

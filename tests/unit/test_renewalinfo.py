@@ -68,8 +68,9 @@ class FakeAri:
     """An ACME issuer's renewalInfo: answers from ``reply`` (a window, None, or an exception to raise)."""
 
     def __init__(self) -> None:
-        self.reply: RenewalWindow | Exception | None = RenewalWindow(NOW + timedelta(days=10), NOW + timedelta(days=11),
-                                                                     retry_after=NOW + timedelta(hours=3))
+        self.reply: RenewalWindow | Exception | None = RenewalWindow(
+            NOW + timedelta(days=10), NOW + timedelta(days=11), retry_after=NOW + timedelta(hours=3)
+        )
         self.asked: list[bytes] = []
         self.lock = threading.Lock()
 
@@ -95,9 +96,11 @@ def world(tmp_path: Path) -> tuple[World, FakeAri]:
     state = StateDir(tmp_path / "state")
     local = LocalCAIssuer("local", desired.issuers["local"].spec.localCA, state.path)
     acme_id = issuer_id("ca", desired.issuers["ca"].spec)
-    for name, domain, ident in (("acme-cert", "www.example.com", acme_id),
-                                ("local-cert", "local.example.com", "localca:local"),
-                                ("moved", "moved.example.com", "localca:local")):  # moved from the local CA
+    for name, domain, ident in (
+        ("acme-cert", "www.example.com", acme_id),
+        ("local-cert", "local.example.com", "localca:local"),
+        ("moved", "moved.example.com", "localca:local"),
+    ):  # moved from the local CA
         material = local.issue(IssueRequest(name, (domain,), "ecdsa-p256", at=NOW - timedelta(days=1)))
         state.store_issued(name, material, ident, (domain,), NOW - timedelta(days=1), None)
     w = build(desired, state)
@@ -141,13 +144,18 @@ def test_a_new_version_is_asked_about_at_once(world: tuple[World, FakeAri]) -> N
     assert len(fake.asked) == 2
 
 
-@pytest.mark.parametrize(("retry_after", "expected"), [
-    (None, timedelta(hours=6)),
-    (timedelta(seconds=5), timedelta(minutes=1)),
-    (timedelta(days=30), timedelta(hours=24)),
-    (timedelta(hours=12), timedelta(hours=12)),
-])
-def test_next_fetch_is_the_retry_after_within_bounds(retry_after: timedelta | None, expected: timedelta) -> None:
+@pytest.mark.parametrize(
+    ("retry_after", "expected"),
+    [
+        (None, timedelta(hours=6)),
+        (timedelta(seconds=5), timedelta(minutes=1)),
+        (timedelta(days=30), timedelta(hours=24)),
+        (timedelta(hours=12), timedelta(hours=12)),
+    ],
+)
+def test_next_fetch_is_the_retry_after_within_bounds(
+    retry_after: timedelta | None, expected: timedelta
+) -> None:
     window = RenewalWindow(NOW, NOW, retry_after=NOW + retry_after if retry_after else None)
     assert next_fetch(window, NOW) - NOW == expected
     assert next_fetch(None, NOW) - NOW == timedelta(hours=6)
@@ -174,7 +182,9 @@ def test_no_renewal_info_leaves_no_window(world: tuple[World, FakeAri]) -> None:
     assert (a.ari_window_start, a.ari_window_end, a.ari_next_fetch) == (None, None, NOW + timedelta(hours=6))
 
 
-def test_busy_state_dir_drops_the_answers_quietly(world: tuple[World, FakeAri], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_busy_state_dir_drops_the_answers_quietly(
+    world: tuple[World, FakeAri], monkeypatch: pytest.MonkeyPatch
+) -> None:
     w, _ = world
     monkeypatch.setattr(renewalinfo, "LOCK_WAIT", 0.1)
     other = StateDir(w.state.path)
@@ -193,7 +203,9 @@ def test_busy_state_dir_drops_the_answers_quietly(world: tuple[World, FakeAri], 
 def test_the_plan_renews_in_the_window(world: tuple[World, FakeAri]) -> None:
     w, fake = world
     fake.reply = RenewalWindow(NOW - timedelta(hours=2), NOW + timedelta(hours=1))
-    refresh_renewal_info(w, NOW + timedelta(minutes=59, seconds=59))  # the point in the window derived from the serial has passed
+    refresh_renewal_info(
+        w, NOW + timedelta(minutes=59, seconds=59)
+    )  # the point in the window derived from the serial has passed
     plan = make_plan(w.desired, observe(w), NOW + timedelta(minutes=59, seconds=59))
     renew = next(a for a in plan.actions if a.certificate == "acme-cert")
     assert renew.reason.value == "RenewalWindow"
@@ -202,7 +214,9 @@ def test_the_plan_renews_in_the_window(world: tuple[World, FakeAri]) -> None:
 
 def test_a_window_that_has_passed_renews_at_once(world: tuple[World, FakeAri]) -> None:
     w, fake = world
-    fake.reply = RenewalWindow(NOW - timedelta(hours=2), NOW - timedelta(hours=1))  # the CA wants it replaced now
+    fake.reply = RenewalWindow(
+        NOW - timedelta(hours=2), NOW - timedelta(hours=1)
+    )  # the CA wants it replaced now
     refresh_renewal_info(w, NOW)
     plan = make_plan(w.desired, observe(w), NOW)
     renew = next(a for a in plan.actions if a.certificate == "acme-cert")

@@ -19,8 +19,13 @@ FOLDER = ROOT / "schemas"
 CHECK = Path(sys.executable).parent / "check-jsonschema"
 # every desired-state file the repository ships: the example desired state, the Let's Encrypt examples,
 # the starter that `certctl init` writes
-EXAMPLES = sorted([*(ROOT / "desired-state").glob("*.yaml"), *(ROOT / "examples").rglob("*.yaml"),
-                   *(ROOT / "reconciler" / "templates" / "init").glob("*.yaml")])
+EXAMPLES = sorted(
+    [
+        *(ROOT / "desired-state").glob("*.yaml"),
+        *(ROOT / "examples").rglob("*.yaml"),
+        *(ROOT / "reconciler" / "templates" / "init").glob("*.yaml"),
+    ]
+)
 
 
 def test_schemas_folder_is_in_sync_with_the_models() -> None:
@@ -58,9 +63,20 @@ def _split(paths: list[Path], folder: Path) -> list[Path]:
 
 
 def _check(files: list[Path]) -> subprocess.CompletedProcess[str]:
-    offline = {**os.environ, "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": ""}
-    return subprocess.run([str(CHECK), "--schemafile", str(FOLDER / "certctl.json"), *map(str, files)],
-                          capture_output=True, text=True, env=offline, check=False, timeout=120)
+    offline = {
+        **os.environ,
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "NO_PROXY": "",
+    }
+    return subprocess.run(
+        [str(CHECK), "--schemafile", str(FOLDER / "certctl.json"), *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=offline,
+        check=False,
+        timeout=120,
+    )
 
 
 def test_every_example_validates_offline_with_check_jsonschema(tmp_path: Path) -> None:
@@ -73,16 +89,28 @@ def test_every_example_validates_offline_with_check_jsonschema(tmp_path: Path) -
 
 def test_an_error_names_the_field_not_the_union(tmp_path: Path) -> None:
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"apiVersion": "certctl/v1", "kind": "Certificate", "metadata": {"name": "www"},
-                               "spec": {"issuer": "local", "domains": ["www.example.com"], "stroes": ["pem"]}}))
+    bad.write_text(
+        json.dumps(
+            {
+                "apiVersion": "certctl/v1",
+                "kind": "Certificate",
+                "metadata": {"name": "www"},
+                "spec": {"issuer": "local", "domains": ["www.example.com"], "stroes": ["pem"]},
+            }
+        )
+    )
     result = _check([bad])
     assert result.returncode == 1
-    assert "stroes" in result.stdout and "not valid under any of the given schemas" not in result.stdout, result.stdout
+    assert "stroes" in result.stdout and "not valid under any of the given schemas" not in result.stdout, (
+        result.stdout
+    )
 
 
 @pytest.mark.parametrize("kind", ["Settings", "Issuer", "Store", "IisHost", "Certificate"])
 def test_each_kind_is_dispatched_on_kind(kind: str, tmp_path: Path) -> None:
     doc = tmp_path / "doc.json"
-    doc.write_text(json.dumps({"apiVersion": "certctl/v1", "kind": kind, "metadata": {"name": "x"}, "spec": {"nope": 1}}))
+    doc.write_text(
+        json.dumps({"apiVersion": "certctl/v1", "kind": kind, "metadata": {"name": "x"}, "spec": {"nope": 1}})
+    )
     result = _check([doc])
     assert result.returncode == 1 and "nope" in result.stdout, result.stdout

@@ -25,17 +25,28 @@ def _tls_files(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
-            .not_valid_after(now + timedelta(hours=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = folder / "smtp.pem", folder / "smtp.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     return cert_path, key_path
 
 
@@ -49,7 +60,9 @@ class _Mailbox:
         return "250 OK"
 
 
-def test_port_465_is_implicit_tls_even_with_starttls_true(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_port_465_is_implicit_tls_even_with_starttls_true(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cert, key = _tls_files(tmp_path)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
@@ -57,21 +70,36 @@ def test_port_465_is_implicit_tls_even_with_starttls_true(tmp_path: Path, monkey
 
     def authenticate(server, session, envelope, mechanism, auth_data):  # noqa: ANN001, ANN202
         mailbox.logins.append((auth_data.login, server.transport.get_extra_info("ssl_object") is not None))
-        return AuthResult(success=isinstance(auth_data, LoginPassword) and auth_data.password == b"mail-secret")
+        return AuthResult(
+            success=isinstance(auth_data, LoginPassword) and auth_data.password == b"mail-secret"
+        )
 
     port = free_port()
     # 465 needs no special server: the client decides whether it speaks TLS from the first byte. The test
     # server cannot bind 465 beside other jobs, so the client is told that this free port is "465".
     monkeypatch.setattr(notify, "IMPLICIT_TLS_PORT", port)
-    controller = Controller(mailbox, hostname="127.0.0.1", port=port, ssl_context=context, authenticator=authenticate,
-                            auth_require_tls=False)  # aiosmtpd only counts STARTTLS as TLS; recorded below
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=port,
+        ssl_context=context,
+        authenticator=authenticate,
+        auth_require_tls=False,
+    )  # aiosmtpd only counts STARTTLS as TLS; recorded below
     controller.start()
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     monkeypatch.setenv("SMTP_PASSWORD", "mail-secret")
     monkeypatch.setenv("SMTP_USER", "certctl")
-    email = Email.model_validate({"smtpHost": "127.0.0.1", "smtpPort": port, "from": "certctl@example.com",
-                                  "to": ["ops@example.com"], "username": {"fromEnv": "SMTP_USER"},
-                                  "password": {"fromEnv": "SMTP_PASSWORD"}})
+    email = Email.model_validate(
+        {
+            "smtpHost": "127.0.0.1",
+            "smtpPort": port,
+            "from": "certctl@example.com",
+            "to": ["ops@example.com"],
+            "username": {"fromEnv": "SMTP_USER"},
+            "password": {"fromEnv": "SMTP_PASSWORD"},
+        }
+    )
     assert email.starttls is True  # the default, as in the report
     try:
         notify.send_email(email, "subject", "body\n", timeout=10, attempts=1)
@@ -82,8 +110,13 @@ def test_port_465_is_implicit_tls_even_with_starttls_true(tmp_path: Path, monkey
 
 
 def test_a_password_without_tls_is_a_validation_error() -> None:
-    base = {"smtpHost": "smtp.example.com", "from": "a@example.com", "to": ["b@example.com"],
-            "password": {"fromEnv": "P"}, "username": {"fromEnv": "U"}}
+    base = {
+        "smtpHost": "smtp.example.com",
+        "from": "a@example.com",
+        "to": ["b@example.com"],
+        "password": {"fromEnv": "P"},
+        "username": {"fromEnv": "U"},
+    }
     with pytest.raises(ValidationError, match="would send the SMTP password in clear text"):
         Email.model_validate({**base, "smtpPort": 25, "starttls": False})
     assert Email.model_validate({**base, "smtpPort": 465, "starttls": False}).smtpPort == 465

@@ -22,8 +22,9 @@ def test_keyed_log_survives_a_torn_line_and_compacts(tmp_path: Path) -> None:
     assert KeyedLog(log.path).read() == {"a": 199}
 
 
-def test_close_unfinished_closes_open_intents_and_rotates_a_large_journal(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_close_unfinished_closes_open_intents_and_rotates_a_large_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     state = StateDir(tmp_path)
     state.journal("intent", run="r1", action="issue/a")
     state.journal("done", run="r1", action="issue/a")
@@ -36,8 +37,9 @@ def test_close_unfinished_closes_open_intents_and_rotates_a_large_journal(tmp_pa
     assert not (tmp_path / "journal.jsonl").exists() and (tmp_path / "journal.1.jsonl").exists()
 
 
-def test_atomic_write_keeps_its_temporary_file_private_until_complete(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_keeps_its_temporary_file_private_until_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A temporary file a kill leaves behind (seen at each fsync, the last moment before the rename) is 0600,
     whatever the final mode; the final file gets its mode."""
     import os
@@ -81,8 +83,9 @@ def test_a_failed_append_is_cut_back_off(tmp_path: Path) -> None:
     assert KeyedLog(log.path).read() == {"a": 1}
 
 
-def test_a_link_switch_killed_midway_leaves_a_temporary_that_recovery_knows(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_link_switch_killed_midway_leaves_a_temporary_that_recovery_knows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The new link is made beside the old one under a name the sweep of a task folder removes (found by the
     crash suite: ``.privkey.pem.<pid>.tmp`` stayed in a files task's folder forever)."""
     import os

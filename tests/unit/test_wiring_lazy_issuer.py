@@ -28,10 +28,15 @@ def test_one_backend_for_many_threads(tmp_path: Path, monkeypatch: pytest.Monkey
                 rendezvous.wait()
 
     monkeypatch.setattr(acme_issuer, "AcmeIssuer", SlowToBuild)
-    spec = IssuerSpec.model_validate({"acme": {
-        "directoryUrl": "https://acme.example.com/dir", "agreeToS": True,
-        "solvers": [{"http01": {"standalone": {"port": 80}}}],
-    }})
+    spec = IssuerSpec.model_validate(
+        {
+            "acme": {
+                "directoryUrl": "https://acme.example.com/dir",
+                "agreeToS": True,
+                "solvers": [{"http01": {"standalone": {"port": 80}}}],
+            }
+        }
+    )
     lazy = _LazyIssuer("ca", spec, StateDir(tmp_path))
     start = threading.Barrier(8)
 

@@ -14,12 +14,18 @@ from ruamel.yaml.error import YAMLError
 from reconciler.support import yamlfast
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**12), max_value=10**12),
-    st.floats(allow_nan=False, allow_infinity=True), st.text(max_size=30),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**12), max_value=10**12),
+    st.floats(allow_nan=False, allow_infinity=True),
+    st.text(max_size=30),
 )
 values = st.recursive(
     scalars,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(min_size=1, max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(min_size=1, max_size=10), children, max_size=4)
+    ),
     max_leaves=25,
 )
 
@@ -37,7 +43,9 @@ def dump(value: object, flow: bool | None) -> str:
 def test_agrees_with_ruamel(value: object, flow: bool | None) -> None:
     text = dump(value, flow)
     try:
-        expected = list(YAML(typ="safe", pure=False).load_all(text))  # same C parser: compares the constructors
+        expected = list(
+            YAML(typ="safe", pure=False).load_all(text)
+        )  # same C parser: compares the constructors
     except YAMLError:  # ruamel's emitter occasionally writes what its own parser rejects: reject it too
         with pytest.raises(YAMLError):
             yamlfast.load_all(text)
@@ -48,8 +56,22 @@ def test_agrees_with_ruamel(value: object, flow: bool | None) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("a: 1\nb: 0x1f\nc: 0o17\nd: 1.5e3\ne: ~\nf: yes\ng: TRUE\nh: '1'\ni: !!str 5\nj: null\nk:\n",
-         {"a": 1, "b": 31, "c": 15, "d": 1500.0, "e": None, "f": "yes", "g": True, "h": "1", "i": "5", "j": None, "k": None}),
+        (
+            "a: 1\nb: 0x1f\nc: 0o17\nd: 1.5e3\ne: ~\nf: yes\ng: TRUE\nh: '1'\ni: !!str 5\nj: null\nk:\n",
+            {
+                "a": 1,
+                "b": 31,
+                "c": 15,
+                "d": 1500.0,
+                "e": None,
+                "f": "yes",
+                "g": True,
+                "h": "1",
+                "i": "5",
+                "j": None,
+                "k": None,
+            },
+        ),
         ("x: &base {p: 1, q: 2}\ny:\n  <<: *base\n  q: 3\n", {"x": {"p": 1, "q": 2}, "y": {"p": 1, "q": 3}}),
         ("- *.example.com\n", None),
     ],

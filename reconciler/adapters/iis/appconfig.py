@@ -28,7 +28,9 @@ _DEFAULT_FTP_STORE = "MY"
 class ConfigError(ValueError):
     """applicationHost.config cannot be read: names the host, the file and, when known, the line."""
 
-    def __init__(self, message: str, *, host: str = "", file: str = FILE_NAME, line: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, host: str = "", file: str = FILE_NAME, line: int | None = None
+    ) -> None:
         self.host = host
         self.file = file
         self.line = line
@@ -72,7 +74,9 @@ def parse_binding_information(information: str) -> tuple[str, int, str]:
                 f"bindingInformation {information!r}: {ip!r} is not '*', an IPv4 address or a bracketed IPv6 address"
             ) from None
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bindingInformation {information!r}: port {port_text!r} is not a number from 1 to 65535")
+        raise ValueError(
+            f"bindingInformation {information!r}: port {port_text!r} is not a number from 1 to 65535"
+        )
     if any(c.isspace() or c in "/\\" for c in host):
         raise ValueError(f"bindingInformation {information!r}: host name {host!r} is not valid")
     return ip, int(port_text), "" if host == "*" else host.lower()
@@ -85,8 +89,18 @@ def make_binding(site: str, protocol: str, information: str, ssl_flags: int = 0)
     try:
         ip, port, host = parse_binding_information(information)
     except ValueError as err:
-        return Binding(site=site, protocol=protocol, information=information, ssl_flags=ssl_flags, parse_error=str(err))
-    return Binding(site=site, protocol=protocol, information=information, ip=ip, port=port, host=host, ssl_flags=ssl_flags)
+        return Binding(
+            site=site, protocol=protocol, information=information, ssl_flags=ssl_flags, parse_error=str(err)
+        )
+    return Binding(
+        site=site,
+        protocol=protocol,
+        information=information,
+        ip=ip,
+        port=port,
+        host=host,
+        ssl_flags=ssl_flags,
+    )
 
 
 def same_binding(a_protocol: str, a_info: str, b_protocol: str, b_info: str) -> bool:
@@ -148,8 +162,15 @@ def _parse_tree(data: bytes, *, host: str, file: str) -> _Node:
     def on_start(tag: str, attrs: dict[str, str]) -> None:
         pos = parser.CurrentByteIndex
         tag_end = _tag_end(data, pos)
-        node = _Node(tag=tag, attrs=dict(attrs), start=pos, start_tag_end=tag_end, line=parser.CurrentLineNumber,
-                     empty=data[tag_end - 2:tag_end] == b"/>", parent=stack[-1])
+        node = _Node(
+            tag=tag,
+            attrs=dict(attrs),
+            start=pos,
+            start_tag_end=tag_end,
+            line=parser.CurrentLineNumber,
+            empty=data[tag_end - 2 : tag_end] == b"/>",
+            parent=stack[-1],
+        )
         stack[-1].children.append(node)
         stack.append(node)
 
@@ -166,8 +187,12 @@ def _parse_tree(data: bytes, *, host: str, file: str) -> _Node:
     try:
         parser.Parse(data, True)
     except xml.parsers.expat.ExpatError as err:
-        raise ConfigError(f"not well-formed XML: {xml.parsers.expat.ErrorString(err.code)} (column {err.offset + 1})",
-                          host=host, file=file, line=err.lineno) from None
+        raise ConfigError(
+            f"not well-formed XML: {xml.parsers.expat.ErrorString(err.code)} (column {err.offset + 1})",
+            host=host,
+            file=file,
+            line=err.lineno,
+        ) from None
     root.end = len(data)
     return root
 
@@ -199,9 +224,9 @@ def _remove_span(data: bytes, start: int, end: int) -> bytes:
     before, after = data[line_start:start], data[end:line_end]
     if before.strip(b" \t") == b"" and after.strip(b" \t\r") == b"" and line_start > 0:
         nl_start = line_start - 1
-        if nl_start > 0 and data[nl_start - 1:nl_start] == b"\r":
+        if nl_start > 0 and data[nl_start - 1 : nl_start] == b"\r":
             nl_start -= 1
-        cut_end = line_end - 1 if data[line_end - 1:line_end] == b"\r" and line_end > end else line_end
+        cut_end = line_end - 1 if data[line_end - 1 : line_end] == b"\r" and line_end > end else line_end
         return data[:nl_start] + data[cut_end:]
     return data[:start] + data[end:]
 
@@ -232,8 +257,15 @@ class SiteConfig:
         ftp = self.ftp
         if not ftp.present and defaults is not None and self.has_ftp:
             ftp = defaults
-        return Site(name=self.name, id=self.id, physical_path=self.physical_path, state=state, bindings=self.bindings,
-                    ftp_cert_hash=ftp.cert_hash, ftp_cert_store=ftp.store if ftp.cert_hash else None)
+        return Site(
+            name=self.name,
+            id=self.id,
+            physical_path=self.physical_path,
+            state=state,
+            bindings=self.bindings,
+            ftp_cert_hash=ftp.cert_hash,
+            ftp_cert_store=ftp.store if ftp.cert_hash else None,
+        )
 
     @property
     def has_ftp(self) -> bool:
@@ -275,7 +307,9 @@ class AppHostConfig:
 
     def _sites_node(self) -> _Node | None:
         # in applicationHost.config, or the root element of the file a configSource names
-        return self._root.path("configuration", "system.applicationHost", "sites") or self._root.child("sites")
+        return self._root.path("configuration", "system.applicationHost", "sites") or self._root.child(
+            "sites"
+        )
 
     def _site_nodes(self) -> list[_Node]:
         sites = self._sites_node()
@@ -294,7 +328,10 @@ class AppHostConfig:
         physical = ""
         for app in node.children:
             if app.tag == "application" and app.attrs.get("path", "/") == "/":
-                vdir = next((v for v in app.children if v.tag == "virtualDirectory" and v.attrs.get("path") == "/"), None)
+                vdir = next(
+                    (v for v in app.children if v.tag == "virtualDirectory" and v.attrs.get("path") == "/"),
+                    None,
+                )
                 if vdir is not None:
                     physical = vdir.attrs.get("physicalPath", "")
                 break
@@ -308,13 +345,26 @@ class AppHostConfig:
                 flags = int(flags_text)
             except ValueError:
                 flags = _flags_from_names(flags_text)
-            binding = make_binding(name, b.attrs.get("protocol", ""), b.attrs.get("bindingInformation", ""), flags)
+            binding = make_binding(
+                name, b.attrs.get("protocol", ""), b.attrs.get("bindingInformation", ""), flags
+            )
             if flags < 0:
-                binding = Binding(site=name, protocol=binding.protocol, information=binding.information,
-                                  parse_error=f"sslFlags {flags_text!r} is not a number")
+                binding = Binding(
+                    site=name,
+                    protocol=binding.protocol,
+                    information=binding.information,
+                    parse_error=f"sslFlags {flags_text!r} is not a number",
+                )
             bindings.append(binding)
-        return SiteConfig(name=name, id=site_id, server_auto_start=None if auto is None else auto.lower() == "true",
-                          physical_path=physical, bindings=tuple(bindings), ftp=_ftp_of(node), line=node.line)
+        return SiteConfig(
+            name=name,
+            id=site_id,
+            server_auto_start=None if auto is None else auto.lower() == "true",
+            physical_path=physical,
+            bindings=tuple(bindings),
+            ftp=_ftp_of(node),
+            line=node.line,
+        )
 
     def site_defaults_ftp(self) -> FtpSsl:
         sites = self._sites_node()
@@ -353,7 +403,9 @@ class AppHostConfig:
     def problems(self) -> tuple[str, ...]:
         out: list[str] = []
         if self._sites_node() is None:
-            out.append(f"{self.file}: has no <configuration><system.applicationHost><sites> section: no site is seen")
+            out.append(
+                f"{self.file}: has no <configuration><system.applicationHost><sites> section: no site is seen"
+            )
         seen_names: set[str] = set()
         for c in self.site_configs():
             where = f"{self.file}:{c.line}"
@@ -370,7 +422,9 @@ class AppHostConfig:
                     out.append(f"{where}: site {c.name!r}: {b.protocol} binding left alone: {b.parse_error}")
                 key = (b.protocol.lower(), b.information.lower())
                 if key in seen:
-                    out.append(f"{where}: site {c.name!r}: binding {b.protocol} {b.information!r} is written twice")
+                    out.append(
+                        f"{where}: site {c.name!r}: binding {b.protocol} {b.information!r} is written twice"
+                    )
                 seen.add(key)
         return tuple(out)
 
@@ -385,8 +439,9 @@ class AppHostConfig:
     def _binding(self, site: str, protocol: str, information: str) -> _Node:
         bnode = self._site(site).child("bindings")
         for b in bnode.children if bnode else []:
-            if b.tag == "binding" and same_binding(b.attrs.get("protocol", ""), b.attrs.get("bindingInformation", ""),
-                                                   protocol, information):
+            if b.tag == "binding" and same_binding(
+                b.attrs.get("protocol", ""), b.attrs.get("bindingInformation", ""), protocol, information
+            ):
                 return b
         raise EditError(f"IIS host {self.host!r}: site {site!r} has no {protocol} binding {information!r}")
 
@@ -402,12 +457,16 @@ class AppHostConfig:
     def add_binding(self, site: str, protocol: str, information: str, ssl_flags: int = 0) -> None:
         node = self._site(site)
         if self.has_binding(site, protocol, information):
-            raise EditError(f"IIS host {self.host!r}: site {site!r} already has a {protocol} binding {information!r}")
+            raise EditError(
+                f"IIS host {self.host!r}: site {site!r} already has a {protocol} binding {information!r}"
+            )
         text = f'<binding protocol="{xml_attr_escape(protocol)}" bindingInformation="{xml_attr_escape(information)}"'
         text += f' sslFlags="{ssl_flags}" />' if ssl_flags else " />"
         bindings = node.child("bindings")
         if bindings is None:
-            self._insert_child(node, [(0, "<bindings>"), (1, text), (0, "</bindings>")], after_tags=("application",))
+            self._insert_child(
+                node, [(0, "<bindings>"), (1, text), (0, "</bindings>")], after_tags=("application",)
+            )
         else:
             self._insert_child(bindings, [(0, text)])
 
@@ -433,15 +492,25 @@ class AppHostConfig:
                 return
             ftp = node.child("ftpServer")
             security = ftp.child("security") if ftp else None
-            ssl_text = (f'<ssl serverCertHash="{xml_attr_escape(cert_hash)}" '
-                        f'serverCertStoreName="{xml_attr_escape(store or _DEFAULT_FTP_STORE)}" />')
+            ssl_text = (
+                f'<ssl serverCertHash="{xml_attr_escape(cert_hash)}" '
+                f'serverCertStoreName="{xml_attr_escape(store or _DEFAULT_FTP_STORE)}" />'
+            )
             if security is not None:
                 self._insert_child(security, [(0, ssl_text)])
             elif ftp is not None:
                 self._insert_child(ftp, [(0, "<security>"), (1, ssl_text), (0, "</security>")])
             else:
-                self._insert_child(node, [(0, "<ftpServer>"), (1, "<security>"), (2, ssl_text), (1, "</security>"),
-                                          (0, "</ftpServer>")])
+                self._insert_child(
+                    node,
+                    [
+                        (0, "<ftpServer>"),
+                        (1, "<security>"),
+                        (2, ssl_text),
+                        (1, "</security>"),
+                        (0, "</ftpServer>"),
+                    ],
+                )
             return
         if ssl.attrs.get("serverCertHash") != cert_hash:
             self._set_attr(ssl, "serverCertHash", cert_hash)
@@ -457,30 +526,39 @@ class AppHostConfig:
         self._data, self._root = data, root
 
     def _set_attr(self, node: _Node, name: str, value: str | None) -> None:
-        tag = self._data[node.start:node.start_tag_end]
+        tag = self._data[node.start : node.start_tag_end]
         last_end = 1 + len(node.tag.encode())
         for m in _ATTR_RE.finditer(tag):
             last_end = m.end()
             if m.group(2).decode() == name:
                 if value is None:
-                    new_tag = tag[:m.start()] + tag[m.end():]
+                    new_tag = tag[: m.start()] + tag[m.end() :]
                 else:
                     quote = m.group(4)[:1].decode()
-                    new_tag = tag[:m.start(4)] + f"{quote}{xml_attr_escape(value, quote)}{quote}".encode() + tag[m.end(4):]
+                    new_tag = (
+                        tag[: m.start(4)]
+                        + f"{quote}{xml_attr_escape(value, quote)}{quote}".encode()
+                        + tag[m.end(4) :]
+                    )
                 break
         else:
             if value is None:
                 return
             new_tag = tag[:last_end] + f' {name}="{xml_attr_escape(value)}"'.encode() + tag[last_end:]
-        self._set(self._data[:node.start] + new_tag + self._data[node.start_tag_end:])
+        self._set(self._data[: node.start] + new_tag + self._data[node.start_tag_end :])
 
     def _guess_indent_unit(self) -> bytes:
         def walk(node: _Node) -> bytes | None:
             outer = _indent_of(self._data, node.start) if node.tag else None
             for c in node.children:
                 inner = _indent_of(self._data, c.start)
-                if outer is not None and inner is not None and len(inner) > len(outer) and inner.startswith(outer):
-                    return inner[len(outer):]
+                if (
+                    outer is not None
+                    and inner is not None
+                    and len(inner) > len(outer)
+                    and inner.startswith(outer)
+                ):
+                    return inner[len(outer) :]
                 found = walk(c)
                 if found:
                     return found
@@ -488,38 +566,52 @@ class AppHostConfig:
 
         return walk(self._root) or b"    "
 
-    def _insert_child(self, parent: _Node, lines: list[tuple[int, str]], after_tags: tuple[str, ...] = ()) -> None:
+    def _insert_child(
+        self, parent: _Node, lines: list[tuple[int, str]], after_tags: tuple[str, ...] = ()
+    ) -> None:
         """Insert a block of lines (depth, text) as the last child of ``parent`` (or after its last
         ``after_tags`` child), indented like the siblings."""
         data, nl = self._data, self._newline
         p_indent = _indent_of(data, parent.start)
-        anchor = next((c for c in reversed(parent.children) if c.tag in after_tags), None) if after_tags else None
+        anchor = (
+            next((c for c in reversed(parent.children) if c.tag in after_tags), None) if after_tags else None
+        )
         sibling = anchor or (parent.children[-1] if parent.children else None)
         c_indent = _indent_of(data, sibling.start) if sibling else None
         if c_indent is None and p_indent is not None:
             c_indent = p_indent + self._unit
         inline = p_indent is None or c_indent is None
-        block = b"".join((b"" if inline else nl + c_indent + self._unit * depth) + text.encode()  # type: ignore[operator]
-                         for depth, text in lines)
+        block = b"".join(
+            (b"" if inline else nl + c_indent + self._unit * depth) + text.encode()  # type: ignore[operator]
+            for depth, text in lines
+        )
         if anchor is not None:
-            self._set(data[:anchor.end] + block + data[anchor.end:])
+            self._set(data[: anchor.end] + block + data[anchor.end :])
         elif parent.empty:
-            tag = data[parent.start:parent.start_tag_end]
+            tag = data[parent.start : parent.start_tag_end]
             opened = tag[:-2].rstrip() + b">"
             closing = (b"" if inline else nl + p_indent) + f"</{parent.tag}>".encode()  # type: ignore[operator]
-            self._set(data[:parent.start] + opened + block + closing + data[parent.start_tag_end:])
+            self._set(data[: parent.start] + opened + block + closing + data[parent.start_tag_end :])
         else:
             at = parent.end_tag_start
-            while at > parent.start_tag_end and data[at - 1:at] in (b" ", b"\t", b"\r", b"\n"):
+            while at > parent.start_tag_end and data[at - 1 : at] in (b" ", b"\t", b"\r", b"\n"):
                 at -= 1
-            tail = data[at:parent.end_tag_start]
+            tail = data[at : parent.end_tag_start]
             if not inline and b"\n" not in tail:
                 block += nl + p_indent  # type: ignore[operator]
             self._set(data[:at] + block + data[at:])
 
 
-_FLAG_NAMES = {"none": 0, "sni": 1, "centralcertstore": 2, "disablehttp2": 4, "disableocspstp": 8,
-               "disablequic": 16, "disabletls13overtcp": 32, "disablelegacytls": 64}
+_FLAG_NAMES = {
+    "none": 0,
+    "sni": 1,
+    "centralcertstore": 2,
+    "disablehttp2": 4,
+    "disableocspstp": 8,
+    "disablequic": 16,
+    "disabletls13overtcp": 32,
+    "disablelegacytls": 64,
+}
 
 
 def _flags_from_names(text: str) -> int:

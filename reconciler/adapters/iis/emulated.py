@@ -63,7 +63,9 @@ log = structlog.get_logger()
 
 SERVER_FILE = "server.json"
 CERTSTORE_DIR = "certstore"
-_ROOT_TEMP = re.compile(r"^\.(.+\.certctl-(new|bak)|.+\.[a-z0-9_]{8}\.tmp)$")  # staged, backup, atomic_write temporaries
+_ROOT_TEMP = re.compile(
+    r"^\.(.+\.certctl-(new|bak)|.+\.[a-z0-9_]{8}\.tmp)$"
+)  # staged, backup, atomic_write temporaries
 CCS_DIR = "ccs"
 INTENT_FILE = ".certctl-commit.json"
 
@@ -81,8 +83,9 @@ def _load_pfx(data: bytes) -> tuple[x509.Certificate, bytes | None, str]:
         raise ValueError("the PFX holds no certificate")
     key = None
     if pfx.key is not None:
-        key = pfx.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+        key = pfx.key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     return holder.certificate, key, holder.friendly_name.decode() if holder.friendly_name else ""
 
 
@@ -95,7 +98,9 @@ _CONFIG_SOURCE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\.config", re.IGNORE
 
 def _running(server: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(stopped, started) site names as server.json says the running server has them."""
-    return [str(s) for s in server.get("stopped_sites", [])], [str(s) for s in server.get("started_sites", [])]
+    return [str(s) for s in server.get("stopped_sites", [])], [
+        str(s) for s in server.get("started_sites", [])
+    ]
 
 
 class EmulatedHost:
@@ -106,8 +111,14 @@ class EmulatedHost:
     ``ccs_password`` opens password-protected PFX files on the CCS share (to read their thumbprints).
     """
 
-    def __init__(self, name: str, root: Path | str, *, ccs_password: bytes | None = None,
-                 fault: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        root: Path | str,
+        *,
+        ccs_password: bytes | None = None,
+        fault: Callable[[str], None] | None = None,
+    ) -> None:
         self.name = name
         self.root = Path(root)
         self.ccs_password = ccs_password
@@ -128,18 +139,24 @@ class EmulatedHost:
             raise IisHostError(f"IIS host {self.name!r}: unreadable commit intent {path}: {err}") from None
         if not isinstance(data, list):
             return []
-        for item in data:  # a planted intent must never steer a restore or a delete outside the machine folder
+        for (
+            item
+        ) in data:  # a planted intent must never steer a restore or a delete outside the machine folder
             if not isinstance(item, dict) or not isinstance(item.get("file"), str):
-                raise IisHostError(f"IIS host {self.name!r}: commit intent {path} holds an entry without a file name")
+                raise IisHostError(
+                    f"IIS host {self.name!r}: commit intent {path} holds an entry without a file name"
+                )
             file, backup = item["file"], item.get("backup")
             try:
                 contained(self.root, file, "file")
             except UnsafePath as err:
                 raise IisHostError(f"IIS host {self.name!r}: commit intent {path}: {err}") from None
             if "/" in file or "\\" in file or backup not in (None, f".{file}.certctl-bak"):
-                raise IisHostError(f"IIS host {self.name!r}: commit intent {path} names {file!r} with backup "
-                                   f"{backup!r}; only files directly in {self.root} and their own backups are "
-                                   "restored; refused (move the file away if it was not written by certctl)")
+                raise IisHostError(
+                    f"IIS host {self.name!r}: commit intent {path} names {file!r} with backup "
+                    f"{backup!r}; only files directly in {self.root} and their own backups are "
+                    "restored; refused (move the file away if it was not written by certctl)"
+                )
         return data
 
     def _read(self, file: str, intent: list[dict[str, Any]] | None) -> bytes | None:
@@ -165,14 +182,23 @@ class EmulatedHost:
         name, line = source
 
         def fail(message: str) -> ConfigError:
-            return ConfigError(f"<sites configSource={name!r}>: {message}", host=self.name,
-                               file=str(self.root / CONFIG_FILE), line=line)
+            return ConfigError(
+                f"<sites configSource={name!r}>: {message}",
+                host=self.name,
+                file=str(self.root / CONFIG_FILE),
+                line=line,
+            )
 
         reserved = {n.lower() for n in (CONFIG_FILE, HTTPSYS_FILE, SERVER_FILE, INTENT_FILE)}
-        if (not _CONFIG_SOURCE_RE.fullmatch(name) or name.lower() in reserved
-                or (self.root / name).resolve().parent != self.root.resolve()):
-            raise fail("certctl follows configSource only to a .config file in the configuration folder itself; "
-                       "the sites cannot be read")
+        if (
+            not _CONFIG_SOURCE_RE.fullmatch(name)
+            or name.lower() in reserved
+            or (self.root / name).resolve().parent != self.root.resolve()
+        ):
+            raise fail(
+                "certctl follows configSource only to a .config file in the configuration folder itself; "
+                "the sites cannot be read"
+            )
         data = self._read(name, intent)
         if data is None:
             raise fail(f"{self.root / name} does not exist; the sites cannot be read")
@@ -184,7 +210,9 @@ class EmulatedHost:
     def _load(self) -> tuple[AppHostConfig, tuple[SslRecord, ...], dict[str, Any], bool]:
         """(the configuration that holds the sites, the HTTP.sys table, server.json, interrupted commit?)"""
         if not self.root.is_dir():
-            raise IisHostError(f"IIS host {self.name!r}: the folder {self.root} that stands for the machine does not exist")
+            raise IisHostError(
+                f"IIS host {self.name!r}: the folder {self.root} that stands for the machine does not exist"
+            )
         intent = self._intent()
         config = self._read(CONFIG_FILE, intent)
         if config is None:
@@ -200,10 +228,13 @@ class EmulatedHost:
                 server = json.loads(server_path.read_text())
             except ValueError as err:
                 raise IisHostError(f"IIS host {self.name!r}: {server_path}: not valid JSON: {err}") from None
-            if not isinstance(server, dict) or not all(isinstance(server.get(k, []), list)
-                                                       for k in ("stopped_sites", "started_sites")):
-                raise IisHostError(f"IIS host {self.name!r}: {server_path}: expected "
-                                   '{"iis_version": "10.0", "stopped_sites": [...], "started_sites": [...]}')
+            if not isinstance(server, dict) or not all(
+                isinstance(server.get(k, []), list) for k in ("stopped_sites", "started_sites")
+            ):
+                raise IisHostError(
+                    f"IIS host {self.name!r}: {server_path}: expected "
+                    '{"iis_version": "10.0", "stopped_sites": [...], "started_sites": [...]}'
+                )
         return cfg, table, server, intent is not None
 
     def observe(self) -> HostState:
@@ -214,20 +245,31 @@ class EmulatedHost:
             return HostState(name=self.name, reachable=False, problems=(str(err),))
         problems = list(cfg.problems())
         if interrupted:
-            problems.append(f"an interrupted commit was found in {self.root}; it is rolled back on the next apply")
+            problems.append(
+                f"an interrupted commit was found in {self.root}; it is rolled back on the next apply"
+            )
         stopped, started = _running(server)
         sites = cfg.sites(stopped, started)
         known = {s.name.lower() for s in sites}
-        problems += [f"{SERVER_FILE}: stopped site {s!r} is not configured" for s in stopped if s.lower() not in known]
-        problems += [f"{SERVER_FILE}: started site {s!r} is not configured" for s in started if s.lower() not in known]
+        problems += [
+            f"{SERVER_FILE}: stopped site {s!r} is not configured" for s in stopped if s.lower() not in known
+        ]
+        problems += [
+            f"{SERVER_FILE}: started site {s!r} is not configured" for s in started if s.lower() not in known
+        ]
         ccs_files, ccs_problems = self._ccs_files()
         return HostState(
             name=self.name,
             iis_version=str(server.get("iis_version", "10.0")),
             sites=sites,
             httpsys=tuple(r.to_entry() for r in table),
-            stores=tuple(sorted(p.name for p in self._certstore().iterdir() if p.is_dir() and not p.name.startswith(".")))
-            if self._certstore().is_dir() else (),
+            stores=tuple(
+                sorted(
+                    p.name for p in self._certstore().iterdir() if p.is_dir() and not p.name.startswith(".")
+                )
+            )
+            if self._certstore().is_dir()
+            else (),
             ccs_files=ccs_files,
             problems=tuple(problems + ccs_problems),
         )
@@ -250,7 +292,9 @@ class EmulatedHost:
                         thumbprint = cert_info(pfx.cert.certificate).thumbprint
                         break
             if not thumbprint:
-                problems.append(f"{CCS_DIR}/{path.name}: cannot be read (corrupt, or the CCS password is not known)")
+                problems.append(
+                    f"{CCS_DIR}/{path.name}: cannot be read (corrupt, or the CCS password is not known)"
+                )
             out.append((path.name, thumbprint))
         return tuple(out), problems
 
@@ -268,7 +312,9 @@ class EmulatedHost:
 
     def has_cert(self, store_name: str, thumbprint: str) -> bool:
         folder = self.store_dir(store_name)
-        return folder.is_dir() and any(p.name.upper() == f"{_norm_tp(thumbprint)}.PFX" for p in folder.iterdir())
+        return folder.is_dir() and any(
+            p.name.upper() == f"{_norm_tp(thumbprint)}.PFX" for p in folder.iterdir()
+        )
 
     def references(self, thumbprint: str) -> list[str]:
         """Where this host still uses a certificate: HTTP.sys entries and FTP settings (readable text)."""
@@ -279,7 +325,9 @@ class EmulatedHost:
 
     def apply(self, changes: Sequence[BindingChange]) -> None:
         if not self.root.is_dir():
-            raise IisHostError(f"IIS host {self.name!r}: the folder {self.root} that stands for the machine does not exist")
+            raise IisHostError(
+                f"IIS host {self.name!r}: the folder {self.root} that stands for the machine does not exist"
+            )
         self.recover()
         try:
             cfg, table, server, _ = self._load()
@@ -329,8 +377,10 @@ class EmulatedHost:
             self._fault("staged")
         except BaseException as err:
             self._discard(staged, intent, intent_path)
-            raise IisHostError(f"IIS host {self.name!r}: cannot write {self.root}: {str(err) or type(err).__name__}; "
-                               "nothing was changed") from err
+            raise IisHostError(
+                f"IIS host {self.name!r}: cannot write {self.root}: {str(err) or type(err).__name__}; "
+                "nothing was changed"
+            ) from err
         try:
             for tmp, target in staged:
                 self._fault(f"before-rename:{target.name}")
@@ -344,9 +394,12 @@ class EmulatedHost:
             except OSError as rollback_err:
                 raise IisHostError(
                     f"IIS host {self.name!r}: the commit failed ({err_text}) and could not be rolled back yet "
-                    f"({rollback_err}); the next apply rolls it back from {intent_path}") from err
+                    f"({rollback_err}); the next apply rolls it back from {intent_path}"
+                ) from err
             self._discard(staged, intent, intent_path)
-            raise IisHostError(f"IIS host {self.name!r}: the commit failed and was rolled back: {err_text}") from err
+            raise IisHostError(
+                f"IIS host {self.name!r}: the commit failed and was rolled back: {err_text}"
+            ) from err
         self._discard(staged, intent, intent_path)
 
     def _rollback(self, intent: list[dict[str, Any]]) -> None:
@@ -366,7 +419,9 @@ class EmulatedHost:
                     target.unlink()
         fsync_dir(self.root)
 
-    def _discard(self, staged: list[tuple[Path, Path]], intent: list[dict[str, Any]], intent_path: Path) -> None:
+    def _discard(
+        self, staged: list[tuple[Path, Path]], intent: list[dict[str, Any]], intent_path: Path
+    ) -> None:
         for tmp, _target in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
@@ -385,7 +440,9 @@ class EmulatedHost:
             return False
         log.warning("iis.commit_rolled_back", host=self.name, files=[i.get("file") for i in intent])
         self._rollback(intent)
-        staged = [(self.root / f".{i['file']}.certctl-new", self.root / i["file"]) for i in intent if "file" in i]
+        staged = [
+            (self.root / f".{i['file']}.certctl-new", self.root / i["file"]) for i in intent if "file" in i
+        ]
         self._discard(staged, [], self.root / INTENT_FILE)
         return True
 
@@ -456,8 +513,11 @@ class EmulatedStore:
 
     def observe(self) -> StoreState:
         if not self.host.root.is_dir():
-            return StoreState(name=self.name, reachable=False,
-                              problems=(f"IIS host {self.host.name!r}: the folder {self.host.root} does not exist",))
+            return StoreState(
+                name=self.name,
+                reachable=False,
+                problems=(f"IIS host {self.host.name!r}: the folder {self.host.root} does not exist",),
+            )
         folder = self.host.store_dir(self.store_name)
         if not folder.is_dir():
             return StoreState(name=self.name)
@@ -477,10 +537,19 @@ class EmulatedStore:
             meta = self._meta(pfx_path.with_suffix(".json"), problems)
             friendly = str(meta.get("friendly_name") or pfx_name or "")
             installed = meta.get("installed_at")
-            certs.append(StoredCert(
-                store=self.name, info=info, ref=info.thumbprint, managed_by=managed_by(friendly),
-                installed_at=datetime.fromisoformat(installed).astimezone(UTC) if isinstance(installed, str) else None,
-                has_key=key_pem is not None, friendly_name=friendly))
+            certs.append(
+                StoredCert(
+                    store=self.name,
+                    info=info,
+                    ref=info.thumbprint,
+                    managed_by=managed_by(friendly),
+                    installed_at=datetime.fromisoformat(installed).astimezone(UTC)
+                    if isinstance(installed, str)
+                    else None,
+                    has_key=key_pem is not None,
+                    friendly_name=friendly,
+                )
+            )
         return StoreState(name=self.name, certs=tuple(certs), problems=tuple(problems))
 
     @staticmethod
@@ -501,20 +570,34 @@ class EmulatedStore:
         tp = info.thumbprint
         friendly = friendly_name(certificate, info)
         pfx_path, json_path = self._paths(tp)
-        meta = {"thumbprint": tp, "friendly_name": friendly, "subject": info.subject, "not_after": info.not_after.isoformat(),
-                "installed_at": at.astimezone(UTC).isoformat(), "key_storage": "MachineKeySet,PersistKeySet",
-                "exportable": False}
+        meta = {
+            "thumbprint": tp,
+            "friendly_name": friendly,
+            "subject": info.subject,
+            "not_after": info.not_after.isoformat(),
+            "installed_at": at.astimezone(UTC).isoformat(),
+            "key_storage": "MachineKeySet,PersistKeySet",
+            "exportable": False,
+        }
         try:
             atomic_write(json_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
-            atomic_write(pfx_path, to_pfx(material.cert_pem, b"", material.key_pem, None, friendly), mode=0o600)
+            atomic_write(
+                pfx_path, to_pfx(material.cert_pem, b"", material.key_pem, None, friendly), mode=0o600
+            )
             for ca_pem in split_pem_chain(material.chain_pem):
                 self._install_ca(ca_pem)
         except (OSError, ValueError) as err:
-            raise StoreError(f"IIS host {self.host.name!r}: cannot install {tp} into {self.store_name}: {err}") from err
+            raise StoreError(
+                f"IIS host {self.host.name!r}: cannot install {tp} into {self.store_name}: {err}"
+            ) from err
         # reopen and check the private key is there
         try:
             cert_pem, _, key_pem, _ = from_pfx(pfx_path.read_bytes(), None)
-            ok = key_pem is not None and key_matches(cert_pem, key_pem) and info_from_pem(cert_pem).thumbprint == tp
+            ok = (
+                key_pem is not None
+                and key_matches(cert_pem, key_pem)
+                and info_from_pem(cert_pem).thumbprint == tp
+            )
         except (OSError, ValueError) as err:
             ok, key_pem = False, None
             log.warning("iis.store.reopen_failed", host=self.host.name, store=self.store_name, error=str(err))
@@ -522,11 +605,26 @@ class EmulatedStore:
             for p in (pfx_path, json_path):
                 with contextlib.suppress(OSError):
                     p.unlink()
-            raise StoreError(f"IIS host {self.host.name!r}: {tp} was imported into {self.store_name} "
-                             "but its private key is not there; the import was undone")
-        log.info("iis.store.installed", host=self.host.name, store=self.store_name, thumbprint=tp, certificate=certificate)
-        return StoredCert(store=self.name, info=info, ref=tp, managed_by=certificate, installed_at=at,
-                          has_key=True, friendly_name=friendly)
+            raise StoreError(
+                f"IIS host {self.host.name!r}: {tp} was imported into {self.store_name} "
+                "but its private key is not there; the import was undone"
+            )
+        log.info(
+            "iis.store.installed",
+            host=self.host.name,
+            store=self.store_name,
+            thumbprint=tp,
+            certificate=certificate,
+        )
+        return StoredCert(
+            store=self.name,
+            info=info,
+            ref=tp,
+            managed_by=certificate,
+            installed_at=at,
+            has_key=True,
+            friendly_name=friendly,
+        )
 
     def _install_ca(self, ca_pem: bytes) -> None:
         cert = x509.load_pem_x509_certificate(ca_pem)
@@ -534,10 +632,17 @@ class EmulatedStore:
         folder = self.host.store_dir("CA")
         if self.host.has_cert("CA", info.thumbprint):
             return
-        atomic_write(folder / f"{info.thumbprint}.json",
-                     json.dumps({"thumbprint": info.thumbprint, "friendly_name": "", "subject": info.subject}, indent=2) + "\n")
-        atomic_write(folder / f"{info.thumbprint}.pfx",
-                     pkcs12.serialize_key_and_certificates(None, None, cert, None, serialization.NoEncryption()))
+        atomic_write(
+            folder / f"{info.thumbprint}.json",
+            json.dumps(
+                {"thumbprint": info.thumbprint, "friendly_name": "", "subject": info.subject}, indent=2
+            )
+            + "\n",
+        )
+        atomic_write(
+            folder / f"{info.thumbprint}.pfx",
+            pkcs12.serialize_key_and_certificates(None, None, cert, None, serialization.NoEncryption()),
+        )
 
     def remove(self, ref: str) -> None:
         """Delete a certificate certctl installed, and only when this host no longer uses it."""
@@ -549,18 +654,24 @@ class EmulatedStore:
         problems: list[str] = []
         meta = self._meta(json_path, problems)
         if managed_by(str(meta.get("friendly_name", ""))) is None:
-            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} was not installed by certctl; "
-                             "it is never removed")
+            raise StoreError(
+                f"IIS host {self.host.name!r}: {tp} in {self.store_name} was not installed by certctl; "
+                "it is never removed"
+            )
         used = self.host.references(tp)
         if used:
-            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} is still used by "
-                             f"{', '.join(used)}; it was not removed")
+            raise StoreError(
+                f"IIS host {self.host.name!r}: {tp} in {self.store_name} is still used by "
+                f"{', '.join(used)}; it was not removed"
+            )
         try:
             pfx_path.unlink()
             with contextlib.suppress(FileNotFoundError):
                 json_path.unlink()
         except OSError as err:
-            raise StoreError(f"IIS host {self.host.name!r}: cannot remove {tp} from {self.store_name}: {err}") from err
+            raise StoreError(
+                f"IIS host {self.host.name!r}: cannot remove {tp} from {self.store_name}: {err}"
+            ) from err
         log.info("iis.store.removed", host=self.host.name, store=self.store_name, thumbprint=tp)
 
     def read(self, ref: str) -> Material | None:

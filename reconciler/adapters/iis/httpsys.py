@@ -46,8 +46,14 @@ class SslRecord:
     flags: Mapping[str, Any] = field(default_factory=dict)
 
     def to_entry(self) -> HttpSysEntry:
-        return HttpSysEntry(kind=self.kind, key=self.key, certhash=self.certhash, certstorename=self.certstorename,
-                            appid=self.appid, settings=self.kept_settings())
+        return HttpSysEntry(
+            kind=self.kind,
+            key=self.key,
+            certhash=self.certhash,
+            certstorename=self.certstorename,
+            appid=self.appid,
+            settings=self.kept_settings(),
+        )
 
     def kept_settings(self) -> tuple[tuple[str, str], ...]:
         """The entry's own settings that differ from their defaults and that IIS does not re-create when it
@@ -68,8 +74,14 @@ class SslRecord:
         return self.appid.lower() == IIS_APPID.lower()
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "key": self.key, "certhash": self.certhash, "certstorename": self.certstorename,
-                "appid": self.appid, "flags": dict(self.flags)}
+        return {
+            "kind": self.kind,
+            "key": self.key,
+            "certhash": self.certhash,
+            "certstorename": self.certstorename,
+            "appid": self.appid,
+            "flags": dict(self.flags),
+        }
 
 
 def _flag(flags: Mapping[str, Any], label: str) -> str | None:
@@ -82,7 +94,10 @@ def _flag(flags: Mapping[str, Any], label: str) -> str | None:
 # and OCSP lines are not among them: IIS derives those from the binding's sslFlags, which a rebind keeps.
 KEPT_SETTINGS: dict[str, tuple[str, str]] = {
     "Verify Client Certificate Revocation": ("Enabled", "verifyclientcertrevocation"),
-    "Verify Revocation Using Cached Client Certificate Only": ("Disabled", "verifyrevocationwithcachedclientcertonly"),
+    "Verify Revocation Using Cached Client Certificate Only": (
+        "Disabled",
+        "verifyrevocationwithcachedclientcertonly",
+    ),
     "Usage Check": ("Enabled", "usagecheck"),
     "Revocation Freshness Time": ("0", "revocationfreshnesstime"),
     "URL Retrieval Timeout": ("0", "urlretrievaltimeout"),
@@ -139,7 +154,9 @@ def _record_from_json(item: Any, index: int, host: str) -> SslRecord:
         raise HttpSysError(f"entry {index}: key is missing", host=host)
     certhash = item.get("certhash")
     if certhash is not None and (not isinstance(certhash, str) or not _HEX40.match(certhash)):
-        raise HttpSysError(f"entry {index} ({kind} {key}): certhash {certhash!r} is not 40 hex digits", host=host)
+        raise HttpSysError(
+            f"entry {index} ({kind} {key}): certhash {certhash!r} is not 40 hex digits", host=host
+        )
     store = item.get("certstorename")
     appid = item.get("appid")
     if not isinstance(appid, str):
@@ -147,7 +164,9 @@ def _record_from_json(item: Any, index: int, host: str) -> SslRecord:
     flags = item.get("flags") or {}
     if not isinstance(flags, dict):
         raise HttpSysError(f"entry {index} ({kind} {key}): flags is not an object", host=host)
-    return SslRecord(kind=kind, key=key, certhash=normalize_hash(certhash), certstorename=store, appid=appid, flags=flags)
+    return SslRecord(
+        kind=kind, key=key, certhash=normalize_hash(certhash), certstorename=store, appid=appid, flags=flags
+    )
 
 
 def load_json(text: str | bytes, *, host: str = "") -> tuple[SslRecord, ...]:
@@ -247,8 +266,9 @@ def _port_ok(text: str) -> bool:
     return bool(_PORT.match(text)) and 0 < int(text) < 65536
 
 
-def _check_record(kind: str, key: str, certhash: str | None, has_hash_line: bool, appid: str | None,
-                  where: str) -> tuple[str | None, str | None]:
+def _check_record(
+    kind: str, key: str, certhash: str | None, has_hash_line: bool, appid: str | None, where: str
+) -> tuple[str | None, str | None]:
     """(problem, certhash) for one entry read from Windows output."""
     name = f"{kind}={key}"
     if kind == "ccs":
@@ -281,14 +301,27 @@ def read_netsh(text: str) -> tuple[tuple[SslRecord, ...], tuple[str, ...]]:
     def close() -> None:
         if current is None:
             return
-        problem, certhash = _check_record(current["kind"], current["key"], current.get("certhash"),
-                                          "certhash" in current, current.get("appid"), where)
+        problem, certhash = _check_record(
+            current["kind"],
+            current["key"],
+            current.get("certhash"),
+            "certhash" in current,
+            current.get("appid"),
+            where,
+        )
         if problem:
             problems.append(problem)
             return
-        records.append(SslRecord(kind=current["kind"], key=current["key"], certhash=certhash,
-                                 certstorename=current.get("certstorename"), appid=current["appid"],
-                                 flags=current["flags"]))
+        records.append(
+            SslRecord(
+                kind=current["kind"],
+                key=current["key"],
+                certhash=certhash,
+                certstorename=current.get("certstorename"),
+                appid=current["appid"],
+                flags=current["flags"],
+            )
+        )
 
     for raw in text.splitlines():
         line = _clean_line(raw)
@@ -317,8 +350,10 @@ def read_netsh(text: str) -> tuple[tuple[SslRecord, ...], tuple[str, ...]]:
     close()
     if text.strip() and not titled and not records and not problems:
         first = next((_clean_line(x) for x in text.splitlines() if x.strip()), "")
-        problems.append(f"{where}: printed text certctl cannot read (another display language or layout?), "
-                        f"starting {first[:80]!r}; its HTTP.sys entries are unknown")
+        problems.append(
+            f"{where}: printed text certctl cannot read (another display language or layout?), "
+            f"starting {first[:80]!r}; its HTTP.sys entries are unknown"
+        )
     return tuple(records), tuple(problems)
 
 
@@ -333,7 +368,11 @@ REGISTRY_KEY = "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\HTTP\\P
 _REG_KINDS = {"sslbindinginfo": "ipport", "sslsnibindinginfo": "hostnameport", "sslccsbindinginfo": "ccs"}
 _REG_VALUE = re.compile(r'^(?:"(?P<name>(?:[^"\\]|\\.)*)"|@)=(?P<data>.*)$')
 # DefaultFlags bits (HTTP_SERVICE_CONFIG_SSL_FLAG_*) and DefaultSslCertCheckMode bits, as netsh labels
-_REG_FLAG_BITS = ((0x1, "DS Mapper Usage"), (0x2, "Negotiate Client Certificate"), (0x8, "Reject Connections"))
+_REG_FLAG_BITS = (
+    (0x1, "DS Mapper Usage"),
+    (0x2, "Negotiate Client Certificate"),
+    (0x8, "Reject Connections"),
+)
 
 
 def _reg_data(data: str) -> str | int | bytes | None:
@@ -357,7 +396,9 @@ def _reg_data(data: str) -> str | int | bytes | None:
     return None
 
 
-def _reg_record(kind: str, name: str, values: Mapping[str, Any], where: str) -> tuple[SslRecord | None, str | None]:
+def _reg_record(
+    kind: str, name: str, values: Mapping[str, Any], where: str
+) -> tuple[SslRecord | None, str | None]:
     key = name
     if kind == "ccs":
         key = name.rsplit(":", 1)[-1]
@@ -373,20 +414,29 @@ def _reg_record(kind: str, name: str, values: Mapping[str, Any], where: str) -> 
         appid = "{" + str(uuid.UUID(bytes_le=appid_raw)) + "}"
     elif isinstance(appid_raw, str) and appid_raw.strip():
         appid = appid_raw.strip()
-    problem, certhash = _check_record(kind, key, certhash, raw_hash is not None and kind != "ccs", appid, where)
+    problem, certhash = _check_record(
+        kind, key, certhash, raw_hash is not None and kind != "ccs", appid, where
+    )
     if problem:
         return None, problem
     flags: dict[str, str] = {}
     mode = values.get("defaultsslcertcheckmode")
     if isinstance(mode, int):
         flags["Verify Client Certificate Revocation"] = "Disabled" if mode & 0x1 else "Enabled"
-        flags["Verify Revocation Using Cached Client Certificate Only"] = "Enabled" if mode & 0x2 else "Disabled"
+        flags["Verify Revocation Using Cached Client Certificate Only"] = (
+            "Enabled" if mode & 0x2 else "Disabled"
+        )
         flags["Usage Check"] = "Disabled" if mode & 0x10000 else "Enabled"
-    for value_name, label in (("defaultsslrevocationfreshnesstime", "Revocation Freshness Time"),
-                              ("defaultsslrevocationurlretrievaltimeout", "URL Retrieval Timeout")):
+    for value_name, label in (
+        ("defaultsslrevocationfreshnesstime", "Revocation Freshness Time"),
+        ("defaultsslrevocationurlretrievaltimeout", "URL Retrieval Timeout"),
+    ):
         if isinstance(values.get(value_name), int):
             flags[label] = str(values[value_name])
-    for value_name, label in (("defaultsslctlidentifier", "Ctl Identifier"), ("defaultsslctlstorename", "Ctl Store Name")):
+    for value_name, label in (
+        ("defaultsslctlidentifier", "Ctl Identifier"),
+        ("defaultsslctlstorename", "Ctl Store Name"),
+    ):
         if isinstance(values.get(value_name), str) and values[value_name]:
             flags[label] = str(values[value_name])
     bits = values.get("defaultflags")
@@ -394,9 +444,14 @@ def _reg_record(kind: str, name: str, values: Mapping[str, Any], where: str) -> 
         for bit, label in _REG_FLAG_BITS:
             flags[label] = "Enabled" if bits & bit else "Disabled"
     store = values.get("sslcertstorename")
-    return SslRecord(kind=kind, key=key, certhash=certhash if kind != "ccs" else None,
-                     certstorename=store if isinstance(store, str) and store else None, appid=appid or "",
-                     flags=flags), None
+    return SslRecord(
+        kind=kind,
+        key=key,
+        certhash=certhash if kind != "ccs" else None,
+        certstorename=store if isinstance(store, str) and store else None,
+        appid=appid or "",
+        flags=flags,
+    ), None
 
 
 def read_registry_export(text: str) -> tuple[tuple[SslRecord, ...], tuple[str, ...]]:
@@ -443,6 +498,8 @@ def read_registry_export(text: str) -> tuple[tuple[SslRecord, ...], tuple[str, .
         elif record is not None:
             records.append(record)
     if text.strip() and not headed and not blocks and not problems:
-        problems.append(f"{where}: text certctl cannot read (not a reg export of {REGISTRY_KEY}); "
-                        "its HTTP.sys entries are unknown")
+        problems.append(
+            f"{where}: text certctl cannot read (not a reg export of {REGISTRY_KEY}); "
+            "its HTTP.sys entries are unknown"
+        )
     return tuple(records), tuple(problems)

@@ -81,14 +81,18 @@ def render_script(name: str, data: Mapping[str, Any]) -> str:
     template = load_script(name)
     if template.count(PLACEHOLDER) != 1:
         raise ValueError(f"{name} must hold {PLACEHOLDER} exactly once")
-    return template.replace(PLACEHOLDER, ps_quote(json.dumps(data, ensure_ascii=False, separators=(",", ":"))))
+    return template.replace(
+        PLACEHOLDER, ps_quote(json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+    )
 
 
 def stdin_payload(script: str) -> str:
     """What the default runner writes to ``powershell.exe -Command -``: one line running the whole script."""
     encoded = base64.b64encode(script.encode("utf-8")).decode("ascii")
-    return ("& ([scriptblock]::Create([System.Text.Encoding]::UTF8.GetString("
-            f"[System.Convert]::FromBase64String('{encoded}'))))\n")
+    return (
+        "& ([scriptblock]::Create([System.Text.Encoding]::UTF8.GetString("
+        f"[System.Convert]::FromBase64String('{encoded}'))))\n"
+    )
 
 
 @dataclass
@@ -103,13 +107,23 @@ class PowerShellRunner:
 
     def __call__(self, script: str, env: Mapping[str, str]) -> str:
         try:
-            proc = subprocess.run(self.argv(), input=stdin_payload(script), capture_output=True, text=True,
-                                  encoding="utf-8", errors="replace", env={**os.environ, **env},
-                                  timeout=self.timeout, check=False)
+            proc = subprocess.run(
+                self.argv(),
+                input=stdin_payload(script),
+                capture_output=True,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                env={**os.environ, **env},
+                timeout=self.timeout,
+                check=False,
+            )
         except (OSError, subprocess.TimeoutExpired) as err:
             raise WindowsHostError(f"cannot run {self.executable}: {err}") from err
         if proc.returncode != 0 and BEGIN not in proc.stdout:
-            raise WindowsHostError(f"PowerShell failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            raise WindowsHostError(
+                f"PowerShell failed (exit {proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+            )
         return proc.stdout
 
 
@@ -120,11 +134,13 @@ def extract_json(stdout: str) -> Any:
     end = text.find(END, start + len(BEGIN)) if start >= 0 else -1
     if start < 0 or end < 0:
         raise WindowsHostError(f"PowerShell printed no result: {text.strip()[:500]!r}")
-    body = text[start + len(BEGIN):end].strip()
+    body = text[start + len(BEGIN) : end].strip()
     try:
         return json.loads(body)
     except ValueError as err:
-        raise WindowsHostError(f"PowerShell printed a result that is not JSON ({err}): {body[:200]!r}") from None
+        raise WindowsHostError(
+            f"PowerShell printed a result that is not JSON ({err}): {body[:200]!r}"
+        ) from None
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -167,8 +183,12 @@ def parse_read_output(host: str, stdout: str) -> Snapshot:
     sites: list[Site] = []
     for raw in _as_list(data.get("sites")):
         name = str(raw.get("name", ""))
-        bindings = tuple(make_binding(name, str(b.get("protocol", "")), str(b.get("information", "")),
-                                      int(b.get("ssl_flags") or 0)) for b in _as_list(raw.get("bindings")))
+        bindings = tuple(
+            make_binding(
+                name, str(b.get("protocol", "")), str(b.get("information", "")), int(b.get("ssl_flags") or 0)
+            )
+            for b in _as_list(raw.get("bindings"))
+        )
         for b in bindings:
             if b.parse_error:
                 problems.append(f"site {name!r}: {b.protocol} binding left alone: {b.parse_error}")
@@ -181,8 +201,17 @@ def parse_read_output(host: str, stdout: str) -> Snapshot:
         ftp_store = (ftp.get("store") or "MY") if ftp and ftp_hash else None
         if ftp_hash is None and default_hash and any(b.protocol.lower() == "ftp" for b in bindings):
             ftp_hash, ftp_store = default_hash, default_store
-        sites.append(Site(name=name, id=int(raw.get("id") or 0), physical_path=str(raw.get("physical_path") or ""),
-                          state=state, bindings=bindings, ftp_cert_hash=ftp_hash, ftp_cert_store=ftp_store))
+        sites.append(
+            Site(
+                name=name,
+                id=int(raw.get("id") or 0),
+                physical_path=str(raw.get("physical_path") or ""),
+                state=state,
+                bindings=bindings,
+                ftp_cert_hash=ftp_hash,
+                ftp_cert_store=ftp_store,
+            )
+        )
     table, blocking = read_httpsys(data)
     problems += blocking
     certs: dict[str, tuple[WindowsCert, ...]] = {}
@@ -193,10 +222,17 @@ def parse_read_output(host: str, stdout: str) -> Snapshot:
             try:
                 info = cert_info(x509.load_der_x509_certificate(base64.b64decode(c.get("raw") or "")))
             except ValueError as err:
-                problems.append(f"store {store.get('name')}: certificate {c.get('thumbprint')} cannot be decoded: {err}")
-            items.append(WindowsCert(thumbprint=str(c.get("thumbprint", "")).upper(),
-                                     friendly_name=str(c.get("friendly_name") or ""),
-                                     has_private_key=bool(c.get("has_private_key")), info=info))
+                problems.append(
+                    f"store {store.get('name')}: certificate {c.get('thumbprint')} cannot be decoded: {err}"
+                )
+            items.append(
+                WindowsCert(
+                    thumbprint=str(c.get("thumbprint", "")).upper(),
+                    friendly_name=str(c.get("friendly_name") or ""),
+                    has_private_key=bool(c.get("has_private_key")),
+                    info=info,
+                )
+            )
         certs[str(store.get("name", "")).lower()] = tuple(items)
     ccs_files: list[tuple[str, str]] = []
     ccs = data.get("ccs")
@@ -204,12 +240,20 @@ def parse_read_output(host: str, stdout: str) -> Snapshot:
         for f in _as_list(ccs.get("files")):
             tp = str(f.get("thumbprint") or "").upper()
             if not tp:
-                problems.append(f"CCS file {f.get('name')} cannot be read (corrupt, or the CCS password is not known)")
+                problems.append(
+                    f"CCS file {f.get('name')} cannot be read (corrupt, or the CCS password is not known)"
+                )
             ccs_files.append((str(f.get("name", "")), tp))
-    host_state = HostState(name=host, iis_version=str(data.get("iis_version") or "unknown"), sites=tuple(sites),
-                      httpsys=tuple(r.to_entry() for r in table),
-                      stores=tuple(sorted(str(s.get("name")) for s in _as_list(data.get("stores")))),
-                      ccs_files=tuple(ccs_files), problems=tuple(problems), blocking=blocking)
+    host_state = HostState(
+        name=host,
+        iis_version=str(data.get("iis_version") or "unknown"),
+        sites=tuple(sites),
+        httpsys=tuple(r.to_entry() for r in table),
+        stores=tuple(sorted(str(s.get("name")) for s in _as_list(data.get("stores")))),
+        ccs_files=tuple(ccs_files),
+        problems=tuple(problems),
+        blocking=blocking,
+    )
     return Snapshot(host=host_state, table=table, certs=certs, site_defaults_ftp=default_hash)
 
 
@@ -228,12 +272,22 @@ def read_httpsys(data: Mapping[str, Any]) -> tuple[tuple[SslRecord, ...], tuple[
 class WindowsHost:
     """A BindingHost for the Windows machine certctl runs on."""
 
-    def __init__(self, name: str, *, runner: Runner | None = None, stores: Sequence[str] = ("My", "WebHosting"),
-                 ccs_password: str | None = None, commit_attempts: int = 4, backoff_ms: int = 500,
-                 computer_name: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        runner: Runner | None = None,
+        stores: Sequence[str] = ("My", "WebHosting"),
+        ccs_password: str | None = None,
+        commit_attempts: int = 4,
+        backoff_ms: int = 500,
+        computer_name: str | None = None,
+    ) -> None:
         if computer_name:
-            raise ValueError(f"IIS host {name!r}: managing a remote machine ({computer_name}) is not supported yet; "
-                             "run certctl on the server itself")
+            raise ValueError(
+                f"IIS host {name!r}: managing a remote machine ({computer_name}) is not supported yet; "
+                "run certctl on the server itself"
+            )
         self.name = name
         self.runner: Runner = runner or PowerShellRunner()
         self.stores = tuple(stores)
@@ -266,12 +320,28 @@ class WindowsHost:
             return HostState(name=self.name, reachable=False, problems=(f"IIS host {self.name!r}: {err}",))
 
     def apply_script(self, steps: Sequence[Step]) -> str:
-        return render_script("apply.ps1", {
-            "steps": [{"op": s.op, "site": s.site, "protocol": s.protocol, "information": s.information,
-                       "ssl_flags": s.ssl_flags, "thumbprint": s.thumbprint, "store": s.store,
-                       "config_only": s.config_only, "entry": s.entry,
-                       "netsh": netsh_settings_args(s.settings)} for s in steps],
-            "attempts": self.commit_attempts, "backoff_ms": self.backoff_ms})
+        return render_script(
+            "apply.ps1",
+            {
+                "steps": [
+                    {
+                        "op": s.op,
+                        "site": s.site,
+                        "protocol": s.protocol,
+                        "information": s.information,
+                        "ssl_flags": s.ssl_flags,
+                        "thumbprint": s.thumbprint,
+                        "store": s.store,
+                        "config_only": s.config_only,
+                        "entry": s.entry,
+                        "netsh": netsh_settings_args(s.settings),
+                    }
+                    for s in steps
+                ],
+                "attempts": self.commit_attempts,
+                "backoff_ms": self.backoff_ms,
+            },
+        )
 
     def apply(self, changes: Sequence[BindingChange]) -> None:
         if not changes:
@@ -287,9 +357,11 @@ class WindowsHost:
             raise WindowsHostError(f"IIS host {self.name!r}: the commit did not report success: {result!r}")
         failed = [str(f) for f in _as_list(result.get("settings_failed"))]
         if failed:
-            raise WindowsHostError(f"IIS host {self.name!r}: the bindings were committed, but the HTTP.sys settings "
-                                   f"could not be re-applied to {'; '.join(failed)}; re-apply them with "
-                                   "`netsh http update sslcert` (the plan listed them)")
+            raise WindowsHostError(
+                f"IIS host {self.name!r}: the bindings were committed, but the HTTP.sys settings "
+                f"could not be re-applied to {'; '.join(failed)}; re-apply them with "
+                "`netsh http update sslcert` (the plan listed them)"
+            )
         log.info("iis.committed", host=self.name, changes=len(changes), attempts=result.get("attempts"))
 
     def store(self, store_name: str, *, name: str | None = None) -> WindowsStore:
@@ -309,13 +381,27 @@ class WindowsStore:
         try:
             snap = self.host.read()
         except WindowsHostError as err:
-            return StoreState(name=self.name, reachable=False, problems=(f"IIS host {self.host.name!r}: {err}",))
+            return StoreState(
+                name=self.name, reachable=False, problems=(f"IIS host {self.host.name!r}: {err}",)
+            )
         found = snap.certs.get(self.store_name.lower(), ())
         certs = tuple(
-            StoredCert(store=self.name, info=c.info, ref=c.thumbprint, managed_by=managed_by(c.friendly_name),
-                       has_key=c.has_private_key, friendly_name=c.friendly_name)
-            for c in found if c.info is not None)
-        problems = tuple(f"{self.store_name}: certificate {c.thumbprint} cannot be decoded" for c in found if c.info is None)
+            StoredCert(
+                store=self.name,
+                info=c.info,
+                ref=c.thumbprint,
+                managed_by=managed_by(c.friendly_name),
+                has_key=c.has_private_key,
+                friendly_name=c.friendly_name,
+            )
+            for c in found
+            if c.info is not None
+        )
+        problems = tuple(
+            f"{self.store_name}: certificate {c.thumbprint} cannot be decoded"
+            for c in found
+            if c.info is None
+        )
         return StoreState(name=self.name, certs=certs, problems=problems)
 
     def install_script(self, certificate: str, material: Material) -> tuple[str, dict[str, str]]:
@@ -323,10 +409,18 @@ class WindowsStore:
         info = info_from_pem(material.cert_pem)
         password = secrets.token_urlsafe(24)
         # 3DES: Import-PfxCertificate before Windows Server 2019 cannot read AES-256 PKCS#12
-        pfx = to_pfx(material.cert_pem, material.chain_pem, material.key_pem, password.encode(), None, legacy=True)
-        script = render_script("store_install.ps1", {
-            "store": self.store_name, "thumbprint": info.thumbprint, "friendly_name": friendly_name(certificate, info),
-            "pfx": base64.b64encode(pfx).decode("ascii")})
+        pfx = to_pfx(
+            material.cert_pem, material.chain_pem, material.key_pem, password.encode(), None, legacy=True
+        )
+        script = render_script(
+            "store_install.ps1",
+            {
+                "store": self.store_name,
+                "thumbprint": info.thumbprint,
+                "friendly_name": friendly_name(certificate, info),
+                "pfx": base64.b64encode(pfx).decode("ascii"),
+            },
+        )
         return script, {"CERTCTL_PFX_PASSWORD": password}
 
     def install(self, certificate: str, material: Material, at: datetime) -> StoredCert:
@@ -335,12 +429,26 @@ class WindowsStore:
         info = info_from_pem(material.cert_pem)
         if not isinstance(result, dict) or result.get("ok") is not True:
             reason = result.get("reason") if isinstance(result, dict) else result
-            raise StoreError(f"IIS host {self.host.name!r}: importing {info.thumbprint} into {self.store_name} "
-                             f"failed: {reason}")
-        log.info("iis.store.installed", host=self.host.name, store=self.store_name, thumbprint=info.thumbprint,
-                 certificate=certificate)
-        return StoredCert(store=self.name, info=info, ref=info.thumbprint, managed_by=certificate,
-                          installed_at=at.astimezone(UTC), has_key=True, friendly_name=friendly_name(certificate, info))
+            raise StoreError(
+                f"IIS host {self.host.name!r}: importing {info.thumbprint} into {self.store_name} "
+                f"failed: {reason}"
+            )
+        log.info(
+            "iis.store.installed",
+            host=self.host.name,
+            store=self.store_name,
+            thumbprint=info.thumbprint,
+            certificate=certificate,
+        )
+        return StoredCert(
+            store=self.name,
+            info=info,
+            ref=info.thumbprint,
+            managed_by=certificate,
+            installed_at=at.astimezone(UTC),
+            has_key=True,
+            friendly_name=friendly_name(certificate, info),
+        )
 
     def remove(self, ref: str) -> None:
         tp = ref.strip().upper()
@@ -348,15 +456,23 @@ class WindowsStore:
             raise StoreError(f"{ref!r} is not a certificate thumbprint")
         snap = self.host.read()
         if snap.host.blocking:
-            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} was not removed: certctl cannot "
-                             f"tell whether it is still bound ({'; '.join(snap.host.blocking)})")
+            raise StoreError(
+                f"IIS host {self.host.name!r}: {tp} in {self.store_name} was not removed: certctl cannot "
+                f"tell whether it is still bound ({'; '.join(snap.host.blocking)})"
+            )
         used = thumbprint_users(tp, snap.table, snap.host.sites, snap.site_defaults_ftp)
         if used:
-            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name} is still used by "
-                             f"{', '.join(used)}; it was not removed")
-        result = self.host._run(render_script("store_remove.ps1", {"store": self.store_name, "thumbprint": tp}))
+            raise StoreError(
+                f"IIS host {self.host.name!r}: {tp} in {self.store_name} is still used by "
+                f"{', '.join(used)}; it was not removed"
+            )
+        result = self.host._run(
+            render_script("store_remove.ps1", {"store": self.store_name, "thumbprint": tp})
+        )
         if isinstance(result, dict) and result.get("reason"):
-            raise StoreError(f"IIS host {self.host.name!r}: {tp} in {self.store_name}: {result['reason']}; not removed")
+            raise StoreError(
+                f"IIS host {self.host.name!r}: {tp} in {self.store_name}: {result['reason']}; not removed"
+            )
         log.info("iis.store.removed", host=self.host.name, store=self.store_name, thumbprint=tp)
 
     def read(self, ref: str) -> Material | None:

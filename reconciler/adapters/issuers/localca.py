@@ -35,8 +35,15 @@ class LocalCAIssuer:
     """Signs leaf certificates with a CA key kept in ``<state>/localca/<issuer>/`` (created on first use),
     or in ``blobs`` (fleet mode: encrypted in the database, one CA for every node)."""
 
-    def __init__(self, name: str, spec: LocalCA, state_dir: Path, clock: object | None = None, *,
-                 blobs: Blobs | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: LocalCA,
+        state_dir: Path,
+        clock: object | None = None,
+        *,
+        blobs: Blobs | None = None,
+    ) -> None:
         self.name = name
         self.spec = spec
         self.folder = Path(state_dir) / "localca" / name
@@ -106,7 +113,11 @@ class LocalCAIssuer:
             return False
         try:
             crl = self._published_crl()
-            fresh = crl is not None and crl.next_update_utc is not None and crl.next_update_utc - now > CRL_VALIDITY / 2
+            fresh = (
+                crl is not None
+                and crl.next_update_utc is not None
+                and crl.next_update_utc - now > CRL_VALIDITY / 2
+            )
         except RevokeError:
             fresh = False  # a damaged CRL is published afresh
         if fresh and (self.spec.crlPath is None or Path(self.spec.crlPath).exists()):
@@ -127,12 +138,16 @@ class LocalCAIssuer:
                 .last_update(now)
                 .next_update(now + CRL_VALIDITY)
                 .add_extension(x509.CRLNumber(data["crl_number"]), critical=False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+                .add_extension(
+                    x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+                )
             )
             for entry in data["revoked"]:
-                revoked = (x509.RevokedCertificateBuilder()
-                           .serial_number(int(entry["serial"], 16))
-                           .revocation_date(datetime.fromisoformat(entry["at"])))
+                revoked = (
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(int(entry["serial"], 16))
+                    .revocation_date(datetime.fromisoformat(entry["at"]))
+                )
                 flag = pki.CRL_REASONS.get(str(entry.get("reason")))
                 if flag is not None:
                     revoked = revoked.add_extension(x509.CRLReason(flag), critical=False)
@@ -161,7 +176,9 @@ class LocalCAIssuer:
             raise RevokeError(f"cannot read {path}: {exc}") from None
         entries = data.get("revoked") if isinstance(data, dict) else None
         if not isinstance(entries, list) or not all(
-                isinstance(e, dict) and isinstance(e.get("serial"), str) and isinstance(e.get("at"), str) for e in entries):
+            isinstance(e, dict) and isinstance(e.get("serial"), str) and isinstance(e.get("at"), str)
+            for e in entries
+        ):
             raise RevokeError(f"{path} is damaged (not {{revoked: [{{serial, at, reason}}]}})")
         try:
             for e in entries:
@@ -169,7 +186,10 @@ class LocalCAIssuer:
                 datetime.fromisoformat(e["at"])
         except ValueError as exc:
             raise RevokeError(f"{path} is damaged: {exc}") from None
-        return {"revoked": entries, "crl_number": data.get("crl_number", 0) if isinstance(data.get("crl_number"), int) else 0}
+        return {
+            "revoked": entries,
+            "crl_number": data.get("crl_number", 0) if isinstance(data.get("crl_number"), int) else 0,
+        }
 
     def ca_certificate_pem(self) -> bytes:
         cert, _ = self._load_or_create(datetime.now(UTC))
@@ -189,25 +209,34 @@ class LocalCAIssuer:
                 raise IssueError(f"the key of local CA {self.name} is not an ECDSA key")
             cert_pem = self.blobs.get("ca.pem")
             if cert_pem is None:
-                cert_pem = self.blobs.create("ca.pem", self._ca_certificate(key, now).public_bytes(serialization.Encoding.PEM))
+                cert_pem = self.blobs.create(
+                    "ca.pem", self._ca_certificate(key, now).public_bytes(serialization.Encoding.PEM)
+                )
             cert = x509.load_pem_x509_certificate(cert_pem)
             self._ca = (cert, key)
             return self._ca
 
     def _ca_certificate(self, key: ec.EllipticCurvePrivateKey, now: datetime) -> x509.Certificate:
-        subject = x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, self.spec.commonName or f"certctl local CA {self.name}"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certctl"),
-        ])
+        subject = x509.Name(
+            [
+                x509.NameAttribute(
+                    NameOID.COMMON_NAME, self.spec.commonName or f"certctl local CA {self.name}"
+                ),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certctl"),
+            ]
+        )
         return (
             x509.CertificateBuilder()
-            .subject_name(subject).issuer_name(subject)
+            .subject_name(subject)
+            .issuer_name(subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + self.spec.caValidity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA384())
         )
@@ -220,18 +249,29 @@ class LocalCAIssuer:
         builder = (
             x509.CertificateBuilder()
             # a CN holds at most 64 characters; a longer (valid) first name lives in the SAN alone (RFC 5280)
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, request.domains[0])]
-                                    if len(request.domains[0]) <= 64 else []))
+            .subject_name(
+                x509.Name(
+                    [x509.NameAttribute(NameOID.COMMON_NAME, request.domains[0])]
+                    if len(request.domains[0]) <= 64
+                    else []
+                )
+            )
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now)
             .not_valid_after(not_after)
-            .add_extension(x509.SubjectAlternativeName([_general_name(d) for d in request.domains]), critical=False)
+            .add_extension(
+                x509.SubjectAlternativeName([_general_name(d) for d in request.domains]), critical=False
+            )
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         )
         cert = builder.sign(ca_key, hashes.SHA256())

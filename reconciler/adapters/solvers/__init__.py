@@ -22,8 +22,9 @@ from reconciler.ports import SiteFolders, Solver
 HostLookup = Callable[[str], SiteFolders | None]
 
 
-def build_solver(solver: specs.Solver, environ: Mapping[str, str] | None = None, *,
-                 hosts: HostLookup | None = None) -> Solver:
+def build_solver(
+    solver: specs.Solver, environ: Mapping[str, str] | None = None, *, hosts: HostLookup | None = None
+) -> Solver:
     """The solver object for one entry of ``Issuer.spec.acme.solvers`` (``hosts``: the IIS hosts by name)."""
     if solver.http01 is not None:
         from reconciler.adapters.solvers.http01 import StandaloneHttp01, WebrootHttp01

@@ -60,19 +60,27 @@ class Rfc2136Solver:
     # --- the update -------------------------------------------------------------------------
 
     def _primary(self) -> Server:
-        return Server(self._server_host, addresses(self._server_host, self._server_port)[0], self._server_port)
+        return Server(
+            self._server_host, addresses(self._server_host, self._server_port)[0], self._server_port
+        )
 
     def _update(self) -> dns.update.UpdateMessage:
         if self.spec.tsigKeyName is None or self.spec.tsigSecret is None:
             return dns.update.UpdateMessage(self.zone)
         try:
-            secret = resolve(self.spec.tsigSecret, dict(self.environ) if self.environ is not None else None).decode().strip()
+            secret = (
+                resolve(self.spec.tsigSecret, dict(self.environ) if self.environ is not None else None)
+                .decode()
+                .strip()
+            )
         except SecretError as exc:
             raise SolverError(f"dns01: the TSIG secret of key {self.spec.tsigKeyName}: {exc}") from None
         try:
             keyring = dns.tsigkeyring.from_text({self.spec.tsigKeyName: secret})
         except (ValueError, TypeError, dns.exception.DNSException):
-            raise SolverError(f"dns01: the TSIG secret of key {self.spec.tsigKeyName} is not valid base64") from None
+            raise SolverError(
+                f"dns01: the TSIG secret of key {self.spec.tsigKeyName} is not valid base64"
+            ) from None
         return dns.update.UpdateMessage(
             self.zone,
             keyring=keyring,
@@ -150,7 +158,9 @@ class Rfc2136Solver:
         primary = self._primary()
         try:
             answer = query(primary, self.zone, dns.rdatatype.NS)
-            ns_names = [rr.target for rrset in answer.answer for rr in rrset if rrset.rdtype == dns.rdatatype.NS]
+            ns_names = [
+                rr.target for rrset in answer.answer for rr in rrset if rrset.rdtype == dns.rdatatype.NS
+            ]
         except (dns.exception.DNSException, OSError) as exc:
             log.warning("dns01.ns.lookup_failed", zone=self.spec.zone, server=str(primary), error=str(exc))
             return [primary]
@@ -168,4 +178,6 @@ class Rfc2136Solver:
         return servers or [primary]
 
     def _wait_visible(self, wanted: dict[dns.name.Name, set[str]]) -> None:
-        wait_visible(self.authoritative_servers(), wanted, self.spec.propagationTimeout.total_seconds(), self.spec.zone)
+        wait_visible(
+            self.authoritative_servers(), wanted, self.spec.propagationTimeout.total_seconds(), self.spec.zone
+        )

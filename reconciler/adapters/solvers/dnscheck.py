@@ -133,12 +133,16 @@ class Lookup:
         if self._resolver is None:
             if self.resolvers:
                 resolver = dns.resolver.Resolver(configure=False)
-                resolver.nameservers = [dns.nameserver.Do53Nameserver(s.ip, s.port) for s in servers_of(self.resolvers)]
+                resolver.nameservers = [
+                    dns.nameserver.Do53Nameserver(s.ip, s.port) for s in servers_of(self.resolvers)
+                ]
             else:
                 try:
                     resolver = dns.resolver.Resolver()
                 except (dns.exception.DNSException, OSError) as exc:
-                    raise SolverError(f"dns01: no DNS resolver configured on this machine ({exc}); set resolvers") from None
+                    raise SolverError(
+                        f"dns01: no DNS resolver configured on this machine ({exc}); set resolvers"
+                    ) from None
             resolver.lifetime = LOOKUP_LIFETIME
             resolver.timeout = QUERY_TIMEOUT
             resolver.cache = None
@@ -159,8 +163,10 @@ class Lookup:
                 f"{self.where()} ({type(exc).__name__}: {exc}); set zone: on the solver"
             ) from None
         if zone == dns.name.root:
-            raise SolverError(f"dns01: no zone below the root holds {target.to_text(omit_final_dot=True)} "
-                              f"(SOA lookup at {self.where()}); set zone: on the solver")
+            raise SolverError(
+                f"dns01: no zone below the root holds {target.to_text(omit_final_dot=True)} "
+                f"(SOA lookup at {self.where()}); set zone: on the solver"
+            )
         return zone.to_text(omit_final_dot=True)
 
     def cname(self, name: dns.name.Name) -> dns.name.Name | None:
@@ -170,8 +176,10 @@ class Lookup:
         except dns.resolver.NXDOMAIN:
             return None
         except (dns.exception.DNSException, OSError) as exc:
-            raise SolverError(f"dns01: cannot look up the CNAME of {name.to_text(omit_final_dot=True)} at "
-                              f"{self.where()} ({type(exc).__name__}: {exc})") from None
+            raise SolverError(
+                f"dns01: cannot look up the CNAME of {name.to_text(omit_final_dot=True)} at "
+                f"{self.where()} ({type(exc).__name__}: {exc})"
+            ) from None
         for rrset in answer.response.answer:
             if rrset.rdtype == dns.rdatatype.CNAME and rrset.name == name:
                 return next(iter(rrset)).target  # type: ignore[no-any-return]
@@ -199,9 +207,13 @@ class Lookup:
         try:
             answer = resolver.resolve(zone, dns.rdatatype.NS, raise_on_no_answer=False)
         except (dns.exception.DNSException, OSError) as exc:
-            raise SolverError(f"dns01: cannot look up the name servers of {zone} at {self.where()} ({exc}); "
-                              "set nameservers on the solver") from None
-        names = [rr.target for rrset in answer.response.answer if rrset.rdtype == dns.rdatatype.NS for rr in rrset]
+            raise SolverError(
+                f"dns01: cannot look up the name servers of {zone} at {self.where()} ({exc}); "
+                "set nameservers on the solver"
+            ) from None
+        names = [
+            rr.target for rrset in answer.response.answer if rrset.rdtype == dns.rdatatype.NS for rr in rrset
+        ]
         servers: list[Server] = []
         for ns in names:
             label = ns.to_text(omit_final_dot=True)
@@ -211,16 +223,22 @@ class Lookup:
                     got = resolver.resolve(ns, rdtype, raise_on_no_answer=False)
                 except (dns.exception.DNSException, OSError):
                     continue
-                ips.extend(rr.address for rrset in got.response.answer if rrset.rdtype == rdtype for rr in rrset)
+                ips.extend(
+                    rr.address for rrset in got.response.answer if rrset.rdtype == rdtype for rr in rrset
+                )
             if not ips:
                 log.warning("dns01.ns.unresolvable", zone=zone, nameserver=label)
             servers.extend(Server(label, ip, 53) for ip in dict.fromkeys(ips))
         if not servers:
-            raise SolverError(f"dns01: no name server of {zone} could be found at {self.where()}; set nameservers")
+            raise SolverError(
+                f"dns01: no name server of {zone} could be found at {self.where()}; set nameservers"
+            )
         return servers
 
 
-def wait_visible(servers: Sequence[Server], wanted: Mapping[dns.name.Name, set[str]], timeout: float, zone: str) -> None:
+def wait_visible(
+    servers: Sequence[Server], wanted: Mapping[dns.name.Name, set[str]], timeout: float, zone: str
+) -> None:
     """Wait, at most ``timeout`` seconds, until every server serves every wanted TXT value."""
     deadline = time.monotonic() + timeout
     interval = 0.1
@@ -243,8 +261,12 @@ def wait_visible(servers: Sequence[Server], wanted: Mapping[dns.name.Name, set[s
             else:
                 last_seen[(server, name)] = f"{len(wanted[name] & seen)} of {len(wanted[name])} values"
         if not pending:
-            log.info("dns01.propagation.done", zone=zone, servers=[str(s) for s in servers],
-                     seconds=round(time.monotonic() - started, 2))
+            log.info(
+                "dns01.propagation.done",
+                zone=zone,
+                servers=[str(s) for s in servers],
+                seconds=round(time.monotonic() - started, 2),
+            )
             return
         if time.monotonic() + interval > deadline:
             detail = "; ".join(

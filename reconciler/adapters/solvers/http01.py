@@ -89,9 +89,14 @@ class _Listener:
                 hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
             elif exc.errno == errno.EADDRNOTAVAIL:
                 hint = " (no interface of this machine has that address)"
-            raise SolverError(f"http01 standalone: cannot listen on {address}:{port}: {exc.strerror}{hint}") from None
+            raise SolverError(
+                f"http01 standalone: cannot listen on {address}:{port}: {exc.strerror}{hint}"
+            ) from None
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"http01-{address}:{port}", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"http01-{address}:{port}",
+            daemon=True,
         )
         self._thread.start()
         log.info("http01.listener.started", address=address, port=port)
@@ -226,7 +231,9 @@ class WebrootHttp01:
 
     def prepare(self, tasks: Sequence[ChallengeTask]) -> None:
         if not self.root.is_dir():
-            raise SolverError(f"http01 webroot: the folder {self.root} does not exist (it must be the folder the web server serves)")
+            raise SolverError(
+                f"http01 webroot: the folder {self.root} does not exist (it must be the folder the web server serves)"
+            )
         folder = self._folder()
         problem = write_path_problem(folder)
         if problem is not None:
@@ -246,7 +253,9 @@ class WebrootHttp01:
                     self._created.add(part)
             if self.companion is not None:
                 extra = folder / self.companion[0]
-                if not extra.exists():  # one that was there before is the user's: used as it is, never removed
+                if (
+                    not extra.exists()
+                ):  # one that was there before is the user's: used as it is, never removed
                     try:
                         atomic_write(extra, self.companion[1], mode=0o644)
                     except OSError as exc:
@@ -284,7 +293,6 @@ class WebrootHttp01:
                         self._created.discard(part)
         if failures:
             raise SolverError("http01 webroot: cannot remove " + "; ".join(failures))
-
 
     def _remove_companion(self, folder: Path) -> None:
         """The companion file goes once no token is left beside it, and only if it is exactly the one

@@ -61,7 +61,9 @@ class IisHttp01:
 
     def _webroot(self, folder: str) -> WebrootHttp01:
         with self._lock:
-            return self._folders.setdefault(folder, WebrootHttp01(folder, companion=(WEB_CONFIG_NAME, WEB_CONFIG)))
+            return self._folders.setdefault(
+                folder, WebrootHttp01(folder, companion=(WEB_CONFIG_NAME, WEB_CONFIG))
+            )
 
     def _by_folder(self, tasks: Sequence[ChallengeTask]) -> dict[str, list[ChallengeTask]]:
         host = self._host()
@@ -79,9 +81,13 @@ class IisHttp01:
             site = iis_site_for(state, task.domain)
             assert site is not None
             if not site.physical_path:
-                raise SolverError(f"http01.iis: site {site.name} on IIS host {self.host_name} has no physical path")
+                raise SolverError(
+                    f"http01.iis: site {site.name} on IIS host {self.host_name} has no physical path"
+                )
             folder = host.local_path(site.physical_path)
-            log.info("http01.iis.site", domain=task.domain, host=self.host_name, site=site.name, folder=folder)
+            log.info(
+                "http01.iis.site", domain=task.domain, host=self.host_name, site=site.name, folder=folder
+            )
             groups.setdefault(folder, []).append(task)
         return groups
 

@@ -99,7 +99,11 @@ class LexiconSolver(RecordSolver):
             values: dict[str, str] = {}
             for key, ref in self.spec.secrets.items():
                 try:
-                    values[key] = resolve(ref, dict(self.environ) if self.environ is not None else None).decode().strip()
+                    values[key] = (
+                        resolve(ref, dict(self.environ) if self.environ is not None else None)
+                        .decode()
+                        .strip()
+                    )
                 except SecretError as exc:
                     raise SolverError(f"dns01 provider {self.spec.name}: secret {key}: {exc}") from None
             self._secrets = values
@@ -115,18 +119,24 @@ class LexiconSolver(RecordSolver):
         _offline()
         from lexicon.config import ConfigResolver
 
-        options = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in self.spec.options.items()}
-        config = ConfigResolver().with_dict({  # type: ignore[no-untyped-call]
-            "provider_name": self.spec.name,
-            "domain": zone,
-            "ttl": self.spec.ttl,
-            self.spec.name: {**options, **self._credentials()},
-        })
+        options = {
+            k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in self.spec.options.items()
+        }
+        config = ConfigResolver().with_dict(  # type: ignore[no-untyped-call]
+            {
+                "provider_name": self.spec.name,
+                "domain": zone,
+                "ttl": self.spec.ttl,
+                self.spec.name: {**options, **self._credentials()},
+            }
+        )
         try:
             module = _module(self.spec.name)
         except ImportError as exc:
-            raise SolverError(f"dns01 provider {self.spec.name} needs a Python package that is not installed "
-                              f"({exc.name}): pip install 'dns-lexicon[{self.spec.name}]'") from None
+            raise SolverError(
+                f"dns01 provider {self.spec.name} needs a Python package that is not installed "
+                f"({exc.name}): pip install 'dns-lexicon[{self.spec.name}]'"
+            ) from None
         provider = module.Provider(config)
         provider.authenticate()
         return provider
@@ -148,8 +158,10 @@ class LexiconSolver(RecordSolver):
         worker.start()
         worker.join(CALL_TIMEOUT)
         if not outcome:
-            raise SolverError(f"dns01 provider {self.spec.name}: {what} TXT {name} in zone {zone}: no answer from the "
-                              f"provider's API within {CALL_TIMEOUT:g}s")
+            raise SolverError(
+                f"dns01 provider {self.spec.name}: {what} TXT {name} in zone {zone}: no answer from the "
+                f"provider's API within {CALL_TIMEOUT:g}s"
+            )
         if outcome[0] is not None:
             raise outcome[0]
 
@@ -163,7 +175,9 @@ class LexiconSolver(RecordSolver):
             except _Transient as exc:
                 if pause is None:
                     raise SolverError(str(exc)) from None
-                log.info("dns01.provider.retry", provider=self.spec.name, name=name, error=str(exc), pause=pause)
+                log.info(
+                    "dns01.provider.retry", provider=self.spec.name, name=name, error=str(exc), pause=pause
+                )
                 time.sleep(pause)
 
     def _call_now(self, what: str, zone: str, name: str, value: str) -> None:
@@ -179,13 +193,18 @@ class LexiconSolver(RecordSolver):
         except SolverError:
             raise
         except ImportError as exc:
-            raise SolverError(f"dns01 provider {self.spec.name} needs a Python package that is not installed "
-                              f"({exc.name}): pip install 'dns-lexicon[{self.spec.name}]'") from None
+            raise SolverError(
+                f"dns01 provider {self.spec.name} needs a Python package that is not installed "
+                f"({exc.name}): pip install 'dns-lexicon[{self.spec.name}]'"
+            ) from None
         except Exception as exc:  # noqa: BLE001 - providers raise anything; the message is what the user needs
             error = _Transient if _transient(exc) else SolverError
-            raise error(self._mask(
-                f"dns01 provider {self.spec.name}: {'adding' if what == 'create' else 'deleting'} TXT {name} in zone "
-                f"{zone}: {_describe(exc)}")) from None
+            raise error(
+                self._mask(
+                    f"dns01 provider {self.spec.name}: {'adding' if what == 'create' else 'deleting'} TXT {name} in zone "
+                    f"{zone}: {_describe(exc)}"
+                )
+            ) from None
 
     def _create(self, zone: str, name: str, value: str) -> None:
         self._call("create", zone, name, value)

@@ -68,15 +68,19 @@ class RecordSolver:
             try:
                 self.lookup.zone_for(chain[-1])
             except SolverError:
-                raise SolverError(f"dangling CNAME: {' -> '.join(shown)} ends at a name that no DNS zone holds "
-                                  f"(no SOA found at {self.lookup.where()})") from None
+                raise SolverError(
+                    f"dangling CNAME: {' -> '.join(shown)} ends at a name that no DNS zone holds "
+                    f"(no SOA found at {self.lookup.where()})"
+                ) from None
         return shown
 
     def zone_of(self, name: dns.name.Name) -> str:
         if self.zone is not None:
             if not name.is_subdomain(dns.name.from_text(self.zone)):
-                raise SolverError(f"{self.kind}: {name.to_text(omit_final_dot=True)} is outside the zone {self.zone} "
-                                  "of this solver")
+                raise SolverError(
+                    f"{self.kind}: {name.to_text(omit_final_dot=True)} is outside the zone {self.zone} "
+                    "of this solver"
+                )
             return self.zone
         return self.lookup.zone_for(name)
 
@@ -90,7 +94,9 @@ class RecordSolver:
             wanted.setdefault(record_name(task), set()).add(task.txt_value)
         return wanted
 
-    def _each_name(self, wanted: dict[dns.name.Name, set[str]], zones: dict[dns.name.Name, str], create: bool) -> list[str]:
+    def _each_name(
+        self, wanted: dict[dns.name.Name, set[str]], zones: dict[dns.name.Name, str], create: bool
+    ) -> list[str]:
         """Create (or delete) every value, names in parallel; the failures, one message each."""
 
         def one(name: dns.name.Name) -> list[str]:
@@ -108,8 +114,12 @@ class RecordSolver:
                         if create:
                             break
                     else:
-                        log.info("dns01.record.added" if create else "dns01.record.deleted", name=text,
-                                 zone=zones[name], solver=repr(self))
+                        log.info(
+                            "dns01.record.added" if create else "dns01.record.deleted",
+                            name=text,
+                            zone=zones[name],
+                            solver=repr(self),
+                        )
             return failures
 
         names = sorted(wanted, key=lambda n: n.to_text())

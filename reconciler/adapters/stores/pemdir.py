@@ -54,9 +54,19 @@ class PemDirectoryStore:
         self._seen = {}
         state = self._observe()
         if self._cache.path and self._seen != self._known:
-            self._cache.save({folder: {"c": list(c), "m": list(m) if m else None, "k": list(k) if k else None,
-                                       "i": to_plain(info), "meta": meta, "ok": key_ok}
-                              for folder, (c, m, k, info, meta, key_ok) in self._seen.items()})
+            self._cache.save(
+                {
+                    folder: {
+                        "c": list(c),
+                        "m": list(m) if m else None,
+                        "k": list(k) if k else None,
+                        "i": to_plain(info),
+                        "meta": meta,
+                        "ok": key_ok,
+                    }
+                    for folder, (c, m, k, info, meta, key_ok) in self._seen.items()
+                }
+            )
         return state
 
     def _observe(self) -> StoreState:
@@ -67,13 +77,21 @@ class PemDirectoryStore:
         except FileNotFoundError:
             return StoreState(self.name)  # created on first install
         except OSError as exc:
-            return StoreState(self.name, problems=(f"cannot read store folder {self.path}: {exc.strerror}",), reachable=False)
-        managed: list[tuple[str, str | None, list[str], str | None]] = []  # (folder, live version, versions, drift)
+            return StoreState(
+                self.name,
+                problems=(f"cannot read store folder {self.path}: {exc.strerror}",),
+                reachable=False,
+            )
+        managed: list[
+            tuple[str, str | None, list[str], str | None]
+        ] = []  # (folder, live version, versions, drift)
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             try:
-                if entry.is_dir(follow_symlinks=False) and os.path.isdir(os.path.join(entry.path, "versions")):
+                if entry.is_dir(follow_symlinks=False) and os.path.isdir(
+                    os.path.join(entry.path, "versions")
+                ):
                     listed = self._list_managed(entry.path, problems)
                     if listed is not None:
                         managed.append(listed)
@@ -85,13 +103,17 @@ class PemDirectoryStore:
                         certs.append(found)
             except OSError as exc:
                 problems.append(f"cannot read {entry.path}: {exc.strerror}")
-        read = self._read_all([f"{folder}/versions/{v}" for folder, _, versions, _ in managed for v in versions], problems)
+        read = self._read_all(
+            [f"{folder}/versions/{v}" for folder, _, versions, _ in managed for v in versions], problems
+        )
         for folder, current, versions, drift in managed:
             certs.extend(self._stored(folder, current, versions, read, drift))
         return StoreState(self.name, tuple(certs), tuple(problems))
 
     @staticmethod
-    def _list_managed(folder: str, problems: list[str]) -> tuple[str, str | None, list[str], str | None] | None:
+    def _list_managed(
+        folder: str, problems: list[str]
+    ) -> tuple[str, str | None, list[str], str | None] | None:
         link = None
         with contextlib.suppress(OSError):
             link = os.readlink(folder + "/current")
@@ -103,7 +125,9 @@ class PemDirectoryStore:
         current = os.path.basename(link) if link and link == f"versions/{os.path.basename(link)}" else None
         return folder, current if current in names else None, names, _links_drift(folder)
 
-    def _read_all(self, folders: list[str], problems: list[str]) -> dict[str, tuple[CertInfo, dict[str, object], bool]]:
+    def _read_all(
+        self, folders: list[str], problems: list[str]
+    ) -> dict[str, tuple[CertInfo, dict[str, object], bool]]:
         """Every version's certificate facts, metadata and whether its key is there; unchanged versions
         come from the cache, the others are parsed (in worker processes when there are thousands)."""
         out: dict[str, tuple[CertInfo, dict[str, object], bool]] = {}
@@ -124,8 +148,14 @@ class PemDirectoryStore:
             out[folder] = (result[3], result[4], result[5])
         return out
 
-    def _stored(self, folder: str, current: str | None, versions: list[str],
-                read: dict[str, tuple[CertInfo, dict[str, object], bool]], drift: str | None) -> list[StoredCert]:
+    def _stored(
+        self,
+        folder: str,
+        current: str | None,
+        versions: list[str],
+        read: dict[str, tuple[CertInfo, dict[str, object], bool]],
+        drift: str | None,
+    ) -> list[StoredCert]:
         found = [(v, *read[f"{folder}/versions/{v}"]) for v in versions if f"{folder}/versions/{v}" in read]
         found.sort(key=lambda vimk: (str(vimk[2].get("installed_at", "")), vimk[0]))
         out: list[StoredCert] = []
@@ -134,17 +164,19 @@ class PemDirectoryStore:
             superseded = found[i + 1][2].get("installed_at") if i + 1 < len(found) else None
             live = version == current
             version_drift = _version_drift(f"{folder}/versions/{version}", key_ok) if live else None
-            out.append(StoredCert(
-                store=self.name,
-                info=info,
-                ref=f"{os.path.basename(folder)}/{version}",
-                managed_by=owner[len(MANAGED_PREFIX):] if owner.startswith(MANAGED_PREFIX) else None,
-                current=live,
-                installed_at=_dt(meta.get("installed_at")),
-                superseded_at=_dt(superseded),
-                has_key=key_ok,
-                drift=(drift or version_drift) if live else None,
-            ))
+            out.append(
+                StoredCert(
+                    store=self.name,
+                    info=info,
+                    ref=f"{os.path.basename(folder)}/{version}",
+                    managed_by=owner[len(MANAGED_PREFIX) :] if owner.startswith(MANAGED_PREFIX) else None,
+                    current=live,
+                    installed_at=_dt(meta.get("installed_at")),
+                    superseded_at=_dt(superseded),
+                    has_key=key_ok,
+                    drift=(drift or version_drift) if live else None,
+                )
+            )
         return out
 
     def _observe_foreign_dir(self, folder: Path, problems: list[str]) -> list[StoredCert]:
@@ -185,13 +217,22 @@ class PemDirectoryStore:
         else:
             if existing is not None:  # damaged (a file gone, a key that does not match): written afresh
                 version, target = existing.name, existing
-            meta = {"managed_by": f"{MANAGED_PREFIX}{certificate}", "thumbprint": material.info.thumbprint,
-                    "installed_at": at.astimezone(UTC).isoformat()}
-            write_folder(target, {  # the whole version appears at once
-                "privkey.pem": (material.key_pem, 0o600), "cert.pem": (material.cert_pem, 0o644),
-                "chain.pem": (material.chain_pem, 0o644), "fullchain.pem": (material.fullchain_pem, 0o644),
-                "meta.json": (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o644),
-            }, staging=versions)
+            meta = {
+                "managed_by": f"{MANAGED_PREFIX}{certificate}",
+                "thumbprint": material.info.thumbprint,
+                "installed_at": at.astimezone(UTC).isoformat(),
+            }
+            write_folder(
+                target,
+                {  # the whole version appears at once
+                    "privkey.pem": (material.key_pem, 0o600),
+                    "cert.pem": (material.cert_pem, 0o644),
+                    "chain.pem": (material.chain_pem, 0o644),
+                    "fullchain.pem": (material.fullchain_pem, 0o644),
+                    "meta.json": (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o644),
+                },
+                staging=versions,
+            )
         switch_links(folder, "current", f"versions/{version}", FILES)
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
@@ -225,8 +266,12 @@ class PemDirectoryStore:
         folder = contained(self.path, f"{certificate}/versions/{version}", "store reference")
         try:
             cert = (folder / "cert.pem").read_bytes()
-            return Material(cert, (folder / "chain.pem").read_bytes(), (folder / "privkey.pem").read_bytes(),
-                            pki.info_from_pem(cert))
+            return Material(
+                cert,
+                (folder / "chain.pem").read_bytes(),
+                (folder / "privkey.pem").read_bytes(),
+                pki.info_from_pem(cert),
+            )
         except (OSError, ValueError):
             return None
 
@@ -327,17 +372,33 @@ def _from_cache(entries: dict[str, object]) -> dict[str, Cached]:
     """The cache's entries that decode to well-typed values; anything else is dropped (and re-read from disk)."""
     out: dict[str, Cached] = {}
     for folder, entry in entries.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("meta"), dict) or not isinstance(entry.get("ok"), bool):
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("meta"), dict)
+            or not isinstance(entry.get("ok"), bool)
+        ):
             continue
-        cert_key, meta_key, key_key = as_file_key(entry.get("c")), as_file_key(entry.get("m")), as_file_key(entry.get("k"))
-        if cert_key is None or (meta_key is None and entry.get("m") is not None) \
-                or (key_key is None and entry.get("k") is not None):
+        cert_key, meta_key, key_key = (
+            as_file_key(entry.get("c")),
+            as_file_key(entry.get("m")),
+            as_file_key(entry.get("k")),
+        )
+        if (
+            cert_key is None
+            or (meta_key is None and entry.get("m") is not None)
+            or (key_key is None and entry.get("k") is not None)
+        ):
             continue
         try:
             info = decode(CertInfo, entry["i"])
         except Exception:  # noqa: BLE001 - an entry that does not decode is only a cache miss
             continue
-        if all(isinstance(getattr(info, f), str) for f in _INFO_TEXT) and isinstance(info.sans, tuple) \
-                and all(isinstance(n, str) for n in info.sans) and info.not_before.tzinfo and info.not_after.tzinfo:
+        if (
+            all(isinstance(getattr(info, f), str) for f in _INFO_TEXT)
+            and isinstance(info.sans, tuple)
+            and all(isinstance(n, str) for n in info.sans)
+            and info.not_before.tzinfo
+            and info.not_after.tzinfo
+        ):
             out[folder] = (cert_key, meta_key, key_key, info, entry["meta"], entry["ok"])
     return out

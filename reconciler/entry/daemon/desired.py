@@ -21,8 +21,13 @@ log = structlog.get_logger()
 
 
 class DesiredInForce:
-    def __init__(self, directory: Path, clock: Clock, metrics: Metrics,
-                 view: Callable[[DesiredState], DesiredState] = lambda d: d) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        clock: Clock,
+        metrics: Metrics,
+        view: Callable[[DesiredState], DesiredState] = lambda d: d,
+    ) -> None:
         self.directory = directory
         self.view = view  # fleet: the part of the desired state that is this node's
         self.clock = clock
@@ -62,21 +67,34 @@ class DesiredInForce:
         self.error = None
         self.metrics.desired_valid.set(1)
         self.metrics.desired_errors.set(0)
-        if previous is None or previous.revision != desired.revision or \
-                self.fingerprint(previous) != self.fingerprint(desired):
-            log.info("desired_state.loaded", certificates=len(desired.certificates), revision=desired.revision)
+        if (
+            previous is None
+            or previous.revision != desired.revision
+            or self.fingerprint(previous) != self.fingerprint(desired)
+        ):
+            log.info(
+                "desired_state.loaded", certificates=len(desired.certificates), revision=desired.revision
+            )
 
     def invalid(self, errors: list[str]) -> None:
         if self.error is None or self.error["errors"] != errors:
-            log.error("desired_state.invalid", problems=len(errors), errors=errors,
-                      in_force=self.current.revision if self.current else None,
-                      note="the last valid desired state stays in force; nothing changes because of this edit"
-                      if self.current else "nothing is reconciled until the desired state is valid")
+            log.error(
+                "desired_state.invalid",
+                problems=len(errors),
+                errors=errors,
+                in_force=self.current.revision if self.current else None,
+                note="the last valid desired state stays in force; nothing changes because of this edit"
+                if self.current
+                else "nothing is reconciled until the desired state is valid",
+            )
             self.error = {"errors": errors, "since": iso(self.clock.now())}
         self.metrics.desired_valid.set(0)
         self.metrics.desired_errors.set(len(errors))
 
     def doc(self) -> dict[str, Any]:
         """What /status and /healthz say about it."""
-        return {"valid": self.error is None, "in_force": self.current.revision if self.current else None,
-                **(self.error or {})}
+        return {
+            "valid": self.error is None,
+            "in_force": self.current.revision if self.current else None,
+            **(self.error or {}),
+        }

@@ -51,8 +51,12 @@ class DaemonBusy(Exception):
 
 def hold_daemon_lock(state_path: Path, directory: Path, clock: Clock = SYSTEM) -> int:
     """flock ``<state>/daemon.lock`` for the life of the process (the OS releases it on any exit, even kill -9)."""
-    fd, holder = acquire(state_path / "daemon.lock", 0, f"pid {os.getpid()}, daemon since "
-                         f"{clock.now().strftime('%Y-%m-%dT%H:%M:%SZ')}, desired state {directory}")
+    fd, holder = acquire(
+        state_path / "daemon.lock",
+        0,
+        f"pid {os.getpid()}, daemon since "
+        f"{clock.now().strftime('%Y-%m-%dT%H:%M:%SZ')}, desired state {directory}",
+    )
     if holder is not None:
         raise DaemonBusy(
             f"another certctl daemon is already running on the state dir {state_path} ({holder}); "
@@ -95,13 +99,19 @@ class Daemon:
     def _settings_to_schedule(self) -> None:
         """The intervals in force now: an edited reconcileInterval counts at once."""
         settings = self.desired.current.settings if self.desired.current else None
-        self.schedule.interval = (settings.reconcileInterval if settings else timedelta(minutes=5)).total_seconds()
-        self.schedule.maintenance_interval = (settings.maintenanceInterval if settings
-                                              else timedelta(hours=24)).total_seconds()
+        self.schedule.interval = (
+            settings.reconcileInterval if settings else timedelta(minutes=5)
+        ).total_seconds()
+        self.schedule.maintenance_interval = (
+            settings.maintenanceInterval if settings else timedelta(hours=24)
+        ).total_seconds()
 
     @property
     def git_pull_enabled(self) -> bool:
-        return bool(self.options.git_pull or (self.desired.current is not None and self.desired.current.settings.gitPull))
+        return bool(
+            self.options.git_pull
+            or (self.desired.current is not None and self.desired.current.settings.gitPull)
+        )
 
     # --- start --------------------------------------------------------------------------------------------
 
@@ -126,16 +136,31 @@ class Daemon:
         except (OSError, ValueError) as exc:
             sys.stderr.write(f"certctl: {exc}\n")
             return EXIT_ERROR
-        SignalRelay(on_hup=lambda: self.events.put("sighup"), on_stop=self._on_stop,
-                    stop_grace=self.options.stop_grace, exit_code=EXIT_OK).install()
-        watcher = threading.Thread(target=watch, args=(self.dir, self.state.path, lambda: self.events.put("files"),
-                                                       self._watch_stop), name="certctl-watch", daemon=True)
+        SignalRelay(
+            on_hup=lambda: self.events.put("sighup"),
+            on_stop=self._on_stop,
+            stop_grace=self.options.stop_grace,
+            exit_code=EXIT_OK,
+        ).install()
+        watcher = threading.Thread(
+            target=watch,
+            args=(self.dir, self.state.path, lambda: self.events.put("files"), self._watch_stop),
+            name="certctl-watch",
+            daemon=True,
+        )
         watcher.start()
         listen = getattr(self.state, "listen", None)
         if listen is not None:  # fleet: a new version in the database wakes this daemon at once
             listen(lambda payload: self.events.put("fleet"), self._watch_stop)
-        log.info("daemon.started", node=self.node, dir=str(self.dir), state_dir=str(state_path), pid=os.getpid(),
-                 metrics=endpoint.address if endpoint else None, git_pull=self.git_pull_enabled)
+        log.info(
+            "daemon.started",
+            node=self.node,
+            dir=str(self.dir),
+            state_dir=str(state_path),
+            pid=os.getpid(),
+            metrics=endpoint.address if endpoint else None,
+            git_pull=self.git_pull_enabled,
+        )
         self._settings_to_schedule()
         self.schedule.start(time.monotonic())
         try:
@@ -149,19 +174,24 @@ class Daemon:
 
     def _endpoint(self) -> HttpEndpoint | None:
         settings = self.desired.current.settings.metrics if self.desired.current else None
-        if self.options.no_metrics or (settings is not None and not settings.enabled and not self.options.metrics_address):
+        if self.options.no_metrics or (
+            settings is not None and not settings.enabled and not self.options.metrics_address
+        ):
             return None
         address = self.options.metrics_address or (settings.address if settings else DEFAULT_ADDRESS)
         try:
             endpoint = HttpEndpoint(address, self.metrics, self.health, self.status)
         except (OSError, ValueError) as exc:
-            raise OSError(f"cannot serve metrics on {address}: {exc} "
-                          "(use --metrics-address HOST:PORT, or --no-metrics)") from None
+            raise OSError(
+                f"cannot serve metrics on {address}: {exc} (use --metrics-address HOST:PORT, or --no-metrics)"
+            ) from None
         endpoint.start()
         return endpoint
 
     def _on_stop(self, signal_name: str) -> None:
-        log.info("daemon.stopping", signal=signal_name, note="the running actions finish; the others are skipped")
+        log.info(
+            "daemon.stopping", signal=signal_name, note="the running actions finish; the others are skipped"
+        )
         self.stop.set()
         executor = self.executor
         if executor is not None:
@@ -215,10 +245,18 @@ class Daemon:
             self._finish(started, ok=False, error=str(exc))
         except BackendUnavailable as exc:  # what is installed keeps being served; retried with backoff
             self.backend_failures += 1
-            delay = min(BACKEND_RETRY_MAX, BACKEND_RETRY_FIRST * 2 ** (self.backend_failures - 1), self.schedule.interval)
+            delay = min(
+                BACKEND_RETRY_MAX,
+                BACKEND_RETRY_FIRST * 2 ** (self.backend_failures - 1),
+                self.schedule.interval,
+            )
             self.schedule.retry_at = time.monotonic() + delay
-            log.error("reconcile.backend_unavailable", error=str(exc), retry_in=delay,
-                      note="everything installed stays as it is; the pass is retried")
+            log.error(
+                "reconcile.backend_unavailable",
+                error=str(exc),
+                retry_in=delay,
+                note="everything installed stays as it is; the pass is retried",
+            )
             self._finish(started, ok=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a pass that breaks is reported and retried, never fatal
             self.schedule.retry_at = time.monotonic() + min(ERROR_RETRY, self.schedule.interval)
@@ -239,13 +277,25 @@ class Daemon:
             self.metrics.errors.inc()
         if ok:
             self.metrics.last_success.set(time.time())
-        self.last = {"ok": ok, "at": iso(self.clock.now()), "seconds": round(seconds, 3), "error": error,
-                     "failed_actions": failed}
+        self.last = {
+            "ok": ok,
+            "at": iso(self.clock.now()),
+            "seconds": round(seconds, 3),
+            "error": error,
+            "failed_actions": failed,
+        }
         nxt = self._timeout()
         self.metrics.next_due.set(time.time() + nxt)
         due = self.schedule.due
-        log.info("reconcile.finished", ok=ok, seconds=round(seconds, 3), failed_actions=failed, error=error,
-                 next_in=round(nxt, 3), next_due=iso(due) if due else None)
+        log.info(
+            "reconcile.finished",
+            ok=ok,
+            seconds=round(seconds, 3),
+            failed_actions=failed,
+            error=error,
+            next_in=round(nxt, 3),
+            next_due=iso(due) if due else None,
+        )
 
     def _world_for(self, desired: DesiredState) -> World:
         from reconciler.wiring import build
@@ -269,8 +319,15 @@ class Daemon:
             self.executor = executor
 
         with self.state.lock(wait=LOCK_WAIT, purpose="daemon reconcile"):
-            result = reconcile_once(world, clock=self.clock, maintenance=maintenance, stopping=self.stop,
-                                    desired_fingerprint_now=self.fingerprint, on_outcome=count, on_executor=running)
+            result = reconcile_once(
+                world,
+                clock=self.clock,
+                maintenance=maintenance,
+                stopping=self.stop,
+                desired_fingerprint_now=self.fingerprint,
+                on_outcome=count,
+                on_executor=running,
+            )
             rows = status_rows(desired, result.observed, result.at, result.plan)
             applied_doc = self.state.applied()
         notify = desired.settings.notify
@@ -287,11 +344,14 @@ class Daemon:
         from reconciler.adapters.notify import Notifier
 
         assert self.state is not None
-        notifier = Notifier(self.state.path, on_result=lambda c, e, r: self.metrics.notifications.labels(
-            channel=c, event=e, result=r).inc())
+        notifier = Notifier(
+            self.state.path,
+            on_result=lambda c, e, r: self.metrics.notifications.labels(channel=c, event=e, result=r).inc(),
+        )
         try:
-            notifier.process(desired.settings.notify, rows,
-                             {"dir": desired.directory, "revision": desired.revision}, now)
+            notifier.process(
+                desired.settings.notify, rows, {"dir": desired.directory, "revision": desired.revision}, now
+            )
         except Exception as exc:  # noqa: BLE001 - alerts never stop reconciliation
             log.error("notify.error", error=str(exc))
 
@@ -304,14 +364,21 @@ class Daemon:
         wanted = state_dir_for(self.dir, desired, self.options.state_dir)
         if Path(wanted).resolve() == self.state.path.resolve():
             return None
-        return (f"Settings.stateDir now points at {wanted}, but this daemon runs on the state dir "
-                f"{self.state.path}; restart certctl daemon to move to another state dir")
+        return (
+            f"Settings.stateDir now points at {wanted}, but this daemon runs on the state dir "
+            f"{self.state.path}; restart certctl daemon to move to another state dir"
+        )
 
     def _git_pull(self) -> None:
         from reconciler.support.git import pull
 
         result = pull(self.dir)
-        self.git = {"ok": result.ok, "at": iso(self.clock.now()), "revision": result.after, "message": result.message}
+        self.git = {
+            "ok": result.ok,
+            "at": iso(self.clock.now()),
+            "revision": result.after,
+            "message": result.message,
+        }
         if result.ok:
             if result.changed:
                 log.info("git.pulled", before=result.before, after=result.after)
@@ -319,8 +386,12 @@ class Daemon:
                 log.debug("git.up_to_date", revision=result.after)
         else:
             self.metrics.git_errors.inc()
-            log.error("git.pull.failed", error=result.message, revision=result.before,
-                      note="the checked-out revision stays in force")
+            log.error(
+                "git.pull.failed",
+                error=result.message,
+                revision=result.before,
+                note="the checked-out revision stays in force",
+            )
 
     # --- what the HTTP endpoint shows ------------------------------------------------------------------------
 
@@ -342,13 +413,23 @@ class Daemon:
         if not self.last.get("ok"):
             reason = self.last.get("error")
         elif self.desired.error is not None:
-            reason = f"the desired state is invalid ({len(self.desired.error['errors'])} problem(s)); " \
-                     "the last valid one stays in force"
+            reason = (
+                f"the desired state is invalid ({len(self.desired.error['errors'])} problem(s)); "
+                "the last valid one stays in force"
+            )
         return ok, {"status": "ok" if ok else "unhealthy", "reason": reason, **self._daemon_doc()}
 
     def status(self) -> dict[str, Any]:
-        doc = dict(self.status_doc) if self.status_doc else {
-            "at": iso(self.clock.now()), "source": {"dir": str(self.dir), "revision": None}, "applied": None, "certificates": []}
+        doc = (
+            dict(self.status_doc)
+            if self.status_doc
+            else {
+                "at": iso(self.clock.now()),
+                "source": {"dir": str(self.dir), "revision": None},
+                "applied": None,
+                "certificates": [],
+            }
+        )
         doc["daemon"] = self._daemon_doc()
         return doc
 

@@ -36,36 +36,78 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.expiration = Gauge("certctl_certificate_expiration_timestamp_seconds",
-                                "The date after which the certificate expires (Unix seconds)", ["name"], registry=r)
-        self.renewal = Gauge("certctl_certificate_renewal_timestamp_seconds",
-                             "The time at which certctl will renew the certificate (Unix seconds)", ["name"], registry=r)
-        self.ready = Gauge("certctl_certificate_ready_status", "The ready condition of the certificate",
-                           ["name", "condition"], registry=r)
-        self.failures = Gauge("certctl_certificate_consecutive_failures",
-                              "Consecutive failed issuance attempts of the certificate", ["name"], registry=r)
+        self.expiration = Gauge(
+            "certctl_certificate_expiration_timestamp_seconds",
+            "The date after which the certificate expires (Unix seconds)",
+            ["name"],
+            registry=r,
+        )
+        self.renewal = Gauge(
+            "certctl_certificate_renewal_timestamp_seconds",
+            "The time at which certctl will renew the certificate (Unix seconds)",
+            ["name"],
+            registry=r,
+        )
+        self.ready = Gauge(
+            "certctl_certificate_ready_status",
+            "The ready condition of the certificate",
+            ["name", "condition"],
+            registry=r,
+        )
+        self.failures = Gauge(
+            "certctl_certificate_consecutive_failures",
+            "Consecutive failed issuance attempts of the certificate",
+            ["name"],
+            registry=r,
+        )
         self.reconciles = Counter("certctl_reconcile", "Reconcile passes run", registry=r)
-        self.duration = Histogram("certctl_reconcile_duration_seconds", "Duration of a reconcile pass", registry=r,
-                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600))
-        self.errors = Counter("certctl_reconcile_errors", "Reconcile passes that did not complete, or in which an "
-                              "action failed", registry=r)
-        self.actions = Counter("certctl_actions", "Actions carried out, by kind and result", ["kind", "result"],
-                               registry=r)
-        self.desired_valid = Gauge("certctl_desired_state_valid",
-                                   "1 when the desired-state directory is valid, 0 while an edit made it invalid",
-                                   registry=r)
-        self.desired_errors = Gauge("certctl_desired_state_errors", "Problems found in the desired-state directory",
-                                    registry=r)
-        self.last_success = Gauge("certctl_reconcile_last_success_timestamp_seconds",
-                                  "When the last reconcile pass completed (Unix seconds)", registry=r)
-        self.next_due = Gauge("certctl_reconcile_next_timestamp_seconds",
-                              "When the next reconcile pass is scheduled (Unix seconds)", registry=r)
-        self.git_errors = Counter("certctl_git_pull_errors", "Failed `git pull --ff-only` of the desired state",
-                                  registry=r)
-        self.notifications = Counter("certctl_notifications", "Notifications sent, by channel, event and result",
-                                     ["channel", "event", "result"], registry=r)
-        self.info = Gauge("certctl_desired_state_info", "The desired-state revision in force (value 1)", ["revision"],
-                          registry=r)
+        self.duration = Histogram(
+            "certctl_reconcile_duration_seconds",
+            "Duration of a reconcile pass",
+            registry=r,
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+        )
+        self.errors = Counter(
+            "certctl_reconcile_errors",
+            "Reconcile passes that did not complete, or in which an action failed",
+            registry=r,
+        )
+        self.actions = Counter(
+            "certctl_actions", "Actions carried out, by kind and result", ["kind", "result"], registry=r
+        )
+        self.desired_valid = Gauge(
+            "certctl_desired_state_valid",
+            "1 when the desired-state directory is valid, 0 while an edit made it invalid",
+            registry=r,
+        )
+        self.desired_errors = Gauge(
+            "certctl_desired_state_errors", "Problems found in the desired-state directory", registry=r
+        )
+        self.last_success = Gauge(
+            "certctl_reconcile_last_success_timestamp_seconds",
+            "When the last reconcile pass completed (Unix seconds)",
+            registry=r,
+        )
+        self.next_due = Gauge(
+            "certctl_reconcile_next_timestamp_seconds",
+            "When the next reconcile pass is scheduled (Unix seconds)",
+            registry=r,
+        )
+        self.git_errors = Counter(
+            "certctl_git_pull_errors", "Failed `git pull --ff-only` of the desired state", registry=r
+        )
+        self.notifications = Counter(
+            "certctl_notifications",
+            "Notifications sent, by channel, event and result",
+            ["channel", "event", "result"],
+            registry=r,
+        )
+        self.info = Gauge(
+            "certctl_desired_state_info",
+            "The desired-state revision in force (value 1)",
+            ["revision"],
+            registry=r,
+        )
         self._names: set[str] = set()
         self._revision: str | None = None
 
@@ -75,8 +117,10 @@ class Metrics:
         for row in rows:
             name = row.name
             seen.add(name)
-            for gauge, value in ((self.expiration, _timestamp(row.not_after)),
-                                 (self.renewal, _timestamp(row.renew_at))):
+            for gauge, value in (
+                (self.expiration, _timestamp(row.not_after)),
+                (self.renewal, _timestamp(row.renew_at)),
+            ):
                 if value is None:
                     _remove(gauge, name)
                 else:
@@ -121,8 +165,13 @@ class _Server6(_Server):
 class HttpEndpoint:
     """Serves /healthz, /metrics and /status from a background thread."""
 
-    def __init__(self, address: str, metrics: Metrics, health: Callable[[], tuple[bool, dict[str, Any]]],
-                 status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        address: str,
+        metrics: Metrics,
+        health: Callable[[], tuple[bool, dict[str, Any]]],
+        status: Callable[[], dict[str, Any]],
+    ) -> None:
         host, port = parse_address(address)
 
         class Handler(BaseHTTPRequestHandler):
@@ -160,8 +209,9 @@ class HttpEndpoint:
         server_class = _Server6 if ":" in host else _Server
         self.server = server_class((host, port), Handler)
         self.address = f"{host}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 5.0},
-                                        name="certctl-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 5.0}, name="certctl-http", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()

@@ -22,8 +22,13 @@ log = structlog.get_logger()
 
 
 class SignalRelay:
-    def __init__(self, on_hup: Callable[[], None], on_stop: Callable[[str], None], stop_grace: float,
-                 exit_code: int = 0) -> None:
+    def __init__(
+        self,
+        on_hup: Callable[[], None],
+        on_stop: Callable[[str], None],
+        stop_grace: float,
+        exit_code: int = 0,
+    ) -> None:
         self.on_hup = on_hup
         self.on_stop = on_stop
         self.stop_grace = stop_grace
@@ -48,8 +53,11 @@ class SignalRelay:
             try:
                 data = reader.recv(64)
             except TimeoutError:
-                log.warning("daemon.stop.forced", seconds=self.stop_grace,
-                            note="actions still running after the stop timeout; the next start recovers from the journal")
+                log.warning(
+                    "daemon.stop.forced",
+                    seconds=self.stop_grace,
+                    note="actions still running after the stop timeout; the next start recovers from the journal",
+                )
                 os._exit(self.exit_code)
             for signum in data:
                 if signum == getattr(signal, "SIGHUP", None):

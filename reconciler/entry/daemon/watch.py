@@ -29,7 +29,9 @@ def relevant_change(root: Path, state_path: Path | None, deleted: bool, path: st
     return p.suffix in (".yaml", ".yml") or deleted
 
 
-def watch(directory: Path, state_path: Path | None, on_change: Callable[[], None], stop: threading.Event) -> None:
+def watch(
+    directory: Path, state_path: Path | None, on_change: Callable[[], None], stop: threading.Event
+) -> None:
     """Call ``on_change`` for every debounced batch of relevant changes until ``stop`` is set (run in a thread)."""
     import watchfiles
 
@@ -41,8 +43,14 @@ def watch(directory: Path, state_path: Path | None, on_change: Callable[[], None
 
     while not stop.is_set():
         try:
-            for changes in watchfiles.watch(directory, watch_filter=relevant, debounce=DEBOUNCE_MS, step=STEP_MS,
-                                            stop_event=stop, raise_interrupt=False):
+            for changes in watchfiles.watch(
+                directory,
+                watch_filter=relevant,
+                debounce=DEBOUNCE_MS,
+                step=STEP_MS,
+                stop_event=stop,
+                raise_interrupt=False,
+            ):
                 log.debug("watch.changed", files=sorted(p for _, p in changes)[:20])
                 on_change()
         except Exception as exc:  # noqa: BLE001 - e.g. the directory does not exist (yet)

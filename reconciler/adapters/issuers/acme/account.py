@@ -75,13 +75,17 @@ class AccountStore:
                 return self._key
             pem = self.blobs.get("account.key")
             if pem is None:  # created only where missing and read back: concurrent nodes share the first key
-                pem = self.blobs.create("account.key", pki.key_to_pem(ec.generate_private_key(ec.SECP256R1())))
+                pem = self.blobs.create(
+                    "account.key", pki.key_to_pem(ec.generate_private_key(ec.SECP256R1()))
+                )
                 log.info("acme.account.key_created", path=str(self.key_path))
             try:
                 private = pki.load_key(pem)
             except ValueError as exc:
                 raise ValueError(f"the ACME account key {self.key_path} is unreadable: {exc}") from None
-            self._key = JWKEC(key=private) if isinstance(private, ec.EllipticCurvePrivateKey) else JWKRSA(key=private)
+            self._key = (
+                JWKEC(key=private) if isinstance(private, ec.EllipticCurvePrivateKey) else JWKRSA(key=private)
+            )
             return self._key
 
     def alg(self) -> JWASignature:
@@ -137,8 +141,12 @@ class AccountStore:
             return None
         return AccountRecord(directory_url, data["uri"], data.get("email"), data.get("created", ""))
 
-    def save(self, directory_url: str, uri: str, email: str | None, created: str | None = None) -> AccountRecord:
-        record = AccountRecord(directory_url, uri, email, created or datetime.now(UTC).isoformat(timespec="seconds"))
+    def save(
+        self, directory_url: str, uri: str, email: str | None, created: str | None = None
+    ) -> AccountRecord:
+        record = AccountRecord(
+            directory_url, uri, email, created or datetime.now(UTC).isoformat(timespec="seconds")
+        )
         body = {"directoryUrl": directory_url, "uri": uri, "email": email, "created": record.created}
         self.blobs.put("account.json", (json.dumps(body, indent=1) + "\n").encode())
         return record
@@ -147,7 +155,9 @@ class AccountStore:
 class Registration:
     """Registers the account of one Issuer with its CA (terms of service, EAB), once, and forgets it on request."""
 
-    def __init__(self, name: str, spec: specs.Acme, store: AccountStore, environ: Mapping[str, str] | None) -> None:
+    def __init__(
+        self, name: str, spec: specs.Acme, store: AccountStore, environ: Mapping[str, str] | None
+    ) -> None:
         self.name = name
         self.spec = spec
         self.store = store
@@ -165,7 +175,9 @@ class Registration:
         with self._lock:
             record = self.store.load(self.spec.directoryUrl)
             if record is not None:
-                client.net.account = messages.RegistrationResource(uri=record.uri, body=messages.Registration())
+                client.net.account = messages.RegistrationResource(
+                    uri=record.uri, body=messages.Registration()
+                )
                 if record.email != self.spec.email:
                     self._update_contact(client, directory, record)
                 return
@@ -197,16 +209,25 @@ class Registration:
                 uri = exc.location  # the key already has an account there
             except messages.Error as exc:
                 if retry.problem_code(exc) == "rateLimited":
-                    raise retry.to_issue_error(exc, f"Issuer {self.name}: new account at {self.spec.directoryUrl}") from None
-                what = "refused the External Account Binding" if eab is not None and retry.problem_code(exc) in (
-                    "unauthorized", "malformed", "badPublicKey", "externalAccountRequired") else "refused the new account"
+                    raise retry.to_issue_error(
+                        exc, f"Issuer {self.name}: new account at {self.spec.directoryUrl}"
+                    ) from None
+                what = (
+                    "refused the External Account Binding"
+                    if eab is not None
+                    and retry.problem_code(exc)
+                    in ("unauthorized", "malformed", "badPublicKey", "externalAccountRequired")
+                    else "refused the new account"
+                )
                 raise IssueError(
                     f"Issuer {self.name}: the CA at {self.spec.directoryUrl} {what}: {retry.describe(exc)}",
                     transient=retry.is_transient(exc),
                     problem=retry.problem_of(exc),
                 ) from None
             if not uri:
-                raise IssueError(f"Issuer {self.name}: the CA created an account without a URL", transient=True)
+                raise IssueError(
+                    f"Issuer {self.name}: the CA created an account without a URL", transient=True
+                )
             client.net.account = messages.RegistrationResource(uri=uri, body=messages.Registration())
             self.store.save(self.spec.directoryUrl, uri, self.spec.email)
             log.info("acme.account.registered", issuer=self.name, account=uri, eab=eab is not None)
@@ -220,11 +241,17 @@ class Registration:
             raise IssueError(
                 f"Issuer {self.name}: the CA at {self.spec.directoryUrl} refused to change the account's contact "
                 f"to {self.spec.email or 'none'}: {retry.describe(exc)}",
-                transient=retry.is_transient(exc), problem=retry.problem_of(exc),
+                transient=retry.is_transient(exc),
+                problem=retry.problem_of(exc),
             ) from None
         self.store.save(self.spec.directoryUrl, record.uri, self.spec.email, created=record.created)
-        log.info("acme.account.contact_updated", issuer=self.name, account=record.uri, before=record.email,
-                 after=self.spec.email)
+        log.info(
+            "acme.account.contact_updated",
+            issuer=self.name,
+            account=record.uri,
+            before=record.email,
+            after=self.spec.email,
+        )
 
     def _eab(self, key: JWK, directory: messages.Directory) -> dict[str, Any]:
         assert self.spec.eab is not None
@@ -236,7 +263,12 @@ class Registration:
         try:
             b64decode(hmac_key)
         except (ValueError, TypeError):
-            raise IssueError(f"Issuer {self.name}: eab.hmacKey is not base64url as the CA hands it out", transient=False) from None
+            raise IssueError(
+                f"Issuer {self.name}: eab.hmacKey is not base64url as the CA hands it out", transient=False
+            ) from None
         return messages.ExternalAccountBinding.from_data(
-            account_public_key=key.public_key(), kid=self.spec.eab.keyId, hmac_key=hmac_key, directory=directory
+            account_public_key=key.public_key(),
+            kid=self.spec.eab.keyId,
+            hmac_key=hmac_key,
+            directory=directory,
         )

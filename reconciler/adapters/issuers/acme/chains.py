@@ -12,9 +12,13 @@ from reconciler.support import pki
 
 def make_csr(key: pki.PrivateKey, domains: tuple[str, ...] | list[str]) -> x509.CertificateSigningRequest:
     """A CSR naming every domain (the first also as CN when it fits in 64 characters)."""
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])] if len(domains[0]) <= 64 else [])
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, domains[0])] if len(domains[0]) <= 64 else []
+    )
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
-    builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False)
+    builder = builder.add_extension(
+        x509.SubjectAlternativeName([x509.DNSName(d) for d in domains]), critical=False
+    )
     return builder.sign(key, hashes.SHA256())
 
 
@@ -53,4 +57,6 @@ def material_from(fullchain: str, key: pki.PrivateKey) -> Material:
     key_pem = pki.key_to_pem(key)
     if not pki.key_matches(blocks[0], key_pem):
         raise IssueError("the CA returned a certificate for another key", transient=False)
-    return Material(cert_pem=blocks[0], chain_pem=b"".join(blocks[1:]), key_pem=key_pem, info=pki.cert_info(leaf))
+    return Material(
+        cert_pem=blocks[0], chain_pem=b"".join(blocks[1:]), key_pem=key_pem, info=pki.cert_info(leaf)
+    )

@@ -22,8 +22,14 @@ log = structlog.get_logger()
 
 
 class ChallengeJournal:
-    def __init__(self, path: Path, issuer: str, solvers: SolverFactory, environ: Mapping[str, str] | None,
-                 records: RecordLog | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        issuer: str,
+        solvers: SolverFactory,
+        environ: Mapping[str, str] | None,
+        records: RecordLog | None = None,
+    ) -> None:
         self.log: RecordLog = records if records is not None else KeyedLog(path)
         self.issuer = issuer
         self.solvers = solvers
@@ -53,13 +59,23 @@ class ChallengeJournal:
                 solver = self.solvers(specs.Solver.model_validate(record["solver"]), self.environ)
                 solver.cleanup([task])
             except Exception as exc:  # noqa: BLE001 - reported and kept: the next pass tries again
-                log.warning("acme.challenge.recovery_failed", issuer=self.issuer, domain=task.domain, kind=task.kind,
-                            error=str(exc))
+                log.warning(
+                    "acme.challenge.recovery_failed",
+                    issuer=self.issuer,
+                    domain=task.domain,
+                    kind=task.kind,
+                    error=str(exc),
+                )
                 continue
             self.log.delete(key)
             removed += 1
-            log.warning("acme.challenge.recovered", issuer=self.issuer, domain=task.domain, kind=task.kind,
-                        note="left by an interrupted order; removed")
+            log.warning(
+                "acme.challenge.recovered",
+                issuer=self.issuer,
+                domain=task.domain,
+                kind=task.kind,
+                note="left by an interrupted order; removed",
+            )
         return removed
 
 

@@ -97,7 +97,9 @@ class AcmeIssuer:
         self._solvers: list[Solver] = [solvers(s, environ) for s in spec.solvers]
         # Every challenge made answerable is written here first and removed once cleaned up, so a crash
         # or kill -9 in the middle of an order never leaves a challenge file or DNS record behind.
-        self.challenges = ChallengeJournal(self.folder / "challenges.jsonl", name, solvers, environ, challenge_log)
+        self.challenges = ChallengeJournal(
+            self.folder / "challenges.jsonl", name, solvers, environ, challenge_log
+        )
         self._verify: bool | str = spec.caBundle if spec.caBundle else True
         self._timeout = spec.timeout.total_seconds()
         self._lock = threading.Lock()  # guards the dicts below
@@ -121,7 +123,8 @@ class AcmeIssuer:
         if not lock.acquire(blocking=False):
             raise IssueError(
                 f"an ACME order for certificate {request.certificate} is already running; not starting a second one",
-                transient=True, outage=False,
+                transient=True,
+                outage=False,
             )
         try:
             return self._issue(request)
@@ -162,7 +165,9 @@ class AcmeIssuer:
         if start is None or end is None or end < start:
             log.warning("acme.ari.bad_window", issuer=self.name, certificate_id=ident)
             return None
-        return RenewalWindow(start=start, end=end, retry_after=retry.parse_retry_after(response.headers.get("Retry-After")))
+        return RenewalWindow(
+            start=start, end=end, retry_after=retry.parse_retry_after(response.headers.get("Retry-After"))
+        )
 
     # --- account ----------------------------------------------------------------------------------------
 
@@ -176,20 +181,28 @@ class AcmeIssuer:
             url = directory_entry(session.directory, "keyChange")
             account = session.net.account
             if url is None or account is None:
-                raise IssueError(f"Issuer {self.name}: the CA at {self.directory_url} offers no keyChange", transient=False)
+                raise IssueError(
+                    f"Issuer {self.name}: the CA at {self.directory_url} offers no keyChange", transient=False
+                )
             new = self.accounts.stage_key()
-            payload = json.dumps({"account": account.uri, "oldKey": session.key.public_key().to_partial_json()})
+            payload = json.dumps(
+                {"account": account.uri, "oldKey": session.key.public_key().to_partial_json()}
+            )
             inner = acme_jws.JWS.sign(payload.encode(), key=new, alg=jwa_for(new), nonce=None, url=url)
             try:
                 session.post(url, inner)
             except messages.Error as exc:
                 self.accounts.discard_staged()
-                raise retry.to_issue_error(exc, f"Issuer {self.name}: key change at {self.directory_url}") from None
+                raise retry.to_issue_error(
+                    exc, f"Issuer {self.name}: key change at {self.directory_url}"
+                ) from None
             self.accounts.promote_staged()
             log.info("acme.account.key_rolled_over", issuer=self.name, account=account.uri)
             return str(account.uri)
         except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
-            raise retry.to_issue_error(exc, f"Issuer {self.name}: key change at {self.directory_url}") from None
+            raise retry.to_issue_error(
+                exc, f"Issuer {self.name}: key change at {self.directory_url}"
+            ) from None
         finally:
             session.net.session.close()
 
@@ -207,7 +220,9 @@ class AcmeIssuer:
         staged = self.accounts.staged()
         if staged is None:
             return
-        net = Network(self.retry_policy, key=staged, alg=jwa_for(staged), verify=self._verify, timeout=self._timeout)
+        net = Network(
+            self.retry_policy, key=staged, alg=jwa_for(staged), verify=self._verify, timeout=self._timeout
+        )
         try:
             client = ClientV2(self._get_directory(net), net)
             client.new_account(messages.NewRegistration(only_return_existing=True))
@@ -217,7 +232,9 @@ class AcmeIssuer:
             return
         except messages.Error as exc:
             if retry.problem_code(exc) != "accountDoesNotExist":
-                raise retry.to_issue_error(exc, f"Issuer {self.name}: checking a staged account key") from None
+                raise retry.to_issue_error(
+                    exc, f"Issuer {self.name}: checking a staged account key"
+                ) from None
         except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
             raise retry.to_issue_error(exc, f"Issuer {self.name}: checking a staged account key") from None
         finally:
@@ -233,7 +250,9 @@ class AcmeIssuer:
         cert = x509.load_pem_x509_certificate(material.cert_pem)
         code = REVOCATION_REASONS.get(reason)
         if code is None:
-            raise RevokeError(f"unknown revocation reason {reason!r} (known: {', '.join(REVOCATION_REASONS)})")
+            raise RevokeError(
+                f"unknown revocation reason {reason!r} (known: {', '.join(REVOCATION_REASONS)})"
+            )
         context = f"Issuer {self.name}: revoking {material.info.thumbprint[:8]} at {self.directory_url}"
         try:
             session = self._session()
@@ -253,9 +272,13 @@ class AcmeIssuer:
             raise RevokeError(f"{context}: {retry.describe(exc)}") from None
         finally:
             session.net.session.close()
-        log.info("acme.certificate.revoked", issuer=self.name, thumbprint=material.info.thumbprint, reason=reason)
+        log.info(
+            "acme.certificate.revoked", issuer=self.name, thumbprint=material.info.thumbprint, reason=reason
+        )
 
-    def _revoke_with_certificate_key(self, material: Material, cert: x509.Certificate, code: int, context: str) -> None:
+    def _revoke_with_certificate_key(
+        self, material: Material, cert: x509.Certificate, code: int, context: str
+    ) -> None:
         key = pki.load_key(material.key_pem)
         jwk = JWKEC(key=key) if isinstance(key, ec.EllipticCurvePrivateKey) else JWKRSA(key=key)
         alg = jwa_for(jwk)
@@ -264,7 +287,9 @@ class AcmeIssuer:
             ClientV2(self._get_directory(net), net).revoke(cert, code)
         except messages.Error as exc:
             if retry.problem_code(exc) != "alreadyRevoked":
-                raise RevokeError(f"{context} (signed with the certificate's key): {retry.describe(exc)}") from None
+                raise RevokeError(
+                    f"{context} (signed with the certificate's key): {retry.describe(exc)}"
+                ) from None
         except (acme_errors.Error, requests.RequestException, DeserializationError) as exc:
             raise RevokeError(f"{context}: {retry.describe(exc)}") from None
         finally:
@@ -313,9 +338,20 @@ class AcmeIssuer:
             session = self._session()
             try:
                 self._check_profile(session.directory)
-                order = Order(session, self.spec.solvers, self._solvers, self._solver_index, self.challenges, self.ari,
-                              self.order_timeout, self.spec.preferredChain, bound, self._delegate, self.spec.profile,
-                              pool=self._pool)
+                order = Order(
+                    session,
+                    self.spec.solvers,
+                    self._solvers,
+                    self._solver_index,
+                    self.challenges,
+                    self.ari,
+                    self.order_timeout,
+                    self.spec.preferredChain,
+                    bound,
+                    self._delegate,
+                    self.spec.profile,
+                    pool=self._pool,
+                )
                 return order.run(request, plan, key, csr)
             except IssueError:
                 raise
@@ -364,8 +400,10 @@ class AcmeIssuer:
             return index, ""
         target = delegation_solver(self.spec, record)
         if isinstance(target, str):
-            raise IssueError(f"dns-01 for {domain} is delegated by CNAME to {record}, but {target} of Issuer {self.name}",
-                             transient=False)
+            raise IssueError(
+                f"dns-01 for {domain} is delegated by CNAME to {record}, but {target} of Issuer {self.name}",
+                transient=False,
+            )
         log.info("acme.challenge.delegated", issuer=self.name, domain=domain, record=record, solver=target)
         return target, record
 
@@ -402,8 +440,11 @@ class AcmeIssuer:
         offered = sorted(offered_profiles(directory))
         if self._profiles_written == offered:
             return
-        record = {"directoryUrl": self.directory_url, "profiles": offered,
-                  "fetched_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        record = {
+            "directoryUrl": self.directory_url,
+            "profiles": offered,
+            "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
         try:
             self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write(self.folder / DIRECTORY_RECORD, json.dumps(record, indent=1) + "\n", 0o600)
@@ -431,15 +472,23 @@ class AcmeIssuer:
 
     def _session(self) -> Session:
         context = f"Issuer {self.name}: the CA at {self.directory_url}"
-        if self.accounts.staged() is not None:  # a key rollover was interrupted: settle it before using the key
+        if (
+            self.accounts.staged() is not None
+        ):  # a key rollover was interrupted: settle it before using the key
             self._settle_staged_key()
         try:
             key = self.accounts.key()
             alg = self.accounts.alg()
         except (OSError, ValueError) as exc:
             raise IssueError(f"Issuer {self.name}: {exc}", transient=False) from None
-        net = Network(self.retry_policy, key=key, alg=alg, verify=self._verify, timeout=self._timeout,
-                      connection=self._connection)
+        net = Network(
+            self.retry_policy,
+            key=key,
+            alg=alg,
+            verify=self._verify,
+            timeout=self._timeout,
+            connection=self._connection,
+        )
         try:
             directory = self._get_directory(net)
             client = ClientV2(directory, net)
@@ -491,8 +540,14 @@ def cached_profiles(state_dir: Path, issuer: str, directory_url: str) -> tuple[s
 
 def fetch_limited(url: str, verify: bool | str, timeout: float, limit: int) -> bytes:
     """The body of ``url`` (http or https), at most ``limit`` bytes; raises requests.RequestException or ValueError."""
-    with requests.get(url, timeout=timeout, verify=verify, stream=True, allow_redirects=True,
-                      headers={"User-Agent": "certctl"}) as response:
+    with requests.get(
+        url,
+        timeout=timeout,
+        verify=verify,
+        stream=True,
+        allow_redirects=True,
+        headers={"User-Agent": "certctl"},
+    ) as response:
         response.raise_for_status()
         chunks, size = [], 0
         for chunk in response.iter_content(1 << 16):

@@ -60,8 +60,13 @@ class Order:
     sleep: Callable[[float], None] = field(default=time.sleep)  # the pause between polls (tests record it)
     pool: Executor | None = None  # the issuer's threads for requests made at once (authorizations)
 
-    def run(self, request: IssueRequest, plan: dict[str, int], key: pki.PrivateKey,
-            csr: x509.CertificateSigningRequest) -> Material:
+    def run(
+        self,
+        request: IssueRequest,
+        plan: dict[str, int],
+        key: pki.PrivateKey,
+        csr: x509.CertificateSigningRequest,
+    ) -> Material:
         """Order, validate, finalize and download; the material for ``key``."""
         session, bound = self.session, self.log
         started = time.monotonic()
@@ -78,15 +83,20 @@ class Order:
         if order.status == messages.STATUS_READY:
             order = self._finalize(session, order, order_url, csr, deadline, bound)
         if not order.certificate:
-            raise IssueError(f"the CA marked order {order_url} valid without a certificate URL", transient=True)
+            raise IssueError(
+                f"the CA marked order {order_url} valid without a certificate URL", transient=True
+            )
 
         chains = self._download(session, order.certificate)
         chosen = choose_chain(chains, self.preferred_chain)
         if self.preferred_chain and chosen is not chains[0]:
             bound.info("acme.chain.alternate_chosen", preferred=self.preferred_chain)
         elif self.preferred_chain and chosen_top_issuer(chosen) != self.preferred_chain:
-            bound.warning("acme.chain.preferred_unavailable", preferred=self.preferred_chain,
-                          offered=[chosen_top_issuer(c) for c in chains])
+            bound.warning(
+                "acme.chain.preferred_unavailable",
+                preferred=self.preferred_chain,
+                offered=[chosen_top_issuer(c) for c in chains],
+            )
         material = material_from(chosen, key)
         leaf = x509.load_pem_x509_certificate(material.cert_pem)
         self.ari.remember(leaf)
@@ -104,15 +114,19 @@ class Order:
         identifiers = [messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=d) for d in request.domains]
         replaces = self._replaces(session, request, bound)
         try:
-            response = session.post(session.directory["newOrder"],
-                                    NewOrder(identifiers=identifiers, replaces=replaces, profile=self.profile))
+            response = session.post(
+                session.directory["newOrder"],
+                NewOrder(identifiers=identifiers, replaces=replaces, profile=self.profile),
+            )
         except messages.Error as exc:
             if replaces is None or retry.problem_code(exc) not in ("alreadyReplaced", "malformed"):
                 raise
             # The CA will not accept this certificate as the one replaced (already renewed, or unknown
             # to it): a renewal without ARI is still a renewal.
             bound.warning("acme.order.replaces_refused", replaces=replaces, detail=exc.detail)
-            response = session.post(session.directory["newOrder"], NewOrder(identifiers=identifiers, profile=self.profile))
+            response = session.post(
+                session.directory["newOrder"], NewOrder(identifiers=identifiers, profile=self.profile)
+            )
         url = response.headers.get("Location")
         if not url:
             raise IssueError("the CA created an order without a Location", transient=True)
@@ -132,14 +146,22 @@ class Order:
             return None
         ident = self.ari.lookup(request.replaces)
         if ident is None:
-            bound.warning("acme.order.replaces_unknown", serial=request.replaces.serial,
-                          reason="the issuer of the replaced certificate is not known to this account's records")
+            bound.warning(
+                "acme.order.replaces_unknown",
+                serial=request.replaces.serial,
+                reason="the issuer of the replaced certificate is not known to this account's records",
+            )
         return ident
 
-    def _pending_challenges(self, session: Session, order: messages.Order, plan: dict[str, int]) -> list[_Pending]:
+    def _pending_challenges(
+        self, session: Session, order: messages.Order, plan: dict[str, int]
+    ) -> list[_Pending]:
         out: list[_Pending] = []
-        fetched = at_once(lambda url: messages.Authorization.from_json(session.get_as_post(url).json()),
-                          list(order.authorizations), self.pool)
+        fetched = at_once(
+            lambda url: messages.Authorization.from_json(session.get_as_post(url).json()),
+            list(order.authorizations),
+            self.pool,
+        )
         for url, authz in zip(order.authorizations, fetched, strict=True):
             ident = authz.identifier.value
             domain = f"*.{ident}" if authz.wildcard else ident
@@ -147,7 +169,10 @@ class Order:
                 self.log.debug("acme.authz.reused", domain=domain)
                 continue
             if authz.status != messages.STATUS_PENDING:
-                raise IssueError(f"the authorization for {domain} is {status_name(authz.status)} at the CA", transient=False)
+                raise IssueError(
+                    f"the authorization for {domain} is {status_name(authz.status)} at the CA",
+                    transient=False,
+                )
             index = plan.get(domain)
             if index is None:
                 index = self.solver_index(domain)
@@ -174,7 +199,9 @@ class Order:
             out.append(_Pending(url, domain, challb, response, task, index))
         return out
 
-    def _solve(self, session: Session, url: str, pending: list[_Pending], deadline: float, bound: Any) -> messages.Order:
+    def _solve(
+        self, session: Session, url: str, pending: list[_Pending], deadline: float, bound: Any
+    ) -> messages.Order:
         groups: dict[int, list[ChallengeTask]] = {}
         for item in pending:
             groups.setdefault(item.solver, []).append(item.task)
@@ -186,6 +213,7 @@ class Order:
                 self.journal.remember(self.solver_specs[index], tasks)
                 bound.info("acme.challenge.preparing", solver=repr(solver), domains=[t.domain for t in tasks])
                 solver.prepare(tasks)
+
             def answer(item: _Pending) -> None:
                 session.client.answer_challenge(item.challenge, item.response)
                 bound.info("acme.challenge.answered", domain=item.domain, kind=item.task.kind)
@@ -197,12 +225,18 @@ class Order:
                 try:
                     solver.cleanup(tasks)
                 except Exception as exc:  # noqa: BLE001 - cleanup must not hide the order's own outcome
-                    bound.error("acme.challenge.cleanup_failed", solver=repr(solver), error=str(exc),
-                                note="kept in challenges.jsonl; the next apply or daemon pass cleans it up")
+                    bound.error(
+                        "acme.challenge.cleanup_failed",
+                        solver=repr(solver),
+                        error=str(exc),
+                        note="kept in challenges.jsonl; the next apply or daemon pass cleans it up",
+                    )
                 else:
                     self.journal.forget(tasks)
 
-    def _wait_validation(self, session: Session, url: str, pending: list[_Pending], deadline: float) -> messages.Order:
+    def _wait_validation(
+        self, session: Session, url: str, pending: list[_Pending], deadline: float
+    ) -> messages.Order:
         """Poll the order (one request per round, however many authorizations it has) until the CA has
         finished validating: the order leaves ``pending`` once every authorization is valid (``ready``) or
         one has failed (``invalid``; then the authorizations are fetched, at once, to say which and why)."""
@@ -218,14 +252,19 @@ class Order:
             self._validation_failures(session, pending)
             if order.error is not None:
                 raise retry.to_issue_error(order.error, "the CA refused the order")
-            raise IssueError(f"the CA marked the order invalid while validating {names}, without saying why",
-                             transient=False)
+            raise IssueError(
+                f"the CA marked the order invalid while validating {names}, without saying why",
+                transient=False,
+            )
         return order
 
     def _validation_failures(self, session: Session, pending: list[_Pending]) -> None:
         """Raise IssueError naming every authorization that failed, with the CA's problem documents."""
-        fetched = at_once(lambda item: messages.Authorization.from_json(session.get_as_post(item.url).json()),
-                          pending, self.pool)
+        fetched = at_once(
+            lambda item: messages.Authorization.from_json(session.get_as_post(item.url).json()),
+            pending,
+            self.pool,
+        )
         failures: list[str] = []
         problem: dict[str, object] = {}
         subproblems: list[dict[str, object]] = []
@@ -246,8 +285,9 @@ class Order:
                 problem = {**problem, "subproblems": subproblems}
             raise IssueError("validation failed: " + "; ".join(failures), transient=False, problem=problem)
 
-    def _finalize(self, session: Session, order: messages.Order, url: str, csr: Any, deadline: float,
-                  bound: Any) -> messages.Order:
+    def _finalize(
+        self, session: Session, order: messages.Order, url: str, csr: Any, deadline: float, bound: Any
+    ) -> messages.Order:
         """Finalize once. When the answer is lost (a timeout or 5xx retried into orderNotReady), the CA may
         well have accepted it: ask the order instead of failing, so that certificate is never ordered twice."""
         try:
@@ -257,8 +297,12 @@ class Order:
             current = messages.Order.from_json(session.get_as_post(url).json())
             if current.status in (messages.STATUS_READY, messages.STATUS_INVALID):
                 raise  # the CA did not take it (or refused the order): the error stands
-            bound.warning("acme.order.finalize_uncertain", error=str(exc) or repr(exc), status=status_name(current.status),
-                          note="the CA accepted an earlier finalize; waiting for that certificate")
+            bound.warning(
+                "acme.order.finalize_uncertain",
+                error=str(exc) or repr(exc),
+                status=status_name(current.status),
+                note="the CA accepted an earlier finalize; waiting for that certificate",
+            )
             order = current
         bound.info("acme.order.finalizing")
         if order.status != messages.STATUS_VALID:

@@ -32,7 +32,9 @@ from reconciler.adapters.issuers.acme.retry import RetryPolicy
 
 USER_AGENT = "certctl/0.1 (acme-python)"
 NONCE_POOL = 256  # unused nonces kept per issuer (the oldest are dropped first)
-NONCE_MAX_AGE = 60.0  # seconds an unused nonce is kept (CAs expire them; a stale one costs a badNonce round trip)
+NONCE_MAX_AGE = (
+    60.0  # seconds an unused nonce is kept (CAs expire them; a stale one costs a badNonce round trip)
+)
 
 
 class NoncePool:
@@ -72,7 +74,9 @@ class _Session(requests.Session):
         super().__init__()
         self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
 
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> dict[str, Any]:
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
         if not self.trust_env or (proxies and proxies.get("no_proxy")):
             return super().merge_environment_settings(url, proxies, stream, verify, cert)
         parts = urlsplit(str(url))
@@ -80,15 +84,21 @@ class _Session(requests.Session):
         known = self._environment.get(origin)
         if known is None:
             known = self._environment[origin] = (
-                get_environ_proxies(origin), os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"))
+                get_environ_proxies(origin),
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
+            )
         environ_proxies, environ_bundle = known
         proxies = dict(proxies or {})
         for scheme, proxy in environ_proxies.items():
             proxies.setdefault(scheme, proxy)
         if (verify is True or verify is None) and environ_bundle:
             verify = environ_bundle
-        return {"proxies": merge_setting(proxies, self.proxies), "stream": merge_setting(stream, self.stream),
-                "verify": merge_setting(verify, self.verify), "cert": merge_setting(cert, self.cert)}
+        return {
+            "proxies": merge_setting(proxies, self.proxies),
+            "stream": merge_setting(stream, self.stream),
+            "verify": merge_setting(verify, self.verify),
+            "cert": merge_setting(cert, self.cert),
+        }
 
 
 class Connection:
@@ -116,8 +126,16 @@ class Network(ClientNetwork):
     documents keep their HTTP status and Retry-After. Given a ``Connection``, it uses that one's HTTP
     connections and nonces (shared with the other orders of the issuer) instead of its own."""
 
-    def __init__(self, policy: RetryPolicy, *, key: JWK | None = None, alg: JWASignature = ES256,
-                 verify: bool | str = True, timeout: float = 30.0, connection: Connection | None = None) -> None:
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        key: JWK | None = None,
+        alg: JWASignature = ES256,
+        verify: bool | str = True,
+        timeout: float = 30.0,
+        connection: Connection | None = None,
+    ) -> None:
         super().__init__(key=key, alg=alg, verify_ssl=verify, user_agent=USER_AGENT, timeout=timeout)  # type: ignore[arg-type]
         self.policy = policy
         self.shared = connection is not None
@@ -137,7 +155,9 @@ class Network(ClientNetwork):
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         response = super()._send_request(method, url, *args, **kwargs)
         if not response.ok and self.REPLAY_NONCE_HEADER in response.headers:
-            with contextlib.suppress(acme_errors.BadNonce):  # a refusal (badNonce included) hands out a good nonce
+            with contextlib.suppress(
+                acme_errors.BadNonce
+            ):  # a refusal (badNonce included) hands out a good nonce
                 self.nonces.put(self._decoded_nonce(response))
         return response
 
@@ -160,7 +180,9 @@ class Network(ClientNetwork):
         return self._decoded_nonce(self._check_response(self.head(new_nonce_url or url), content_type=None))
 
     @classmethod
-    def _check_response(cls, response: requests.Response, content_type: str | None = None) -> requests.Response:
+    def _check_response(
+        cls, response: requests.Response, content_type: str | None = None
+    ) -> requests.Response:
         try:
             return super()._check_response(response, content_type=content_type)
         except messages.Error as exc:
@@ -172,7 +194,9 @@ class Network(ClientNetwork):
         url = args[0] if args else kwargs.get("url")
         return retry.call(self.policy, f"POST {url}", super().post, *args, **kwargs)
 
-    def get(self, url: str, content_type: str = ClientNetwork.JSON_CONTENT_TYPE, **kwargs: Any) -> requests.Response:
+    def get(
+        self, url: str, content_type: str = ClientNetwork.JSON_CONTENT_TYPE, **kwargs: Any
+    ) -> requests.Response:
         return retry.call(self.policy, f"GET {url}", super().get, url, content_type=content_type, **kwargs)
 
 
