@@ -47,7 +47,7 @@ system-deps:
 lint: $(STAMP)
 	$(BIN)/ruff check reconciler tests bench
 	$(BIN)/ruff format --check reconciler tests bench
-	$(BIN)/mypy reconciler
+	$(BIN)/mypy reconciler tests
 	$(BIN)/lint-imports
 
 ## format: apply the formatter `make lint` checks

@@ -64,7 +64,7 @@ def test_apply_then_plan_is_empty_even_after_the_specs_change(capsys, first, sec
         after = {n: v[-1] for n, v in StateDir(root / "state").issued().items()}
         for i, c in enumerate(second):
             name = f"c{i}"
-            assert after[name].info.sans == tuple(f"{d}.example.com" for d in c["domains"])  # type: ignore[attr-defined]
+            assert after[name].info.sans == tuple(f"{d}.example.com" for d in c["domains"])
             unchanged = (
                 i < len(first)
                 and first[i]["domains"] == c["domains"]

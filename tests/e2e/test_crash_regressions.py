@@ -12,7 +12,7 @@ from reconciler.support import pki
 from tests.conftest import Workspace, consumer_thumbprint
 
 
-def plan_json(ws: Workspace, run_cli) -> dict:
+def plan_json(ws: Workspace, run_cli) -> dict:  # type: ignore[type-arg]
     code, out, err = run_cli("plan", "-d", str(ws.desired), "--json")
     assert code == 0, err
     return json.loads(out)

@@ -326,7 +326,7 @@ def test_edits_are_applied_and_a_broken_edit_changes_nothing(tmp_path: Path) -> 
         alpha = daemon.wait(
             "alpha reissued with two names", lambda: (i := site.live("alpha")) and len(i.sans) == 2 and i
         )
-        assert alpha.thumbprint != first.thumbprint
+        assert alpha.thumbprint != first.thumbprint  # type: ignore[attr-defined]
 
         # /status says what `certctl status --json` says
         daemon.wait(
@@ -352,7 +352,7 @@ def test_edits_are_applied_and_a_broken_edit_changes_nothing(tmp_path: Path) -> 
             "beta.yaml", "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: beta\nspec: {}\n"
         )
         site.certificate("alpha", ["alpha.example.test"], extra="  colour: blue\n")  # an unknown field
-        code, health = daemon.wait(
+        code, health = daemon.wait(  # type: ignore[misc]
             "/healthz 503",
             lambda: (
                 (r := daemon.json("/healthz"))[0] == 503
@@ -367,8 +367,8 @@ def test_edits_are_applied_and_a_broken_edit_changes_nothing(tmp_path: Path) -> 
         assert daemon.metrics()[("certctl_desired_state_valid", ())] == 0
         daemon.wait_pass(passes)
         daemon.hup()  # a full pass on the last valid state
-        assert site.live("beta") is not None and site.live("beta").thumbprint == beta.thumbprint
-        assert site.live("alpha").thumbprint == alpha.thumbprint and len(site.live("alpha").sans) == 2
+        assert site.live("beta") is not None and site.live("beta").thumbprint == beta.thumbprint  # type: ignore[union-attr]
+        assert site.live("alpha").thumbprint == alpha.thumbprint and len(site.live("alpha").sans) == 2  # type: ignore[attr-defined, union-attr]
         names = {c["name"] for c in daemon.status()["certificates"]}
         assert names == {"alpha", "beta"}
 
@@ -377,7 +377,7 @@ def test_edits_are_applied_and_a_broken_edit_changes_nothing(tmp_path: Path) -> 
         site.certificate("alpha", ["alpha.example.test", "www.alpha.example.test"])
         daemon.wait_healthy()
         assert daemon.metrics()[("certctl_desired_state_valid", ())] == 1
-        assert site.live("alpha").thumbprint == alpha.thumbprint, (
+        assert site.live("alpha").thumbprint == alpha.thumbprint, (  # type: ignore[attr-defined, union-attr]
             "re-validating the same spec reissues nothing"
         )
     finally:
@@ -423,7 +423,7 @@ def test_short_lived_certificates_renew_on_time_and_metrics_say_so(tmp_path: Pat
         live = site.live("quick")
         assert (
             metrics[("certctl_certificate_renewal_timestamp_seconds", (("name", "quick"),))]
-            == live.not_before.timestamp() + 15
+            == live.not_before.timestamp() + 15  # type: ignore[union-attr]
         )
         assert metrics[("certctl_certificate_ready_status", (("condition", "True"), ("name", "quick")))] == 1
         assert metrics[("certctl_certificate_ready_status", (("condition", "False"), ("name", "quick")))] == 0
@@ -437,7 +437,7 @@ def test_short_lived_certificates_renew_on_time_and_metrics_say_so(tmp_path: Pat
         assert metrics[("certctl_reconcile_errors_total", ())] == 0
         status = daemon.status()
         quick = next(c for c in status["certificates"] if c["name"] == "quick")
-        assert _ts(quick["renew_at"]) == live.not_before.timestamp() + 15
+        assert _ts(quick["renew_at"]) == live.not_before.timestamp() + 15  # type: ignore[union-attr]
     finally:
         assert daemon.stop() == 0, daemon.tail()
 

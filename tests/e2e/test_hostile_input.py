@@ -169,7 +169,7 @@ def test_the_daemon_survives_every_hostile_edit_and_keeps_the_last_valid_state(t
             site.write(f"{name}.yaml", text)
             daemon.wait(
                 f"{name}.yaml reported",
-                lambda n=name: (
+                lambda n=name: (  # type: ignore[misc]
                     (r := daemon.json("/healthz"))[0] == 503
                     and any(f"{n}.yaml:" in e for e in r[1]["desired_state"].get("errors", []))
                 ),
@@ -186,7 +186,7 @@ def test_the_daemon_survives_every_hostile_edit_and_keeps_the_last_valid_state(t
         (site.desired / "fifo.yaml").unlink()
         site.certificate("alpha", ["alpha.example.test"])  # touch: valid again
         daemon.wait_healthy()
-        assert site.live("alpha") is not None and site.live("alpha").thumbprint == first.thumbprint
+        assert site.live("alpha") is not None and site.live("alpha").thumbprint == first.thumbprint  # type: ignore[union-attr]
     finally:
         code = daemon.stop()
     assert code == 0, daemon.tail()

@@ -137,7 +137,7 @@ def log_events() -> Iterator[list[dict[str, Any]]]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:
         with capture_logs() as events:
-            yield events
+            yield events  # type: ignore[misc]
     finally:
         structlog.configure(**saved)
 

@@ -210,8 +210,9 @@ def leaf_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
-        )  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return key, cert
@@ -494,7 +495,7 @@ class Pebble:
         return self
 
     def directory(self) -> dict[str, Any]:
-        return requests.get(self.directory_url, verify=self.ca_bundle, timeout=5).json()  # type: ignore[no-any-return]
+        return requests.get(self.directory_url, verify=self.ca_bundle, timeout=5).json()
 
     def root_pem(self, index: int = 0) -> bytes:
         """Root ``index`` (0 the default, 1… the alternates) from the management interface."""

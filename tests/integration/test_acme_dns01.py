@@ -18,7 +18,11 @@ ENV = "CERTCTL_TEST_TSIG"
 
 
 def _issuer(
-    pebble: Pebble, bind: Bind, state_dir: Path, solvers: list[dict], secret: str | None = None
+    pebble: Pebble,
+    bind: Bind,
+    state_dir: Path,
+    solvers: list[dict],  # type: ignore[type-arg]
+    secret: str | None = None,
 ) -> AcmeIssuer:
     return build_acme_issuer(
         "bind", acme_spec(pebble, solvers), state_dir, environ={ENV: secret or bind.secret}

@@ -22,7 +22,7 @@ from tests.integration.servers import LOOPBACK, Nginx, Pebble, acme_spec, free_p
 pytestmark = pytest.mark.integration
 
 
-def _issuer(pebble: Pebble, state_dir: Path, solvers: list[dict], **fields: object) -> AcmeIssuer:
+def _issuer(pebble: Pebble, state_dir: Path, solvers: list[dict], **fields: object) -> AcmeIssuer:  # type: ignore[type-arg]
     return build_acme_issuer("pebble", acme_spec(pebble, solvers, **fields), state_dir)
 
 

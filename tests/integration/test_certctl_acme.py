@@ -111,7 +111,7 @@ def status(run_cli: RunCli, ws: Workspace) -> dict[str, dict[str, Any]]:
 def plan_json(run_cli: RunCli, ws: Workspace, *extra: str) -> dict[str, Any]:
     code, out, err = run_cli("plan", "-d", str(ws.desired), "--json", *extra)
     assert code == 0, err
-    return json.loads(out)  # type: ignore[no-any-return]
+    return json.loads(out)
 
 
 def ari_id(cert_pem: bytes) -> str:
@@ -464,7 +464,7 @@ def test_kill_9_while_a_dns_challenge_is_out_then_the_next_apply_removes_it(
     assert (
         build_acme_issuer(
             "pebble",
-            load(ws.desired, revision=False).issuers["pebble"].spec.acme,  # type: ignore[arg-type]
+            load(ws.desired, revision=False).issuers["pebble"].spec.acme,
             ws.state,
         ).challenges.pending()
         == {}

@@ -28,7 +28,7 @@ def log_of(fleet: Fleet, node: str, command: str = "apply") -> str:
     return (fleet.root / f"{node}-{command}.log").read_text(errors="replace")
 
 
-def wait_for(check, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def wait_for(check, timeout: float, what: str) -> None:
     """A bound against a hang, not a speed assertion: the condition must come true at some point."""
     deadline = time.monotonic() + timeout
     while not check():

@@ -116,7 +116,10 @@ def test_a_key_that_does_not_match_is_refused_and_undone(host: EmulatedHost, fre
     _root, inter = make_sample._ca()
     other = make_sample.issue(inter, ["other.example.com"], seed="other")
     broken = Material(
-        cert_pem=fresh.cert_pem, chain_pem=b"", key_pem=make_sample.key_to_pem(other.key), info=fresh.info
+        cert_pem=fresh.cert_pem,
+        chain_pem=b"",
+        key_pem=make_sample.key_to_pem(other.key),  # type: ignore[attr-defined]
+        info=fresh.info,
     )
     with pytest.raises(StoreError):
         host.store("WebHosting").install("new-example-com", broken, AT)

@@ -101,7 +101,7 @@ def site(
     ftp: str | None = None,
     ftp_store: str = "WebHosting",
 ) -> Site:
-    made = tuple(make_binding(name, b[0], b[1], b[2] if len(b) > 2 else 0) for b in bindings)  # type: ignore[misc]
+    made = tuple(make_binding(name, b[0], b[1], b[2] if len(b) > 2 else 0) for b in bindings)
     return Site(
         name=name,
         id=site_id,

@@ -190,7 +190,7 @@ def test_never_two_orders_for_one_certificate(tmp_path: Path, monkeypatch: pytes
     assert caught.value.transient
     # another certificate is not held up
     release.set()
-    assert issuer.issue(IssueRequest("api", ("api.example.com",), "ecdsa-p256")) == "api"  # type: ignore[comparison-overlap]
+    assert issuer.issue(IssueRequest("api", ("api.example.com",), "ecdsa-p256")) == "api"
     first.join()
 
 
@@ -269,7 +269,7 @@ def test_choose_chain() -> None:
 
 class _Reply:
     def __init__(self, doc: dict[str, Any]) -> None:
-        self.doc, self.headers = doc, {}
+        self.doc, self.headers = doc, {}  # type: ignore[var-annotated]
 
     def json(self) -> dict[str, Any]:
         return self.doc
@@ -322,11 +322,11 @@ def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(
         {"status": "ready", "identifiers": [], "authorizations": [], "finalize": "https://ca/finalize/1"}
     )
     flow = Order(
-        session,
+        session,  # type: ignore[arg-type]
         issuer.spec.solvers,
         [],
         issuer._solver_index,
-        issuer.challenges,  # type: ignore[arg-type]
+        issuer.challenges,
         issuer.ari,
         5.0,
         None,
@@ -335,11 +335,11 @@ def test_a_lost_finalize_answer_asks_the_order_instead_of_ordering_again(
 
     def run() -> messages.Order:
         return flow._finalize(
-            session,
+            session,  # type: ignore[arg-type]
             order,
             "https://ca/order/1",
             None,
-            time.monotonic() + 5,  # type: ignore[arg-type]
+            time.monotonic() + 5,
             structlog.get_logger(),
         )
 

@@ -124,11 +124,11 @@ def _order(tmp_path: Path, slept: list[float]) -> Order:
         tmp_path,
     )
     return Order(
-        None,
+        None,  # type: ignore[arg-type]
         issuer.spec.solvers,
         [],
         issuer._solver_index,
-        issuer.challenges,  # type: ignore[arg-type]
+        issuer.challenges,
         issuer.ari,
         30.0,
         None,
@@ -145,7 +145,7 @@ def _pending(*domains: str) -> list[_Pending]:
         _Pending(
             f"https://ca/authz/{d}",
             d,
-            None,
+            None,  # type: ignore[arg-type]
             None,  # type: ignore[arg-type]
             ChallengeTask(domain=d, kind="http-01", token="t", key_authorization="k"),
             0,
@@ -161,9 +161,9 @@ def test_validation_polls_the_order_no_sooner_than_retry_after_asks(tmp_path: Pa
     slept: list[float] = []
     ca = _ValidatingCA(rounds=3, headers={"Retry-After": "2"})
     order = _order(tmp_path, slept)._wait_validation(
-        ca,
+        ca,  # type: ignore[arg-type]
         ORDER,
-        _pending("a.example", "b.example"),  # type: ignore[arg-type]
+        _pending("a.example", "b.example"),
         time.monotonic() + 30,
     )
     assert order.status == messages.STATUS_READY
@@ -174,9 +174,9 @@ def test_validation_polls_the_order_no_sooner_than_retry_after_asks(tmp_path: Pa
 def test_without_retry_after_the_first_poll_comes_after_50_ms_and_pauses_grow(tmp_path: Path) -> None:
     slept: list[float] = []
     _order(tmp_path, slept)._wait_validation(
-        _ValidatingCA(rounds=3),
+        _ValidatingCA(rounds=3),  # type: ignore[arg-type]
         ORDER,
-        _pending("a.example"),  # type: ignore[arg-type]
+        _pending("a.example"),
         time.monotonic() + 30,
     )
     assert slept == pytest.approx([0.05, 0.08, 0.128])
@@ -193,13 +193,13 @@ def test_a_failed_validation_names_every_failed_name_from_authorizations_fetched
         r"b\.example: connection: b\.example: refused",
     ) as caught:
         _order(tmp_path, [])._wait_validation(
-            ca,
+            ca,  # type: ignore[arg-type]
             ORDER,
-            _pending("a.example", "b.example"),  # type: ignore[arg-type]
+            _pending("a.example", "b.example"),
             time.monotonic() + 30,
         )
     assert not caught.value.transient
-    assert [p["identifier"] for p in caught.value.problem["subproblems"]] == [  # type: ignore[union-attr]
+    assert [p["identifier"] for p in caught.value.problem["subproblems"]] == [  # type: ignore[attr-defined]
         {"type": "dns", "value": "a.example"},
         {"type": "dns", "value": "b.example"},
     ]
@@ -222,9 +222,9 @@ def test_the_order_is_polled_no_sooner_than_retry_after_asks(tmp_path: Path) -> 
             return _Reply(doc, {"Retry-After": after} if after else {})
 
     order = _order(tmp_path, slept)._wait_order(
-        CA(),
+        CA(),  # type: ignore[arg-type]
         "https://ca/order/1",
-        {"valid"},  # type: ignore[arg-type]
+        {"valid"},
         time.monotonic() + 30,
     )
     assert order.status == messages.STATUS_VALID
@@ -247,7 +247,7 @@ def test_the_shared_session_still_honours_proxy_and_ca_bundle_settings(
     )
     assert "https" not in near["proxies"] and near["verify"] == "/my/ca.pem"  # NO_PROXY, and caBundle wins
     calls: list[str] = []
-    monkeypatch.setattr(transport, "get_environ_proxies", lambda url, no_proxy=None: calls.append(url) or {})
+    monkeypatch.setattr(transport, "get_environ_proxies", lambda url, no_proxy=None: calls.append(url) or {})  # type: ignore[func-returns-value]
     for path in ("new-order", "authz/1", "authz/2"):
         session.merge_environment_settings(f"https://acme.example/{path}", {}, None, True, None)
     assert calls == []  # read once per host, not per request

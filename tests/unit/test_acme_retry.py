@@ -19,7 +19,7 @@ P = "urn:ietf:params:acme:error:"
 def problem(
     code: str, detail: str = "details", status: int | None = None, retry_after: str | None = None
 ) -> messages.Error:
-    exc = messages.Error(typ=P + code, detail=detail)
+    exc = messages.Error(typ=P + code, detail=detail)  # type: ignore[call-arg]
     if status is not None:
         exc.http_status = status
     if retry_after is not None:

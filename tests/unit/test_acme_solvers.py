@@ -146,7 +146,7 @@ def test_webroot_orders_in_parallel_leave_nothing_behind(
     task_a = ChallengeTask("a.example.com", "http-01", "tokenA", "tokenA.key")
     task_b = ChallengeTask("b.example.com", "http-01", "tokenB", "tokenB.key")
     solver.prepare([task_b])
-    in_write, real_write = threading.Event(), http01.atomic_write
+    in_write, real_write = threading.Event(), http01.atomic_write  # type: ignore[attr-defined]
 
     def slow_write(*args: object, **kwargs: object) -> None:
         in_write.set()

@@ -36,7 +36,7 @@ def _hold_first_fsync_until(
                 raise OSError(errno.ENOSPC, "No space left on device")
         real(fd)
 
-    monkeypatch.setattr(statedir.os, "fsync", fsync)
+    monkeypatch.setattr(statedir.os, "fsync", fsync)  # type: ignore[attr-defined]
     return calls
 
 

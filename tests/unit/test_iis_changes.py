@@ -30,7 +30,7 @@ def everything(_store: str, _tp: str) -> bool:
     return True
 
 
-def run(*changes: BindingChange, sites=SITES, table=TABLE, has_cert=everything):  # type: ignore[no-untyped-def]
+def run(*changes: BindingChange, sites=SITES, table=TABLE, has_cert=everything):
     return resolve("web01", sites, table, changes, has_cert=has_cert)
 
 

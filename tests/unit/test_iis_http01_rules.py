@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.iis.emulated import IisHostError, emulated_path, expand_variables
+from reconciler.adapters.iis.appconfig import expand_variables
+from reconciler.adapters.iis.emulated import IisHostError, emulated_path
 from reconciler.core.challenge_rules import iis_problem, iis_site_for
 from reconciler.core.model import Binding, HostState, Site, SiteState
 

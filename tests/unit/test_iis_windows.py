@@ -443,9 +443,9 @@ def test_remove_refuses_certificates_in_use_and_unmanaged_ones() -> None:
     read = read_output(drop_staging)
     runner = Recorder(read, (FIXTURES / "windows-remove-unmanaged.stdout").read_text())
     with pytest.raises(StoreError, match="not installed by certctl"):
-        WindowsHost("web01", runner=runner).store("WebHosting").remove(unused)
+        WindowsHost("web01", runner=runner).store("WebHosting").remove(unused)  # type: ignore[arg-type]
     runner = Recorder(read, (FIXTURES / "windows-remove-ok.stdout").read_text())
-    WindowsHost("web01", runner=runner).store("WebHosting").remove(unused)
+    WindowsHost("web01", runner=runner).store("WebHosting").remove(unused)  # type: ignore[arg-type]
     script = runner.calls[1][0]
     assert script_input(script) == {"store": "WebHosting", "thumbprint": unused}
     assert "$c.FriendlyName.StartsWith('certctl:')" in script and "$store.Remove($c)" in script

@@ -94,7 +94,7 @@ def world(tmp_path: Path) -> tuple[World, FakeAri]:
     (tmp_path / "desired" / "all.yaml").write_text(SPECS)
     desired = load(tmp_path / "desired")
     state = StateDir(tmp_path / "state")
-    local = LocalCAIssuer("local", desired.issuers["local"].spec.localCA, state.path)
+    local = LocalCAIssuer("local", desired.issuers["local"].spec.localCA, state.path)  # type: ignore[arg-type]
     acme_id = issuer_id("ca", desired.issuers["ca"].spec)
     for name, domain, ident in (
         ("acme-cert", "www.example.com", acme_id),

@@ -55,7 +55,7 @@ def test_atomic_write_keeps_its_temporary_file_private_until_complete(
             seen.append(st.st_mode & 0o777)
         real_fsync(fd)
 
-    monkeypatch.setattr(fsutil.os, "fsync", watch)
+    monkeypatch.setattr(fsutil.os, "fsync", watch)  # type: ignore[attr-defined]
     fsutil.atomic_write(tmp_path / "cert.pem", b"public", 0o644)
     assert seen == [0o600]
     assert (tmp_path / "cert.pem").stat().st_mode & 0o777 == 0o644
@@ -99,7 +99,7 @@ def test_a_link_switch_killed_midway_leaves_a_temporary_that_recovery_knows(
         made.append(os.path.basename(str(path)))
         real_symlink(target, path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(fsutil.os, "symlink", record)
+    monkeypatch.setattr(fsutil.os, "symlink", record)  # type: ignore[attr-defined]
     fsutil.atomic_symlink("current/privkey.pem", tmp_path / "privkey.pem")
     assert len(made) == 1 and fsutil.WRITE_TEMP.match(made[0]), made
     assert os.readlink(tmp_path / "privkey.pem") == "current/privkey.pem"
