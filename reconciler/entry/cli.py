@@ -552,6 +552,29 @@ def cmd_completion(args: argparse.Namespace) -> int:
 # --- parser ----------------------------------------------------------------------------------------------
 
 
+def _lock_timeout(p: Any) -> None:
+    _add(
+        p,
+        "--lock-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for another certctl (default 10)",
+        example="--lock-timeout 60",
+        metavar="SECONDS",
+    )
+
+
+def _auto_approve(p: Any) -> None:
+    _add(
+        p,
+        "-y",
+        "--auto-approve",
+        action="store_true",
+        help="do not ask for confirmation on a terminal",
+        example="-y",
+    )
+
+
 def _add(p: Any, *flags: str, example: str, **kwargs: Any) -> None:
     """An argument whose help ends with an example (every argument has one)."""
     kwargs["help"] = f"{kwargs.get('help', '')} (e.g. {example})".strip()
@@ -682,23 +705,8 @@ def parser() -> argparse.ArgumentParser:
         help="a plan saved by `certctl plan --out`, applied without asking; refused if stale",
         example="certctl apply plan.json",
     )
-    _add(
-        s,
-        "-y",
-        "--auto-approve",
-        action="store_true",
-        help="do not ask for confirmation on a terminal",
-        example="-y",
-    )
-    _add(
-        s,
-        "--lock-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for another certctl (default 10)",
-        example="--lock-timeout 60",
-        metavar="SECONDS",
-    )
+    _auto_approve(s)
+    _lock_timeout(s)
     s.set_defaults(fn=cmd_apply)
 
     s = sub.add_parser(
@@ -747,23 +755,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="NAME",
     )
     _add(s, "--all", action="store_true", help="renew every certificate", example="certctl renew --all")
-    _add(
-        s,
-        "-y",
-        "--auto-approve",
-        action="store_true",
-        help="do not ask for confirmation on a terminal",
-        example="-y",
-    )
-    _add(
-        s,
-        "--lock-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for another certctl (default 10)",
-        example="--lock-timeout 60",
-        metavar="SECONDS",
-    )
+    _auto_approve(s)
+    _lock_timeout(s)
     s.set_defaults(fn=cmd_renew)
 
     from reconciler.ports import REVOCATION_REASONS
@@ -783,14 +776,7 @@ def parser() -> argparse.ArgumentParser:
     _add(
         s, "--yes", "-y", action="store_true", help="do not ask for confirmation on a terminal", example="-y"
     )
-    _add(
-        s,
-        "--lock-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for another certctl (default 10)",
-        example="--lock-timeout 60",
-    )
+    _lock_timeout(s)
     s.set_defaults(fn=cmd_revoke)
 
     s = sub.add_parser("account", help="ACME accounts")
@@ -799,14 +785,7 @@ def parser() -> argparse.ArgumentParser:
         "rollover", parents=[common], help="replace an ACME Issuer's account key (RFC 8555 key change)"
     )
     _add(s, "issuer", help="the ACME Issuer whose account key is replaced", example="letsencrypt")
-    _add(
-        s,
-        "--lock-timeout",
-        type=float,
-        default=10.0,
-        help="seconds to wait for another certctl (default 10)",
-        example="--lock-timeout 60",
-    )
+    _lock_timeout(s)
     s.set_defaults(fn=cmd_account_rollover)
 
     s = sub.add_parser("daemon", parents=[common], help="reconcile continuously")
@@ -844,8 +823,15 @@ def parser() -> argparse.ArgumentParser:
     b = backend.add_parser(
         "import", parents=[common], help="copy a state dir (CAs, accounts, versions, keys, attempts) in"
     )
-    b.add_argument("--from", dest="source", help="the state dir to copy (default: this node's)")
-    b.add_argument("--lock-timeout", type=float, default=10.0)
+    _add(
+        b,
+        "--from",
+        dest="source",
+        help="the state dir to copy (default: this node's)",
+        example="--from /var/lib/certctl",
+        metavar="STATE_DIR",
+    )
+    _lock_timeout(b)
     b.set_defaults(fn=cmd_backend_import)
 
     s = sub.add_parser(
