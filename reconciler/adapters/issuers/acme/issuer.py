@@ -36,6 +36,7 @@ from reconciler.adapters.issuers.acme.account import AccountStore, Registration,
 from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id
 from reconciler.adapters.issuers.acme.chains import make_csr
 from reconciler.adapters.issuers.acme.challenges import ChallengeJournal
+from reconciler.adapters.issuers.acme.crl import CrlChecker
 from reconciler.adapters.issuers.acme.order import Order
 from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.adapters.issuers.acme.transport import Connection, Network, Session, directory_entry, utc
@@ -62,9 +63,6 @@ from reconciler.support.fs import atomic_write, read_regular
 log = structlog.get_logger()
 
 DIRECTORY_TTL = 60.0  # seconds a fetched directory is reused
-CRL_TIMEOUT = 10.0  # seconds per CRL download
-CRL_TTL = 600.0  # seconds a downloaded CRL is reused
-CRL_MAX_BYTES = 32 << 20  # a CRL larger than this is refused (Let's Encrypt shards its CRLs far below it)
 ARI_TIMEOUT = 10.0  # seconds per renewalInfo request: advice, asked before every plan, must not hold it up
 
 
@@ -105,7 +103,7 @@ class AcmeIssuer:
         self._lock = threading.Lock()  # guards the dicts below
         self._cert_locks: dict[str, threading.Lock] = {}
         self._directory: tuple[float, messages.Directory] | None = None
-        self._crls: dict[str, tuple[float, x509.CertificateRevocationList]] = {}
+        self._crl_checker = CrlChecker(self._verify, self._timeout)
         self._profiles_written: list[str] | None = None
         # Kept-alive HTTP connections and unused nonces, shared by every order of this issuer.
         self._connection = Connection()
@@ -296,35 +294,8 @@ class AcmeIssuer:
             net.session.close()
 
     def revocation_status(self, material: Material) -> RevocationStatus | None:
-        """The certificate's entry in the CRL named by its CRL distribution points (verified against its
-        issuer in the chain), or None when it is listed in none or names no CRL."""
-        cert = x509.load_pem_x509_certificate(material.cert_pem)
-        urls = pki.crl_urls(cert)
-        if not urls:
-            return None
-        issuer = pki.issuer_of_cert(cert, material.chain_pem)
-        if issuer is None:
-            raise RevokeError("the certificate's issuer is not in its chain; its CRL cannot be verified")
-        problems = []
-        for url in urls:
-            try:
-                entry = pki.crl_entry(self._crl(url), issuer, cert.serial_number)
-            except (requests.RequestException, ValueError) as exc:
-                problems.append(f"{url}: {exc}")
-                continue
-            return RevocationStatus(entry[0], entry[1], f"CRL {url}") if entry else None
-        raise RevokeError("; ".join(problems))
-
-    def _crl(self, url: str) -> x509.CertificateRevocationList:
-        """The CRL at ``url``, fetched at most once per CRL_TTL (certificates of one CA share a few CRLs)."""
-        with self._lock:
-            cached = self._crls.get(url)
-        if cached is not None and time.monotonic() - cached[0] < CRL_TTL:
-            return cached[1]
-        crl = pki.load_crl(fetch_limited(url, self._verify, min(self._timeout, CRL_TIMEOUT), CRL_MAX_BYTES))
-        with self._lock:
-            self._crls[url] = (time.monotonic(), crl)
-        return crl
+        """The certificate's entry in the CRL its distribution points name (``crl.CrlChecker``), or None."""
+        return self._crl_checker.status(material)
 
     # --- one issuance ----------------------------------------------------------------------------
 
@@ -536,26 +507,6 @@ def cached_profiles(state_dir: Path, issuer: str, directory_url: str) -> tuple[s
     if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
         return None
     return tuple(profiles)
-
-
-def fetch_limited(url: str, verify: bool | str, timeout: float, limit: int) -> bytes:
-    """The body of ``url`` (http or https), at most ``limit`` bytes; raises requests.RequestException or ValueError."""
-    with requests.get(
-        url,
-        timeout=timeout,
-        verify=verify,
-        stream=True,
-        allow_redirects=True,
-        headers={"User-Agent": "certctl"},
-    ) as response:
-        response.raise_for_status()
-        chunks, size = [], 0
-        for chunk in response.iter_content(1 << 16):
-            size += len(chunk)
-            if size > limit:
-                raise ValueError(f"the CRL is larger than {limit:,} bytes")
-            chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def normalize_url(url: str) -> str:
