@@ -185,7 +185,7 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
         from reconciler.app.fleet import is_fleet
 
         if is_fleet(world.state):
-            code = _follow_fleet(args, world, forced, code, out)
+            code = _follow_fleet(args, world, plan, code, out)
         return code
 
 
@@ -193,13 +193,13 @@ FOLLOW_ROUNDS = 10  # apply waits for, then installs, at most this many rounds o
 FOLLOW_WAIT = 1800.0  # seconds apply waits for another node's issuance (its lease expires long before)
 
 
-def _follow_fleet(
-    args: argparse.Namespace, world: Any, forced: frozenset[str], code: int, out: Output
-) -> int:
+def _follow_fleet(args: argparse.Namespace, world: Any, first: Plan, code: int, out: Output) -> int:
     """Fleet: wait for the issuances other nodes hold, install what they issued, then report this node."""
     from reconciler.app.fleet import report_pass, wait_for_others, waiting_for
 
-    waited = False
+    # The first plan left out what depends on another node's issuance; if that issuance has finished by the
+    # time this looks again, there is nothing to wait for, but those actions are still to do.
+    waited = bool(waiting_for(first))
     for _ in range(FOLLOW_ROUNDS):
         now = _now()
         observed = _observe(world, now, locked=True)
@@ -208,8 +208,7 @@ def _follow_fleet(
         if waiting:
             for note in plan.notes:
                 if note.certificate in waiting:
-                    sys.stdout.write(f"Waiting: {note.certificate}: {note.message}\n")
-            sys.stdout.flush()
+                    out.line(("Waiting: ", "warning"), (f"{note.certificate}: {note.message}", ""))
             if not wait_for_others(world.state, waiting, FOLLOW_WAIT):
                 sys.stderr.write(
                     f"certctl: still issuing elsewhere after {FOLLOW_WAIT:g}s: {', '.join(waiting)}\n"
