@@ -19,11 +19,12 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import dns.message
 import dns.query
@@ -36,6 +37,8 @@ from cryptography.x509.oid import NameOID
 
 LOOPBACK = "127.0.0.1"
 INSTALL_HINT = "run scripts/install-system-deps (Debian packages: pebble bind9 bind9-utils nginx)"
+HANG = 120.0  # seconds after which a call that should give up on its own is taken to hang
+T = TypeVar("T")
 
 
 class ServerError(RuntimeError):
@@ -83,6 +86,28 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, process: Pr
             raise ServerError(f"{what}: not ready within {timeout:g}s{tail}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+def without_hanging(call: Callable[[], T], what: str, limit: float = HANG) -> T:
+    """``call()``'s result (or its exception), run in a thread; AssertionError if it has not returned after
+    ``limit`` seconds. For bounded waits: a hang fails the test, slowness under load does not."""
+    outcome: list[tuple[bool, Any]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except Exception as exc:  # noqa: BLE001 - raised again in the test's thread below
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=run, name=f"test-{what}", daemon=True)
+    thread.start()
+    thread.join(limit)
+    if not outcome:
+        raise AssertionError(f"{what} did not return within {limit:g}s: it hangs")
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def tcp_open(port: int, host: str = LOOPBACK) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -96,8 +95,27 @@ def test_connection_errors_read_well() -> None:
     assert str(err) == "the CA at https://127.0.0.1:1/dir: cannot connect: connection refused"
 
 
+class Timeline:
+    """The retry policy's clock and sleep: time moves only when the code sleeps or a request takes time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[tuple[float, float]] = []  # (when, how long)
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append((self.now, seconds))
+        self.now += seconds
+
+    def policy(self, **limits: float) -> RetryPolicy:
+        return RetryPolicy(**limits, sleep=self.sleep, clock=self.clock)  # type: ignore[arg-type]
+
+
 def test_transient_failures_are_retried_then_succeed() -> None:
     calls: list[int] = []
+    timeline = Timeline()
 
     def flaky() -> str:
         calls.append(1)
@@ -105,8 +123,9 @@ def test_transient_failures_are_retried_then_succeed() -> None:
             raise problem("serverInternal", status=500)
         return "ok"
 
-    assert retry.call(RetryPolicy(attempts=5, budget=5, initial=0.01), "test", flaky) == "ok"
+    assert retry.call(timeline.policy(attempts=5, budget=5, initial=0.01), "test", flaky) == "ok"
     assert len(calls) == 3
+    assert len(timeline.sleeps) == 2
 
 
 def test_permanent_failures_are_not_retried() -> None:
@@ -121,28 +140,40 @@ def test_permanent_failures_are_not_retried() -> None:
     assert calls == [1]
 
 
-def test_retries_are_bounded_in_attempts_and_time() -> None:
-    calls: list[float] = []
+def test_retries_are_bounded_in_attempts() -> None:
+    calls: list[int] = []
+    timeline = Timeline()
 
     def down() -> None:
-        calls.append(time.monotonic())
+        calls.append(1)
         raise requests.exceptions.ConnectionError("refused")
 
-    started = time.monotonic()
     with pytest.raises(requests.exceptions.ConnectionError):
-        retry.call(RetryPolicy(attempts=4, budget=30, initial=0.01, maximum=0.02), "test", down)
+        retry.call(timeline.policy(attempts=4, budget=30, initial=0.01, maximum=0.02), "test", down)
     assert len(calls) == 4
+    assert [seconds <= 0.02 for _, seconds in timeline.sleeps] == [True] * 3  # none longer than maximum
 
-    calls.clear()
-    started = time.monotonic()
+
+def test_retries_are_bounded_in_time() -> None:
+    calls: list[float] = []  # when each try started
+    timeline = Timeline()
+
+    def down() -> None:
+        calls.append(timeline.now)
+        timeline.now += 0.05  # each refused request takes a moment
+        raise requests.exceptions.ConnectionError("refused")
+
     with pytest.raises(requests.exceptions.ConnectionError):
-        retry.call(RetryPolicy(attempts=100, budget=0.5, initial=0.2, maximum=0.2), "test", down)
-    assert time.monotonic() - started < 0.8  # no sleep goes past the budget
-    assert 2 <= len(calls) < 100
+        retry.call(timeline.policy(attempts=100, budget=0.5, initial=0.2, maximum=0.2), "test", down)
+    assert 2 <= len(calls) <= 11  # the budget, not the 100 attempts, ended it (a try costs 0.05 s)
+    assert timeline.sleeps, "transient failures were retried"
+    assert all(when + seconds <= 0.5 for when, seconds in timeline.sleeps), "no sleep goes past the budget"
+    assert all(started <= 0.5 for started in calls), "no try starts after the budget"
 
 
 def test_bad_nonce_is_retried_without_sleeping() -> None:
     calls: list[int] = []
+    timeline = Timeline()
 
     def nonce() -> str:
         calls.append(1)
@@ -150,6 +181,6 @@ def test_bad_nonce_is_retried_without_sleeping() -> None:
             raise problem("badNonce", status=400)
         return "ok"
 
-    started = time.monotonic()
-    assert retry.call(RetryPolicy(attempts=10, initial=5, maximum=5), "test", nonce) == "ok"
-    assert time.monotonic() - started < 0.5
+    assert retry.call(timeline.policy(attempts=10, initial=5, maximum=5), "test", nonce) == "ok"
+    assert len(calls) == 6
+    assert [seconds for _, seconds in timeline.sleeps] == [0.0] * 5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ from reconciler.core.model import Attempts, ObservedState
 from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Plan, Reason, without_cleanup
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, ready_condition
+from reconciler.entry.daemon import DaemonBusy, hold_daemon_lock
 from reconciler.entry.daemon.metrics import Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull
@@ -225,6 +227,24 @@ def test_git_pull_fast_forwards_and_refuses_to_merge(tmp_path: Path) -> None:
     assert not result.ok and "fast-forward" in result.message
     assert _git(clone, "rev-parse", "HEAD") == before, "nothing was merged"
     assert not pull(tmp_path / "origin" / ".." / "clone" / "missing").ok
+
+
+def test_a_second_daemon_gives_up_at_once_when_the_lock_is_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = hold_daemon_lock(tmp_path, Path("desired"))
+
+    def wait(seconds: float) -> None:
+        raise AssertionError(f"the second daemon waited {seconds}s for the lock instead of giving up")
+
+    monkeypatch.setattr(time, "sleep", wait)  # how the lock is waited for (reconciler.support.fs.acquire)
+    try:
+        with pytest.raises(
+            DaemonBusy, match=rf"already running on the state dir .*\(pid {os.getpid()}, daemon since"
+        ):
+            hold_daemon_lock(tmp_path, Path("desired"))
+    finally:
+        os.close(held)
 
 
 def test_the_schedule_takes_interval_maintenance_due_and_retry_reasons() -> None:

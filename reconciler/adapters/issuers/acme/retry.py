@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
@@ -44,6 +45,9 @@ class RetryPolicy:
     budget: float = 30.0  # seconds from the first try; no sleep goes past it
     initial: float = 0.5  # backoff scale (full jitter: a random sleep in [0, initial * 2**n])
     maximum: float = 8.0  # largest single sleep
+    # how the pauses are taken and the budget measured (tests record them instead of waiting)
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False, repr=False)
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -170,11 +174,12 @@ def to_issue_error(exc: BaseException, context: str) -> IssueError:
 
 
 def _stop(policy: RetryPolicy) -> Callable[[tenacity.RetryCallState], bool]:
+    started = policy.clock()
+
     def stop(state: tenacity.RetryCallState) -> bool:
         if state.attempt_number >= policy.attempts:
             return True
-        elapsed = state.seconds_since_start or 0.0
-        return elapsed + (state.upcoming_sleep or 0.0) > policy.budget
+        return policy.clock() - started + (state.upcoming_sleep or 0.0) > policy.budget
 
     return stop
 
@@ -208,6 +213,7 @@ def call(policy: RetryPolicy, what: str, fn: Callable[..., T], *args: Any, **kwa
         wait=_wait(policy),
         retry=tenacity.retry_if_exception(is_transient),
         before_sleep=before_sleep,
+        sleep=policy.sleep,
         reraise=True,
     )
     return retrying(fn, *args, **kwargs)
