@@ -5,7 +5,7 @@ The core never imports this module's implementations; ``wiring.py`` picks them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -315,6 +315,10 @@ class StateBackend(Protocol):
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]: ...
 
+    def issued_of(self, names: Collection[str]) -> dict[str, tuple[IssuedVersion, ...]]:
+        """``issued()`` restricted to ``names`` (fleet: without reading the whole table)."""
+        ...
+
     def material(self, name: str, thumbprint: str) -> Material: ...
 
     def store_issued(
@@ -335,6 +339,8 @@ class StateBackend(Protocol):
     def forget_issued(self, name: str, thumbprint: str) -> None: ...
 
     def attempts(self) -> dict[str, Attempts]: ...
+
+    def attempts_of(self, names: Collection[str]) -> dict[str, Attempts]: ...
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts: ...
 

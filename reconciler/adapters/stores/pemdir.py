@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,9 +50,26 @@ class PemDirectoryStore:
     # --- observe -----------------------------------------------------------------------------------
 
     def observe(self) -> StoreState:
+        return self._observed(None)
+
+    def observe_for(self, certificates: Collection[str]) -> StoreState:
+        """Only the folders of ``certificates`` (a pass woken for them); other tools' files are not read."""
+        return self._observed(frozenset(certificates))
+
+    def _observed(self, only: frozenset[str] | None) -> StoreState:
         self._known = _from_cache(self._cache.load()) if self._cache.path else {}
         self._seen = {}
-        state = self._observe()
+        state = self._observe(only)
+        if only is not None:  # what was not looked at stays in the cache as it was
+            prefix = str(self.path) + "/"
+            self._seen = {
+                **{
+                    f: v
+                    for f, v in self._known.items()
+                    if f.removeprefix(prefix).split("/", 1)[0] not in only
+                },
+                **self._seen,
+            }
         if self._cache.path and self._seen != self._known:
             self._cache.save(
                 {
@@ -69,11 +86,13 @@ class PemDirectoryStore:
             )
         return state
 
-    def _observe(self) -> StoreState:
+    def _observe(self, only: frozenset[str] | None) -> StoreState:
         certs: list[StoredCert] = []
         problems: list[str] = []
         try:
-            entries = sorted(os.scandir(self.path), key=lambda e: e.name)
+            entries = sorted(
+                (e for e in os.scandir(self.path) if only is None or e.name in only), key=lambda e: e.name
+            )
         except FileNotFoundError:
             return StoreState(self.name)  # created on first install
         except OSError as exc:
