@@ -292,6 +292,21 @@ class IssuanceGrant:
     taken_from: str | None = None
 
 
+class LeaseLost(Exception):
+    """The issuance lease of ``certificate`` is no longer this node's (it was cut off from the database
+    longer than ``leaseTimeout`` and ``holder`` took the lease over): the version it ordered is not stored."""
+
+    def __init__(self, certificate: str, holder: str | None, thumbprint: str) -> None:
+        held = f"{holder} took over its lease" if holder else "its lease is no longer held"
+        super().__init__(
+            f"the version {thumbprint} ordered for {certificate} is not stored: {held} (this node was cut off "
+            "from the database longer than leaseTimeout); the version the other node issues is installed instead"
+        )
+        self.certificate = certificate
+        self.holder = holder
+        self.thumbprint = thumbprint
+
+
 class BackendUnavailable(OSError):
     """The state backend (the database) cannot be reached or used; the message says what to do, never a secret."""
 

@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.core.planner import current_version
-from reconciler.ports import BackendUnavailable, IssuanceGrant, IssueError, Material
+from reconciler.ports import BackendUnavailable, IssuanceGrant, IssueError, LeaseLost, Material
 from reconciler.state.records import attempts_from_json, attempts_to_json
 from reconciler.state.statedir import StateDir, version_meta
 from reconciler.support import pki
@@ -378,6 +378,19 @@ class FleetState(StateDir):
             material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note
         )
         with self.db.transaction() as q:  # the commit point; NOTIFY is delivered with the commit
+            lease = _LEASE.get()
+            if lease is not None:  # fenced: stored only while the lease is still this order's
+                rows = q("SELECT node, token FROM certctl_leases WHERE certificate = %s FOR UPDATE", (name,))
+                if not rows or rows[0][1] != lease:
+                    lost = LeaseLost(name, str(rows[0][0]) if rows else None, thumbprint)
+                    log.error(
+                        "fleet.lease.lost",
+                        certificate=name,
+                        thumbprint=thumbprint,
+                        holder=lost.holder,
+                        note="this order's certificate is not stored as a version; the other node's is installed",
+                    )
+                    raise lost
             q(
                 "INSERT INTO certctl_versions (certificate, thumbprint, meta, cert_pem, chain_pem, key_sealed) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
