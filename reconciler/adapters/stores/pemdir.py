@@ -57,31 +57,30 @@ class PemDirectoryStore:
         return self._observed(frozenset(certificates))
 
     def _observed(self, only: frozenset[str] | None) -> StoreState:
-        self._known = _from_cache(self._cache.load()) if self._cache.path else {}
+        raw = self._cache.load() if self._cache.path else {}
+        others: dict[str, object] = {}  # cache entries of folders not looked at: kept as they are, undecoded
+        if only is not None:
+            prefix = str(self.path) + "/"
+            others = {f: v for f, v in raw.items() if f.removeprefix(prefix).split("/", 1)[0] not in only}
+            raw = {f: v for f, v in raw.items() if f not in others}
+        self._known = _from_cache(raw)
         self._seen = {}
         state = self._observe(only)
-        if only is not None:  # what was not looked at stays in the cache as it was
-            prefix = str(self.path) + "/"
-            self._seen = {
-                **{
-                    f: v
-                    for f, v in self._known.items()
-                    if f.removeprefix(prefix).split("/", 1)[0] not in only
-                },
-                **self._seen,
-            }
         if self._cache.path and self._seen != self._known:
             self._cache.save(
                 {
-                    folder: {
-                        "c": list(c),
-                        "m": list(m) if m else None,
-                        "k": list(k) if k else None,
-                        "i": to_plain(info),
-                        "meta": meta,
-                        "ok": key_ok,
-                    }
-                    for folder, (c, m, k, info, meta, key_ok) in self._seen.items()
+                    **others,
+                    **{
+                        folder: {
+                            "c": list(c),
+                            "m": list(m) if m else None,
+                            "k": list(k) if k else None,
+                            "i": to_plain(info),
+                            "meta": meta,
+                            "ok": key_ok,
+                        }
+                        for folder, (c, m, k, info, meta, key_ok) in self._seen.items()
+                    },
                 }
             )
         return state
