@@ -105,9 +105,8 @@ class Daemon:
         self._watch_stop = threading.Event()
         self.node = node_name(options.node)
         self.backend_failures = 0  # consecutive passes the state backend (database) was unavailable
-        self.rows: dict[str, StatusRow] | None = (
-            None  # per certificate, after the last pass (None: no full pass yet)
-        )
+        # each certificate's status row after the last pass (None until a full pass has succeeded)
+        self.rows: dict[str, StatusRow] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -370,9 +369,7 @@ class Daemon:
         notify = desired.settings.notify
         warning = notify.expiryWarning if (notify.webhook or notify.email) else None
         due = next_due(result.plan, result.observed, result.at, warning)
-        if (
-            focus is not None and self.schedule.due is not None
-        ):  # the other certificates' due times still hold
+        if focus is not None and self.schedule.due is not None:  # the others' due times still hold
             due = min(self.schedule.due, due) if due is not None else self.schedule.due
         self.schedule.due = due
         self.metrics.certificates(rows, result.at)
