@@ -5,7 +5,7 @@ The core never imports this module's implementations; ``wiring.py`` picks them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -292,6 +292,21 @@ class IssuanceGrant:
     taken_from: str | None = None
 
 
+class LeaseLost(Exception):
+    """The issuance lease of ``certificate`` is no longer this node's (it was cut off from the database
+    longer than ``leaseTimeout`` and ``holder`` took the lease over): the version it ordered is not stored."""
+
+    def __init__(self, certificate: str, holder: str | None, thumbprint: str) -> None:
+        held = f"{holder} took over its lease" if holder else "its lease is no longer held"
+        super().__init__(
+            f"the version {thumbprint} ordered for {certificate} is not stored: {held} (this node was cut off "
+            "from the database longer than leaseTimeout); the version the other node issues is installed instead"
+        )
+        self.certificate = certificate
+        self.holder = holder
+        self.thumbprint = thumbprint
+
+
 class BackendUnavailable(OSError):
     """The state backend (the database) cannot be reached or used; the message says what to do, never a secret."""
 
@@ -315,6 +330,10 @@ class StateBackend(Protocol):
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]: ...
 
+    def issued_of(self, names: Collection[str]) -> dict[str, tuple[IssuedVersion, ...]]:
+        """``issued()`` restricted to ``names`` (fleet: without reading the whole table)."""
+        ...
+
     def material(self, name: str, thumbprint: str) -> Material: ...
 
     def store_issued(
@@ -335,6 +354,8 @@ class StateBackend(Protocol):
     def forget_issued(self, name: str, thumbprint: str) -> None: ...
 
     def attempts(self) -> dict[str, Attempts]: ...
+
+    def attempts_of(self, names: Collection[str]) -> dict[str, Attempts]: ...
 
     def update_attempts(self, name: str, **changes: Any) -> Attempts: ...
 

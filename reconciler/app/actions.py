@@ -25,12 +25,15 @@ from reconciler.core.plan import (
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id, spec_digest
 from reconciler.core.schedules import backoff
-from reconciler.ports import BindingChange, Clock, IssueError, IssueRequest, Material
+from reconciler.ports import BindingChange, Clock, IssueError, IssueRequest, LeaseLost, Material
 from reconciler.support.secrets import env_names
 
 log = structlog.get_logger()
 
 LOCAL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # no backoff: nothing the CA did
+LEASE_LOST_RETRIES = (
+    3  # a fenced-off order waits for the new holder and installs its version; at most this often
+)
 
 
 def _failure_text(outages: list[tuple[str, IssueError]], last: str, error: str) -> str:
@@ -97,17 +100,26 @@ class ActionRunner:
             else:
                 newest = current_version(state.issued_for(name))
                 planned = newest.info.thumbprint if newest else None
-            with state.issuance(name, planned) as grant:
-                if grant.adopt is not None:  # another node issued it meanwhile: install that one
-                    return {"thumbprint": grant.adopt, "adopted": "true"}
-                if (
-                    grant.taken_from is not None
-                ):  # its holder died mid-order: clean up what it left answerable
-                    for issuer_name in self.world.desired.certificates[name].spec.issuers:
-                        recover = getattr(self.world.issuers.get(issuer_name), "recover_challenges", None)
-                        if recover is not None:
-                            recover()
-                return self._order(name)
+            for _ in range(LEASE_LOST_RETRIES):
+                with state.issuance(name, planned) as grant:
+                    if grant.adopt is not None:  # another node issued it meanwhile: install that one
+                        return {"thumbprint": grant.adopt, "adopted": "true"}
+                    if (
+                        grant.taken_from is not None
+                    ):  # its holder died mid-order: clean up what it left answerable
+                        for issuer_name in self.world.desired.certificates[name].spec.issuers:
+                            recover = getattr(self.world.issuers.get(issuer_name), "recover_challenges", None)
+                            if recover is not None:
+                                recover()
+                    try:
+                        return self._order(name)
+                    except LeaseLost:  # another node took the lease over: wait for it, install its version
+                        continue
+            raise IssueError(
+                f"{name}: the issuance lease was taken over {LEASE_LOST_RETRIES} times while this node ordered; "
+                "nothing was stored, retried later",
+                transient=True,
+            )
 
     def _order(self, name: str) -> dict[str, object]:
         """Order from the certificate's Issuers in turn (the caller holds the certificate's lock or lease)."""

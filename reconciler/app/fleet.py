@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from reconciler.app.world import World
-from reconciler.core.fleet import ISSUING_ELSEWHERE, fleet_document, node_report
+from reconciler.core.fleet import ISSUING_ELSEWHERE, fleet_document, merged_report, node_report
 from reconciler.core.model import ObservedState
 from reconciler.core.plan import Plan
 from reconciler.ports import BackendUnavailable, StateBackend
@@ -25,12 +25,21 @@ def is_fleet(state: StateBackend) -> bool:
     return hasattr(state, "fleet")
 
 
-def report_pass(world: World, plan: Plan, observed: ObservedState, at: datetime) -> None:
-    """Tell the fleet what this node serves (a database that is away only costs a warning)."""
+def report_pass(
+    world: World, plan: Plan, observed: ObservedState, at: datetime, focus: frozenset[str] | None = None
+) -> None:
+    """Tell the fleet what this node serves (a database that is away only costs a warning). A pass focused
+    on a few certificates updates them in the node's last full report (none yet: the next full pass reports)."""
     if not is_fleet(world.state):
         return
+    report = node_report(world.desired, observed, plan, at, world.state.applied())
+    if focus is not None:
+        previous = world.state.reported  # type: ignore[attr-defined]
+        if previous is None:
+            return
+        report = merged_report(previous, report, focus)
     try:
-        world.state.report(node_report(world.desired, observed, plan, at, world.state.applied()))
+        world.state.report(report)
     except BackendUnavailable as exc:
         log.warning("fleet.report.failed", error=str(exc))
 

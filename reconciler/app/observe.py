@@ -14,12 +14,16 @@ from reconciler.core.model import EndpointState, HostState, ObservedState, Store
 log = structlog.get_logger()
 
 
-def observe(world: World, *, probe: bool = True) -> ObservedState:
+def observe(world: World, *, probe: bool = True, only: frozenset[str] | None = None) -> ObservedState:
+    """Everything one pass plans from; with ``only`` (a pass woken for a few certificates, whose world is
+    already narrowed to them): their versions and attempts, and only their folders of a store that can
+    observe per certificate (``observe_for``)."""
     desired = world.desired
     stores: dict[str, StoreState] = {}
     for name, store in sorted(world.stores.items()):
+        narrow = getattr(store, "observe_for", None) if only is not None else None
         try:
-            stores[name] = store.observe()
+            stores[name] = narrow(only) if narrow is not None else store.observe()
         except Exception as exc:  # noqa: BLE001 - an unreadable store is reported, never fatal to the plan
             log.warning("observe.store.failed", store=name, error=str(exc))
             stores[name] = StoreState(
@@ -43,12 +47,12 @@ def observe(world: World, *, probe: bool = True) -> ObservedState:
     if probe and world.prober is not None:
         endpoints = _probe_all(world)
     return ObservedState(
-        issued=world.state.issued(),
+        issued=world.state.issued() if only is None else world.state.issued_of(only),
         stores=stores,
         hosts=hosts,
         tasks=task_states,
         endpoints=tuple(endpoints),
-        attempts=world.state.attempts(),
+        attempts=world.state.attempts() if only is None else world.state.attempts_of(only),
         issuer_ids={n: i.identity() for n, i in world.issuers.items()},
         made_bindings=world.state.made_bindings(),
         issuer_profiles=_profiles(world),

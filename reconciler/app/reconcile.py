@@ -22,6 +22,7 @@ from reconciler.app.observe import observe, observe_current
 from reconciler.app.recovery import recover
 from reconciler.app.revocation import check_revocations
 from reconciler.app.world import World
+from reconciler.core.fleet import focused, only_for
 from reconciler.core.model import ObservedState
 from reconciler.core.plan import Plan, without_cleanup
 from reconciler.core.planner import desired_fingerprint
@@ -98,18 +99,42 @@ def reconcile_once(
     desired_fingerprint_now: str,
     on_outcome: Callable[[Outcome], None] | None = None,
     on_executor: Callable[[Executor | None], None] | None = None,
+    focus: frozenset[str] | None = None,
 ) -> PassResult:
-    """The daemon's pass. Call it holding the apply lock."""
+    """The daemon's pass. Call it holding the apply lock.
+
+    With ``focus`` (fleet: a pass woken by the database's notice of new versions of these certificates)
+    the pass observes, plans and applies only those certificates, their Stores, IIS hosts and tasks; it
+    is never a maintenance pass, and it reports only what changed for them."""
+    if focus is not None:
+        world = world.narrowed(focused(world.desired, focus))
+        maintenance = False
     desired = world.desired
+
+    def planned(observed: ObservedState, at: datetime) -> Plan:
+        made = make_plan(desired, observed, at)
+        return made if focus is None else only_for(made, focus)
+
     if maintenance:
         recover(world)
         check_revocations(
             world, clock.now()
         )  # daily: a certificate its CA has revoked is renewed in this pass
-    sync_accounts(world)
-    observed = observe_current(world, clock.now(), locked=True)
+    if focus is None:
+        sync_accounts(world)
+        observed = observe_current(world, clock.now(), locked=True)
+    else:  # renewal windows and accounts are the full passes' business
+        observed = observe(world, only=focus)
+        log.info(
+            "reconcile.focused",
+            certificates=sorted(desired.certificates),
+            stores=sorted(world.stores),
+            hosts=sorted(world.hosts),
+            versions_read=sorted(observed.issued),
+            stored=sorted({c.managed_by or "" for s in observed.stores.values() for c in s.certs}),
+        )
     at = clock.now()
-    plan = make_plan(desired, observed, at)
+    plan = planned(observed, at)
     todo = plan if maintenance else without_cleanup(plan)
     previous = world.state.applied() or {}
     if not todo.actions or stopping.is_set():
@@ -118,7 +143,7 @@ def reconcile_once(
             or previous.get("desired_fingerprint") != desired_fingerprint_now
         ):
             world.state.record_applied(desired.revision, desired.directory, desired_fingerprint_now, True, 0)
-        report_pass(world, plan, observed, at)
+        report_pass(world, plan, observed, at, focus)
         return PassResult(plan, observed, at, None, 0)
     log.info(
         "apply.started", actions=len(todo.actions), summary={k: v for k, v in todo.summary().items() if v}
@@ -140,8 +165,8 @@ def reconcile_once(
         skipped=result.count("skipped"),
         verify_failures=len(result.verify_failures),
     )
-    observed = observe(world)
+    observed = observe(world, only=focus)
     at = clock.now()
-    after = make_plan(desired, observed, at)
-    report_pass(world, after, observed, at)
+    after = planned(observed, at)
+    report_pass(world, after, observed, at, focus)
     return PassResult(after, observed, at, result, failed)

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from reconciler.core.model import DesiredState
 from reconciler.ports import BindingHost, IssuerBackend, Prober, StateBackend, Store
@@ -21,3 +21,13 @@ class World:
     stores: dict[str, Store] = field(default_factory=dict)
     hosts: dict[str, BindingHost] = field(default_factory=dict)
     prober: Prober | None = None
+
+    def narrowed(self, desired: DesiredState) -> World:
+        """This world for a part of its desired state (``core.fleet.focused``): the same adapters, only
+        those of the Stores and IisHosts that part names."""
+        return replace(
+            self,
+            desired=desired,
+            stores={n: s for n, s in self.stores.items() if n in desired.stores},
+            hosts={n: h for n, h in self.hosts.items() if n in desired.iis_hosts},
+        )

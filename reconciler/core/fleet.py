@@ -112,6 +112,30 @@ def node_view(desired: DesiredState, node: str) -> DesiredState:
     )
 
 
+def focused(desired: DesiredState, names: frozenset[str]) -> DesiredState:
+    """The part of ``desired`` a pass woken for ``names`` works on: those certificates, and the Stores and
+    IisHosts they go to (a windows Store's host too). Issuers and settings stay whole."""
+    certificates = {n: c for n, c in desired.certificates.items() if n in names}
+    store_names = {s for c in certificates.values() for s in c.spec.stores}
+    stores = {n: s for n, s in desired.stores.items() if n in store_names}
+    host_names = {t.host for c in certificates.values() for t in c.spec.iis} | {
+        s.spec.windows.host for s in stores.values() if s.spec.windows is not None
+    }
+    hosts = {n: h for n, h in desired.iis_hosts.items() if n in host_names}
+    return replace(desired, stores=stores, iis_hosts=hosts, certificates=certificates)
+
+
+def only_for(plan: Plan, names: frozenset[str]) -> Plan:
+    """``plan`` restricted to the actions, notes and summaries of ``names`` (a focused pass never acts on
+    another certificate: a binding or version of one outside the focus is not an orphan)."""
+    return replace(
+        plan,
+        actions=tuple(a for a in plan.actions if a.certificate in names),
+        notes=tuple(n for n in plan.notes if n.certificate in names),
+        certificates=tuple(s for s in plan.certificates if s.name in names),
+    )
+
+
 def _named(named: Named[Any], node: str) -> Named[Any]:
     spec = with_node_paths(named.spec, node)
     return named if spec is named.spec else replace(named, spec=spec)
@@ -169,6 +193,7 @@ def node_report(
         serving[summary.name] = {
             "thumbprint": thumbprint,
             "converged": not pending.get(summary.name),
+            "pending": pending.get(summary.name, 0),
             "state": summary.state.value,
         }
     issuing = sorted(n.certificate for n in plan.notes if n.code == ISSUING_ELSEWHERE and n.certificate)
@@ -181,6 +206,27 @@ def node_report(
         "reconcile_interval_seconds": desired.settings.reconcileInterval.total_seconds(),
         "last_apply": {k: applied.get(k) for k in ("at", "ok", "revision", "actions")} if applied else None,
         "certificates": serving,
+    }
+
+
+def merged_report(previous: dict[str, Any], focused: dict[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The node's report after a pass focused on ``names`` (``focused`` is that pass's ``node_report``): the
+    previous full report with those certificates replaced, and the node's totals recounted from them."""
+    certificates = {
+        n: c for n, c in (previous.get("certificates") or {}).items() if n not in names
+    } | focused["certificates"]
+    waiting = sorted(
+        {w for w in previous.get("waiting_for") or [] if w not in names} | set(focused["waiting_for"])
+    )
+    pending = sum(
+        int(c.get("pending", 0 if c.get("converged") else 1)) for c in certificates.values() if c is not None
+    )
+    return {
+        **focused,
+        "converged": not pending and not waiting,
+        "pending_actions": pending,
+        "waiting_for": waiting,
+        "certificates": dict(sorted(certificates.items())),
     }
 
 

@@ -24,7 +24,7 @@ import contextvars
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from psycopg.types.json import Jsonb
 
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.core.planner import current_version
-from reconciler.ports import BackendUnavailable, IssuanceGrant, IssueError, Material
+from reconciler.ports import BackendUnavailable, IssuanceGrant, IssueError, LeaseLost, Material
 from reconciler.state.records import attempts_from_json, attempts_to_json
 from reconciler.state.statedir import StateDir, version_meta
 from reconciler.support import pki
@@ -282,6 +282,7 @@ class FleetState(StateDir):
         self._held: set[str] = set()  # lease tokens this process holds (renewed by the heartbeat thread)
         self._heartbeat: threading.Thread | None = None
         self._held_lock = threading.Lock()
+        self.reported: dict[str, Any] | None = None  # the last report this process wrote
 
     # --- connection and key ------------------------------------------------------------------------
 
@@ -317,16 +318,28 @@ class FleetState(StateDir):
         self.ready()
         with self.db.transaction() as q:
             rows = q("SELECT certificate, thumbprint, meta FROM certctl_versions")
-        grouped: dict[str, dict[str, Any]] = {}
-        for certificate, thumbprint, meta in rows:
-            grouped.setdefault(certificate, {})[thumbprint] = meta
-        return {name: self._versions(name, versions) for name, versions in grouped.items()}
+        return self._grouped(rows)
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
         self.ready()
         with self.db.transaction() as q:
             rows = q("SELECT thumbprint, meta FROM certctl_versions WHERE certificate = %s", (name,))
         return self._versions(name, {t: m for t, m in rows})
+
+    def issued_of(self, names: Collection[str]) -> dict[str, tuple[IssuedVersion, ...]]:
+        self.ready()
+        with self.db.transaction() as q:
+            rows = q(
+                "SELECT certificate, thumbprint, meta FROM certctl_versions WHERE certificate = ANY(%s)",
+                (sorted(names),),
+            )
+        return self._grouped(rows)
+
+    def _grouped(self, rows: list[tuple[Any, ...]]) -> dict[str, tuple[IssuedVersion, ...]]:
+        grouped: dict[str, dict[str, Any]] = {}
+        for certificate, thumbprint, meta in rows:
+            grouped.setdefault(certificate, {})[thumbprint] = meta
+        return {name: self._versions(name, versions) for name, versions in grouped.items()}
 
     def material(self, name: str, thumbprint: str) -> Material:
         """The version from the database, also written to this node's vault copy (tasks read it there)."""
@@ -365,6 +378,19 @@ class FleetState(StateDir):
             material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note
         )
         with self.db.transaction() as q:  # the commit point; NOTIFY is delivered with the commit
+            lease = _LEASE.get()
+            if lease is not None:  # fenced: stored only while the lease is still this order's
+                rows = q("SELECT node, token FROM certctl_leases WHERE certificate = %s FOR UPDATE", (name,))
+                if not rows or rows[0][1] != lease:
+                    lost = LeaseLost(name, str(rows[0][0]) if rows else None, thumbprint)
+                    log.error(
+                        "fleet.lease.lost",
+                        certificate=name,
+                        thumbprint=thumbprint,
+                        holder=lost.holder,
+                        note="this order's certificate is not stored as a version; the other node's is installed",
+                    )
+                    raise lost
             q(
                 "INSERT INTO certctl_versions (certificate, thumbprint, meta, cert_pem, chain_pem, key_sealed) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -435,6 +461,14 @@ class FleetState(StateDir):
         self.ready()
         with self.db.transaction() as q:
             rows = q("SELECT certificate, data FROM certctl_attempts")
+        return {name: attempts_from_json(name, data) for name, data in rows}
+
+    def attempts_of(self, names: Collection[str]) -> dict[str, Attempts]:
+        self.ready()
+        with self.db.transaction() as q:
+            rows = q(
+                "SELECT certificate, data FROM certctl_attempts WHERE certificate = ANY(%s)", (sorted(names),)
+            )
         return {name: attempts_from_json(name, data) for name, data in rows}
 
     def save_attempts(self, attempts: Attempts) -> None:
@@ -598,6 +632,7 @@ class FleetState(StateDir):
                 "ON CONFLICT (node) DO UPDATE SET last_seen = now(), report = EXCLUDED.report",
                 (self.node, Jsonb(dict(summary))),
             )
+        self.reported = dict(summary)
 
     def fleet(self) -> tuple[datetime, list[tuple[str, datetime, datetime, dict[str, Any]]], dict[str, str]]:
         """(the database's now, every node's (name, first seen, last seen, report), newest thumbprint per

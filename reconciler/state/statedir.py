@@ -27,7 +27,7 @@ import shutil
 import stat
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -493,6 +493,10 @@ class StateDir:
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
         return self._mark_lost(self._versions(name, self._vault_index.get(name) or {}))
 
+    def issued_of(self, names: Collection[str]) -> dict[str, tuple[IssuedVersion, ...]]:
+        """``issued()`` for ``names`` only (a pass woken for a few certificates)."""
+        return {name: versions for name in sorted(names) if (versions := self.issued_for(name))}
+
     def _mark_lost(self, versions: tuple[IssuedVersion, ...]) -> tuple[IssuedVersion, ...]:
         """The newest version, marked with the vault files it lacks (a deleted key cannot be deployed)."""
         if not versions:
@@ -657,6 +661,9 @@ class StateDir:
 
     def attempts(self) -> dict[str, Attempts]:
         return {name: attempts_from_json(name, a) for name, a in self._attempts.read().items()}
+
+    def attempts_of(self, names: Collection[str]) -> dict[str, Attempts]:
+        return {name: a for name, a in self.attempts().items() if name in names}
 
     def save_attempts(self, attempts: Attempts) -> None:
         self._attempts.set(attempts.certificate, attempts_to_json(attempts))

@@ -188,7 +188,18 @@ def test_a_forced_renewal_on_one_node_is_only_installed_by_the_others(fleet: Fle
                 for line in log_of(fleet, node, "daemon").splitlines()
                 if '"reconcile.started"' in line
             ]
-            assert any(p["reasons"] == ["fleet"] for p in passes), passes
+            assert any(p["reasons"] == ["fleet"] and p.get("focused") for p in passes), passes
+            # the pass woken by the notice observed and planned only the renewed certificate (of three)
+            focused = [
+                json.loads(line)
+                for line in log_of(fleet, node, "daemon").splitlines()
+                if '"reconcile.focused"' in line
+            ]
+            assert focused, "no focused pass"
+            for event in focused:
+                assert event["certificates"] == ["shop"], event
+                assert event["versions_read"] == ["shop"] and event["stored"] == ["shop"], event
+                assert event["stores"] == ["pem", "webhosting"] and event["hosts"] == ["iis"], event
             assert daemons[node].poll() is None
     finally:
         for proc in daemons.values():

@@ -136,3 +136,22 @@ def test_the_observation_cache_notices_changed_files(tmp_path: Path, issuer: Loc
     (version / "cert.pem").write_text("garbage")
     state = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
     assert state.certs == () and "not a valid PEM certificate" in state.problems[0]
+
+
+def test_observing_some_certificates_reads_only_their_folders_and_keeps_the_cache_of_the_others(
+    tmp_path: Path, issuer: LocalCAIssuer
+) -> None:
+    cache = tmp_path / "cache"
+    store = PemDirectoryStore("pem", tmp_path / "pem", cache)
+    web, api = issue(issuer), issuer.issue(IssueRequest("api", ("api.example.com",), "ecdsa-p256"))
+    store.install("web", web, datetime.now(UTC))
+    store.install("api", api, datetime.now(UTC))
+    (tmp_path / "pem" / "other.pem").write_bytes(web.cert_pem)  # another tool's file
+    full = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
+    assert {c.managed_by for c in full.certs} == {"web", "api", None}
+    cached = sorted(p.read_bytes() for p in cache.iterdir())
+
+    only = PemDirectoryStore("pem", tmp_path / "pem", cache).observe_for({"web"})
+    assert [(c.managed_by, c.info.thumbprint) for c in only.certs] == [("web", web.info.thumbprint)]
+    assert sorted(p.read_bytes() for p in cache.iterdir()) == cached  # api's entry is still there
+    assert PemDirectoryStore("pem", tmp_path / "pem", cache).observe() == full

@@ -10,9 +10,18 @@ from pathlib import Path
 import pytest
 
 from reconciler.app.loader import load
-from reconciler.core.fleet import ISSUING_ELSEWHERE, fleet_document, issuing_elsewhere, node_view
+from reconciler.core.fleet import (
+    ISSUING_ELSEWHERE,
+    fleet_document,
+    focused,
+    issuing_elsewhere,
+    merged_report,
+    node_view,
+    only_for,
+)
 from reconciler.core.model import Issuing, ObservedState
 from reconciler.core.planner import plan
+from reconciler.entry.daemon.loop import fleet_event, focus_of
 from reconciler.support.sealing import KeyProblem, Sealer, parse_key
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
@@ -199,3 +208,63 @@ def test_sealed_keys_open_only_with_their_key_and_their_context() -> None:
     for bad in (b"", b"c2hvcnQ=", b"not base64!!"):
         with pytest.raises(KeyProblem, match="32 bytes, base64"):
             parse_key(bad)
+
+
+def test_a_pass_focused_on_a_certificate_keeps_only_it_and_where_it_goes(desired_dir: Path) -> None:
+    desired = node_view(load(desired_dir), "web02")
+    only = focused(desired, frozenset({"only02"}))
+    assert sorted(only.certificates) == ["only02"]
+    assert sorted(only.stores) == ["hosting02"] and sorted(only.iis_hosts) == ["web02"]  # the store's host
+    assert only.issuers == desired.issuers and only.settings == desired.settings
+    farm = focused(desired, frozenset({"farm", "gone"}))
+    assert sorted(farm.certificates) == ["farm"] and sorted(farm.stores) == ["hosting02"]
+
+    made = plan(desired, ObservedState(), AT)
+    assert {a.certificate for a in made.actions} == {"everywhere", "farm", "only02"}
+    mine = only_for(made, frozenset({"farm"}))
+    assert mine.actions and {a.certificate for a in mine.actions} == {"farm"}
+    assert [c.name for c in mine.certificates] == ["farm"]
+
+
+def test_a_focused_report_replaces_its_certificates_and_recounts_the_node() -> None:
+    previous = {
+        "revision": "r1",
+        "converged": False,
+        "pending_actions": 3,
+        "waiting_for": ["blog"],
+        "certificates": {
+            "shop": {"thumbprint": "AA", "converged": False, "pending": 2},
+            "blog": {"thumbprint": None, "converged": False, "pending": 0},
+            "api": {"thumbprint": "CC", "converged": False},  # a report written before "pending" was kept
+        },
+    }
+    focused_report = {
+        "revision": "r1",
+        "converged": True,
+        "pending_actions": 0,
+        "waiting_for": [],
+        "certificates": {"shop": {"thumbprint": "BB", "converged": True, "pending": 0}},
+    }
+    merged = merged_report(previous, focused_report, frozenset({"shop"}))
+    assert merged["certificates"]["shop"]["thumbprint"] == "BB"
+    assert merged["certificates"]["api"]["thumbprint"] == "CC"
+    assert (merged["pending_actions"], merged["waiting_for"], merged["converged"]) == (1, ["blog"], False)
+    done = {**previous, "certificates": {"shop": previous["certificates"]["shop"]}, "waiting_for": []}
+    assert merged_report(done, focused_report, frozenset({"shop"}))["converged"] is True
+
+
+@pytest.mark.parametrize(
+    ("payloads", "focus"),
+    [
+        (["version:shop"], frozenset({"shop"})),
+        (["version:shop", "version:api", "version:shop"], frozenset({"shop", "api"})),
+        (["version:shop", "reconnected"], None),  # notices may have been missed: a full pass
+        (["version:"], None),
+    ],
+)
+def test_notices_of_new_versions_focus_the_pass_on_their_certificates(
+    payloads: list[str], focus: frozenset[str] | None
+) -> None:
+    assert focus_of({fleet_event(p) for p in payloads}) == focus
+    assert focus_of({fleet_event("version:shop"), "interval"}) is None
+    assert focus_of({fleet_event("version:shop"), "files"}) is None

@@ -31,7 +31,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -512,6 +512,14 @@ class EmulatedStore:
         return folder / f"{tp}.pfx", folder / f"{tp}.json"
 
     def observe(self) -> StoreState:
+        return self._observe(None)
+
+    def observe_for(self, certificates: Collection[str]) -> StoreState:
+        """Only the certificates whose friendly name marks them as one of ``certificates`` (as filtering
+        ``Cert:\\LocalMachine\\<store>`` on FriendlyName does): the others' PFX files are not opened."""
+        return self._observe(frozenset(certificates))
+
+    def _observe(self, only: frozenset[str] | None) -> StoreState:
         if not self.host.root.is_dir():
             return StoreState(
                 name=self.name,
@@ -526,6 +534,10 @@ class EmulatedStore:
         for pfx_path in sorted(folder.iterdir()):
             if pfx_path.suffix.lower() != ".pfx":
                 continue
+            if only is not None:
+                named = self._meta(pfx_path.with_suffix(".json"), []).get("friendly_name")
+                if isinstance(named, str) and managed_by(named) not in only:
+                    continue
             try:
                 cert, key_pem, pfx_name = _load_pfx(pfx_path.read_bytes())
                 info = cert_info(cert)
@@ -536,6 +548,8 @@ class EmulatedStore:
                 problems.append(f"{pfx_path}: holds certificate {info.thumbprint}, not the one its name says")
             meta = self._meta(pfx_path.with_suffix(".json"), problems)
             friendly = str(meta.get("friendly_name") or pfx_name or "")
+            if only is not None and managed_by(friendly) not in only:
+                continue
             installed = meta.get("installed_at")
             certs.append(
                 StoredCert(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -50,30 +50,48 @@ class PemDirectoryStore:
     # --- observe -----------------------------------------------------------------------------------
 
     def observe(self) -> StoreState:
-        self._known = _from_cache(self._cache.load()) if self._cache.path else {}
+        return self._observed(None)
+
+    def observe_for(self, certificates: Collection[str]) -> StoreState:
+        """Only the folders of ``certificates`` (a pass woken for them); other tools' files are not read."""
+        return self._observed(frozenset(certificates))
+
+    def _observed(self, only: frozenset[str] | None) -> StoreState:
+        raw = self._cache.load() if self._cache.path else {}
+        others: dict[str, object] = {}  # cache entries of folders not looked at: kept as they are, undecoded
+        if only is not None:
+            prefix = str(self.path) + "/"
+            others = {f: v for f, v in raw.items() if f.removeprefix(prefix).split("/", 1)[0] not in only}
+            raw = {f: v for f, v in raw.items() if f not in others}
+        self._known = _from_cache(raw)
         self._seen = {}
-        state = self._observe()
+        state = self._observe(only)
         if self._cache.path and self._seen != self._known:
             self._cache.save(
                 {
-                    folder: {
-                        "c": list(c),
-                        "m": list(m) if m else None,
-                        "k": list(k) if k else None,
-                        "i": to_plain(info),
-                        "meta": meta,
-                        "ok": key_ok,
-                    }
-                    for folder, (c, m, k, info, meta, key_ok) in self._seen.items()
+                    **others,
+                    **{
+                        folder: {
+                            "c": list(c),
+                            "m": list(m) if m else None,
+                            "k": list(k) if k else None,
+                            "i": to_plain(info),
+                            "meta": meta,
+                            "ok": key_ok,
+                        }
+                        for folder, (c, m, k, info, meta, key_ok) in self._seen.items()
+                    },
                 }
             )
         return state
 
-    def _observe(self) -> StoreState:
+    def _observe(self, only: frozenset[str] | None) -> StoreState:
         certs: list[StoredCert] = []
         problems: list[str] = []
         try:
-            entries = sorted(os.scandir(self.path), key=lambda e: e.name)
+            entries = sorted(
+                (e for e in os.scandir(self.path) if only is None or e.name in only), key=lambda e: e.name
+            )
         except FileNotFoundError:
             return StoreState(self.name)  # created on first install
         except OSError as exc:

@@ -19,7 +19,7 @@ from reconciler.app.executor import Executor, Outcome
 from reconciler.app.reconcile import reconcile_once
 from reconciler.app.world import World
 from reconciler.core.durations import iso
-from reconciler.core.fleet import node_view
+from reconciler.core.fleet import focused, node_view
 from reconciler.core.model import DesiredState
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, status_document, status_rows
@@ -43,6 +43,22 @@ BUSY_RETRY = 5.0  # then it tries again this much later
 ERROR_RETRY = 30.0  # a pass that failed as a whole is retried after this long (or the interval, if shorter)
 RELOAD_REASONS = frozenset({"start", "files", "sighup", "interval"})
 BACKEND_RETRY_FIRST, BACKEND_RETRY_MAX = 1.0, 30.0  # seconds: backoff while the database is unavailable
+
+
+FLEET_VERSION = "fleet:"  # an event "fleet:<certificate>": the database announced a new version of it
+
+
+def fleet_event(payload: str) -> str:
+    """The loop's event for a notice on the fleet channel: ``version:<certificate>`` names the certificate
+    (a focused pass); anything else (``reconnected``: notices may have been missed) asks for a full pass."""
+    kind, _, name = payload.partition(":")
+    return f"{FLEET_VERSION}{name}" if kind == "version" and name else "fleet"
+
+
+def focus_of(reasons: set[str]) -> frozenset[str] | None:
+    """The certificates a pass may focus on: when new versions are its only reason, their names."""
+    names = frozenset(r[len(FLEET_VERSION) :] for r in reasons if r.startswith(FLEET_VERSION))
+    return names if names and len(names) == len(reasons) else None
 
 
 class DaemonBusy(Exception):
@@ -89,6 +105,8 @@ class Daemon:
         self._watch_stop = threading.Event()
         self.node = node_name(options.node)
         self.backend_failures = 0  # consecutive passes the state backend (database) was unavailable
+        # each certificate's status row after the last pass (None until a full pass has succeeded)
+        self.rows: dict[str, StatusRow] | None = None
 
     @property
     def stopping(self) -> bool:
@@ -151,7 +169,7 @@ class Daemon:
         watcher.start()
         listen = getattr(self.state, "listen", None)
         if listen is not None:  # fleet: a new version in the database wakes this daemon at once
-            listen(lambda payload: self.events.put("fleet"), self._watch_stop)
+            listen(lambda payload: self.events.put(fleet_event(payload)), self._watch_stop)
         log.info(
             "daemon.started",
             node=self.node,
@@ -228,8 +246,18 @@ class Daemon:
         self.passes += 1
         started = time.monotonic()
         structlog.contextvars.bind_contextvars(reconcile=self.passes)
-        log.info("reconcile.started", reasons=sorted(reasons), maintenance=maintenance)
-        self.schedule.retry_at = None
+        focus = focus_of(reasons) if self.rows is not None and not maintenance else None
+        names = sorted(r[len(FLEET_VERSION) :] for r in reasons if r.startswith(FLEET_VERSION))
+        reasons = {("fleet" if r.startswith(FLEET_VERSION) else r) for r in reasons}
+        log.info(
+            "reconcile.started",
+            reasons=sorted(reasons),
+            maintenance=maintenance,
+            **({"certificates": names} if names else {}),
+            **({"focused": True} if focus is not None else {}),
+        )
+        if focus is None:  # a focused pass does not answer a full pass's retry
+            self.schedule.retry_at = None
         try:
             if self.git_pull_enabled and reasons & {"start", "interval", "sighup"}:
                 self._git_pull()
@@ -238,7 +266,7 @@ class Daemon:
             if self.desired.current is None:
                 self._finish(started, ok=False, error="no valid desired state to reconcile")
                 return
-            failed = self._pass(self.desired.current, maintenance)
+            failed = self._pass(self.desired.current, maintenance, focus)
         except LockBusy as exc:
             self.schedule.retry_at = time.monotonic() + BUSY_RETRY
             log.warning("reconcile.busy", error=str(exc), retry_in=BUSY_RETRY)
@@ -308,7 +336,7 @@ class Daemon:
             self._world_key = key
         return self._world
 
-    def _pass(self, desired: DesiredState, maintenance: bool) -> int:
+    def _pass(self, desired: DesiredState, maintenance: bool, focus: frozenset[str] | None = None) -> int:
         assert self.state is not None
         world = self._world_for(desired)
 
@@ -327,12 +355,23 @@ class Daemon:
                 desired_fingerprint_now=self.fingerprint,
                 on_outcome=count,
                 on_executor=running,
+                focus=focus,
             )
-            rows = status_rows(desired, result.observed, result.at, result.plan)
+            fresh = status_rows(
+                desired if focus is None else focused(desired, focus), result.observed, result.at, result.plan
+            )
             applied_doc = self.state.applied()
+        if focus is None or self.rows is None:
+            self.rows = {row.name: row for row in fresh}
+        else:  # the other certificates' rows stay as the last full pass left them
+            self.rows.update((row.name, row) for row in fresh)
+        rows = [self.rows[name] for name in sorted(self.rows)]
         notify = desired.settings.notify
         warning = notify.expiryWarning if (notify.webhook or notify.email) else None
-        self.schedule.due = next_due(result.plan, result.observed, result.at, warning)
+        due = next_due(result.plan, result.observed, result.at, warning)
+        if focus is not None and self.schedule.due is not None:  # the others' due times still hold
+            due = min(self.schedule.due, due) if due is not None else self.schedule.due
+        self.schedule.due = due
         self.metrics.certificates(rows, result.at)
         self.metrics.revision(desired.revision)
         self.status_doc = status_document(desired, rows, applied_doc, result.at)
