@@ -249,7 +249,7 @@ def test_a_focused_report_replaces_its_certificates_and_recounts_the_node() -> N
     assert merged["certificates"]["shop"]["thumbprint"] == "BB"
     assert merged["certificates"]["api"]["thumbprint"] == "CC"
     assert (merged["pending_actions"], merged["waiting_for"], merged["converged"]) == (1, ["blog"], False)
-    done = {**previous, "certificates": {"shop": previous["certificates"]["shop"]}, "waiting_for": []}
+    done = {**previous, "certificates": {"shop": previous["certificates"]["shop"]}, "waiting_for": []}  # type: ignore[index]
     assert merged_report(done, focused_report, frozenset({"shop"}))["converged"] is True
 
 
