@@ -63,9 +63,8 @@ def at_once(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None = No
     return [f.result() for f in futures]
 
 
-IO_THREADS = (
-    16  # requests kept in flight: a cold disk answers many small reads at once far faster than in turn
-)
+# requests kept in flight: a cold disk answers many small reads at once far faster than in turn
+IO_THREADS = 16
 
 
 def map_io(fn: Callable[[T], R], items: Sequence[T], threads: int = IO_THREADS) -> list[R]:
