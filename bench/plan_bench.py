@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from reconciler.adapters.stores import pemdir  # noqa: E402
 from reconciler.state.records import info_to_json  # noqa: E402
 from reconciler.state.statedir import KeyedLog  # noqa: E402
 from reconciler.support import pki  # noqa: E402
@@ -47,6 +48,7 @@ def generate(root: Path, n: int) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     index = KeyedLog(state / "vault" / "index.jsonl")
     lines = []
+    indexed = []  # the store's index, as install writes it (one line per version)
     docs: list[str] = []
     for i in range(n):
         name = f"cert-{i:05d}"
@@ -90,6 +92,19 @@ def generate(root: Path, n: int) -> None:
                 }
             )
         )
+        read = pemdir._read_versions([str(folder)])[0]
+        assert not isinstance(read, str), read
+        key = f"{name}/versions/{version}"
+        indexed.append(json.dumps({"k": key, "v": pemdir._encode(read)}, separators=(",", ":")))
+        vault = state / "vault" / name / info.thumbprint  # what certctl keeps of each issued version
+        vault.mkdir(parents=True)
+        for fname, data in (
+            ("cert.pem", cert_pem),
+            ("chain.pem", b""),
+            ("fullchain.pem", cert_pem),
+            ("key.pem", key_pem),
+        ):
+            (vault / fname).write_bytes(data)
         os.symlink(f"versions/{version}", pem / name / "current")
         for fname in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"):
             os.symlink(f"current/{fname}", pem / name / fname)
@@ -101,6 +116,8 @@ def generate(root: Path, n: int) -> None:
             "replaced": None,
         }
         lines.append(json.dumps({"k": name, "v": {info.thumbprint: meta}}, separators=(",", ":")))
+    (pem / pemdir.INDEX).write_text("\n".join(indexed) + "\n")
+    os.chmod(pem / pemdir.INDEX, 0o600)
     index.path.parent.mkdir(parents=True, exist_ok=True)
     index.path.write_text("\n".join(lines) + "\n")
 

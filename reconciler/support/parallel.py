@@ -61,3 +61,23 @@ def at_once(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None = No
         futures = [pool.submit(fn, item) for item in items]
         wait(futures)
     return [f.result() for f in futures]
+
+
+# requests kept in flight: a cold disk answers many small reads at once far faster than in turn
+IO_THREADS = 16
+
+
+def map_io(fn: Callable[[T], R], items: Sequence[T], threads: int = IO_THREADS) -> list[R]:
+    """``fn`` over ``items`` in threads, in order: for many small blocking file-system calls (``stat``,
+    ``readlink``, ``listdir`` of thousands of folders), which a cold page cache makes wait for the disk one
+    at a time. Items go to the threads in chunks (a future per item would cost more than a warm ``stat``);
+    small batches run in the calling thread. ``fn`` must not raise for an item it cannot read (return the
+    problem instead); an exception is raised once every chunk has finished."""
+    if len(items) < 256 or os.environ.get("CERTCTL_NO_PARALLEL"):
+        return [fn(item) for item in items]
+    size = max(16, -(-len(items) // (threads * 8)))
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="certctl-fs") as pool:
+        futures = [pool.submit(lambda chunk: [fn(item) for item in chunk], c) for c in chunks]
+        wait(futures)
+    return [r for f in futures for r in f.result()]

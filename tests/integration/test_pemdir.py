@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.adapters.issuers.localca import LocalCAIssuer
+from reconciler.adapters.stores import pemdir
 from reconciler.adapters.stores.pemdir import PemDirectoryStore
 from reconciler.core.spec import LocalCA
 from reconciler.ports import IssueRequest
@@ -155,3 +157,142 @@ def test_observing_some_certificates_reads_only_their_folders_and_keeps_the_cach
     assert [(c.managed_by, c.info.thumbprint) for c in only.certs] == [("web", web.info.thumbprint)]
     assert sorted(p.read_bytes() for p in cache.iterdir()) == cached  # api's entry is still there
     assert PemDirectoryStore("pem", tmp_path / "pem", cache).observe() == full
+
+
+# --- the store's index --------------------------------------------------------------------------------
+
+
+def _settle_index(pem: Path) -> Path:
+    """Give the index a modification time after every file it describes (as a later clock tick would)."""
+    index = pem / pemdir.INDEX
+    latest = max(os.stat(p).st_ctime_ns for p in pem.rglob("*") if p.is_file())
+    os.utime(index, ns=(latest + 10_000_000, latest + 10_000_000))
+    return index
+
+
+@pytest.fixture
+def full_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every version folder observe reads in full (rather than taking from the index or a cache)."""
+    read: list[str] = []
+    real = pemdir._read_versions
+
+    def recording(folders):
+        read.extend(os.path.basename(f) for f in folders)
+        return real(folders)
+
+    monkeypatch.setattr(pemdir, "_read_versions", recording)
+    return read
+
+
+def _installed(tmp_path: Path, issuer: LocalCAIssuer) -> tuple[Path, Path]:
+    pem = tmp_path / "pem"
+    store = PemDirectoryStore("pem", pem)
+    store.install("web", issue(issuer), datetime(2026, 1, 1, tzinfo=UTC))
+    store.install("web", issue(issuer), datetime(2026, 2, 1, tzinfo=UTC))
+    return pem, (pem / "web" / "current").resolve()
+
+
+def test_the_index_spares_reading_unchanged_versions(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
+) -> None:
+    pem, _ = _installed(tmp_path, issuer)
+    index = _settle_index(pem)
+    full_reads.clear()  # install reads what it wrote, to index it
+    assert os.stat(index).st_mode & 0o777 == 0o600
+    with_index = PemDirectoryStore("pem", pem).observe()
+    assert full_reads == [] and len(with_index.certs) == 2
+    index.unlink()
+    assert PemDirectoryStore("pem", pem).observe() == with_index  # the full read finds the same
+    assert len(full_reads) == 2
+
+
+def test_an_entry_written_in_the_same_clock_tick_as_its_files_is_read_again(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    index = _settle_index(pem)
+    ctime = os.stat(live / "cert.pem").st_ctime_ns
+    os.utime(index, ns=(ctime, ctime))  # a change within the tick of the index's last write: racily clean
+    full_reads.clear()
+    PemDirectoryStore("pem", pem).observe()
+    assert live.name in full_reads
+
+
+def test_a_stale_index_is_detected_by_file_identity(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    _settle_index(pem)
+    other = issue(issuer)
+    (live / "cert.pem").write_bytes(other.cert_pem)  # another certificate written in place by hand
+    full_reads.clear()
+    state = PemDirectoryStore("pem", pem).observe()
+    assert full_reads == [live.name]
+    current = next(c for c in state.certs if c.current)
+    assert current.info.thumbprint == other.info.thumbprint
+    assert current.drift == "the live version's privkey.pem does not match its cert.pem"
+
+
+def test_drift_is_still_seen_with_an_index(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    _settle_index(pem)
+    (live / "chain.pem").unlink()
+    assert next(c for c in PemDirectoryStore("pem", pem).observe().certs if c.current).drift == (
+        "the live version lacks chain.pem"
+    )
+    os.remove(pem / "web" / "fullchain.pem")
+    os.symlink(live / "fullchain.pem", pem / "web" / "fullchain.pem")
+    drift = next(c for c in PemDirectoryStore("pem", pem).observe().certs if c.current).drift
+    assert drift is not None and drift.startswith("fullchain.pem points to")
+    (live / "privkey.pem").unlink()
+    current = next(c for c in PemDirectoryStore("pem", pem).observe().certs if c.current)
+    assert not current.has_key
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "wrong-shapes", "forged-identity", "group-writable", "symlink"],
+)
+def test_a_damaged_or_untrusted_index_is_ignored(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str], damage: str
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    index = _settle_index(pem)
+    truth = PemDirectoryStore("pem", pem).observe()
+    entry = json.loads(index.read_text().splitlines()[-1])
+    key = entry["k"]
+    if damage == "garbage":
+        index.write_bytes(b'\x00\xff not json\n{"k": 1}\n[1, 2]\n')
+    elif damage == "wrong-shapes":
+        bad = [{**entry["v"], "c": "x"}, {**entry["v"], "i": {"thumbprint": 5}}, {**entry["v"], "ok": "yes"}]
+        index.write_text("".join(json.dumps({"k": key, "v": v}) + "\n" for v in bad))
+    elif damage == "forged-identity":  # claims facts for files that are not those it describes
+        forged = {**entry["v"], "c": [1, 2, 3, 4], "ok": True}
+        index.write_text(json.dumps({"k": key, "v": forged}) + "\n")
+    elif damage == "group-writable":
+        os.chmod(index, 0o620)
+    else:
+        target = tmp_path / "elsewhere.jsonl"
+        shutil.move(index, target)
+        os.symlink(target, index)
+    _settle_index(pem) if damage != "symlink" else None
+    full_reads.clear()
+    assert PemDirectoryStore("pem", pem).observe() == truth
+    assert live.name in full_reads
+    if damage == "symlink":  # install never appends through a link planted in the store folder
+        before = (tmp_path / "elsewhere.jsonl").read_bytes()
+        PemDirectoryStore("pem", pem).install("api", issue(issuer), datetime(2026, 3, 1, tzinfo=UTC))
+        assert (tmp_path / "elsewhere.jsonl").read_bytes() == before
+
+
+def test_remove_drops_the_index_entry(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    store = PemDirectoryStore("pem", pem)
+    old = next(c for c in store.observe().certs if not c.current)
+    store.remove(old.ref)
+    keys = [json.loads(line)["k"] for line in (pem / pemdir.INDEX).read_text().splitlines()]
+    assert keys[-1] == f"web/versions/{old.ref.split('/')[1]}"
+    live_keys = {
+        json.loads(line)["k"]: json.loads(line)["v"] for line in (pem / pemdir.INDEX).read_text().splitlines()
+    }
+    assert live_keys[keys[-1]] is None and live_keys[f"web/versions/{live.name}"] is not None

@@ -18,14 +18,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from reconciler.core.codec import decode
+import structlog
+
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState, to_plain
 from reconciler.ports import Material
-from reconciler.state.cache import FileKey, JsonCache, as_file_key, file_key
+from reconciler.state.cache import (
+    MAX_CACHE_BYTES,
+    FileKey,
+    JsonCache,
+    as_file_key,
+    file_key,
+    untrusted_owner,
+)
+from reconciler.state.records import info_from_json
+from reconciler.state.statedir import KeyedLog
 from reconciler.support import pki
 from reconciler.support.fs import (
     contained,
@@ -34,9 +45,11 @@ from reconciler.support.fs import (
     switch_links,
     write_folder,
 )
-from reconciler.support.parallel import map_batch
+from reconciler.support.parallel import map_batch, map_io
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
+INDEX = ".certctl-index.jsonl"
+log = structlog.get_logger()
 
 
 class PemDirectoryStore:
@@ -44,8 +57,10 @@ class PemDirectoryStore:
         self.name = name
         self.path = Path(path)
         self._cache = JsonCache(cache_dir, JsonCache.name_for("pemdir", str(self.path.resolve())))
+        self._index = KeyedLog(self.path / INDEX)
         self._seen: dict[str, Cached] = {}
         self._known: dict[str, Cached] = {}
+        self._indexed: dict[str, Cached] = {}
 
     # --- observe -----------------------------------------------------------------------------------
 
@@ -64,33 +79,74 @@ class PemDirectoryStore:
             others = {f: v for f, v in raw.items() if f.removeprefix(prefix).split("/", 1)[0] not in only}
             raw = {f: v for f, v in raw.items() if f not in others}
         self._known = _from_cache(raw)
+        self._indexed = self._load_index()
         self._seen = {}
         state = self._observe(only)
         if self._cache.path and self._seen != self._known:
-            self._cache.save(
-                {
-                    **others,
-                    **{
-                        folder: {
-                            "c": list(c),
-                            "m": list(m) if m else None,
-                            "k": list(k) if k else None,
-                            "i": to_plain(info),
-                            "meta": meta,
-                            "ok": key_ok,
-                        }
-                        for folder, (c, m, k, info, meta, key_ok) in self._seen.items()
-                    },
-                }
-            )
+            self._cache.save({**others, **{folder: _encode(cached) for folder, cached in self._seen.items()}})
         return state
+
+    def _load_index(self) -> dict[str, Cached]:
+        """The store's own index (written by install, keyed ``<certificate>/versions/<version>``), as full paths.
+
+        Untrusted like a cache: it must be a regular file owned by the running user that no one else can
+        write, every entry is type-checked as it is decoded, and an entry counts only while the identity of
+        each file it describes (inode, size, mtime, ctime) is unchanged. An entry whose files changed in the
+        same clock tick as the index's last write cannot be told apart from an unchanged one, so it is
+        re-read too ("racily clean", as git calls it)."""
+        path = self.path / INDEX
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return {}
+        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
+        if problem is None and st.st_size > MAX_CACHE_BYTES:
+            problem = f"larger than {MAX_CACHE_BYTES:,} bytes"
+        if problem is not None:
+            log.warning("store.index.ignored", path=str(path), reason=problem, note="every version is read")
+            return {}
+        try:
+            entries = self._index.read()
+        except OSError as exc:
+            log.warning(
+                "store.index.ignored", path=str(path), reason=exc.strerror, note="every version is read"
+            )
+            return {}
+        out: dict[str, Cached] = {}
+        for key, entry in entries.items():
+            cached = _decode(entry)
+            if cached is not None and all(k is None or k[3] < st.st_mtime_ns for k in cached[:3]):
+                out[f"{self.path}/{key}"] = cached
+        return out
+
+    def _index_version(self, certificate: str, version: Path) -> None:
+        """Record a version just written (its file identities and what a full read finds in it) in the index."""
+        path = self.path / INDEX
+        with contextlib.suppress(FileNotFoundError):
+            st = os.lstat(path)
+            problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
+            if problem is not None:  # never append through a link planted in the folder
+                log.warning("store.index.not_written", path=str(path), reason=problem)
+                return
+        result = _read_versions([str(version)])[0]
+        if isinstance(result, str):
+            return
+        try:
+            self._index.set(f"{certificate}/versions/{version.name}", _encode(result))
+        except OSError as exc:  # the index only saves reading: the version itself is installed
+            log.warning("store.index.not_written", path=str(path), reason=str(exc))
 
     def _observe(self, only: frozenset[str] | None) -> StoreState:
         certs: list[StoredCert] = []
         problems: list[str] = []
         try:
             entries = sorted(
-                (e for e in os.scandir(self.path) if only is None or e.name in only), key=lambda e: e.name
+                (
+                    e
+                    for e in os.scandir(self.path)
+                    if not e.name.startswith(".") and (only is None or e.name in only)
+                ),
+                key=lambda e: e.name,
             )
         except FileNotFoundError:
             return StoreState(self.name)  # created on first install
@@ -100,70 +156,61 @@ class PemDirectoryStore:
                 problems=(f"cannot read store folder {self.path}: {exc.strerror}",),
                 reachable=False,
             )
-        managed: list[
-            tuple[str, str | None, list[str], str | None]
-        ] = []  # (folder, live version, versions, drift)
-        for entry in entries:
-            if entry.name.startswith("."):
+        managed: list[Listed] = []
+        # Which entries are managed folders, their versions and links: a few stat/readlink calls per
+        # certificate, issued from threads so that a cold disk serves them together.
+        for entry, (kind, listed, problem) in zip(entries, map_io(_probe_entry, entries), strict=True):
+            if problem is not None:
+                problems.append(problem)
+            if listed is not None:
+                managed.append(listed)
                 continue
             try:
-                if entry.is_dir(follow_symlinks=False) and os.path.isdir(
-                    os.path.join(entry.path, "versions")
-                ):
-                    listed = self._list_managed(entry.path, problems)
-                    if listed is not None:
-                        managed.append(listed)
-                elif entry.is_dir():
+                if kind == "dir":
                     certs.extend(self._observe_foreign_dir(Path(entry.path), problems))
-                elif entry.name.endswith((".pem", ".crt", ".cer")):
+                elif kind == "file" and entry.name.endswith((".pem", ".crt", ".cer")):
                     found = self._read_foreign(Path(entry.path), problems)
                     if found:
                         certs.append(found)
             except OSError as exc:
                 problems.append(f"cannot read {entry.path}: {exc.strerror}")
         read = self._read_all(
-            [f"{folder}/versions/{v}" for folder, _, versions, _ in managed for v in versions], problems
+            [f"{folder}/versions/{v}" for folder, current, versions, _ in managed for v in versions],
+            {f"{folder}/versions/{current}" for folder, current, _, _ in managed if current},
+            problems,
         )
         for folder, current, versions, drift in managed:
             certs.extend(self._stored(folder, current, versions, read, drift))
         return StoreState(self.name, tuple(certs), tuple(problems))
 
-    @staticmethod
-    def _list_managed(
-        folder: str, problems: list[str]
-    ) -> tuple[str, str | None, list[str], str | None] | None:
-        link = None
-        with contextlib.suppress(OSError):
-            link = os.readlink(folder + "/current")
-        try:
-            names = sorted(n for n in os.listdir(folder + "/versions") if not n.startswith("."))
-        except OSError as exc:
-            problems.append(f"cannot read {folder}/versions: {exc.strerror}")
-            return None
-        current = os.path.basename(link) if link and link == f"versions/{os.path.basename(link)}" else None
-        return folder, current if current in names else None, names, _links_drift(folder)
-
-    def _read_all(
-        self, folders: list[str], problems: list[str]
-    ) -> dict[str, tuple[CertInfo, dict[str, object], bool]]:
-        """Every version's certificate facts, metadata and whether its key is there; unchanged versions
-        come from the cache, the others are parsed (in worker processes when there are thousands)."""
-        out: dict[str, tuple[CertInfo, dict[str, object], bool]] = {}
-        misses: list[str] = []
-        for folder in folders:
-            keys = _version_keys(folder)
-            known = self._known.get(folder)
-            if keys is not None and known is not None and known[:3] == keys:
-                self._seen[folder] = known
-                out[folder] = (known[3], known[4], known[5])
+    def _read_all(self, folders: list[str], live: set[str], problems: list[str]) -> dict[str, Observed]:
+        """Every version's certificate facts, metadata, whether its key is there and (live versions) the files
+        it lacks. A version whose files still have the identities the store's index or the cache recorded is
+        taken from there; the others are parsed (in worker processes when there are thousands)."""
+        out: dict[str, Observed] = {}
+        misses: list[tuple[str, tuple[str, ...]]] = []
+        probes = map_io(lambda f: _probe_version(f, f in live), folders)
+        for folder, (keys, missing) in zip(folders, probes, strict=True):
+            hit = next(
+                (
+                    known
+                    for known in (self._indexed.get(folder), self._known.get(folder))
+                    if keys is not None and known is not None and known[:3] == keys
+                ),
+                None,
+            )
+            if hit is not None:
+                self._seen[folder] = hit
+                out[folder] = (hit[3], hit[4], hit[5], missing)
             else:
-                misses.append(folder)
-        for folder, result in zip(misses, map_batch(_read_versions, misses), strict=True):
+                misses.append((folder, missing))
+        results = map_batch(_read_versions, [folder for folder, _ in misses])
+        for (folder, missing), result in zip(misses, results, strict=True):
             if isinstance(result, str):
                 problems.append(result)
                 continue
             self._seen[folder] = result
-            out[folder] = (result[3], result[4], result[5])
+            out[folder] = (result[3], result[4], result[5], missing)
         return out
 
     def _stored(
@@ -171,17 +218,17 @@ class PemDirectoryStore:
         folder: str,
         current: str | None,
         versions: list[str],
-        read: dict[str, tuple[CertInfo, dict[str, object], bool]],
+        read: dict[str, Observed],
         drift: str | None,
     ) -> list[StoredCert]:
         found = [(v, *read[f"{folder}/versions/{v}"]) for v in versions if f"{folder}/versions/{v}" in read]
         found.sort(key=lambda vimk: (str(vimk[2].get("installed_at", "")), vimk[0]))
         out: list[StoredCert] = []
-        for i, (version, info, meta, key_ok) in enumerate(found):
+        for i, (version, info, meta, key_ok, missing) in enumerate(found):
             owner = str(meta.get("managed_by", ""))
             superseded = found[i + 1][2].get("installed_at") if i + 1 < len(found) else None
             live = version == current
-            version_drift = _version_drift(f"{folder}/versions/{version}", key_ok) if live else None
+            version_drift = _drift(missing, key_ok) if live else None
             out.append(
                 StoredCert(
                     store=self.name,
@@ -251,6 +298,7 @@ class PemDirectoryStore:
                 },
                 staging=versions,
             )
+        self._index_version(certificate, target)  # before the switch: the live version is always indexed
         switch_links(folder, "current", f"versions/{version}", FILES)
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
@@ -278,6 +326,10 @@ class PemDirectoryStore:
         if not str(meta.get("managed_by", "")).startswith(MANAGED_PREFIX):
             raise RuntimeError(f"refusing to remove {ref}: certctl did not install it")
         discard(target)
+        try:
+            self._index.delete(f"{certificate}/versions/{version}")
+        except OSError as exc:  # a left-over entry names a folder that is gone: it is never used
+            log.warning("store.index.not_written", path=str(self.path / INDEX), reason=str(exc))
 
     def read(self, ref: str) -> Material | None:
         certificate, _, version = ref.partition("/")
@@ -310,7 +362,10 @@ def _links_drift(folder: str) -> str | None:
 
 def _version_drift(folder: str, key_ok: bool) -> str | None:
     """What is wrong with a version folder a consumer reads: a file gone, or a key that is not the certificate's."""
-    missing = [name for name in FILES if not os.path.isfile(f"{folder}/{name}")]
+    return _drift(tuple(name for name in FILES if not os.path.isfile(f"{folder}/{name}")), key_ok)
+
+
+def _drift(missing: tuple[str, ...], key_ok: bool) -> str | None:
     if missing:
         return f"the live version lacks {', '.join(missing)}"
     if not key_ok:
@@ -344,6 +399,41 @@ def _version_keys(folder: str) -> tuple[FileKey, FileKey | None, FileKey | None]
 # (cert.pem, meta.json and privkey.pem file keys, certificate facts, metadata, key present and matching)
 VersionRead = tuple[FileKey, FileKey | None, FileKey | None, CertInfo, dict[str, object], bool]
 Cached = VersionRead
+# (certificate facts, metadata, key present and matching, files of FILES the version lacks)
+Observed = tuple[CertInfo, dict[str, object], bool, tuple[str, ...]]
+# (store folder entry, live version, versions, what is wrong with its links)
+Listed = tuple[str, str | None, list[str], str | None]
+
+
+def _probe_entry(entry: os.DirEntry[str]) -> tuple[str, Listed | None, str | None]:
+    """What a store folder entry is ("managed", "dir", "file"), with a managed folder's listing, or a problem."""
+    try:
+        if entry.is_dir(follow_symlinks=False) and os.path.isdir(os.path.join(entry.path, "versions")):
+            listed, problem = _list_managed(entry.path)
+            return "managed", listed, problem
+        return ("dir" if entry.is_dir() else "file"), None, None
+    except OSError as exc:
+        return "other", None, f"cannot read {entry.path}: {exc.strerror}"
+
+
+def _list_managed(folder: str) -> tuple[Listed | None, str | None]:
+    link = None
+    with contextlib.suppress(OSError):
+        link = os.readlink(folder + "/current")
+    try:
+        names = sorted(n for n in os.listdir(folder + "/versions") if not n.startswith("."))
+    except OSError as exc:
+        return None, f"cannot read {folder}/versions: {exc.strerror}"
+    current = os.path.basename(link) if link and link == f"versions/{os.path.basename(link)}" else None
+    return (folder, current if current in names else None, names, _links_drift(folder)), None
+
+
+def _probe_version(
+    folder: str, live: bool
+) -> tuple[tuple[FileKey, FileKey | None, FileKey | None] | None, tuple[str, ...]]:
+    """The identities of a version's cert.pem, meta.json and privkey.pem, and (live) which of FILES it lacks."""
+    keys = _version_keys(folder)
+    return keys, tuple(name for name in FILES if not os.path.isfile(f"{folder}/{name}")) if live else ()
 
 
 def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
@@ -386,37 +476,57 @@ def _dt(value: object) -> datetime | None:
 _INFO_TEXT = ("thumbprint", "sha256", "subject", "key_algorithm", "issuer", "serial")
 
 
+def _encode(cached: Cached) -> dict[str, object]:
+    c, m, k, info, meta, key_ok = cached
+    return {
+        "c": list(c),
+        "m": list(m) if m else None,
+        "k": list(k) if k else None,
+        "i": to_plain(info),
+        "meta": meta,
+        "ok": key_ok,
+    }
+
+
 def _from_cache(entries: dict[str, object]) -> dict[str, Cached]:
     """The cache's entries that decode to well-typed values; anything else is dropped (and re-read from disk)."""
     out: dict[str, Cached] = {}
     for folder, entry in entries.items():
-        if (
-            not isinstance(entry, dict)
-            or not isinstance(entry.get("meta"), dict)
-            or not isinstance(entry.get("ok"), bool)
-        ):
-            continue
-        cert_key, meta_key, key_key = (
-            as_file_key(entry.get("c")),
-            as_file_key(entry.get("m")),
-            as_file_key(entry.get("k")),
-        )
-        if (
-            cert_key is None
-            or (meta_key is None and entry.get("m") is not None)
-            or (key_key is None and entry.get("k") is not None)
-        ):
-            continue
-        try:
-            info = decode(CertInfo, entry["i"])
-        except Exception:  # noqa: BLE001 - an entry that does not decode is only a cache miss
-            continue
-        if (
-            all(isinstance(getattr(info, f), str) for f in _INFO_TEXT)
-            and isinstance(info.sans, tuple)
-            and all(isinstance(n, str) for n in info.sans)
-            and info.not_before.tzinfo
-            and info.not_after.tzinfo
-        ):
-            out[folder] = (cert_key, meta_key, key_key, info, entry["meta"], entry["ok"])
+        cached = _decode(entry)
+        if cached is not None:
+            out[folder] = cached
     return out
+
+
+def _decode(entry: object) -> Cached | None:
+    """An entry of the cache or the index, when it decodes to well-typed values; None otherwise."""
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("meta"), dict)
+        or not isinstance(entry.get("ok"), bool)
+    ):
+        return None
+    cert_key, meta_key, key_key = (
+        as_file_key(entry.get("c")),
+        as_file_key(entry.get("m")),
+        as_file_key(entry.get("k")),
+    )
+    if (
+        cert_key is None
+        or (meta_key is None and entry.get("m") is not None)
+        or (key_key is None and entry.get("k") is not None)
+    ):
+        return None
+    try:
+        info = info_from_json(entry["i"])  # pydantic's validator: 20x faster than the generic codec
+    except Exception:  # noqa: BLE001 - an entry that does not decode is only a miss
+        return None
+    if (
+        all(isinstance(getattr(info, f), str) for f in _INFO_TEXT)
+        and isinstance(info.sans, tuple)
+        and all(isinstance(n, str) for n in info.sans)
+        and info.not_before.tzinfo
+        and info.not_after.tzinfo
+    ):
+        return cert_key, meta_key, key_key, info, entry["meta"], entry["ok"]
+    return None
