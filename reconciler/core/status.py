@@ -2,55 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
 from reconciler.core.durations import iso
 from reconciler.core.model import DesiredState, ObservedState
-from reconciler.core.plan import CertState, Plan
+from reconciler.core.plan import CertState, CertSummary, Plan
 from reconciler.core.planner import plan as make_plan
 
 READY_CONDITIONS = ("True", "False", "Unknown")
 
 
 @dataclass(frozen=True, slots=True)
-class StatusRow:
-    """One certificate: the plan's summary, its attempt history and the actions still to do."""
+class StatusRow(CertSummary):
+    """One certificate: the plan's summary, plus its attempt history and the actions still to do."""
 
-    name: str
-    state: CertState
-    not_after: datetime | None = None
-    renew_at: datetime | None = None
-    thumbprint: str | None = None
-    reason: str | None = None
-    deferred_until: datetime | None = None
-    last_error: str | None = None
-    consecutive_failures: int = 0
     last_attempt: datetime | None = None
     last_success: datetime | None = None
     pending_actions: tuple[str, ...] = ()
-    issuer: str | None = None  # the Issuer that issued the current certificate
-    issuer_note: str | None = None  # why that one, when a fallback issued it
     action_failures: int = 0  # consecutive applies in which an install, bind, deploy or verify failed
     action_error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "name": self.name,
-            "state": self.state.value,
-            "not_after": iso(self.not_after),
-            "renew_at": iso(self.renew_at),
-            "thumbprint": self.thumbprint,
-            "reason": self.reason,
-            "deferred_until": iso(self.deferred_until),
-            "last_error": self.last_error,
-            "consecutive_failures": self.consecutive_failures,
+            **CertSummary.to_json(self),
             "last_attempt": iso(self.last_attempt),
             "last_success": iso(self.last_success),
             "pending_actions": list(self.pending_actions),
-            "issuer": self.issuer,
-            "issuer_note": self.issuer_note,
             "action_failures": self.action_failures,
             "action_error": self.action_error,
         }
@@ -67,22 +46,13 @@ def status_rows(
     rows = []
     for s in plan.certificates:
         attempts = observed.attempts.get(s.name)
+        summary = {f.name: getattr(s, f.name) for f in fields(CertSummary)}
         rows.append(
             StatusRow(
-                name=s.name,
-                state=s.state,
-                not_after=s.not_after,
-                renew_at=s.renew_at,
-                thumbprint=s.thumbprint,
-                reason=s.reason,
-                deferred_until=s.deferred_until,
-                last_error=s.last_error,
-                consecutive_failures=s.consecutive_failures,
+                **summary,
                 last_attempt=attempts.last_attempt if attempts else None,
                 last_success=attempts.last_success if attempts else None,
                 pending_actions=tuple(pending.get(s.name, ())),
-                issuer=s.issuer,
-                issuer_note=s.issuer_note,
                 action_failures=attempts.action_failures if attempts else 0,
                 action_error=attempts.action_error if attempts else None,
             )

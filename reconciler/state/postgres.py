@@ -37,7 +37,7 @@ from psycopg.types.json import Jsonb
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.core.planner import current_version
 from reconciler.ports import BackendUnavailable, IssuanceGrant, IssueError, LeaseLost, Material
-from reconciler.state.records import attempts_from_json, attempts_to_json
+from reconciler.state.records import attempts_from_json, attempts_to_json, revocation_to_json
 from reconciler.state.statedir import StateDir, version_meta
 from reconciler.support import pki
 from reconciler.support.sealing import KeyProblem, Sealer
@@ -412,13 +412,7 @@ class FleetState(StateDir):
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:
         """Record the revocation on the version in the database (every node's next plan replaces it)."""
         self.ready()
-        record = {
-            "revoked": {
-                "reason": revocation.reason,
-                "at": revocation.at.isoformat(),
-                "source": revocation.source,
-            }
-        }
+        record = {"revoked": revocation_to_json(revocation)}
         with self.db.transaction() as q:
             rows = q(
                 "UPDATE certctl_versions SET meta = meta || %s WHERE certificate = %s AND thumbprint = %s "

@@ -10,10 +10,11 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from reconciler.core.model import Attempts, CertInfo
+from reconciler.core.model import Attempts, CertInfo, Revocation
 
 _CERT_INFO: TypeAdapter[CertInfo] = TypeAdapter(CertInfo)
 _ATTEMPTS: TypeAdapter[Attempts] = TypeAdapter(Attempts)
+_REVOCATION: TypeAdapter[Revocation] = TypeAdapter(Revocation)
 
 
 def info_to_json(info: CertInfo) -> dict[str, Any]:
@@ -36,3 +37,13 @@ def attempts_from_json(name: str, data: Any) -> Attempts:
     if not isinstance(data, dict):
         raise TypeError(f"the attempts of {name} are not a JSON object")
     return _ATTEMPTS.validate_python({**data, "certificate": name})
+
+
+def revocation_to_json(revocation: Revocation) -> dict[str, Any]:
+    data: dict[str, Any] = _REVOCATION.dump_python(revocation, mode="json")
+    return data
+
+
+def revocation_from_json(data: Any) -> Revocation | None:
+    """The ``revoked`` record of a version (None when it has none)."""
+    return None if data is None else _REVOCATION.validate_python(data)

@@ -37,7 +37,14 @@ import structlog
 
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.ports import IssuanceGrant, Material
-from reconciler.state.records import attempts_from_json, attempts_to_json, info_from_json, info_to_json
+from reconciler.state.records import (
+    attempts_from_json,
+    attempts_to_json,
+    info_from_json,
+    info_to_json,
+    revocation_from_json,
+    revocation_to_json,
+)
 from reconciler.support import pki
 from reconciler.support.fs import (
     UnsafePath,
@@ -191,14 +198,6 @@ def damaged(path: Path, line: int, problem: str) -> None:
         line=line,
         problem=problem,
         note="a damaged line of a state log (torn by a crash or a full disk, or edited); skipped",
-    )
-
-
-def _revocation(value: Any) -> Revocation | None:
-    if value is None:
-        return None
-    return Revocation(
-        reason=str(value["reason"]), at=datetime.fromisoformat(value["at"]), source=str(value["source"])
     )
 
 
@@ -524,7 +523,7 @@ class StateDir:
                 replaced=v.get("replaced"),
                 issuer=v.get("issuer"),
                 issuer_note=v.get("issuer_note"),
-                revocation=_revocation(v.get("revoked")),
+                revocation=revocation_from_json(v.get("revoked")),
             )
             for v in versions.values()
         ]
@@ -575,7 +574,7 @@ class StateDir:
 
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:
         """Record that an issued version is revoked (the plan then replaces it); False when it is unknown."""
-        record = {"reason": revocation.reason, "at": _iso(revocation.at), "source": revocation.source}
+        record = revocation_to_json(revocation)
         known = False
 
         def change(current: dict[str, Any] | None) -> dict[str, Any] | None:
