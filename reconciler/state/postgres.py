@@ -355,9 +355,7 @@ class FleetState(StateDir):
         cert, chain, sealed = (bytes(v) for v in rows[0])
         key = self.open(sealed, f"version:{name}:{thumbprint}")
         material = Material(cert, chain, key, pki.info_from_pem(cert))
-        folder = self.vault / name / thumbprint
-        if not all((folder / f).is_file() for f in ("cert.pem", "chain.pem", "fullchain.pem", "key.pem")):
-            self.write_vault_files(name, material)
+        self.write_vault_files(name, material, if_missing=True)  # a local copy: tasks read it there
         return material
 
     def store_issued(

@@ -388,6 +388,7 @@ class StateDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._mutex = threading.RLock()
+        self._folder_locks: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
         self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl", self._versions)
         self._attempts = KeyedLog(self.path / "attempts.jsonl", attempts_from_json)
@@ -552,9 +553,11 @@ class StateDir:
         self._vault_index.update(name, _adding(material.info.thumbprint, meta))  # the commit point
         return version
 
-    def write_vault_files(self, name: str, material: Material, meta: dict[str, Any] | None = None) -> Path:
+    def write_vault_files(
+        self, name: str, material: Material, meta: dict[str, Any] | None = None, *, if_missing: bool = False
+    ) -> Path:
         """The certificate, chain, full chain, key (0600) and metadata of a version in
-        ``vault/<name>/<THUMBPRINT>/``, appearing at once."""
+        ``vault/<name>/<THUMBPRINT>/``, appearing at once; with ``if_missing``, only when a file is missing."""
         folder = self.vault / name / material.info.thumbprint
         problem = write_path_problem(folder)
         if problem is not None:
@@ -568,8 +571,13 @@ class StateDir:
         if meta is not None:
             files["meta.json"] = (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o600)
         # The version folder appears at once, complete (every file fsync'ed, then one rename): five files cost
-        # five fsyncs and two of folders, not ten.
-        write_folder(folder, files, staging=folder.parent, mode=0o700)
+        # five fsyncs and two of folders, not ten. One writer per folder at a time: two threads replacing the same
+        # folder at once would fail (the second rename finds the first one's folder); other folders go on.
+        with self._mutex:
+            lock = self._folder_locks.setdefault(str(folder), threading.Lock())
+        with lock:
+            if not (if_missing and all((folder / f).is_file() for f in files)):
+                write_folder(folder, files, staging=folder.parent, mode=0o700)
         return folder
 
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -296,3 +297,26 @@ def test_remove_drops_the_index_entry(tmp_path: Path, issuer: LocalCAIssuer) -> 
         json.loads(line)["k"]: json.loads(line)["v"] for line in (pem / pemdir.INDEX).read_text().splitlines()
     }
     assert live_keys[keys[-1]] is None and live_keys[f"web/versions/{live.name}"] is not None
+
+
+def test_threads_that_copy_one_version_into_the_vault_at_once_never_fail(
+    tmp_path: Path, issuer: LocalCAIssuer
+) -> None:
+    """A fleet node's actions ask for the same version's vault copy from several executor threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reconciler.state.statedir import StateDir
+
+    material = issue(issuer)
+    state = StateDir(tmp_path / "node-state")
+    start = threading.Barrier(8)
+
+    def copy(_: int) -> Path:
+        start.wait()
+        return state.write_vault_files("web", material, if_missing=True)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        folders = set(pool.map(copy, range(8)))
+    (folder,) = folders
+    assert (folder / "key.pem").read_bytes() == material.key_pem
+    assert (folder / "cert.pem").read_bytes() == material.cert_pem
