@@ -140,7 +140,7 @@ class ActionRunner:
         ):
             key_pem = state.material(name, current.info.thumbprint).key_pem
         now = self.clock.now()
-        state.update_attempts(name, last_attempt=now)
+        state.update_attempts(name, wait=False, last_attempt=now)  # durable with the outcome
         outages: list[tuple[str, IssueError]] = []
         names = [n for n in spec.issuers if n in self.world.issuers]
         for position, issuer_name in enumerate(names):
@@ -201,6 +201,7 @@ class ActionRunner:
             )
             state.update_attempts(
                 name,
+                wait=False,  # the issuance is committed (the vault index); this follows it to disk
                 consecutive_failures=0,
                 last_success=self.clock.now(),
                 last_error=None,

@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -111,8 +112,8 @@ class Executor:
                     )
                 else:
                     waiting[child] -= 1
-                    if waiting[child] == 0:
-                        ready.append(child)
+                    if waiting[child] == 0:  # first in line: a certificate reaches its stores as soon
+                        ready.appendleft(child)  # as it is issued, not after every other issuance
 
         running: dict[Future[Outcome], str] = {}
         with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="certctl-apply") as pool:
@@ -130,6 +131,10 @@ class Executor:
                     for future in done:
                         running.pop(future)
                         settle(future.result())
+        try:
+            state.flush()  # the journal and records written without waiting for the disk
+        except OSError as exc:
+            log.error("state.flush.failed", error=str(exc))
         result = ApplyResult([outcomes[a.id] for a in plan.actions])
         result.verify_failures = verify(
             self.world,
@@ -209,13 +214,9 @@ class Executor:
                 message += f" (and the journal could not record the failure: {write_error})"
             return self._failed(action, started, message)
         seconds = time.monotonic() - started
+        said: dict[str, Any] = {k: v for k, v in result.items() if isinstance(v, str)}
         try:
-            state.journal(
-                "done",
-                run=self.run_id,
-                action=action.id,
-                **{k: v for k, v in result.items() if isinstance(v, str)},
-            )
+            state.journal("done", run=self.run_id, action=action.id, **said)
         except OSError as exc:  # left open: the next run observes what it did and redoes what is missing
             return self._failed(
                 action,

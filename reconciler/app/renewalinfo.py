@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -131,7 +132,7 @@ def store(world: World, results: list[Fetched], now: datetime) -> None:
     state = world.state
     known = state.attempts()  # read once: one lookup per result below
     for r in results:
-        changes: dict[str, object] = {
+        changes: dict[str, Any] = {
             "ari_for": r.thumbprint,
             "ari_fetched_at": now,
             "ari_next_fetch": r.next_fetch,

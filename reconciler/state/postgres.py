@@ -471,7 +471,8 @@ class FleetState(StateDir):
                 (attempts.certificate, Jsonb(attempts_to_json(attempts))),
             )
 
-    def update_attempts(self, name: str, **changes: Any) -> Attempts:
+    def update_attempts(self, name: str, *, wait: bool = True, **changes: Any) -> Attempts:
+        """Each change is its own transaction: committed (durable) whatever ``wait`` says."""
         self.ready()
         with self.db.transaction() as q:
             rows = q("SELECT data FROM certctl_attempts WHERE certificate = %s FOR UPDATE", (name,))

@@ -27,6 +27,7 @@ import shutil
 import stat
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -59,6 +60,7 @@ from reconciler.support.fs import (
 from reconciler.support.parallel import map_io
 
 JOURNAL_ROTATE_BYTES = 8 << 20
+RECENT_MATERIAL = 256  # versions just stored, kept for the installs that follow them
 VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
 log = structlog.get_logger()
 
@@ -117,6 +119,38 @@ class PendingAppend:
                 state.synced, state.durable_size = target, end
         finally:
             os.close(self._fd)
+
+    def release(self) -> None:
+        """Go on without waiting for the disk: the line is made durable by the next append to this file that
+        is committed, by any ``durable.settle`` on its file system, or by ``flush_lazy`` (end of an apply)."""
+        with _LAZY_LOCK:
+            _LAZY.add(self.path)
+        os.close(self._fd)
+
+
+_LAZY: set[Path] = set()  # logs holding lines written without waiting for the disk
+_LAZY_LOCK = threading.Lock()
+
+
+def flush_lazy() -> None:
+    """Make every line written without waiting (``PendingAppend.release``) durable: one fsync per log."""
+    with _LAZY_LOCK:
+        paths = sorted(_LAZY)
+        _LAZY.clear()
+    for path in paths:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.error("state.flush.failed", file=str(path), error=exc.strerror)
+            continue
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            log.error("state.flush.failed", file=str(path), error=exc.strerror)
+        finally:
+            os.close(fd)
 
 
 def write_line(path: Path, line: bytes) -> PendingAppend:
@@ -295,11 +329,12 @@ class KeyedLog:
         else:
             self._cache[entry["k"]] = entry["v"]
 
-    def set(self, key: str, value: Any) -> None:
-        self.update(key, lambda _: value)
+    def set(self, key: str, value: Any, *, wait: bool = True) -> None:
+        self.update(key, lambda _: value, wait=wait)
 
-    def update(self, key: str, change: Callable[[Any], Any]) -> Any:
-        """Set ``key`` to ``change(its current value)`` (None: delete it) and return the new value, once on disk.
+    def update(self, key: str, change: Callable[[Any], Any], *, wait: bool = True) -> Any:
+        """Set ``key`` to ``change(its current value)`` (None: delete it) and return the new value, once on disk
+        (``wait=False``: once written; see ``PendingAppend.release``).
 
         The read, the change and the write happen under this log's lock (no update is lost); the wait for
         the disk happens outside it, so concurrent updates share one fsync (``write_line``)."""
@@ -318,6 +353,9 @@ class KeyedLog:
                 atomic_write(self.path, body, 0o600)
                 self._lines = len(self._cache)
             self._seen = self._stat()
+        if not wait:
+            pending.release()
+            return value
         try:
             pending.commit()
         except OSError:
@@ -388,6 +426,7 @@ class StateDir:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._mutex = threading.RLock()
+        self._recent: OrderedDict[tuple[str, str], Material] = OrderedDict()  # versions this process stored
         self._folder_locks: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
         self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl", self._versions)
@@ -551,6 +590,10 @@ class StateDir:
         )
         self.write_vault_files(name, material, meta)
         self._vault_index.update(name, _adding(material.info.thumbprint, meta))  # the commit point
+        with self._mutex:  # the install that follows reads it from here, not back from the disk
+            self._recent[(name, material.info.thumbprint)] = material
+            while len(self._recent) > RECENT_MATERIAL:
+                self._recent.popitem(last=False)
         return version
 
     def write_vault_files(
@@ -649,6 +692,10 @@ class StateDir:
         return dict(meta)
 
     def material(self, name: str, thumbprint: str) -> Material:
+        with self._mutex:
+            recent = self._recent.get((name, thumbprint))
+        if recent is not None:
+            return recent
         folder = contained(self.vault, f"{name}/{thumbprint}", "vault version")
         cert = (folder / "cert.pem").read_bytes()
         return Material(
@@ -663,6 +710,8 @@ class StateDir:
             return {t: v for t, v in (versions or {}).items() if t != thumbprint} or None
 
         self._vault_index.update(name, without)
+        with self._mutex:
+            self._recent.pop((name, thumbprint), None)
         shutil.rmtree(contained(self.vault, f"{name}/{thumbprint}", "vault version"), ignore_errors=True)
 
     # --- attempts -----------------------------------------------------------------------------------------
@@ -676,12 +725,15 @@ class StateDir:
     def save_attempts(self, attempts: Attempts) -> None:
         self._attempts.set(attempts.certificate, attempts_to_json(attempts))
 
-    def update_attempts(self, name: str, **changes: Any) -> Attempts:
+    def update_attempts(self, name: str, *, wait: bool = True, **changes: Any) -> Attempts:
+        """Change a certificate's attempt record (``wait=False``: without waiting for the disk, for records
+        that the action's own commit or the end of the apply makes durable)."""
+
         def change(raw: dict[str, Any] | None) -> dict[str, Any]:
             current = attempts_from_json(name, raw) if raw else Attempts(certificate=name)
             return attempts_to_json(replace(current, **changes))
 
-        return attempts_from_json(name, self._attempts.update(name, change))
+        return attempts_from_json(name, self._attempts.update(name, change, wait=wait))
 
     # --- deployments (script tasks, whose output cannot be observed) ----------------------------------------
 
@@ -728,12 +780,24 @@ class StateDir:
 
     # --- journal ---------------------------------------------------------------------------------------------
 
-    def journal(self, event: str, **fields: Any) -> None:
-        """Append one line to the write-ahead journal (intent before acting, outcome after), fsync'ed."""
+    def journal(self, event: str, *, wait: bool = False, **fields: Any) -> None:
+        """Append one line to the journal (intent before acting, outcome after).
+
+        Written at once, in order, but not waited for by default: the journal reports what an interrupted
+        run left open, and recovery observes the world afresh, so a line needs no fsync of its own. It
+        becomes durable with the action's own commit (a vault index line, a store's switch), with the next
+        line that is waited for, or at the end of the apply (``flush``). ``wait``: return once on disk."""
         line = json.dumps({"at": datetime.now(UTC).isoformat(), "event": event, **fields}, sort_keys=True)
         with self._mutex:
             pending = write_line(self.path / "journal.jsonl", (line + "\n").encode())
-        pending.commit()  # outside the mutex: concurrent actions share one fsync
+        if wait:
+            pending.commit()  # outside the mutex: concurrent actions share one fsync
+        else:
+            pending.release()
+
+    def flush(self) -> None:
+        """Make every state line written without waiting durable (the end of an apply)."""
+        flush_lazy()
 
     def journal_entries(self) -> list[dict[str, Any]]:
         path = self.path / "journal.jsonl"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import structlog
 
+from reconciler.support import durable
+
 log = structlog.get_logger()
 
 WRITE_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # the temporary files of atomic_write
@@ -108,41 +110,57 @@ def atomic_symlink(target: str, link: Path, *, sync: bool = True) -> None:
         fsync_dir(link.parent)
 
 
-def discard(target: Path) -> None:
+def discard(target: Path, *, settle: bool = True) -> None:
     """Remove a folder so that it vanishes at once (renamed to ``.<name>.removing``, then deleted)."""
     trash = target.with_name(f".{target.name}.removing")
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(target, trash)
     shutil.rmtree(trash)
-    fsync_dir(target.parent)
+    if settle:
+        fsync_dir(target.parent)
 
 
 def write_folder(
-    target: Path, files: dict[str, tuple[bytes, int]], *, staging: Path, mode: int = 0o755
+    target: Path,
+    files: dict[str, tuple[bytes, int]],
+    *,
+    staging: Path,
+    mode: int = 0o755,
+    settle: bool = True,
 ) -> None:
     """Make the folder ``target`` appear at once holding ``files`` (name -> (data, mode)), replacing a folder
     of that name. Written in a temporary folder ``.<name>.XXXXXXXX.tmp`` under ``staging`` (same file system;
-    swept by recovery if a crash leaves it), every file 0600 until it is complete and fsync'ed."""
+    swept by recovery if a crash leaves it), every file 0600 until it is complete, then renamed.
+
+    The files are not fsync'ed one by one: with ``settle`` (the default) the call returns once the folder
+    is on disk (``durable.settle``: one sync shared with every concurrent writer); ``settle=False`` leaves
+    that to the caller, who must settle before anything that depends on the folder (a link that makes it
+    live, a commit record). A crash before that leaves a folder whose files may be empty: what reads it
+    must check it is complete (the vault's recovery and the stores' observe do)."""
     try:
         staging.mkdir(parents=True, exist_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
+        durable.watch(staging)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=staging))
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
     try:
         for name, (data, file_mode) in files.items():
             fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-                os.fchmod(fh.fileno(), file_mode)
-        fsync_dir(tmp)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                if file_mode != 0o600:
+                    os.fchmod(fd, file_mode)
+            finally:
+                os.close(fd)
         os.chmod(tmp, mode)
         if target.is_dir() and not target.is_symlink():
-            discard(target)
+            discard(target, settle=False)
         os.replace(tmp, target)
-        fsync_dir(target.parent)
+        if settle:
+            durable.settle(target)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -150,26 +168,32 @@ def write_folder(
         raise
 
 
-def switch_links(folder: Path, current: str, version: str, names: tuple[str, ...]) -> None:
+def switch_links(
+    folder: Path, current: str, version: str, names: tuple[str, ...], *, written: tuple[Path, ...] = ()
+) -> None:
     """Make every one of ``names`` in ``folder`` the link ``<current>/<name>``, then point ``current`` at
     ``version``: once ``current`` exists, flipping it is the one step that switches what a reader of the
     names sees (on a first install the names dangle until then). Plain files found under the names (an
-    older layout) are replaced after ``current`` is set, so they never dangle."""
+    older layout) are replaced after ``current`` is set, so they never dangle. ``written``: folders the
+    caller wrote without settling them (the version): they are settled with the links, before the flip.
+    Returns once the flip is on disk."""
     link = folder / current
     plain = [n for n in names if os.path.lexists(folder / n) and not (folder / n).is_symlink()]
     if plain and not os.path.lexists(link):
-        atomic_symlink(version, link)
+        atomic_symlink(version, link, sync=False)
+        durable.settle(folder, *written)
     changed = False
     for name in names:
         path = folder / name
         if not (path.is_symlink() and os.readlink(path) == f"{current}/{name}"):
             if path.is_dir() and not path.is_symlink():
-                discard(path)
+                discard(path, settle=False)
             atomic_symlink(f"{current}/{name}", path, sync=False)
             changed = True
-    if changed:
-        fsync_dir(folder)  # every name on disk (one fsync for all of them) before ``current`` flips
-    atomic_symlink(version, link)
+    if changed or written:
+        durable.settle(folder, *written)  # every name and the version on disk before ``current`` flips
+    atomic_symlink(version, link, sync=False)
+    durable.settle(link)
 
 
 def try_lock(fd: int) -> bool:

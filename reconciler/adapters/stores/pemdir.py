@@ -119,8 +119,12 @@ class PemDirectoryStore:
                 out[f"{self.path}/{key}"] = cached
         return out
 
-    def _index_version(self, certificate: str, version: Path) -> None:
-        """Record a version just written (its file identities and what a full read finds in it) in the index."""
+    def _index_version(
+        self, certificate: str, version: Path, material: Material, meta: dict[str, object]
+    ) -> None:
+        """Record a version just written (its file identities and what a full read would find in it) in the
+        index, without waiting for the disk: the index only saves reading, and the switch that follows
+        settles it with the version."""
         path = self.path / INDEX
         with contextlib.suppress(FileNotFoundError):
             st = os.lstat(path)
@@ -128,11 +132,16 @@ class PemDirectoryStore:
             if problem is not None:  # never append through a link planted in the folder
                 log.warning("store.index.not_written", path=str(path), reason=problem)
                 return
-        result = _read_versions([str(version)])[0]
-        if isinstance(result, str):
+        keys = _version_keys(str(version))
+        if keys is None:
             return
         try:
-            self._index.set(f"{certificate}/versions/{version.name}", _encode(result))
+            key_ok = pki.key_matches(material.cert_pem, material.key_pem)
+        except (ValueError, TypeError):
+            key_ok = False
+        entry = _encode((*keys, material.info, meta, key_ok))
+        try:
+            self._index.set(f"{certificate}/versions/{version.name}", entry, wait=False)
         except OSError as exc:  # the index only saves reading: the version itself is installed
             log.warning("store.index.not_written", path=str(path), reason=str(exc))
 
@@ -277,8 +286,10 @@ class PemDirectoryStore:
         version = f"{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{material.info.thumbprint[:8]}"
         target = versions / version
         existing = self._find(folder, material.info.thumbprint)
+        written: tuple[Path, ...] = ()
         if existing is not None and _version_drift(str(existing), _key_ok(str(existing))) is None:
             version, target = existing.name, existing
+            meta = _read_meta(existing)
         else:
             if existing is not None:  # damaged (a file gone, a key that does not match): written afresh
                 version, target = existing.name, existing
@@ -297,9 +308,13 @@ class PemDirectoryStore:
                     "meta.json": (json.dumps(meta, indent=1, sort_keys=True).encode(), 0o644),
                 },
                 staging=versions,
+                settle=False,  # settled with the links, before ``current`` flips
             )
-        self._index_version(certificate, target)  # before the switch: the live version is always indexed
-        switch_links(folder, "current", f"versions/{version}", FILES)
+            written = (target,)
+        self._index_version(
+            certificate, target, material, meta
+        )  # before the switch: the live version is indexed
+        switch_links(folder, "current", f"versions/{version}", FILES, written=written)
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
     def _find(self, folder: Path, thumbprint: str) -> Path | None:
@@ -462,6 +477,14 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
             pass
         out.append((cert_key, meta_key, _optional_key(folder + "/privkey.pem"), info, meta, _key_ok(folder)))
     return out
+
+
+def _read_meta(folder: Path) -> dict[str, object]:
+    try:
+        loaded = json.loads((folder / "meta.json").read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _dt(value: object) -> datetime | None:
