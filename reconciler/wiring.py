@@ -118,6 +118,11 @@ class _LazyIssuer:
         self._lock = threading.Lock()  # the executor's threads ask at once: build exactly one backend
 
     @property
+    def runs_locally(self) -> bool:
+        """The local CA: no network, only the CPU and this machine's disk."""
+        return self.spec.localCA is not None
+
+    @property
     def backend(self) -> Any:
         with self._lock:
             return self._build()

@@ -80,6 +80,21 @@ class ActionRunner:
             f"action {action.id} ({action.kind.value}) carries no detail certctl can carry out"
         )
 
+    def runs_locally(self, action: Action) -> bool:
+        """Whether ``action`` only computes and writes local files (an issuance by local CAs only, an install
+        into a store of files): such actions gain nothing from running at once in threads of one process."""
+        detail = action.detail
+        if action.kind in ISSUANCE:
+            return self._issued_locally(action.certificate)
+        if isinstance(detail, InstallDetail):
+            return bool(getattr(self.world.stores.get(detail.store), "runs_locally", False))
+        return False
+
+    def _issued_locally(self, name: str) -> bool:
+        """Whether every Issuer of the certificate is a local CA (no network)."""
+        spec = self.world.desired.certificates[name].spec
+        return all(getattr(self.world.issuers.get(n), "runs_locally", False) for n in spec.issuers)
+
     # --- actions ------------------------------------------------------------------------------------------
 
     def _cert_lock(self, name: str) -> threading.Lock:
@@ -140,7 +155,10 @@ class ActionRunner:
         ):
             key_pem = state.material(name, current.info.thumbprint).key_pem
         now = self.clock.now()
-        state.update_attempts(name, wait=False, last_attempt=now)  # durable with the outcome
+        if not self._issued_locally(
+            name
+        ):  # an order can take minutes: `status` shows the attempt while it runs
+            state.update_attempts(name, wait=False, last_attempt=now)  # durable with the outcome
         outages: list[tuple[str, IssueError]] = []
         names = [n for n in spec.issuers if n in self.world.issuers]
         for position, issuer_name in enumerate(names):
@@ -172,7 +190,7 @@ class ActionRunner:
                     outages.append((issuer_name, exc))
                     continue
                 self._record_failure(
-                    name, _failure_text(outages, issuer_name, str(exc)), _latest_retry(exc, outages)
+                    name, _failure_text(outages, issuer_name, str(exc)), _latest_retry(exc, outages), now
                 )
                 raise IssueError(
                     _failure_text(outages, issuer_name, str(exc)),
@@ -183,10 +201,10 @@ class ActionRunner:
                 ) from None
             except OSError as exc:
                 if exc.errno not in LOCAL_DISK_ERRORS:
-                    self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+                    self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None, now)
                 raise  # a full or read-only disk is not the CA's fault: retried at once, once there is room
             except Exception as exc:
-                self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None)
+                self._record_failure(name, f"{exc.__class__.__name__}: {exc}", None, now)
                 raise
             note = "; ".join(f"{n} could not serve: {e}" for n, e in outages) or None
             version = state.store_issued(
@@ -202,6 +220,7 @@ class ActionRunner:
             state.update_attempts(
                 name,
                 wait=False,  # the issuance is committed (the vault index); this follows it to disk
+                last_attempt=now,
                 consecutive_failures=0,
                 last_success=self.clock.now(),
                 last_error=None,
@@ -218,7 +237,9 @@ class ActionRunner:
             }
         raise RuntimeError(f"certificate {name} has no Issuer certctl can use")
 
-    def _record_failure(self, name: str, message: str, retry_after: datetime | None) -> None:
+    def _record_failure(
+        self, name: str, message: str, retry_after: datetime | None, attempted: datetime
+    ) -> None:
         state = self.world.state
         spec = self.world.desired.certificates[name].spec
         digest = spec_digest(spec, {n: i.spec for n, i in self.world.desired.issuers.items()})
@@ -230,7 +251,12 @@ class ActionRunner:
         if retry_after is not None and retry_after > next_retry:
             next_retry = retry_after
         state.update_attempts(
-            name, consecutive_failures=count, last_error=message, next_retry=next_retry, spec_digest=digest
+            name,
+            last_attempt=attempted,
+            consecutive_failures=count,
+            last_error=message,
+            next_retry=next_retry,
+            spec_digest=digest,
         )
 
     def _material(self, action: Action, thumbprint: str | None) -> Material:

@@ -12,7 +12,6 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from reconciler.core.plan import (
 )
 from reconciler.ports import Clock
 from reconciler.support.clock import SYSTEM
+from reconciler.support.parallel import LOCAL_LANE
 
 log = structlog.get_logger()
 
@@ -98,6 +98,11 @@ class Executor:
             for dep in deps:
                 dependents.setdefault(dep, []).append(action.id)
         ready = deque(a.id for a in plan.actions if waiting[a.id] == 0)
+        # The workers take ready actions themselves (no thread hands them out, so an action costs no
+        # wake-up of a dispatcher); the bookkeeping below happens under ``cond``.
+        cond = threading.Condition()
+        running = 0
+        failures: list[BaseException] = []
 
         def settle(outcome: Outcome) -> None:
             self._finish(outcome, outcomes)
@@ -115,22 +120,45 @@ class Executor:
                     if waiting[child] == 0:  # first in line: a certificate reaches its stores as soon
                         ready.appendleft(child)  # as it is issued, not after every other issuance
 
-        running: dict[Future[Outcome], str] = {}
-        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="certctl-apply") as pool:
-            while ready or running:
-                # At most one action per worker in flight: waiting on every queued future at each
-                # completion would cost O(actions) per completion, O(actions²) per apply.
-                while ready and len(running) < self.concurrency:
+        def work() -> None:
+            nonlocal running
+            while True:
+                with cond:
+                    while not ready and running and not failures:
+                        cond.wait()
+                    if not ready or failures:
+                        cond.notify_all()
+                        return  # nothing left that can become ready
                     action = actions[ready.popleft()]
                     if self.stop_requested.is_set():
                         settle(Outcome(action, "skipped", "skipped: certctl is stopping"))
-                    else:
-                        running[pool.submit(self._run_one, action)] = action.id
-                if running:
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        running.pop(future)
-                        settle(future.result())
+                        continue
+                    running += 1
+                try:
+                    outcome = self._run_one(action)
+                except BaseException as exc:  # noqa: BLE001 - _run_one reports failures itself; this is a bug
+                    outcome = self._failed(action, time.monotonic(), f"{exc.__class__.__name__}: {exc}")
+                with cond:
+                    running -= 1
+                    try:
+                        settle(outcome)
+                    except BaseException as exc:  # noqa: BLE001 - e.g. the outcome callback: raised below
+                        failures.append(exc)
+                    cond.notify_all()
+
+        workers = [
+            threading.Thread(target=work, name=f"certctl-apply-{i}", daemon=True)
+            for i in range(min(self.concurrency, len(plan.actions)) if ready else 0)
+        ]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if failures:
+            raise failures[0]
+        for action in plan.actions:  # never ready (cannot happen in a plan, whose actions form no cycle)
+            if action.id not in outcomes:
+                self._finish(Outcome(action, "skipped", "skipped: its dependencies never finished"), outcomes)
         try:
             state.flush()  # the journal and records written without waiting for the disk
         except OSError as exc:
@@ -246,4 +274,7 @@ class Executor:
         return Outcome(action, "failed", message, seconds)
 
     def _dispatch(self, action: Action) -> dict[str, object] | None:
+        if self.actions.runs_locally(action):  # one at a time on the CPU; their waits for the disk overlap
+            with LOCAL_LANE.held():
+                return self.actions.carry_out(action)
         return self.actions.carry_out(action)

@@ -4,6 +4,7 @@ completion | backend."""
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -181,6 +182,9 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
                 if not out.confirm(f"Apply {count} action{'s' if count != 1 else ''}?"):
                     out.line(("Apply cancelled; nothing was changed.", "warning"))
                     return EXIT_ERROR
+            # This process ends after the apply: what it loaded (the desired state, the world) lives until
+            # then, so the cyclic collector need not walk it again and again while thousands of actions run.
+            gc.freeze()
             code = _execute(args, world, plan, out)
         from reconciler.app.fleet import is_fleet
 

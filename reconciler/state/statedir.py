@@ -57,7 +57,7 @@ from reconciler.support.fs import (
     write_folder,
     write_path_problem,
 )
-from reconciler.support.parallel import map_io
+from reconciler.support.parallel import LOCAL_LANE, map_io
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 RECENT_MATERIAL = 256  # versions just stored, kept for the installs that follow them
@@ -83,6 +83,7 @@ class _Durability:
         self.durable_size = size  # the file's size covering exactly the durable appends
         self.failed_upto = 0  # appends cut back off after a failed fsync
         self.failure: OSError | None = None
+        self.clean_end = -1  # the file's size after an append of this process that ended in a newline
 
 
 _DURABILITY: weakref.WeakValueDictionary[tuple[int, int], _Durability] = weakref.WeakValueDictionary()
@@ -92,15 +93,23 @@ _DURABILITY_LOCK = threading.Lock()
 class PendingAppend:
     """A line written to a log but not yet known durable: ``commit()`` waits for the shared fsync."""
 
-    def __init__(self, path: Path, fd: int, state: _Durability, number: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        state: _Durability,
+        number: int,
+        identity: tuple[int, int, int] | None = None,
+    ) -> None:
         self.path, self._fd, self._state, self._number = path, fd, state, number
+        self.identity = identity  # (inode, size, mtime_ns) of the file once this line was written
 
     def commit(self) -> None:
         """Return once the line is on disk; OSError (naming the file) when it could not be, and then the
         line (and every line written with it that was not yet durable) is cut back off the file."""
         state = self._state
         try:
-            with state.sync_lock:
+            with LOCAL_LANE.stepped_out(), state.sync_lock:
                 if state.failed_upto >= self._number:
                     raise state.failure or OSError(f"cannot write {self.path}")
                 if state.synced >= self._number:
@@ -115,6 +124,7 @@ class PendingAppend:
                         with contextlib.suppress(OSError):
                             os.ftruncate(self._fd, state.durable_size)
                         state.failed_upto, state.failure = state.written, failure
+                        state.clean_end = -1
                     raise failure from None
                 state.synced, state.durable_size = target, end
         finally:
@@ -176,7 +186,7 @@ def write_line(path: Path, line: bytes) -> PendingAppend:
                 state = _DURABILITY[(st.st_dev, st.st_ino)] = _Durability(st.st_size)
         with state.write_lock:
             size = os.fstat(fd).st_size
-            if size:
+            if size and size != state.clean_end:  # not known to end with a line of ours: look
                 os.lseek(fd, size - 1, os.SEEK_SET)
                 if os.read(fd, 1) != b"\n":
                     line = b"\n" + line
@@ -187,9 +197,14 @@ def write_line(path: Path, line: bytes) -> PendingAppend:
             except OSError as exc:
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, size)
+                state.clean_end = -1
                 raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
             state.written += 1
-            return PendingAppend(path, fd, state, state.written)
+            state.clean_end = size + len(line) if line.endswith(b"\n") else -1
+            after = os.fstat(fd)
+            return PendingAppend(
+                path, fd, state, state.written, (after.st_ino, after.st_size, after.st_mtime_ns)
+            )
     except BaseException:
         os.close(fd)
         raise
@@ -352,7 +367,9 @@ class KeyedLog:
                 )
                 atomic_write(self.path, body, 0o600)
                 self._lines = len(self._cache)
-            self._seen = self._stat()
+                self._seen = self._stat()
+            else:
+                self._seen = pending.identity  # the file as this append left it (no second stat)
         if not wait:
             pending.release()
             return value

@@ -21,8 +21,11 @@ import contextlib
 import ctypes
 import ctypes.util
 import os
+import stat
 import threading
 from pathlib import Path
+
+from reconciler.support.parallel import LOCAL_LANE
 
 __all__ = ["settle", "watch"]
 
@@ -55,7 +58,7 @@ class _FileSystem:
         self.failure: OSError | None = None
         self.running = False
 
-    def settle(self, path: Path) -> None:
+    def settle(self, path: str) -> None:
         with self.cond:
             self.requested += 1
             ticket = self.requested
@@ -96,11 +99,20 @@ def watch(folder: Path | str) -> None:
     if _SYNCFS is None:
         return
     with contextlib.suppress(OSError):
-        _system(Path(folder))
+        _system(folder)
 
 
-def _system(folder: Path) -> _FileSystem:
-    device = os.stat(folder).st_dev
+_DEVICE_OF: dict[str, int] = {}  # folder -> its file system (a stat per folder, not per call)
+
+
+def _system(folder: Path | str) -> _FileSystem:
+    key = os.fspath(folder)
+    device = _DEVICE_OF.get(key)
+    if device is None:
+        device = os.stat(key).st_dev
+        if len(_DEVICE_OF) >= 4096:
+            _DEVICE_OF.clear()
+        _DEVICE_OF[key] = device
     with _GUARD:
         found = _SYSTEMS.get(device)
         if found is None:
@@ -113,20 +125,21 @@ def settle(*paths: Path | str) -> None:
     """Return once ``paths`` (files, links or folders just written, renamed or linked) and everything written
     before them on their file systems are on disk (one shared sync per file system); OSError naming the
     path whose file system failed."""
-    systems: dict[int, tuple[_FileSystem, Path]] = {}
-    for raw in paths:
-        path = Path(raw)
-        if _SYNCFS is None:
-            _fsync_each(path)
-            continue
-        folder = path if path.is_dir() and not path.is_symlink() else path.parent
-        try:
-            system = _system(folder)
-        except OSError as exc:
-            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
-        systems.setdefault(id(system), (system, path))
-    for system, path in systems.values():
-        system.settle(path)
+    with LOCAL_LANE.stepped_out():  # another local action uses the CPU meanwhile
+        systems: dict[int, tuple[_FileSystem, str]] = {}
+        for raw in paths:
+            if _SYNCFS is None:
+                _fsync_each(Path(raw))
+                continue
+            path = os.fspath(raw)
+            try:
+                folder = path if stat.S_ISDIR(os.lstat(path).st_mode) else os.path.dirname(path)
+                system = _system(folder)
+            except OSError as exc:
+                raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+            systems.setdefault(id(system), (system, path))
+        for system, named in systems.values():
+            system.settle(named)
 
 
 def _fsync_each(path: Path) -> None:

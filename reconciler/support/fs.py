@@ -95,10 +95,11 @@ def remove_temporaries(root: Path, pattern: re.Pattern[str], *, recursive: bool)
     return removed
 
 
-def atomic_symlink(target: str, link: Path, *, sync: bool = True) -> None:
+def atomic_symlink(target: str, link: Path | str, *, sync: bool = True) -> None:
     """Point ``link`` at ``target`` atomically (make a new link beside it, rename over); ``sync=False``
     leaves the folder's fsync to the caller (several links in one folder, one fsync)."""
-    tmp = link.with_name(f".{link.name}.{secrets.token_hex(4)}.tmp")  # a WRITE_TEMP name: swept after a crash
+    folder, name = os.path.split(os.fspath(link))
+    tmp = f"{folder}/.{name}.{secrets.token_hex(4)}.tmp"  # a WRITE_TEMP name: swept after a crash
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)
@@ -107,7 +108,7 @@ def atomic_symlink(target: str, link: Path, *, sync: bool = True) -> None:
             os.unlink(tmp)
         raise
     if sync:
-        fsync_dir(link.parent)
+        fsync_dir(Path(folder))
 
 
 def discard(target: Path, *, settle: bool = True) -> None:
@@ -118,6 +119,17 @@ def discard(target: Path, *, settle: bool = True) -> None:
     shutil.rmtree(trash)
     if settle:
         fsync_dir(target.parent)
+
+
+def _temporary_folder(staging: str, name: str) -> str:
+    """A new, empty 0700 folder ``.<name>.XXXXXXXX.tmp`` in ``staging`` (a WRITE_TEMP name: swept after a crash)."""
+    while True:
+        tmp = f"{staging}/.{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.mkdir(tmp, 0o700)
+        except FileExistsError:
+            continue
+        return tmp
 
 
 def write_folder(
@@ -137,16 +149,19 @@ def write_folder(
     that to the caller, who must settle before anything that depends on the folder (a link that makes it
     live, a commit record). A crash before that leaves a folder whose files may be empty: what reads it
     must check it is complete (the vault's recovery and the stores' observe do)."""
-    try:
-        staging.mkdir(parents=True, exist_ok=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        durable.watch(staging)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=staging))
+    target_s, staging_s = os.fspath(target), os.fspath(staging)
+    parent = os.path.dirname(target_s)
+    try:  # plain strings, not Paths: this runs for every version written
+        os.makedirs(staging_s, exist_ok=True)
+        if parent != staging_s:
+            os.makedirs(parent, exist_ok=True)
+        durable.watch(staging_s)
+        tmp = _temporary_folder(staging_s, os.path.basename(target_s))
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
     try:
         for name, (data, file_mode) in files.items():
-            fd = os.open(tmp / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(f"{tmp}/{name}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
                 view = memoryview(data)
                 while view:
@@ -156,11 +171,11 @@ def write_folder(
             finally:
                 os.close(fd)
         os.chmod(tmp, mode)
-        if target.is_dir() and not target.is_symlink():
-            discard(target, settle=False)
-        os.replace(tmp, target)
+        if os.path.isdir(target_s) and not os.path.islink(target_s):
+            discard(Path(target_s), settle=False)
+        os.replace(tmp, target_s)
         if settle:
-            durable.settle(target)
+            durable.settle(target_s)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
@@ -177,19 +192,24 @@ def switch_links(
     older layout) are replaced after ``current`` is set, so they never dangle. ``written``: folders the
     caller wrote without settling them (the version): they are settled with the links, before the flip.
     Returns once the flip is on disk."""
-    link = folder / current
-    plain = [n for n in names if os.path.lexists(folder / n) and not (folder / n).is_symlink()]
+    base = os.fspath(folder)
+    link = f"{base}/{current}"
+    plain = [n for n in names if os.path.lexists(f"{base}/{n}") and not os.path.islink(f"{base}/{n}")]
     if plain and not os.path.lexists(link):
         atomic_symlink(version, link, sync=False)
         durable.settle(folder, *written)
     changed = False
     for name in names:
-        path = folder / name
-        if not (path.is_symlink() and os.readlink(path) == f"{current}/{name}"):
-            if path.is_dir() and not path.is_symlink():
-                discard(path, settle=False)
-            atomic_symlink(f"{current}/{name}", path, sync=False)
-            changed = True
+        path = f"{base}/{name}"
+        wanted = f"{current}/{name}"
+        try:
+            if os.readlink(path) == wanted:
+                continue
+        except OSError:  # missing, or not a link
+            if os.path.isdir(path) and not os.path.islink(path):
+                discard(Path(path), settle=False)
+        atomic_symlink(wanted, path, sync=False)
+        changed = True
     if changed or written:
         durable.settle(folder, *written)  # every name and the version on disk before ``current`` flips
     atomic_symlink(version, link, sync=False)
@@ -287,9 +307,11 @@ def contained(root: Path | str, relative: str, what: str = "path") -> Path:
     return Path(root, *parts)
 
 
+_EUID = os.geteuid() if hasattr(os, "geteuid") else None
+
+
 def _trusted_owner(uid: int) -> bool:
-    geteuid = getattr(os, "geteuid", None)
-    return geteuid is None or uid in (0, geteuid())
+    return _EUID is None or uid in (0, _EUID)
 
 
 def write_path_problem(path: Path | str, _hops: int = 0) -> str | None:
@@ -302,10 +324,9 @@ def write_path_problem(path: Path | str, _hops: int = 0) -> str | None:
     """
     if not hasattr(os, "geteuid") or _hops > 40:
         return None if _hops <= 40 else f"{path}: too many symbolic links"
-    current = Path(os.path.abspath(path))
-    walked = Path(current.anchor)
-    for name in current.parts[1:]:
-        candidate = walked / name
+    walked = "/"
+    for name in os.path.abspath(path).split("/")[1:]:  # plain strings: this runs for every file written
+        candidate = walked + name if walked.endswith("/") else f"{walked}/{name}"
         try:
             st = os.lstat(candidate)
         except FileNotFoundError:
@@ -319,7 +340,7 @@ def write_path_problem(path: Path | str, _hops: int = 0) -> str | None:
             problem = write_path_problem(target, _hops + 1)
             if problem is not None:
                 return f"{candidate} is a link to {target}: {problem}"
-            walked = Path(target)
+            walked = target
             continue
         if st.st_mode & 0o022 and not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
             return f"{candidate} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o})"

@@ -6,9 +6,11 @@ Workers come from a forkserver, never a plain fork, because the daemon has threa
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from typing import TypeVar
 
@@ -81,3 +83,43 @@ def map_io(fn: Callable[[T], R], items: Sequence[T], threads: int = IO_THREADS) 
         futures = [pool.submit(lambda chunk: [fn(item) for item in chunk], c) for c in chunks]
         wait(futures)
     return [r for f in futures for r in f.result()]
+
+
+class Lane:
+    """At most ``width`` threads at a time run CPU-bound work in this process (signing, writing a version):
+    more would only take the interpreter's lock from one another, switching threads at every system call.
+    A thread in the lane steps out while it waits for the disk (``stepped_out``), so others use the CPU and
+    its wait is shared with theirs (group commit)."""
+
+    def __init__(self, width: int) -> None:
+        self._slots = threading.Semaphore(width)
+        self._inside = threading.local()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self._slots.acquire()
+        self._inside.on = True
+        try:
+            yield
+        finally:
+            self._inside.on = False
+            self._slots.release()
+
+    @contextlib.contextmanager
+    def stepped_out(self) -> Iterator[None]:
+        """Leave the lane for a blocking wait (the caller may be outside it: then nothing changes)."""
+        if not getattr(self._inside, "on", False):
+            yield
+            return
+        self._inside.on = False
+        self._slots.release()
+        try:
+            yield
+        finally:
+            self._slots.acquire()
+            self._inside.on = True
+
+
+LOCAL_LANE = Lane(
+    int(os.environ.get("CERTCTL_LANE", "1"))
+)  # the executor's local actions (the local CA, a PEM store) run one at a time on the CPU

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from reconciler.core.model import CertInfo
 from reconciler.core.spec import LocalCA
 from reconciler.ports import Blobs, IssueError, IssueRequest, Material, RevocationStatus, RevokeError
 from reconciler.state.statedir import FileBlobs
@@ -34,6 +36,8 @@ REVOKED = "revoked.json"
 class LocalCAIssuer:
     """Signs leaf certificates with a CA key kept in ``<state>/localca/<issuer>/`` (created on first use),
     or in ``blobs`` (fleet mode: encrypted in the database, one CA for every node)."""
+
+    runs_locally = True  # no network: only the CPU and this machine's disk
 
     def __init__(
         self,
@@ -51,6 +55,7 @@ class LocalCAIssuer:
         self._lock = threading.Lock()
         self._ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None
         self._crl: tuple[tuple[int, int, int], x509.CertificateRevocationList] | None = None
+        self._signer_cache: _Signer | None = None
 
     def identity(self) -> str:
         return f"localca:{self.name}"
@@ -244,44 +249,68 @@ class LocalCAIssuer:
     def issue(self, request: IssueRequest) -> Material:
         now = (request.at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
         ca_cert, ca_key = self._load_or_create(now)
+        signer = self._signer()
         key = pki.load_key(request.key_pem) if request.key_pem else pki.generate_key(request.key_algorithm)
         not_after = min(now + self.spec.validity, ca_cert.not_valid_after_utc)
+        names = [_general_name(d) for d in request.domains]
+        # a CN holds at most 64 characters; a longer (valid) first name lives in the SAN alone (RFC 5280)
+        subject = request.domains[0] if len(request.domains[0]) <= 64 else ""
+        serial = x509.random_serial_number()
+        public_key = key.public_key()
         builder = (
             x509.CertificateBuilder()
-            # a CN holds at most 64 characters; a longer (valid) first name lives in the SAN alone (RFC 5280)
-            .subject_name(
-                x509.Name(
-                    [x509.NameAttribute(NameOID.COMMON_NAME, request.domains[0])]
-                    if len(request.domains[0]) <= 64
-                    else []
-                )
-            )
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)] if subject else []))
             .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
+            .public_key(public_key)
+            .serial_number(serial)
             .not_valid_before(now)
             .not_valid_after(not_after)
-            .add_extension(
-                x509.SubjectAlternativeName([_general_name(d) for d in request.domains]), critical=False
-            )
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                critical=False,
-            )
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(_LEAF_USAGE, critical=False)
+            .add_extension(signer.authority_key_id, critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
         )
         cert = builder.sign(ca_key, hashes.SHA256())
-        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-        return Material(
-            cert_pem=cert_pem,
-            chain_pem=ca_cert.public_bytes(serialization.Encoding.PEM),
-            key_pem=pki.key_to_pem(key),
-            info=pki.cert_info(cert),
+        info = CertInfo(  # what pki.cert_info reads back, taken from what was just signed (no parse)
+            thumbprint=cert.fingerprint(hashes.SHA1()).hex().upper(),  # noqa: S303 - Windows' thumbprint
+            sha256=cert.fingerprint(hashes.SHA256()).hex(),
+            subject=subject,
+            sans=tuple(str(n.value).lower() for n in names),
+            key_algorithm=pki.key_algorithm(public_key),
+            not_before=now,
+            not_after=not_after.astimezone(UTC),
+            issuer=signer.issuer,
+            serial=format(serial, "x"),
         )
+        return Material(
+            cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+            chain_pem=signer.chain_pem,
+            key_pem=pki.key_to_pem(key),
+            info=info,
+        )
+
+    def _signer(self) -> _Signer:
+        """What every certificate of this CA repeats (computed once per CA)."""
+        signer = self._signer_cache
+        if signer is None:
+            ca_cert, ca_key = self._load_or_create(datetime.now(UTC))
+            signer = self._signer_cache = _Signer(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                ca_cert.subject.rfc4514_string(),
+                ca_cert.public_bytes(serialization.Encoding.PEM),
+            )
+        return signer
+
+
+_LEAF_USAGE = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+
+
+@dataclass(frozen=True)
+class _Signer:
+    authority_key_id: x509.AuthorityKeyIdentifier
+    issuer: str  # the CA's subject, as a leaf's CertInfo.issuer reads
+    chain_pem: bytes
 
 
 def _general_name(name: str) -> x509.GeneralName:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState, to_plain
+from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
 from reconciler.ports import Material
 from reconciler.state.cache import (
     MAX_CACHE_BYTES,
@@ -35,7 +35,7 @@ from reconciler.state.cache import (
     file_key,
     untrusted_owner,
 )
-from reconciler.state.records import info_from_json
+from reconciler.state.records import info_from_json, info_to_json
 from reconciler.state.statedir import KeyedLog
 from reconciler.support import pki
 from reconciler.support.fs import (
@@ -53,6 +53,8 @@ log = structlog.get_logger()
 
 
 class PemDirectoryStore:
+    runs_locally = True  # installing only writes files of this machine
+
     def __init__(self, name: str, path: Path | str, cache_dir: Path | None = None) -> None:
         self.name = name
         self.path = Path(path)
@@ -280,8 +282,7 @@ class PemDirectoryStore:
 
     def install(self, certificate: str, material: Material, at: datetime) -> StoredCert:
         folder = self.path / certificate
-        safe_folder(self.path, 0o700, "store folder")  # it holds private keys
-        safe_folder(folder, 0o700, "store folder")
+        safe_folder(folder, 0o700, "store folder")  # and the store's own (both hold private keys)
         versions = folder / "versions"
         version = f"{at.astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}-{material.info.thumbprint[:8]}"
         target = versions / version
@@ -505,7 +506,7 @@ def _encode(cached: Cached) -> dict[str, object]:
         "c": list(c),
         "m": list(m) if m else None,
         "k": list(k) if k else None,
-        "i": to_plain(info),
+        "i": info_to_json(info),
         "meta": meta,
         "ok": key_ok,
     }
