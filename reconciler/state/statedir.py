@@ -46,7 +46,7 @@ from reconciler.state.records import (
     revocation_from_json,
     revocation_to_json,
 )
-from reconciler.support import pki
+from reconciler.support import durable, pki
 from reconciler.support.fs import (
     UnsafePath,
     acquire,
@@ -606,7 +606,9 @@ class StateDir:
             material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note
         )
         self.write_vault_files(name, material, meta)
-        self._vault_index.update(name, _adding(material.info.thumbprint, meta))  # the commit point
+        # the commit point: on disk before this returns, in the same group commit as other writers' files
+        self._vault_index.update(name, _adding(material.info.thumbprint, meta), wait=False)
+        durable.settle(self._vault_index.path)
         with self._mutex:  # the install that follows reads it from here, not back from the disk
             self._recent[(name, material.info.thumbprint)] = material
             while len(self._recent) > RECENT_MATERIAL:

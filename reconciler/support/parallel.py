@@ -120,6 +120,4 @@ class Lane:
             self._inside.on = True
 
 
-LOCAL_LANE = Lane(
-    int(os.environ.get("CERTCTL_LANE", "1"))
-)  # the executor's local actions (the local CA, a PEM store) run one at a time on the CPU
+LOCAL_LANE = Lane(1)  # the executor's local actions (the local CA, a PEM store) run one at a time on the CPU
