@@ -9,7 +9,10 @@ from pathlib import Path
 HERE = Path(__file__).parent
 BENCHES = [
     ("plan: 1,000 and 10,000 certificates", ["plan_bench.py", "1000", "10000"]),
-    ("local CA: first apply of 1,000 and 10,000 certificates", ["localca_bench.py", "1000", "10000"]),
+    (
+        "local CA: first apply of 1,000 and 10,000 certificates",
+        ["localca_bench.py", "1000", "10000", "--fresh-fs"],
+    ),
     (
         "ACME issuance: certctl beside certbot, lego and a minimal client (the limit) on local Pebble",
         ["acme_bench.py"],

@@ -273,13 +273,18 @@ class Blobs(Protocol):
 
 
 class RecordLog(Protocol):
-    """A map of JSON records, each change durable at once (the ACME challenge journal)."""
+    """A map of JSON records (the ACME challenge journal): each change durable when the call returns, except
+    a ``delete`` with ``wait=False``, which becomes durable with a later change or at the end of the apply."""
 
     def read(self) -> dict[str, Any]: ...
 
     def set(self, key: str, value: Any) -> None: ...
 
-    def delete(self, key: str) -> None: ...
+    def set_all(self, values: Mapping[str, Any]) -> None:
+        """Set every key of ``values``: one commit for all of them."""
+        ...
+
+    def delete(self, key: str, *, wait: bool = True) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id, spec_digest
 from reconciler.core.schedules import backoff
 from reconciler.ports import BindingChange, Clock, IssueError, IssueRequest, LeaseLost, Material
+from reconciler.support.parallel import locked
 from reconciler.support.secrets import env_names
 
 log = structlog.get_logger()
@@ -107,9 +108,8 @@ class ActionRunner:
         (a refused name, a failed challenge, CAA) stops at once. One backoff when every CA failed."""
         name = action.certificate
         state = self.world.state
-        with self._cert_lock(
-            name
-        ):  # never two orders for one certificate (in a fleet: a lease in the database)
+        # never two orders for one certificate (in a fleet: a lease in the database)
+        with locked(self._cert_lock(name)):
             if isinstance(action.detail, IssueDetail):
                 planned = action.detail.replaces
             else:

@@ -27,7 +27,7 @@ from reconciler.core.plan import (
 )
 from reconciler.ports import Clock
 from reconciler.support.clock import SYSTEM
-from reconciler.support.parallel import LOCAL_LANE
+from reconciler.support.parallel import Lane
 
 log = structlog.get_logger()
 
@@ -80,6 +80,7 @@ class Executor:
         self.run_id = uuid.uuid4().hex[:12]
         self.actions = ActionRunner(world, clock)
         self.stop_requested = threading.Event()
+        self.lane = Lane(1)  # local actions: one at a time on the CPU; their waits for the disk overlap
 
     # --- scheduling -----------------------------------------------------------------------------------
 
@@ -275,6 +276,6 @@ class Executor:
 
     def _dispatch(self, action: Action) -> dict[str, object] | None:
         if self.actions.runs_locally(action):  # one at a time on the CPU; their waits for the disk overlap
-            with LOCAL_LANE.held():
+            with self.lane.held():
                 return self.actions.carry_out(action)
         return self.actions.carry_out(action)

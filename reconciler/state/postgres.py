@@ -255,14 +255,19 @@ class DbRecords:
         return {key: value for key, value in rows}
 
     def set(self, key: str, value: Any) -> None:
-        with self.state.db.transaction() as q:
-            q(
-                "INSERT INTO certctl_records (scope, key, value, node, lease) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value, node = EXCLUDED.node, lease = EXCLUDED.lease",
-                (self.scope, key, Jsonb(value), self.state.node, _LEASE.get()),
-            )
+        self.set_all({key: value})
 
-    def delete(self, key: str) -> None:
+    def set_all(self, values: Mapping[str, Any]) -> None:
+        with self.state.db.transaction() as q:
+            for key, value in values.items():
+                q(
+                    "INSERT INTO certctl_records (scope, key, value, node, lease) VALUES (%s, %s, %s, %s, %s) "
+                    "ON CONFLICT (scope, key) DO UPDATE SET value = EXCLUDED.value, node = EXCLUDED.node, "
+                    "lease = EXCLUDED.lease",
+                    (self.scope, key, Jsonb(value), self.state.node, _LEASE.get()),
+                )
+
+    def delete(self, key: str, *, wait: bool = True) -> None:  # a transaction: durable either way
         with self.state.db.transaction() as q:
             q("DELETE FROM certctl_records WHERE scope = %s AND key = %s", (self.scope, key))
 

@@ -28,7 +28,7 @@ import stat
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,7 +57,7 @@ from reconciler.support.fs import (
     write_folder,
     write_path_problem,
 )
-from reconciler.support.parallel import LOCAL_LANE, map_io
+from reconciler.support.parallel import locked, map_io, stepped_out
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 RECENT_MATERIAL = 256  # versions just stored, kept for the installs that follow them
@@ -109,7 +109,7 @@ class PendingAppend:
         line (and every line written with it that was not yet durable) is cut back off the file."""
         state = self._state
         try:
-            with LOCAL_LANE.stepped_out(), state.sync_lock:
+            with stepped_out(), state.sync_lock:
                 if state.failed_upto >= self._number:
                     raise state.failure or OSError(f"cannot write {self.path}")
                 if state.synced >= self._number:
@@ -382,8 +382,16 @@ class KeyedLog:
             raise
         return value
 
-    def delete(self, key: str) -> None:
-        self.set(key, None)
+    def set_all(self, values: Mapping[str, Any]) -> None:
+        """Set every key of ``values``, one line each, and return once all are on disk (one commit)."""
+        keys = list(values)
+        for key in keys[:-1]:
+            self.set(key, values[key], wait=False)
+        if keys:
+            self.set(keys[-1], values[keys[-1]])  # its commit covers the lines written before it
+
+    def delete(self, key: str, *, wait: bool = True) -> None:
+        self.set(key, None, wait=wait)
 
 
 MAX_BLOB_BYTES = 16 << 20
@@ -637,9 +645,12 @@ class StateDir:
         # folder at once would fail (the second rename finds the first one's folder); other folders go on.
         with self._mutex:
             lock = self._folder_locks.setdefault(str(folder), threading.Lock())
-        with lock:
-            if not (if_missing and all((folder / f).is_file() for f in files)):
-                write_folder(folder, files, staging=folder.parent, mode=0o700)
+        with locked(lock):
+            written = not (if_missing and all((folder / f).is_file() for f in files))
+            if written:
+                write_folder(folder, files, staging=folder.parent, mode=0o700, settle=False)
+        if written:
+            durable.settle(folder)  # outside the folder's lock: writers of other folders share this sync
         return folder
 
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:

@@ -25,7 +25,7 @@ import stat
 import threading
 from pathlib import Path
 
-from reconciler.support.parallel import LOCAL_LANE
+from reconciler.support.parallel import stepped_out
 
 __all__ = ["settle", "watch"]
 
@@ -125,7 +125,7 @@ def settle(*paths: Path | str) -> None:
     """Return once ``paths`` (files, links or folders just written, renamed or linked) and everything written
     before them on their file systems are on disk (one shared sync per file system); OSError naming the
     path whose file system failed."""
-    with LOCAL_LANE.stepped_out():  # another local action uses the CPU meanwhile
+    with stepped_out():  # another local action uses the CPU meanwhile
         systems: dict[int, tuple[_FileSystem, str]] = {}
         for raw in paths:
             if _SYNCFS is None:

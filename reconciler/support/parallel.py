@@ -85,39 +85,54 @@ def map_io(fn: Callable[[T], R], items: Sequence[T], threads: int = IO_THREADS) 
     return [r for f in futures for r in f.result()]
 
 
+_CURRENT = threading.local()  # the lane the calling thread is in, if any
+
+
 class Lane:
-    """At most ``width`` threads at a time run CPU-bound work in this process (signing, writing a version):
-    more would only take the interpreter's lock from one another, switching threads at every system call.
-    A thread in the lane steps out while it waits for the disk (``stepped_out``), so others use the CPU and
-    its wait is shared with theirs (group commit)."""
+    """At most ``width`` threads at a time run CPU-bound work (signing, writing a version): more would only
+    take the interpreter's lock from one another, switching threads at every system call. A thread in the
+    lane steps out while it waits for the disk or for a lock (``stepped_out``, ``locked``), so others use
+    the CPU meanwhile and its wait is shared with theirs (group commit). Each executor has its own lane."""
 
     def __init__(self, width: int) -> None:
         self._slots = threading.Semaphore(width)
-        self._inside = threading.local()
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
         self._slots.acquire()
-        self._inside.on = True
+        previous = getattr(_CURRENT, "lane", None)
+        _CURRENT.lane = self
         try:
             yield
         finally:
-            self._inside.on = False
+            _CURRENT.lane = previous
             self._slots.release()
 
-    @contextlib.contextmanager
-    def stepped_out(self) -> Iterator[None]:
-        """Leave the lane for a blocking wait (the caller may be outside it: then nothing changes)."""
-        if not getattr(self._inside, "on", False):
-            yield
-            return
-        self._inside.on = False
-        self._slots.release()
-        try:
-            yield
-        finally:
-            self._slots.acquire()
-            self._inside.on = True
+
+@contextlib.contextmanager
+def stepped_out() -> Iterator[None]:
+    """Leave the calling thread's lane for a blocking wait (outside any lane: nothing changes)."""
+    lane: Lane | None = getattr(_CURRENT, "lane", None)
+    if lane is None:
+        yield
+        return
+    _CURRENT.lane = None
+    lane._slots.release()
+    try:
+        yield
+    finally:
+        lane._slots.acquire()
+        _CURRENT.lane = lane
 
 
-LOCAL_LANE = Lane(1)  # the executor's local actions (the local CA, a PEM store) run one at a time on the CPU
+@contextlib.contextmanager
+def locked(lock: threading.Lock) -> Iterator[None]:
+    """Hold ``lock``; should it be taken, wait for it outside the lane. A thread in a lane never blocks on
+    a lock: its holder may be waiting to come back into the lane (a deadlock otherwise)."""
+    if not lock.acquire(blocking=False):
+        with stepped_out():
+            lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()

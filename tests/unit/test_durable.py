@@ -1,5 +1,6 @@
 """Group commit for files and folders (``support.durable``): writers settle at once and share syncs, a failed
-sync fails the callers it covered, and a PEM store's version and links are on disk before ``current`` flips."""
+sync fails the callers it covered, a PEM store's version and links are on disk before ``current`` flips, and
+the lane of local work never deadlocks on a lock."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from reconciler.core.spec import LocalCA
 from reconciler.ports import IssueRequest
 from reconciler.support import durable
 from reconciler.support.fs import write_folder
+from reconciler.support.parallel import Lane, locked, stepped_out
 
 WRITERS = 8
 
@@ -148,3 +150,33 @@ def test_a_pem_store_version_and_its_links_are_settled_before_current_flips(
     assert seen[0] == (True, True, None)
     assert seen[-1] == (True, True, f"versions/{version}")
     assert (folder / "fullchain.pem").read_bytes() == material.fullchain_pem
+
+
+def test_a_thread_in_the_lane_waits_for_a_lock_outside_it() -> None:
+    """A holds a lock and steps out of the lane (a sync); B, in the lane, wants that lock. B must wait
+    outside the lane, or A could never come back into it to release the lock."""
+    lane, lock = Lane(1), threading.Lock()
+    a_out, b_waiting = threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def a() -> None:
+        with lane.held(), locked(lock):
+            with stepped_out():
+                a_out.set()
+                b_waiting.wait(30)
+            order.append("a")
+
+    def b() -> None:
+        a_out.wait(30)
+        with lane.held():
+            b_waiting.set()
+            with locked(lock):
+                order.append("b")
+
+    threads = [threading.Thread(target=a, daemon=True), threading.Thread(target=b, daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads), "deadlocked"
+    assert order == ["a", "b"]

@@ -94,3 +94,41 @@ def test_concurrent_state_updates_lose_nothing(tmp_path: Path) -> None:
         list(pool.map(lambda i: state.journal("intent", run="r", action=f"a{i}"), range(64)))
     assert set(state.attempts()) == {"c0", "c1", "c2", "c3"}
     assert len(StateDir(tmp_path / "state").journal_entries()) == 64  # a fresh reader sees every line
+
+
+def _count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(statedir.os, "fsync", fsync)  # type: ignore[attr-defined]
+    return calls
+
+
+def test_several_records_set_at_once_cost_one_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ACME challenge journal records every challenge of an order before any is made answerable:
+    all of them on disk when ``set_all`` returns, with one fsync."""
+    keyed = KeyedLog(tmp_path / "challenges.jsonl")
+    calls = _count_fsyncs(monkeypatch)
+    keyed.set_all({"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}})
+    assert len(calls) == 1
+    assert KeyedLog(tmp_path / "challenges.jsonl").read() == {"a": {"n": 1}, "b": {"n": 2}, "c": {"n": 3}}
+
+
+def test_a_record_not_waited_for_is_written_at_once_and_made_durable_by_the_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keyed = KeyedLog(tmp_path / "challenges.jsonl")
+    keyed.set("a", 1)
+    statedir.flush_lazy()  # what earlier tests of this process left to flush
+    calls = _count_fsyncs(monkeypatch)
+    keyed.delete("a", wait=False)
+    assert calls == []  # not waited for ...
+    assert KeyedLog(tmp_path / "challenges.jsonl").read() == {}  # ... but written: another reader sees it
+    statedir.flush_lazy()
+    assert len(calls) == 1  # the end of the apply makes it durable
+    statedir.flush_lazy()
+    assert len(calls) == 1  # once

@@ -71,10 +71,11 @@ class AriIndex:
         serial = format(cert.serial_number, "x")
         issuer = cert.issuer.rfc4514_string()
         ident = cert_id_from(aki, cert.serial_number)
+        # not waited for: a lost line only means this certificate's ARI identifier is derived again
         if self._log.get(f"serial:{serial}") != ident:
-            self._log.set(f"serial:{serial}", ident)
+            self._log.set(f"serial:{serial}", ident, wait=False)
         if self._log.get(f"issuer:{issuer}") != b64url(aki):
-            self._log.set(f"issuer:{issuer}", b64url(aki))
+            self._log.set(f"issuer:{issuer}", b64url(aki), wait=False)
 
     def lookup(self, info: CertInfo) -> str | None:
         """The ARI identifier of a certificate, from its serial or from its issuer's known AKI."""

@@ -38,13 +38,13 @@ class ChallengeJournal:
     def remember(self, solver: specs.Solver, tasks: list[ChallengeTask]) -> None:
         """Before ``solver.prepare(tasks)``: what to clean up should the process die."""
         dumped = solver.model_dump(mode="json", by_alias=True, exclude_none=True)
-        for task in tasks:
-            self.log.set(_key(task), {"solver": dumped, "task": asdict(task)})
+        self.log.set_all({_key(task): {"solver": dumped, "task": asdict(task)} for task in tasks})
 
     def forget(self, tasks: list[ChallengeTask]) -> None:
-        """After ``solver.cleanup(tasks)`` succeeded."""
+        """After ``solver.cleanup(tasks)`` succeeded. Not waited for: should the line be lost, recovery only
+        cleans up again what is already gone (cleanup tolerates that)."""
         for task in tasks:
-            self.log.delete(_key(task))
+            self.log.delete(_key(task), wait=False)
 
     def pending(self) -> dict[str, Any]:
         """The challenges made answerable and not yet cleaned up, by key."""
