@@ -102,7 +102,7 @@ class Executor:
         # The workers take ready actions themselves (no thread hands them out, so an action costs no
         # wake-up of a dispatcher); the bookkeeping below happens under ``cond``.
         cond = threading.Condition()
-        running = 0
+        running = ended = 0
         failures: list[BaseException] = []
 
         def settle(outcome: Outcome) -> None:
@@ -122,6 +122,15 @@ class Executor:
                         ready.appendleft(child)  # as it is issued, not after every other issuance
 
         def work() -> None:
+            nonlocal ended
+            try:
+                take_actions()
+            finally:
+                with cond:
+                    ended += 1
+                    cond.notify_all()
+
+        def take_actions() -> None:
             nonlocal running
             while True:
                 with cond:
@@ -148,13 +157,25 @@ class Executor:
                     cond.notify_all()
 
         workers = [
-            threading.Thread(target=work, name=f"certctl-apply-{i}", daemon=True)
+            threading.Thread(target=work, name=f"certctl-apply-{i}")
             for i in range(min(self.concurrency, len(plan.actions)) if ready else 0)
         ]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        begun = 0
+
+        def all_ended() -> None:  # not Thread.join: after a Ctrl-C, it may return for a running thread
+            with cond:
+                while ended < begun:
+                    cond.wait()
+
+        try:
+            for worker in workers:
+                worker.start()
+                begun += 1
+            all_ended()
+        except BaseException:  # Ctrl-C: the running actions finish, the others are skipped, then it stops
+            self.stop_requested.set()
+            all_ended()
+            raise
         if failures:
             raise failures[0]
         for action in plan.actions:  # never ready (cannot happen in a plan, whose actions form no cycle)

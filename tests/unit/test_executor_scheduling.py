@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+
+import pytest
 
 from reconciler.app.executor import Executor
 from reconciler.core.plan import Action, ActionKind, Plan, Reason
@@ -91,3 +94,24 @@ def test_a_stop_skips_what_has_not_started(tmp_path: Path) -> None:
     result = ex.run(plan(act("a/issue"), act("a/install", "a/issue"), act("b/issue")))
     status = {o.action.id: o.status for o in result.outcomes}
     assert status == {"a/issue": "done", "a/install": "skipped", "b/issue": "skipped"}
+
+
+def test_ctrl_c_lets_running_actions_finish_and_starts_no_other(tmp_path: Path) -> None:
+    """SIGINT while actions run: run() raises KeyboardInterrupt only once the running action has finished,
+    and nothing else was started."""
+    started: list[str] = []
+    finished: list[str] = []
+    ex: Executor
+
+    def behaviour(action: Action) -> dict[str, object]:
+        started.append(action.id)
+        if action.id == "a/issue":
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            ex.stop_requested.wait(60)  # still running when the main thread has taken the interrupt
+        finished.append(action.id)
+        return {}
+
+    ex = executor(tmp_path, behaviour, concurrency=1)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run(plan(act("a/issue"), act("a/install", "a/issue"), act("b/issue")))
+    assert started == finished == ["a/issue"]
