@@ -18,7 +18,7 @@ from acme import messages
 
 from reconciler.adapters.issuers.acme import poll
 from reconciler.adapters.issuers.acme.order import Order, _Pending
-from reconciler.adapters.issuers.acme.transport import NoncePool
+from reconciler.adapters.issuers.acme.transport import AnswerTime, NoncePool
 from reconciler.core.spec import Acme
 from reconciler.ports import IssueError
 from reconciler.wiring import build_acme_issuer
@@ -251,3 +251,23 @@ def test_the_shared_session_still_honours_proxy_and_ca_bundle_settings(
     for path in ("new-order", "authz/1", "authz/2"):
         session.merge_environment_settings(f"https://acme.example/{path}", {}, None, True, None)
     assert calls == []  # read once per host, not per request
+
+
+def test_a_ca_that_answers_fast_is_first_polled_sooner_and_one_across_the_internet_as_before() -> None:
+    assert poll.first_pause(None) == 0.05  # not measured yet
+    assert poll.first_pause(0.004) == pytest.approx(0.012)  # this machine: three answer times
+    assert poll.first_pause(0.0001) == 0.005  # never sooner than 5 ms
+    assert (
+        poll.first_pause(0.02) == 0.05 and poll.first_pause(0.3) == 0.05
+    )  # the internet: 50 ms, as without it
+    backoff = poll.Backoff(time.monotonic() + 30, "the order", 30, interval=poll.first_pause(0.004))
+    assert [backoff.pause(None) for _ in range(3)] == pytest.approx([0.012, 0.0192, 0.03072])
+
+
+def test_the_answer_time_is_a_moving_average_of_the_ca_s_requests() -> None:
+    measured = AnswerTime()
+    measured.observe(0.010)
+    assert measured.value == pytest.approx(0.010)
+    for _ in range(50):
+        measured.observe(0.002)
+    assert measured.value == pytest.approx(0.002, abs=1e-4)

@@ -23,7 +23,7 @@ from reconciler.adapters.issuers.acme import retry
 from reconciler.adapters.issuers.acme.ari import AriIndex, cert_id
 from reconciler.adapters.issuers.acme.chains import choose_chain, chosen_top_issuer, material_from
 from reconciler.adapters.issuers.acme.challenges import ChallengeJournal
-from reconciler.adapters.issuers.acme.poll import Backoff
+from reconciler.adapters.issuers.acme.poll import Backoff, first_pause
 from reconciler.adapters.issuers.acme.transport import NewOrder, Session, directory_entry, links, status_name
 from reconciler.core import spec as specs
 from reconciler.ports import ChallengeTask, IssueError, IssueRequest, Material, Solver
@@ -241,7 +241,13 @@ class Order:
         finished validating: the order leaves ``pending`` once every authorization is valid (``ready``) or
         one has failed (``invalid``; then the authorizations are fetched, at once, to say which and why)."""
         names = ", ".join(item.domain for item in pending)
-        backoff = Backoff(deadline, f"the validation of {names}", self.timeout, self.sleep)
+        backoff = Backoff(
+            deadline,
+            f"the validation of {names}",
+            self.timeout,
+            self.sleep,
+            first_pause(_answer_time(session)),
+        )
         while True:
             response = session.get_as_post(url)
             order: messages.Order = messages.Order.from_json(response.json())
@@ -310,7 +316,9 @@ class Order:
         return order
 
     def _wait_order(self, session: Session, url: str, wanted: set[str], deadline: float) -> messages.Order:
-        backoff = Backoff(deadline, f"the order {url}", self.timeout, self.sleep)
+        backoff = Backoff(
+            deadline, f"the order {url}", self.timeout, self.sleep, first_pause(_answer_time(session))
+        )
         while True:
             response = session.get_as_post(url)
             order: messages.Order = messages.Order.from_json(response.json())
@@ -330,3 +338,9 @@ class Order:
             for link in links(response, "alternate"):
                 chains.append(session.get_as_post(link).text)
         return chains
+
+
+def _answer_time(session: Session) -> float | None:
+    """How long this CA typically takes to answer a request (None when not measured)."""
+    measured = getattr(session, "answer_time", None)  # a stand-in session of a test may have none
+    return measured.value if measured is not None else None

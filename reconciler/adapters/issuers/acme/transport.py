@@ -101,8 +101,22 @@ class _Session(requests.Session):
         }
 
 
+class AnswerTime:
+    """How long a CA typically takes to answer one request: a moving average (thread-safe enough: one float)."""
+
+    WEIGHT = 0.2  # of each new request
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def observe(self, seconds: float) -> None:
+        current = self.value
+        self.value = seconds if current is None else current + self.WEIGHT * (seconds - current)
+
+
 class Connection:
-    """What every order of one issuer shares: kept-alive HTTP connections and the nonce pool."""
+    """What every order of one issuer shares: kept-alive HTTP connections, the nonce pool, and how long
+    the CA takes to answer."""
 
     def __init__(self, pool_size: int = 64) -> None:
         self.session = _Session()
@@ -110,6 +124,7 @@ class Connection:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.nonces = NoncePool()
+        self.answer_time = AnswerTime()
 
     def close(self) -> None:
         self.session.close()
@@ -143,6 +158,7 @@ class Network(ClientNetwork):
             self.session.close()
             self.session = connection.session
         self.nonces = connection.nonces if connection is not None else NoncePool()
+        self.answer_time = connection.answer_time if connection is not None else AnswerTime()
 
     def close(self) -> None:
         """Close this network's own HTTP connections (a shared ``Connection`` stays open for the next order)."""
@@ -153,7 +169,9 @@ class Network(ClientNetwork):
         self.close()
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        started = time.monotonic()
         response = super()._send_request(method, url, *args, **kwargs)
+        self.answer_time.observe(time.monotonic() - started)
         if not response.ok and self.REPLAY_NONCE_HEADER in response.headers:
             with contextlib.suppress(
                 acme_errors.BadNonce
@@ -212,6 +230,10 @@ class Session:
 
     def get_as_post(self, url: str) -> requests.Response:
         return self.net.post(url, None, new_nonce_url=self.directory["newNonce"])
+
+    @property
+    def answer_time(self) -> AnswerTime:
+        return self.net.answer_time
 
 
 def links(response: requests.Response, rel: str) -> list[str]:
