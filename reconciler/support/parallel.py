@@ -65,8 +65,10 @@ def at_once(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None = No
     return [f.result() for f in futures]
 
 
-# requests kept in flight: a cold disk answers many small reads at once far faster than in turn
-IO_THREADS = 16
+# requests kept in flight: a cold disk answers several small reads at once faster than in turn, but each
+# thread more also takes Python's lock from the others at every call (measured at 10,000 certificates on
+# two cores: 4 threads plan 15% faster than 16 with a cold page cache and 12% faster with a warm one)
+IO_THREADS = 4
 
 
 def map_io(fn: Callable[[T], R], items: Sequence[T], threads: int = IO_THREADS) -> list[R]:
