@@ -83,7 +83,11 @@ class ActionRunner:
 
     def runs_locally(self, action: Action) -> bool:
         """Whether ``action`` only computes and writes local files (an issuance by local CAs only, an install
-        into a store of files): such actions gain nothing from running at once in threads of one process."""
+        into a store of files, with the state in files of this machine): such actions gain nothing from
+        running at once in threads of one process. Anything that may wait on the network (a CA, a fleet's
+        database and its leases) is not local work."""
+        if not getattr(self.world.state, "runs_locally", False):
+            return False
         detail = action.detail
         if action.kind in ISSUANCE:
             return self._issued_locally(action.certificate)

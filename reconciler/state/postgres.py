@@ -275,6 +275,8 @@ class DbRecords:
 class FleetState(StateDir):
     """The StateBackend of a fleet node: issuance in PostgreSQL, the rest in the node's state dir."""
 
+    runs_locally = False  # leases, versions and the CA live in the database: no action of it is local work
+
     def __init__(
         self, path: Path | str, *, node: str, db: Database, sealer: Sealer, lease_timeout: float
     ) -> None:

@@ -448,6 +448,8 @@ def _check_binding(key: str, value: Any) -> None:
 
 
 class StateDir:
+    runs_locally = True  # every record is a file of this machine (see ``ActionRunner.runs_locally``)
+
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._mutex = threading.RLock()
