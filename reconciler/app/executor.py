@@ -7,11 +7,13 @@ A failed action fails only what depends on it; everything else still runs.
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +32,20 @@ from reconciler.support.clock import SYSTEM
 from reconciler.support.parallel import Lane
 
 log = structlog.get_logger()
+
+
+@contextlib.contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """Hold SIGINT back from the calling thread for a moment (POSIX); it is delivered when this ends."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:
+        yield
+        return
+    before = mask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        mask(signal.SIG_SETMASK, before)
 
 
 def recover_challenges(world: World) -> int:
@@ -168,9 +184,10 @@ class Executor:
                     cond.wait()
 
         try:
-            for worker in workers:
-                worker.start()
-                begun += 1
+            with _interrupts_held():  # a Ctrl-C during the starts comes once every started worker is counted
+                for worker in workers:
+                    worker.start()
+                    begun += 1
             all_ended()
         except BaseException:  # Ctrl-C: the running actions finish, the others are skipped, then it stops
             self.stop_requested.set()
