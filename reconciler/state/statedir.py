@@ -648,11 +648,11 @@ class StateDir:
         with self._mutex:
             lock = self._folder_locks.setdefault(str(folder), threading.Lock())
         with locked(lock):
-            written = not (if_missing and all((folder / f).is_file() for f in files))
-            if written:
+            if not (if_missing and all((folder / f).is_file() for f in files)):
                 write_folder(folder, files, staging=folder.parent, mode=0o700, settle=False)
-        if written:
-            durable.settle(folder)  # outside the folder's lock: writers of other folders share this sync
+        # outside the folder's lock, so writers of other folders share this sync; also when another writer
+        # made the folder, which may not be on disk yet
+        durable.settle(folder)
         return folder
 
     def mark_revoked(self, name: str, thumbprint: str, revocation: Revocation) -> bool:
