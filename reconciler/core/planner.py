@@ -368,39 +368,28 @@ def _install_actions(name: str, spec: CertificateSpec, target: Target, index: St
             )
             continue
         found = index.get(store, {}).get(target.thumbprint)
+        thumb = target.thumbprint[:8]
         if found is None:
-            out.append(
-                _act(
-                    ActionKind.install,
-                    name,
-                    f"store/{store}",
-                    Reason.NotInStore,
-                    f"store {store} lacks the current certificate {target.thumbprint[:8]}",
-                    detail=InstallDetail(store, target.thumbprint),
-                )
-            )
+            reason, why = Reason.NotInStore, f"store {store} lacks the current certificate {thumb}"
         elif not found.current:
-            out.append(
-                _act(
-                    ActionKind.install,
-                    name,
-                    f"store/{store}",
-                    Reason.StoreDrift,
-                    f"store {store} holds {target.thumbprint[:8]} but serves another version as current",
-                    detail=InstallDetail(store, target.thumbprint),
-                )
+            reason, why = (
+                Reason.StoreDrift,
+                f"store {store} holds {thumb} but serves another version as current",
             )
         elif found.drift:
-            out.append(
-                _act(
-                    ActionKind.install,
-                    name,
-                    f"store/{store}",
-                    Reason.StoreDrift,
-                    f"store {store} serves {target.thumbprint[:8]}, but {found.drift}",
-                    detail=InstallDetail(store, target.thumbprint),
-                )
+            reason, why = Reason.StoreDrift, f"store {store} serves {thumb}, but {found.drift}"
+        else:
+            continue
+        out.append(
+            _act(
+                ActionKind.install,
+                name,
+                f"store/{store}",
+                reason,
+                why,
+                detail=InstallDetail(store, target.thumbprint),
             )
+        )
     return out
 
 
