@@ -123,6 +123,7 @@ def test_the_observation_cache_notices_changed_files(tmp_path: Path, issuer: Loc
     store = PemDirectoryStore("pem", tmp_path / "pem", cache)
     m = issue(issuer)
     store.install("web", m, datetime.now(UTC))
+    (tmp_path / "pem" / pemdir.INDEX).unlink()  # a version installed by an earlier release: not indexed
     first = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
     assert list(cache.iterdir()), "the first observation fills the cache"
     again = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
@@ -205,6 +206,25 @@ def test_the_index_spares_reading_unchanged_versions(
     index.unlink()
     assert PemDirectoryStore("pem", pem).observe() == with_index  # the full read finds the same
     assert len(full_reads) == 2
+
+
+def test_versions_the_index_describes_are_not_kept_again_in_the_cache(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    cache = tmp_path / "cache"
+    (pem / pemdir.INDEX).unlink()
+    truth = PemDirectoryStore("pem", pem, cache).observe()  # nothing indexed: both versions read, cached
+    cached = json.loads(next(cache.iterdir()).read_text())["entries"]
+    assert len(cached) == 2 and len(full_reads) == 2
+    store = PemDirectoryStore("pem", pem, cache)
+    store.install("web", store.read(f"web/{live.name}"), datetime(2026, 2, 1, tzinfo=UTC))  # re-indexed
+    _settle_index(pem)
+    full_reads.clear()
+    assert PemDirectoryStore("pem", pem, cache).observe() == truth
+    assert full_reads == []
+    cached = json.loads(next(cache.iterdir()).read_text())["entries"]
+    assert list(cached) == [str(next(p for p in (pem / "web" / "versions").iterdir() if p != live))]
 
 
 def test_an_entry_written_in_the_same_clock_tick_as_its_files_is_read_again(

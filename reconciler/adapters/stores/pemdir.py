@@ -60,9 +60,13 @@ class PemDirectoryStore:
         self.path = Path(path)
         self._cache = JsonCache(cache_dir, JsonCache.name_for("pemdir", str(self.path.resolve())))
         self._index = KeyedLog(self.path / INDEX)
-        self._seen: dict[str, Cached] = {}
-        self._known: dict[str, Cached] = {}
         self._indexed: dict[str, Cached] = {}
+        # one observation's use of the cache: (entries of folders not looked at, of those looked at) as read,
+        # entries taken from it (raw) and versions read from disk
+        self._cached: tuple[dict[str, object], dict[str, object]] | None = None
+        self._only: frozenset[str] | None = None
+        self._reused: dict[str, object] = {}
+        self._read: dict[str, Cached] = {}
 
     # --- observe -----------------------------------------------------------------------------------
 
@@ -74,19 +78,33 @@ class PemDirectoryStore:
         return self._observed(frozenset(certificates))
 
     def _observed(self, only: frozenset[str] | None) -> StoreState:
-        raw = self._cache.load() if self._cache.path else {}
-        others: dict[str, object] = {}  # cache entries of folders not looked at: kept as they are, undecoded
-        if only is not None:
-            prefix = str(self.path) + "/"
-            others = {f: v for f, v in raw.items() if f.removeprefix(prefix).split("/", 1)[0] not in only}
-            raw = {f: v for f, v in raw.items() if f not in others}
-        self._known = _from_cache(raw)
         self._indexed = self._load_index()
-        self._seen = {}
+        self._cached = None  # read on the first version the index does not describe
+        self._only = only
+        self._read = {}
+        self._reused = {}
         state = self._observe(only)
-        if self._cache.path and self._seen != self._known:
-            self._cache.save({**others, **{folder: _encode(cached) for folder, cached in self._seen.items()}})
+        if self._cached is not None and (self._read or len(self._reused) != len(self._cached[1])):
+            # versions the index does not describe, as found now (those it does are never kept twice)
+            entries = {**self._cached[0], **self._reused}
+            entries.update((folder, _encode(cached)) for folder, cached in self._read.items())
+            self._cache.save(entries)
         return state
+
+    def _from_cache(self, folder: str) -> Cached | None:
+        """The cache's entry for a version folder, decoded (None when it has none or it does not decode).
+        The cache is read once per observation, and only if a version is not in the index."""
+        if self._cached is None:
+            raw = self._cache.load() if self._cache.path else {}
+            others: dict[str, object] = {}  # entries of folders not looked at: kept as they are, undecoded
+            if self._only is not None:
+                prefix = str(self.path) + "/"
+                only = self._only
+                others = {f: v for f, v in raw.items() if f.removeprefix(prefix).split("/", 1)[0] not in only}
+                raw = {f: v for f, v in raw.items() if f not in others}
+            self._cached = (others, raw)
+        entry = self._cached[1].get(folder)
+        return _decode(entry) if entry is not None else None
 
     def _load_index(self) -> dict[str, Cached]:
         """The store's own index (written by install, keyed ``<certificate>/versions/<version>``), as full paths.
@@ -202,25 +220,22 @@ class PemDirectoryStore:
         misses: list[tuple[str, tuple[str, ...]]] = []
         probes = map_io(lambda f: _probe_version(f, f in live), folders)
         for folder, (keys, missing) in zip(folders, probes, strict=True):
-            hit = next(
-                (
-                    known
-                    for known in (self._indexed.get(folder), self._known.get(folder))
-                    if keys is not None and known is not None and known[:3] == keys
-                ),
-                None,
-            )
-            if hit is not None:
-                self._seen[folder] = hit
-                out[folder] = (hit[3], hit[4], hit[5], missing)
-            else:
-                misses.append((folder, missing))
+            if keys is not None:
+                hit = self._indexed.get(folder)
+                if hit is None or hit[:3] != keys:
+                    hit = self._from_cache(folder)
+                    if hit is not None and hit[:3] == keys:
+                        self._reused[folder] = self._cached[1][folder]  # type: ignore[index]
+                if hit is not None and hit[:3] == keys:
+                    out[folder] = (hit[3], hit[4], hit[5], missing)
+                    continue
+            misses.append((folder, missing))
         results = map_batch(_read_versions, [folder for folder, _ in misses])
         for (folder, missing), result in zip(misses, results, strict=True):
             if isinstance(result, str):
                 problems.append(result)
                 continue
-            self._seen[folder] = result
+            self._read[folder] = result
             out[folder] = (result[3], result[4], result[5], missing)
         return out
 
@@ -510,16 +525,6 @@ def _encode(cached: Cached) -> dict[str, object]:
         "meta": meta,
         "ok": key_ok,
     }
-
-
-def _from_cache(entries: dict[str, object]) -> dict[str, Cached]:
-    """The cache's entries that decode to well-typed values; anything else is dropped (and re-read from disk)."""
-    out: dict[str, Cached] = {}
-    for folder, entry in entries.items():
-        cached = _decode(entry)
-        if cached is not None:
-            out[folder] = cached
-    return out
 
 
 def _decode(entry: object) -> Cached | None:
