@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from reconciler.adapters.stores import pemdir  # noqa: E402
+from reconciler.state.cache import file_key  # noqa: E402
 from reconciler.state.records import info_to_json  # noqa: E402
 from reconciler.state.statedir import KeyedLog  # noqa: E402
 from reconciler.support import pki  # noqa: E402
@@ -95,7 +96,8 @@ def generate(root: Path, n: int) -> None:
         read = pemdir._read_versions([str(folder)])[0]
         assert not isinstance(read, str), read
         key = f"{name}/versions/{version}"
-        indexed.append(json.dumps({"k": key, "v": pemdir._encode(read)}, separators=(",", ":")))
+        entry = {**pemdir._encode(read), "f": list(file_key(os.lstat(folder)))}
+        indexed.append(json.dumps({"k": key, "v": entry}, separators=(",", ":")))
         vault = state / "vault" / name / info.thumbprint  # what certctl keeps of each issued version
         vault.mkdir(parents=True)
         for fname, data in (
@@ -108,6 +110,13 @@ def generate(root: Path, n: int) -> None:
         os.symlink(f"versions/{version}", pem / name / "current")
         for fname in ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem"):
             os.symlink(f"current/{fname}", pem / name / fname)
+        recorded = {  # what install records of the certificate's folder once its links are switched
+            "d": list(file_key(os.lstat(pem / name))),
+            "v": list(file_key(os.lstat(pem / name / "versions"))),
+            "cur": version,
+            "names": [version],
+        }
+        indexed.append(json.dumps({"k": name, "v": recorded}, separators=(",", ":")))
         meta = {
             "info": info_to_json(info),
             "issuer_id": "localca:local",

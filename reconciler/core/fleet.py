@@ -8,9 +8,10 @@ since ...", and what would depend on it waits for the new version (the daemon is
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import BaseModel
 
@@ -42,7 +43,7 @@ def with_node_paths(value: Any, node: str) -> Any:
     """``value`` (a spec model, or lists/dicts of them) with ``{node}`` replaced in every path field."""
     if isinstance(value, BaseModel):
         changes: dict[str, Any] = {}
-        for name in type(value).model_fields:
+        for name in _toward_paths(type(value)):
             current = getattr(value, name)
             if isinstance(current, str):
                 if (type(value), name) in PATH_FIELDS and NODE_PLACEHOLDER in current:
@@ -59,6 +60,34 @@ def with_node_paths(value: Any, node: str) -> Any:
         mapped = {k: with_node_paths(v, node) for k, v in value.items()}
         return mapped if any(mapped[k] is not value[k] for k in value) else value
     return value
+
+
+@functools.cache
+def _toward_paths(model: type[BaseModel]) -> tuple[str, ...]:
+    """The fields of ``model`` that are path fields or can hold a model with one (read from the field types,
+    once per model): a certificate's domains, key and renewal settings are never walked."""
+    return tuple(
+        name for name, field in model.model_fields.items() if _reaches(model, name, field.annotation)
+    )
+
+
+def _reaches(
+    model: type[BaseModel], name: str, annotation: Any, within: frozenset[type] = frozenset()
+) -> bool:
+    if (model, name) in PATH_FIELDS:
+        return True
+    return any(
+        inner not in within and _reaches(inner, field, sub.annotation, within | {model})
+        for inner in _models_in(annotation)
+        for field, sub in inner.model_fields.items()
+    )
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The spec models a field's type names, however nested (lists, dicts, unions, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
 def _mine(node_field: str | None, node: str) -> bool:

@@ -297,6 +297,7 @@ class KeyedLog:
         )
         self._lock = threading.RLock()
         self._cache: dict[str, Any] = {}
+        self._decoded: dict[str, Any] = {}  # what ``check`` returned for a value, while the value is current
         self._lines = 0
         self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) the cache reflects
 
@@ -317,11 +318,29 @@ class KeyedLog:
             self._refresh()
             return self._cache.get(key)
 
+    def read_decoded(self) -> dict[str, Any]:
+        """Every live key with what ``check`` made of its value (the log's reader decodes each value once)."""
+        with self._lock:
+            self._refresh()
+            return {key: self._decoded_value(key) for key in self._cache}
+
+    def get_decoded(self, key: str) -> Any:
+        """What ``check`` made of the value of ``key`` (None when it has none)."""
+        with self._lock:
+            self._refresh()
+            return self._decoded_value(key) if key in self._cache else None
+
+    def _decoded_value(self, key: str) -> Any:
+        if key not in self._decoded:
+            assert self._check is not None, "a log without a check has no decoded values"
+            self._decoded[key] = self._check(key, self._cache[key])
+        return self._decoded[key]
+
     def _refresh(self) -> None:
         seen = self._stat()
         if seen == self._seen and (seen is not None or not self._cache):
             return
-        self._cache, self._lines = {}, 0
+        self._cache, self._decoded, self._lines = {}, {}, 0
         if seen is not None:
             for number, entry in read_records(self.path):
                 key, value = entry.get("k"), entry.get("v")
@@ -330,15 +349,19 @@ class KeyedLog:
                     continue
                 if value is not None and self._check is not None:
                     try:
-                        self._check(key, value)
+                        decoded = self._check(key, value)
                     except (KeyError, TypeError, ValueError, AttributeError) as exc:
                         damaged(self.path, number, f"the value for {key!r} has the wrong shape ({exc!r})")
                         continue
+                    self._apply(entry)
+                    self._decoded[key] = decoded
+                    continue
                 self._apply(entry)
         self._seen = seen
 
     def _apply(self, entry: dict[str, Any]) -> None:
         self._lines += 1
+        self._decoded.pop(entry["k"], None)
         if entry.get("v") is None:
             self._cache.pop(entry["k"], None)
         else:
@@ -452,6 +475,7 @@ class StateDir:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._vault_folder = str(self.path / "vault")
         self._mutex = threading.RLock()
         self._recent: OrderedDict[tuple[str, str], Material] = OrderedDict()  # versions this process stored
         self._folder_locks: dict[str, threading.Lock] = {}
@@ -552,13 +576,13 @@ class StateDir:
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]:
         """Every issued version, from the index log (plain JSON lines; no other cache of it is kept).
         The newest version of each certificate says which of its vault files are gone (``lost``)."""
-        index = self._vault_index.read()
-        # one listdir per certificate: from threads, so that a cold disk serves them together
-        marked = map_io(self._mark_lost, [self._versions(name, versions) for name, versions in index.items()])
+        index: dict[str, tuple[IssuedVersion, ...]] = self._vault_index.read_decoded()
+        # one listdir per certificate (from threads when the disk is cold: map_io)
+        marked = map_io(self._mark_lost, list(index.values()))
         return dict(zip(index, marked, strict=True))
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
-        return self._mark_lost(self._versions(name, self._vault_index.get(name) or {}))
+        return self._mark_lost(self._vault_index.get_decoded(name) or ())
 
     def issued_of(self, names: Collection[str]) -> dict[str, tuple[IssuedVersion, ...]]:
         """``issued()`` for ``names`` only (a pass woken for a few certificates)."""
@@ -570,7 +594,7 @@ class StateDir:
             return versions
         newest = versions[-1]
         try:
-            present = set(os.listdir(self.vault / newest.certificate / newest.info.thumbprint))
+            present = set(os.listdir(f"{self._vault_folder}/{newest.certificate}/{newest.info.thumbprint}"))
         except OSError:
             present = set()
         lost = [f for f in VAULT_FILES if f not in present]

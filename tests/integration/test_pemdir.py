@@ -150,6 +150,7 @@ def test_observing_some_certificates_reads_only_their_folders_and_keeps_the_cach
     web, api = issue(issuer), issuer.issue(IssueRequest("api", ("api.example.com",), "ecdsa-p256"))
     store.install("web", web, datetime.now(UTC))
     store.install("api", api, datetime.now(UTC))
+    (tmp_path / "pem" / pemdir.INDEX).unlink()  # versions installed by an earlier release: not indexed
     (tmp_path / "pem" / "other.pem").write_bytes(web.cert_pem)  # another tool's file
     full = PemDirectoryStore("pem", tmp_path / "pem", cache).observe()
     assert {c.managed_by for c in full.certs} == {"web", "api", None}
@@ -165,9 +166,10 @@ def test_observing_some_certificates_reads_only_their_folders_and_keeps_the_cach
 
 
 def _settle_index(pem: Path) -> Path:
-    """Give the index a modification time after every file it describes (as a later clock tick would)."""
+    """Give the index a modification time after every file, folder and link it describes (as a later clock
+    tick would)."""
     index = pem / pemdir.INDEX
-    latest = max(os.stat(p).st_ctime_ns for p in pem.rglob("*") if p.is_file())
+    latest = max(os.lstat(p).st_ctime_ns for p in [pem, *pem.rglob("*")] if p != index)
     os.utime(index, ns=(latest + 10_000_000, latest + 10_000_000))
     return index
 
@@ -206,6 +208,67 @@ def test_the_index_spares_reading_unchanged_versions(
     index.unlink()
     assert PemDirectoryStore("pem", pem).observe() == with_index  # the full read finds the same
     assert len(full_reads) == 2
+
+
+@pytest.fixture
+def full_probes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every certificate folder observe looks through link by link (rather than as the index recorded it)."""
+    probed: list[str] = []
+    real = pemdir._probe_entry_in_full
+
+    def recording(entry):
+        probed.append(entry.name)
+        return real(entry)
+
+    monkeypatch.setattr(pemdir, "_probe_entry_in_full", recording)
+    return probed
+
+
+def test_an_unchanged_certificate_folder_is_taken_from_the_index_and_finds_the_same(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str], full_probes: list[str]
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    _settle_index(pem)
+    full_reads.clear()
+    with_index = PemDirectoryStore("pem", pem).observe()
+    assert full_probes == [] and full_reads == []
+    assert next(c for c in with_index.certs if c.current).ref == f"web/{live.name}"
+    (pem / pemdir.INDEX).unlink()
+    assert PemDirectoryStore("pem", pem).observe() == with_index  # the full read finds the same
+    assert full_probes == ["web"]
+
+
+@pytest.mark.parametrize("change", ["link", "current", "version-added", "file-gone"])
+def test_any_change_in_a_certificate_folder_is_looked_at_in_full(
+    tmp_path: Path, issuer: LocalCAIssuer, full_probes: list[str], change: str
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    _settle_index(pem)
+    folder = pem / "web"
+    older = next(p for p in (folder / "versions").iterdir() if p != live)
+    if change == "link":  # a consumer's name pointed straight at a file
+        os.remove(folder / "privkey.pem")
+        os.symlink(live / "privkey.pem", folder / "privkey.pem")
+    elif change == "current":  # rolled back by hand
+        os.remove(folder / "current")
+        os.symlink(f"versions/{older.name}", folder / "current")
+    elif change == "version-added":
+        shutil.copytree(older, folder / "versions" / "20990101T000000Z-ABCDEF01")
+    else:
+        (live / "fullchain.pem").unlink()
+    observed = PemDirectoryStore("pem", pem).observe()
+    (pem / pemdir.INDEX).unlink()
+    assert observed == PemDirectoryStore("pem", pem).observe()  # what a full look finds, index or not
+    current = next(c for c in observed.certs if c.current)
+    if change == "link":
+        assert current.drift is not None and current.drift.startswith("privkey.pem points to")
+        assert full_probes == ["web", "web"]
+    elif change == "current":
+        assert current.ref == f"web/{older.name}" and current.drift is None
+    elif change == "version-added":
+        assert len(observed.certs) == 3
+    else:
+        assert current.drift == "the live version lacks fullchain.pem"
 
 
 def test_versions_the_index_describes_are_not_kept_again_in_the_cache(
@@ -272,7 +335,7 @@ def test_drift_is_still_seen_with_an_index(tmp_path: Path, issuer: LocalCAIssuer
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "wrong-shapes", "forged-identity", "group-writable", "symlink"],
+    ["garbage", "wrong-shapes", "forged-identity", "forged-folder", "group-writable", "symlink"],
 )
 def test_a_damaged_or_untrusted_index_is_ignored(
     tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str], damage: str
@@ -280,7 +343,8 @@ def test_a_damaged_or_untrusted_index_is_ignored(
     pem, live = _installed(tmp_path, issuer)
     index = _settle_index(pem)
     truth = PemDirectoryStore("pem", pem).observe()
-    entry = json.loads(index.read_text().splitlines()[-1])
+    lines = [json.loads(line) for line in index.read_text().splitlines()]
+    entry = next(e for e in reversed(lines) if "/" in e["k"])  # the live version's entry
     key = entry["k"]
     if damage == "garbage":
         index.write_bytes(b'\x00\xff not json\n{"k": 1}\n[1, 2]\n')
@@ -290,6 +354,14 @@ def test_a_damaged_or_untrusted_index_is_ignored(
     elif damage == "forged-identity":  # claims facts for files that are not those it describes
         forged = {**entry["v"], "c": [1, 2, 3, 4], "ok": True}
         index.write_text(json.dumps({"k": key, "v": forged}) + "\n")
+    elif damage == "forged-folder":  # claims an older live version for a folder it does not describe
+        folder = json.loads(index.read_text().splitlines()[-1])
+        assert folder["k"] == "web"
+        forged = {**folder["v"], "d": [1, 2, 3, 4], "cur": folder["v"]["names"][0]}
+        wrong = {**folder["v"], "cur": "20990101T000000Z-ABCDEF01"}  # not among its versions
+        index.write_text(
+            json.dumps({"k": "web", "v": forged}) + "\n" + json.dumps({"k": "api", "v": wrong}) + "\n"
+        )
     elif damage == "group-writable":
         os.chmod(index, 0o620)
     else:
@@ -311,12 +383,12 @@ def test_remove_drops_the_index_entry(tmp_path: Path, issuer: LocalCAIssuer) -> 
     store = PemDirectoryStore("pem", pem)
     old = next(c for c in store.observe().certs if not c.current)
     store.remove(old.ref)
-    keys = [json.loads(line)["k"] for line in (pem / pemdir.INDEX).read_text().splitlines()]
-    assert keys[-1] == f"web/versions/{old.ref.split('/')[1]}"
-    live_keys = {
-        json.loads(line)["k"]: json.loads(line)["v"] for line in (pem / pemdir.INDEX).read_text().splitlines()
-    }
-    assert live_keys[keys[-1]] is None and live_keys[f"web/versions/{live.name}"] is not None
+    entries = [json.loads(line) for line in (pem / pemdir.INDEX).read_text().splitlines()]
+    assert [e["k"] for e in entries[-2:]] == [f"web/versions/{old.ref.split('/')[1]}", "web"]
+    assert entries[-2]["v"] is None  # the version's entry is dropped
+    assert entries[-1]["v"]["names"] == [live.name]  # and the folder's lists what is left
+    live_keys = {e["k"]: e["v"] for e in entries}
+    assert live_keys[f"web/versions/{live.name}"] is not None
 
 
 def test_threads_that_copy_one_version_into_the_vault_at_once_never_fail(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,3 +78,27 @@ def test_wildcard_never_covers_two_labels(first: str, rest: list[str], extra: st
     assert domains.covers(f"*.{base}", f"{first}.{base}")
     assert not domains.covers(f"*.{base}", f"{extra}.{first}.{base}")
     assert not domains.covers(f"*.{base}", base)
+
+
+@given(
+    st.one_of(
+        st.text(alphabet="ab9-.*xnA\u00e9 \t", min_size=0, max_size=14),
+        st.builds(
+            lambda n, tail: "a" * n + "." + tail, st.integers(58, 70), st.text(alphabet="ab.-*", max_size=6)
+        ),
+    )
+)
+def test_the_quick_path_for_names_already_normal_agrees_with_the_full_rules(name: str) -> None:
+    def outcome() -> str:
+        try:
+            return domains.normalize(name)
+        except ValueError as exc:
+            return f"error: {exc}"
+
+    quick = outcome()
+    saved = domains._NORMAL
+    domains._NORMAL = re.compile("(?!)")  # never matches: every name takes the full rules
+    try:
+        assert outcome() == quick
+    finally:
+        domains._NORMAL = saved

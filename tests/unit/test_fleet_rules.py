@@ -12,6 +12,9 @@ import pytest
 from reconciler.app.loader import load
 from reconciler.core.fleet import (
     ISSUING_ELSEWHERE,
+    PATH_FIELDS,
+    _models_in,
+    _toward_paths,
     fleet_document,
     focused,
     issuing_elsewhere,
@@ -137,6 +140,34 @@ def test_node_placeholder_is_replaced_in_paths_only(desired_dir: Path) -> None:
     assert desired.stores["pem"].spec.pemDirectory is not None
     assert desired.stores["pem"].spec.pemDirectory.path.endswith("{node}")  # the loaded state is unchanged
     assert node_view(desired, "web02") == view  # the same every time
+
+
+def test_every_path_field_is_reached_from_the_kinds_and_nothing_else_is_walked() -> None:
+    from pydantic import BaseModel
+
+    from reconciler.core import spec as specs
+
+    reached: set[tuple[type[BaseModel], str]] = set()
+    todo: list[type[BaseModel]] = [
+        specs.SettingsSpec,
+        specs.IssuerSpec,
+        specs.StoreSpec,
+        specs.IisHostSpec,
+        specs.CertificateSpec,
+    ]
+    done: set[type[BaseModel]] = set()
+    while todo:
+        model = todo.pop()
+        if model in done:
+            continue
+        done.add(model)
+        for name in _toward_paths(model):
+            reached.add((model, name))
+            annotation = model.model_fields[name].annotation
+            todo.extend(_models_in(annotation))
+    assert reached >= PATH_FIELDS
+    assert "domains" not in _toward_paths(specs.CertificateSpec)
+    assert "key" not in _toward_paths(specs.CertificateSpec)
 
 
 def test_an_issuance_another_node_holds_is_a_note_and_what_depends_on_it_waits(desired_dir: Path) -> None:

@@ -61,6 +61,8 @@ class PemDirectoryStore:
         self._cache = JsonCache(cache_dir, JsonCache.name_for("pemdir", str(self.path.resolve())))
         self._index = KeyedLog(self.path / INDEX)
         self._indexed: dict[str, Cached] = {}
+        self._folders: dict[str, Folder] = {}  # certificate -> what install last recorded of its folder
+        self._version_dirs: dict[str, FileKey] = {}  # version folder -> its identity when indexed
         # one observation's use of the cache: (entries of folders not looked at, of those looked at) as read,
         # entries taken from it (raw) and versions read from disk
         self._cached: tuple[dict[str, object], dict[str, object]] | None = None
@@ -78,7 +80,7 @@ class PemDirectoryStore:
         return self._observed(frozenset(certificates))
 
     def _observed(self, only: frozenset[str] | None) -> StoreState:
-        self._indexed = self._load_index()
+        self._indexed, self._folders, self._version_dirs = self._load_index()
         self._cached = None  # read on the first version the index does not describe
         self._only = only
         self._read = {}
@@ -106,52 +108,100 @@ class PemDirectoryStore:
         entry = self._cached[1].get(folder)
         return _decode(entry) if entry is not None else None
 
-    def _load_index(self) -> dict[str, Cached]:
-        """The store's own index (written by install, keyed ``<certificate>/versions/<version>``), as full paths.
+    def _load_index(self) -> tuple[dict[str, Cached], dict[str, Folder], dict[str, FileKey]]:
+        """The store's own index, written by install: per version (keyed ``<certificate>/versions/<version>``,
+        returned by full path) its file identities, the version folder's and what a full read finds; per
+        certificate (keyed by its name) the identities of its folder and of ``versions``, the live version
+        and the versions then.
 
         Untrusted like a cache: it must be a regular file owned by the running user that no one else can
         write, every entry is type-checked as it is decoded, and an entry counts only while the identity of
-        each file it describes (inode, size, mtime, ctime) is unchanged. An entry whose files changed in the
-        same clock tick as the index's last write cannot be told apart from an unchanged one, so it is
-        re-read too ("racily clean", as git calls it)."""
+        each file or folder it describes (inode, size, mtime, ctime) is unchanged. A folder's identity
+        changes whenever a name in it is made, removed, renamed or replaced (a link cannot be rewritten in
+        place), so an unchanged folder still holds what install left. An entry whose files or folders
+        changed in the same clock tick as the index's last write cannot be told apart from an unchanged one,
+        so it is read in full too ("racily clean", as git calls it)."""
         path = self.path / INDEX
         try:
             st = os.lstat(path)
         except OSError:
-            return {}
+            return {}, {}, {}
         problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
         if problem is None and st.st_size > MAX_CACHE_BYTES:
             problem = f"larger than {MAX_CACHE_BYTES:,} bytes"
         if problem is not None:
             log.warning("store.index.ignored", path=str(path), reason=problem, note="every version is read")
-            return {}
+            return {}, {}, {}
         try:
             entries = self._index.read()
         except OSError as exc:
             log.warning(
                 "store.index.ignored", path=str(path), reason=exc.strerror, note="every version is read"
             )
-            return {}
-        out: dict[str, Cached] = {}
+            return {}, {}, {}
+        written = st.st_mtime_ns
+        versions: dict[str, Cached] = {}
+        folders: dict[str, Folder] = {}
+        version_dirs: dict[str, FileKey] = {}
         for key, entry in entries.items():
+            if "/" not in key:
+                folder = _decode_folder(entry)
+                if folder is not None and folder[0][3] < written and folder[1][3] < written:
+                    folders[key] = folder
+                continue
             cached = _decode(entry)
-            if cached is not None and all(k is None or k[3] < st.st_mtime_ns for k in cached[:3]):
-                out[f"{self.path}/{key}"] = cached
-        return out
+            if cached is not None and all(k is None or k[3] < written for k in cached[:3]):
+                versions[f"{self.path}/{key}"] = cached
+                dir_key = as_file_key(entry.get("f")) if isinstance(entry, dict) else None
+                if dir_key is not None and dir_key[3] < written:
+                    version_dirs[f"{self.path}/{key}"] = dir_key
+        return versions, folders, version_dirs
 
-    def _index_version(
-        self, certificate: str, version: Path, material: Material, meta: dict[str, object]
-    ) -> None:
-        """Record a version just written (its file identities and what a full read would find in it) in the
-        index, without waiting for the disk: the index only saves reading, and the switch that follows
-        settles it with the version."""
+    def _index_writable(self) -> bool:
+        """Whether the index may be appended to (never through a link or a file someone else can write)."""
         path = self.path / INDEX
         with contextlib.suppress(FileNotFoundError):
             st = os.lstat(path)
             problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
-            if problem is not None:  # never append through a link planted in the folder
+            if problem is not None:
                 log.warning("store.index.not_written", path=str(path), reason=problem)
-                return
+                return False
+        return True
+
+    def _index_set(self, key: str, entry: dict[str, object]) -> None:
+        """Append one index entry without waiting for the disk (the index only saves reading: the switch
+        that follows, or the next commit, settles it)."""
+        try:
+            self._index.set(key, entry, wait=False)
+        except OSError as exc:  # the version itself is installed
+            log.warning("store.index.not_written", path=str(self.path / INDEX), reason=str(exc))
+
+    def _index_folder(self, certificate: str, folder: Path) -> None:
+        """Record what a consumer of ``folder`` reads now: its identity and that of ``versions``, the live
+        version and the versions there. Only a folder whose links are all as install makes them is recorded
+        (one with drift stays read in full until install repairs it)."""
+        base = str(folder)
+        try:
+            link = os.readlink(base + "/current")
+            names = sorted(n for n in os.listdir(base + "/versions") if not n.startswith("."))
+            keys = file_key(os.lstat(base)), file_key(os.lstat(base + "/versions"))
+        except OSError:
+            return
+        current = os.path.basename(link)
+        if link != f"versions/{current}" or current not in names or _links_drift(base) is not None:
+            return
+        if self._index_writable():
+            self._index_set(
+                certificate, {"d": list(keys[0]), "v": list(keys[1]), "cur": current, "names": names}
+            )
+
+    def _index_version(
+        self, certificate: str, version: Path, material: Material, meta: dict[str, object]
+    ) -> None:
+        """Record a version just written (its file identities, its folder's, and what a full read would find
+        in it) in the index."""
+        if not self._index_writable():
+            return
         keys = _version_keys(str(version))
         if keys is None:
             return
@@ -159,11 +209,13 @@ class PemDirectoryStore:
             key_ok = pki.key_matches(material.cert_pem, material.key_pem)
         except (ValueError, TypeError):
             key_ok = False
-        entry = _encode((*keys, material.info, meta, key_ok))
         try:
-            self._index.set(f"{certificate}/versions/{version.name}", entry, wait=False)
-        except OSError as exc:  # the index only saves reading: the version itself is installed
-            log.warning("store.index.not_written", path=str(path), reason=str(exc))
+            folder_key = list(file_key(os.lstat(version)))
+        except OSError:
+            return
+        entry = _encode((*keys, material.info, meta, key_ok))
+        entry["f"] = folder_key
+        self._index_set(f"{certificate}/versions/{version.name}", entry)
 
     def _observe(self, only: frozenset[str] | None) -> StoreState:
         certs: list[StoredCert] = []
@@ -188,7 +240,7 @@ class PemDirectoryStore:
         managed: list[Listed] = []
         # Which entries are managed folders, their versions and links: a few stat/readlink calls per
         # certificate, issued from threads so that a cold disk serves them together.
-        for entry, (kind, listed, problem) in zip(entries, map_io(_probe_entry, entries), strict=True):
+        for entry, (kind, listed, problem) in zip(entries, map_io(self._probe_entry, entries), strict=True):
             if problem is not None:
                 problems.append(problem)
             if listed is not None:
@@ -212,13 +264,26 @@ class PemDirectoryStore:
             certs.extend(self._stored(folder, current, versions, read, drift))
         return StoreState(self.name, tuple(certs), tuple(problems))
 
+    def _probe_entry(self, entry: os.DirEntry[str]) -> tuple[str, Listed | None, str | None]:
+        """``_probe_entry_in_full``, spared for a certificate folder that, with its ``versions``, still has the
+        identity install recorded: its links, live version and versions are then as recorded."""
+        known = self._folders.get(entry.name)
+        if known is not None:
+            with contextlib.suppress(OSError):
+                if (
+                    file_key(os.lstat(entry.path)) == known[0]
+                    and file_key(os.lstat(entry.path + "/versions")) == known[1]
+                ):
+                    return "managed", (entry.path, known[2], list(known[3]), None), None
+        return _probe_entry_in_full(entry)
+
     def _read_all(self, folders: list[str], live: set[str], problems: list[str]) -> dict[str, Observed]:
         """Every version's certificate facts, metadata, whether its key is there and (live versions) the files
         it lacks. A version whose files still have the identities the store's index or the cache recorded is
         taken from there; the others are parsed (in worker processes when there are thousands)."""
         out: dict[str, Observed] = {}
         misses: list[tuple[str, tuple[str, ...]]] = []
-        probes = map_io(lambda f: _probe_version(f, f in live), folders)
+        probes = map_io(lambda f: _probe_version(f, f in live, self._version_dirs.get(f)), folders)
         for folder, (keys, missing) in zip(folders, probes, strict=True):
             if keys is not None:
                 hit = self._indexed.get(folder)
@@ -331,6 +396,7 @@ class PemDirectoryStore:
             certificate, target, material, meta
         )  # before the switch: the live version is indexed
         switch_links(folder, "current", f"versions/{version}", FILES, written=written)
+        self._index_folder(certificate, folder)
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
     def _find(self, folder: Path, thumbprint: str) -> Path | None:
@@ -361,6 +427,7 @@ class PemDirectoryStore:
             self._index.delete(f"{certificate}/versions/{version}")
         except OSError as exc:  # a left-over entry names a folder that is gone: it is never used
             log.warning("store.index.not_written", path=str(self.path / INDEX), reason=str(exc))
+        self._index_folder(certificate, folder)
 
     def read(self, ref: str) -> Material | None:
         certificate, _, version = ref.partition("/")
@@ -434,9 +501,11 @@ Cached = VersionRead
 Observed = tuple[CertInfo, dict[str, object], bool, tuple[str, ...]]
 # (store folder entry, live version, versions, what is wrong with its links)
 Listed = tuple[str, str | None, list[str], str | None]
+# what install recorded of a certificate's folder: (its identity, that of versions, live version, versions)
+Folder = tuple[FileKey, FileKey, str, tuple[str, ...]]
 
 
-def _probe_entry(entry: os.DirEntry[str]) -> tuple[str, Listed | None, str | None]:
+def _probe_entry_in_full(entry: os.DirEntry[str]) -> tuple[str, Listed | None, str | None]:
     """What a store folder entry is ("managed", "dir", "file"), with a managed folder's listing, or a problem."""
     try:
         if entry.is_dir(follow_symlinks=False) and os.path.isdir(os.path.join(entry.path, "versions")):
@@ -460,11 +529,19 @@ def _list_managed(folder: str) -> tuple[Listed | None, str | None]:
 
 
 def _probe_version(
-    folder: str, live: bool
+    folder: str, live: bool, indexed: FileKey | None = None
 ) -> tuple[tuple[FileKey, FileKey | None, FileKey | None] | None, tuple[str, ...]]:
-    """The identities of a version's cert.pem, meta.json and privkey.pem, and (live) which of FILES it lacks."""
+    """The identities of a version's cert.pem, meta.json and privkey.pem, and (live) which of FILES it lacks.
+    ``indexed``: the version folder's identity when it was indexed; while it is unchanged the folder still
+    holds the four files install wrote, and they are not looked up one by one."""
     keys = _version_keys(folder)
-    return keys, tuple(name for name in FILES if not os.path.isfile(f"{folder}/{name}")) if live else ()
+    if not live:
+        return keys, ()
+    if indexed is not None:
+        with contextlib.suppress(OSError):
+            if file_key(os.lstat(folder)) == indexed:
+                return keys, ()
+    return keys, tuple(name for name in FILES if not os.path.isfile(f"{folder}/{name}"))
 
 
 def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
@@ -525,6 +602,24 @@ def _encode(cached: Cached) -> dict[str, object]:
         "meta": meta,
         "ok": key_ok,
     }
+
+
+def _decode_folder(entry: object) -> Folder | None:
+    """A certificate folder's index entry, when it decodes to well-typed values (the live version among the
+    versions, every name a plain folder name); None otherwise."""
+    if not isinstance(entry, dict):
+        return None
+    folder, versions = as_file_key(entry.get("d")), as_file_key(entry.get("v"))
+    current, names = entry.get("cur"), entry.get("names")
+    if (
+        folder is None
+        or versions is None
+        or not isinstance(names, list)
+        or not all(isinstance(n, str) and n and "/" not in n and not n.startswith(".") for n in names)
+        or current not in names
+    ):
+        return None
+    return folder, versions, str(current), tuple(names)
 
 
 def _decode(entry: object) -> Cached | None:
