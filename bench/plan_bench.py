@@ -118,6 +118,7 @@ def generate(root: Path, n: int) -> None:
         }
         indexed.append(json.dumps({"k": name, "v": recorded}, separators=(",", ":")))
         meta = {
+            "dir": list(file_key(os.lstat(vault))),  # as the vault records it once the version is kept
             "info": info_to_json(info),
             "issuer_id": "localca:local",
             "issued_at": now.isoformat(),

@@ -10,9 +10,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from reconciler.adapters.issuers.acme.issuer import delegation_solver
 from reconciler.adapters.solvers import build_solver
-from reconciler.core.challenge_rules import Delegation, issued_challenges, solver_notes
+from reconciler.core.challenge_rules import Delegation, delegation_solver, issued_challenges, solver_notes
 from reconciler.core.model import DesiredState, ObservedState
 from reconciler.core.plan import Plan
 from reconciler.core.spec import Acme

@@ -443,14 +443,14 @@ def check_profiles(desired: DesiredState, state_dir: Path) -> None:
     """Raise InvalidDesiredState when an ACME Issuer asks for a profile that its CA's directory, as recorded
     in the state dir the last time it was fetched, does not list (file:line:col of ``profile``). Offline: a
     directory never fetched is checked by the plan."""
-    from reconciler.adapters.issuers.acme.issuer import cached_profiles
-    from reconciler.core.planner import profile_problem
-
     problems: list[Problem] = []
     for name, issuer in sorted(desired.issuers.items()):
         acme = issuer.spec.acme
         if acme is None or acme.profile is None:
             continue
+        from reconciler.adapters.issuers.acme.issuer import cached_profiles  # only when a profile is asked for
+        from reconciler.core.planner import profile_problem
+
         problem = profile_problem(name, acme.profile, cached_profiles(state_dir, name, acme.directoryUrl))
         if problem is not None:
             problems.append(Problem(issuer.source, ("spec", "acme", "profile"), problem))

@@ -275,3 +275,14 @@ def _describe(solver: object) -> str:
     if dns01.script is not None:
         return " (script)"
     return f" (rfc2136, zone {dns01.rfc2136.zone})" if dns01.rfc2136 is not None else ""
+
+
+def delegation_solver(spec: Acme, record: str) -> int | str:
+    """The index of the dns01 solver that writes a delegated ``record``, or why there is none."""
+    chosen = spec.solver_for(record)
+    if chosen is None:
+        return "no solver matches that name: add a dns01 solver whose domains cover it"
+    index = next(i for i, s in enumerate(spec.solvers) if s is chosen)
+    if chosen.dns01 is None:
+        return f"the solver that matches that name (solver {index}) is not a dns01 solver"
+    return index

@@ -34,8 +34,10 @@ def file_key(st: os.stat_result) -> FileKey:
 
 def as_file_key(value: Any) -> FileKey | None:
     """A FileKey read back from JSON, or None when it is not four integers."""
-    if isinstance(value, list) and len(value) == 4 and all(type(v) is int for v in value):
-        return value[0], value[1], value[2], value[3]
+    if type(value) is list and len(value) == 4:  # read for every file of a store's index: no generator
+        ino, size, mtime, ctime = value
+        if type(ino) is int and type(size) is int and type(mtime) is int and type(ctime) is int:
+            return ino, size, mtime, ctime
     return None
 
 

@@ -38,6 +38,7 @@ import structlog
 
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.ports import IssuanceGrant, Material
+from reconciler.state.cache import as_file_key, file_key
 from reconciler.state.records import (
     attempts_from_json,
     attempts_to_json,
@@ -318,6 +319,12 @@ class KeyedLog:
             self._refresh()
             return self._cache.get(key)
 
+    def written_ns(self) -> int | None:
+        """The modification time of the file as last read or written (None: there is none)."""
+        with self._lock:
+            self._refresh()
+            return self._seen[2] if self._seen is not None else None
+
     def read_decoded(self) -> dict[str, Any]:
         """Every live key with what ``check`` made of its value (the log's reader decodes each value once)."""
         with self._lock:
@@ -577,24 +584,39 @@ class StateDir:
         """Every issued version, from the index log (plain JSON lines; no other cache of it is kept).
         The newest version of each certificate says which of its vault files are gone (``lost``)."""
         index: dict[str, tuple[IssuedVersion, ...]] = self._vault_index.read_decoded()
-        # one listdir per certificate (from threads when the disk is cold: map_io)
-        marked = map_io(self._mark_lost, list(index.values()))
+        records, written = self._vault_index.read(), self._vault_index.written_ns()
+        # a stat or a listdir per certificate (from threads when the disk is cold: map_io)
+        marked = map_io(lambda name: self._mark_lost(index[name], records.get(name), written), list(index))
         return dict(zip(index, marked, strict=True))
 
     def issued_for(self, name: str) -> tuple[IssuedVersion, ...]:
-        return self._mark_lost(self._vault_index.get_decoded(name) or ())
+        versions = self._vault_index.get_decoded(name) or ()
+        return self._mark_lost(versions, self._vault_index.get(name), self._vault_index.written_ns())
 
     def issued_of(self, names: Collection[str]) -> dict[str, tuple[IssuedVersion, ...]]:
         """``issued()`` for ``names`` only (a pass woken for a few certificates)."""
         return {name: versions for name in sorted(names) if (versions := self.issued_for(name))}
 
-    def _mark_lost(self, versions: tuple[IssuedVersion, ...]) -> tuple[IssuedVersion, ...]:
-        """The newest version, marked with the vault files it lacks (a deleted key cannot be deployed)."""
+    def _mark_lost(
+        self, versions: tuple[IssuedVersion, ...], record: Any, written: int | None
+    ) -> tuple[IssuedVersion, ...]:
+        """The newest version, marked with the vault files it lacks (a deleted key cannot be deployed).
+
+        Its folder is listed, unless it still has the identity recorded in its index line when it was kept:
+        a folder's identity changes whenever a name in it is made, removed or renamed. As for a store's
+        index, an identity from the same clock tick as the index's last write proves nothing."""
         if not versions:
             return versions
         newest = versions[-1]
+        folder = f"{self._vault_folder}/{newest.certificate}/{newest.info.thumbprint}"
+        meta = record.get(newest.info.thumbprint) if isinstance(record, dict) else None
+        recorded = as_file_key(meta.get("dir")) if isinstance(meta, dict) else None
+        if recorded is not None and written is not None and recorded[3] < written:
+            with contextlib.suppress(OSError):
+                if file_key(os.lstat(folder)) == recorded:
+                    return versions
         try:
-            present = set(os.listdir(f"{self._vault_folder}/{newest.certificate}/{newest.info.thumbprint}"))
+            present = set(os.listdir(folder))
         except OSError:
             present = set()
         lost = [f for f in VAULT_FILES if f not in present]
@@ -639,7 +661,11 @@ class StateDir:
         meta = version_meta(
             material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note
         )
-        self.write_vault_files(name, material, meta)
+        folder = self.write_vault_files(name, material, meta)
+        with contextlib.suppress(
+            OSError
+        ):  # its identity now: while unchanged, it holds every file (``issued``)
+            meta = {**meta, "dir": list(file_key(os.lstat(folder)))}
         # the commit point: on disk before this returns, in the same group commit as other writers' files
         self._vault_index.update(name, _adding(material.info.thumbprint, meta), wait=False)
         durable.settle(self._vault_index.path)

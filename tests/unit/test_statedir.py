@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,49 @@ def test_a_link_switch_killed_midway_leaves_a_temporary_that_recovery_knows(
     assert len(made) == 1 and fsutil.WRITE_TEMP.match(made[0]), made
     assert os.readlink(tmp_path / "privkey.pem") == "current/privkey.pem"
     assert sorted(os.listdir(tmp_path)) == ["privkey.pem"]
+
+
+def _kept(tmp_path: Path) -> tuple[StateDir, Path]:
+    from datetime import UTC, datetime
+
+    from reconciler.adapters.issuers.localca import LocalCAIssuer
+    from reconciler.core.spec import LocalCA
+    from reconciler.ports import IssueRequest
+
+    state = StateDir(tmp_path / "state")
+    material = LocalCAIssuer("local", LocalCA(), tmp_path / "ca").issue(
+        IssueRequest("web", ("www.example.com",), "ecdsa-p256")
+    )
+    state.store_issued("web", material, "localca:local", ("www.example.com",), datetime.now(UTC), None)
+    index = state.vault / "index.jsonl"
+    later = os.lstat(state.vault / "web" / material.info.thumbprint).st_ctime_ns + 10_000_000
+    os.utime(index, ns=(later, later))  # the index written in a later clock tick than the folder
+    return state, state.vault / "web" / material.info.thumbprint
+
+
+def test_an_unchanged_vault_folder_is_not_listed_and_a_deleted_key_is_still_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, folder = _kept(tmp_path)
+    listed: list[str] = []
+    real = os.listdir
+    monkeypatch.setattr(statedir.os, "listdir", lambda p: listed.append(str(p)) or real(p))
+    assert StateDir(state.path).issued()["web"][-1].lost is None
+    assert listed == []  # its identity is as recorded: every file is still there
+    (folder / "key.pem").unlink()
+    assert StateDir(state.path).issued()["web"][-1].lost == "key.pem"
+    assert StateDir(state.path).issued_for("web")[-1].lost == "key.pem"
+    assert listed == [str(folder), str(folder)]
+
+
+def test_a_vault_folder_changed_in_the_index_clock_tick_is_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, folder = _kept(tmp_path)
+    ctime = os.lstat(folder).st_ctime_ns
+    os.utime(state.vault / "index.jsonl", ns=(ctime, ctime))  # racily clean: proves nothing
+    listed: list[str] = []
+    real = os.listdir
+    monkeypatch.setattr(statedir.os, "listdir", lambda p: listed.append(str(p)) or real(p))
+    assert StateDir(state.path).issued()["web"][-1].lost is None
+    assert listed == [str(folder)]

@@ -41,6 +41,7 @@ from reconciler.adapters.issuers.acme.order import Order
 from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.adapters.issuers.acme.transport import Connection, Network, Session, directory_entry, utc
 from reconciler.core import spec as specs
+from reconciler.core.challenge_rules import delegation_solver
 from reconciler.core.planner import profile_problem
 from reconciler.ports import (
     REVOCATION_REASONS,
@@ -471,17 +472,6 @@ class AcmeIssuer:
             net.close()
             raise retry.to_issue_error(exc, context) from None
         return Session(net, client, directory, key)
-
-
-def delegation_solver(spec: specs.Acme, record: str) -> int | str:
-    """The index of the dns01 solver that writes a delegated ``record``, or why there is none."""
-    chosen = spec.solver_for(record)
-    if chosen is None:
-        return "no solver matches that name: add a dns01 solver whose domains cover it"
-    index = next(i for i, s in enumerate(spec.solvers) if s is chosen)
-    if chosen.dns01 is None:
-        return f"the solver that matches that name (solver {index}) is not a dns01 solver"
-    return index
 
 
 DIRECTORY_RECORD = "directory.json"
