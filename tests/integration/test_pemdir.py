@@ -335,7 +335,18 @@ def test_drift_is_still_seen_with_an_index(tmp_path: Path, issuer: LocalCAIssuer
 
 @pytest.mark.parametrize(
     "damage",
-    ["garbage", "wrong-shapes", "forged-identity", "forged-folder", "group-writable", "symlink"],
+    [
+        "garbage",
+        "bad-file-key",
+        "bad-info",
+        "bad-ok",
+        "time-without-zone",
+        "sans-not-a-list",
+        "forged-identity",
+        "forged-folder",
+        "group-writable",
+        "symlink",
+    ],
 )
 def test_a_damaged_or_untrusted_index_is_ignored(
     tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str], damage: str
@@ -348,9 +359,16 @@ def test_a_damaged_or_untrusted_index_is_ignored(
     key = entry["k"]
     if damage == "garbage":
         index.write_bytes(b'\x00\xff not json\n{"k": 1}\n[1, 2]\n')
-    elif damage == "wrong-shapes":
-        bad = [{**entry["v"], "c": "x"}, {**entry["v"], "i": {"thumbprint": 5}}, {**entry["v"], "ok": "yes"}]
-        index.write_text("".join(json.dumps({"k": key, "v": v}) + "\n" for v in bad))
+    elif damage in ("bad-file-key", "bad-info", "bad-ok", "time-without-zone", "sans-not-a-list"):
+        info = entry["v"]["i"]
+        bad = {
+            "bad-file-key": {"c": "x"},
+            "bad-info": {"i": {**info, "thumbprint": 5}},
+            "bad-ok": {"ok": "yes"},
+            "time-without-zone": {"i": {**info, "not_after": "2099-01-01T00:00:00"}},
+            "sans-not-a-list": {"i": {**info, "sans": "www.example.com"}},
+        }[damage]
+        index.write_text(json.dumps({"k": key, "v": {**entry["v"], **bad}}) + "\n")
     elif damage == "forged-identity":  # claims facts for files that are not those it describes
         forged = {**entry["v"], "c": [1, 2, 3, 4], "ok": True}
         index.write_text(json.dumps({"k": key, "v": forged}) + "\n")
