@@ -1,3 +1,3 @@
-from reconciler.entry.cli import main
+from reconciler.entry.cli import run
 
-raise SystemExit(main())
+run()

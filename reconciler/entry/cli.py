@@ -4,13 +4,14 @@ completion | backend."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -85,6 +86,7 @@ def _observe(world: Any, now: datetime | None = None, *, locked: bool = False) -
 
 def cmd_validate(args: argparse.Namespace) -> int:
     desired = _load(args)
+    _keep(desired)
     print(
         f"Valid: {len(desired.certificates)} certificate(s), {len(desired.issuers)} issuer(s), "
         f"{len(desired.stores)} store(s), {len(desired.iis_hosts)} IIS host(s) in {desired.directory}."
@@ -138,6 +140,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from reconciler.core.planner import PROFILE_UNKNOWN
 
     plan = annotate(desired, observed, plan)
+    _keep(desired, world, observed, plan)
     if args.out or args.json:
         plan = with_fingerprints(plan, desired, observed)
     _emit(args, plan)
@@ -171,6 +174,7 @@ def cmd_apply(args: argparse.Namespace, forced: frozenset[str] = frozenset()) ->
 
             plan = annotate(desired, observed, make_plan(desired, observed, _now(), forced))
         out.lines(render.text_lines(plan))
+        _keep(desired, world, observed, plan)
         # This process ends after the apply: what it loaded (the desired state, the world) lives until then,
         # so the cyclic collector need not walk it again and again while thousands of actions run; it runs
         # again from here on (actions make garbage: responses, tracebacks), over what they make.
@@ -414,6 +418,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = _now()
     observed = _observe(world, now)
     plan = make_plan(desired, observed, now)
+    _keep(desired, world, observed, plan)
     out = _output(args)
     names = getattr(args, "names", None) or []
     unknown = [n for n in names if n not in desired.certificates]
@@ -915,8 +920,37 @@ def _log_level(args: argparse.Namespace) -> str:
     return "warning" if console else "info"
 
 
+# What a one-shot command built (the desired state, the observed world, the plan), kept by ``run`` until the
+# process ends: freeing millions of objects one by one only to exit took 0.15 s of a plan of 10,000.
+_KEPT: list[object] | None = None
+_ONE_SHOT = False  # the last command main() ran was not the daemon
+
+
+def _keep(*values: object) -> None:
+    if _KEPT is not None:
+        _KEPT.extend(values)
+
+
+def run() -> NoReturn:
+    """The ``certctl`` program: ``main``, then, after a one-shot command, the end of the process without
+    tearing down what it built. Every file it wrote is closed and every state line written (an apply
+    flushes the state dir before it returns); stdout and stderr are flushed here. The daemon, and a
+    command that exits through SystemExit (usage errors, --help), end the usual way."""
+    global _KEPT
+    _KEPT = []
+    code = main()
+    if not _ONE_SHOT:
+        raise SystemExit(code)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe (``| head``): as main treats it
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _ONE_SHOT
     args = parser().parse_args(_join_dash_values(list(sys.argv[1:] if argv is None else argv)))
+    _ONE_SHOT = args.fn is not cmd_daemon
     collecting = gc.isenabled()
     if args.fn is not cmd_daemon:
         # A one-shot command builds what it reads (documents, records, a store's versions: millions of small

@@ -341,3 +341,28 @@ def test_help_runs_for_every_command() -> None:
             cwd=ROOT,
         )
         assert result.returncode == 0 and "e.g." in result.stdout, (command, result.stderr)
+
+
+def test_the_program_ends_without_teardown_yet_keeps_its_output_and_exit_codes(ws: Workspace) -> None:
+    """``certctl`` (``run``) ends a one-shot command with os._exit: its output must still be complete,
+    through a pipe too, with the command's exit code; in-process callers of main() keep nothing."""
+    from reconciler.entry import cli
+
+    ws.base()
+    for i in range(5):
+        ws.certificate(f"c{i:02d}", [f"c{i:02d}.example.com"])
+    env = {**os.environ, "CERTCTL_NO_CACHE": "1"}
+    command = [sys.executable, "-m", "reconciler", "plan", "-d", str(ws.desired)]
+    result = subprocess.run(
+        [*command, "--json", "--detailed-exitcode"], capture_output=True, env=env, cwd=ROOT
+    )
+    assert result.returncode == 2, result.stderr  # changes pending
+    plan = json.loads(result.stdout)  # all of it arrived, and it parses
+    assert len([a for a in plan["actions"] if a["kind"] == "issue"]) == 5
+    head = subprocess.run(
+        f"{' '.join(command)} | head -n 1", shell=True, capture_output=True, env=env, cwd=ROOT, text=True
+    )
+    assert head.stdout.startswith("certificate c00") and "Traceback" not in head.stderr
+    assert subprocess.run([*command, "--bogus"], capture_output=True, cwd=ROOT).returncode == 2  # usage error
+    assert cli.main(["validate", "-d", str(ws.desired)]) == 0
+    assert cli._KEPT is None  # only run() keeps what a command built
