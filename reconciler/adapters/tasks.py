@@ -5,17 +5,24 @@ from __future__ import annotations
 import os
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
 from reconciler.ports import Material
-from reconciler.support import pki, procs
+from reconciler.support import procs
 from reconciler.support.fs import UnsafePath, atomic_write, discard, safe_folder, switch_links, write_folder
+from reconciler.support.lazy import LazyModule
 from reconciler.support.secrets import SecretError, resolve
 
 log = structlog.get_logger()
+
+if TYPE_CHECKING:
+    from reconciler.support import pki
+else:  # cryptography takes 70 ms to import; a plan of unchanged certificates never reads one
+    pki = LazyModule("reconciler.support.pki")
 
 
 class TaskError(Exception):

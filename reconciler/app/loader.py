@@ -448,7 +448,8 @@ def check_profiles(desired: DesiredState, state_dir: Path) -> None:
         acme = issuer.spec.acme
         if acme is None or acme.profile is None:
             continue
-        from reconciler.adapters.issuers.acme.issuer import cached_profiles  # only when a profile is asked for
+        # the ACME client is imported only when a profile is asked for
+        from reconciler.adapters.issuers.acme.issuer import cached_profiles
         from reconciler.core.planner import profile_problem
 
         problem = profile_problem(name, acme.profile, cached_profiles(state_dir, name, acme.directoryUrl))

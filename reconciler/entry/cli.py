@@ -24,7 +24,6 @@ from reconciler.core.model import DesiredState
 from reconciler.core.plan import Plan, action_from_json
 from reconciler.core.planner import desired_fingerprint, with_fingerprints
 from reconciler.core.planner import plan as make_plan
-from reconciler.core.status import status_document, status_rows
 from reconciler.entry.console import Output, interactive
 from reconciler.ports import StateBackend
 from reconciler.state.statedir import LockBusy, StateDir
@@ -427,6 +426,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"no Certificate named {', '.join(repr(n) for n in unknown)} "
             f"(known: {', '.join(sorted(desired.certificates)) or 'none'})"
         )
+    from reconciler.core.status import status_document, status_rows
+
     rows = [r for r in status_rows(desired, observed, now, plan) if not names or r.name in names]
     if getattr(args, "check", False):
         from reconciler.core.describe import check

@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -47,7 +47,7 @@ from reconciler.state.records import (
     revocation_from_json,
     revocation_to_json,
 )
-from reconciler.support import durable, pki
+from reconciler.support import durable
 from reconciler.support.fs import (
     UnsafePath,
     acquire,
@@ -58,12 +58,18 @@ from reconciler.support.fs import (
     write_folder,
     write_path_problem,
 )
+from reconciler.support.lazy import LazyModule
 from reconciler.support.parallel import locked, map_io, stepped_out
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 RECENT_MATERIAL = 256  # versions just stored, kept for the installs that follow them
 VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
 log = structlog.get_logger()
+
+if TYPE_CHECKING:
+    from reconciler.support import pki
+else:  # cryptography takes 70 ms to import; a plan of unchanged certificates never reads one
+    pki = LazyModule("reconciler.support.pki")
 
 
 class LockBusy(Exception):

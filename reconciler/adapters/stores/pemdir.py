@@ -22,6 +22,7 @@ import stat
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -37,7 +38,6 @@ from reconciler.state.cache import (
 )
 from reconciler.state.records import info_from_json, info_to_json
 from reconciler.state.statedir import KeyedLog
-from reconciler.support import pki
 from reconciler.support.fs import (
     contained,
     discard,
@@ -45,11 +45,17 @@ from reconciler.support.fs import (
     switch_links,
     write_folder,
 )
+from reconciler.support.lazy import LazyModule
 from reconciler.support.parallel import map_batch, map_io
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
 INDEX = ".certctl-index.jsonl"
 log = structlog.get_logger()
+
+if TYPE_CHECKING:
+    from reconciler.support import pki
+else:  # cryptography takes 70 ms to import; a plan of unchanged certificates never reads one
+    pki = LazyModule("reconciler.support.pki")
 
 
 class PemDirectoryStore:
