@@ -668,10 +668,12 @@ class StateDir:
             material, issuer_id, domains, at, replaced, issuer=issuer, issuer_note=issuer_note
         )
         folder = self.write_vault_files(name, material, meta)
-        with contextlib.suppress(
-            OSError
-        ):  # its identity now: while unchanged, it holds every file (``issued``)
-            meta = {**meta, "dir": list(file_key(os.lstat(folder)))}
+        with contextlib.suppress(OSError):
+            # its identity, then that it holds every file: while the identity is unchanged, it still does
+            # (``issued``); a change after the lstat makes the recorded identity stale, never wrong
+            identity = file_key(os.lstat(folder))
+            if set(VAULT_FILES) <= set(os.listdir(folder)):
+                meta = {**meta, "dir": list(identity)}
         # the commit point: on disk before this returns, in the same group commit as other writers' files
         self._vault_index.update(name, _adding(material.info.thumbprint, meta), wait=False)
         durable.settle(self._vault_index.path)

@@ -281,7 +281,9 @@ def test_versions_the_index_describes_are_not_kept_again_in_the_cache(
     cached = json.loads(next(cache.iterdir()).read_text())["entries"]
     assert len(cached) == 2 and len(full_reads) == 2
     store = PemDirectoryStore("pem", pem, cache)
-    store.install("web", store.read(f"web/{live.name}"), datetime(2026, 2, 1, tzinfo=UTC))  # re-indexed
+    material = store.read(f"web/{live.name}")
+    assert material is not None
+    store.install("web", material, datetime(2026, 2, 1, tzinfo=UTC))  # re-indexed
     _settle_index(pem)
     full_reads.clear()
     assert PemDirectoryStore("pem", pem, cache).observe() == truth
@@ -361,14 +363,14 @@ def test_a_damaged_or_untrusted_index_is_ignored(
         index.write_bytes(b'\x00\xff not json\n{"k": 1}\n[1, 2]\n')
     elif damage in ("bad-file-key", "bad-info", "bad-ok", "time-without-zone", "sans-not-a-list"):
         info = entry["v"]["i"]
-        bad = {
+        shapes: dict[str, dict[str, object]] = {
             "bad-file-key": {"c": "x"},
             "bad-info": {"i": {**info, "thumbprint": 5}},
             "bad-ok": {"ok": "yes"},
             "time-without-zone": {"i": {**info, "not_after": "2099-01-01T00:00:00"}},
             "sans-not-a-list": {"i": {**info, "sans": "www.example.com"}},
-        }[damage]
-        index.write_text(json.dumps({"k": key, "v": {**entry["v"], **bad}}) + "\n")
+        }
+        index.write_text(json.dumps({"k": key, "v": {**entry["v"], **shapes[damage]}}) + "\n")
     elif damage == "forged-identity":  # claims facts for files that are not those it describes
         forged = {**entry["v"], "c": [1, 2, 3, 4], "ok": True}
         index.write_text(json.dumps({"k": key, "v": forged}) + "\n")

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,7 @@ print(json.dumps({"code": code, "imported": [m for m in mods if m in sys.modules
 """
 
 
-def _plan(desired: Path) -> dict:
+def _plan(desired: Path) -> dict[str, Any]:
     result = subprocess.run(
         [sys.executable, "-c", PLAN, str(desired)], capture_output=True, text=True, cwd=ROOT, check=True
     )
@@ -50,4 +51,4 @@ def test_the_x509_code_is_imported_when_a_store_holds_a_file_to_read(tmp_path: P
     (tmp_path / "pem" / "other.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64\n")
     found = _plan(desired)
     assert found["code"] == 0 and "reconciler.support.pki" in found["imported"]
-    assert callable(pemdir.pki.info_from_pem)
+    assert callable(vars(pemdir)["pki"].info_from_pem)

@@ -125,13 +125,23 @@ def _kept(tmp_path: Path) -> tuple[StateDir, Path]:
     return state, state.vault / "web" / material.info.thumbprint
 
 
+def _recording_listdir(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    listed: list[str] = []
+    real = os.listdir
+
+    def recording(path: str) -> list[str]:
+        listed.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", recording)
+    return listed
+
+
 def test_an_unchanged_vault_folder_is_not_listed_and_a_deleted_key_is_still_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state, folder = _kept(tmp_path)
-    listed: list[str] = []
-    real = os.listdir
-    monkeypatch.setattr(statedir.os, "listdir", lambda p: listed.append(str(p)) or real(p))
+    listed = _recording_listdir(monkeypatch)
     assert StateDir(state.path).issued()["web"][-1].lost is None
     assert listed == []  # its identity is as recorded: every file is still there
     (folder / "key.pem").unlink()
@@ -146,8 +156,6 @@ def test_a_vault_folder_changed_in_the_index_clock_tick_is_listed(
     state, folder = _kept(tmp_path)
     ctime = os.lstat(folder).st_ctime_ns
     os.utime(state.vault / "index.jsonl", ns=(ctime, ctime))  # racily clean: proves nothing
-    listed: list[str] = []
-    real = os.listdir
-    monkeypatch.setattr(statedir.os, "listdir", lambda p: listed.append(str(p)) or real(p))
+    listed = _recording_listdir(monkeypatch)
     assert StateDir(state.path).issued()["web"][-1].lost is None
     assert listed == [str(folder)]

@@ -187,10 +187,10 @@ class PemDirectoryStore:
         version and the versions there. Only a folder whose links are all as install makes them is recorded
         (one with drift stays read in full until install repairs it)."""
         base = str(folder)
-        try:
+        try:  # identities first: a change after them makes them stale, never what is recorded with them
+            keys = file_key(os.lstat(base)), file_key(os.lstat(base + "/versions"))
             link = os.readlink(base + "/current")
             names = sorted(n for n in os.listdir(base + "/versions") if not n.startswith("."))
-            keys = file_key(os.lstat(base)), file_key(os.lstat(base + "/versions"))
         except OSError:
             return
         current = os.path.basename(link)
@@ -208,17 +208,19 @@ class PemDirectoryStore:
         in it) in the index."""
         if not self._index_writable():
             return
+        try:  # the folder's identity first, then that it holds every file (a change after it makes it stale)
+            folder_key: list[int] | None = list(file_key(os.lstat(version)))
+        except OSError:
+            return
         keys = _version_keys(str(version))
         if keys is None:
             return
+        if any(not os.path.isfile(f"{version}/{name}") for name in FILES):
+            folder_key = None
         try:
             key_ok = pki.key_matches(material.cert_pem, material.key_pem)
         except (ValueError, TypeError):
             key_ok = False
-        try:
-            folder_key = list(file_key(os.lstat(version)))
-        except OSError:
-            return
         entry = _encode((*keys, material.info, meta, key_ok))
         entry["f"] = folder_key
         self._index_set(f"{certificate}/versions/{version.name}", entry)
