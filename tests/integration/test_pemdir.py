@@ -271,6 +271,15 @@ def test_any_change_in_a_certificate_folder_is_looked_at_in_full(
         assert current.drift == "the live version lacks fullchain.pem"
 
 
+@pytest.mark.parametrize("bad", ["../escape", "a\x00b", ".hidden", "", 5, None])
+def test_a_folder_entry_naming_anything_but_plain_versions_is_refused(bad: object) -> None:
+    entry = {"d": [1, 2, 3, 4], "v": [1, 2, 3, 4], "cur": "v1", "names": ["v1"]}
+    assert pemdir._decode_folder(entry) is not None  # well formed
+    assert pemdir._decode_folder({**entry, "names": ["v1", bad]}) is None
+    assert pemdir._decode_folder({**entry, "names": "v1"}) is None  # not a list
+    assert pemdir._decode_folder({**entry, "cur": "v2"}) is None  # the live version not among them
+
+
 def test_versions_the_index_describes_are_not_kept_again_in_the_cache(
     tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
 ) -> None:

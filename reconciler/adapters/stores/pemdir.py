@@ -611,7 +611,7 @@ def _encode(cached: Cached) -> dict[str, object]:
 
 def _decode_folder(entry: object) -> Folder | None:
     """A certificate folder's index entry, when it decodes to well-typed values (the live version among the
-    versions, every name a plain folder name); None otherwise."""
+    versions, every name a plain folder name: no separator, no NUL, no leading dot); None otherwise."""
     if not isinstance(entry, dict):
         return None
     folder, versions = as_file_key(entry.get("d")), as_file_key(entry.get("v"))
@@ -620,7 +620,10 @@ def _decode_folder(entry: object) -> Folder | None:
         folder is None
         or versions is None
         or not isinstance(names, list)
-        or not all(isinstance(n, str) and n and "/" not in n and not n.startswith(".") for n in names)
+        or not all(
+            isinstance(n, str) and n and "/" not in n and "\x00" not in n and not n.startswith(".")
+            for n in names
+        )
         or current not in names
     ):
         return None
