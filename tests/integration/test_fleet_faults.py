@@ -3,6 +3,7 @@ BIND with a slow record creation), and PostgreSQL stopped for 30 s under three r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -27,6 +28,8 @@ import dns.name, dns.query, dns.tsigkeyring, dns.update
 action, name, value = sys.argv[1], os.environ["CERTCTL_DNS_NAME"], os.environ["CERTCTL_DNS_VALUE"]
 with open("{calls}", "a") as fh:
     fh.write(f"{{action}} {{name}} {{value}}\\n")
+with open("{calls}.pids", "a") as fh:  # the test ends the dying node's call with it
+    fh.write(f"{{os.getpid()}}\\n")
 if action == "add":
     time.sleep(float(open("{slow}").read()))
 update = dns.update.UpdateMessage("{zone}", keyring=dns.tsigkeyring.from_text({{"{key_name}": "{secret}"}}),
@@ -118,6 +121,9 @@ def test_a_node_killed_mid_order_loses_its_lease_and_another_completes_the_order
     assert fleet.query("SELECT node FROM certctl_leases WHERE certificate = 'shop'") == [("web01",)]
     assert fleet.query("SELECT count(*) FROM certctl_records WHERE lease IS NOT NULL") == [(1,)]
     os.killpg(doomed.pid, signal.SIGKILL)  # the node and its slow DNS call, as a machine that dies
+    for pid in (tmp_path / "calls.pids").read_text().split():  # the call runs in a session of its own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
     doomed.wait(timeout=30)
 
     watching = json.loads(fleet.certctl("web03", "plan", "--json").stdout)
