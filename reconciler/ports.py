@@ -78,6 +78,12 @@ class IssueError(Exception):
 class IssuerBackend(Protocol):
     """Where certificates come from (local CA, ACME)."""
 
+    @property
+    def runs_locally(self) -> bool:
+        """True when issuing needs only this machine's CPU and disk (a local CA), never the network: the
+        executor then runs it in its lane, one at a time on the CPU (``ActionRunner.runs_locally``)."""
+        ...
+
     def identity(self) -> str:
         """A stable id of the CA this issuer talks to; a certificate from another identity is reissued."""
         ...
@@ -142,6 +148,11 @@ class Store(Protocol):
     """Where certificates live."""
 
     name: str
+
+    @property
+    def runs_locally(self) -> bool:
+        """True when installing only writes files of this machine (no remote host to wait for)."""
+        ...
 
     def observe(self) -> StoreState: ...
 
@@ -322,6 +333,12 @@ class StateBackend(Protocol):
     (journal, lock, deployment and binding records, caches)."""
 
     path: Path  # the node-local state dir
+
+    @property
+    def runs_locally(self) -> bool:
+        """True when every record is a file of this machine; False when actions may wait on a shared
+        database and its leases (a fleet), so that none of them runs in the executor's lane."""
+        ...
 
     @property
     def vault(self) -> Path: ...

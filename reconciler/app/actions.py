@@ -86,19 +86,20 @@ class ActionRunner:
         into a store of files, with the state in files of this machine): such actions gain nothing from
         running at once in threads of one process. Anything that may wait on the network (a CA, a fleet's
         database and its leases) is not local work."""
-        if not getattr(self.world.state, "runs_locally", False):
+        if not self.world.state.runs_locally:
             return False
         detail = action.detail
         if action.kind in ISSUANCE:
             return self._issued_locally(action.certificate)
         if isinstance(detail, InstallDetail):
-            return bool(getattr(self.world.stores.get(detail.store), "runs_locally", False))
+            store = self.world.stores.get(detail.store)
+            return store is not None and store.runs_locally
         return False
 
     def _issued_locally(self, name: str) -> bool:
         """Whether every Issuer of the certificate is a local CA (no network)."""
         spec = self.world.desired.certificates[name].spec
-        return all(getattr(self.world.issuers.get(n), "runs_locally", False) for n in spec.issuers)
+        return all(n in self.world.issuers and self.world.issuers[n].runs_locally for n in spec.issuers)
 
     # --- actions ------------------------------------------------------------------------------------------
 
@@ -159,9 +160,7 @@ class ActionRunner:
         ):
             key_pem = state.material(name, current.info.thumbprint).key_pem
         now = self.clock.now()
-        if not self._issued_locally(
-            name
-        ):  # an order can take minutes: `status` shows the attempt while it runs
+        if not self._issued_locally(name):  # an order can take minutes: `status` shows it while it runs
             state.update_attempts(name, wait=False, last_attempt=now)  # durable with the outcome
         outages: list[tuple[str, IssueError]] = []
         names = [n for n in spec.issuers if n in self.world.issuers]

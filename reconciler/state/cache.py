@@ -32,6 +32,15 @@ def file_key(st: os.stat_result) -> FileKey:
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+def unchanged(path: str, recorded: FileKey) -> bool:
+    """Whether ``path`` (a link itself, not followed) still has the identity ``recorded``. For a folder, that
+    means no name in it was made, removed, renamed or replaced since (a link cannot be rewritten in place)."""
+    try:
+        return file_key(os.lstat(path)) == recorded
+    except OSError:
+        return False
+
+
 def as_file_key(value: Any) -> FileKey | None:
     """A FileKey read back from JSON, or None when it is not four integers."""
     if type(value) is list and len(value) == 4:  # read for every file of a store's index: no generator

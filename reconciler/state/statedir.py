@@ -38,7 +38,7 @@ import structlog
 
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.ports import IssuanceGrant, Material
-from reconciler.state.cache import as_file_key, file_key
+from reconciler.state.cache import as_file_key, file_key, unchanged
 from reconciler.state.records import (
     attempts_from_json,
     attempts_to_json,
@@ -617,10 +617,13 @@ class StateDir:
         folder = f"{self._vault_folder}/{newest.certificate}/{newest.info.thumbprint}"
         meta = record.get(newest.info.thumbprint) if isinstance(record, dict) else None
         recorded = as_file_key(meta.get("dir")) if isinstance(meta, dict) else None
-        if recorded is not None and written is not None and recorded[3] < written:
-            with contextlib.suppress(OSError):
-                if file_key(os.lstat(folder)) == recorded:
-                    return versions
+        if (
+            recorded is not None
+            and written is not None
+            and recorded[3] < written
+            and unchanged(folder, recorded)
+        ):
+            return versions
         try:
             present = set(os.listdir(folder))
         except OSError:

@@ -67,6 +67,8 @@ spec: {issuer: ca, domains: [new.example.com]}
 class FakeAri:
     """An ACME issuer's renewalInfo: answers from ``reply`` (a window, None, or an exception to raise)."""
 
+    runs_locally = False
+
     def __init__(self) -> None:
         self.reply: RenewalWindow | Exception | None = RenewalWindow(
             NOW + timedelta(days=10), NOW + timedelta(days=11), retry_after=NOW + timedelta(hours=3)

@@ -494,6 +494,8 @@ def emulated_path(root: Path, physical_path: str) -> Path:
 class EmulatedStore:
     """A Windows certificate store of an emulated host (Store Protocol). ``ref`` is the thumbprint."""
 
+    runs_locally = False  # it stands for a Windows machine's store, reached over the network
+
     def __init__(self, host: EmulatedHost, store_name: str, *, name: str | None = None) -> None:
         self.host = host
         self.store_name = store_name

@@ -372,6 +372,8 @@ class WindowsStore:
     """``Cert:\\LocalMachine\\<store>`` of a WindowsHost (Store Protocol). Keys are imported non-exportable, so
     :meth:`read` gives no material back."""
 
+    runs_locally = False  # a Windows machine's store, through PowerShell
+
     def __init__(self, host: WindowsHost, store_name: str, *, name: str | None = None) -> None:
         self.host = host
         self.store_name = store_name

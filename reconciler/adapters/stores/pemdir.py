@@ -34,6 +34,7 @@ from reconciler.state.cache import (
     JsonCache,
     as_file_key,
     file_key,
+    unchanged,
     untrusted_owner,
 )
 from reconciler.state.records import info_from_json, info_to_json
@@ -276,13 +277,12 @@ class PemDirectoryStore:
         """``_probe_entry_in_full``, spared for a certificate folder that, with its ``versions``, still has the
         identity install recorded: its links, live version and versions are then as recorded."""
         known = self._folders.get(entry.name)
-        if known is not None:
-            with contextlib.suppress(OSError):
-                if (
-                    file_key(os.lstat(entry.path)) == known[0]
-                    and file_key(os.lstat(entry.path + "/versions")) == known[1]
-                ):
-                    return "managed", (entry.path, known[2], list(known[3]), None), None
+        if (
+            known is not None
+            and unchanged(entry.path, known[0])
+            and unchanged(entry.path + "/versions", known[1])
+        ):
+            return "managed", (entry.path, known[2], list(known[3]), None), None
         return _probe_entry_in_full(entry)
 
     def _read_all(self, folders: list[str], live: set[str], problems: list[str]) -> dict[str, Observed]:
@@ -545,10 +545,8 @@ def _probe_version(
     keys = _version_keys(folder)
     if not live:
         return keys, ()
-    if indexed is not None:
-        with contextlib.suppress(OSError):
-            if file_key(os.lstat(folder)) == indexed:
-                return keys, ()
+    if indexed is not None and unchanged(folder, indexed):
+        return keys, ()
     return keys, tuple(name for name in FILES if not os.path.isfile(f"{folder}/{name}"))
 
 
