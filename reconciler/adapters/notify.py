@@ -20,7 +20,6 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
-import structlog
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from reconciler import __version__
@@ -29,9 +28,10 @@ from reconciler.core.notify_rules import RECOVERED, Notice, decide, record_sent
 from reconciler.core.spec import IMPLICIT_TLS_PORT, WEBHOOK_URL, Email, Notify, SecretRef, Webhook
 from reconciler.core.status import StatusRow
 from reconciler.support.fs import atomic_write
+from reconciler.support.logging import get_logger
 from reconciler.support.secrets import resolve
 
-log = structlog.get_logger()
+log = get_logger()
 
 STATE_FILE = "notify.json"
 

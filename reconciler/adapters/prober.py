@@ -6,13 +6,13 @@ import errno
 import socket
 import ssl
 
-import structlog
 from cryptography import x509
 
 from reconciler.core.model import CertInfo
 from reconciler.support import pki
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class ProbeError(Exception):

@@ -7,17 +7,16 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
-
 from reconciler.core.model import TaskState
 from reconciler.core.spec import CertificateSpec, Command, Task
 from reconciler.ports import Material
 from reconciler.support import procs
 from reconciler.support.fs import UnsafePath, atomic_write, discard, safe_folder, switch_links, write_folder
 from reconciler.support.lazy import LazyModule
+from reconciler.support.logging import get_logger
 from reconciler.support.secrets import SecretError, resolve
 
-log = structlog.get_logger()
+log = get_logger()
 
 if TYPE_CHECKING:
     from reconciler.support import pki

@@ -8,8 +8,6 @@ import errno
 import threading
 from datetime import datetime
 
-import structlog
-
 from reconciler.adapters import tasks as task_adapter
 from reconciler.app.world import World
 from reconciler.core.plan import (
@@ -26,10 +24,11 @@ from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_id, spec_digest
 from reconciler.core.schedules import backoff
 from reconciler.ports import BindingChange, Clock, IssueError, IssueRequest, LeaseLost, Material
+from reconciler.support.logging import get_logger
 from reconciler.support.parallel import locked
 from reconciler.support.secrets import env_names
 
-log = structlog.get_logger()
+log = get_logger()
 
 LOCAL_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})  # no backoff: nothing the CA did
 LEASE_LOST_RETRIES = (

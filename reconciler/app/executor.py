@@ -17,8 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from reconciler.app.actions import ActionRunner
 from reconciler.app.verify import verify
 from reconciler.app.world import World
@@ -29,9 +27,10 @@ from reconciler.core.plan import (
 )
 from reconciler.ports import Clock
 from reconciler.support.clock import SYSTEM
+from reconciler.support.logging import get_logger
 from reconciler.support.parallel import Lane
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 @contextlib.contextmanager

@@ -7,16 +7,15 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-import structlog
-
 from reconciler.app.world import World
 from reconciler.core.fleet import ISSUING_ELSEWHERE, fleet_document, merged_report, node_report
 from reconciler.core.model import ObservedState
 from reconciler.core.plan import Plan
 from reconciler.ports import BackendUnavailable, StateBackend
 from reconciler.state.statedir import StateDir, version_meta
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 WAIT_POLL = 0.25
 

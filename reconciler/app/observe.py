@@ -5,13 +5,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
-import structlog
-
 from reconciler.adapters import tasks as task_adapter
 from reconciler.app.world import World
 from reconciler.core.model import EndpointState, HostState, ObservedState, StoreState
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def observe(world: World, *, probe: bool = True, only: frozenset[str] | None = None) -> ObservedState:

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-import structlog
-
 from reconciler.app.executor import ApplyResult, Executor, Outcome
 from reconciler.app.fleet import report_pass
 from reconciler.app.observe import observe, observe_current
@@ -28,8 +26,9 @@ from reconciler.core.plan import Plan, without_cleanup
 from reconciler.core.planner import desired_fingerprint
 from reconciler.core.planner import plan as make_plan
 from reconciler.ports import Clock
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def sync_accounts(world: World) -> None:

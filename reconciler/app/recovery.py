@@ -21,13 +21,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from reconciler.app.executor import recover_challenges
 from reconciler.ports import StateBackend
 from reconciler.support.fs import WRITE_TEMP, remove_temporaries
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 OWN_TEMP = re.compile(r"^\..+\.(tmp|removing)$")  # certctl's own folders: any of its temporary names
 LOGS = ("vault/index.jsonl", "attempts.jsonl", "deployments.jsonl", "bindings.jsonl", "journal.jsonl")

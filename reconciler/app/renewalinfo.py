@@ -21,16 +21,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from reconciler.app.world import World
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_of
 from reconciler.core.schedules import next_renewal_info_fetch
 from reconciler.ports import RenewalWindow
 from reconciler.state.statedir import LockBusy
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 WORKERS = 8
 LOCK_WAIT = 2.0  # seconds a plan waits for the state dir's lock to store what it fetched

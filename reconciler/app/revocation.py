@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import structlog
-
 from reconciler.app.errors import UsageError
 from reconciler.app.world import World
 from reconciler.core.model import IssuedVersion, Revocation
 from reconciler.core.planner import current_version
 from reconciler.core.policies import issuer_of
 from reconciler.ports import REVOCATION_REASONS, Material, Revoker
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def _issuer(world: World, name: str, current: IssuedVersion) -> tuple[str, Revoker]:

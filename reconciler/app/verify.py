@@ -7,12 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-import structlog
-
 from reconciler.app.world import World
 from reconciler.core.planner import current_version
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 VERIFY_SETTLE = 5.0  # seconds a verify endpoint may take to serve the new certificate after a reload
 

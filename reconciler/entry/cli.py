@@ -13,8 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-import structlog
-
 from reconciler import __version__
 from reconciler.app.errors import UsageError
 from reconciler.app.loader import InvalidDesiredState, load
@@ -28,9 +26,9 @@ from reconciler.entry.console import Output, interactive
 from reconciler.ports import StateBackend
 from reconciler.state.statedir import LockBusy, StateDir
 from reconciler.support.clock import SYSTEM
-from reconciler.support.logging import configure
+from reconciler.support.logging import configure, get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
 

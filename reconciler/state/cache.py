@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import platformdirs
-import structlog
 
 from reconciler import __version__
 from reconciler.support.fs import atomic_write
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 FileKey = tuple[int, int, int, int]
 MAX_CACHE_BYTES = 256 << 20

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import structlog
 from psycopg.types.json import Jsonb
 
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
@@ -40,9 +39,10 @@ from reconciler.ports import BackendUnavailable, IssuanceGrant, IssueError, Leas
 from reconciler.state.records import attempts_from_json, attempts_to_json, revocation_to_json
 from reconciler.state.statedir import StateDir, version_meta
 from reconciler.support import pki
+from reconciler.support.logging import get_logger
 from reconciler.support.sealing import KeyProblem, Sealer
 
-log = structlog.get_logger()
+log = get_logger()
 
 CHANNEL = "certctl_fleet"
 ISSUANCE_WAIT = 1800.0  # seconds an issuance waits for another node's live lease before giving up (transient)

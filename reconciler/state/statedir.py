@@ -34,8 +34,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.ports import IssuanceGrant, Material
 from reconciler.state.cache import as_file_key, file_key, unchanged
@@ -59,12 +57,13 @@ from reconciler.support.fs import (
     write_path_problem,
 )
 from reconciler.support.lazy import LazyModule
+from reconciler.support.logging import get_logger
 from reconciler.support.parallel import locked, map_io, stepped_out
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 RECENT_MATERIAL = 256  # versions just stored, kept for the installs that follow them
 VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
-log = structlog.get_logger()
+log = get_logger()
 
 if TYPE_CHECKING:
     from reconciler.support import pki

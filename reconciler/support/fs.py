@@ -13,11 +13,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import structlog
-
 from reconciler.support import durable
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 WRITE_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # the temporary files of atomic_write
 

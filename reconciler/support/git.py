@@ -10,11 +10,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
+from reconciler.support.logging import get_logger
 from reconciler.support.procs import run_command
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,7 +36,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
@@ -57,9 +56,10 @@ from reconciler.support.fs import (
     fsync_dir,
     remove_temporaries,
 )
+from reconciler.support.logging import get_logger
 from reconciler.support.pki import cert_info, from_pfx, info_from_pem, key_matches, split_pem_chain, to_pfx
 
-log = structlog.get_logger()
+log = get_logger()
 
 SERVER_FILE = "server.json"
 CERTSTORE_DIR = "certstore"

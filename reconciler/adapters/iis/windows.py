@@ -35,7 +35,6 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
-import structlog
 from cryptography import x509
 
 from reconciler.adapters.iis.appconfig import expand_variables, make_binding
@@ -50,9 +49,10 @@ from reconciler.adapters.iis.httpsys import (
 )
 from reconciler.core.model import CertInfo, HostState, Site, SiteState, StoredCert, StoreState
 from reconciler.ports import BindingChange, Material
+from reconciler.support.logging import get_logger
 from reconciler.support.pki import cert_info, info_from_pem, to_pfx
 
-log = structlog.get_logger()
+log = get_logger()
 
 Runner = Callable[[str, Mapping[str, str]], str]
 BEGIN, END = "<<<CERTCTL-JSON", "CERTCTL-JSON>>>"

@@ -18,7 +18,6 @@ import dns.rdatatype
 import dns.tsig
 import dns.tsigkeyring
 import dns.update
-import structlog
 
 from reconciler.adapters.solvers.dnscheck import (
     QUERY_TIMEOUT,
@@ -33,9 +32,10 @@ from reconciler.adapters.solvers.dnscheck import (
 )
 from reconciler.core.spec import DNS01, Rfc2136
 from reconciler.ports import ChallengeTask, SolverError
+from reconciler.support.logging import get_logger
 from reconciler.support.secrets import SecretError, resolve
 
-log = structlog.get_logger()
+log = get_logger()
 
 _ALGORITHMS = {
     "hmac-sha256": dns.tsig.HMAC_SHA256,

@@ -22,11 +22,11 @@ import dns.nameserver
 import dns.query
 import dns.rdatatype
 import dns.resolver
-import structlog
 
 from reconciler.ports import ChallengeTask, SolverError
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 QUERY_TIMEOUT = 3.0
 LOOKUP_LIFETIME = 8.0  # seconds for one recursive question, all resolvers and retries included

@@ -11,13 +11,12 @@ from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import structlog
-
 from reconciler.core.spec import HTTP01
 from reconciler.ports import ChallengeTask, SolverError
 from reconciler.support.fs import atomic_write, write_path_problem
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 

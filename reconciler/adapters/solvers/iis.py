@@ -14,14 +14,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-import structlog
-
 from reconciler.adapters.solvers.http01 import WebrootHttp01
 from reconciler.core.challenge_rules import iis_problem, iis_site_for
 from reconciler.core.spec import HTTP01
 from reconciler.ports import ChallengeTask, SiteFolders, SolverError
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 WEB_CONFIG_NAME = "web.config"
 WEB_CONFIG = b"""<?xml version="1.0" encoding="UTF-8"?>

@@ -18,15 +18,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
-import structlog
 
 from reconciler.adapters.solvers.records import RecordSolver
 from reconciler.core.challenge_rules import ProviderInfo
 from reconciler.core.spec import DnsProvider
 from reconciler.ports import SolverError
+from reconciler.support.logging import get_logger
 from reconciler.support.secrets import SecretError, resolve
 
-log = structlog.get_logger()
+log = get_logger()
 
 CALL_TIMEOUT = 60.0  # seconds for one record operation against a provider's API, retries included
 RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import dns.name
-import structlog
 
 from reconciler.adapters.solvers.dnscheck import (
     Lookup,
@@ -27,8 +26,9 @@ from reconciler.adapters.solvers.dnscheck import (
 )
 from reconciler.core.spec import DNS01, DnsRecordCheck
 from reconciler.ports import ChallengeTask, SolverError
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 PARALLEL = 8
 _NAME_LOCKS: dict[str, threading.Lock] = {}

@@ -24,8 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import structlog
-
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
 from reconciler.ports import Material
 from reconciler.state.cache import (
@@ -47,11 +45,12 @@ from reconciler.support.fs import (
     write_folder,
 )
 from reconciler.support.lazy import LazyModule
+from reconciler.support.logging import get_logger
 from reconciler.support.parallel import map_batch, map_io
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
 INDEX = ".certctl-index.jsonl"
-log = structlog.get_logger()
+log = get_logger()
 
 if TYPE_CHECKING:
     from reconciler.support import pki

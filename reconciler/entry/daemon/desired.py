@@ -8,16 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from reconciler.app.loader import InvalidDesiredState, load
 from reconciler.core.durations import iso
 from reconciler.core.model import DesiredState
 from reconciler.core.planner import desired_fingerprint
 from reconciler.entry.daemon.metrics import Metrics
 from reconciler.ports import Clock
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class DesiredInForce:

@@ -13,8 +13,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from reconciler.app.executor import Executor, Outcome
 from reconciler.app.reconcile import reconcile_once
 from reconciler.app.world import World
@@ -31,11 +29,13 @@ from reconciler.entry.daemon.signals import SignalRelay
 from reconciler.entry.daemon.watch import watch
 from reconciler.ports import BackendUnavailable, Clock, StateBackend
 from reconciler.state.statedir import LockBusy
+from reconciler.support import logging
 from reconciler.support.clock import SYSTEM
 from reconciler.support.fs import acquire
+from reconciler.support.logging import get_logger
 from reconciler.wiring import node_name
 
-log = structlog.get_logger()
+log = get_logger()
 
 EXIT_OK, EXIT_ERROR = 0, 1
 LOCK_WAIT = 5.0  # seconds a pass waits for a `certctl apply` that holds the apply lock
@@ -245,7 +245,7 @@ class Daemon:
     def reconcile(self, reasons: set[str], maintenance: bool) -> None:
         self.passes += 1
         started = time.monotonic()
-        structlog.contextvars.bind_contextvars(reconcile=self.passes)
+        logging.loaded().contextvars.bind_contextvars(reconcile=self.passes)
         focus = focus_of(reasons) if self.rows is not None and not maintenance else None
         names = sorted(r[len(FLEET_VERSION) :] for r in reasons if r.startswith(FLEET_VERSION))
         reasons = {("fleet" if r.startswith(FLEET_VERSION) else r) for r in reasons}
@@ -294,7 +294,7 @@ class Daemon:
             self.backend_failures = 0
             self._finish(started, ok=True, failed=failed)
         finally:
-            structlog.contextvars.unbind_contextvars("reconcile")
+            logging.loaded().contextvars.unbind_contextvars("reconcile")
 
     def _finish(self, started: float, ok: bool, error: str | None = None, failed: int = 0) -> None:
         seconds = time.monotonic() - started

@@ -15,13 +15,13 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler.core.status import READY_CONDITIONS, StatusRow, ready_condition
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 DEFAULT_ADDRESS = "127.0.0.1:9464"
 

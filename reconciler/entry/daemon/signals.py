@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import structlog
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class SignalRelay:

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import structlog
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 DEBOUNCE_MS, STEP_MS = 400, 50  # group changes for at most 400 ms; a change is final after 50 ms of quiet
 

@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
 from acme import errors as acme_errors
 from acme import messages
 from acme.client import ClientV2
@@ -30,9 +29,10 @@ from reconciler.core import spec as specs
 from reconciler.ports import Blobs, IssueError
 from reconciler.state.statedir import FileBlobs
 from reconciler.support import pki
+from reconciler.support.logging import get_logger
 from reconciler.support.secrets import SecretError, resolve
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 @dataclass(frozen=True)

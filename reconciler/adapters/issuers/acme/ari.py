@@ -17,13 +17,13 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-import structlog
 from cryptography import x509
 
 from reconciler.core.model import CertInfo
 from reconciler.state.statedir import KeyedLog
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 def b64url(data: bytes) -> str:

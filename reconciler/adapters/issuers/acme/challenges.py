@@ -12,13 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from reconciler.core import spec as specs
 from reconciler.ports import ChallengeTask, RecordLog, SolverFactory
 from reconciler.state.statedir import KeyedLog
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 
 class ChallengeJournal:

@@ -21,7 +21,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
-import structlog
 from acme import errors as acme_errors
 from acme import jws as acme_jws
 from acme import messages
@@ -60,8 +59,9 @@ from reconciler.ports import (
 )
 from reconciler.support import pki
 from reconciler.support.fs import atomic_write, read_regular
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 DIRECTORY_TTL = 60.0  # seconds a fetched directory is reused
 ARI_TIMEOUT = 10.0  # seconds per renewalInfo request: advice, asked before every plan, must not hold it up

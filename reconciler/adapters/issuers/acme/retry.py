@@ -21,14 +21,14 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import requests
-import structlog
 import tenacity
 from acme import errors as acme_errors
 from acme import messages
 
 from reconciler.ports import IssueError
+from reconciler.support.logging import get_logger
 
-log = structlog.get_logger()
+log = get_logger()
 
 T = TypeVar("T")
 
