@@ -8,6 +8,7 @@ every key and item stands.
 from __future__ import annotations
 
 import difflib
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -27,7 +28,7 @@ from reconciler.state.cache import JsonCache, as_file_key, file_key
 from reconciler.support import yamlfast
 from reconciler.support.fs import NotRegular, read_regular
 from reconciler.support.git import revision as git_revision
-from reconciler.support.parallel import map_batch
+from reconciler.support.parallel import iter_batch
 
 MAX_FILE_BYTES = 16 << 20  # one spec file; 10,000 certificates in a single file take about 3 MB
 
@@ -71,7 +72,6 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
             [Diagnostic(str(directory), 1, 1, "", "the desired-state directory does not exist")]
         )
     docs: list[_Doc] = []
-    file_docs: dict[str, list[_Doc]] = {}
     keys: dict[str, Any] = {}
     to_parse: list[tuple[str, str]] = []
     results: list[tuple[str, list[tuple[int, Any]] | Diagnostic]] = []
@@ -102,19 +102,16 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
             from_cache.add(display)
         else:
             to_parse.append((str(path), display))
-    results.extend(map_batch(_parse_files, to_parse, threshold=500))
-    for display, result in results:
+    problems: list[Problem] = []
+    parsed: list[tuple[str, Named[Any]]] = []
+    # each file's documents are validated as soon as they are parsed, while workers parse the next files
+    parsing = iter_batch(_parse_files, to_parse, threshold=500, preload=("reconciler.support.yamlfast",))
+    for display, result in itertools.chain(results, parsing):
         if isinstance(result, Diagnostic):
             diagnostics.append(result)
             continue
-        these = file_docs.setdefault(display, [])
-        for index, data in result:
-            docs.append(_Doc(Source(display, index), data))
-            these.append(docs[-1])
-
-    problems: list[Problem] = []
-    parsed: list[tuple[str, Named[Any]]] = []
-    for display, these in file_docs.items():
+        these = [_Doc(Source(display, index), data) for index, data in result]
+        docs.extend(these)
         before = len(problems)
         parsed.extend(p for p in (_validate_document(doc, problems) for doc in these) if p is not None)
         if (

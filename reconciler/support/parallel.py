@@ -19,7 +19,8 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 THRESHOLD = 2000  # items below which a batch runs in-process
-_PRELOAD = ["reconciler.support.yamlfast", "reconciler.support.pki", "reconciler.adapters.stores.pemdir"]
+# what the workers import before the first batch: the YAML parser and the certificate reader
+PRELOAD = ("reconciler.support.yamlfast", "reconciler.support.pki", "reconciler.adapters.stores.pemdir")
 
 
 def workers() -> int:
@@ -35,16 +36,33 @@ def map_batch(
 
     ``fn`` must be a module-level function taking a chunk and returning one result per item.
     """
+    return list(iter_batch(fn, items, threshold))
+
+
+def iter_batch(
+    fn: Callable[[Sequence[T]], list[R]],
+    items: Sequence[T],
+    threshold: int = THRESHOLD,
+    preload: Sequence[str] = PRELOAD,
+) -> Iterator[R]:
+    """``map_batch``, giving each result as soon as its chunk (and every chunk before it) is done: the caller
+    works on the first results while the workers still work on the rest.
+
+    ``preload``: modules the workers' forkserver imports once, when this process first starts it (the
+    first call decides; a module ``fn`` needs that is not in it is imported by each worker).
+    """
     count = workers()
     threshold = int(os.environ.get("CERTCTL_PARALLEL_MIN", threshold))  # tests force the pool with 1
     if len(items) < max(1, threshold) or count < 2 or os.environ.get("CERTCTL_NO_PARALLEL"):
-        return fn(items)
+        yield from fn(items)
+        return
     size = -(-len(items) // (count * 4))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(_PRELOAD)
+    context.set_forkserver_preload(list(preload))
     with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
-        return [r for part in pool.map(fn, chunks) for r in part]
+        for part in pool.map(fn, chunks):
+            yield from part
 
 
 def at_once(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None = None) -> list[R]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -59,3 +60,37 @@ def test_pool_reports_yaml_errors_with_positions(ws: Workspace, monkeypatch: pyt
         load(ws.desired, revision=False)
     [diag] = info.value.diagnostics
     assert Path(diag.file).name == "c3.yaml" and diag.line == 3 and "YAML syntax error" in diag.message
+
+
+def _last_waits_for_marker(chunk: Sequence[tuple[int, str]]) -> list[tuple[int, bool]]:
+    """Each item back with whether the marker file was there; the chunk holding item 0 waits for it."""
+    import os
+    import time
+
+    out = []
+    for item, marker in chunk:
+        if item == 0:
+            deadline = time.monotonic() + 30
+            while not os.path.exists(marker) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        out.append((item, os.path.exists(marker)))
+    return out
+
+
+def test_iter_batch_gives_the_first_results_while_workers_work_on_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from reconciler.support.parallel import iter_batch, workers
+
+    if workers() < 2:
+        pytest.fail("this test needs two processors to run a pool")
+    monkeypatch.setenv("CERTCTL_PARALLEL_MIN", "1")
+    marker = str(tmp_path / "first-result-taken")
+    # item 0 comes last, so its chunk is the last one: it finishes only once the marker is there
+    items = [(i, marker) for i in range(40, -1, -1)]
+    results = iter_batch(_last_waits_for_marker, items, preload=())
+    first = next(results)
+    Path(marker).touch()  # only a caller holding a result before every chunk is done gets here in time
+    rest = list(results)
+    assert [first, *rest][-1] == (0, True)
+    assert [i for i, _ in [first, *rest]] == list(range(40, -1, -1))
