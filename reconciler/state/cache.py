@@ -13,6 +13,9 @@ import hashlib
 import json
 import os
 import stat
+import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,7 @@ import platformdirs
 from reconciler import __version__
 from reconciler.support.fs import atomic_write
 from reconciler.support.logging import get_logger
+from reconciler.support.parallel import stepped_out
 
 log = get_logger()
 
@@ -39,6 +43,60 @@ def unchanged(path: str, recorded: FileKey) -> bool:
         return file_key(os.lstat(path)) == recorded
     except OSError:
         return False
+
+
+# The clock file systems stamp changes with: the kernel's coarse wall clock (a change is stamped with it,
+# or with a finer reading, never an earlier one). Elsewhere the wall clock.
+_CHANGE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5 if sys.platform.startswith("linux") else None)
+TICK_WAIT = 0.05  # seconds ``tick_passed`` waits at most
+
+
+def change_clock_ns() -> int:
+    """Now, as the clock that stamps file changes reads it."""
+    return time.clock_gettime_ns(_CHANGE_CLOCK) if _CHANGE_CLOCK is not None else time.time_ns()
+
+
+def _granularity(ctime_ns: int) -> int:
+    """The finest step a file system stamping this change time can have (1 ns for ext4, 10 ms for FAT)."""
+    step = 1
+    while step < 1_000_000_000 and ctime_ns % (step * 10) == 0:
+        step *= 10
+    return step
+
+
+def settled(keys: Iterable[FileKey | None], since_ns: int) -> bool:
+    """Were the files or folders with these identities last changed before ``since_ns`` (a ``change_clock_ns``
+    reading), in an earlier step of their file system's clock? Then any change from ``since_ns`` on gets a
+    later change time, and what was read of them after ``since_ns`` may be recorded with these identities.
+    A change in the same step could keep the identity unchanged ("racily clean", as git calls it)."""
+    for key in keys:
+        if key is not None and (
+            key[3] + _granularity(key[3]) > since_ns or _granularity(key[3]) >= 1_000_000_000
+        ):
+            return False
+    return True
+
+
+def tick_passed(keys: Iterable[FileKey | None]) -> bool:
+    """Wait, outside the calling thread's lane, until ``settled(keys, now)``: identities taken before this and
+    contents read after it can be recorded together. False, at once or after ``TICK_WAIT``, when that does
+    not come soon: a change time ahead of this machine's clock (a network file system's server) or a file
+    system that keeps whole seconds only (a change in the same second would look like none)."""
+    keys = list(keys)
+    deadline = time.monotonic() + TICK_WAIT
+    while True:
+        now = change_clock_ns()
+        if settled(keys, now):
+            return True
+        latest = max(k[3] + _granularity(k[3]) for k in keys if k is not None)
+        if (
+            latest - now > TICK_WAIT * 1e9
+            or time.monotonic() >= deadline
+            or any(k is not None and _granularity(k[3]) >= 1_000_000_000 for k in keys)
+        ):
+            return False
+        with stepped_out():
+            time.sleep(min(TICK_WAIT, (latest - now) / 1e9) + 0.0005)
 
 
 def as_file_key(value: Any) -> FileKey | None:

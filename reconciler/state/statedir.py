@@ -21,6 +21,7 @@ a warning naming the file and line, and the rest of the file is read as usual.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -36,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.core.model import Attempts, IssuedVersion, Issuing, Revocation
 from reconciler.ports import IssuanceGrant, Material
-from reconciler.state.cache import as_file_key, file_key, unchanged
+from reconciler.state.cache import as_file_key, file_key, tick_passed, unchanged
 from reconciler.state.records import (
     attempts_from_json,
     attempts_to_json,
@@ -176,16 +177,20 @@ def write_line(path: Path, line: bytes) -> PendingAppend:
     on reading) never swallows this one. A failed write is cut back off, so the file keeps exactly what
     it held; the error names the file.
     """
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, flags, 0o600)
         except FileNotFoundError:  # the first line of a log: make its folder (not tried before every line)
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(path, flags, 0o600)
     except OSError as exc:
-        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
+        reason = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+        raise OSError(exc.errno, f"cannot write {path}: {reason}") from None
     try:
         st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # never through a link, never into a pipe or a device
+            raise OSError(errno.EINVAL, f"cannot write {path}: not a regular file")
         with _DURABILITY_LOCK:
             state = _DURABILITY.get((st.st_dev, st.st_ino))
             if state is None:
@@ -221,23 +226,36 @@ def append_line(path: Path, line: bytes) -> None:
     write_line(path, line).commit()
 
 
-def read_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_records(
+    path: Path, trust: Callable[[os.stat_result], str | None] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for every JSON object line of ``path``; a damaged line (torn, garbage,
-    not UTF-8, not an object) is skipped with a warning naming the file and line."""
+    not UTF-8, not an object, nested past the parser's depth) is skipped with a warning naming the file
+    and line. The file is opened without following a link and without waiting on a pipe, and must be a
+    regular file; ``trust``, given the opened file's status, names a reason not to read it at all (checked
+    on what was opened, so a file swapped in after an earlier look is judged, not the one looked at)."""
     try:
-        with open(path, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):  # a device would never end
-                damaged(path, 0, "not a regular file; not read")
-                return
-            data = fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return
+    except OSError as exc:
+        damaged(
+            path, 0, "a symbolic link; not read" if exc.errno == errno.ELOOP else f"not read: {exc.strerror}"
+        )
+        return
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else trust(st) if trust else None
+        if problem is not None:  # a device or a pipe would never end
+            damaged(path, 0, f"{problem}; not read")
+            return
+        data = fh.read()
     for number, raw in enumerate(data.split(b"\n"), 1):
         if not raw.strip():
             continue
         try:
             entry = json.loads(raw)
-        except ValueError as exc:  # UnicodeDecodeError included
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included
             damaged(path, number, f"not a JSON line ({exc.__class__.__name__})")
             continue
         if not isinstance(entry, dict):
@@ -296,8 +314,14 @@ class KeyedLog:
     mid-append, garbage, the wrong shape) is skipped with a warning: the key keeps its previous value.
     """
 
-    def __init__(self, path: Path, check: Callable[[str, Any], object] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        check: Callable[[str, Any], object] | None = None,
+        trust: Callable[[os.stat_result], str | None] | None = None,
+    ) -> None:
         self.path = path
+        self._trust = trust  # a reason not to read the file, given its status (``read_records``)
         self._check = (
             check  # raises (KeyError, TypeError, ValueError, AttributeError) on a value of the wrong shape
         )
@@ -354,7 +378,7 @@ class KeyedLog:
             return
         self._cache, self._decoded, self._lines = {}, {}, 0
         if seen is not None:
-            for number, entry in read_records(self.path):
+            for number, entry in read_records(self.path, self._trust):
                 key, value = entry.get("k"), entry.get("v")
                 if not isinstance(key, str) or "v" not in entry:
                     damaged(self.path, number, "not a {k, v} record")
@@ -671,10 +695,11 @@ class StateDir:
         )
         folder = self.write_vault_files(name, material, meta)
         with contextlib.suppress(OSError):
-            # its identity, then that it holds every file: while the identity is unchanged, it still does
-            # (``issued``); a change after the lstat makes the recorded identity stale, never wrong
+            # its identity, then (once the clock that stamps changes has moved past it) that it holds every
+            # file: while the identity is unchanged, it still does (``issued``); a change after the lstat
+            # makes the recorded identity stale, never wrong
             identity = file_key(os.lstat(folder))
-            if set(VAULT_FILES) <= set(os.listdir(folder)):
+            if tick_passed([identity]) and set(VAULT_FILES) <= set(os.listdir(folder)):
                 meta = {**meta, "dir": list(identity)}
         # the commit point: on disk before this returns, in the same group commit as other writers' files
         self._vault_index.update(name, _adding(material.info.thumbprint, meta), wait=False)

@@ -10,6 +10,7 @@ import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +19,7 @@ from reconciler.adapters.stores import pemdir
 from reconciler.adapters.stores.pemdir import PemDirectoryStore
 from reconciler.core.spec import LocalCA
 from reconciler.ports import IssueRequest
+from reconciler.state import cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -441,3 +443,206 @@ def test_threads_that_copy_one_version_into_the_vault_at_once_never_fail(
     (folder,) = folders
     assert (folder / "key.pem").read_bytes() == material.key_pem
     assert (folder / "cert.pem").read_bytes() == material.cert_pem
+
+
+# --- what the index records is what the disk holds: found by review, each tried here -------------------------
+
+
+def _live(state):
+    return next(c for c in state.certs if c.current)
+
+
+def _without_index(pem: Path):
+    """The same folders observed in full, as if the store had no index."""
+    index = pem / pemdir.INDEX
+    saved = index.read_bytes()
+    index.unlink()
+    try:
+        return PemDirectoryStore("pem", pem).observe()
+    finally:
+        index.write_bytes(saved)
+        os.chmod(index, 0o600)
+
+
+@pytest.mark.parametrize("which", ["privkey.pem", "cert.pem"])
+@pytest.mark.parametrize("when", ["before its identity is taken", "after its identity is taken"])
+def test_a_file_replaced_while_install_indexes_it_is_never_recorded_with_the_old_facts(
+    tmp_path: Path, issuer: LocalCAIssuer, monkeypatch: pytest.MonkeyPatch, which: str, when: str
+) -> None:
+    pem = tmp_path / "pem"
+    good, other = issue(issuer), issue(issuer)
+
+    def replace(folder: str) -> None:
+        data = other.key_pem if which == "privkey.pem" else other.cert_pem
+        Path(folder, ".new").write_bytes(data)
+        os.replace(Path(folder, ".new"), Path(folder, which))
+
+    real_keys, real_tick = pemdir._version_keys, cache.tick_passed
+
+    def keys_after_a_replace(folder: str) -> Any:
+        replace(folder)
+        return real_keys(folder)
+
+    def tick_after_a_replace(keys: Any) -> bool:
+        replace(str(pem / "web" / "current"))
+        return real_tick(keys)
+
+    if when == "before its identity is taken":
+        monkeypatch.setattr(pemdir, "_version_keys", keys_after_a_replace)
+    else:
+        monkeypatch.setattr(pemdir, "tick_passed", tick_after_a_replace)
+    PemDirectoryStore("pem", pem).install("web", good, datetime(2026, 1, 1, tzinfo=UTC))
+    monkeypatch.undo()
+    _settle_index(pem)
+    fast, full = _live(PemDirectoryStore("pem", pem).observe()), _live(_without_index(pem))
+    assert (fast.info.thumbprint, fast.has_key, fast.drift) == (
+        full.info.thumbprint,
+        full.has_key,
+        full.drift,
+    )
+    assert full.drift == "the live version's privkey.pem does not match its cert.pem"
+
+
+def test_an_edit_in_the_same_second_on_a_file_system_keeping_seconds_is_never_trusted(
+    tmp_path: Path, issuer: LocalCAIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Change times of whole seconds (FAT, HFS+, small ext4 inodes): a change later in the same second keeps
+    a file's identity, so install records no identities at all there, even after later index writes."""
+
+    def coarse(real):
+        def whole_seconds(path, *args, **kwargs):
+            st = real(path, *args, **kwargs)
+            cut = [st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns]
+            cut = [ns // 10**9 * 10**9 for ns in cut]
+            return os.stat_result(
+                tuple(st[:10]), {"st_atime_ns": cut[0], "st_mtime_ns": cut[1], "st_ctime_ns": cut[2]}
+            )
+
+        return whole_seconds
+
+    monkeypatch.setattr(os, "stat", coarse(os.stat))
+    monkeypatch.setattr(os, "lstat", coarse(os.lstat))
+    pem = tmp_path / "pem"
+    good, other = issue(issuer), issue(issuer)
+    assert len(good.key_pem) == len(other.key_pem)
+    PemDirectoryStore("pem", pem).install("web", good, datetime(2026, 1, 1, tzinfo=UTC))
+    with open(pem / "web" / "current" / "privkey.pem", "r+b") as fh:  # in place: same inode, same size
+        fh.write(other.key_pem)
+    PemDirectoryStore("pem", pem).install("api", other, datetime(2026, 1, 1, tzinfo=UTC))  # a later write
+    assert not any(k.startswith("web") for k in PemDirectoryStore("pem", pem)._index.read())
+    found = _live(PemDirectoryStore("pem", pem).observe_for({"web"}))
+    assert found.drift == "the live version's privkey.pem does not match its cert.pem"
+
+
+def test_a_version_file_that_is_a_link_keeps_its_folder_read_in_full(
+    tmp_path: Path, issuer: LocalCAIssuer
+) -> None:
+    pem = tmp_path / "pem"
+    material = issue(issuer)
+    store = PemDirectoryStore("pem", pem)
+    store.install("web", material, datetime(2026, 1, 1, tzinfo=UTC))
+    live = (pem / "web" / "current").resolve()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.replace(live / "fullchain.pem", shared / "fullchain.pem")
+    os.symlink(shared / "fullchain.pem", live / "fullchain.pem")  # kept elsewhere, by hand
+    os.remove(pem / "web" / "privkey.pem")  # drift install repairs, reusing the version
+    store.install("web", material, datetime(2026, 1, 1, tzinfo=UTC))
+    (shared / "fullchain.pem").unlink()  # what a web server reads is gone; the folder did not change
+    _settle_index(pem)
+    assert _live(PemDirectoryStore("pem", pem).observe()).drift == "the live version lacks fullchain.pem"
+
+
+def test_an_index_that_is_a_link_is_never_written_through(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    pem, _ = _installed(tmp_path, issuer)
+    old = next(c for c in PemDirectoryStore("pem", pem).observe().certs if not c.current)
+    victim = tmp_path / "outside" / "victim.conf"
+    victim.parent.mkdir()
+    (pem / pemdir.INDEX).unlink()
+    os.symlink(victim, pem / pemdir.INDEX)
+    store = PemDirectoryStore("pem", pem)
+    store.remove(old.ref)
+    store.install("api", issue(issuer), datetime(2026, 1, 1, tzinfo=UTC))
+    assert not victim.exists() and (pem / pemdir.INDEX).is_symlink()
+    assert len(store.observe().certs) == 2
+
+
+def test_an_index_that_is_a_pipe_never_hangs_install_remove_or_observe(
+    tmp_path: Path, issuer: LocalCAIssuer
+) -> None:
+    pem, _ = _installed(tmp_path, issuer)
+    old = next(c for c in PemDirectoryStore("pem", pem).observe().certs if not c.current)
+    (pem / pemdir.INDEX).unlink()
+    os.mkfifo(pem / pemdir.INDEX)
+    store = PemDirectoryStore("pem", pem)
+    done: list[object] = []
+
+    def work() -> None:
+        store.remove(old.ref)
+        store.install("api", issue(issuer), datetime(2026, 1, 1, tzinfo=UTC))
+        done.append(store.observe())
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # let it go before failing
+        os.close(os.open(pem / pemdir.INDEX, os.O_WRONLY | os.O_NONBLOCK))
+    assert done and len(done[0].certs) == 2  # type: ignore[attr-defined]
+
+
+def test_remove_never_makes_an_untrusted_index_trusted(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    """Someone who can write the store folder plants a wrong key and an index (not theirs to trust: group-
+    writable) vouching for it; a cleanup must not rewrite that index into one certctl trusts."""
+    pem, live = _installed(tmp_path, issuer)
+    old = next(c for c in PemDirectoryStore("pem", pem).observe().certs if not c.current)
+    index = pem / pemdir.INDEX
+    Path(live, ".k").write_bytes(issue(issuer).key_pem)
+    os.replace(live / ".k", live / "privkey.pem")
+    lines = [json.loads(line) for line in index.read_text().splitlines()]
+    entry = next(e for e in reversed(lines) if e["k"] == f"web/versions/{live.name}")["v"]
+    st = os.stat(live / "privkey.pem")
+    entry.update(k=[st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns], ok=True, f=None)
+    body = "".join(json.dumps({"k": f"filler{i}", "v": None}) + "\n" for i in range(80))
+    index.unlink()
+    index.write_text(body + json.dumps({"k": f"web/versions/{live.name}", "v": entry}) + "\n")
+    os.chmod(index, 0o666)
+    PemDirectoryStore("pem", pem).remove(old.ref)
+    assert stat_mode(index) == 0o666
+    _settle_index(pem)
+    found = _live(PemDirectoryStore("pem", pem).observe())
+    assert found.drift == "the live version's privkey.pem does not match its cert.pem"
+
+
+def stat_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def test_an_index_line_nested_past_the_parser_is_skipped(tmp_path: Path, issuer: LocalCAIssuer) -> None:
+    pem, _ = _installed(tmp_path, issuer)
+    with open(pem / pemdir.INDEX, "a") as fh:
+        fh.write('{"k":"x","v":' + "[" * 100_000 + "\n")
+    assert len(PemDirectoryStore("pem", pem).observe().certs) == 2
+
+
+@pytest.mark.parametrize("name", ["cert.pem", "meta.json", "privkey.pem"])
+def test_a_pipe_planted_in_a_version_folder_never_hangs_observe(
+    tmp_path: Path, issuer: LocalCAIssuer, name: str
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    (pem / pemdir.INDEX).unlink()
+    os.remove(live / name)
+    os.mkfifo(live / name)
+    done: list[object] = []
+    worker = threading.Thread(
+        target=lambda: done.append(PemDirectoryStore("pem", pem).observe()), daemon=True
+    )
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        os.close(os.open(live / name, os.O_WRONLY | os.O_NONBLOCK))
+    assert done
+    state = done[0]
+    if name == "cert.pem":
+        assert any("not a regular file" in p for p in state.problems)  # type: ignore[attr-defined]
+    else:
+        assert _live(state).drift is not None or name == "meta.json"

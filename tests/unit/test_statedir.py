@@ -159,3 +159,45 @@ def test_a_vault_folder_changed_in_the_index_clock_tick_is_listed(
     listed = _recording_listdir(monkeypatch)
     assert StateDir(state.path).issued()["web"][-1].lost is None
     assert listed == [str(folder)]
+
+
+# --- state logs are read and written only as regular files ----------------------------------------------------
+
+
+def test_a_log_that_is_a_link_is_neither_read_nor_written_through(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.jsonl"
+    outside.write_text('{"k": "a", "v": 1}\n')
+    log = tmp_path / "log.jsonl"
+    log.symlink_to(outside)
+    assert KeyedLog(log).read() == {}
+    with pytest.raises(OSError, match="symbolic link"):
+        KeyedLog(log).set("b", 2)
+    assert outside.read_text() == '{"k": "a", "v": 1}\n'
+
+
+def test_a_log_that_is_a_pipe_is_neither_read_nor_written(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    os.mkfifo(log)
+    assert KeyedLog(log).read() == {}  # opened without waiting for a writer
+    with pytest.raises(OSError, match="not a regular file"):
+        KeyedLog(log).set("b", 2)
+
+
+def test_a_line_nested_past_the_parser_is_skipped_and_the_others_kept(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"k": "a", "v": 1}\n{"k": "b", "v": ' + "[" * 100_000 + '\n{"k": "c", "v": 3}\n')
+    assert KeyedLog(log).read() == {"a": 1, "c": 3}
+
+
+def test_trust_is_judged_on_the_file_opened(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"k": "a", "v": 1}\n')
+    seen: list[int] = []
+
+    def refuse(st: os.stat_result) -> str | None:
+        seen.append(st.st_ino)
+        return "not ours"
+
+    assert KeyedLog(log, trust=refuse).read() == {}
+    assert seen == [os.stat(log).st_ino]
+    assert KeyedLog(log, trust=lambda st: None).read() == {"a": 1}

@@ -31,7 +31,10 @@ from reconciler.state.cache import (
     FileKey,
     JsonCache,
     as_file_key,
+    change_clock_ns,
     file_key,
+    settled,
+    tick_passed,
     unchanged,
     untrusted_owner,
 )
@@ -40,6 +43,7 @@ from reconciler.state.statedir import KeyedLog
 from reconciler.support.fs import (
     contained,
     discard,
+    read_regular,
     safe_folder,
     switch_links,
     write_folder,
@@ -50,6 +54,7 @@ from reconciler.support.parallel import map_batch, map_io
 
 FILES = ("cert.pem", "chain.pem", "fullchain.pem", "privkey.pem")
 INDEX = ".certctl-index.jsonl"
+MAX_FILE_BYTES = 1 << 20  # a certificate, chain, key or meta.json of a store; real ones are a few KiB
 log = get_logger()
 
 if TYPE_CHECKING:
@@ -65,7 +70,7 @@ class PemDirectoryStore:
         self.name = name
         self.path = Path(path)
         self._cache = JsonCache(cache_dir, JsonCache.name_for("pemdir", str(self.path.resolve())))
-        self._index = KeyedLog(self.path / INDEX)
+        self._index = KeyedLog(self.path / INDEX, trust=_index_trust)
         self._indexed: dict[str, Cached] = {}
         self._folders: dict[str, Folder] = {}  # certificate -> what install last recorded of its folder
         self._version_dirs: dict[str, FileKey] = {}  # version folder -> its identity when indexed
@@ -86,6 +91,7 @@ class PemDirectoryStore:
         return self._observed(frozenset(certificates))
 
     def _observed(self, only: frozenset[str] | None) -> StoreState:
+        since = change_clock_ns()  # what changed from here on may have been read mid-change: not cached
         self._indexed, self._folders, self._version_dirs = self._load_index()
         self._cached = None  # read on the first version the index does not describe
         self._only = only
@@ -95,7 +101,11 @@ class PemDirectoryStore:
         if self._cached is not None and (self._read or len(self._reused) != len(self._cached[1])):
             # versions the index does not describe, as found now (those it does are never kept twice)
             entries = {**self._cached[0], **self._reused}
-            entries.update((folder, _encode(cached)) for folder, cached in self._read.items())
+            entries.update(
+                (folder, _encode(cached))
+                for folder, cached in self._read.items()
+                if settled(cached[:3], since)
+            )
             self._cache.save(entries)
         return state
 
@@ -132,9 +142,7 @@ class PemDirectoryStore:
             st = os.lstat(path)
         except OSError:
             return {}, {}, {}
-        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
-        if problem is None and st.st_size > MAX_CACHE_BYTES:
-            problem = f"larger than {MAX_CACHE_BYTES:,} bytes"
+        problem = _index_trust(st)
         if problem is not None:
             log.warning("store.index.ignored", path=str(path), reason=problem, note="every version is read")
             return {}, {}, {}
@@ -168,7 +176,7 @@ class PemDirectoryStore:
         path = self.path / INDEX
         with contextlib.suppress(FileNotFoundError):
             st = os.lstat(path)
-            problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
+            problem = _index_trust(st)
             if problem is not None:
                 log.warning("store.index.not_written", path=str(path), reason=problem)
                 return False
@@ -182,13 +190,36 @@ class PemDirectoryStore:
         except OSError as exc:  # the version itself is installed
             log.warning("store.index.not_written", path=str(self.path / INDEX), reason=str(exc))
 
-    def _index_folder(self, certificate: str, folder: Path) -> None:
-        """Record what a consumer of ``folder`` reads now: its identity and that of ``versions``, the live
-        version and the versions there. Only a folder whose links are all as install makes them is recorded
-        (one with drift stays read in full until install repairs it)."""
+    def _index_folder(
+        self,
+        certificate: str,
+        folder: Path,
+        installed: tuple[Path, Material, dict[str, object]] | None = None,
+    ) -> None:
+        """Record in the index what a consumer of ``folder`` reads now: its identity and that of ``versions``,
+        the live version and the versions there; and, for a version just ``installed`` (its folder, material
+        and metadata), its file identities, its folder's and what a full read would find in it.
+
+        Identities are taken first. Then, once the clock that stamps file changes has moved past them, what
+        is recorded with them is read back from the disk: a change before the identities were taken is seen
+        there, and any change after them gets a new change time, so the identities are stale, never wrong
+        (a change within the same step of that clock could otherwise keep them). Only a folder whose links
+        are all as install makes them is recorded (one with drift stays read in full until install repairs
+        it), and only a version holding exactly what install wrote."""
+        if not self._index_writable():
+            return
         base = str(folder)
-        try:  # identities first: a change after them makes them stale, never what is recorded with them
-            keys = file_key(os.lstat(base)), file_key(os.lstat(base + "/versions"))
+        try:
+            keys: list[FileKey | None] = [file_key(os.lstat(base)), file_key(os.lstat(base + "/versions"))]
+            if installed is not None:
+                keys += [file_key(os.lstat(installed[0])), *(_version_keys(str(installed[0])) or (None,))]
+        except OSError:
+            return
+        if None in keys[:3] or (installed is not None and keys[3] is None) or not tick_passed(keys):
+            return
+        if installed is not None:
+            self._index_version(certificate, installed, keys[2], keys[3:])
+        try:
             link = os.readlink(base + "/current")
             names = sorted(n for n in os.listdir(base + "/versions") if not n.startswith("."))
         except OSError:
@@ -196,33 +227,29 @@ class PemDirectoryStore:
         current = os.path.basename(link)
         if link != f"versions/{current}" or current not in names or _links_drift(base) is not None:
             return
-        if self._index_writable():
-            self._index_set(
-                certificate, {"d": list(keys[0]), "v": list(keys[1]), "cur": current, "names": names}
-            )
+        self._index_set(certificate, {"d": keys[0], "v": keys[1], "cur": current, "names": names})
 
     def _index_version(
-        self, certificate: str, version: Path, material: Material, meta: dict[str, object]
+        self,
+        certificate: str,
+        installed: tuple[Path, Material, dict[str, object]],
+        folder_key: FileKey | None,
+        file_keys: list[FileKey | None],
     ) -> None:
-        """Record a version just written (its file identities, its folder's, and what a full read would find
-        in it) in the index."""
-        if not self._index_writable():
+        version, material, meta = installed
+        base = str(version)
+        if not _holds(base, material, meta):
             return
-        try:  # the folder's identity first, then that it holds every file (a change after it makes it stale)
-            folder_key: list[int] | None = list(file_key(os.lstat(version)))
-        except OSError:
-            return
-        keys = _version_keys(str(version))
-        if keys is None:
-            return
-        if any(not os.path.isfile(f"{version}/{name}") for name in FILES):
+        if any(not _regular(f"{base}/{name}") for name in FILES):  # a link could lose its target unseen
             folder_key = None
         try:
             key_ok = pki.key_matches(material.cert_pem, material.key_pem)
         except (ValueError, TypeError):
             key_ok = False
-        entry = _encode((*keys, material.info, meta, key_ok))
-        entry["f"] = folder_key
+        cert_key, meta_key, key_key = file_keys
+        assert cert_key is not None
+        entry = _encode((cert_key, meta_key, key_key, material.info, meta, key_ok))
+        entry["f"] = list(folder_key) if folder_key is not None else None
         self._index_set(f"{certificate}/versions/{version.name}", entry)
 
     def _observe(self, only: frozenset[str] | None) -> StoreState:
@@ -352,9 +379,9 @@ class PemDirectoryStore:
 
     def _read_foreign(self, path: Path, problems: list[str]) -> StoredCert | None:
         try:
-            data = path.read_bytes()
+            data = _read(path)
         except OSError as exc:
-            problems.append(f"cannot read {path}: {exc.strerror}")
+            problems.append(f"cannot read {path}: {exc.strerror or exc}")
             return None
         if b"-----BEGIN CERTIFICATE-----" not in data:
             return None  # a key or something else: not a certificate
@@ -399,11 +426,8 @@ class PemDirectoryStore:
                 settle=False,  # settled with the links, before ``current`` flips
             )
             written = (target,)
-        self._index_version(
-            certificate, target, material, meta
-        )  # before the switch: the live version is indexed
         switch_links(folder, "current", f"versions/{version}", FILES, written=written)
-        self._index_folder(certificate, folder)
+        self._index_folder(certificate, folder, (target, material, meta))
         return StoredCert(self.name, material.info, f"{certificate}/{version}", certificate, True, at)
 
     def _find(self, folder: Path, thumbprint: str) -> Path | None:
@@ -413,7 +437,7 @@ class PemDirectoryStore:
         for entry in versions.iterdir():
             if entry.name.endswith("-" + thumbprint[:8]) and not entry.name.startswith("."):
                 try:
-                    if pki.info_from_pem((entry / "cert.pem").read_bytes()).thumbprint == thumbprint:
+                    if pki.info_from_pem(_read(entry / "cert.pem")).thumbprint == thumbprint:
                         return entry
                 except (OSError, ValueError):
                     continue
@@ -426,25 +450,26 @@ class PemDirectoryStore:
         link = folder / "current"
         if link.is_symlink() and os.path.basename(os.readlink(link)) == version:
             raise RuntimeError(f"refusing to remove {ref}: it is the live version")
-        meta = json.loads((target / "meta.json").read_text())
+        meta = json.loads(_read(target / "meta.json"))
         if not str(meta.get("managed_by", "")).startswith(MANAGED_PREFIX):
             raise RuntimeError(f"refusing to remove {ref}: certctl did not install it")
         discard(target)
-        try:
-            self._index.delete(f"{certificate}/versions/{version}")
-        except OSError as exc:  # a left-over entry names a folder that is gone: it is never used
-            log.warning("store.index.not_written", path=str(self.path / INDEX), reason=str(exc))
+        if self._index_writable():
+            try:
+                self._index.delete(f"{certificate}/versions/{version}")
+            except OSError as exc:  # a left-over entry names a folder that is gone: it is never used
+                log.warning("store.index.not_written", path=str(self.path / INDEX), reason=str(exc))
         self._index_folder(certificate, folder)
 
     def read(self, ref: str) -> Material | None:
         certificate, _, version = ref.partition("/")
         folder = contained(self.path, f"{certificate}/versions/{version}", "store reference")
         try:
-            cert = (folder / "cert.pem").read_bytes()
+            cert = _read(folder / "cert.pem")
             return Material(
                 cert,
-                (folder / "chain.pem").read_bytes(),
-                (folder / "privkey.pem").read_bytes(),
+                _read(folder / "chain.pem"),
+                _read(folder / "privkey.pem"),
                 pki.info_from_pem(cert),
             )
         except (OSError, ValueError):
@@ -480,8 +505,7 @@ def _drift(missing: tuple[str, ...], key_ok: bool) -> str | None:
 
 def _key_ok(folder: str) -> bool:
     try:
-        with open(folder + "/cert.pem", "rb") as cert, open(folder + "/privkey.pem", "rb") as key:
-            return pki.key_matches(cert.read(), key.read())
+        return pki.key_matches(_read(folder + "/cert.pem"), _read(folder + "/privkey.pem"))
     except (OSError, ValueError, TypeError):
         return False
 
@@ -491,6 +515,42 @@ def _optional_key(path: str) -> FileKey | None:
         return file_key(os.stat(path))
     except OSError:
         return None
+
+
+def _read(path: str | Path) -> bytes:
+    """A file of a store folder: a regular file of bounded size (a FIFO or a device planted there is refused
+    instead of hanging the process or filling its memory; NotRegular is an OSError)."""
+    return read_regular(path, MAX_FILE_BYTES)
+
+
+def _index_trust(st: os.stat_result) -> str | None:
+    """Why the store's index, with this status, must not be read or written (or None)."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size > MAX_CACHE_BYTES:
+        return f"larger than {MAX_CACHE_BYTES:,} bytes"
+    return untrusted_owner(st)
+
+
+def _regular(path: str) -> bool:
+    """Is ``path`` a regular file itself (not a link to one)?"""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _holds(folder: str, material: Material, meta: dict[str, object]) -> bool:
+    """Do the version folder's cert.pem, privkey.pem and meta.json hold ``material`` and ``meta``?"""
+    try:
+        if (
+            _read(folder + "/cert.pem") != material.cert_pem
+            or _read(folder + "/privkey.pem") != material.key_pem
+        ):
+            return False
+        return bool(json.loads(_read(folder + "/meta.json")) == meta)
+    except (OSError, ValueError):
+        return False
 
 
 def _version_keys(folder: str) -> tuple[FileKey, FileKey | None, FileKey | None] | None:
@@ -556,10 +616,9 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
         cert_path, meta_path = folder + "/cert.pem", folder + "/meta.json"
         try:
             cert_key = file_key(os.stat(cert_path))
-            with open(cert_path, "rb") as fh:
-                info = pki.info_from_pem(fh.read())
+            info = pki.info_from_pem(_read(cert_path))
         except OSError as exc:
-            out.append(f"cannot read {cert_path}: {exc.strerror}")
+            out.append(f"cannot read {cert_path}: {exc.strerror or exc}")
             continue
         except ValueError as exc:
             out.append(f"{cert_path} is not a valid PEM certificate ({exc}); left alone")
@@ -568,8 +627,7 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
         meta_key: FileKey | None = None
         try:
             meta_key = file_key(os.stat(meta_path))
-            with open(meta_path, "rb") as fh:
-                loaded = json.loads(fh.read())
+            loaded = json.loads(_read(meta_path))
             meta = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             pass
@@ -579,7 +637,7 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
 
 def _read_meta(folder: Path) -> dict[str, object]:
     try:
-        loaded = json.loads((folder / "meta.json").read_bytes())
+        loaded = json.loads(_read(folder / "meta.json"))
     except (OSError, ValueError):
         return {}
     return loaded if isinstance(loaded, dict) else {}
