@@ -155,15 +155,16 @@ def flush_lazy() -> None:
         paths = sorted(_LAZY)
         _LAZY.clear()
     for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
+        try:  # the log may have been replaced since: never through a link, never waiting on a pipe
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             continue
         except OSError as exc:
             log.error("state.flush.failed", file=str(path), error=exc.strerror)
             continue
         try:
-            os.fsync(fd)
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fsync(fd)
         except OSError as exc:
             log.error("state.flush.failed", file=str(path), error=exc.strerror)
         finally:

@@ -150,7 +150,7 @@ def _fsync_each(path: Path) -> None:
     targets.append(path.parent)
     for target in targets:
         try:
-            fd = os.open(target, os.O_RDONLY)
+            fd = os.open(target, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except OSError:
             continue  # Windows cannot open a folder: its renames are durable when they return
         try:

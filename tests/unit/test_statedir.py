@@ -201,3 +201,41 @@ def test_trust_is_judged_on_the_file_opened(tmp_path: Path) -> None:
     assert KeyedLog(log, trust=refuse).read() == {}
     assert seen == [os.stat(log).st_ino]
     assert KeyedLog(log, trust=lambda st: None).read() == {"a": 1}
+
+
+def test_the_end_of_apply_flush_never_waits_on_a_log_replaced_by_a_pipe(tmp_path: Path) -> None:
+    import threading
+
+    log = tmp_path / "log.jsonl"
+    KeyedLog(log).set("a", 1, wait=False)  # left for the flush at the end of the apply
+    log.unlink()
+    os.mkfifo(log)
+    worker = threading.Thread(target=statedir.flush_lazy, daemon=True)
+    worker.start()
+    worker.join(30)
+    hung = worker.is_alive()
+    if hung:  # let it go before failing
+        os.close(os.open(log, os.O_WRONLY | os.O_NONBLOCK))
+    assert not hung
+
+
+def test_a_failed_append_is_cut_back_off_and_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk mid-append: the part written is cut back off, and the error names the file."""
+    import errno
+
+    log = tmp_path / "log.jsonl"
+    KeyedLog(log).set("a", 1)
+    before = log.read_bytes()
+    real = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        if len(data) > 4:
+            return real(fd, bytes(data[:4]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match=f"cannot write {log}: No space left on device"):
+        KeyedLog(log).set("b", 2)
+    monkeypatch.undo()
+    assert log.read_bytes() == before
+    assert KeyedLog(log).read() == {"a": 1}
