@@ -83,20 +83,22 @@ def tick_passed(keys: Iterable[FileKey | None]) -> bool:
     not come soon: a change time ahead of this machine's clock (a network file system's server) or a file
     system that keeps whole seconds only (a change in the same second would look like none)."""
     keys = list(keys)
+    now = change_clock_ns()
+    if settled(keys, now):
+        return True
+    if any(k is not None and _granularity(k[3]) >= 1_000_000_000 for k in keys):
+        return False
+    latest = max(k[3] + _granularity(k[3]) for k in keys if k is not None)
+    if latest - now > TICK_WAIT * 1e9:
+        return False
     deadline = time.monotonic() + TICK_WAIT
-    while True:
-        now = change_clock_ns()
-        if settled(keys, now):
-            return True
-        latest = max(k[3] + _granularity(k[3]) for k in keys if k is not None)
-        if (
-            latest - now > TICK_WAIT * 1e9
-            or time.monotonic() >= deadline
-            or any(k is not None and _granularity(k[3]) >= 1_000_000_000 for k in keys)
-        ):
-            return False
-        with stepped_out():
+    with stepped_out():  # once for the whole wait: others use the CPU meanwhile
+        while not settled(keys, now):
+            if time.monotonic() >= deadline:
+                return False
             time.sleep(min(TICK_WAIT, (latest - now) / 1e9) + 0.0005)
+            now = change_clock_ns()
+    return True
 
 
 def as_file_key(value: Any) -> FileKey | None:

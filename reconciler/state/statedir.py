@@ -106,10 +106,10 @@ class PendingAppend:
         fd: int,
         state: _Durability,
         number: int,
-        identity: tuple[int, int, int] | None = None,
+        identity: tuple[int, int, int, int] | None = None,
     ) -> None:
         self.path, self._fd, self._state, self._number = path, fd, state, number
-        self.identity = identity  # (inode, size, mtime_ns) of the file once this line was written
+        self.identity = identity  # (inode, size, mtime_ns, ctime_ns) of the file once this line was written
 
     def commit(self) -> None:
         """Return once the line is on disk; OSError (naming the file) when it could not be, and then the
@@ -146,6 +146,9 @@ class PendingAppend:
 
 
 _LAZY: set[Path] = set()  # logs holding lines written without waiting for the disk
+# how state logs are opened: never through a link, never waiting on a pipe (neither flag exists on Windows,
+# where the regular-file check on the opened file remains)
+_SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 _LAZY_LOCK = threading.Lock()
 
 
@@ -156,7 +159,7 @@ def flush_lazy() -> None:
         _LAZY.clear()
     for path in paths:
         try:  # the log may have been replaced since: never through a link, never waiting on a pipe
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, os.O_RDONLY | _SAFE_OPEN)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -171,14 +174,16 @@ def flush_lazy() -> None:
             os.close(fd)
 
 
-def write_line(path: Path, line: bytes) -> PendingAppend:
+def write_line(
+    path: Path, line: bytes, trust: Callable[[os.stat_result], str | None] | None = None
+) -> PendingAppend:
     """Append one record, always on a fresh line, without waiting for the disk; ``commit()`` the result.
 
     A torn tail (a crash or a full disk mid-append) first gets its newline, so the torn record (skipped
     on reading) never swallows this one. A failed write is cut back off, so the file keeps exactly what
     it held; the error names the file.
     """
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _SAFE_OPEN
     try:
         try:
             fd = os.open(path, flags, 0o600)
@@ -190,8 +195,9 @@ def write_line(path: Path, line: bytes) -> PendingAppend:
         raise OSError(exc.errno, f"cannot write {path}: {reason}") from None
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):  # never through a link, never into a pipe or a device
-            raise OSError(errno.EINVAL, f"cannot write {path}: not a regular file")
+        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else trust(st) if trust else None
+        if problem is not None:  # never into a pipe or a device; ``trust`` judges the file opened
+            raise OSError(errno.EPERM, f"cannot write {path}: {problem}")
         with _DURABILITY_LOCK:
             state = _DURABILITY.get((st.st_dev, st.st_ino))
             if state is None:
@@ -215,7 +221,11 @@ def write_line(path: Path, line: bytes) -> PendingAppend:
             state.clean_end = size + len(line) if line.endswith(b"\n") else -1
             after = os.fstat(fd)
             return PendingAppend(
-                path, fd, state, state.written, (after.st_ino, after.st_size, after.st_mtime_ns)
+                path,
+                fd,
+                state,
+                state.written,
+                (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns),
             )
     except BaseException:
         os.close(fd)
@@ -236,7 +246,7 @@ def read_records(
     regular file; ``trust``, given the opened file's status, names a reason not to read it at all (checked
     on what was opened, so a file swapped in after an earlier look is judged, not the one looked at)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(path, os.O_RDONLY | _SAFE_OPEN)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -330,14 +340,15 @@ class KeyedLog:
         self._cache: dict[str, Any] = {}
         self._decoded: dict[str, Any] = {}  # what ``check`` returned for a value, while the value is current
         self._lines = 0
-        self._seen: tuple[int, int, int] | None = None  # (inode, size, mtime_ns) the cache reflects
+        self._seen: tuple[int, int, int, int] | None = None  # (inode, size, mtime, ctime) the cache reflects
 
-    def _stat(self) -> tuple[int, int, int] | None:
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        """The file's identity; its change time too, so a chmod or chown (whether it is trusted) is seen."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
+        return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
     def read(self) -> dict[str, Any]:
         with self._lock:
@@ -418,7 +429,7 @@ class KeyedLog:
             value = change(self._cache.get(key))
             entry = {"k": key, "v": value}
             line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
-            pending = write_line(self.path, line.encode())
+            pending = write_line(self.path, line.encode(), self._trust)
             self._apply(entry)
             if self._lines > 2 * len(self._cache) + 64:
                 body = "".join(

@@ -646,3 +646,34 @@ def test_a_pipe_planted_in_a_version_folder_never_hangs_observe(
         assert any("not a regular file" in p for p in state.problems)  # type: ignore[attr-defined]
     else:
         assert _live(state).drift is not None or name == "meta.json"
+
+
+def test_the_store_that_installed_a_certificate_takes_its_folder_from_the_index_too(
+    tmp_path: Path, issuer: LocalCAIssuer, full_probes: list[str]
+) -> None:
+    """The daemon keeps its store between passes: what it recorded must read back as from the file."""
+    store = PemDirectoryStore("pem", tmp_path / "pem")
+    store.install("web", issue(issuer), datetime(2026, 1, 1, tzinfo=UTC))
+    full_probes.clear()
+    store.observe()  # the index file unchanged since: the store's own view of it is used
+    assert full_probes == []
+    assert (
+        store._folders.keys() == PemDirectoryStore("pem", tmp_path / "pem")._load_index()[1].keys() == {"web"}
+    )
+
+
+def test_an_index_with_a_second_name_is_neither_trusted_nor_written(
+    tmp_path: Path, issuer: LocalCAIssuer
+) -> None:
+    """A hard link to another file of the running user (where the system allows one to be made): appending
+    to the index would write into that file."""
+    pem, _ = _installed(tmp_path, issuer)
+    other = tmp_path / "profile"
+    other.write_text("kept\n")
+    os.chmod(other, 0o600)
+    (pem / pemdir.INDEX).unlink()
+    os.link(other, pem / pemdir.INDEX)
+    store = PemDirectoryStore("pem", pem)
+    assert store._load_index() == ({}, {}, {})
+    store.install("api", issue(issuer), datetime(2026, 1, 1, tzinfo=UTC))
+    assert other.read_text() == "kept\n"

@@ -239,3 +239,18 @@ def test_a_failed_append_is_cut_back_off_and_named(tmp_path: Path, monkeypatch: 
     monkeypatch.undo()
     assert log.read_bytes() == before
     assert KeyedLog(log).read() == {"a": 1}
+
+
+def test_a_log_trusted_again_after_a_chmod_is_read_again_and_never_wiped(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"k": "a", "v": 1}\n')
+    os.chmod(log, 0o666)
+    keyed = KeyedLog(log, trust=lambda st: "writable by others" if st.st_mode & 0o022 else None)
+    assert keyed.read() == {}
+    with pytest.raises(OSError, match="writable by others"):
+        keyed.set("b", 2)  # nor written while untrusted
+    os.chmod(log, 0o600)  # only the change time moves
+    assert keyed.read() == {"a": 1}
+    for i in range(70):  # enough to compact
+        keyed.set(f"n{i}", i)
+    assert KeyedLog(log).read()["a"] == 1

@@ -70,7 +70,9 @@ class PemDirectoryStore:
         self.name = name
         self.path = Path(path)
         self._cache = JsonCache(cache_dir, JsonCache.name_for("pemdir", str(self.path.resolve())))
-        self._index = KeyedLog(self.path / INDEX, trust=_index_trust)
+        self._index = KeyedLog(
+            self.path / INDEX, trust=_index_trust
+        )  # judged on the file opened, read or written
         self._indexed: dict[str, Cached] = {}
         self._folders: dict[str, Folder] = {}  # certificate -> what install last recorded of its folder
         self._version_dirs: dict[str, FileKey] = {}  # version folder -> its identity when indexed
@@ -227,7 +229,9 @@ class PemDirectoryStore:
         current = os.path.basename(link)
         if link != f"versions/{current}" or current not in names or _links_drift(base) is not None:
             return
-        self._index_set(certificate, {"d": keys[0], "v": keys[1], "cur": current, "names": names})
+        self._index_set(
+            certificate, {"d": list(keys[0] or ()), "v": list(keys[1] or ()), "cur": current, "names": names}
+        )  # lists, as read back from the file: this process's KeyedLog keeps the value as given
 
     def _index_version(
         self,
@@ -459,7 +463,7 @@ class PemDirectoryStore:
                 self._index.delete(f"{certificate}/versions/{version}")
             except OSError as exc:  # a left-over entry names a folder that is gone: it is never used
                 log.warning("store.index.not_written", path=str(self.path / INDEX), reason=str(exc))
-        self._index_folder(certificate, folder)
+            self._index_folder(certificate, folder)
 
     def read(self, ref: str) -> Material | None:
         certificate, _, version = ref.partition("/")
@@ -529,6 +533,8 @@ def _index_trust(st: os.stat_result) -> str | None:
         return "not a regular file"
     if st.st_size > MAX_CACHE_BYTES:
         return f"larger than {MAX_CACHE_BYTES:,} bytes"
+    if st.st_nlink != 1:  # a hard link to another file of the running user would be appended to
+        return f"has {st.st_nlink} names (hard links)"
     return untrusted_owner(st)
 
 
