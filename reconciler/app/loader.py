@@ -105,7 +105,7 @@ def load(directory: Path | str, *, revision: bool = True, cache_dir: Path | None
     problems: list[Problem] = []
     parsed: list[tuple[str, Named[Any]]] = []
     # each file's documents are validated as soon as they are parsed, while workers parse the next files
-    parsing = iter_batch(_parse_files, to_parse, threshold=500, preload=("reconciler.support.yamlfast",))
+    parsing = iter_batch(_parse_files, to_parse, threshold=500)
     for display, result in itertools.chain(results, parsing):
         if isinstance(result, Diagnostic):
             diagnostics.append(result)

@@ -22,7 +22,7 @@ from typing import Any
 import platformdirs
 
 from reconciler import __version__
-from reconciler.support.fs import atomic_write
+from reconciler.support.fs import NO_FOLLOW_NO_WAIT, atomic_write
 from reconciler.support.logging import get_logger
 from reconciler.support.parallel import stepped_out
 
@@ -148,6 +148,16 @@ def untrusted_owner(st: os.stat_result) -> str | None:
     return None
 
 
+def untrusted_file(st: os.stat_result) -> str | None:
+    """Why a cache file (or a store's index) with these facts must not be read, or None: it must be a
+    regular file of bounded size that only the running user can write."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if st.st_size > MAX_CACHE_BYTES:
+        return f"larger than {MAX_CACHE_BYTES:,} bytes"
+    return untrusted_owner(st)
+
+
 class JsonCache:
     """One JSON document ``{"stamp": ..., "entries": {...}}`` in ``<folder>/<name>.json``."""
 
@@ -179,17 +189,14 @@ class JsonCache:
             log.warning("cache.ignored", folder=str(self.path.parent), reason=problem)
             return {}
         try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(self.path, os.O_RDONLY | NO_FOLLOW_NO_WAIT)
         except FileNotFoundError:
             return {}
         except OSError as exc:
             log.warning("cache.ignored", path=str(self.path), reason=exc.strerror)
             return {}
         try:
-            st = os.fstat(fd)
-            problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else untrusted_owner(st)
-            if problem is None and st.st_size > MAX_CACHE_BYTES:
-                problem = f"larger than {MAX_CACHE_BYTES:,} bytes"
+            problem = untrusted_file(os.fstat(fd))
             if problem is not None:
                 log.warning("cache.ignored", path=str(self.path), reason=problem)
                 return {}

@@ -48,6 +48,7 @@ from reconciler.state.records import (
 )
 from reconciler.support import durable
 from reconciler.support.fs import (
+    NO_FOLLOW_NO_WAIT,
     UnsafePath,
     acquire,
     atomic_write,
@@ -146,9 +147,6 @@ class PendingAppend:
 
 
 _LAZY: set[Path] = set()  # logs holding lines written without waiting for the disk
-# how state logs are opened: never through a link, never waiting on a pipe (neither flag exists on Windows,
-# where the regular-file check on the opened file remains)
-_SAFE_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 _LAZY_LOCK = threading.Lock()
 
 
@@ -159,7 +157,7 @@ def flush_lazy() -> None:
         _LAZY.clear()
     for path in paths:
         try:  # the log may have been replaced since: never through a link, never waiting on a pipe
-            fd = os.open(path, os.O_RDONLY | _SAFE_OPEN)
+            fd = os.open(path, os.O_RDONLY | NO_FOLLOW_NO_WAIT)
         except FileNotFoundError:
             continue
         except OSError as exc:
@@ -183,7 +181,7 @@ def write_line(
     on reading) never swallows this one. A failed write is cut back off, so the file keeps exactly what
     it held; the error names the file.
     """
-    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _SAFE_OPEN
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | NO_FOLLOW_NO_WAIT
     try:
         try:
             fd = os.open(path, flags, 0o600)
@@ -195,7 +193,7 @@ def write_line(
         raise OSError(exc.errno, f"cannot write {path}: {reason}") from None
     try:
         st = os.fstat(fd)
-        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else trust(st) if trust else None
+        problem = _refusal(st, trust)
         if problem is not None:  # never into a pipe or a device; ``trust`` judges the file opened
             raise OSError(errno.EPERM, f"cannot write {path}: {problem}")
         with _DURABILITY_LOCK:
@@ -232,6 +230,13 @@ def write_line(
         raise
 
 
+def _refusal(st: os.stat_result, trust: Callable[[os.stat_result], str | None] | None) -> str | None:
+    """Why a state log with this status (of the file opened) is neither read nor written, or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return trust(st) if trust is not None else None
+
+
 def append_line(path: Path, line: bytes) -> None:
     """Append one record on a fresh line and return once it is on disk (``write_line`` + ``commit``)."""
     write_line(path, line).commit()
@@ -246,7 +251,7 @@ def read_records(
     regular file; ``trust``, given the opened file's status, names a reason not to read it at all (checked
     on what was opened, so a file swapped in after an earlier look is judged, not the one looked at)."""
     try:
-        fd = os.open(path, os.O_RDONLY | _SAFE_OPEN)
+        fd = os.open(path, os.O_RDONLY | NO_FOLLOW_NO_WAIT)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -256,7 +261,7 @@ def read_records(
         return
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fd)
-        problem = "not a regular file" if not stat.S_ISREG(st.st_mode) else trust(st) if trust else None
+        problem = _refusal(st, trust)
         if problem is not None:  # a device or a pipe would never end
             damaged(path, 0, f"{problem}; not read")
             return
@@ -644,8 +649,9 @@ class StateDir:
         """The newest version, marked with the vault files it lacks (a deleted key cannot be deployed).
 
         Its folder is listed, unless it still has the identity recorded in its index line when it was kept:
-        a folder's identity changes whenever a name in it is made, removed or renamed. As for a store's
-        index, an identity from the same clock tick as the index's last write proves nothing."""
+        a folder's identity changes whenever a name in it is made, removed or renamed. The identity was
+        recorded only once the clock that stamps changes had moved past it (``store_issued``); as for a
+        store's index, one not older than the index's last write is listed all the same, as a second guard."""
         if not versions:
             return versions
         newest = versions[-1]

@@ -18,6 +18,11 @@ from reconciler.support.logging import get_logger
 
 log = get_logger()
 
+# open() flags for a file that must be the one named, never waited on: not through a link, not blocking on a
+# pipe, never a controlling terminal (the first two do not exist on Windows, where a regular-file check on
+# the opened file remains)
+NO_FOLLOW_NO_WAIT = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+
 WRITE_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # the temporary files of atomic_write
 
 

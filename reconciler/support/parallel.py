@@ -19,8 +19,9 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 THRESHOLD = 2000  # items below which a batch runs in-process
-# what the workers import before the first batch: the YAML parser and the certificate reader
-PRELOAD = ("reconciler.support.yamlfast", "reconciler.support.pki", "reconciler.adapters.stores.pemdir")
+# what the workers' forkserver imports once, before the first batch: the YAML parser (a plan's first pool
+# parses the desired state; a batch that reads certificates imports cryptography in each worker, on use)
+_PRELOAD = ["reconciler.support.yamlfast"]
 
 
 def workers() -> int:
@@ -40,17 +41,10 @@ def map_batch(
 
 
 def iter_batch(
-    fn: Callable[[Sequence[T]], list[R]],
-    items: Sequence[T],
-    threshold: int = THRESHOLD,
-    preload: Sequence[str] = PRELOAD,
+    fn: Callable[[Sequence[T]], list[R]], items: Sequence[T], threshold: int = THRESHOLD
 ) -> Iterator[R]:
     """``map_batch``, giving each result as soon as its chunk (and every chunk before it) is done: the caller
-    works on the first results while the workers still work on the rest.
-
-    ``preload``: modules the workers' forkserver imports once, when this process first starts it (the
-    first call decides; a module ``fn`` needs that is not in it is imported by each worker).
-    """
+    works on the first results while the workers still work on the rest."""
     count = workers()
     threshold = int(os.environ.get("CERTCTL_PARALLEL_MIN", threshold))  # tests force the pool with 1
     if len(items) < max(1, threshold) or count < 2 or os.environ.get("CERTCTL_NO_PARALLEL"):
@@ -59,7 +53,7 @@ def iter_batch(
     size = -(-len(items) // (count * 4))
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(preload))
+    context.set_forkserver_preload(_PRELOAD)
     with ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
         for part in pool.map(fn, chunks):
             yield from part

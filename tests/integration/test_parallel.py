@@ -88,7 +88,7 @@ def test_iter_batch_gives_the_first_results_while_workers_work_on_the_rest(
     marker = str(tmp_path / "first-result-taken")
     # item 0 comes last, so its chunk is the last one: it finishes only once the marker is there
     items = [(i, marker) for i in range(40, -1, -1)]
-    results = iter_batch(_last_waits_for_marker, items, preload=())
+    results = iter_batch(_last_waits_for_marker, items)
     first = next(results)
     Path(marker).touch()  # only a caller holding a result before every chunk is done gets here in time
     rest = list(results)

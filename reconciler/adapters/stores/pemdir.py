@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 from reconciler.core.model import MANAGED_PREFIX, CertInfo, StoredCert, StoreState
 from reconciler.ports import Material
 from reconciler.state.cache import (
-    MAX_CACHE_BYTES,
     FileKey,
     JsonCache,
     as_file_key,
@@ -36,7 +35,7 @@ from reconciler.state.cache import (
     settled,
     tick_passed,
     unchanged,
-    untrusted_owner,
+    untrusted_file,
 )
 from reconciler.state.records import info_from_json, info_to_json
 from reconciler.state.statedir import KeyedLog
@@ -132,13 +131,14 @@ class PemDirectoryStore:
         certificate (keyed by its name) the identities of its folder and of ``versions``, the live version
         and the versions then.
 
-        Untrusted like a cache: it must be a regular file owned by the running user that no one else can
-        write, every entry is type-checked as it is decoded, and an entry counts only while the identity of
-        each file or folder it describes (inode, size, mtime, ctime) is unchanged. A folder's identity
-        changes whenever a name in it is made, removed, renamed or replaced (a link cannot be rewritten in
-        place), so an unchanged folder still holds what install left. An entry whose files or folders
-        changed in the same clock tick as the index's last write cannot be told apart from an unchanged one,
-        so it is read in full too ("racily clean", as git calls it)."""
+        Untrusted like a cache: it must be a regular file with one name, owned by the running user, that no
+        one else can write (``_index_trust``), every entry is type-checked as it is decoded, and an entry
+        counts only while the identity of each file or folder it describes (inode, size, mtime, ctime) is
+        unchanged. A folder's identity changes whenever a name in it is made, removed, renamed or replaced
+        (a link cannot be rewritten in place), so an unchanged folder still holds what install left. Install
+        records an identity only once the clock that stamps changes has moved past it (``_index_folder``),
+        so any later change changes it; an identity not older than the index's last write is read in full
+        all the same, as a second guard ("racily clean", as git calls it)."""
         path = self.path / INDEX
         try:
             st = os.lstat(path)
@@ -212,15 +212,17 @@ class PemDirectoryStore:
             return
         base = str(folder)
         try:
-            keys: list[FileKey | None] = [file_key(os.lstat(base)), file_key(os.lstat(base + "/versions"))]
-            if installed is not None:
-                keys += [file_key(os.lstat(installed[0])), *(_version_keys(str(installed[0])) or (None,))]
+            folder_key, versions_key = file_key(os.lstat(base)), file_key(os.lstat(base + "/versions"))
+            version_key = file_key(os.lstat(installed[0])) if installed is not None else None
         except OSError:
             return
-        if None in keys[:3] or (installed is not None and keys[3] is None) or not tick_passed(keys):
+        file_keys = _version_keys(str(installed[0])) if installed is not None else None
+        if installed is not None and file_keys is None:
             return
-        if installed is not None:
-            self._index_version(certificate, installed, keys[2], keys[3:])
+        if not tick_passed([folder_key, versions_key, version_key, *(file_keys or ())]):
+            return
+        if installed is not None and file_keys is not None:
+            self._index_version(certificate, installed, version_key, file_keys)
         try:
             link = os.readlink(base + "/current")
             names = sorted(n for n in os.listdir(base + "/versions") if not n.startswith("."))
@@ -230,7 +232,7 @@ class PemDirectoryStore:
         if link != f"versions/{current}" or current not in names or _links_drift(base) is not None:
             return
         self._index_set(
-            certificate, {"d": list(keys[0] or ()), "v": list(keys[1] or ()), "cur": current, "names": names}
+            certificate, {"d": list(folder_key), "v": list(versions_key), "cur": current, "names": names}
         )  # lists, as read back from the file: this process's KeyedLog keeps the value as given
 
     def _index_version(
@@ -238,7 +240,7 @@ class PemDirectoryStore:
         certificate: str,
         installed: tuple[Path, Material, dict[str, object]],
         folder_key: FileKey | None,
-        file_keys: list[FileKey | None],
+        file_keys: tuple[FileKey, FileKey | None, FileKey | None],
     ) -> None:
         version, material, meta = installed
         base = str(version)
@@ -250,9 +252,7 @@ class PemDirectoryStore:
             key_ok = pki.key_matches(material.cert_pem, material.key_pem)
         except (ValueError, TypeError):
             key_ok = False
-        cert_key, meta_key, key_key = file_keys
-        assert cert_key is not None
-        entry = _encode((cert_key, meta_key, key_key, material.info, meta, key_ok))
+        entry = _encode((*file_keys, material.info, meta, key_ok))
         entry["f"] = list(folder_key) if folder_key is not None else None
         self._index_set(f"{certificate}/versions/{version.name}", entry)
 
@@ -529,13 +529,9 @@ def _read(path: str | Path) -> bytes:
 
 def _index_trust(st: os.stat_result) -> str | None:
     """Why the store's index, with this status, must not be read or written (or None)."""
-    if not stat.S_ISREG(st.st_mode):
-        return "not a regular file"
-    if st.st_size > MAX_CACHE_BYTES:
-        return f"larger than {MAX_CACHE_BYTES:,} bytes"
-    if st.st_nlink != 1:  # a hard link to another file of the running user would be appended to
+    if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:  # a hard link to another file of ours: appended to
         return f"has {st.st_nlink} names (hard links)"
-    return untrusted_owner(st)
+    return untrusted_file(st)
 
 
 def _regular(path: str) -> bool:
