@@ -10,6 +10,7 @@ beyond this is its own overhead. Not a test, and not a client to use anywhere el
 
 from __future__ import annotations
 
+import socket
 import statistics
 import threading
 import time
@@ -39,11 +40,15 @@ class Result:
         return statistics.median(self.per_certificate)
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = socket.SOMAXCONN  # the default (5) drops SYNs when many validations arrive at once
+
+
 class Listener:
     """An HTTP server on 127.0.0.1:``port`` in a background thread, answering with ``handler``."""
 
     def __init__(self, handler: Callable[..., BaseHTTPRequestHandler], port: int) -> None:
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.server = _Server(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import dns.name
 import pytest
 
-from reconciler.adapters.solvers import build_solver
+from reconciler.adapters.solvers import build_solver, http01
 from reconciler.adapters.solvers.dns01 import Rfc2136Solver
 from reconciler.adapters.solvers.dnscheck import challenge_name, split_host_port
 from reconciler.adapters.solvers.http01 import LISTENERS, StandaloneHttp01, WebrootHttp01
@@ -61,6 +61,52 @@ def test_standalone_listener_is_shared_and_stopped_when_unused() -> None:
     assert LISTENERS.active() == {}
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+
+
+def test_a_stopped_listener_ends_its_thread_and_closes_every_socket() -> None:
+    """``stop`` wakes the serving thread itself (no poll interval to wait out) and closes the listening
+    socket and the pair that wakes it; the port is free for the next order."""
+    port = free_port()
+    listener = http01._Listener("127.0.0.1", port)
+    listener.add("tok", "tok.thumb")
+    assert get(port, "tok") == (200, "tok.thumb")
+    sockets = (listener._server.socket, listener._server._wake, listener._server._waker)
+    listener.stop()
+    assert not listener._thread.is_alive()
+    assert [s.fileno() for s in sockets] == [-1, -1, -1]
+    again = http01._Listener("127.0.0.1", port)
+    again.stop()
+
+
+def test_a_silent_connection_is_closed_and_the_listener_answers_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert http01._Handler.timeout is not None and 0 < http01._Handler.timeout <= 60  # never forever
+    monkeypatch.setattr(http01._Handler, "timeout", 0.2)  # shorter here
+    port = free_port()
+    solver = StandaloneHttp01("127.0.0.1", port)
+    solver.prepare([http_task("a.example", "tokS")])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
+            assert get(port, "tokS") == (200, "tokS.thumb")  # answered while the silent one waits
+            assert silent.recv(1) == b""  # then the silent one is closed by the listener
+    finally:
+        solver.cleanup([http_task("a.example", "tokS")])
+
+
+def test_standalone_listener_takes_every_connection_a_ca_opens_at_once() -> None:
+    """Let's Encrypt validates each name from several places at once, and a batch of orders validates
+    many names: the kernel must queue all those connections until the listener accepts them. With
+    socketserver's default queue (5) it dropped the rest, and each such validation waited a second
+    for the CA's TCP to try again (here: a connect that times out)."""
+    server = http01._Server("127.0.0.1", 0, None)  # type: ignore[arg-type]  # listening, never accepting
+    try:
+        port = server.server_address[1]
+        connections = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(64)]
+        for connection in connections:
+            connection.close()
+    finally:
+        server.server_close()
 
 
 def test_standalone_refuses_unsafe_tokens_and_other_kinds() -> None:
