@@ -60,22 +60,29 @@ def iter_batch(
 
 
 def at_once(fn: Callable[[T], R], items: Sequence[T], pool: Executor | None = None) -> list[R]:
-    """``fn`` over ``items``, all at the same time in threads (I/O-bound work: requests to one server), in order.
+    """``fn`` over ``items``, all at the same time (I/O-bound work: requests to one server), results in order.
 
-    ``pool`` is a long-lived thread pool to run them in (starting threads for every batch costs more than
-    the requests on a busy machine); without one, a pool is made for the batch. ``fn`` must not itself
-    wait for work of the same pool. One item runs in the calling thread. The first failure is raised
-    once every call has finished, so nothing is left running behind the caller's back.
+    The first item runs in the calling thread, the others in ``pool``: a long-lived thread pool (starting
+    threads for every batch costs more than the requests on a busy machine); without one, a pool is made
+    for the batch. ``fn`` must not itself wait for work of the same pool. The first failure, in the order
+    of ``items``, is raised once every call has finished, so nothing is left running behind the caller's
+    back.
     """
     if len(items) <= 1:
         return [fn(item) for item in items]
-    if pool is None:
-        with ThreadPoolExecutor(max_workers=len(items), thread_name_prefix="certctl-io") as own:
-            futures = [own.submit(fn, item) for item in items]
-    else:
-        futures = [pool.submit(fn, item) for item in items]
-        wait(futures)
-    return [f.result() for f in futures]
+    executor = (
+        pool if pool is not None else ThreadPoolExecutor(len(items) - 1, thread_name_prefix="certctl-io")
+    )
+    try:
+        futures = [executor.submit(fn, item) for item in items[1:]]
+        try:
+            first = fn(items[0])
+        finally:
+            wait(futures)
+    finally:
+        if executor is not pool:
+            executor.shutdown()
+    return [first, *(f.result() for f in futures)]
 
 
 # requests kept in flight: a cold disk answers several small reads at once faster than in turn, but each
