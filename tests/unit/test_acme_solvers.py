@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
+import socketserver
 import stat
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -106,6 +110,64 @@ def test_standalone_listener_takes_every_connection_a_ca_opens_at_once() -> None
         for connection in connections:
             connection.close()
     finally:
+        server.server_close()
+
+
+def test_a_listener_that_cannot_be_made_leaves_no_descriptor_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No socket of that family (IPv6 on a host without it), or no descriptor left: the pair that would
+    have woken the listener is closed with the error, not when the error is collected."""
+    made: list[tuple[socket.socket, socket.socket]] = []
+    real_pair = socket.socketpair
+
+    def pair() -> tuple[socket.socket, socket.socket]:
+        made.append(real_pair())
+        return made[-1]
+
+    def no_socket(self: object, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    monkeypatch.setattr(socket, "socketpair", pair)
+    monkeypatch.setattr(socketserver.TCPServer, "__init__", no_socket)
+    with pytest.raises(SolverError, match="cannot listen on ::1"):
+        StandaloneHttp01("::1", free_port()).prepare([http_task("a.example", "tokF")])
+    assert len(made) == 1
+    assert [s.fileno() for s in made[0]] == [-1, -1]
+
+
+class _Refusing:
+    """A listening socket whose accept fails as given (and whose descriptor is that of a real one)."""
+
+    def __init__(self, real: socket.socket, error: int) -> None:
+        self.real, self.error = real, error
+
+    def fileno(self) -> int:
+        return self.real.fileno()
+
+    def accept(self) -> tuple[socket.socket, object]:
+        raise OSError(self.error, os.strerror(self.error))
+
+
+@pytest.mark.parametrize(
+    ("error", "paused"), [(errno.EMFILE, True), (errno.ENFILE, True), (errno.ECONNABORTED, False)]
+)
+def test_out_of_descriptors_the_listener_pauses_instead_of_spinning(
+    monkeypatch: pytest.MonkeyPatch, error: int, paused: bool
+) -> None:
+    """While accept fails for want of descriptors the connection stays queued and the socket readable:
+    without a pause the serving thread would spin on it. A connection the client gave up on is simply
+    gone: no pause then."""
+    pauses: list[float] = []
+    monkeypatch.setattr(time, "sleep", pauses.append)  # the listener's pause (nothing else sleeps here)
+    server = http01._Server("127.0.0.1", 0, None)  # type: ignore[arg-type]
+    real = server.socket
+    server.socket = _Refusing(real, error)  # type: ignore[assignment]
+    try:
+        with pytest.raises(OSError) as raised:
+            server.get_request()
+        assert raised.value.errno == error
+        assert pauses == ([http01.ACCEPT_PAUSE] if paused else [])
+    finally:
+        server.socket = real
         server.server_close()
 
 

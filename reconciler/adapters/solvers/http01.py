@@ -8,9 +8,11 @@ import os
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from reconciler.core.spec import HTTP01
 from reconciler.ports import ChallengeTask, SolverError
@@ -20,6 +22,8 @@ from reconciler.support.logging import get_logger
 log = get_logger()
 
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
+ACCEPT_PAUSE = 0.1  # seconds the listener pauses when it cannot accept for want of descriptors or memory
+_OUT_OF_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 # --- standalone ------------------------------------------------------------------------------
@@ -40,7 +44,12 @@ class _Server(ThreadingHTTPServer):
         if ":" in address:
             self.address_family = socket.AF_INET6
         self._wake, self._waker = socket.socketpair()  # a byte on ``_waker`` ends ``serve``
-        super().__init__((address.strip("[]"), port), _Handler)  # closes the pair should it fail
+        try:
+            super().__init__((address.strip("[]"), port), _Handler)
+        except BaseException:  # no socket for that family, no descriptor left, the port taken, ...
+            self._wake.close()
+            self._waker.close()
+            raise
 
     def serve(self) -> None:
         """Answer requests until ``stop``. (socketserver's ``serve_forever`` notices its ``shutdown`` only
@@ -53,6 +62,14 @@ class _Server(ThreadingHTTPServer):
                 if any(key.fileobj is self._wake for key, _ in events):
                     return
                 self.handle_request()  # one connection waits: accepted at once, answered in its thread
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in _OUT_OF_RESOURCES:  # the connection stays queued and the socket readable:
+                time.sleep(ACCEPT_PAUSE)  # pause instead of spinning until a descriptor is free again
+            raise
 
     def stop(self) -> None:
         """Make ``serve`` return now."""
