@@ -177,9 +177,11 @@ class _LazyIssuer:
         """ACME: update the account's contact when the email changed (cheap when it did not: no backend built)."""
         if self.spec.acme is None:
             return False
-        from reconciler.adapters.issuers.acme.account import AccountStore
+        from reconciler.adapters.issuers.acme.record import RECORD, load_record
 
-        record = AccountStore(self.state_path / "acme" / self.name).load(self.spec.acme.directoryUrl)
+        scope = f"acme/{self.name}"  # where the backend keeps it too (the database, for a fleet)
+        where = str(self.state_path / scope / RECORD)
+        record = load_record(self.state.blobs(scope), self.spec.acme.directoryUrl, where)
         if record is None or record.email == self.spec.acme.email:
             return False
         return bool(self.backend.sync_account())

@@ -53,3 +53,42 @@ def test_the_x509_code_is_imported_when_a_store_holds_a_file_to_read(tmp_path: P
     found = _plan(desired)
     assert found["code"] == 0 and "reconciler.support.pki" in found["imported"]
     assert callable(vars(pemdir)["pki"].info_from_pem)
+
+
+APPLY = """
+import json, sys
+from reconciler.entry import cli
+code = cli.main(["apply", "-d", sys.argv[1]])
+print(json.dumps({"code": code, "imported": [m for m in ("acme", "josepy") if m in sys.modules]}))
+"""
+
+
+def test_an_apply_that_orders_nothing_from_an_acme_ca_imports_no_acme_client(tmp_path: Path) -> None:
+    """The ACME Issuer's account is registered with the email its spec names: checking that reads the
+    account record only (the client, 0.15 s to import, is loaded when an order or a contact update needs
+    it). Before, every apply imported it to look at the record."""
+    desired = tmp_path / "desired"
+    desired.mkdir()
+    directory = "https://127.0.0.1:9/dir"  # nothing listens there: nothing may need to ask
+    (desired / "all.yaml").write_text(
+        "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: s}\nspec: {stateDir: ../state}\n---\n"
+        "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: local}\nspec: {localCA: {}}\n---\n"
+        "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: le}\n"
+        f"spec: {{acme: {{directoryUrl: '{directory}', email: ops@example.com, agreeToS: true, "
+        "solvers: [{http01: {standalone: {port: 80}}}]}}\n---\n"
+        "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: pem}\nspec: {pemDirectory: {path: ../pem}}\n---\n"
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: www}\n"
+        "spec: {issuer: local, domains: [www.example.com], stores: [pem]}\n"
+    )
+    account = tmp_path / "state" / "acme" / "le"
+    account.mkdir(parents=True)
+    (account / "account.json").write_text(
+        json.dumps(
+            {"directoryUrl": directory, "uri": "https://127.0.0.1:9/acct/1", "email": "ops@example.com"}
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", APPLY, str(desired)], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"code": 0, "imported": []}
+    assert (tmp_path / "pem" / "www" / "cert.pem").is_file()  # the apply did its work

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from reconciler.adapters.issuers.acme import retry
+from reconciler.adapters.issuers.acme.record import RECORD, AccountRecord, load_record
 from reconciler.core import spec as specs
 from reconciler.ports import Blobs, IssueError
 from reconciler.state.statedir import FileBlobs
@@ -33,14 +33,6 @@ from reconciler.support.logging import get_logger
 from reconciler.support.secrets import SecretError, resolve
 
 log = get_logger()
-
-
-@dataclass(frozen=True)
-class AccountRecord:
-    directory_url: str
-    uri: str
-    email: str | None
-    created: str
 
 
 def jwa_for(jwk: JWK) -> JWASignature:
@@ -129,17 +121,7 @@ class AccountStore:
 
     def load(self, directory_url: str) -> AccountRecord | None:
         """The saved account for this directory URL, or None (none yet, or one of another CA)."""
-        try:
-            raw = self.blobs.get("account.json")
-            if raw is None:
-                return None
-            data = json.loads(raw)
-        except (OSError, ValueError) as exc:
-            log.warning("acme.account.record_unreadable", path=str(self.record_path), error=str(exc))
-            return None
-        if data.get("directoryUrl") != directory_url or not data.get("uri"):
-            return None
-        return AccountRecord(directory_url, data["uri"], data.get("email"), data.get("created", ""))
+        return load_record(self.blobs, directory_url, str(self.record_path))
 
     def save(
         self, directory_url: str, uri: str, email: str | None, created: str | None = None
@@ -148,7 +130,7 @@ class AccountStore:
             directory_url, uri, email, created or datetime.now(UTC).isoformat(timespec="seconds")
         )
         body = {"directoryUrl": directory_url, "uri": uri, "email": email, "created": record.created}
-        self.blobs.put("account.json", (json.dumps(body, indent=1) + "\n").encode())
+        self.blobs.put(RECORD, (json.dumps(body, indent=1) + "\n").encode())
         return record
 
 
@@ -167,7 +149,7 @@ class Registration:
     def forget(self) -> None:
         """The CA no longer knows the saved account: register again on the next order."""
         with self._lock:
-            self.store.blobs.delete("account.json")
+            self.store.blobs.delete(RECORD)
 
     def ensure(self, client: ClientV2, directory: messages.Directory, key: JWK) -> None:
         """Point ``client`` at the saved account, registering one first (once, under a lock) when there is none;
