@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import minimal_acme  # noqa: E402
+import requests  # noqa: E402
 
 from tests.integration.servers import Pebble, ServerPool  # noqa: E402
 
@@ -309,12 +310,20 @@ def main() -> int:
         print(
             f"Pebble at {pebble.directory_url}; its VA connects to 127.0.0.1:{port} for http-01", flush=True
         )
-        tried = {
-            t: minimal_acme.run(pebble.directory_url, pebble.ca_bundle, port, names(f"lim{t}x", n), t)
-            for t in sorted({1, 2, 4, 8, c})
-        }
-        for t, result in tried.items():
-            print(f"limit, {t} threads: {n} certificates in {result.seconds:.2f} s", flush=True)
+        tried: dict[int, minimal_acme.Result] = {}
+        for t in sorted({1, 2, 4, 8, c}):
+            try:
+                tried[t] = minimal_acme.run(
+                    pebble.directory_url, pebble.ca_bundle, port, names(f"lim{t}x", n), t
+                )
+            except requests.RequestException as exc:  # polling without pause can swamp Pebble until it stalls
+                print(
+                    f"limit, {t} threads: failed ({exc.__class__.__name__}: {exc}); not counted", flush=True
+                )
+                continue
+            print(f"limit, {t} threads: {n} certificates in {tried[t].seconds:.2f} s", flush=True)
+        if not tried:
+            sys.exit("the minimal client failed at every number of threads")
         best = min(tried, key=lambda t: tried[t].seconds)
         ours, issues = run_certctl(work / "certctl", pebble, port, names("cc", n), c)
         print(f"certctl: {n} certificates in {ours:.2f} s", flush=True)
