@@ -4,8 +4,10 @@ metrics gauges; and reconciler.support.git against a real git repository."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +21,8 @@ from reconciler.core.plan import Action, ActionKind, CertState, CertSummary, Pla
 from reconciler.core.schedules import next_due
 from reconciler.core.status import StatusRow, ready_condition
 from reconciler.entry.daemon import DaemonBusy, hold_daemon_lock
-from reconciler.entry.daemon.metrics import Metrics, parse_address
+from reconciler.entry.daemon import metrics as metrics_module
+from reconciler.entry.daemon.metrics import HttpEndpoint, Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull
 from reconciler.support.logging import configure
@@ -286,3 +289,22 @@ def test_only_spec_files_outside_the_state_dir_and_hidden_folders_wake_the_daemo
     assert not relevant_change(root, state, False, str(state / "x.yaml"))
     assert not relevant_change(root, state, False, str(root / ".git" / "config.yaml"))
     assert not relevant_change(root, state, False, str(root / ".swap.yaml"))
+
+
+def test_a_silent_client_of_the_http_endpoint_is_closed_and_others_are_answered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each connection has its own thread: one that never sends a request held it for ever (a few
+    thousand such connections, and the daemon could start no thread). It is closed after READ_TIMEOUT."""
+    assert 0 < metrics_module.READ_TIMEOUT <= 60
+    monkeypatch.setattr(metrics_module, "READ_TIMEOUT", 0.2)  # shorter here
+    endpoint = HttpEndpoint("127.0.0.1:0", Metrics(), lambda: (True, {"ok": True}), lambda: {})
+    endpoint.start()
+    try:
+        host, port = endpoint.address.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as silent:
+            with urllib.request.urlopen(f"http://{endpoint.address}/healthz", timeout=5) as answer:
+                assert answer.status == 200  # answered while the silent one waits
+            assert silent.recv(1) == b""  # then the silent one is closed
+    finally:
+        endpoint.stop()

@@ -153,6 +153,9 @@ def _remove(gauge: Gauge, *labels: str) -> None:
         gauge.remove(*labels)
 
 
+READ_TIMEOUT = 10.0  # seconds a client of the endpoint may stay silent before its connection is closed
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -176,6 +179,7 @@ class HttpEndpoint:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "certctl"
+            timeout = READ_TIMEOUT  # a connection that sends nothing is closed, not kept for ever
 
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
