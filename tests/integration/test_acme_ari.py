@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from reconciler.adapters.issuers.acme import AcmeIssuer
+from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
 from reconciler.ports import IssueRequest
 from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import AriProxy, Pebble, acme_spec, standalone

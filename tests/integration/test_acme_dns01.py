@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.adapters.issuers.acme import AcmeIssuer
+from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
 from reconciler.ports import IssueError, IssueRequest
 from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import (

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from reconciler.adapters.issuers.acme import AcmeIssuer, RetryPolicy
+from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
+from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.ports import IssueError, IssueRequest, Material
 from reconciler.wiring import build_acme_issuer
 from tests.integration.servers import Pebble, acme_spec, free_port, standalone

@@ -12,7 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from reconciler.adapters.issuers.acme import AcmeIssuer
+from reconciler.adapters.issuers.acme.issuer import AcmeIssuer
 from reconciler.adapters.solvers.http01 import LISTENERS
 from reconciler.ports import IssueError, IssueRequest
 from reconciler.support import pki

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from reconciler.adapters.issuers.acme import RetryPolicy
+from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.app.executor import Executor
 from reconciler.app.loader import load
 from reconciler.app.observe import observe

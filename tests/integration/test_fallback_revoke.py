@@ -15,8 +15,8 @@ import requests
 from acme import messages
 from acme.client import ClientV2
 
-from reconciler.adapters.issuers.acme import RetryPolicy
 from reconciler.adapters.issuers.acme.account import AccountStore
+from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.adapters.issuers.acme.transport import Network
 from reconciler.app.executor import Executor
 from reconciler.app.loader import load

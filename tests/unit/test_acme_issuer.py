@@ -16,10 +16,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from reconciler.adapters.issuers.acme import RetryPolicy
 from reconciler.adapters.issuers.acme.chains import choose_chain, make_csr
 from reconciler.adapters.issuers.acme.issuer import normalize_url
 from reconciler.adapters.issuers.acme.order import Order
+from reconciler.adapters.issuers.acme.retry import RetryPolicy
 from reconciler.core.spec import Acme
 from reconciler.ports import IssueError, IssueRequest
 from reconciler.wiring import build_acme_issuer
