@@ -347,6 +347,19 @@ class StateBackend(Protocol):
 
     def lock(self, wait: float = 10.0, purpose: str = "apply") -> AbstractContextManager[None]: ...
 
+    def recovery_needed(self) -> bool:
+        """Whether the lock's previous holder may have left debris (it did not finish cleanly), so that crash
+        recovery must look through every folder; asked while holding the lock."""
+        ...
+
+    def recovered(self) -> None:
+        """A recovery looked through every folder and left nothing behind."""
+        ...
+
+    def mark_unclean(self) -> None:
+        """Something the lock's holder did failed midway: the next recovery looks through every folder."""
+        ...
+
     # issuance (shared in fleet mode)
     def issued(self) -> dict[str, tuple[IssuedVersion, ...]]: ...
 

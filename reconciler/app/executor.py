@@ -301,6 +301,7 @@ class Executor:
 
     def _failed(self, action: Action, started: float, message: str) -> Outcome:
         seconds = time.monotonic() - started
+        self.world.state.mark_unclean()  # it may have stopped midway: the next recovery looks everywhere
         log.error(
             "action.failed",
             action=action.id,

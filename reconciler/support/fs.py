@@ -65,19 +65,28 @@ def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None
     fsync_dir(path.parent)
 
 
-def remove_temporaries(root: Path, pattern: re.Pattern[str], *, recursive: bool) -> int:
+def remove_temporaries(
+    root: Path, pattern: re.Pattern[str], *, recursive: bool, failed: list[str] | None = None
+) -> int:
     """Remove the files and folders below ``root`` whose names match ``pattern`` (what interrupted writes
-    left behind); a folder that cannot be read or an entry that cannot be removed is logged and skipped."""
+    left behind); a folder that cannot be read or an entry that cannot be removed is logged, skipped and
+    added to ``failed``."""
     removed = 0
     if not root.is_dir():
         return 0
+
+    def unreadable(exc: OSError) -> None:
+        log.warning("recovery.read.failed", path=str(exc.filename or root), error=str(exc))
+        if failed is not None:
+            failed.append(str(exc.filename or root))
+
     if recursive:
-        walker = os.walk(root)
+        walker = os.walk(root, onerror=unreadable)
     else:
         try:
             walker = iter([(str(root), [], [e.name for e in os.scandir(root)])])
         except OSError as exc:
-            log.warning("recovery.read.failed", path=str(root), error=str(exc))
+            unreadable(exc)
             return 0
     for folder, dirs, files in walker:
         for name in list(dirs) + list(files):
@@ -93,6 +102,8 @@ def remove_temporaries(root: Path, pattern: re.Pattern[str], *, recursive: bool)
                     path.unlink()
             except OSError as exc:
                 log.warning("recovery.remove.failed", path=str(path), error=str(exc))
+                if failed is not None:
+                    failed.append(str(path))
                 continue
             removed += 1
             log.info("recovery.removed", path=str(path), note="left by an interrupted write")

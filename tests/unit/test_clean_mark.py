@@ -1,0 +1,148 @@
+"""The clean mark: a holder of the apply lock that finishes cleanly says so, and the next recovery then
+skips the walk through the vault, the stores and the task folders; anything else makes it look everywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from reconciler.app.recovery import recover
+from reconciler.state.statedir import CLEAN_MARK, StateDir
+
+
+def world_of(state: StateDir, store: Path) -> SimpleNamespace:
+    return SimpleNamespace(
+        state=state,
+        stores={"pem": SimpleNamespace(path=store)},
+        hosts={},
+        issuers={},
+        desired=SimpleNamespace(certificates={}),
+    )
+
+
+def debris(store: Path) -> Path:
+    """What an interrupted install leaves in a store: a version folder that never took its name."""
+    folder = store / "a" / "versions" / ".20261202T010000Z-ABCDEF12.tmp"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_a_holder_that_finishes_leaves_the_mark_and_removes_it_while_it_holds_the_lock(
+    tmp_path: Path,
+) -> None:
+    state = StateDir(tmp_path / "state")
+    with state.lock():
+        assert state.recovery_needed(), "no mark yet: the first holder looks everywhere"
+        assert not (state.path / CLEAN_MARK).exists()
+        state.recovered()
+    mark = json.loads((state.path / CLEAN_MARK).read_text())
+    assert mark["pid"] == os.getpid()
+    with state.lock():
+        assert not state.recovery_needed()
+        assert not (state.path / CLEAN_MARK).exists(), "gone before the holder writes anything"
+    assert (state.path / CLEAN_MARK).exists()
+    assert state.recovery_needed(), "asked without the lock: unknown, so yes"
+
+
+def test_after_a_clean_finish_recovery_skips_the_walk_but_sweeps_the_state_dir_top(tmp_path: Path) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    with state.lock():
+        recover(world_of(state, store))
+    # planted by hand: a clean finish cannot leave these, so the walk that would find the first is skipped
+    left = debris(store)
+    (state.path / "cache").mkdir()
+    top = state.path / ".applied.json.ab12cd34.tmp"  # a write made without the lock (plan, a cache)
+    cached = state.path / "cache" / ".desired-0123.json.ef56ab78.tmp"
+    top.write_text("half")
+    cached.write_text("half")
+    with state.lock():
+        counts = recover(world_of(state, store))
+    assert counts["temp"] == 2
+    assert not top.exists() and not cached.exists()
+    assert left.exists()
+
+
+@pytest.mark.parametrize(
+    "how", ["killed", "raised", "failed action", "stale mark", "link", "folder", "garbage"]
+)
+def test_anything_but_a_clean_finish_makes_the_next_recovery_look_everywhere(
+    tmp_path: Path, how: str
+) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    with state.lock():
+        recover(world_of(state, store))
+    assert (state.path / CLEAN_MARK).is_file()
+    mark = state.path / CLEAN_MARK
+    if how == "killed":  # what a kill -9 leaves: the holder removed the mark and never wrote it back
+        mark.unlink()
+    elif how == "raised":
+        with pytest.raises(RuntimeError), state.lock():
+            raise RuntimeError("an error in the middle of an apply")
+    elif how == "failed action":
+        with state.lock():
+            state.mark_unclean()  # what the executor does for an action that failed
+    elif how == "stale mark":  # another writer (an older certctl) used the state dir since
+        state.journal("intent", run="r1", action="issue/a")
+        state.journal("done", run="r1", action="issue/a")
+    elif how == "link":
+        elsewhere = tmp_path / "forged.json"
+        elsewhere.write_text(mark.read_text())
+        mark.unlink()
+        mark.symlink_to(elsewhere)
+    elif how == "folder":
+        mark.unlink()
+        mark.mkdir()
+    else:
+        mark.write_text("{not json")
+    left = debris(store)
+    with state.lock():
+        assert state.recovery_needed()
+        assert not os.path.lexists(mark), "whatever stood there is removed"
+        counts = recover(world_of(state, store))
+        assert not state.recovery_needed()
+    assert counts["temp"] == 1
+    assert not left.exists()
+    assert (state.path / CLEAN_MARK).is_file(), "the recovery looked everywhere: clean again"
+
+
+def test_a_pass_after_a_failure_does_not_mark_clean_until_a_recovery_has_looked(tmp_path: Path) -> None:
+    """The daemon: a pass whose action failed, then a pass without recovery, then a maintenance pass."""
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    with state.lock():
+        recover(world_of(state, store))
+        left = debris(store)  # an install that failed midway
+        state.mark_unclean()
+    with state.lock():  # a pass that recovers nothing and fails nothing
+        pass
+    assert not (state.path / CLEAN_MARK).exists(), "the debris of the failed pass is still there"
+    with state.lock():
+        recover(world_of(state, store))
+    assert not left.exists()
+    assert (state.path / CLEAN_MARK).is_file()
+
+
+def test_a_temporary_that_cannot_be_removed_keeps_the_next_recovery_looking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    left = debris(store)
+
+    def refuse(path: object, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with state.lock():
+        recover(world_of(state, store))
+        assert state.recovery_needed()
+    assert left.exists()
+    assert not (state.path / CLEAN_MARK).exists()
+    monkeypatch.undo()
+    with state.lock():
+        recover(world_of(state, store))
+    assert not left.exists()
+    assert (state.path / CLEAN_MARK).is_file()
