@@ -146,3 +146,45 @@ def test_a_temporary_that_cannot_be_removed_keeps_the_next_recovery_looking(
         recover(world_of(state, store))
     assert not left.exists()
     assert (state.path / CLEAN_MARK).is_file()
+
+
+DESIRED = """\
+apiVersion: certctl/v1
+kind: Settings
+metadata: {name: s}
+spec: {stateDir: ../state}
+---
+apiVersion: certctl/v1
+kind: Issuer
+metadata: {name: local}
+spec: {localCA: {}}
+---
+apiVersion: certctl/v1
+kind: Store
+metadata: {name: pem}
+spec: {pemDirectory: {path: ../pem}}
+---
+apiVersion: certctl/v1
+kind: Certificate
+metadata: {name: web}
+spec: {issuer: local, domains: [www.example.com], stores: [pem]}
+"""
+
+
+def test_an_apply_with_a_failed_action_leaves_no_mark_and_the_next_one_looks_everywhere(
+    tmp_path: Path, run_cli
+) -> None:
+    desired = tmp_path / "desired"
+    desired.mkdir()
+    (desired / "certs.yaml").write_text(DESIRED)
+    (tmp_path / "pem").write_text("a file where the store's folder should be")
+    code, out, err = run_cli("apply", "-d", str(desired), "--auto-approve")
+    assert code == 1, out + err
+    mark = tmp_path / "state" / CLEAN_MARK
+    assert not mark.exists(), "an install failed: the next recovery must look everywhere"
+    (tmp_path / "pem").unlink()
+    left = debris(tmp_path / "pem")
+    code, out, err = run_cli("apply", "-d", str(desired), "--auto-approve")
+    assert code == 0, out + err
+    assert not left.exists(), "swept by the recovery of the apply that followed the failure"
+    assert mark.is_file()
