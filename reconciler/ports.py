@@ -352,8 +352,12 @@ class StateBackend(Protocol):
         recovery must look through every folder; asked while holding the lock."""
         ...
 
-    def recovered(self) -> None:
-        """A recovery looked through every folder and left nothing behind."""
+    def swept(self) -> frozenset[str]:
+        """The places (stores, hosts, task folders, as ``recover`` names them) the clean mark vouches for."""
+        ...
+
+    def recovered(self, swept: Collection[str]) -> None:
+        """A recovery looked through ``swept`` and left nothing behind, on disk."""
         ...
 
     def mark_unclean(self) -> None:

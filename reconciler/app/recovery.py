@@ -13,21 +13,26 @@ by ``certctl apply``/``renew`` before they observe, and by the daemon at start a
 * ACME challenge files and DNS records an interrupted order left answerable are removed;
 * a journal over 8 MiB is rotated (all its entries are closed by then).
 
-Debris is only left by a holder of the apply lock that did not finish cleanly; one that did leaves a mark
-(``StateBackend.recovery_needed``). After a clean finish the walks through the vault, the stores, the task
-folders and the IIS hosts' folders are skipped (at 10,000 certificates they read some 60,000 folders);
-the logs, the journal, the state dir's own top level and its cache folder are still looked at.
+Debris is only left in the vault, the stores, the task folders and the IIS machines by a holder of the
+apply lock that did not finish cleanly; one that did leaves a mark (``StateBackend.recovery_needed``)
+naming the folders its last full recovery swept. After a clean finish recovery walks only folders the mark
+does not name (a Store or task added since) and the state dir without its vault (``plan`` and ``status``
+write caches and a CA's directory there without the lock); at 10,000 certificates that spares reading
+some 60,000 folders. What a recovery removed is on disk before the mark can vouch for it.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from reconciler.app.executor import recover_challenges
 from reconciler.ports import StateBackend
+from reconciler.support import durable
 from reconciler.support.fs import WRITE_TEMP, remove_temporaries
 from reconciler.support.logging import get_logger
 
@@ -43,49 +48,84 @@ def recover(world: Any) -> dict[str, int]:
     for name in LOGS:
         counts["torn"] += _mend(state.path / name)
     counts["unfinished"] = len(state.close_unfinished(by="recovery"))
+    failed: list[str] = []
+    places = _places(world)
     if state.recovery_needed() or counts["unfinished"]:
-        failed: list[str] = []
-        counts["temp"] += _sweep_everywhere(world, state, failed)
+        counts["temp"] += remove_temporaries(state.path, OWN_TEMP, recursive=True, failed=failed)
+        todo = places
+    else:  # the previous holder finished cleanly: the state dir without its vault, and places new since
+        counts["temp"] += remove_temporaries(
+            state.path, OWN_TEMP, recursive=True, failed=failed, skip=frozenset({"vault"})
+        )
+        todo = {key: sweep for key, sweep in places.items() if key not in state.swept()}
+    for sweep in todo.values():
+        counts["temp"] += sweep(failed)
+    if todo is places:
         counts["reindexed"], counts["vault"] = state.recover_vault()
-        if failed:
-            state.mark_unclean()  # what could not be removed is looked for again next time
-        else:
-            state.recovered()
-    else:  # the lock's previous holder finished cleanly: only a write made without the lock (a cache)
-        for folder in (state.path, state.path / "cache"):  # can have left a temporary, and only here
-            counts["temp"] += remove_temporaries(folder, OWN_TEMP, recursive=False)
+    if counts["temp"] or counts["vault"]:  # the removals on disk before a clean mark vouches for them
+        try:
+            durable.settle(state.path, *(p for p in _folders(world) if p.is_dir()))
+        except OSError as exc:
+            log.warning("recovery.sync.failed", error=str(exc))
+            failed.append(str(exc))
+    if failed:
+        state.mark_unclean()  # what could not be read or removed is looked for again next time
+    else:
+        state.recovered(places)
     counts["challenges"] = recover_challenges(world)
     if any(counts.values()):
         log.warning("recovery.done", **counts)
     return counts
 
 
-def _sweep_everywhere(world: Any, state: StateBackend, failed: list[str]) -> int:
-    """Remove the temporaries of interrupted writes: the state dir, the stores, the IIS hosts, the task folders
-    (what cannot be read or removed is added to ``failed``)."""
-    removed = 0
-    own = [state.path]
-    foreign: list[Path] = []
-    for store in world.stores.values():
-        if hasattr(store, "path"):
-            own.append(Path(store.path))
-    for host in world.hosts.values():
+Sweep = Callable[[list[str]], int]
+
+
+def _places(world: Any) -> dict[str, Sweep]:
+    """Where interrupted writes can leave temporaries besides the state dir, each with what removes them
+    (adding what it could not read or remove to its argument): the stores, the IIS hosts, the task folders."""
+    places: dict[str, Sweep] = {}
+    stores = {os.path.abspath(store.path) for store in world.stores.values() if hasattr(store, "path")}
+    for folder in sorted(stores):
+        places[f"store:{folder}"] = partial(_sweep, Path(folder), OWN_TEMP, True)
+    for name, host in sorted(world.hosts.items()):
         sweep = getattr(host, "sweep_temporaries", None)
         if sweep is not None:
-            removed += int(sweep())
+            places[f"host:{name}:{os.path.abspath(getattr(host, 'root', name))}"] = partial(
+                _sweep_host, sweep
+            )
+    for folder in _task_folders(world):
+        key = os.path.abspath(folder)
+        places.setdefault(f"task:{key}", partial(_sweep, folder, WRITE_TEMP, key in stores))
+    return places
+
+
+def _task_folders(world: Any) -> list[Path]:
+    folders: list[Path] = []
     for named in world.desired.certificates.values():
         for task in named.spec.tasks:
             if task.files is not None:
-                foreign.append(Path(task.files.path))
+                folders.append(Path(task.files.path))
             elif task.pfx is not None:
-                foreign.append(Path(task.pfx.path).parent)
+                folders.append(Path(task.pfx.path).parent)
             elif task.ccs is not None:
-                foreign.append(Path(task.ccs.path))
-    for root in own:
-        removed += remove_temporaries(root, OWN_TEMP, recursive=True, failed=failed)
-    for root in foreign:
-        removed += remove_temporaries(root, WRITE_TEMP, recursive=root in own, failed=failed)
-    return removed
+                folders.append(Path(task.ccs.path))
+    return folders
+
+
+def _folders(world: Any) -> list[Path]:
+    """The folders recovery removes from (to settle them): stores, IIS machines, task folders."""
+    out = [Path(store.path) for store in world.stores.values() if hasattr(store, "path")]
+    out += [Path(host.root) for host in world.hosts.values() if hasattr(host, "root")]
+    return out + _task_folders(world)
+
+
+def _sweep(root: Path, pattern: re.Pattern[str], recursive: bool, failed: list[str]) -> int:
+    return remove_temporaries(root, pattern, recursive=recursive, failed=failed)
+
+
+def _sweep_host(sweep: Callable[..., int], failed: list[str]) -> int:
+    return int(sweep(failed=failed))
 
 
 def _mend(path: Path) -> int:

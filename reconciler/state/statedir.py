@@ -64,6 +64,7 @@ from reconciler.support.parallel import locked, map_io, stepped_out
 
 JOURNAL_ROTATE_BYTES = 8 << 20
 CLEAN_MARK = "clean.json"  # written by a lock holder that finished cleanly (see ``StateDir.lock``)
+MARK_MAX_BYTES = 1 << 20  # a larger one is not certctl's: nothing is vouched for
 RECENT_MATERIAL = 256  # versions just stored, kept for the installs that follow them
 VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
 log = get_logger()
@@ -535,6 +536,8 @@ class StateDir:
         self._folder_locks: dict[str, threading.Lock] = {}
         self._lock_fd: int | None = None
         self._debris = True  # whether debris may lie about (see ``lock``); unknown without the lock: yes
+        self._swept: frozenset[str] = frozenset()  # the folders the clean mark vouches for
+        self._failed = False  # something failed midway since the lock was taken
         self._vault_index = KeyedLog(self.path / "vault" / "index.jsonl", self._versions)
         self._attempts = KeyedLog(self.path / "attempts.jsonl", attempts_from_json)
         self._deployments = KeyedLog(self.path / "deployments.jsonl", _check_str)
@@ -594,8 +597,13 @@ class StateDir:
                 "Only one certctl may apply at a time; try again when it has finished."
             )
         self._lock_fd = fd
-        self._debris = not self._take_clean_mark()
         try:
+            self._debris, self._swept, self._failed = True, frozenset(), False
+            try:
+                self._take_clean_mark()
+            except Exception as exc:  # noqa: BLE001 - whatever stands there, recovery then looks everywhere
+                self._debris = True
+                log.warning("state.clean_mark.ignored", path=str(self.path / CLEAN_MARK), reason=repr(exc))
             yield
         except BaseException:
             self._debris = True
@@ -615,13 +623,13 @@ class StateDir:
     # --- the clean mark: whether crash recovery must look through every folder ---------------------------
     #
     # Debris (temporaries of interrupted writes, a vault version without its index line) is only ever left
-    # by a holder of the lock that stopped without finishing: killed, crashed, the machine lost power, or
-    # an action failed. So the holder removes ``clean.json`` (durably) as soon as it has the lock, and
-    # writes it back when it lets go of the lock if there can be no debris: the mark was there when it
-    # took the lock, or a recovery looked everywhere since (``recovered``), and nothing failed or raised
-    # after that. A recovery that finds the mark (and the journal as the mark recorded it: no other
-    # writer since) skips the walk through the vault, the stores and the task folders, which costs seconds
-    # at 10,000 certificates. A missing, unreadable or stale mark means: look everywhere.
+    # in the vault, the stores and the task folders by a holder of the lock that stopped without finishing:
+    # killed, crashed, the machine lost power, or an action failed. So the holder removes ``clean.json``
+    # (durably) as soon as it has the lock, and writes it back when it lets go if there can be no debris:
+    # the mark was there when it took the lock, or a recovery looked everywhere since (``recovered``), and
+    # nothing failed or raised after that. The mark names the folders it vouches for (those the last full
+    # recovery swept); a recovery that finds it, with the journal as it recorded it (no other writer since),
+    # walks only folders it does not name. A missing, unreadable or stale mark means: look everywhere.
 
     def _journal_identity(self) -> list[int] | None:
         try:
@@ -629,52 +637,83 @@ class StateDir:
         except OSError:
             return None
 
-    def _take_clean_mark(self) -> bool:
-        """Whether the clean mark is there and still true; then remove it, before anything is written."""
+    def _take_clean_mark(self) -> None:
+        """Read the clean mark (``recovery_needed``, ``swept``), then remove it before anything is written."""
         path = self.path / CLEAN_MARK
         try:
             st = os.lstat(path)
         except OSError:
-            return False
-        clean = False
-        if stat.S_ISREG(st.st_mode) and st.st_size <= 4096:
-            with contextlib.suppress(OSError, ValueError):  # NotRegular is an OSError
-                mark = json.loads(read_regular(path, 4096))
-                clean = isinstance(mark, dict) and mark.get("journal") == self._journal_identity()
+            return
+        if stat.S_ISDIR(st.st_mode):  # not certctl's: never removed; writing the mark back fails, so
+            log.warning(
+                "state.clean_mark.ignored", path=str(path), reason="a folder"
+            )  # recovery always looks
+            return
+        mark: Any = None
+        if stat.S_ISREG(st.st_mode) and st.st_size <= MARK_MAX_BYTES:
+            try:  # never through a link, never waiting on a pipe swapped in since the lstat
+                fd = os.open(path, os.O_RDONLY | NO_FOLLOW_NO_WAIT)
+                try:
+                    opened = os.fstat(fd)
+                    if stat.S_ISREG(opened.st_mode) and opened.st_size <= MARK_MAX_BYTES:
+                        mark = json.loads(os.read(fd, MARK_MAX_BYTES + 1))
+                finally:
+                    os.close(fd)
+            except (OSError, ValueError, RecursionError):  # not certctl's writing: nothing is vouched for
+                mark = None
         try:
-            if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(path)
-            else:
-                os.unlink(path)
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            try:
-                os.fsync(fd)  # gone for good before this holder writes anything
-            finally:
-                os.close(fd)
+            os.unlink(path)
+            if os.name != "nt":  # Windows cannot open a folder; its unlinks are durable when they return
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    os.fsync(fd)  # gone for good before this holder writes anything
+                finally:
+                    os.close(fd)
         except OSError as exc:
             log.warning("state.clean_mark.not_removed", path=str(path), error=exc.strerror)
-            return False
-        return clean
+            return
+        swept = mark.get("swept") if isinstance(mark, dict) else None
+        if (
+            isinstance(swept, list)
+            and all(isinstance(f, str) for f in swept)
+            and mark.get("journal") == self._journal_identity()
+        ):
+            self._debris, self._swept = False, frozenset(swept)
 
     def _leave_clean_mark(self) -> None:
-        mark = {"journal": self._journal_identity(), "at": _iso(datetime.now(UTC)), "pid": os.getpid()}
+        mark = {
+            "journal": self._journal_identity(),
+            "swept": sorted(self._swept),
+            "at": _iso(datetime.now(UTC)),
+            "pid": os.getpid(),
+        }
         try:
             atomic_write(self.path / CLEAN_MARK, json.dumps(mark, sort_keys=True) + "\n", 0o600)
         except OSError as exc:  # the next recovery looks everywhere
             log.warning("state.clean_mark.not_written", path=str(self.path / CLEAN_MARK), error=exc.strerror)
 
+    def _not_removed(self, _fn: Any, path: str, error: Any) -> None:
+        """``rmtree``'s error handler in recovery: logged, and the next recovery looks everywhere again."""
+        log.warning("recovery.remove.failed", path=path, error=str(error[1]))
+        self.mark_unclean()
+
     def recovery_needed(self) -> bool:
         """Whether debris may lie about (see ``lock``): False when the lock's previous holder finished cleanly."""
         return self._debris
 
-    def recovered(self) -> None:
-        """A recovery looked everywhere and left nothing behind."""
-        if self._lock_fd is not None:
-            self._debris = False
+    def swept(self) -> frozenset[str]:
+        """The folders the clean mark vouches for (empty when recovery is needed)."""
+        return self._swept if not self._debris else frozenset()
+
+    def recovered(self, swept: Collection[str]) -> None:
+        """A recovery looked through ``swept`` (every folder the desired state writes in) and left nothing
+        behind, on disk."""
+        if self._lock_fd is not None and not self._failed:
+            self._debris, self._swept = False, frozenset(swept)
 
     def mark_unclean(self) -> None:
         """Something this lock's holder did failed midway: the next recovery looks everywhere."""
-        self._debris = True
+        self._debris = self._failed = True
 
     # --- JSON documents ----------------------------------------------------------------------------
 
@@ -874,7 +913,7 @@ class StateDir:
                             note="an issued version missing from the vault index was put back",
                         )
                     else:
-                        shutil.rmtree(version, ignore_errors=True)
+                        shutil.rmtree(version, onerror=self._not_removed)
                         removed += 1
                         log.info(
                             "recovery.removed",

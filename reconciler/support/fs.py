@@ -66,11 +66,16 @@ def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None
 
 
 def remove_temporaries(
-    root: Path, pattern: re.Pattern[str], *, recursive: bool, failed: list[str] | None = None
+    root: Path,
+    pattern: re.Pattern[str],
+    *,
+    recursive: bool,
+    failed: list[str] | None = None,
+    skip: frozenset[str] = frozenset(),
 ) -> int:
     """Remove the files and folders below ``root`` whose names match ``pattern`` (what interrupted writes
-    left behind); a folder that cannot be read or an entry that cannot be removed is logged, skipped and
-    added to ``failed``."""
+    left behind), not looking into the folders of ``root`` named in ``skip``; a folder that cannot be read
+    or an entry that cannot be removed is logged, skipped and added to ``failed``."""
     removed = 0
     if not root.is_dir():
         return 0
@@ -89,6 +94,8 @@ def remove_temporaries(
             unreadable(exc)
             return 0
     for folder, dirs, files in walker:
+        if skip and folder == str(root):
+            dirs[:] = [d for d in dirs if d not in skip]
         for name in list(dirs) + list(files):
             if not pattern.match(name):
                 continue

@@ -39,9 +39,9 @@ def test_a_holder_that_finishes_leaves_the_mark_and_removes_it_while_it_holds_th
     with state.lock():
         assert state.recovery_needed(), "no mark yet: the first holder looks everywhere"
         assert not (state.path / CLEAN_MARK).exists()
-        state.recovered()
+        state.recovered(["store:/nowhere"])
     mark = json.loads((state.path / CLEAN_MARK).read_text())
-    assert mark["pid"] == os.getpid()
+    assert mark["pid"] == os.getpid() and mark["swept"] == ["store:/nowhere"]
     with state.lock():
         assert not state.recovery_needed()
         assert not (state.path / CLEAN_MARK).exists(), "gone before the holder writes anything"
@@ -56,19 +56,41 @@ def test_after_a_clean_finish_recovery_skips_the_walk_but_sweeps_the_state_dir_t
     # planted by hand: a clean finish cannot leave these, so the walk that would find the first is skipped
     left = debris(store)
     (state.path / "cache").mkdir()
-    top = state.path / ".applied.json.ab12cd34.tmp"  # a write made without the lock (plan, a cache)
-    cached = state.path / "cache" / ".desired-0123.json.ef56ab78.tmp"
-    top.write_text("half")
-    cached.write_text("half")
+    (state.path / "acme" / "le").mkdir(parents=True)
+    (state.path / "vault" / "a" / ".DEADBEEF.0123abcd.tmp").mkdir(parents=True)  # not looked for
+    unlocked = [  # writes made without the lock (plan, status): caches, a CA's directory
+        state.path / ".applied.json.ab12cd34.tmp",
+        state.path / "cache" / ".desired-0123.json.ef56ab78.tmp",
+        state.path / "acme" / "le" / ".directory.json.0a1b2c3d.tmp",
+    ]
+    for path in unlocked:
+        path.write_text("half")
     with state.lock():
         counts = recover(world_of(state, store))
-    assert counts["temp"] == 2
-    assert not top.exists() and not cached.exists()
+    assert counts["temp"] == 3
+    assert not any(path.exists() for path in unlocked)
     assert left.exists()
+    assert (state.path / "vault" / "a" / ".DEADBEEF.0123abcd.tmp").exists()
+
+
+def test_a_store_the_mark_does_not_name_is_walked(tmp_path: Path) -> None:
+    state, store, added = StateDir(tmp_path / "state"), tmp_path / "pem", tmp_path / "pem2"
+    with state.lock():
+        recover(world_of(state, store))
+    left, new = debris(store), debris(added)  # a Store added since, its folder used by something else
+    world = world_of(state, store)
+    world.stores["pem2"] = SimpleNamespace(path=added)
+    with state.lock():
+        assert recover(world)["temp"] == 1
+    assert left.exists() and not new.exists()
+    assert sorted(json.loads((state.path / CLEAN_MARK).read_text())["swept"]) == [
+        f"store:{os.path.abspath(store)}",
+        f"store:{os.path.abspath(added)}",
+    ]
 
 
 @pytest.mark.parametrize(
-    "how", ["killed", "raised", "failed action", "stale mark", "link", "folder", "garbage"]
+    "how", ["killed", "raised", "failed action", "stale mark", "link", "garbage", "nested", "no list"]
 )
 def test_anything_but_a_clean_finish_makes_the_next_recovery_look_everywhere(
     tmp_path: Path, how: str
@@ -94,9 +116,10 @@ def test_anything_but_a_clean_finish_makes_the_next_recovery_look_everywhere(
         elsewhere.write_text(mark.read_text())
         mark.unlink()
         mark.symlink_to(elsewhere)
-    elif how == "folder":
-        mark.unlink()
-        mark.mkdir()
+    elif how == "nested":  # deeper than the JSON parser goes: RecursionError, not ValueError
+        mark.write_text("[" * 100_000)
+    elif how == "no list":
+        mark.write_text(json.dumps({"journal": None, "swept": "everything"}))
     else:
         mark.write_text("{not json")
     left = debris(store)
@@ -188,3 +211,33 @@ def test_an_apply_with_a_failed_action_leaves_no_mark_and_the_next_one_looks_eve
     assert code == 0, out + err
     assert not left.exists(), "swept by the recovery of the apply that followed the failure"
     assert mark.is_file()
+
+
+def test_a_folder_named_like_the_mark_is_left_alone_and_recovery_always_looks(tmp_path: Path) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    (state.path / CLEAN_MARK / "deep" / "er").mkdir(parents=True)
+    for _ in range(2):
+        left = debris(store)
+        with state.lock():
+            assert state.recovery_needed()
+            recover(world_of(state, store))
+        assert not left.exists()
+        assert (state.path / CLEAN_MARK / "deep" / "er").is_dir(), "never removed: not certctl's"
+
+
+def test_a_host_whose_rollback_cannot_finish_keeps_the_next_recovery_looking(tmp_path: Path) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    calls: list[str] = []
+
+    def sweep_temporaries(failed: list[str]) -> int:
+        calls.append("swept")
+        failed.append("rollback not finished")
+        return 0
+
+    world = world_of(state, store)
+    world.hosts = {"web01": SimpleNamespace(root=tmp_path / "iis", sweep_temporaries=sweep_temporaries)}
+    for _ in range(2):
+        with state.lock():
+            recover(world)
+        assert not (state.path / CLEAN_MARK).exists()
+    assert calls == ["swept", "swept"]
