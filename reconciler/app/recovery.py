@@ -50,21 +50,19 @@ def recover(world: Any) -> dict[str, int]:
     counts["unfinished"] = len(state.close_unfinished(by="recovery"))
     failed: list[str] = []
     places = _places(world)
-    if state.recovery_needed() or counts["unfinished"]:
-        counts["temp"] += remove_temporaries(state.path, OWN_TEMP, recursive=True, failed=failed)
-        todo = places
-    else:  # the previous holder finished cleanly: the state dir without its vault, and places new since
-        counts["temp"] += remove_temporaries(
-            state.path, OWN_TEMP, recursive=True, failed=failed, skip=frozenset({"vault"})
-        )
-        todo = {key: sweep for key, sweep in places.items() if key not in state.swept()}
-    for sweep in todo.values():
-        counts["temp"] += sweep(failed)
-    if todo is places:
+    full = state.recovery_needed() or bool(counts["unfinished"])
+    # the state dir itself, whole after a run that did not finish, else without its vault
+    skip = frozenset() if full else frozenset({"vault"})
+    counts["temp"] += remove_temporaries(state.path, OWN_TEMP, recursive=True, failed=failed, skip=skip)
+    swept = state.swept()
+    for key, (_, sweep) in places.items():
+        if full or key not in swept:  # after a clean finish: only places the mark does not name (new)
+            counts["temp"] += sweep(failed=failed)
+    if full:
         counts["reindexed"], counts["vault"] = state.recover_vault()
     if counts["temp"] or counts["vault"]:  # the removals on disk before a clean mark vouches for them
         try:
-            durable.settle(state.path, *(p for p in _folders(world) if p.is_dir()))
+            durable.settle(state.path, *(folder for folder, _ in places.values() if folder.is_dir()))
         except OSError as exc:
             log.warning("recovery.sync.failed", error=str(exc))
             failed.append(str(exc))
@@ -78,54 +76,38 @@ def recover(world: Any) -> dict[str, int]:
     return counts
 
 
-Sweep = Callable[[list[str]], int]
-
-
-def _places(world: Any) -> dict[str, Sweep]:
-    """Where interrupted writes can leave temporaries besides the state dir, each with what removes them
-    (adding what it could not read or remove to its argument): the stores, the IIS hosts, the task folders."""
-    places: dict[str, Sweep] = {}
+def _places(world: Any) -> dict[str, tuple[Path, Callable[..., int]]]:
+    """Where interrupted writes can leave temporaries besides the state dir, by a stable name: each folder,
+    with what removes them there (``failed=``: a list that gets what could not be read or removed). The
+    stores, the IIS machines, the task folders."""
+    places: dict[str, tuple[Path, Callable[..., int]]] = {}
     stores = {os.path.abspath(store.path) for store in world.stores.values() if hasattr(store, "path")}
     for folder in sorted(stores):
-        places[f"store:{folder}"] = partial(_sweep, Path(folder), OWN_TEMP, True)
+        places[f"store:{folder}"] = (
+            Path(folder),
+            partial(remove_temporaries, Path(folder), OWN_TEMP, recursive=True),
+        )
     for name, host in sorted(world.hosts.items()):
         sweep = getattr(host, "sweep_temporaries", None)
         if sweep is not None:
-            places[f"host:{name}:{os.path.abspath(getattr(host, 'root', name))}"] = partial(
-                _sweep_host, sweep
-            )
-    for folder in _task_folders(world):
-        key = os.path.abspath(folder)
-        places.setdefault(f"task:{key}", partial(_sweep, folder, WRITE_TEMP, key in stores))
-    return places
-
-
-def _task_folders(world: Any) -> list[Path]:
-    folders: list[Path] = []
+            root = Path(os.path.abspath(getattr(host, "root", name)))
+            places[f"host:{name}:{root}"] = (root, sweep)
     for named in world.desired.certificates.values():
         for task in named.spec.tasks:
             if task.files is not None:
-                folders.append(Path(task.files.path))
+                folder = Path(task.files.path)
             elif task.pfx is not None:
-                folders.append(Path(task.pfx.path).parent)
+                folder = Path(task.pfx.path).parent
             elif task.ccs is not None:
-                folders.append(Path(task.ccs.path))
-    return folders
-
-
-def _folders(world: Any) -> list[Path]:
-    """The folders recovery removes from (to settle them): stores, IIS machines, task folders."""
-    out = [Path(store.path) for store in world.stores.values() if hasattr(store, "path")]
-    out += [Path(host.root) for host in world.hosts.values() if hasattr(host, "root")]
-    return out + _task_folders(world)
-
-
-def _sweep(root: Path, pattern: re.Pattern[str], recursive: bool, failed: list[str]) -> int:
-    return remove_temporaries(root, pattern, recursive=recursive, failed=failed)
-
-
-def _sweep_host(sweep: Callable[..., int], failed: list[str]) -> int:
-    return int(sweep(failed=failed))
+                folder = Path(task.ccs.path)
+            else:
+                continue
+            key = os.path.abspath(folder)
+            recursive = key in stores
+            places.setdefault(
+                f"task:{key}", (folder, partial(remove_temporaries, folder, WRITE_TEMP, recursive=recursive))
+            )
+    return places
 
 
 def _mend(path: Path) -> int:

@@ -644,10 +644,10 @@ class StateDir:
             st = os.lstat(path)
         except OSError:
             return
-        if stat.S_ISDIR(st.st_mode):  # not certctl's: never removed; writing the mark back fails, so
+        if stat.S_ISDIR(st.st_mode):  # not certctl's: never removed (writing the mark back then fails, and
             log.warning(
                 "state.clean_mark.ignored", path=str(path), reason="a folder"
-            )  # recovery always looks
+            )  # recovery always looks)
             return
         mark: Any = None
         if stat.S_ISREG(st.st_mode) and st.st_size <= MARK_MAX_BYTES:
