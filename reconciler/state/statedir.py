@@ -65,6 +65,7 @@ from reconciler.support.parallel import locked, map_io, stepped_out
 JOURNAL_ROTATE_BYTES = 8 << 20
 CLEAN_MARK = "clean.json"  # written by a lock holder that finished cleanly (see ``StateDir.lock``)
 MARK_MAX_BYTES = 1 << 20  # a larger one is not certctl's: nothing is vouched for
+MARKED_LOGS = ("journal.jsonl", "vault/index.jsonl")  # the clean mark holds for these files as they were
 RECENT_MATERIAL = 256  # versions just stored, kept for the installs that follow them
 VAULT_FILES = ("cert.pem", "chain.pem", "key.pem")  # what deploying a version reads
 log = get_logger()
@@ -628,14 +629,20 @@ class StateDir:
     # (durably) as soon as it has the lock, and writes it back when it lets go if there can be no debris:
     # the mark was there when it took the lock, or a recovery looked everywhere since (``recovered``), and
     # nothing failed or raised after that. The mark names the folders it vouches for (those the last full
-    # recovery swept); a recovery that finds it, with the journal as it recorded it (no other writer since),
-    # walks only folders it does not name. A missing, unreadable or stale mark means: look everywhere.
+    # recovery swept); a recovery that finds it, with the journal and the vault index as it recorded them
+    # (no other writer since), walks only folders it does not name. A missing, unreadable or stale mark
+    # means: look everywhere.
 
-    def _journal_identity(self) -> list[int] | None:
-        try:
-            return list(file_key(os.lstat(self.path / "journal.jsonl")))
-        except OSError:
-            return None
+    def _log_identities(self) -> dict[str, list[int] | None]:
+        """The identity of the journal and of the vault index: a writer other than a lock holder of this
+        version (an older certctl, a hand, a disk that lost a line) changes one of them."""
+        out: dict[str, list[int] | None] = {}
+        for name in MARKED_LOGS:
+            try:
+                out[name] = list(file_key(os.lstat(self.path / name)))
+            except OSError:
+                out[name] = None
+        return out
 
     def _take_clean_mark(self) -> None:
         """Read the clean mark (``recovery_needed``, ``swept``), then remove it before anything is written."""
@@ -676,13 +683,13 @@ class StateDir:
         if (
             isinstance(swept, list)
             and all(isinstance(f, str) for f in swept)
-            and mark.get("journal") == self._journal_identity()
+            and mark.get("logs") == self._log_identities()
         ):
             self._debris, self._swept = False, frozenset(swept)
 
     def _leave_clean_mark(self) -> None:
         mark = {
-            "journal": self._journal_identity(),
+            "logs": self._log_identities(),
             "swept": sorted(self._swept),
             "at": _iso(datetime.now(UTC)),
             "pid": os.getpid(),

@@ -90,7 +90,18 @@ def test_a_store_the_mark_does_not_name_is_walked(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "how", ["killed", "raised", "failed action", "stale mark", "link", "garbage", "nested", "no list"]
+    "how",
+    [
+        "killed",
+        "raised",
+        "failed action",
+        "stale mark",
+        "index edited",
+        "link",
+        "garbage",
+        "nested",
+        "no list",
+    ],
 )
 def test_anything_but_a_clean_finish_makes_the_next_recovery_look_everywhere(
     tmp_path: Path, how: str
@@ -111,6 +122,9 @@ def test_anything_but_a_clean_finish_makes_the_next_recovery_look_everywhere(
     elif how == "stale mark":  # another writer (an older certctl) used the state dir since
         state.journal("intent", run="r1", action="issue/a")
         state.journal("done", run="r1", action="issue/a")
+    elif how == "index edited":  # by hand, or a disk that lost its last line: reindexing is recovery's job
+        (state.path / "vault").mkdir(exist_ok=True)
+        (state.path / "vault" / "index.jsonl").write_text("")
     elif how == "link":
         elsewhere = tmp_path / "forged.json"
         elsewhere.write_text(mark.read_text())
@@ -119,7 +133,7 @@ def test_anything_but_a_clean_finish_makes_the_next_recovery_look_everywhere(
     elif how == "nested":  # deeper than the JSON parser goes: RecursionError, not ValueError
         mark.write_text("[" * 100_000)
     elif how == "no list":
-        mark.write_text(json.dumps({"journal": None, "swept": "everything"}))
+        mark.write_text(json.dumps({"logs": {}, "swept": "everything"}))
     else:
         mark.write_text("{not json")
     left = debris(store)
