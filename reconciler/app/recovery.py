@@ -49,37 +49,58 @@ def recover(world: Any) -> dict[str, int]:
         counts["torn"] += _mend(state.path / name)
     counts["unfinished"] = len(state.close_unfinished(by="recovery"))
     failed: list[str] = []
+    removed_from: set[str] = set()
     places = _places(world)
     full = state.recovery_needed() or bool(counts["unfinished"])
     # the state dir itself, whole after a run that did not finish, else without its vault
-    skip = frozenset() if full else frozenset({"vault"})
-    counts["temp"] += remove_temporaries(state.path, OWN_TEMP, recursive=True, failed=failed, skip=skip)
+    counts["temp"] += remove_temporaries(
+        state.path,
+        OWN_TEMP,
+        recursive=True,
+        failed=failed,
+        skip=frozenset() if full else frozenset({"vault"}),
+        removed_from=removed_from,
+    )
     swept = state.swept()
+    present = {key: _identity(key, folder) for key, (folder, _) in places.items()}
     for key, (_, sweep) in places.items():
-        if full or key not in swept:  # after a clean finish: only places the mark does not name (new)
-            counts["temp"] += sweep(failed=failed)
+        if full or present[key] is None or present[key] not in swept:  # else vouched for by the mark
+            counts["temp"] += sweep(failed=failed, removed_from=removed_from)
     if full:
         counts["reindexed"], counts["vault"] = state.recover_vault()
-    if counts["temp"] or counts["vault"]:  # the removals on disk before a clean mark vouches for them
+        if counts["vault"]:
+            removed_from.add(str(state.vault))
+    if removed_from:  # on disk before a clean mark vouches for them
         try:
-            durable.settle(state.path, *(folder for folder, _ in places.values() if folder.is_dir()))
+            durable.settle(*sorted(removed_from))
         except OSError as exc:
             log.warning("recovery.sync.failed", error=str(exc))
             failed.append(str(exc))
     if failed:
         state.mark_unclean()  # what could not be read or removed is looked for again next time
-    else:
-        state.recovered(places)
+    else:  # a place that is not there (an unmounted share) is vouched for only once it has been swept
+        state.recovered([identity for identity in present.values() if identity is not None])
     counts["challenges"] = recover_challenges(world)
     if any(counts.values()):
         log.warning("recovery.done", **counts)
     return counts
 
 
+def _identity(key: str, folder: Path) -> str | None:
+    """A place's name with the identity of the folder it is now (through links: a share mounted since, a
+    link pointed elsewhere is another place); None when it is not there."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return f"{key}@{st.st_dev}:{st.st_ino}"
+
+
 def _places(world: Any) -> dict[str, tuple[Path, Callable[..., int]]]:
     """Where interrupted writes can leave temporaries besides the state dir, by a stable name: each folder,
-    with what removes them there (``failed=``: a list that gets what could not be read or removed). The
-    stores, the IIS machines, the task folders."""
+    with what removes them there (``failed=``: a list that gets what could not be read or removed;
+    ``removed_from=``: a set that gets the folders it removed from). The stores, the IIS machines, the task
+    folders."""
     places: dict[str, tuple[Path, Callable[..., int]]] = {}
     stores = {os.path.abspath(store.path) for store in world.stores.values() if hasattr(store, "path")}
     for folder in sorted(stores):

@@ -54,6 +54,7 @@ from reconciler.support.fs import (
     atomic_write,
     contained,
     read_regular,
+    stopped_midway,
     unlock,
     write_folder,
     write_path_problem,
@@ -600,12 +601,11 @@ class StateDir:
         self._lock_fd = fd
         try:
             self._debris, self._swept, self._failed = True, frozenset(), False
-            try:
-                self._take_clean_mark()
-            except Exception as exc:  # noqa: BLE001 - whatever stands there, recovery then looks everywhere
-                self._debris = True
-                log.warning("state.clean_mark.ignored", path=str(self.path / CLEAN_MARK), reason=repr(exc))
+            midway = stopped_midway()
+            self._take_clean_mark()
             yield
+            if stopped_midway() != midway:  # a write failed partway, whoever caught its error
+                self._debris = True
         except BaseException:
             self._debris = True
             raise
@@ -651,11 +651,36 @@ class StateDir:
             st = os.lstat(path)
         except OSError:
             return
-        if stat.S_ISDIR(st.st_mode):  # not certctl's: never removed (writing the mark back then fails, and
-            log.warning(
-                "state.clean_mark.ignored", path=str(path), reason="a folder"
-            )  # recovery always looks)
+        if stat.S_ISDIR(st.st_mode):
+            # not certctl's: never removed; writing the mark back then fails, so recovery always looks
+            log.warning("state.clean_mark.ignored", path=str(path), reason="a folder")
             return
+        mark: Any = None
+        try:
+            mark = self._read_clean_mark(path, st)
+        except Exception as exc:  # noqa: BLE001 - whatever stands there vouches for nothing
+            log.warning("state.clean_mark.ignored", path=str(path), reason=repr(exc))
+        try:
+            os.unlink(path)
+            if os.name != "nt":  # Windows cannot open a folder; its unlinks are durable when they return
+                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+                try:
+                    os.fsync(fd)  # gone for good before this holder writes anything
+                finally:
+                    os.close(fd)
+        except OSError as exc:  # left there, it could vouch for what this holder leaves half-done
+            raise OSError(exc.errno, f"cannot remove {path}: {exc.strerror}") from None
+        swept = mark.get("swept") if isinstance(mark, dict) else None
+        if (
+            isinstance(swept, list)
+            and all(isinstance(f, str) for f in swept)
+            and mark.get("logs") == self._log_identities()
+        ):
+            self._debris, self._swept = False, frozenset(swept)
+
+    @staticmethod
+    def _read_clean_mark(path: Path, st: os.stat_result) -> Any:
+        """The clean mark's JSON, or None when it is not a small regular file holding JSON."""
         mark: Any = None
         if stat.S_ISREG(st.st_mode) and st.st_size <= MARK_MAX_BYTES:
             try:  # never through a link, never waiting on a pipe swapped in since the lstat
@@ -668,24 +693,7 @@ class StateDir:
                     os.close(fd)
             except (OSError, ValueError, RecursionError):  # not certctl's writing: nothing is vouched for
                 mark = None
-        try:
-            os.unlink(path)
-            if os.name != "nt":  # Windows cannot open a folder; its unlinks are durable when they return
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-                try:
-                    os.fsync(fd)  # gone for good before this holder writes anything
-                finally:
-                    os.close(fd)
-        except OSError as exc:
-            log.warning("state.clean_mark.not_removed", path=str(path), error=exc.strerror)
-            return
-        swept = mark.get("swept") if isinstance(mark, dict) else None
-        if (
-            isinstance(swept, list)
-            and all(isinstance(f, str) for f in swept)
-            and mark.get("logs") == self._log_identities()
-        ):
-            self._debris, self._swept = False, frozenset(swept)
+        return mark
 
     def _leave_clean_mark(self) -> None:
         mark = {

@@ -26,6 +26,21 @@ NO_FOLLOW_NO_WAIT = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) 
 WRITE_TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")  # the temporary files of atomic_write
 
 
+_stopped_midway = 0  # writes of this process that failed partway (see ``stopped_midway``)
+
+
+def stopped_midway() -> int:
+    """How many writes of this process (``atomic_write``, ``write_folder``, ``discard``, links) failed
+    partway so far: such a write may have left a temporary behind, whoever caught its error, so a holder of
+    the apply lock that sees this number change leaves no clean mark (crash recovery then looks everywhere)."""
+    return _stopped_midway
+
+
+def _stopping_midway() -> None:
+    global _stopped_midway
+    _stopped_midway += 1  # two at once may count one: it still changes, which is all that is asked
+
+
 def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe put in its place never blocks
@@ -57,6 +72,7 @@ def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None
             os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
     except BaseException as exc:
+        _stopping_midway()
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(exc, OSError):
@@ -72,10 +88,12 @@ def remove_temporaries(
     recursive: bool,
     failed: list[str] | None = None,
     skip: frozenset[str] = frozenset(),
+    removed_from: set[str] | None = None,
 ) -> int:
     """Remove the files and folders below ``root`` whose names match ``pattern`` (what interrupted writes
     left behind), not looking into the folders of ``root`` named in ``skip``; a folder that cannot be read
-    or an entry that cannot be removed is logged, skipped and added to ``failed``."""
+    or an entry that cannot be removed is logged, skipped and added to ``failed``; the folders something
+    was removed from are added to ``removed_from`` (to be made durable)."""
     removed = 0
     if not root.is_dir():
         return 0
@@ -113,6 +131,8 @@ def remove_temporaries(
                     failed.append(str(path))
                 continue
             removed += 1
+            if removed_from is not None:
+                removed_from.add(str(folder))
             log.info("recovery.removed", path=str(path), note="left by an interrupted write")
     return removed
 
@@ -126,6 +146,7 @@ def atomic_symlink(target: str, link: Path | str, *, sync: bool = True) -> None:
     try:
         os.replace(tmp, link)
     except BaseException:
+        _stopping_midway()
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
@@ -136,9 +157,13 @@ def atomic_symlink(target: str, link: Path | str, *, sync: bool = True) -> None:
 def discard(target: Path, *, settle: bool = True) -> None:
     """Remove a folder so that it vanishes at once (renamed to ``.<name>.removing``, then deleted)."""
     trash = target.with_name(f".{target.name}.removing")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(target, trash)
-    shutil.rmtree(trash)
+    try:
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(target, trash)
+        shutil.rmtree(trash)
+    except BaseException:
+        _stopping_midway()
+        raise
     if settle:
         fsync_dir(target.parent)
 
@@ -199,6 +224,7 @@ def write_folder(
         if settle:
             durable.settle(target_s)
     except BaseException as exc:
+        _stopping_midway()
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None

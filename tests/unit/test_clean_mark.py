@@ -8,11 +8,14 @@ import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from reconciler.app.recovery import recover
 from reconciler.state.statedir import CLEAN_MARK, StateDir
+from reconciler.support import durable
+from reconciler.support.fs import atomic_write
 
 
 def world_of(state: StateDir, store: Path) -> SimpleNamespace:
@@ -51,6 +54,7 @@ def test_a_holder_that_finishes_leaves_the_mark_and_removes_it_while_it_holds_th
 
 def test_after_a_clean_finish_recovery_skips_the_walk_but_sweeps_the_state_dir_top(tmp_path: Path) -> None:
     state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    store.mkdir()
     with state.lock():
         recover(world_of(state, store))
     # planted by hand: a clean finish cannot leave these, so the walk that would find the first is skipped
@@ -75,6 +79,7 @@ def test_after_a_clean_finish_recovery_skips_the_walk_but_sweeps_the_state_dir_t
 
 def test_a_store_the_mark_does_not_name_is_walked(tmp_path: Path) -> None:
     state, store, added = StateDir(tmp_path / "state"), tmp_path / "pem", tmp_path / "pem2"
+    store.mkdir()
     with state.lock():
         recover(world_of(state, store))
     left, new = debris(store), debris(added)  # a Store added since, its folder used by something else
@@ -83,10 +88,101 @@ def test_a_store_the_mark_does_not_name_is_walked(tmp_path: Path) -> None:
     with state.lock():
         assert recover(world)["temp"] == 1
     assert left.exists() and not new.exists()
-    assert sorted(json.loads((state.path / CLEAN_MARK).read_text())["swept"]) == [
-        f"store:{os.path.abspath(store)}",
-        f"store:{os.path.abspath(added)}",
-    ]
+    named = json.loads((state.path / CLEAN_MARK).read_text())["swept"]
+    assert sorted(n.split("@")[0] for n in named) == [f"store:{store}", f"store:{added}"]
+
+
+def test_a_place_swept_while_it_was_not_there_is_walked_once_it_is(tmp_path: Path) -> None:
+    """A share unmounted during a full recovery, or a link pointed elsewhere since: another folder."""
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    real, other = tmp_path / "share-a", tmp_path / "share-b"
+    real.mkdir()
+    with state.lock():
+        recover(world_of(state, store))  # the store's folder is not there: nothing is vouched for it
+    assert json.loads((state.path / CLEAN_MARK).read_text())["swept"] == []
+    store.symlink_to(real)
+    left = debris(store)
+    with state.lock():
+        assert not state.recovery_needed()
+        assert recover(world_of(state, store))["temp"] == 1
+    assert not left.exists()
+    other.mkdir()
+    store.unlink()
+    store.symlink_to(other)  # the same name, another folder: walked again
+    left = debris(store)
+    with state.lock():
+        assert recover(world_of(state, store))["temp"] == 1
+    assert not left.exists()
+
+
+def test_what_recovery_removed_is_settled_before_the_mark_vouches_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    left = debris(store)
+    settled: list[tuple[str, bool]] = []
+    real_settle = durable.settle
+
+    def settle(*paths: str | Path) -> None:
+        settled.extend((str(p), (state.path / CLEAN_MARK).exists()) for p in paths)
+        real_settle(*paths)
+
+    monkeypatch.setattr(durable, "settle", settle)
+    with state.lock():
+        recover(world_of(state, store))
+    assert (str(left.parent), False) in settled, settled
+    assert (state.path / CLEAN_MARK).is_file()
+
+
+def test_a_write_that_failed_partway_leaves_no_mark_whoever_caught_it(tmp_path: Path) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    store.mkdir()
+    with state.lock():
+        recover(world_of(state, store))
+    with state.lock():
+        (tmp_path / "a-folder").mkdir()
+        with pytest.raises(OSError):  # caught and logged by its caller, as a revocation check does
+            atomic_write(tmp_path / "a-folder", b"x")  # the rename over a folder fails
+    assert not (state.path / CLEAN_MARK).exists()
+
+
+def test_a_vault_version_that_cannot_be_removed_keeps_the_next_recovery_looking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    incomplete = state.path / "vault" / "www" / "DEADBEEF"
+    incomplete.mkdir(parents=True)
+    (incomplete / "cert.pem").write_text("half")
+
+    def refuse(path: object, *args: object, onerror: Any = None, **kwargs: object) -> None:
+        onerror(os.rmdir, str(path), (PermissionError, PermissionError(13, "Permission denied"), None))
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with state.lock():
+        recover(world_of(state, store))
+    assert incomplete.exists()
+    assert not (state.path / CLEAN_MARK).exists()
+
+
+def test_a_mark_that_cannot_be_removed_stops_the_holder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = StateDir(tmp_path / "state")
+    with state.lock():
+        state.recovered([])
+    real_unlink = os.unlink
+
+    def refuse(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).endswith(CLEAN_MARK):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    with pytest.raises(OSError, match=r"cannot remove .*clean\.json"), state.lock():
+        pytest.fail("the holder must not go on while a mark could vouch for what it leaves")
+    monkeypatch.undo()
+    with state.lock():  # the lock was let go, and the mark (nothing written since) still vouches
+        assert not state.recovery_needed()
 
 
 @pytest.mark.parametrize(
@@ -243,7 +339,7 @@ def test_a_host_whose_rollback_cannot_finish_keeps_the_next_recovery_looking(tmp
     state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
     calls: list[str] = []
 
-    def sweep_temporaries(failed: list[str]) -> int:
+    def sweep_temporaries(failed: list[str], removed_from: set[str]) -> int:
         calls.append("swept")
         failed.append("rollback not finished")
         return 0

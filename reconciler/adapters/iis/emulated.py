@@ -450,12 +450,13 @@ class EmulatedHost:
         """Where a site's ``physicalPath`` lies inside this machine's folder (see the layout above)."""
         return str(emulated_path(self.root, physical_path))
 
-    def sweep_temporaries(self, failed: list[str] | None = None) -> int:
+    def sweep_temporaries(self, failed: list[str] | None = None, removed_from: set[str] | None = None) -> int:
         """Roll back a commit a crash interrupted, then remove what interrupted writes left anywhere in
         this machine's folder: staged and backup copies of its configuration files, and the temporary
         files of atomic writes in the root and in every certificate store (a ``.pfx`` one holds a key).
         Call it holding the apply lock. Returns how many entries were removed; what could not be removed
-        (or a rollback that could not finish) is added to ``failed``."""
+        (or a rollback that could not finish) is added to ``failed``, the folders it removed from to
+        ``removed_from``."""
         if not self.root.is_dir():
             return 0
         self.recover()
@@ -463,8 +464,12 @@ class EmulatedHost:
             if failed is not None:
                 failed.append(str(self.root / INTENT_FILE))
             return 0
-        removed = remove_temporaries(self.root, _ROOT_TEMP, recursive=False, failed=failed)
-        return removed + remove_temporaries(self._certstore(), WRITE_TEMP, recursive=True, failed=failed)
+        removed = remove_temporaries(
+            self.root, _ROOT_TEMP, recursive=False, failed=failed, removed_from=removed_from
+        )
+        return removed + remove_temporaries(
+            self._certstore(), WRITE_TEMP, recursive=True, failed=failed, removed_from=removed_from
+        )
 
     def store(self, store_name: str, *, name: str | None = None) -> EmulatedStore:
         """The host's ``Cert:\\LocalMachine\\<store_name>``; ``name`` is the Store's name in certctl (default: the
