@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from reconciler.adapters import tasks as task_adapter
 from reconciler.app.executor import recover_challenges
 from reconciler.ports import StateBackend
 from reconciler.support import durable
@@ -117,6 +118,11 @@ def _places(world: Any) -> dict[str, tuple[Path, Callable[..., int]]]:
         for task in named.spec.tasks:
             if task.files is not None:
                 folder = Path(task.files.path)
+                versions = folder / task_adapter.VERSIONS  # certctl's own: a prune interrupted midway
+                places.setdefault(  # leaves a .<version>.removing folder there, key included
+                    f"task:{os.path.abspath(versions)}",
+                    (versions, partial(remove_temporaries, versions, OWN_TEMP, recursive=False)),
+                )
             elif task.pfx is not None:
                 folder = Path(task.pfx.path).parent
             elif task.ccs is not None:

@@ -351,3 +351,20 @@ def test_a_host_whose_rollback_cannot_finish_keeps_the_next_recovery_looking(tmp
             recover(world)
         assert not (state.path / CLEAN_MARK).exists()
     assert calls == ["swept", "swept"]
+
+
+def test_a_files_task_prune_interrupted_midway_is_swept(tmp_path: Path) -> None:
+    """A prune renames an old version to ``.<version>.removing`` before deleting it: a crash in between left
+    that folder, its private key included, in the task's folder (it was never swept before)."""
+    state, store, out = StateDir(tmp_path / "state"), tmp_path / "pem", tmp_path / "www"
+    left = out / ".certctl-versions" / ".ABCDEF0123.removing"
+    left.mkdir(parents=True)
+    (left / "privkey.pem").write_text("a key")
+    kept = out / ".certctl-versions" / "ABCDEF0123"  # a version, not debris
+    kept.mkdir()
+    task = SimpleNamespace(files=SimpleNamespace(path=str(out)), pfx=None, ccs=None)
+    world = world_of(state, store)
+    world.desired = SimpleNamespace(certificates={"a": SimpleNamespace(spec=SimpleNamespace(tasks=[task]))})
+    with state.lock():
+        assert recover(world)["temp"] == 1
+    assert not left.exists() and kept.is_dir()
