@@ -87,6 +87,16 @@ def recover(world: Any) -> dict[str, int]:
     return counts
 
 
+PRUNED = re.compile(r"^\.[0-9A-F]+\.removing$")  # a files task's old version being deleted
+
+
+def _sweep_pruned(versions: Path, **report: Any) -> int:
+    """A files task's versions folder: only the versions a prune was deleting, never through a link."""
+    if versions.is_symlink():
+        return 0
+    return remove_temporaries(versions, PRUNED, recursive=False, **report)
+
+
 def _identity(key: str, folder: Path) -> str | None:
     """A place's name with the identity of the folder it is now (through links: a share mounted since, a
     link pointed elsewhere is another place); None when it is not there."""
@@ -120,8 +130,7 @@ def _places(world: Any) -> dict[str, tuple[Path, Callable[..., int]]]:
                 folder = Path(task.files.path)
                 versions = folder / task_adapter.VERSIONS  # certctl's own: a prune interrupted midway
                 places.setdefault(  # leaves a .<version>.removing folder there, key included
-                    f"task:{os.path.abspath(versions)}",
-                    (versions, partial(remove_temporaries, versions, OWN_TEMP, recursive=False)),
+                    f"task:{os.path.abspath(versions)}", (versions, partial(_sweep_pruned, versions))
                 )
             elif task.pfx is not None:
                 folder = Path(task.pfx.path).parent

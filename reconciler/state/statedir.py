@@ -604,7 +604,8 @@ class StateDir:
             midway = stopped_midway()
             self._take_clean_mark()
             yield
-            if stopped_midway() != midway:  # a write failed partway, whoever caught its error
+            if stopped_midway() != midway:  # a write left something behind, whoever caught its error
+                log.info("state.clean_mark.withheld", reason="a write failed and left a temporary behind")
                 self._debris = True
         except BaseException:
             self._debris = True
@@ -617,9 +618,11 @@ class StateDir:
                 self._debris = True  # asked again without the lock: look everywhere
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, 0)
-                unlock(fd)
-                os.close(fd)
-                self._lock_fd = None
+                try:
+                    unlock(fd)
+                finally:
+                    os.close(fd)
+                    self._lock_fd = None
 
     # --- the clean mark: whether crash recovery must look through every folder ---------------------------
     #
@@ -662,14 +665,16 @@ class StateDir:
             log.warning("state.clean_mark.ignored", path=str(path), reason=repr(exc))
         try:
             os.unlink(path)
-            if os.name != "nt":  # Windows cannot open a folder; its unlinks are durable when they return
-                fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-                try:
-                    os.fsync(fd)  # gone for good before this holder writes anything
-                finally:
-                    os.close(fd)
         except OSError as exc:  # left there, it could vouch for what this holder leaves half-done
-            raise OSError(exc.errno, f"cannot remove {path}: {exc.strerror}") from None
+            raise OSError(
+                exc.errno,
+                f"cannot remove {path}: {exc.strerror} (certctl removes it before it writes anything: "
+                "fix the state dir's permissions, or remove the file by hand)",
+            ) from None
+        try:  # gone for good before this holder writes anything
+            durable.settle(self.path)
+        except OSError as exc:  # a file system that cannot sync a folder: as durable as it gets there
+            log.warning("state.clean_mark.not_synced", path=str(path), error=exc.strerror)
         swept = mark.get("swept") if isinstance(mark, dict) else None
         if (
             isinstance(swept, list)

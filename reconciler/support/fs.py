@@ -11,6 +11,8 @@ import shutil
 import stat
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from reconciler.support import durable
@@ -31,14 +33,23 @@ _stopped_midway = 0  # writes of this process that failed partway (see ``stopped
 
 def stopped_midway() -> int:
     """How many writes of this process (``atomic_write``, ``write_folder``, ``discard``, links) failed
-    partway so far: such a write may have left a temporary behind, whoever caught its error, so a holder of
-    the apply lock that sees this number change leaves no clean mark (crash recovery then looks everywhere)."""
+    partway and could not remove what they had begun: a temporary left behind, whoever caught the error. A
+    holder of the apply lock that sees this number change leaves no clean mark (crash recovery then looks
+    everywhere)."""
     return _stopped_midway
 
 
 def _stopping_midway() -> None:
     global _stopped_midway
     _stopped_midway += 1  # two at once may count one: it still changes, which is all that is asked
+
+
+def _clean_up(temporary: str, remove: Callable[[str], object]) -> None:
+    """Remove what a failed write had begun; count it (``stopped_midway``) when it stays behind."""
+    with contextlib.suppress(OSError):
+        remove(temporary)
+    if os.path.lexists(temporary):
+        _stopping_midway()
 
 
 def fsync_dir(path: Path) -> None:
@@ -72,9 +83,7 @@ def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None
             os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
     except BaseException as exc:
-        _stopping_midway()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _clean_up(tmp, os.unlink)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         raise
@@ -146,9 +155,7 @@ def atomic_symlink(target: str, link: Path | str, *, sync: bool = True) -> None:
     try:
         os.replace(tmp, link)
     except BaseException:
-        _stopping_midway()
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        _clean_up(tmp, os.unlink)
         raise
     if sync:
         fsync_dir(Path(folder))
@@ -162,7 +169,8 @@ def discard(target: Path, *, settle: bool = True) -> None:
         os.replace(target, trash)
         shutil.rmtree(trash)
     except BaseException:
-        _stopping_midway()
+        if os.path.lexists(trash):
+            _stopping_midway()
         raise
     if settle:
         fsync_dir(target.parent)
@@ -224,8 +232,7 @@ def write_folder(
         if settle:
             durable.settle(target_s)
     except BaseException as exc:
-        _stopping_midway()
-        shutil.rmtree(tmp, ignore_errors=True)
+        _clean_up(tmp, partial(shutil.rmtree, ignore_errors=True))
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
         raise

@@ -134,16 +134,28 @@ def test_what_recovery_removed_is_settled_before_the_mark_vouches_for_it(
     assert (state.path / CLEAN_MARK).is_file()
 
 
-def test_a_write_that_failed_partway_leaves_no_mark_whoever_caught_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cleaned_up", [True, False])
+def test_a_write_that_failed_and_left_a_temporary_leaves_no_mark_whoever_caught_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cleaned_up: bool
+) -> None:
     state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
     store.mkdir()
+    (tmp_path / "a-folder").mkdir()
     with state.lock():
         recover(world_of(state, store))
-    with state.lock():
-        (tmp_path / "a-folder").mkdir()
-        with pytest.raises(OSError):  # caught and logged by its caller, as a revocation check does
-            atomic_write(tmp_path / "a-folder", b"x")  # the rename over a folder fails
-    assert not (state.path / CLEAN_MARK).exists()
+    real_unlink = os.unlink
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        if not cleaned_up and ".a-folder." in str(path):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    with state.lock(), pytest.raises(OSError):  # caught inside the lock, as a revocation check does
+        atomic_write(tmp_path / "a-folder", b"x")  # the rename over a folder fails
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith(".a-folder.")]
+    assert bool(left) is not cleaned_up
+    assert (state.path / CLEAN_MARK).exists() is cleaned_up, "only what stays behind voids the mark"
 
 
 def test_a_vault_version_that_cannot_be_removed_keeps_the_next_recovery_looking(
@@ -368,3 +380,24 @@ def test_a_files_task_prune_interrupted_midway_is_swept(tmp_path: Path) -> None:
     with state.lock():
         assert recover(world)["temp"] == 1
     assert not left.exists() and kept.is_dir()
+
+
+def test_a_state_dir_whose_folder_cannot_be_synced_still_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Some file systems refuse to sync a folder (EINVAL): the mark is removed all the same, and the holder
+    goes on (the removal is then as durable as that file system makes it)."""
+    state, store = StateDir(tmp_path / "state"), tmp_path / "pem"
+    store.mkdir()
+    with state.lock():
+        recover(world_of(state, store))
+
+    def refuse(*paths: str | Path) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(durable, "settle", refuse)
+    for _ in range(3):
+        with state.lock():
+            assert not (state.path / CLEAN_MARK).exists()
+            recover(world_of(state, store))
+        assert (state.path / CLEAN_MARK).is_file()
