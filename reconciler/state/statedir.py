@@ -671,10 +671,17 @@ class StateDir:
                 f"cannot remove {path}: {exc.strerror} (certctl removes it before it writes anything: "
                 "fix the state dir's permissions, or remove the file by hand)",
             ) from None
-        try:  # gone for good before this holder writes anything
-            durable.settle(self.path)
-        except OSError as exc:  # a file system that cannot sync a folder: as durable as it gets there
-            log.warning("state.clean_mark.not_synced", path=str(path), error=exc.strerror)
+        try:  # gone for good before this holder writes anything: the folder's fsync (not a whole syncfs)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:  # a folder that cannot be opened (Windows) or synced (EINVAL on some file systems)
+            try:
+                durable.settle(self.path)
+            except OSError as exc:  # as durable as it gets there
+                log.warning("state.clean_mark.not_synced", path=str(path), error=exc.strerror)
         swept = mark.get("swept") if isinstance(mark, dict) else None
         if (
             isinstance(swept, list)

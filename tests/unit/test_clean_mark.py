@@ -395,7 +395,15 @@ def test_a_state_dir_whose_folder_cannot_be_synced_still_works(
     def refuse(*paths: str | Path) -> None:
         raise OSError(22, "Invalid argument")
 
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.path.isdir(f"/proc/self/fd/{fd}"):
+            raise OSError(22, "Invalid argument")
+        real_fsync(fd)
+
     monkeypatch.setattr(durable, "settle", refuse)
+    monkeypatch.setattr(os, "fsync", fsync)
     for _ in range(3):
         with state.lock():
             assert not (state.path / CLEAN_MARK).exists()
