@@ -165,15 +165,15 @@ print(json.dumps({"import": t_import - t0, "yaml": t_yaml - t_import,
 """
 
 
-def run_plan(root: Path) -> tuple[float, float, str]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def certctl(root: Path, command: str) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """Run ``certctl <command>`` on the generated set as a process: (wall seconds, the finished process)."""
     start = time.perf_counter()
     result = subprocess.run(
         [
             sys.executable,
             "-m",
             "reconciler",
-            "plan",
+            command,
             "-d",
             str(root / "desired"),
             "--state-dir",
@@ -185,7 +185,12 @@ def run_plan(root: Path) -> tuple[float, float, str]:
         cwd=ROOT,
         env={**os.environ, "CERTCTL_CACHE_DIR": str(root / "cache")},
     )
-    wall = time.perf_counter() - start
+    return time.perf_counter() - start, result
+
+
+def run_plan(root: Path) -> tuple[float, float, str]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    wall, result = certctl(root, "plan")
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if result.returncode != 0 or "No changes" not in result.stdout:
         raise SystemExit(f"plan failed or not converged:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
@@ -196,25 +201,7 @@ def run_apply(root: Path, cold: bool = False) -> float:
     """A no-op ``apply`` of the converged set (it must change nothing); with ``cold``, the page cache dropped."""
     if cold:
         drop_caches()
-    start = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "reconciler",
-            "apply",
-            "-d",
-            str(root / "desired"),
-            "--state-dir",
-            str(root / "state"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        env={**os.environ, "CERTCTL_CACHE_DIR": str(root / "cache")},
-    )
-    wall = time.perf_counter() - start
+    wall, result = certctl(root, "apply")
     if result.returncode != 0 or "No changes" not in result.stdout:
         raise SystemExit(
             f"apply failed or changed something:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"

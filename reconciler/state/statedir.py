@@ -53,6 +53,7 @@ from reconciler.support.fs import (
     acquire,
     atomic_write,
     contained,
+    fsync_dir,
     read_regular,
     stopped_midway,
     unlock,
@@ -658,11 +659,14 @@ class StateDir:
             # not certctl's: never removed; writing the mark back then fails, so recovery always looks
             log.warning("state.clean_mark.ignored", path=str(path), reason="a folder")
             return
-        mark: Any = None
         try:
-            mark = self._read_clean_mark(path, st)
-        except Exception as exc:  # noqa: BLE001 - whatever stands there vouches for nothing
-            log.warning("state.clean_mark.ignored", path=str(path), reason=repr(exc))
+            mark: Any = json.loads(read_regular(path, MARK_MAX_BYTES, follow=False))
+        except (
+            OSError,
+            ValueError,
+            RecursionError,
+        ):  # a link, a pipe, too large, not JSON: vouches for nothing
+            mark = None
         try:
             os.unlink(path)
         except OSError as exc:  # left there, it could vouch for what this holder leaves half-done
@@ -672,11 +676,7 @@ class StateDir:
                 "fix the state dir's permissions, or remove the file by hand)",
             ) from None
         try:  # gone for good before this holder writes anything: the folder's fsync (not a whole syncfs)
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.path, strict=True)
         except OSError:  # a folder that cannot be opened (Windows) or synced (EINVAL on some file systems)
             try:
                 durable.settle(self.path)
@@ -689,23 +689,6 @@ class StateDir:
             and mark.get("logs") == self._log_identities()
         ):
             self._debris, self._swept = False, frozenset(swept)
-
-    @staticmethod
-    def _read_clean_mark(path: Path, st: os.stat_result) -> Any:
-        """The clean mark's JSON, or None when it is not a small regular file holding JSON."""
-        mark: Any = None
-        if stat.S_ISREG(st.st_mode) and st.st_size <= MARK_MAX_BYTES:
-            try:  # never through a link, never waiting on a pipe swapped in since the lstat
-                fd = os.open(path, os.O_RDONLY | NO_FOLLOW_NO_WAIT)
-                try:
-                    opened = os.fstat(fd)
-                    if stat.S_ISREG(opened.st_mode) and opened.st_size <= MARK_MAX_BYTES:
-                        mark = json.loads(os.read(fd, MARK_MAX_BYTES + 1))
-                finally:
-                    os.close(fd)
-            except (OSError, ValueError, RecursionError):  # not certctl's writing: nothing is vouched for
-                mark = None
-        return mark
 
     def _leave_clean_mark(self) -> None:
         mark = {

@@ -52,13 +52,18 @@ def _clean_up(temporary: str, remove: Callable[[str], object]) -> None:
         _stopping_midway()
 
 
-def fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
+def fsync_dir(path: Path, *, strict: bool = False) -> None:
+    """fsync a folder (its names on disk); an error is ignored unless ``strict`` (some platforms and file
+    systems cannot open or sync a folder)."""
+    try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe put in its place never blocks
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    except OSError:
+        if strict:
+            raise
 
 
 def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None:
@@ -436,13 +441,15 @@ class NotRegular(OSError):
     the message names the problem, not the path."""
 
 
-def read_regular(path: Path | str, limit: int) -> bytes:
+def read_regular(path: Path | str, limit: int, *, follow: bool = True) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; NotRegular (an OSError) otherwise.
 
     Opened without blocking and checked on the open descriptor, so a FIFO or a device (a link to
     /dev/zero) is refused instead of hanging or filling memory, and a file swapped in between cannot slip by.
+    ``follow=False``: a link is refused too (an OSError).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    flags = NO_FOLLOW_NO_WAIT if not follow else getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
