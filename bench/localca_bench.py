@@ -3,7 +3,9 @@
 
 Writes N Certificate specs (two domains each, ECDSA P-256, one `pemDirectory` store), then times one
 `certctl apply` as a process from an empty state dir and store: every certificate is issued (key made,
-signed, kept in the vault) and installed. Prints wall time and certificates per second.
+signed, kept in the vault) and installed. Prints wall time and certificates per second, beside the
+floor (`bench/localca_floor.py`): the same files written by a script that does nothing else, with
+durability in batches of `--concurrency` certificates, in the same order certctl keeps per certificate.
 
 With --fresh-fs (root only), each size runs on an ext4 file system made for it (a loop-mounted image
 under bench/out), as on a new server: ext4 avoids reusing inodes deleted in the last minutes, so a
@@ -75,6 +77,20 @@ def fresh_filesystem(n: int) -> Iterator[Path]:
             mount.rmdir()
 
 
+def floor(n: int, batch: int, fresh: bool) -> float:
+    """Seconds the floor takes for ``n`` certificates (on a file system of its own with ``fresh``)."""
+    import localca_floor
+
+    if fresh:
+        with fresh_filesystem(n) as mount:
+            return localca_floor.run(n, mount / "floor", batch)
+    work = Path(tempfile.mkdtemp(prefix=f"localca-floor-{n}-", dir=OUT))
+    try:
+        return localca_floor.run(n, work / "floor", batch)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def first_apply(n: int, concurrency: int, keep: bool, fresh: bool) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of the first `certctl apply` of ``n`` certificates."""
     if fresh:
@@ -131,10 +147,17 @@ def main() -> int:
         fresh = False
     where = "a fresh ext4 file system per size" if fresh else str(OUT)
     print(f"first apply on the local CA, concurrency {args.concurrency}, in {where}")
-    print(f"{'N':>7} {'first apply s':>14} {'certs/s':>9} {'peak RSS':>9}")
+    print(
+        f"{'N':>7} {'first apply s':>14} {'certs/s':>9} {'peak RSS':>9} {'floor s':>8} {'floor/s':>8} {'of floor':>9}"
+    )
     for n in args.sizes:
         seconds, rss = first_apply(n, args.concurrency, args.keep and not fresh, fresh)
-        print(f"{n:>7} {seconds:>14.2f} {n / seconds:>9.1f} {rss:>6.0f} MB", flush=True)
+        least = floor(n, args.concurrency, fresh)
+        print(
+            f"{n:>7} {seconds:>14.2f} {n / seconds:>9.1f} {rss:>6.0f} MB {least:>8.2f} {n / least:>8.0f}"
+            f" {least / seconds:>9.2f}",
+            flush=True,
+        )
     return 0
 
 
