@@ -44,10 +44,13 @@ def _stopping_midway() -> None:
     _stopped_midway += 1  # two at once may count one: it still changes, which is all that is asked
 
 
-def _clean_up(temporary: str, remove: Callable[[str], object]) -> None:
-    """Remove what a failed write had begun; count it (``stopped_midway``) when it stays behind."""
+def clean_up(temporary: str | Path, remove: Callable[[str], object] | None = None) -> None:
+    """Remove (``os.unlink`` unless told otherwise) what a write had begun or left to remove (a temporary, a
+    backup, an intent record); count it (``stopped_midway``) when it stays behind, so no clean mark vouches
+    for a folder still holding it."""
+    temporary = os.fspath(temporary)
     with contextlib.suppress(OSError):
-        remove(temporary)
+        (remove or os.unlink)(temporary)
     if os.path.lexists(temporary):
         _stopping_midway()
 
@@ -88,7 +91,7 @@ def atomic_write(path: Path | str, data: bytes | str, mode: int = 0o644) -> None
             os.fchmod(fh.fileno(), mode)
         os.replace(tmp, path)
     except BaseException as exc:
-        _clean_up(tmp, os.unlink)
+        clean_up(tmp)
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from None
         raise
@@ -160,7 +163,7 @@ def atomic_symlink(target: str, link: Path | str, *, sync: bool = True) -> None:
     try:
         os.replace(tmp, link)
     except BaseException:
-        _clean_up(tmp, os.unlink)
+        clean_up(tmp)
         raise
     if sync:
         fsync_dir(Path(folder))
@@ -237,7 +240,7 @@ def write_folder(
         if settle:
             durable.settle(target_s)
     except BaseException as exc:
-        _clean_up(tmp, partial(shutil.rmtree, ignore_errors=True))
+        clean_up(tmp, partial(shutil.rmtree, ignore_errors=True))
         if isinstance(exc, OSError):
             raise OSError(exc.errno, f"cannot write {target}: {exc.strerror}") from None
         raise

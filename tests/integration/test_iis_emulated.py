@@ -423,3 +423,39 @@ def test_read_only_files_in_a_writable_folder_are_replaced_atomically(
     host.apply(changes)
     assert stat.S_IMODE((host.root / "applicationHost.config").stat().st_mode) == 0o444
     assert any(e.key == "example.com:443" for e in host.observe().httpsys)
+
+
+def test_a_finished_commit_whose_intent_cannot_be_removed_leaves_no_clean_mark(
+    machine: tuple[EmulatedHost, dict[str, str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit itself succeeded, but its intent file stayed: no clean mark may then vouch for this
+    machine's folder, so the next recovery walks it and finishes what the commit left."""
+    from reconciler.state.statedir import CLEAN_MARK, StateDir
+
+    host, _ = machine
+    changes = _two_file_change(host)
+    state = StateDir(tmp_path / "state")
+    real_unlink = os.unlink
+
+    def refuse(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).endswith(INTENT_FILE):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    with state.lock():
+        state.recovered([])  # recovery looked everywhere: only something left behind can void the mark
+        host.apply(changes)
+    assert (host.root / INTENT_FILE).exists()
+    assert not (state.path / CLEAN_MARK).exists()
+
+    monkeypatch.undo()
+    with state.lock():
+        assert state.recovery_needed()
+        failed: list[str] = []
+        host.sweep_temporaries(failed=failed)
+        assert failed == []
+        state.recovered([])
+    assert not (host.root / INTENT_FILE).exists()
+    assert not [p.name for p in host.root.iterdir() if p.name.endswith((".certctl-bak", ".certctl-new"))]
+    assert (state.path / CLEAN_MARK).is_file()

@@ -308,3 +308,54 @@ def test_a_silent_client_of_the_http_endpoint_is_closed_and_others_are_answered(
             assert silent.recv(1) == b""  # then the silent one is closed
     finally:
         endpoint.stop()
+
+
+def test_a_pass_that_fails_on_the_state_dir_logs_one_line_and_is_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OSError (here: a clean mark that cannot be removed) is the environment, not a bug: the daemon logs
+    its message (which names the file and what to do) without a traceback, and retries the pass."""
+    from structlog.testing import capture_logs
+
+    from reconciler.entry.daemon.loop import ERROR_RETRY, Daemon
+    from reconciler.entry.daemon.options import DaemonOptions
+    from reconciler.state.statedir import CLEAN_MARK
+
+    desired = tmp_path / "desired"
+    desired.mkdir()
+    (desired / "site.yaml").write_text(
+        "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: s}\nspec: {stateDir: ../state}\n---\n"
+        "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: local}\nspec:\n  localCA: {}\n---\n"
+        "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: pem}\nspec:\n  pemDirectory: {path: ../pem}\n---\n"
+        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\n"
+        "spec: {issuer: local, domains: [web.example.test], stores: [pem]}\n"
+    )
+    daemon = Daemon(DaemonOptions(directory=desired))
+    daemon.desired.reload()
+    daemon.state = state = StateDir(tmp_path / "state")
+    with state.lock():
+        state.recovered([])  # a clean finish: the mark is there
+    real_unlink = os.unlink
+
+    def refuse(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).endswith(CLEAN_MARK):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    before = time.monotonic()
+    with capture_logs() as logs:
+        daemon.reconcile({"interval"}, maintenance=False)
+    failed = [e for e in logs if e["event"] == "reconcile.failed"]
+    assert len(failed) == 1, logs
+    assert "cannot remove" in failed[0]["error"] and CLEAN_MARK in failed[0]["error"]
+    assert "exc_info" not in failed[0] and failed[0]["log_level"] == "error"
+    assert not daemon.last["ok"] and "cannot remove" in daemon.last["error"]
+    assert daemon.schedule.retry_at is not None
+    assert daemon.schedule.retry_at - before <= min(ERROR_RETRY, daemon.schedule.interval) + 1
+    assert not (tmp_path / "pem" / "web").exists(), "nothing was installed while the mark could vouch for it"
+
+    monkeypatch.undo()  # the cause is fixed: the next pass converges
+    daemon.reconcile({"retry"}, maintenance=False)
+    assert daemon.last["ok"], daemon.last
+    assert (tmp_path / "pem" / "web" / "cert.pem").exists()

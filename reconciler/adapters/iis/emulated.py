@@ -52,6 +52,7 @@ from reconciler.support.fs import (
     WRITE_TEMP,
     UnsafePath,
     atomic_write,
+    clean_up,
     contained,
     fsync_dir,
     remove_temporaries,
@@ -422,16 +423,15 @@ class EmulatedHost:
     def _discard(
         self, staged: list[tuple[Path, Path]], intent: list[dict[str, Any]], intent_path: Path
     ) -> None:
+        # what stays behind (a removal refused) is counted: the apply then leaves no clean mark, so the next
+        # recovery walks this machine's folder and finishes it (rolling back an intent still there)
         for tmp, _target in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        with contextlib.suppress(OSError):
-            intent_path.unlink()  # first: an intent must never name backups that are already gone
+            clean_up(tmp)
+        clean_up(intent_path)  # first: an intent must never name backups that are already gone
         fsync_dir(self.root)
         for item in intent:
             if item.get("backup"):
-                with contextlib.suppress(OSError):
-                    (self.root / item["backup"]).unlink()
+                clean_up(self.root / item["backup"])
 
     def recover(self) -> bool:
         """Roll back a commit a crash interrupted (True when there was one)."""

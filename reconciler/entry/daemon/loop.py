@@ -286,6 +286,12 @@ class Daemon:
                 note="everything installed stays as it is; the pass is retried",
             )
             self._finish(started, ok=False, error=str(exc))
+        except OSError as exc:  # the state dir or a store (a full disk, a mark it cannot remove): its message
+            # names the file and what to do; retried, and logged once per try without a traceback, as the CLI does
+            delay = min(ERROR_RETRY, self.schedule.interval)
+            self.schedule.retry_at = time.monotonic() + delay
+            log.error("reconcile.failed", error=str(exc), retry_in=delay)
+            self._finish(started, ok=False, error=str(exc))
         except Exception as exc:  # noqa: BLE001 - a pass that breaks is reported and retried, never fatal
             self.schedule.retry_at = time.monotonic() + min(ERROR_RETRY, self.schedule.interval)
             log.exception("reconcile.failed", error=str(exc))
