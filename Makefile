@@ -59,7 +59,7 @@ format: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/certctl schema --out schemas
 
-## bench: plan speed/memory at 1,000 and 10,000 certificates, local-CA and ACME throughput (beside certbot,
+## bench: plan speed/memory at 1,000 and 10,000 certificates, local-CA throughput (beside its floor) and ACME (beside certbot,
 ## lego and a minimal client), daemon latency
 bench: $(STAMP)
 	@BENCH=1 bash scripts/install-system-deps
