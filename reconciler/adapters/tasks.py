@@ -64,10 +64,19 @@ def _observe(
             raise TaskError(f"cert.pem and fullchain.pem in {folder} hold different certificates")
         thumb = thumbs.pop()
         try:
-            if not pki.key_matches((folder / "cert.pem").read_bytes(), (folder / "privkey.pem").read_bytes()):
+            cert = (folder / "cert.pem").read_bytes()
+            if not pki.key_matches(cert, (folder / "privkey.pem").read_bytes()):
                 raise TaskError(f"privkey.pem in {folder} does not match cert.pem")
+            chain_ok = pki.chain_as_written(
+                cert, (folder / "chain.pem").read_bytes(), (folder / "fullchain.pem").read_bytes()
+            )
         except (OSError, ValueError) as exc:
-            raise TaskError(f"cannot check privkey.pem in {folder}: {exc}") from None
+            raise TaskError(f"cannot check privkey.pem and chain.pem in {folder}: {exc}") from None
+        if not chain_ok:
+            raise TaskError(
+                f"fullchain.pem in {folder} is not cert.pem followed by chain.pem, or chain.pem holds "
+                "something other than certificates"
+            )
         return thumb
     if task.pfx is not None:
         return _pfx_thumbprint(Path(task.pfx.path), task.pfx.password)

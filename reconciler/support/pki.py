@@ -102,6 +102,22 @@ def info_from_pem(pem: bytes) -> CertInfo:
     return cert_info(x509.load_pem_x509_certificate(pem))
 
 
+def chain_as_written(cert_pem: bytes, chain_pem: bytes, fullchain_pem: bytes) -> bool:
+    """Are a chain.pem and fullchain.pem as certctl writes them beside ``cert_pem``: the chain holds
+    certificates only (each one parses), and the full chain is the certificate followed by the chain?"""
+    if fullchain_pem != cert_pem + chain_pem:
+        return False
+    try:
+        blocks = split_pem_chain(chain_pem)
+        if b"".join(blocks).strip() != chain_pem.strip():  # anything but CERTIFICATE blocks (a key, text)
+            return False
+        for block in blocks:
+            x509.load_pem_x509_certificate(block)
+    except ValueError:
+        return False
+    return True
+
+
 def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
     cert = x509.load_pem_x509_certificate(cert_pem)
     key = load_key(key_pem)

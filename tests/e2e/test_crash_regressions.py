@@ -75,6 +75,16 @@ def test_a_damaged_live_version_is_written_afresh(ws: Workspace, run_cli) -> Non
     (live / "privkey.pem").write_bytes(other)  # a key that is not the certificate's
     assert "privkey.pem does not match its cert.pem" in plan_json(ws, run_cli)["actions"][0]["reason"]
     repaired(ws, run_cli, ws.pem / "www")
+    live = (ws.pem / "www" / "current").resolve()
+    full = (live / "fullchain.pem").read_bytes()
+    with open(live / "fullchain.pem", "r+b") as fh:  # edited in place: what a web server reads, cut short
+        fh.truncate(len(full) // 2)
+    assert (
+        "fullchain.pem is not its cert.pem followed by its chain.pem"
+        in (plan_json(ws, run_cli)["actions"][0]["reason"])
+    )
+    repaired(ws, run_cli, ws.pem / "www")
+    assert (ws.pem / "www" / "fullchain.pem").read_bytes() == full
 
 
 def test_a_first_install_killed_before_current_or_the_links_is_completed(ws: Workspace, run_cli) -> None:
@@ -108,6 +118,21 @@ def test_files_task_switches_what_a_consumer_reads_in_one_link(ws: Workspace, ru
         "the previous one is kept"
     )
     converged(ws, run_cli)
+
+
+def test_a_files_task_whose_fullchain_was_cut_short_is_written_again(ws: Workspace, run_cli) -> None:
+    one(ws)
+    applied(ws, run_cli)
+    out = ws.root / "out" / "www"
+    full = (out / "fullchain.pem").read_bytes()
+    with open(out / "fullchain.pem", "r+b") as fh:  # through the link, in place: the chain cut off
+        fh.truncate(len((out / "cert.pem").read_bytes()) + 40)
+    actions = plan_json(ws, run_cli)["actions"]
+    assert [a["kind"] for a in actions] == ["deploy"], actions
+    assert "is not cert.pem followed by chain.pem" in actions[0]["reason"], actions[0]["reason"]
+    applied(ws, run_cli)
+    converged(ws, run_cli)
+    assert (out / "fullchain.pem").read_bytes() == full
 
 
 def test_files_task_replaces_plain_files_of_an_earlier_layout(ws: Workspace, run_cli) -> None:

@@ -18,8 +18,9 @@ from reconciler.adapters.issuers.localca import LocalCAIssuer
 from reconciler.adapters.stores import pemdir
 from reconciler.adapters.stores.pemdir import PemDirectoryStore
 from reconciler.core.spec import LocalCA
-from reconciler.ports import IssueRequest
+from reconciler.ports import IssueRequest, Material
 from reconciler.state import cache
+from reconciler.support import pki
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -346,6 +347,79 @@ def test_drift_is_still_seen_with_an_index(tmp_path: Path, issuer: LocalCAIssuer
     assert not current.has_key
 
 
+CHAIN_DRIFT = (
+    "the live version's fullchain.pem is not its cert.pem followed by its chain.pem, or chain.pem holds "
+    "something other than certificates"
+)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "fullchain truncated",
+        "fullchain of another certificate",
+        "chain emptied",
+        "a key appended to both",
+        "a broken certificate in both",
+    ],
+)
+def test_a_chain_edited_in_place_is_drift_with_or_without_the_index_and_install_repairs_it(
+    tmp_path: Path, issuer: LocalCAIssuer, edit: str
+) -> None:
+    """What a web server reads most, fullchain.pem, edited in place (the same file, new contents: `cp`,
+    `cat >`, a configuration tool): seen by the index's fast path as by a full read, and repaired."""
+    pem, live = _installed(tmp_path, issuer)
+    _settle_index(pem)
+    cert, chain, full = (
+        (live / "cert.pem").read_bytes(),
+        (live / "chain.pem").read_bytes(),
+        (live / "fullchain.pem").read_bytes(),
+    )
+    other = issue(issuer)
+    broken = b"-----BEGIN CERTIFICATE-----\nMIIBroken\n-----END CERTIFICATE-----\n"
+    edits = {
+        "fullchain truncated": {"fullchain.pem": full[: len(full) // 2]},
+        "fullchain of another certificate": {"fullchain.pem": other.fullchain_pem},
+        "chain emptied": {"chain.pem": b""},
+        "a key appended to both": {"chain.pem": chain + other.key_pem, "fullchain.pem": full + other.key_pem},
+        "a broken certificate in both": {"chain.pem": chain + broken, "fullchain.pem": full + broken},
+    }[edit]
+    for name, data in edits.items():
+        with open(live / name, "r+b") as fh:  # in place: the same inode, so the folders keep their identity
+            fh.write(data)
+            fh.truncate()
+    assert _live(PemDirectoryStore("pem", pem).observe()).drift == CHAIN_DRIFT
+    assert _live(_without_index(pem)).drift == CHAIN_DRIFT
+    store = PemDirectoryStore("pem", pem)
+    key = (live / "privkey.pem").read_bytes()
+    # what the plan does for drift: install the same version again, from the vault's copy of the material
+    store.install(
+        "web", Material(cert, chain, key, pki.info_from_pem(cert)), datetime(2026, 3, 1, tzinfo=UTC)
+    )
+    assert os.path.realpath(pem / "web" / "current") == str(live), "the same version, written afresh"
+    assert (pem / "web" / "fullchain.pem").read_bytes() == cert + chain
+    assert _live(PemDirectoryStore("pem", pem).observe()).drift is None
+    assert _live(_without_index(pem)).drift is None
+
+
+def test_an_index_entry_from_before_chains_were_checked_is_read_in_full(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    index = pem / pemdir.INDEX
+    lines = []
+    for line in index.read_text().splitlines():
+        entry = json.loads(line)
+        if isinstance(entry.get("v"), dict) and "chain" in entry["v"]:
+            for name in ("ch", "fc", "chain"):
+                entry["v"].pop(name)
+        lines.append(json.dumps(entry))
+    index.write_text("\n".join(lines) + "\n")
+    _settle_index(pem)
+    assert _live(PemDirectoryStore("pem", pem).observe()).drift is None
+    assert live.name in full_reads, "an entry that says nothing of the chain files is not trusted"
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -464,7 +538,7 @@ def _without_index(pem: Path):
         os.chmod(index, 0o600)
 
 
-@pytest.mark.parametrize("which", ["privkey.pem", "cert.pem"])
+@pytest.mark.parametrize("which", ["privkey.pem", "cert.pem", "chain.pem", "fullchain.pem"])
 @pytest.mark.parametrize("when", ["before its identity is taken", "after its identity is taken"])
 def test_a_file_replaced_while_install_indexes_it_is_never_recorded_with_the_old_facts(
     tmp_path: Path, issuer: LocalCAIssuer, monkeypatch: pytest.MonkeyPatch, which: str, when: str
@@ -500,7 +574,11 @@ def test_a_file_replaced_while_install_indexes_it_is_never_recorded_with_the_old
         full.has_key,
         full.drift,
     )
-    assert full.drift == "the live version's privkey.pem does not match its cert.pem"
+    assert full.drift == (
+        CHAIN_DRIFT
+        if which in ("chain.pem", "fullchain.pem")
+        else "the live version's privkey.pem does not match its cert.pem"
+    )
 
 
 def test_an_edit_in_the_same_second_on_a_file_system_keeping_seconds_is_never_trusted(

@@ -7,8 +7,9 @@
 A web server reads ``<path>/<certificate>/fullchain.pem`` and ``privkey.pem`` and never sees a
 certificate paired with the wrong key: the four links are made before ``current`` (on a first install
 they dangle until then), so flipping ``current`` is the one step that switches what a consumer reads.
-Observe checks everything a consumer reads (the four links, ``current``, the live version's files and
-that its key matches its certificate) and reports a difference as drift, which ``install`` repairs.
+Observe checks everything a consumer reads (the four links, ``current``, the live version's files, that
+its key matches its certificate, and that ``chain.pem`` holds certificates only and ``fullchain.pem`` is
+``cert.pem`` followed by ``chain.pem``) and reports a difference as drift, which ``install`` repairs.
 Earlier versions stay until cleanup removes them.
 Anything else found in the folder (PEM files of other tools) is observed as unmanaged and never touched.
 """
@@ -105,7 +106,7 @@ class PemDirectoryStore:
             entries.update(
                 (folder, _encode(cached))
                 for folder, cached in self._read.items()
-                if settled(cached[:3], since)
+                if settled(cached[:5], since)
             )
             self._cache.save(entries)
         return state
@@ -166,7 +167,7 @@ class PemDirectoryStore:
                     folders[key] = folder
                 continue
             cached = _decode(entry)
-            if cached is not None and all(k is None or k[3] < written for k in cached[:3]):
+            if cached is not None and all(k is None or k[3] < written for k in cached[:5]):
                 versions[f"{self.path}/{key}"] = cached
                 dir_key = as_file_key(entry.get("f")) if isinstance(entry, dict) else None
                 if dir_key is not None and dir_key[3] < written:
@@ -240,7 +241,7 @@ class PemDirectoryStore:
         certificate: str,
         installed: tuple[Path, Material, dict[str, object]],
         folder_key: FileKey | None,
-        file_keys: tuple[FileKey, FileKey | None, FileKey | None],
+        file_keys: VersionKeys,
     ) -> None:
         version, material, meta = installed
         base = str(version)
@@ -252,7 +253,8 @@ class PemDirectoryStore:
             key_ok = pki.key_matches(material.cert_pem, material.key_pem)
         except (ValueError, TypeError):
             key_ok = False
-        entry = _encode((*file_keys, material.info, meta, key_ok))
+        chain_ok = pki.chain_as_written(material.cert_pem, material.chain_pem, material.fullchain_pem)
+        entry = _encode((*file_keys, material.info, meta, key_ok, chain_ok))
         entry["f"] = list(folder_key) if folder_key is not None else None
         self._index_set(f"{certificate}/versions/{version.name}", entry)
 
@@ -325,12 +327,12 @@ class PemDirectoryStore:
         for folder, (keys, missing) in zip(folders, probes, strict=True):
             if keys is not None:
                 hit = self._indexed.get(folder)
-                if hit is None or hit[:3] != keys:
+                if hit is None or hit[:5] != keys:
                     hit = self._from_cache(folder)
-                    if hit is not None and hit[:3] == keys:
+                    if hit is not None and hit[:5] == keys:
                         self._reused[folder] = self._cached[1][folder]  # type: ignore[index]
-                if hit is not None and hit[:3] == keys:
-                    out[folder] = (hit[3], hit[4], hit[5], missing)
+                if hit is not None and hit[:5] == keys:
+                    out[folder] = (hit[5], hit[6], hit[7], hit[8], missing)
                     continue
             misses.append((folder, missing))
         results = map_batch(_read_versions, [folder for folder, _ in misses])
@@ -339,7 +341,7 @@ class PemDirectoryStore:
                 problems.append(result)
                 continue
             self._read[folder] = result
-            out[folder] = (result[3], result[4], result[5], missing)
+            out[folder] = (result[5], result[6], result[7], result[8], missing)
         return out
 
     def _stored(
@@ -353,11 +355,11 @@ class PemDirectoryStore:
         found = [(v, *read[f"{folder}/versions/{v}"]) for v in versions if f"{folder}/versions/{v}" in read]
         found.sort(key=lambda vimk: (str(vimk[2].get("installed_at", "")), vimk[0]))
         out: list[StoredCert] = []
-        for i, (version, info, meta, key_ok, missing) in enumerate(found):
+        for i, (version, info, meta, key_ok, chain_ok, missing) in enumerate(found):
             owner = str(meta.get("managed_by", ""))
             superseded = found[i + 1][2].get("installed_at") if i + 1 < len(found) else None
             live = version == current
-            version_drift = _drift(missing, key_ok) if live else None
+            version_drift = _drift(missing, key_ok, chain_ok) if live else None
             out.append(
                 StoredCert(
                     store=self.name,
@@ -406,7 +408,7 @@ class PemDirectoryStore:
         target = versions / version
         existing = self._find(folder, material.info.thumbprint)
         written: tuple[Path, ...] = ()
-        if existing is not None and _version_drift(str(existing), _key_ok(str(existing))) is None:
+        if existing is not None and _version_drift(str(existing)) is None:
             version, target = existing.name, existing
             meta = _read_meta(existing)
         else:
@@ -494,17 +496,32 @@ def _links_drift(folder: str) -> str | None:
     return None
 
 
-def _version_drift(folder: str, key_ok: bool) -> str | None:
-    """What is wrong with a version folder a consumer reads: a file gone, or a key that is not the certificate's."""
-    return _drift(tuple(name for name in FILES if not os.path.isfile(f"{folder}/{name}")), key_ok)
+def _version_drift(folder: str) -> str | None:
+    """What is wrong with a version folder a consumer reads: a file gone, a key that is not the certificate's,
+    or a chain that is not as install writes it."""
+    missing = tuple(name for name in FILES if not os.path.isfile(f"{folder}/{name}"))
+    return _drift(missing, _key_ok(folder), _chain_files_ok(folder))
 
 
-def _drift(missing: tuple[str, ...], key_ok: bool) -> str | None:
+def _drift(missing: tuple[str, ...], key_ok: bool, chain_ok: bool) -> str | None:
     if missing:
         return f"the live version lacks {', '.join(missing)}"
     if not key_ok:
         return "the live version's privkey.pem does not match its cert.pem"
+    if not chain_ok:
+        return (
+            "the live version's fullchain.pem is not its cert.pem followed by its chain.pem, or chain.pem "
+            "holds something other than certificates"
+        )
     return None
+
+
+def _chain_files_ok(folder: str, cert: bytes | None = None) -> bool:
+    try:
+        cert = _read(folder + "/cert.pem") if cert is None else cert
+        return pki.chain_as_written(cert, _read(folder + "/chain.pem"), _read(folder + "/fullchain.pem"))
+    except OSError:
+        return False
 
 
 def _key_ok(folder: str) -> bool:
@@ -543,11 +560,13 @@ def _regular(path: str) -> bool:
 
 
 def _holds(folder: str, material: Material, meta: dict[str, object]) -> bool:
-    """Do the version folder's cert.pem, privkey.pem and meta.json hold ``material`` and ``meta``?"""
+    """Does the version folder hold ``material`` and ``meta`` (every file install writes)?"""
     try:
         if (
             _read(folder + "/cert.pem") != material.cert_pem
             or _read(folder + "/privkey.pem") != material.key_pem
+            or _read(folder + "/chain.pem") != material.chain_pem
+            or _read(folder + "/fullchain.pem") != material.fullchain_pem
         ):
             return False
         return bool(json.loads(_read(folder + "/meta.json")) == meta)
@@ -555,19 +574,38 @@ def _holds(folder: str, material: Material, meta: dict[str, object]) -> bool:
         return False
 
 
-def _version_keys(folder: str) -> tuple[FileKey, FileKey | None, FileKey | None] | None:
+def _version_keys(folder: str) -> VersionKeys | None:
     try:
         cert_key = file_key(os.stat(folder + "/cert.pem"))
     except OSError:
         return None
-    return cert_key, _optional_key(folder + "/meta.json"), _optional_key(folder + "/privkey.pem")
+    return (
+        cert_key,
+        _optional_key(folder + "/meta.json"),
+        _optional_key(folder + "/privkey.pem"),
+        _optional_key(folder + "/chain.pem"),
+        _optional_key(folder + "/fullchain.pem"),
+    )
 
 
-# (cert.pem, meta.json and privkey.pem file keys, certificate facts, metadata, key present and matching)
-VersionRead = tuple[FileKey, FileKey | None, FileKey | None, CertInfo, dict[str, object], bool]
+# the identities of a version's cert.pem, meta.json, privkey.pem, chain.pem and fullchain.pem (the first
+# five of a VersionRead)
+VersionKeys = tuple[FileKey, FileKey | None, FileKey | None, FileKey | None, FileKey | None]
+# (its file keys, certificate facts, metadata, key present and matching, chain and full chain as install writes)
+VersionRead = tuple[
+    FileKey,
+    FileKey | None,
+    FileKey | None,
+    FileKey | None,
+    FileKey | None,
+    CertInfo,
+    dict[str, object],
+    bool,
+    bool,
+]
 Cached = VersionRead
-# (certificate facts, metadata, key present and matching, files of FILES the version lacks)
-Observed = tuple[CertInfo, dict[str, object], bool, tuple[str, ...]]
+# (certificate facts, metadata, key present and matching, chain as written, files of FILES the version lacks)
+Observed = tuple[CertInfo, dict[str, object], bool, bool, tuple[str, ...]]
 # (store folder entry, live version, versions, what is wrong with its links)
 Listed = tuple[str, str | None, list[str], str | None]
 # what install recorded of a certificate's folder: (its identity, that of versions, live version, versions)
@@ -599,8 +637,8 @@ def _list_managed(folder: str) -> tuple[Listed | None, str | None]:
 
 def _probe_version(
     folder: str, live: bool, indexed: FileKey | None = None
-) -> tuple[tuple[FileKey, FileKey | None, FileKey | None] | None, tuple[str, ...]]:
-    """The identities of a version's cert.pem, meta.json and privkey.pem, and (live) which of FILES it lacks.
+) -> tuple[VersionKeys | None, tuple[str, ...]]:
+    """The identities of a version's files (``_version_keys``), and (live) which of FILES it lacks.
     ``indexed``: the version folder's identity when it was indexed; while it is unchanged the folder still
     holds the four files install wrote, and they are not looked up one by one."""
     keys = _version_keys(folder)
@@ -618,7 +656,8 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
         cert_path, meta_path = folder + "/cert.pem", folder + "/meta.json"
         try:
             cert_key = file_key(os.stat(cert_path))
-            info = pki.info_from_pem(_read(cert_path))
+            cert = _read(cert_path)
+            info = pki.info_from_pem(cert)
         except OSError as exc:
             out.append(f"cannot read {cert_path}: {exc.strerror or exc}")
             continue
@@ -633,7 +672,19 @@ def _read_versions(folders: Sequence[str]) -> list[VersionRead | str]:
             meta = loaded if isinstance(loaded, dict) else {}
         except (OSError, ValueError):
             pass
-        out.append((cert_key, meta_key, _optional_key(folder + "/privkey.pem"), info, meta, _key_ok(folder)))
+        out.append(
+            (
+                cert_key,
+                meta_key,
+                _optional_key(folder + "/privkey.pem"),
+                _optional_key(folder + "/chain.pem"),
+                _optional_key(folder + "/fullchain.pem"),
+                info,
+                meta,
+                _key_ok(folder),
+                _chain_files_ok(folder, cert),
+            )
+        )
     return out
 
 
@@ -655,14 +706,17 @@ def _dt(value: object) -> datetime | None:
 
 
 def _encode(cached: Cached) -> dict[str, object]:
-    c, m, k, info, meta, key_ok = cached
+    c, m, k, ch, fc, info, meta, key_ok, chain_ok = cached
     return {
         "c": list(c),
         "m": list(m) if m else None,
         "k": list(k) if k else None,
+        "ch": list(ch) if ch else None,
+        "fc": list(fc) if fc else None,
         "i": info_to_json(info),
         "meta": meta,
         "ok": key_ok,
+        "chain": chain_ok,
     }
 
 
@@ -693,17 +747,20 @@ def _decode(entry: object) -> Cached | None:
         not isinstance(entry, dict)
         or not isinstance(entry.get("meta"), dict)
         or not isinstance(entry.get("ok"), bool)
+        or not isinstance(entry.get("chain"), bool)  # an entry from before chains were checked: read again
     ):
         return None
-    cert_key, meta_key, key_key = (
-        as_file_key(entry.get("c")),
-        as_file_key(entry.get("m")),
-        as_file_key(entry.get("k")),
-    )
+    cert_key = as_file_key(entry.get("c"))
+    if cert_key is None:
+        return None
+    meta, key, chain, fullchain = entry.get("m"), entry.get("k"), entry.get("ch"), entry.get("fc")
+    meta_key, key_key = as_file_key(meta), as_file_key(key)  # one line each: this runs for every version
+    chain_key, fullchain_key = as_file_key(chain), as_file_key(fullchain)
     if (
-        cert_key is None
-        or (meta_key is None and entry.get("m") is not None)
-        or (key_key is None and entry.get("k") is not None)
+        (meta_key is None and meta is not None)
+        or (key_key is None and key is not None)
+        or (chain_key is None and chain is not None)
+        or (fullchain_key is None and fullchain is not None)
     ):
         return None
     try:
@@ -713,5 +770,15 @@ def _decode(entry: object) -> Cached | None:
     except Exception:  # noqa: BLE001 - an entry that does not decode is only a miss
         return None
     if info.not_before.tzinfo and info.not_after.tzinfo:
-        return cert_key, meta_key, key_key, info, entry["meta"], entry["ok"]
+        return (
+            cert_key,
+            meta_key,
+            key_key,
+            chain_key,
+            fullchain_key,
+            info,
+            entry["meta"],
+            entry["ok"],
+            entry["chain"],
+        )
     return None
