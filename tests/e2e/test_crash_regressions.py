@@ -135,6 +135,31 @@ def test_a_files_task_whose_fullchain_was_cut_short_is_written_again(ws: Workspa
     assert (out / "fullchain.pem").read_bytes() == full
 
 
+def test_a_damaged_kept_chain_is_never_installed_and_a_renewal_replaces_it(ws: Workspace, run_cli) -> None:
+    """A vault copy whose chain.pem holds a key: installing it would write a version the store reports as
+    drift on every plan. The install fails, naming the file and the way out, and nothing is written."""
+    one(ws)
+    applied(ws, run_cli)
+    thumbprint = StateDir(ws.state).issued_for("www")[-1].info.thumbprint
+    kept = ws.state / "vault" / "www" / thumbprint / "chain.pem"
+    kept.write_bytes(kept.read_bytes() + pki.key_to_pem(pki.generate_key("ecdsa-p256")))
+    (ws.pem / "www" / "privkey.pem").unlink()  # drift: the version is to be installed from the vault
+    before = sorted(os.listdir(ws.pem / "www" / "versions"))
+    code, out, err = run_cli("apply", "-d", str(ws.desired))
+    assert code == 1, out + err
+    assert f"{kept} holds something other than certificates" in out + err
+    assert "certctl renew www" in out + err
+    assert sorted(os.listdir(ws.pem / "www" / "versions")) == before
+    code, out, err = run_cli("renew", "www", "-d", str(ws.desired))
+    assert code == 0, out + err
+    converged(ws, run_cli)
+    assert (
+        consumer_thumbprint(ws.pem / "www")
+        == StateDir(ws.state).issued_for("www")[-1].info.thumbprint
+        != (thumbprint)
+    )
+
+
 def test_files_task_replaces_plain_files_of_an_earlier_layout(ws: Workspace, run_cli) -> None:
     one(ws)
     applied(ws, run_cli)
