@@ -268,14 +268,26 @@ class ActionRunner:
         )
 
     def _material(self, action: Action, thumbprint: str | None) -> Material:
-        """The certificate an action installs: the one the plan named, or the newest issued (after issuance)."""
+        """The certificate an action installs: the one the plan named, or the newest issued (after issuance).
+        One whose kept chain holds anything but certificates is refused: written into a store, it would be
+        drift there on every plan, and written again by every apply."""
+        from reconciler.support import pki  # cryptography: only once something is installed
+
         state = self.world.state
         if thumbprint is None:
             current = current_version(state.issued_for(action.certificate))
             if current is None:
                 raise RuntimeError(f"certificate {action.certificate} has not been issued")
             thumbprint = current.info.thumbprint
-        return state.material(action.certificate, thumbprint)
+        material = state.material(action.certificate, thumbprint)
+        if not pki.chain_as_written(material.cert_pem, material.chain_pem, material.fullchain_pem):
+            kept = state.vault / action.certificate / thumbprint / "chain.pem"
+            raise RuntimeError(
+                f"the chain kept for version {thumbprint[:8]} of {action.certificate} ({kept}) holds something "
+                f"other than certificates, so it is not installed or deployed; issue the certificate again: "
+                f"certctl renew {action.certificate}"
+            )
+        return material
 
     def _install(self, action: Action, detail: InstallDetail) -> dict[str, object]:
         material = self._material(action, detail.thumbprint)

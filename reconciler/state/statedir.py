@@ -956,14 +956,13 @@ class StateDir:
         if recent is not None:
             return recent
         folder = contained(self.vault, f"{name}/{thumbprint}", "vault version")
-        cert, chain = (folder / "cert.pem").read_bytes(), (folder / "chain.pem").read_bytes()
-        if not pki.chain_as_written(cert, chain, cert + chain):  # never installed anywhere (a store would
-            # report it as drift, and every apply write it again)
-            raise ValueError(
-                f"{folder / 'chain.pem'} holds something other than certificates; this version is not "
-                f"installed anywhere. Issue it again: certctl renew {name}"
-            )
-        return Material(cert, chain, (folder / "key.pem").read_bytes(), pki.info_from_pem(cert))
+        cert = (folder / "cert.pem").read_bytes()
+        return Material(
+            cert,
+            (folder / "chain.pem").read_bytes(),
+            (folder / "key.pem").read_bytes(),
+            pki.info_from_pem(cert),
+        )
 
     def forget_issued(self, name: str, thumbprint: str) -> None:
         def without(versions: dict[str, Any] | None) -> dict[str, Any] | None:

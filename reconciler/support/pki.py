@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -107,15 +108,17 @@ def chain_as_written(cert_pem: bytes, chain_pem: bytes, fullchain_pem: bytes) ->
     certificates only (each one parses), and the full chain is the certificate followed by the chain?"""
     if fullchain_pem != cert_pem + chain_pem:
         return False
+    if _CERT_BLOCK.sub(b"", chain_pem).strip():  # anything but certificate blocks: a key, text, base64
+        return False
     try:
-        blocks = split_pem_chain(chain_pem)
-        if chain_pem.count(b"-----BEGIN ") != len(blocks):  # a PEM block of another kind (a key)
-            return False
-        for block in blocks:
+        for block in split_pem_chain(chain_pem):
             x509.load_pem_x509_certificate(block)
     except ValueError:
         return False
     return True
+
+
+_CERT_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", re.DOTALL)
 
 
 def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from reconciler.state.statedir import StateDir
 from reconciler.support import pki
 from tests.conftest import Workspace, consumer_thumbprint
@@ -135,10 +137,21 @@ def test_a_files_task_whose_fullchain_was_cut_short_is_written_again(ws: Workspa
     assert (out / "fullchain.pem").read_bytes() == full
 
 
-def test_a_damaged_kept_chain_is_never_installed_and_a_renewal_replaces_it(ws: Workspace, run_cli) -> None:
+@pytest.mark.parametrize("reuse", [False, True], ids=["new key", "key reused"])
+def test_a_damaged_kept_chain_is_never_installed_and_a_renewal_replaces_it(
+    ws: Workspace, run_cli, reuse: bool
+) -> None:
     """A vault copy whose chain.pem holds a key: installing it would write a version the store reports as
-    drift on every plan. The install fails, naming the file and the way out, and nothing is written."""
+    drift on every plan. The install fails, naming the file and the way out, and nothing is written; the
+    way out works, also for a certificate that reuses its key (read from that same copy)."""
     one(ws)
+    if reuse:
+        spec = ws.desired / "www.yaml"
+        spec.write_text(
+            spec.read_text().replace(
+                "key: {algorithm: ecdsa-p256}", "key: {algorithm: ecdsa-p256, reuse: true}"
+            )
+        )
     applied(ws, run_cli)
     thumbprint = StateDir(ws.state).issued_for("www")[-1].info.thumbprint
     kept = ws.state / "vault" / "www" / thumbprint / "chain.pem"
@@ -147,7 +160,7 @@ def test_a_damaged_kept_chain_is_never_installed_and_a_renewal_replaces_it(ws: W
     before = sorted(os.listdir(ws.pem / "www" / "versions"))
     code, out, err = run_cli("apply", "-d", str(ws.desired))
     assert code == 1, out + err
-    assert f"{kept} holds something other than certificates" in out + err
+    assert f"({kept}) holds something other than certificates" in out + err
     assert "certctl renew www" in out + err
     assert sorted(os.listdir(ws.pem / "www" / "versions")) == before
     code, out, err = run_cli("renew", "www", "-d", str(ws.desired))

@@ -402,6 +402,60 @@ def test_a_chain_edited_in_place_is_drift_with_or_without_the_index_and_install_
     assert _live(_without_index(pem)).drift is None
 
 
+def test_a_chain_installed_damaged_is_recorded_as_drift_and_the_index_agrees_with_a_full_read(
+    tmp_path: Path, issuer: LocalCAIssuer
+) -> None:
+    """The store writes what it is given; what the index records of a chain holding a key must be what a
+    full read finds (the executor never installs such a chain: see test_crash_regressions)."""
+    pem = tmp_path / "pem"
+    good = issue(issuer)
+    bad = Material(good.cert_pem, good.chain_pem + good.key_pem, good.key_pem, good.info)
+    PemDirectoryStore("pem", pem).install("web", bad, datetime(2026, 1, 1, tzinfo=UTC))
+    _settle_index(pem)
+    assert _live(PemDirectoryStore("pem", pem).observe()).drift == CHAIN_DRIFT
+    assert _live(_without_index(pem)).drift == CHAIN_DRIFT
+
+
+def test_an_index_entry_whose_chain_identity_is_not_older_than_the_index_is_read_in_full(
+    tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
+) -> None:
+    """The second guard ("racily clean") covers the chain files too: an identity recorded in the same
+    step of the clock as the index's last write may hide a later change."""
+    pem, live = _installed(tmp_path, issuer)
+    os.chmod(live / "chain.pem", 0o640)  # a new change time, recorded below as if install had seen it
+    chain = os.stat(live / "chain.pem")
+    index = pem / pemdir.INDEX
+    lines = []
+    for line in index.read_text().splitlines():
+        entry = json.loads(line)
+        if isinstance(entry.get("v"), dict) and "ch" in entry["v"] and entry["k"].endswith(live.name):
+            entry["v"]["ch"] = list(cache.file_key(chain))
+        lines.append(json.dumps(entry))
+    index.write_text("\n".join(lines) + "\n")
+    os.utime(index, ns=(chain.st_ctime_ns, chain.st_ctime_ns))  # written in the chain's clock step
+    PemDirectoryStore("pem", pem).observe()
+    assert live.name in full_reads
+
+
+def test_a_chain_changed_while_a_version_is_read_is_not_cached(
+    tmp_path: Path, issuer: LocalCAIssuer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pem, live = _installed(tmp_path, issuer)
+    (pem / pemdir.INDEX).unlink()  # every version is read in full, and cached if nothing moved meanwhile
+    real = pemdir._read_versions
+
+    def touching(folders):
+        os.chmod(live / "chain.pem", 0o640)  # changed after the observation began
+        return real(folders)
+
+    monkeypatch.setattr(pemdir, "_read_versions", touching)
+    store = PemDirectoryStore("pem", pem, cache_dir=tmp_path / "cache")
+    store.observe()
+    cached = store._cache.load()
+    assert cached, "the other version is cached"
+    assert str(live) not in cached
+
+
 def test_an_index_entry_from_before_chains_were_checked_is_read_in_full(
     tmp_path: Path, issuer: LocalCAIssuer, full_reads: list[str]
 ) -> None:

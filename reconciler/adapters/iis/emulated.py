@@ -429,6 +429,8 @@ class EmulatedHost:
             clean_up(tmp)
         clean_up(intent_path)  # first: an intent must never name backups that are already gone
         fsync_dir(self.root)
+        if os.path.lexists(intent_path):  # it stays: so do its backups, for the rollback recovery makes of it
+            return
         for item in intent:
             if item.get("backup"):
                 clean_up(self.root / item["backup"])
