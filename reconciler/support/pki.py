@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime
 
@@ -106,8 +107,13 @@ def info_from_pem(pem: bytes) -> CertInfo:
 def chain_as_written(cert_pem: bytes, chain_pem: bytes, fullchain_pem: bytes) -> bool:
     """Are a chain.pem and fullchain.pem as certctl writes them beside ``cert_pem``: the chain holds
     certificates only (each one parses), and the full chain is the certificate followed by the chain?"""
-    if fullchain_pem != cert_pem + chain_pem:
-        return False
+    return fullchain_pem == cert_pem + chain_pem and _certificates_only(chain_pem)
+
+
+@functools.lru_cache(
+    maxsize=256
+)  # one CA's chain serves many certificates (chains are public: no secret kept)
+def _certificates_only(chain_pem: bytes) -> bool:
     if _CERT_BLOCK.sub(b"", chain_pem).strip():  # anything but certificate blocks: a key, text, base64
         return False
     try:
