@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -7,6 +8,20 @@ from pathlib import Path
 import pytest
 
 from reconciler.support.logging import configure
+
+
+def refuse_unlink(monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """Make ``os.unlink`` of any path ending in ``suffix`` fail as a permission error would (root cannot be
+    refused by permissions); every other path is removed as usual. ``monkeypatch.undo()`` ends it."""
+    real_unlink = os.unlink
+
+    def refuse(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).endswith(suffix):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", refuse)
+
 
 configure("console", "warning")
 

@@ -19,6 +19,7 @@ from reconciler.adapters.iis.emulated import INTENT_FILE, EmulatedHost, IisHostE
 from reconciler.adapters.iis.httpsys import entry_for, parse_netsh, render_netsh
 from reconciler.core.model import IIS_APPID, HostState, SiteState
 from reconciler.ports import BindingChange, BindingHost
+from tests.conftest import refuse_unlink
 from tests.fixtures.iis import make_sample
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "iis"
@@ -437,14 +438,7 @@ def test_a_finished_commit_whose_intent_cannot_be_removed_leaves_no_clean_mark(
     changes = _two_file_change(host)
     before = snapshot(host.root)
     state = StateDir(tmp_path / "state")
-    real_unlink = os.unlink
-
-    def refuse(path: object, *args: object, **kwargs: object) -> None:
-        if str(path).endswith(INTENT_FILE):
-            raise PermissionError(13, "Permission denied")
-        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "unlink", refuse)
+    refuse_unlink(monkeypatch, INTENT_FILE)
     with state.lock():
         state.recovered([])  # recovery looked everywhere: only something left behind can void the mark
         host.apply(changes)

@@ -16,6 +16,7 @@ from reconciler.app.recovery import recover
 from reconciler.state.statedir import CLEAN_MARK, StateDir
 from reconciler.support import durable
 from reconciler.support.fs import atomic_write
+from tests.conftest import refuse_unlink
 
 
 def world_of(state: StateDir, store: Path) -> SimpleNamespace:
@@ -182,14 +183,7 @@ def test_a_mark_that_cannot_be_removed_stops_the_holder(
     state = StateDir(tmp_path / "state")
     with state.lock():
         state.recovered([])
-    real_unlink = os.unlink
-
-    def refuse(path: object, *args: object, **kwargs: object) -> None:
-        if str(path).endswith(CLEAN_MARK):
-            raise PermissionError(13, "Permission denied")
-        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "unlink", refuse)
+    refuse_unlink(monkeypatch, CLEAN_MARK)
     with pytest.raises(OSError, match=r"cannot remove .*clean\.json"), state.lock():
         pytest.fail("the holder must not go on while a mark could vouch for what it leaves")
     monkeypatch.undo()

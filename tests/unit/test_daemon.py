@@ -26,6 +26,7 @@ from reconciler.entry.daemon.metrics import HttpEndpoint, Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull
 from reconciler.support.logging import configure
+from tests.conftest import refuse_unlink
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -335,14 +336,7 @@ def test_a_pass_that_fails_on_the_state_dir_logs_one_line_and_is_retried(
     daemon.state = state = StateDir(tmp_path / "state")
     with state.lock():
         state.recovered([])  # a clean finish: the mark is there
-    real_unlink = os.unlink
-
-    def refuse(path: object, *args: object, **kwargs: object) -> None:
-        if str(path).endswith(CLEAN_MARK):
-            raise PermissionError(13, "Permission denied")
-        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(os, "unlink", refuse)
+    refuse_unlink(monkeypatch, CLEAN_MARK)
     before = time.monotonic()
     with capture_logs() as logs:
         daemon.reconcile({"interval"}, maintenance=False)
