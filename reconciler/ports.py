@@ -375,6 +375,10 @@ class StateBackend(Protocol):
 
     def material(self, name: str, thumbprint: str) -> Material: ...
 
+    def chain_kept_at(self, name: str, thumbprint: str) -> str:
+        """Where the chain of a kept version is read from, for messages (a file, or a database row)."""
+        ...
+
     def store_issued(
         self,
         name: str,

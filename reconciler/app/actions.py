@@ -268,9 +268,9 @@ class ActionRunner:
         )
 
     def _material(self, action: Action, thumbprint: str | None) -> Material:
-        """The certificate an action installs: the one the plan named, or the newest issued (after issuance).
-        One whose kept chain holds anything but certificates is refused: written into a store, it would be
-        drift there on every plan, and written again by every apply."""
+        """The certificate an action installs, deploys or binds: the one the plan named, or the newest issued
+        (after issuance). One whose kept chain holds anything but certificates is refused: written into a
+        store, it would be drift there on every plan, and written again by every apply."""
         from reconciler.support import pki  # cryptography: only once something is installed
 
         state = self.world.state
@@ -281,11 +281,10 @@ class ActionRunner:
             thumbprint = current.info.thumbprint
         material = state.material(action.certificate, thumbprint)
         if not pki.chain_as_written(material.cert_pem, material.chain_pem, material.fullchain_pem):
-            kept = state.vault / action.certificate / thumbprint / "chain.pem"
             raise RuntimeError(
-                f"the chain kept for version {thumbprint[:8]} of {action.certificate} ({kept}) holds something "
-                f"other than certificates, so it is not installed or deployed; issue the certificate again: "
-                f"certctl renew {action.certificate}"
+                f"the chain kept for version {thumbprint[:8]} of {action.certificate} "
+                f"({state.chain_kept_at(action.certificate, thumbprint)}) holds something other than "
+                f"certificates, so it is not used; issue the certificate again: certctl renew {action.certificate}"
             )
         return material
 

@@ -362,8 +362,12 @@ class FleetState(StateDir):
         cert, chain, sealed = (bytes(v) for v in rows[0])
         key = self.open(sealed, f"version:{name}:{thumbprint}")
         material = Material(cert, chain, key, pki.info_from_pem(cert))
-        self.write_vault_files(name, material, if_missing=True)  # a local copy: tasks read it there
+        if pki.chain_as_written(cert, chain, material.fullchain_pem):  # a damaged one is never used (actions)
+            self.write_vault_files(name, material, if_missing=True)  # a local copy: tasks read it there
         return material
+
+    def chain_kept_at(self, name: str, thumbprint: str) -> str:
+        return f"the database's certctl_versions row of {name} {thumbprint}"
 
     def store_issued(
         self,

@@ -964,6 +964,9 @@ class StateDir:
             pki.info_from_pem(cert),
         )
 
+    def chain_kept_at(self, name: str, thumbprint: str) -> str:
+        return str(self.vault / name / thumbprint / "chain.pem")
+
     def forget_issued(self, name: str, thumbprint: str) -> None:
         def without(versions: dict[str, Any] | None) -> dict[str, Any] | None:
             return {t: v for t, v in (versions or {}).items() if t != thumbprint} or None

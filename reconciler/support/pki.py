@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import re
 from datetime import UTC, datetime
 
@@ -107,12 +107,23 @@ def info_from_pem(pem: bytes) -> CertInfo:
 def chain_as_written(cert_pem: bytes, chain_pem: bytes, fullchain_pem: bytes) -> bool:
     """Are a chain.pem and fullchain.pem as certctl writes them beside ``cert_pem``: the chain holds
     certificates only (each one parses), and the full chain is the certificate followed by the chain?"""
-    return fullchain_pem == cert_pem + chain_pem and _certificates_only(chain_pem)
+    if fullchain_pem != cert_pem + chain_pem:
+        return False
+    # one CA's chain serves many certificates: each is parsed once, remembered by its digest (never by its
+    # bytes, which hold a private key in the very case this check is for)
+    digest = hashlib.sha256(chain_pem).digest()
+    known = _CHAINS_CHECKED.get(digest)
+    if known is None:
+        known = _certificates_only(chain_pem)
+        if len(_CHAINS_CHECKED) >= 256:
+            _CHAINS_CHECKED.clear()
+        _CHAINS_CHECKED[digest] = known
+    return known
 
 
-@functools.lru_cache(
-    maxsize=256
-)  # one CA's chain serves many certificates (chains are public: no secret kept)
+_CHAINS_CHECKED: dict[bytes, bool] = {}
+
+
 def _certificates_only(chain_pem: bytes) -> bool:
     if _CERT_BLOCK.sub(b"", chain_pem).strip():  # anything but certificate blocks: a key, text, base64
         return False

@@ -239,3 +239,26 @@ def test_backend_import_moves_a_state_dir_in_without_reissuing(tmp_path: Path, f
         assert fleet.bound(node) == bound
     assert all(len(v) == 1 for v in fleet.versions().values())
     assert fleet.query("SELECT count(*) FROM certctl_blobs WHERE scope = 'localca/local'") == [(2,)]
+
+
+def test_a_damaged_chain_in_the_database_is_never_used_nor_copied_and_a_renewal_replaces_it(
+    fleet: Fleet,
+) -> None:
+    """The refusal names where the chain is kept (the database row, not the node's copy, which is not
+    written from it), and the renewal it names works."""
+    assert fleet.certctl("web01", "apply").returncode == 0
+    (thumbprint,) = fleet.versions()["shop"]
+    fleet.query(
+        "UPDATE certctl_versions SET chain_pem = chain_pem || %s WHERE certificate = 'shop'",
+        (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",),
+    )
+    result = fleet.certctl("web02", "apply")
+    assert result.returncode == 1
+    said = result.stdout + result.stderr
+    assert f"(the database's certctl_versions row of shop {thumbprint}) holds something other than" in said
+    assert "certctl renew shop" in said and "Traceback" not in said
+    assert not (fleet.root / "state" / "web02" / "vault" / "shop" / thumbprint).exists()
+    assert fleet.certctl("web02", "renew", "shop").returncode == 0
+    assert fleet.certctl("web02", "apply").returncode == 0
+    assert fleet.certctl("web02", "plan", "--detailed-exitcode").returncode == 0
+    assert len(fleet.versions()["shop"]) == 2
