@@ -16,7 +16,7 @@ from reconciler.app.recovery import recover
 from reconciler.state.statedir import CLEAN_MARK, StateDir
 from reconciler.support import durable
 from reconciler.support.fs import atomic_write
-from tests.conftest import refuse_unlink
+from tests.conftest import Workspace, refuse_unlink
 
 
 def world_of(state: StateDir, store: Path) -> SimpleNamespace:
@@ -287,35 +287,12 @@ def test_a_temporary_that_cannot_be_removed_keeps_the_next_recovery_looking(
     assert (state.path / CLEAN_MARK).is_file()
 
 
-DESIRED = """\
-apiVersion: certctl/v1
-kind: Settings
-metadata: {name: s}
-spec: {stateDir: ../state}
----
-apiVersion: certctl/v1
-kind: Issuer
-metadata: {name: local}
-spec: {localCA: {}}
----
-apiVersion: certctl/v1
-kind: Store
-metadata: {name: pem}
-spec: {pemDirectory: {path: ../pem}}
----
-apiVersion: certctl/v1
-kind: Certificate
-metadata: {name: web}
-spec: {issuer: local, domains: [www.example.com], stores: [pem]}
-"""
-
-
 def test_an_apply_with_a_failed_action_leaves_no_mark_and_the_next_one_looks_everywhere(
-    tmp_path: Path, run_cli
+    tmp_path: Path, ws: Workspace, run_cli
 ) -> None:
-    desired = tmp_path / "desired"
-    desired.mkdir()
-    (desired / "certs.yaml").write_text(DESIRED)
+    ws.base()
+    ws.certificate("web", ["www.example.com"])
+    desired = ws.desired
     (tmp_path / "pem").write_text("a file where the store's folder should be")
     code, out, err = run_cli("apply", "-d", str(desired), "--auto-approve")
     assert code == 1, out + err

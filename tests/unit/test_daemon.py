@@ -26,7 +26,7 @@ from reconciler.entry.daemon.metrics import HttpEndpoint, Metrics, parse_address
 from reconciler.state.statedir import StateDir
 from reconciler.support.git import pull
 from reconciler.support.logging import configure
-from tests.conftest import refuse_unlink
+from tests.conftest import Workspace, refuse_unlink
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
@@ -312,7 +312,7 @@ def test_a_silent_client_of_the_http_endpoint_is_closed_and_others_are_answered(
 
 
 def test_a_pass_that_fails_on_the_state_dir_logs_one_line_and_is_retried(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, ws: Workspace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An OSError (here: a clean mark that cannot be removed) is the environment, not a bug: the daemon logs
     its message (which names the file and what to do) without a traceback, and retries the pass."""
@@ -322,16 +322,9 @@ def test_a_pass_that_fails_on_the_state_dir_logs_one_line_and_is_retried(
     from reconciler.entry.daemon.options import DaemonOptions
     from reconciler.state.statedir import CLEAN_MARK
 
-    desired = tmp_path / "desired"
-    desired.mkdir()
-    (desired / "site.yaml").write_text(
-        "apiVersion: certctl/v1\nkind: Settings\nmetadata: {name: s}\nspec: {stateDir: ../state}\n---\n"
-        "apiVersion: certctl/v1\nkind: Issuer\nmetadata: {name: local}\nspec:\n  localCA: {}\n---\n"
-        "apiVersion: certctl/v1\nkind: Store\nmetadata: {name: pem}\nspec:\n  pemDirectory: {path: ../pem}\n---\n"
-        "apiVersion: certctl/v1\nkind: Certificate\nmetadata: {name: web}\n"
-        "spec: {issuer: local, domains: [web.example.test], stores: [pem]}\n"
-    )
-    daemon = Daemon(DaemonOptions(directory=desired))
+    ws.base()
+    ws.certificate("web", ["web.example.test"])
+    daemon = Daemon(DaemonOptions(directory=ws.desired))
     daemon.desired.reload()
     daemon.state = state = StateDir(tmp_path / "state")
     with state.lock():
